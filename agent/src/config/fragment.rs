@@ -1,0 +1,249 @@
+//! One config file as written: every key optional, nothing validated yet.
+//! Files are merged fragment by fragment (later wins), then validated once
+//! in `settings.rs`.
+
+use super::duration::ConfigDuration;
+use super::source::Sourced;
+use serde::de::{self, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+
+type Value<T> = Option<Sourced<T>>;
+
+/// Copies every `Some` field of `later` over `self`.
+macro_rules! later_wins {
+    ($self:ident, $later:ident; $($field:ident),* $(,)?) => {
+        $( if $later.$field.is_some() { $self.$field = $later.$field; } )*
+    };
+}
+
+/// Merges a section present in both files field by field.
+fn merge_section<T: MergeFrom>(base: &mut Option<Sourced<T>>, later: Option<Sourced<T>>) {
+    match (base.as_mut(), later) {
+        (Some(base), Some(later)) => {
+            base.value.merge_from(later.value);
+            base.origin = later.origin;
+        }
+        (None, Some(later)) => *base = Some(later),
+        (_, None) => {}
+    }
+}
+
+pub trait MergeFrom {
+    fn merge_from(&mut self, later: Self);
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFragment {
+    pub instance: Value<InstanceFragment>,
+    pub share: Value<ShareFragment>,
+    pub links: Value<LinksFragment>,
+    pub setup: Value<SetupFragment>,
+    pub idle: Value<IdleFragment>,
+    pub azure: Value<AzureFragment>,
+    pub api: Value<ApiFragment>,
+}
+
+impl MergeFrom for ConfigFragment {
+    fn merge_from(&mut self, later: Self) {
+        merge_section(&mut self.instance, later.instance);
+        merge_section(&mut self.share, later.share);
+        merge_section(&mut self.links, later.links);
+        merge_section(&mut self.setup, later.setup);
+        merge_section(&mut self.idle, later.idle);
+        merge_section(&mut self.azure, later.azure);
+        merge_section(&mut self.api, later.api);
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceFragment {
+    pub name: Value<String>,
+    pub local_user: Value<String>,
+}
+
+impl MergeFrom for InstanceFragment {
+    fn merge_from(&mut self, later: Self) {
+        later_wins!(self, later; name, local_user);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ShareKind {
+    AzureFiles,
+    Nfs,
+    Local,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeySourceKind {
+    File,
+    ManagedIdentity,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShareFragment {
+    pub kind: Value<ShareKind>,
+    pub mount_point: Value<String>,
+    pub account: Value<String>,
+    pub share: Value<String>,
+    pub endpoint_suffix: Value<String>,
+    pub key_file: Value<String>,
+    pub key_source: Value<KeySourceKind>,
+    pub source: Value<String>,
+    pub path: Value<String>,
+    pub options: Value<Vec<String>>,
+}
+
+impl MergeFrom for ShareFragment {
+    fn merge_from(&mut self, later: Self) {
+        later_wins!(self, later; kind, mount_point, account, share, endpoint_suffix,
+            key_file, key_source, source, path, options);
+    }
+}
+
+/// `users = "all"` or `users = ["alice", "bob"]`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
+pub enum UserSelection {
+    #[serde(serialize_with = "serialize_all")]
+    All,
+    Named(Vec<String>),
+}
+
+fn serialize_all<S: serde::Serializer>(serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str("all")
+}
+
+impl<'de> Deserialize<'de> for UserSelection {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SelectionVisitor;
+        impl<'de> Visitor<'de> for SelectionVisitor {
+            type Value = UserSelection;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"all\" or a list of user names")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<UserSelection, E> {
+                if text == "all" {
+                    Ok(UserSelection::All)
+                } else {
+                    Err(E::custom(format!(
+                        "expected \"all\" or a list of user names, found {text:?}"
+                    )))
+                }
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<UserSelection, A::Error> {
+                let mut names = Vec::new();
+                while let Some(name) = seq.next_element::<String>()? {
+                    names.push(name);
+                }
+                Ok(UserSelection::Named(names))
+            }
+        }
+        deserializer.deserialize_any(SelectionVisitor)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinksFragment {
+    pub users: Value<UserSelection>,
+    pub min_uid: Value<u32>,
+    pub link: Value<String>,
+    pub target: Value<String>,
+}
+
+impl MergeFrom for LinksFragment {
+    fn merge_from(&mut self, later: Self) {
+        later_wins!(self, later; users, min_uid, link, target);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunWhen {
+    Once,
+    EveryBoot,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetupFragment {
+    pub dir: Value<String>,
+    pub scripts: Option<Vec<Sourced<ScriptFragment>>>,
+}
+
+impl MergeFrom for SetupFragment {
+    /// Scripts merge by name: a later file's script replaces the one of the
+    /// same name in place, new names are appended in file order.
+    fn merge_from(&mut self, later: Self) {
+        later_wins!(self, later; dir);
+        let Some(later_scripts) = later.scripts else {
+            return;
+        };
+        let scripts = self.scripts.get_or_insert_with(Vec::new);
+        for script in later_scripts {
+            let name = script.value.name.as_ref().map(|n| n.value.clone());
+            let same = scripts.iter_mut().find(|existing| {
+                name.is_some() && existing.value.name.as_ref().map(|n| &n.value) == name.as_ref()
+            });
+            match same {
+                Some(existing) => *existing = script,
+                None => scripts.push(script),
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptFragment {
+    pub name: Value<String>,
+    pub path: Value<String>,
+    pub run_as: Value<String>,
+    pub when: Value<RunWhen>,
+    pub args: Value<Vec<String>>,
+    pub workdir: Value<String>,
+    pub timeout: Value<ConfigDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdleFragment {
+    pub interval: Value<ConfigDuration>,
+    pub timeout: Value<ConfigDuration>,
+}
+
+impl MergeFrom for IdleFragment {
+    fn merge_from(&mut self, later: Self) {
+        later_wins!(self, later; interval, timeout);
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureFragment {
+    pub imds_endpoint: Value<String>,
+}
+
+impl MergeFrom for AzureFragment {
+    fn merge_from(&mut self, later: Self) {
+        later_wins!(self, later; imds_endpoint);
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiFragment {
+    pub admin_group: Value<String>,
+}
+
+impl MergeFrom for ApiFragment {
+    fn merge_from(&mut self, later: Self) {
+        later_wins!(self, later; admin_group);
+    }
+}

@@ -1,0 +1,434 @@
+//! Configuration: `/etc/pool-agent/config.toml` plus `config.d/*.toml` drop-ins.
+//!
+//! Three stages: each file is read into an all-optional [`fragment`], the
+//! fragments are merged in name order (later wins, key by key), and the
+//! result is validated once into [`Settings`]. Every error names the file,
+//! the line and the key.
+
+pub mod duration;
+pub mod error;
+pub mod fragment;
+pub mod settings;
+pub mod source;
+
+pub use error::ConfigError;
+pub use fragment::{KeySourceKind, RunWhen, ShareKind, UserSelection};
+pub use settings::*;
+
+use fragment::{ConfigFragment, MergeFrom};
+use source::LineIndex;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Reads the main file and its drop-ins and returns the validated settings.
+pub fn load(main_file: &Path) -> Result<Settings, ConfigError> {
+    let mut files = vec![main_file.to_path_buf()];
+    files.extend(drop_in_files(&crate::paths::drop_in_dir(main_file))?);
+    let mut merged = ConfigFragment::default();
+    for file in &files {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        merged.merge_from(parse_fragment(file, &text)?);
+    }
+    settings::validate(merged, files)
+}
+
+/// Parses and validates one text as if it were the whole config (tests, tools).
+pub fn load_str(file: &Path, text: &str) -> Result<Settings, ConfigError> {
+    settings::validate(parse_fragment(file, text)?, vec![file.to_path_buf()])
+}
+
+/// `config.d/*.toml` in byte order of their names; a missing directory is no drop-ins.
+fn drop_in_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(ConfigError::DropInDir {
+                dir: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| ConfigError::DropInDir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        let path = entry.path();
+        let is_toml = path.extension().is_some_and(|ext| ext == "toml");
+        let hidden = entry.file_name().to_string_lossy().starts_with('.');
+        if is_toml && !hidden && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn parse_fragment(file: &Path, text: &str) -> Result<ConfigFragment, ConfigError> {
+    let index = Arc::new(LineIndex::new(file, text));
+    let syntax_error = |err: &toml::de::Error| ConfigError::Syntax {
+        file: file.to_path_buf(),
+        line: err
+            .span()
+            .map(|span| index.line_of(span.start))
+            .unwrap_or(0),
+        message: err.message().to_string(),
+    };
+    let deserializer = toml::Deserializer::parse(text).map_err(|err| syntax_error(&err))?;
+    source::with_file(index.clone(), || {
+        serde_path_to_error::deserialize(deserializer)
+    })
+    .map_err(|err| {
+        let key = dotted_key(err.path());
+        let inner = err.into_inner();
+        ConfigError::Invalid {
+            file: file.to_path_buf(),
+            line: inner
+                .span()
+                .map(|span| index.line_of(span.start))
+                .unwrap_or(0),
+            key: if key.is_empty() {
+                String::from("(top level)")
+            } else {
+                key
+            },
+            message: friendlier(inner.message()),
+        }
+    })
+}
+
+/// `share.options[2]`, leaving out the segments toml's span wrapper adds.
+fn dotted_key(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut key = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Map { key: name } if name.starts_with("$__serde_spanned_private") => {}
+            Segment::Map { key: name } | Segment::Enum { variant: name } => {
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(name);
+            }
+            Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+            Segment::Unknown => {}
+        }
+    }
+    key
+}
+
+/// serde says "unknown field"; admins write keys.
+fn friendlier(message: &str) -> String {
+    message.replacen("unknown field", "unknown key", 1)
+}
+
+/// The effective config as TOML, for `--check-config`. It holds no secret:
+/// keys live in files the config only names.
+pub fn render_effective_toml(settings: &Settings) -> String {
+    let mut out = String::from("# effective pool-agent configuration, merged from:\n");
+    for file in &settings.sources {
+        out.push_str(&format!("#   {}\n", file.display()));
+    }
+    match toml::to_string_pretty(settings) {
+        Ok(body) => out.push_str(&body),
+        Err(err) => out.push_str(&format!("# cannot render: {err}\n")),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn parse(text: &str) -> Result<Settings, ConfigError> {
+        load_str(Path::new("/etc/pool-agent/config.toml"), text)
+    }
+
+    fn expect_invalid(text: &str) -> (usize, String, String) {
+        match parse(text) {
+            Err(ConfigError::Invalid {
+                line, key, message, ..
+            }) => (line, key, message),
+            other => panic!("expected an invalid-key error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_config_gives_every_default() {
+        let settings = parse("").unwrap();
+        assert_eq!(settings.instance.local_user, "azureuser");
+        assert!(settings.share.is_none());
+        assert_eq!(settings.links.users, UserSelection::All);
+        assert_eq!(settings.links.min_uid, 1000);
+        assert_eq!(settings.links.link, PathBuf::from("notebooks/remote"));
+        assert_eq!(settings.idle.interval, Duration::from_secs(10));
+        assert_eq!(settings.idle.timeout, Duration::from_secs(1800));
+        assert_eq!(settings.api.admin_group, "pool-agent-admin");
+        assert_eq!(settings.azure.imds_endpoint, "http://169.254.169.254");
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_dotted_key() {
+        let (line, key, message) =
+            expect_invalid("[share]\nkind = \"local\"\npath = \"/srv\"\n\nbogus = 1\n");
+        assert_eq!(line, 5);
+        assert_eq!(key, "share.bogus");
+        assert!(message.contains("unknown key `bogus`"), "{message}");
+    }
+
+    #[test]
+    fn unknown_section_is_an_error() {
+        let (line, key, _) = expect_invalid("[idle]\ninterval = \"10s\"\n[sahre]\n");
+        assert_eq!((line, key.as_str()), (3, "sahre"));
+    }
+
+    #[test]
+    fn bad_duration_names_the_key() {
+        let (line, key, message) = expect_invalid("[idle]\n\ninterval = \"10x\"\n");
+        assert_eq!((line, key.as_str()), (3, "idle.interval"));
+        assert!(message.contains("30s, 15m, 2h, 1d"), "{message}");
+    }
+
+    #[test]
+    fn bad_value_type_names_the_key() {
+        let (line, key, _) = expect_invalid("[links]\nmin_uid = \"lots\"\n");
+        assert_eq!((line, key.as_str()), (2, "links.min_uid"));
+    }
+
+    #[test]
+    fn bad_kind_lists_the_choices() {
+        let (line, key, message) = expect_invalid("[share]\nkind = \"smb\"\n");
+        assert_eq!((line, key.as_str()), (2, "share.kind"));
+        assert!(message.contains("azure-files"), "{message}");
+    }
+
+    #[test]
+    fn syntax_error_names_the_line() {
+        match parse("[idle]\ninterval = \n") {
+            Err(ConfigError::Syntax { line, .. }) => assert_eq!(line, 2),
+            other => panic!("expected a syntax error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_required_key_points_at_the_kind() {
+        let (line, key, message) = expect_invalid("# nfs share\n[share]\nkind = \"nfs\"\n");
+        assert_eq!((line, key.as_str()), (3, "share.source"));
+        assert!(message.contains("required"), "{message}");
+    }
+
+    #[test]
+    fn key_of_another_kind_is_named() {
+        let (_, key, _) =
+            expect_invalid("[share]\nkind = \"nfs\"\nsource = \"h:/x\"\naccount = \"abc\"\n");
+        assert_eq!(key, "share.account");
+    }
+
+    #[test]
+    fn azure_files_defaults_the_key_file_and_suffix() {
+        let settings = parse(
+            "[share]\nkind = \"azure-files\"\naccount = \"mystorage\"\nshare = \"notebooks\"\n",
+        )
+        .unwrap();
+        let share = settings.share.unwrap();
+        assert_eq!(share.mount_point, PathBuf::from("/data/notebooks"));
+        match share.source {
+            ShareSource::AzureFiles {
+                key_file,
+                endpoint_suffix,
+                key_source,
+                ..
+            } => {
+                assert_eq!(
+                    key_file,
+                    Some(PathBuf::from("/etc/pool-agent/secrets/storage-key"))
+                );
+                assert_eq!(endpoint_suffix, "core.windows.net");
+                assert_eq!(key_source, KeySourceKind::File);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn azure_names_follow_azure_rules() {
+        let (_, key, _) = expect_invalid(
+            "[share]\nkind = \"azure-files\"\naccount = \"My_Storage\"\nshare = \"nb\"\n",
+        );
+        assert_eq!(key, "share.account");
+        let (_, key, _) = expect_invalid(
+            "[share]\nkind = \"azure-files\"\naccount = \"mystorage\"\nshare = \"a--b\"\n",
+        );
+        assert_eq!(key, "share.share");
+    }
+
+    #[test]
+    fn secrets_in_mount_options_are_refused() {
+        let (line, key, message) = expect_invalid(
+            "[share]\nkind = \"nfs\"\nsource = \"h:/x\"\noptions = [\"password=hunter2\"]\n",
+        );
+        assert_eq!((line, key.as_str()), (4, "share.options"));
+        assert!(
+            !message.contains("hunter2"),
+            "the error must not echo the secret: {message}"
+        );
+    }
+
+    #[test]
+    fn relative_paths_and_escapes_are_refused() {
+        assert_eq!(
+            expect_invalid("[share]\nkind = \"local\"\npath = \"srv\"\n").1,
+            "share.path"
+        );
+        assert_eq!(
+            expect_invalid("[links]\nlink = \"../../etc\"\n").1,
+            "links.link"
+        );
+        assert_eq!(
+            expect_invalid("[links]\ntarget = \"notebooks/shared\"\n").1,
+            "links.target"
+        );
+    }
+
+    #[test]
+    fn users_is_all_or_a_list() {
+        assert_eq!(
+            parse("[links]\nusers = [\"alice\", \"bob\"]\n")
+                .unwrap()
+                .links
+                .users,
+            UserSelection::Named(vec!["alice".into(), "bob".into()])
+        );
+        assert_eq!(
+            expect_invalid("[links]\nusers = \"everyone\"\n").1,
+            "links.users"
+        );
+        assert_eq!(
+            expect_invalid("[links]\nusers = [\"Bad Name\"]\n").1,
+            "links.users"
+        );
+    }
+
+    #[test]
+    fn scripts_get_defaults_and_unique_names() {
+        let settings = parse("[instance]\nlocal_user = \"dsadmin\"\n[[setup.scripts]]\nname = \"conda\"\npath = \"/opt/conda.sh\"\n").unwrap();
+        let script = &settings.setup.scripts[0];
+        assert_eq!(script.run_as, "dsadmin");
+        assert_eq!(script.when, RunWhen::Once);
+        assert_eq!(script.timeout, Duration::from_secs(900));
+        let (line, key, _) = expect_invalid(
+            "[[setup.scripts]]\nname = \"a\"\npath = \"/a\"\n[[setup.scripts]]\nname = \"a\"\npath = \"/b\"\n",
+        );
+        assert_eq!((line, key.as_str()), (5, "setup.scripts[1].name"));
+    }
+
+    #[test]
+    fn idle_timeout_must_cover_the_interval() {
+        assert_eq!(
+            expect_invalid("[idle]\ninterval = \"1h\"\ntimeout = \"5m\"\n").1,
+            "idle.timeout"
+        );
+    }
+
+    #[test]
+    fn drop_ins_merge_in_name_order_and_later_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("config.toml");
+        std::fs::write(&main, "[share]\nkind = \"local\"\npath = \"/srv/a\"\n[idle]\ntimeout = \"1h\"\n[[setup.scripts]]\nname = \"x\"\npath = \"/x1\"\n").unwrap();
+        let drop_ins = dir.path().join("config.d");
+        std::fs::create_dir(&drop_ins).unwrap();
+        std::fs::write(
+            drop_ins.join("20-late.toml"),
+            "[share]\npath = \"/srv/late\"\n",
+        )
+        .unwrap();
+        std::fs::write(drop_ins.join("10-early.toml"), "[share]\npath = \"/srv/early\"\nmount_point = \"/nb\"\n[[setup.scripts]]\nname = \"x\"\npath = \"/x2\"\n[[setup.scripts]]\nname = \"y\"\npath = \"/y\"\n").unwrap();
+        std::fs::write(drop_ins.join("30-ignored.conf"), "not toml at all").unwrap();
+        let settings = load(&main).unwrap();
+        let share = settings.share.unwrap();
+        assert_eq!(
+            share.source,
+            ShareSource::Local {
+                path: "/srv/late".into()
+            }
+        );
+        assert_eq!(share.mount_point, PathBuf::from("/nb"));
+        assert_eq!(settings.idle.timeout, Duration::from_secs(3600));
+        let scripts: Vec<_> = settings
+            .setup
+            .scripts
+            .iter()
+            .map(|s| (s.name.as_str(), s.path.to_str().unwrap()))
+            .collect();
+        assert_eq!(scripts, [("x", "/x2"), ("y", "/y")]);
+        assert_eq!(settings.sources.len(), 3);
+    }
+
+    #[test]
+    fn an_error_in_a_drop_in_names_that_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("config.toml");
+        std::fs::write(&main, "").unwrap();
+        std::fs::create_dir(dir.path().join("config.d")).unwrap();
+        std::fs::write(
+            dir.path().join("config.d/50-bad.toml"),
+            "\n[api]\nadmin_grup = \"x\"\n",
+        )
+        .unwrap();
+        let err = load(&main).unwrap_err();
+        assert!(err.file().ends_with("config.d/50-bad.toml"));
+        assert_eq!(err.line(), Some(3));
+        assert_eq!(err.key(), Some("api.admin_grup"));
+        let text = err.to_string();
+        assert!(
+            text.contains("50-bad.toml:3: api.admin_grup: unknown key"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn shipped_example_config_is_valid_and_complete() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let settings = load_str(&path, &text).unwrap();
+        // The example shows every section, so a typo in it would fail here.
+        assert!(settings.share.is_some());
+        assert!(!settings.setup.scripts.is_empty());
+        for section in [
+            "[instance]",
+            "[share]",
+            "[links]",
+            "[setup]",
+            "[[setup.scripts]]",
+            "[idle]",
+            "[azure]",
+            "[api]",
+        ] {
+            assert!(text.contains(section), "example config lacks {section}");
+        }
+    }
+
+    #[test]
+    fn shipped_etc_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/etc-config.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        load_str(&path, &text).unwrap();
+    }
+
+    #[test]
+    fn effective_config_round_trips() {
+        let settings = parse("[share]\nkind = \"nfs\"\nsource = \"nfs.example:/export\"\n[idle]\ntimeout = \"2h\"\n[[setup.scripts]]\nname = \"a\"\npath = \"/a\"\n").unwrap();
+        let rendered = render_effective_toml(&settings);
+        let again = load_str(Path::new("again.toml"), &rendered).unwrap();
+        assert_eq!(again.share, settings.share);
+        assert_eq!(again.idle, settings.idle);
+        assert_eq!(again.setup, settings.setup);
+        assert_eq!(again.links, settings.links);
+    }
+}

@@ -1,0 +1,640 @@
+//! Validated settings: merged fragments checked once, with every default named.
+
+use super::duration;
+use super::error::ConfigError;
+use super::fragment::*;
+use super::source::{Origin, Sourced};
+use serde::Serialize;
+use std::collections::HashSet;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_LOCAL_USER: &str = "azureuser";
+pub const DEFAULT_MOUNT_POINT: &str = "/data/notebooks";
+pub const DEFAULT_KEY_FILE: &str = "/etc/pool-agent/secrets/storage-key";
+pub const DEFAULT_ENDPOINT_SUFFIX: &str = "core.windows.net";
+pub const DEFAULT_MIN_UID: u32 = 1000;
+pub const DEFAULT_LINK: &str = "notebooks/remote";
+pub const DEFAULT_TARGET: &str = "notebooks/{user}";
+pub const DEFAULT_SETUP_DIR: &str = "/etc/pool-agent/setup.d";
+pub const DEFAULT_SCRIPT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+pub const DEFAULT_IDLE_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
+pub const DEFAULT_ADMIN_GROUP: &str = "pool-agent-admin";
+
+/// Mount options that carry or point at a secret; the agent writes its own
+/// credentials file, so none of these may come from the config.
+const SECRET_MOUNT_OPTIONS: &[&str] = &["password", "pass", "password2", "credentials", "cred"];
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Settings {
+    /// The files read, main file first.
+    #[serde(skip)]
+    pub sources: Vec<PathBuf>,
+    pub instance: InstanceSettings,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub share: Option<ShareSettings>,
+    pub links: LinksSettings,
+    pub setup: SetupSettings,
+    pub idle: IdleSettings,
+    pub azure: AzureSettings,
+    pub api: ApiSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InstanceSettings {
+    /// Empty: IMDS compute.name, else the hostname.
+    pub name: String,
+    pub local_user: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ShareSettings {
+    pub kind: ShareKind,
+    pub mount_point: PathBuf,
+    #[serde(flatten)]
+    pub source: ShareSource,
+    pub options: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum ShareSource {
+    AzureFiles {
+        account: String,
+        share: String,
+        endpoint_suffix: String,
+        key_source: KeySourceKind,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key_file: Option<PathBuf>,
+    },
+    Nfs {
+        source: String,
+    },
+    Local {
+        path: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LinksSettings {
+    pub users: UserSelection,
+    pub min_uid: u32,
+    pub link: PathBuf,
+    pub target: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SetupSettings {
+    pub dir: PathBuf,
+    pub scripts: Vec<ScriptSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScriptSettings {
+    pub name: String,
+    pub path: PathBuf,
+    pub run_as: String,
+    pub when: RunWhen,
+    pub args: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<PathBuf>,
+    #[serde(serialize_with = "duration::serialize")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IdleSettings {
+    #[serde(serialize_with = "duration::serialize")]
+    pub interval: Duration,
+    #[serde(serialize_with = "duration::serialize")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AzureSettings {
+    pub imds_endpoint: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ApiSettings {
+    pub admin_group: String,
+}
+
+fn invalid(origin: &Origin, key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        file: origin.file.to_path_buf(),
+        line: origin.line,
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+fn absolute_path(key: &str, value: &Sourced<String>) -> Result<PathBuf, ConfigError> {
+    let path = Path::new(&value.value);
+    if !path.is_absolute() {
+        return Err(invalid(
+            &value.origin,
+            key,
+            format!("{:?} must be an absolute path", value.value),
+        ));
+    }
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(invalid(
+            &value.origin,
+            key,
+            format!("{:?} must not contain `..`", value.value),
+        ));
+    }
+    Ok(path.to_path_buf())
+}
+
+/// A path under a home or the share root: relative, and unable to climb out.
+fn contained_relative_path(key: &str, value: &Sourced<String>) -> Result<PathBuf, ConfigError> {
+    let path = Path::new(&value.value);
+    let climbs = path
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
+    if value.value.is_empty() || climbs {
+        return Err(invalid(
+            &value.origin,
+            key,
+            format!("{:?} must be a relative path without `..`", value.value),
+        ));
+    }
+    Ok(path.to_path_buf())
+}
+
+/// POSIX-portable account names, as useradd accepts them by default.
+fn is_account_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    let first_ok = matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_');
+    first_ok
+        && name.len() <= 32
+        && chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.'))
+}
+
+fn account_name(key: &str, value: &Sourced<String>) -> Result<String, ConfigError> {
+    if is_account_name(&value.value) {
+        Ok(value.value.clone())
+    } else {
+        Err(invalid(
+            &value.origin,
+            key,
+            format!("{:?} is not a valid user or group name", value.value),
+        ))
+    }
+}
+
+fn required<'a, T>(
+    value: &'a Option<Sourced<T>>,
+    section: &Origin,
+    key: &str,
+    why: &str,
+) -> Result<&'a Sourced<T>, ConfigError> {
+    value
+        .as_ref()
+        .ok_or_else(|| invalid(section, key, format!("required {why}")))
+}
+
+fn or_default(value: &Option<Sourced<String>>, default: &str) -> Sourced<String> {
+    value.clone().unwrap_or_else(|| Sourced {
+        value: default.to_string(),
+        origin: Origin::new(Path::new("<default>"), 0),
+    })
+}
+
+pub(super) fn validate(
+    merged: ConfigFragment,
+    sources: Vec<PathBuf>,
+) -> Result<Settings, ConfigError> {
+    let instance = match merged.instance {
+        Some(section) => {
+            let section = section.value;
+            InstanceSettings {
+                name: section.name.map(|n| n.value).unwrap_or_default(),
+                local_user: match section.local_user {
+                    Some(user) => account_name("instance.local_user", &user)?,
+                    None => DEFAULT_LOCAL_USER.to_string(),
+                },
+            }
+        }
+        None => InstanceSettings {
+            name: String::new(),
+            local_user: DEFAULT_LOCAL_USER.to_string(),
+        },
+    };
+
+    let share = merged.share.map(validate_share).transpose()?;
+    let links = validate_links(merged.links)?;
+    let setup = validate_setup(merged.setup, &instance.local_user)?;
+    let idle = validate_idle(merged.idle)?;
+
+    let azure = AzureSettings {
+        imds_endpoint: match merged.azure.and_then(|a| a.value.imds_endpoint) {
+            Some(endpoint) => http_endpoint("azure.imds_endpoint", &endpoint)?,
+            None => DEFAULT_IMDS_ENDPOINT.to_string(),
+        },
+    };
+    let api = ApiSettings {
+        admin_group: match merged.api.and_then(|a| a.value.admin_group) {
+            Some(group) => account_name("api.admin_group", &group)?,
+            None => DEFAULT_ADMIN_GROUP.to_string(),
+        },
+    };
+
+    Ok(Settings {
+        sources,
+        instance,
+        share,
+        links,
+        setup,
+        idle,
+        azure,
+        api,
+    })
+}
+
+fn http_endpoint(key: &str, value: &Sourced<String>) -> Result<String, ConfigError> {
+    let text = value.value.trim_end_matches('/');
+    let rest = text
+        .strip_prefix("http://")
+        .or_else(|| text.strip_prefix("https://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => {
+            Ok(text.to_string())
+        }
+        _ => Err(invalid(
+            &value.origin,
+            key,
+            format!("{:?} must be an http:// or https:// URL", value.value),
+        )),
+    }
+}
+
+fn validate_share(section: Sourced<ShareFragment>) -> Result<ShareSettings, ConfigError> {
+    let origin = section.origin;
+    let share = section.value;
+    let kind = required(
+        &share.kind,
+        &origin,
+        "share.kind",
+        "in [share]: \"azure-files\", \"nfs\" or \"local\"",
+    )?;
+
+    let mount_point = absolute_path(
+        "share.mount_point",
+        &or_default(&share.mount_point, DEFAULT_MOUNT_POINT),
+    )?;
+
+    // Keys that belong to another kind are a mistake worth naming, not ignoring.
+    let foreign: &[(&str, bool)] = match kind.value {
+        ShareKind::AzureFiles => &[
+            ("source", share.source.is_some()),
+            ("path", share.path.is_some()),
+        ],
+        ShareKind::Nfs => &[
+            ("account", share.account.is_some()),
+            ("share", share.share.is_some()),
+            ("key_file", share.key_file.is_some()),
+            ("key_source", share.key_source.is_some()),
+            ("path", share.path.is_some()),
+        ],
+        ShareKind::Local => &[
+            ("account", share.account.is_some()),
+            ("share", share.share.is_some()),
+            ("key_file", share.key_file.is_some()),
+            ("key_source", share.key_source.is_some()),
+            ("source", share.source.is_some()),
+        ],
+    };
+    if let Some((key, _)) = foreign.iter().find(|(_, present)| *present) {
+        let kind_name = serde_json::to_value(kind.value).unwrap_or_default();
+        return Err(invalid(
+            &kind.origin,
+            &format!("share.{key}"),
+            format!("not used when share.kind = {kind_name}"),
+        ));
+    }
+
+    let source = match kind.value {
+        ShareKind::AzureFiles => {
+            let account = required(
+                &share.account,
+                &kind.origin,
+                "share.account",
+                "when share.kind = \"azure-files\"",
+            )?;
+            if !(3..=24).contains(&account.value.len())
+                || !account
+                    .value
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            {
+                return Err(invalid(
+                    &account.origin,
+                    "share.account",
+                    format!(
+                        "{:?} is not a storage account name (3-24 lowercase letters and digits)",
+                        account.value
+                    ),
+                ));
+            }
+            let share_name = required(
+                &share.share,
+                &kind.origin,
+                "share.share",
+                "when share.kind = \"azure-files\"",
+            )?;
+            let name = &share_name.value;
+            if !(3..=63).contains(&name.len())
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                || name.starts_with('-')
+                || name.ends_with('-')
+                || name.contains("--")
+            {
+                return Err(invalid(
+                    &share_name.origin,
+                    "share.share",
+                    format!("{name:?} is not a file share name (3-63 lowercase letters, digits and single hyphens)"),
+                ));
+            }
+            let key_source = share
+                .key_source
+                .as_ref()
+                .map(|k| k.value)
+                .unwrap_or(KeySourceKind::File);
+            let key_file = match key_source {
+                KeySourceKind::File => Some(absolute_path(
+                    "share.key_file",
+                    &or_default(&share.key_file, DEFAULT_KEY_FILE),
+                )?),
+                KeySourceKind::ManagedIdentity => {
+                    if let Some(file) = &share.key_file {
+                        return Err(invalid(
+                            &file.origin,
+                            "share.key_file",
+                            "not used when share.key_source = \"managed-identity\"",
+                        ));
+                    }
+                    None
+                }
+            };
+            let endpoint_suffix = or_default(&share.endpoint_suffix, DEFAULT_ENDPOINT_SUFFIX);
+            if endpoint_suffix.value.is_empty()
+                || !endpoint_suffix
+                    .value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+            {
+                return Err(invalid(
+                    &endpoint_suffix.origin,
+                    "share.endpoint_suffix",
+                    "must be a DNS suffix such as core.windows.net",
+                ));
+            }
+            ShareSource::AzureFiles {
+                account: account.value.clone(),
+                share: name.clone(),
+                endpoint_suffix: endpoint_suffix.value,
+                key_source,
+                key_file,
+            }
+        }
+        ShareKind::Nfs => {
+            let source = required(
+                &share.source,
+                &kind.origin,
+                "share.source",
+                "when share.kind = \"nfs\" (host:/export)",
+            )?;
+            match source.value.split_once(":/") {
+                Some((host, _)) if !host.is_empty() && !host.contains(char::is_whitespace) => {}
+                _ => {
+                    return Err(invalid(
+                        &source.origin,
+                        "share.source",
+                        format!("{:?} is not host:/export", source.value),
+                    ));
+                }
+            }
+            ShareSource::Nfs {
+                source: source.value.clone(),
+            }
+        }
+        ShareKind::Local => {
+            let path = required(
+                &share.path,
+                &kind.origin,
+                "share.path",
+                "when share.kind = \"local\"",
+            )?;
+            ShareSource::Local {
+                path: absolute_path("share.path", path)?,
+            }
+        }
+    };
+
+    let options = match &share.options {
+        Some(options) => {
+            for option in &options.value {
+                let name = option.split('=').next().unwrap_or_default();
+                if option.is_empty() || option.contains(',') || option.contains(char::is_whitespace)
+                {
+                    return Err(invalid(
+                        &options.origin,
+                        "share.options",
+                        format!("{option:?}: give one mount option per list entry"),
+                    ));
+                }
+                if SECRET_MOUNT_OPTIONS.contains(&name) {
+                    return Err(invalid(
+                        &options.origin,
+                        "share.options",
+                        format!("`{name}=` does not belong in the config: the key is read from share.key_file"),
+                    ));
+                }
+            }
+            options.value.clone()
+        }
+        None => Vec::new(),
+    };
+
+    Ok(ShareSettings {
+        kind: kind.value,
+        mount_point,
+        source,
+        options,
+    })
+}
+
+fn validate_links(section: Option<Sourced<LinksFragment>>) -> Result<LinksSettings, ConfigError> {
+    let links = section.map(|s| s.value).unwrap_or_default();
+    let users = match links.users {
+        Some(Sourced {
+            value: UserSelection::Named(names),
+            origin,
+        }) => {
+            for name in &names {
+                if !is_account_name(name) {
+                    return Err(invalid(
+                        &origin,
+                        "links.users",
+                        format!("{name:?} is not a valid user name"),
+                    ));
+                }
+            }
+            UserSelection::Named(names)
+        }
+        Some(Sourced { value, .. }) => value,
+        None => UserSelection::All,
+    };
+    let target = or_default(&links.target, DEFAULT_TARGET);
+    contained_relative_path("links.target", &target)?;
+    if !target.value.contains("{user}") {
+        return Err(invalid(
+            &target.origin,
+            "links.target",
+            format!(
+                "{:?} must contain {{user}}, or every user would share one folder",
+                target.value
+            ),
+        ));
+    }
+    Ok(LinksSettings {
+        users,
+        min_uid: links.min_uid.map(|m| m.value).unwrap_or(DEFAULT_MIN_UID),
+        link: contained_relative_path("links.link", &or_default(&links.link, DEFAULT_LINK))?,
+        target: target.value,
+    })
+}
+
+fn validate_setup(
+    section: Option<Sourced<SetupFragment>>,
+    local_user: &str,
+) -> Result<SetupSettings, ConfigError> {
+    let setup = section.map(|s| s.value).unwrap_or_default();
+    let dir = absolute_path("setup.dir", &or_default(&setup.dir, DEFAULT_SETUP_DIR))?;
+    let mut seen = HashSet::new();
+    let mut scripts = Vec::new();
+    for (index, script) in setup.scripts.unwrap_or_default().into_iter().enumerate() {
+        let origin = script.origin;
+        let script = script.value;
+        let key = |field: &str| format!("setup.scripts[{index}].{field}");
+        let name = required(
+            &script.name,
+            &origin,
+            &key("name"),
+            "for every [[setup.scripts]]",
+        )?;
+        let name_ok = !name.value.is_empty()
+            && name.value.len() <= 64
+            && name
+                .value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            && !name.value.starts_with('.');
+        if !name_ok {
+            return Err(invalid(
+                &name.origin,
+                &key("name"),
+                format!("{:?}: use letters, digits, '.', '_' and '-'", name.value),
+            ));
+        }
+        if !seen.insert(name.value.clone()) {
+            return Err(invalid(
+                &name.origin,
+                &key("name"),
+                format!("{:?} is used by two scripts", name.value),
+            ));
+        }
+        let path = absolute_path(
+            &key("path"),
+            required(
+                &script.path,
+                &origin,
+                &key("path"),
+                "for every [[setup.scripts]]",
+            )?,
+        )?;
+        let run_as = match &script.run_as {
+            Some(user) => account_name(&key("run_as"), user)?,
+            None => local_user.to_string(),
+        };
+        let timeout = script
+            .timeout
+            .as_ref()
+            .map(|t| t.value.0)
+            .unwrap_or(DEFAULT_SCRIPT_TIMEOUT);
+        if timeout.is_zero() {
+            return Err(invalid(&origin, &key("timeout"), "must be longer than 0s"));
+        }
+        scripts.push(ScriptSettings {
+            name: name.value.clone(),
+            path,
+            run_as,
+            when: script
+                .when
+                .as_ref()
+                .map(|w| w.value)
+                .unwrap_or(RunWhen::Once),
+            args: script
+                .args
+                .as_ref()
+                .map(|a| a.value.clone())
+                .unwrap_or_default(),
+            workdir: script
+                .workdir
+                .as_ref()
+                .map(|w| absolute_path(&key("workdir"), w))
+                .transpose()?,
+            timeout,
+        });
+    }
+    Ok(SetupSettings { dir, scripts })
+}
+
+fn validate_idle(section: Option<Sourced<IdleFragment>>) -> Result<IdleSettings, ConfigError> {
+    let idle = section.map(|s| s.value).unwrap_or_default();
+    let interval = idle
+        .interval
+        .as_ref()
+        .map(|i| i.value.0)
+        .unwrap_or(DEFAULT_IDLE_INTERVAL);
+    let timeout = idle
+        .timeout
+        .as_ref()
+        .map(|t| t.value.0)
+        .unwrap_or(DEFAULT_IDLE_TIMEOUT);
+    if interval.is_zero() {
+        if let Some(given) = &idle.interval {
+            return Err(invalid(
+                &given.origin,
+                "idle.interval",
+                "must be longer than 0s",
+            ));
+        }
+    }
+    if timeout < interval {
+        let origin = idle
+            .timeout
+            .as_ref()
+            .or(idle.interval.as_ref())
+            .map(|v| v.origin.clone())
+            .unwrap_or_else(|| Origin::new(Path::new("<default>"), 0));
+        return Err(invalid(
+            &origin,
+            "idle.timeout",
+            format!(
+                "{} is shorter than idle.interval ({})",
+                duration::format(timeout),
+                duration::format(interval)
+            ),
+        ));
+    }
+    Ok(IdleSettings { interval, timeout })
+}

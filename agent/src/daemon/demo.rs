@@ -1,0 +1,127 @@
+//! `pool-agentd --demo`: a throwaway sandbox with a local share, a few users
+//! in its own passwd file and a sample setup script, so the agent can be
+//! tried unprivileged on any Linux machine.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+const DEMO_USERS: &[&str] = &["azureuser", "alice", "bob"];
+const FIRST_DEMO_UID: u32 = 2001;
+
+const DEMO_CONFIG: &str = r#"# pool-agent demo sandbox. Every path below resolves under the sandbox root.
+[instance]
+name = "demo-vm"
+local_user = "azureuser"
+
+[share]
+kind = "local"
+path = "/srv/share"
+mount_point = "/data/notebooks"
+
+[links]
+users = "all"
+
+[[setup.scripts]]
+name = "hello"
+path = "/etc/pool-agent/setup.d/10-hello.sh"
+run_as = "azureuser"
+when = "every-boot"
+timeout = "1m"
+
+[idle]
+interval = "5s"
+timeout = "5m"
+"#;
+
+const DEMO_SCRIPT: &str = "#!/bin/sh\n# A sample setup script: prints who and where it runs.\necho \"hello from $(id -un 2>/dev/null || id -u) in $(pwd)\"\n";
+
+/// The default sandbox directory for this user.
+pub fn default_root() -> PathBuf {
+    std::env::temp_dir().join(format!("pool-agent-demo-{}", nix::unistd::getuid()))
+}
+
+/// Builds (or refreshes) the sandbox under `root`. A config the user edited is kept.
+pub fn prepare(root: &Path) -> io::Result<()> {
+    let me = nix::unistd::getuid().as_raw();
+    let me_gid = nix::unistd::getgid().as_raw();
+    for dir in [
+        "etc/pool-agent/config.d",
+        "etc/pool-agent/setup.d",
+        "srv/share",
+        "data/notebooks",
+        "run",
+        "var/lib",
+        "var/log",
+    ] {
+        fs::create_dir_all(root.join(dir))?;
+    }
+    // Sandboxed users may need to traverse the root (e.g. tests that switch uid).
+    fs::set_permissions(root, fs::Permissions::from_mode(0o755))?;
+
+    let mut passwd = String::from("root:x:0:0:root:/root:/bin/bash\n");
+    let mut group = String::from("root:x:0:\n");
+    let mut admins = Vec::new();
+    if me != 0 {
+        passwd.push_str(&format!(
+            "you:x:{me}:{me_gid}:the demo's caller:/home/you:/bin/bash\n"
+        ));
+        admins.push("you");
+    }
+    let uids = (FIRST_DEMO_UID..).filter(|uid| *uid != me);
+    for (name, uid) in DEMO_USERS.iter().zip(uids) {
+        passwd.push_str(&format!("{name}:x:{uid}:{uid}::/home/{name}:/bin/bash\n"));
+        group.push_str(&format!("{name}:x:{uid}:\n"));
+        fs::create_dir_all(root.join("home").join(name))?;
+    }
+    group.push_str(&format!("pool-agent-admin:x:990:{}\n", admins.join(",")));
+    fs::write(root.join("etc/passwd"), passwd)?;
+    fs::write(root.join("etc/group"), group)?;
+
+    let config = root.join("etc/pool-agent/config.toml");
+    if !config.exists() {
+        fs::write(&config, DEMO_CONFIG)?;
+    }
+    let script = root.join("etc/pool-agent/setup.d/10-hello.sh");
+    fs::write(&script, DEMO_SCRIPT)?;
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+pub fn print_instructions(root: &Path, socket: &Path) {
+    println!("pool-agent demo: sandbox in {}", root.display());
+    println!(
+        "  config: {}",
+        root.join("etc/pool-agent/config.toml").display()
+    );
+    println!("  query it from another terminal:");
+    println!("    export POOL_AGENT_SOCKET={}", socket.display());
+    println!("    pool-agent status          # or: cargo run -q --bin pool-agent -- status");
+    println!("  reload the config: kill -HUP {}", std::process::id());
+    println!("  Ctrl-C stops it.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sandbox_has_a_valid_config_users_and_a_share() {
+        let dir = tempfile::tempdir().unwrap();
+        prepare(dir.path()).unwrap();
+        let settings = crate::config::load(&dir.path().join("etc/pool-agent/config.toml")).unwrap();
+        assert!(settings.share.is_some());
+        assert!(dir.path().join("srv/share").is_dir());
+        let users = crate::accounts::read_passwd(&dir.path().join("etc/passwd")).unwrap();
+        let logins = users.iter().filter(|u| u.is_login_user(1000)).count();
+        assert!(logins >= 3, "{users:?}");
+        // Running it twice keeps an edited config.
+        fs::write(dir.path().join("etc/pool-agent/config.toml"), "# edited\n").unwrap();
+        prepare(dir.path()).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.path().join("etc/pool-agent/config.toml")).unwrap(),
+            "# edited\n"
+        );
+    }
+}

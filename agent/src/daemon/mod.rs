@@ -1,0 +1,235 @@
+//! The daemon's boot flow: config → API socket (READY) → share → links →
+//! setup scripts → idle → Azure reporting, each capability a supervised task.
+//! SIGHUP reloads the config (a bad one is refused and the old one kept),
+//! SIGTERM/SIGINT stop everything within [`STOP_DEADLINE`].
+
+pub mod demo;
+pub mod supervisor;
+pub mod systemd;
+
+use crate::api::types::ComponentState;
+use crate::api::{self, AppState};
+use crate::clock::{self, SharedClock};
+use crate::config::{self, Settings};
+use crate::paths::SystemPaths;
+use crate::status::StatusBoard;
+use futures_util::StreamExt;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use supervisor::{ComponentContext, Supervisor};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// From SIGTERM to exit; systemd's own stop timeout is longer.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Default)]
+pub struct DaemonOptions {
+    pub config: Option<PathBuf>,
+    pub root: Option<PathBuf>,
+    pub check_config: bool,
+    pub demo: bool,
+}
+
+/// Exit codes: 0 clean stop or valid config, 1 runtime failure, 2 invalid config.
+pub fn main(options: DaemonOptions) -> ExitCode {
+    let root = match (options.demo, &options.root) {
+        (true, root) => {
+            let root = root.clone().unwrap_or_else(demo::default_root);
+            if let Err(err) = demo::prepare(&root) {
+                eprintln!(
+                    "pool-agentd: cannot build the demo sandbox in {}: {err}",
+                    root.display()
+                );
+                return ExitCode::from(1);
+            }
+            Some(root)
+        }
+        (false, root) => root.clone(),
+    };
+    let paths = match &root {
+        Some(root) => SystemPaths::under(root),
+        None => SystemPaths::system(),
+    };
+    let config_file = options
+        .config
+        .clone()
+        .unwrap_or_else(|| paths.config_file());
+
+    let settings = match config::load(&config_file) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("pool-agentd: invalid config: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    if options.check_config {
+        print!("{}", config::render_effective_toml(&settings));
+        return ExitCode::SUCCESS;
+    }
+    if options.demo {
+        demo::print_instructions(paths.root(), &paths.socket());
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("pool-agentd")
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(run(paths, config_file, settings)),
+        Err(err) => {
+            eprintln!("pool-agentd: cannot start the runtime: {err}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn instance_name(settings: &Settings) -> String {
+    if !settings.instance.name.is_empty() {
+        return settings.instance.name.clone();
+    }
+    // IMDS compute.name comes with the Azure work; the hostname is the fallback.
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+async fn run(paths: SystemPaths, config_file: PathBuf, settings: Settings) -> ExitCode {
+    // Signals first, so a SIGTERM during boot is a clean stop, not a kill.
+    let mut signals = match signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        Ok(signals) => signals,
+        Err(err) => {
+            tracing::error!("cannot install signal handlers: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let clock: SharedClock = clock::system();
+    let board = Arc::new(
+        StatusBoard::new(clock.clone(), &settings.sources).with_change_hook(systemd::status),
+    );
+    board.set(
+        "config",
+        ComponentState::Ready,
+        Some(format!("{} file(s) in force", settings.sources.len())),
+    );
+    let instance = instance_name(&settings);
+    let paths = Arc::new(paths);
+    let (settings_tx, settings_rx) = watch::channel(Arc::new(settings));
+
+    let socket = match api::server::bind(&paths.socket()) {
+        Ok(socket) => socket,
+        Err(err) => {
+            tracing::error!("{err}");
+            eprintln!("pool-agentd: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let state = AppState {
+        board: board.clone(),
+        settings: settings_rx.clone(),
+        paths: paths.clone(),
+        clock: clock.clone(),
+        started_at: clock.now(),
+        instance: instance.clone(),
+    };
+    let app = api::routes::router(state);
+    let api_shutdown = shutdown.child_token();
+    let api_task = tokio::spawn(async move {
+        api::server::serve(&socket.listener, app, api_shutdown).await;
+        socket
+    });
+    board.set(
+        "api",
+        ComponentState::Ready,
+        Some(format!("listening on {}", paths.socket().display())),
+    );
+    tracing::info!(instance = %instance, socket = %paths.socket().display(), "pool-agentd {} ready", crate::VERSION);
+    systemd::ready("API ready; starting capabilities");
+
+    let mut supervisor = Supervisor::new(shutdown.clone());
+    let context = |name: &'static str| ComponentContext {
+        name,
+        board: board.clone(),
+        settings: settings_rx.clone(),
+        paths: paths.clone(),
+        clock: clock.clone(),
+        shutdown: shutdown.clone(),
+    };
+    supervisor.spawn(context("share"), crate::share::run);
+    supervisor.spawn(context("links"), crate::links::run);
+    supervisor.spawn(context("scripts"), crate::scripts::run);
+    supervisor.spawn(context("idle"), crate::idle::run);
+    supervisor.spawn(context("azure"), crate::azure::run);
+    let watchdog = tokio::spawn(systemd::watchdog(shutdown.clone()));
+
+    while let Some(signal) = signals.next().await {
+        match signal {
+            SIGHUP => reload(&config_file, &settings_tx, &board),
+            _ => {
+                tracing::info!("signal {signal}: stopping");
+                break;
+            }
+        }
+    }
+
+    systemd::stopping();
+    let stop_started = clock.monotonic();
+    supervisor
+        .shutdown(STOP_DEADLINE - Duration::from_secs(2))
+        .await;
+    watchdog.abort();
+    let remaining = STOP_DEADLINE
+        .saturating_sub(clock.monotonic() - stop_started)
+        .saturating_sub(Duration::from_millis(500));
+    match tokio::time::timeout(remaining, api_task).await {
+        Ok(Ok(socket)) => socket.remove(),
+        _ => {
+            tracing::warn!("API did not stop in time; removing its socket anyway");
+            let _ = std::fs::remove_file(paths.socket());
+        }
+    }
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// Reads the config again; applies it only if it is valid.
+fn reload(
+    config_file: &std::path::Path,
+    settings_tx: &watch::Sender<Arc<Settings>>,
+    board: &StatusBoard,
+) {
+    match config::load(config_file) {
+        Ok(settings) => {
+            tracing::info!(files = settings.sources.len(), "config reloaded");
+            board.config_applied(&settings.sources);
+            settings_tx.send_replace(Arc::new(settings));
+        }
+        Err(err) => {
+            tracing::error!("config reload rejected, keeping the previous config: {err}");
+            board.config_rejected(&err);
+        }
+    }
+}
+
+/// Logs to stderr; under journald (JOURNAL_STREAM set) without timestamps,
+/// since the journal adds its own.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("POOL_AGENT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let colors = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().with_ansi(false).init();
+    } else {
+        builder.with_ansi(colors).init();
+    }
+}

@@ -1,0 +1,98 @@
+//! The CLI as a user meets it.
+
+use crate::harness::*;
+
+#[test]
+fn no_daemon_gives_one_line_naming_the_socket() {
+    let out = std::process::Command::new(CLI)
+        .args(["--socket", "/nonexistent/agent.sock", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let message = stderr(&out);
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert!(message.contains("/nonexistent/agent.sock"), "{message}");
+    assert!(message.contains("systemctl start pool-agentd"), "{message}");
+    assert!(stdout(&out).is_empty());
+}
+
+#[test]
+fn the_socket_can_come_from_the_environment() {
+    let sandbox = Sandbox::new();
+    let _daemon = sandbox.start();
+    let out = std::process::Command::new(CLI)
+        .args(["status", "--json"])
+        .env("POOL_AGENT_SOCKET", sandbox.socket())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["agent"]["instance"], "vm-test-0");
+}
+
+#[test]
+fn human_status_shows_each_component_and_since_when() {
+    let sandbox = Sandbox::new();
+    let _daemon = sandbox.start();
+    let out = sandbox.cli(&["status"]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    assert!(text.starts_with("pool-agent "), "{text}");
+    for name in [
+        "config", "api", "share", "links", "scripts", "idle", "azure",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} line in:\n{text}"));
+        assert!(line.contains("since "), "{line}");
+    }
+}
+
+#[test]
+fn routes_not_yet_built_say_so_with_a_json_error() {
+    let sandbox = Sandbox::new();
+    let _daemon = sandbox.start();
+    let out = sandbox.cli(&["idle", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["error"], "not_implemented");
+    assert!(body["message"].as_str().unwrap().contains("/v1/idle"));
+    assert!(stderr(&out).contains("[not_implemented]"));
+}
+
+#[test]
+fn metrics_and_config_answer() {
+    let sandbox = Sandbox::new();
+    let _daemon = sandbox.start();
+    let metrics = stdout(&sandbox.cli(&["metrics"]));
+    assert!(
+        metrics.contains("pool_agent_component_healthy{component=\"share\"} 1"),
+        "{metrics}"
+    );
+    let config: serde_json::Value =
+        serde_json::from_slice(&sandbox.cli(&["config", "--json"]).stdout).unwrap();
+    assert_eq!(config["share"]["kind"], "local");
+}
+
+#[test]
+fn a_request_that_outlives_the_timeout_is_abandoned() {
+    // A socket that accepts but never answers, standing in for a wedged daemon.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(CLI)
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--timeout", "1s", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(
+        stderr(&out).contains("did not answer within"),
+        "{}",
+        stderr(&out)
+    );
+}

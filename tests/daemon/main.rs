@@ -1,0 +1,9 @@
+//! Black-box tests: the real `pool-agentd` in a `--root` sandbox, driven by
+//! the real `pool-agent` over the real socket.
+
+mod harness;
+
+mod cli;
+mod config_check;
+mod lifecycle;
+mod permissions;
