@@ -10,6 +10,7 @@
 pub mod accounts;
 pub mod api;
 pub mod azure;
+pub mod backoff;
 pub mod cli;
 pub mod clock;
 pub mod config;

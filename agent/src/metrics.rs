@@ -1,7 +1,7 @@
 //! Prometheus text exposition of the agent's own state. Capabilities add
 //! their gauges here as they land.
 
-use crate::api::types::StatusReport;
+use crate::api::types::{ShareReport, ShareState, StatusReport};
 use std::fmt::Write;
 
 /// Label values are quoted strings: escape what the format requires.
@@ -12,7 +12,7 @@ fn label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-pub fn render(report: &StatusReport) -> String {
+pub fn render(report: &StatusReport, share: &ShareReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -62,7 +62,55 @@ pub fn render(report: &StatusReport) -> String {
         "pool_agent_config_reloads_total{{result=\"rejected\"}} {}",
         report.config.reloads_rejected
     );
+    if share.state != ShareState::NotConfigured {
+        share_metrics(&mut out, share);
+    }
     out
+}
+
+fn share_metrics(out: &mut String, share: &ShareReport) {
+    let mut gauge = |name: &str, kind: &str, help: &str, labels: &str, value: f64| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name}{labels} {value}");
+    };
+    gauge(
+        "pool_agent_share_mounted",
+        "gauge",
+        "1 while the share is mounted and its last probe passed.",
+        "",
+        f64::from(u8::from(share.state == ShareState::Mounted)),
+    );
+    gauge(
+        "pool_agent_share_state",
+        "gauge",
+        "The share's current state (1 for the state it is in).",
+        &format!("{{state=\"{}\"}}", share.state.as_str()),
+        1.0,
+    );
+    if let Some(latency_ms) = share.probe_latency_ms {
+        gauge(
+            "pool_agent_share_probe_latency_seconds",
+            "gauge",
+            "Latency of the last good health probe.",
+            "",
+            latency_ms / 1000.0,
+        );
+    }
+    gauge(
+        "pool_agent_share_mounts_total",
+        "counter",
+        "Mounts made by the agent.",
+        "",
+        share.mounts as f64,
+    );
+    gauge(
+        "pool_agent_share_failed_probes_total",
+        "counter",
+        "Health probes that failed or hung.",
+        "",
+        share.failed_probes as f64,
+    );
 }
 
 #[cfg(test)]

@@ -155,6 +155,29 @@ impl Sandbox {
     }
 }
 
+impl Drop for Sandbox {
+    /// Mounts the daemon made under the sandbox go with it (deepest first).
+    fn drop(&mut self) {
+        let mut mounted = mounts_under(self.root());
+        mounted.sort_by_key(|path| std::cmp::Reverse(path.len()));
+        for path in mounted {
+            let _ = Command::new("umount").arg("-l").arg(&path).status();
+        }
+    }
+}
+
+/// Mount points at or below `dir`, from the kernel's table.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let table = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let prefix = dir.display().to_string();
+    table
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .filter(|point| point.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
 pub struct Daemon {
     pub child: Child,
     pub log_path: PathBuf,

@@ -25,6 +25,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// What every handler may read.
 #[derive(Clone)]
 pub struct AppState {
+    pub share: crate::share::ShareHandle,
     pub board: SharedBoard,
     pub settings: watch::Receiver<Arc<Settings>>,
     pub paths: Arc<SystemPaths>,

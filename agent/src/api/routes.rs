@@ -18,14 +18,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/config", get(effective_config))
         .route("/metrics", get(metrics))
-        .route(
-            "/v1/share",
-            get(|| not_implemented("GET /v1/share", "share")),
-        )
-        .route(
-            "/v1/share/remount",
-            post(|| not_implemented("POST /v1/share/remount", "share")),
-        )
+        .route("/v1/share", get(share_report))
+        .route("/v1/share/remount", post(share_remount))
         .route(
             "/v1/links",
             get(|| not_implemented("GET /v1/links", "links")),
@@ -120,6 +114,37 @@ async fn status(State(state): State<AppState>) -> Json<StatusReport> {
     Json(status_report(&state))
 }
 
+async fn share_report(State(state): State<AppState>) -> Json<crate::api::types::ShareReport> {
+    Json(state.share.report())
+}
+
+/// Unmounts and mounts again now; answers with the share's state afterwards.
+async fn share_remount(State(state): State<AppState>) -> Response {
+    let mount_timeout = match &state.settings.borrow().share {
+        Some(share) => share.mount_timeout,
+        None => {
+            return ApiError::Conflict(
+                "no share is configured ([share] is missing from the config)".to_string(),
+            )
+            .into_response()
+        }
+    };
+    // The lazy unmount and the mount each have their own timeout; leave room for both.
+    let wait = mount_timeout + std::time::Duration::from_secs(40);
+    match state.share.request_remount(wait).await {
+        Ok(report) if report.state == crate::api::types::ShareState::Mounted => {
+            Json(report).into_response()
+        }
+        Ok(report) => ApiError::Unavailable(format!(
+            "remount failed, the share is {}: {}",
+            report.state.as_str(),
+            report.last_error.unwrap_or_default()
+        ))
+        .into_response(),
+        Err(message) => ApiError::Unavailable(message).into_response(),
+    }
+}
+
 async fn effective_config(State(state): State<AppState>) -> Response {
     let settings = state.settings.borrow().clone();
     match serde_json::to_value(settings.as_ref()) {
@@ -129,7 +154,7 @@ async fn effective_config(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let body = crate::metrics::render(&status_report(&state));
+    let body = crate::metrics::render(&status_report(&state), &state.share.report());
     let mut response = body.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -196,6 +221,7 @@ mod tests {
         let (_tx, rx) = tokio::sync::watch::channel(settings);
         let clock = crate::clock::system();
         let state = AppState {
+            share: crate::share::ShareHandle::system(clock.clone()),
             board: Arc::new(StatusBoard::new(clock.clone(), &[])),
             settings: rx,
             paths: Arc::new(SystemPaths::under(dir.path())),

@@ -96,13 +96,27 @@ pub struct ShareFragment {
     pub key_source: Value<KeySourceKind>,
     pub source: Value<String>,
     pub path: Value<String>,
+    pub vers: Value<String>,
+    pub uid: Value<String>,
+    pub gid: Value<String>,
+    pub dir_mode: Value<String>,
+    pub file_mode: Value<String>,
     pub options: Value<Vec<String>>,
+    pub default_options: Value<bool>,
+    pub probe_interval: Value<ConfigDuration>,
+    pub probe_timeout: Value<ConfigDuration>,
+    pub mount_timeout: Value<ConfigDuration>,
+    pub allow_mnt: Value<bool>,
+    pub force: Value<bool>,
+    pub unmount_on_stop: Value<bool>,
 }
 
 impl MergeFrom for ShareFragment {
     fn merge_from(&mut self, later: Self) {
         later_wins!(self, later; kind, mount_point, account, share, endpoint_suffix,
-            key_file, key_source, source, path, options);
+            key_file, key_source, source, path, vers, uid, gid, dir_mode, file_mode, options,
+            default_options, probe_interval, probe_timeout, mount_timeout, allow_mnt, force,
+            unmount_on_stop);
     }
 }
 

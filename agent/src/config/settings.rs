@@ -13,6 +13,17 @@ pub const DEFAULT_LOCAL_USER: &str = "azureuser";
 pub const DEFAULT_MOUNT_POINT: &str = "/data/notebooks";
 pub const DEFAULT_KEY_FILE: &str = "/etc/pool-agent/secrets/storage-key";
 pub const DEFAULT_ENDPOINT_SUFFIX: &str = "core.windows.net";
+pub const DEFAULT_SMB_VERSION: &str = "3.1.1";
+pub const DEFAULT_NFS_VERSION: &str = "4.1";
+/// Owner of everything on an SMB mount (SMB has no per-file POSIX owners).
+pub const DEFAULT_SHARE_UID: &str = "root";
+/// Group of everything on an SMB mount: users in it may write.
+pub const DEFAULT_SHARE_GID: &str = "users";
+pub const DEFAULT_DIR_MODE: &str = "0775";
+pub const DEFAULT_FILE_MODE: &str = "0664";
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(30);
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_MOUNT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MIN_UID: u32 = 1000;
 pub const DEFAULT_LINK: &str = "notebooks/remote";
 pub const DEFAULT_TARGET: &str = "notebooks/{user}";
@@ -25,7 +36,18 @@ pub const DEFAULT_ADMIN_GROUP: &str = "pool-agent-admin";
 
 /// Mount options that carry or point at a secret; the agent writes its own
 /// credentials file, so none of these may come from the config.
-const SECRET_MOUNT_OPTIONS: &[&str] = &["password", "pass", "password2", "credentials", "cred"];
+const SECRET_MOUNT_OPTIONS: &[&str] = &[
+    "password",
+    "pass",
+    "password2",
+    "credentials",
+    "cred",
+    "username",
+    "user",
+];
+
+/// Mount options that have keys of their own in [share].
+const MANAGED_MOUNT_OPTIONS: &[&str] = &["vers", "nfsvers", "uid", "gid", "dir_mode", "file_mode"];
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Settings {
@@ -55,7 +77,20 @@ pub struct ShareSettings {
     pub mount_point: PathBuf,
     #[serde(flatten)]
     pub source: ShareSource,
+    /// Extra mount options; one with the same name as a default replaces it.
     pub options: Vec<String>,
+    /// Whether the kind's recommended options are used (see share/spec.rs).
+    pub default_options: bool,
+    #[serde(serialize_with = "duration::serialize")]
+    pub probe_interval: Duration,
+    #[serde(serialize_with = "duration::serialize")]
+    pub probe_timeout: Duration,
+    #[serde(serialize_with = "duration::serialize")]
+    pub mount_timeout: Duration,
+    pub allow_mnt: bool,
+    /// Mount over a non-empty mount point (hiding what is there).
+    pub force: bool,
+    pub unmount_on_stop: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -65,16 +100,36 @@ pub enum ShareSource {
         account: String,
         share: String,
         endpoint_suffix: String,
+        /// `//server/share` instead of `//<account>.file.<suffix>/<share>`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        source: Option<String>,
         key_source: KeySourceKind,
         #[serde(skip_serializing_if = "Option::is_none")]
         key_file: Option<PathBuf>,
+        vers: String,
+        uid: String,
+        gid: String,
+        dir_mode: String,
+        file_mode: String,
     },
     Nfs {
         source: String,
+        vers: String,
     },
     Local {
         path: PathBuf,
     },
+}
+
+impl ShareSettings {
+    /// The `mount -t` type for this share (`none` for a local bind).
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            ShareKind::AzureFiles => "azure-files",
+            ShareKind::Nfs => "nfs",
+            ShareKind::Local => "local",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -274,6 +329,64 @@ fn http_endpoint(key: &str, value: &Sourced<String>) -> Result<String, ConfigErr
     }
 }
 
+const SMB_VERSIONS: &[&str] = &["3", "3.0", "3.02", "3.1.1"];
+const NFS_VERSIONS: &[&str] = &["3", "4", "4.0", "4.1", "4.2"];
+
+fn one_of(key: &str, value: &Sourced<String>, allowed: &[&str]) -> Result<String, ConfigError> {
+    if allowed.contains(&value.value.as_str()) {
+        Ok(value.value.clone())
+    } else {
+        Err(invalid(
+            &value.origin,
+            key,
+            format!("{:?} is not one of {}", value.value, allowed.join(", ")),
+        ))
+    }
+}
+
+/// A user or group for mount options: a name or a number.
+fn owner(key: &str, value: &Sourced<String>) -> Result<String, ConfigError> {
+    if value.value.parse::<u32>().is_ok() || is_account_name(&value.value) {
+        Ok(value.value.clone())
+    } else {
+        Err(invalid(
+            &value.origin,
+            key,
+            format!("{:?} is neither a name nor a number", value.value),
+        ))
+    }
+}
+
+fn octal_mode(key: &str, value: &Sourced<String>) -> Result<String, ConfigError> {
+    let digits = value.value.trim_start_matches('0');
+    let ok = (3..=4).contains(&value.value.len())
+        && digits.len() <= 3
+        && value.value.chars().all(|c| ('0'..='7').contains(&c));
+    if ok {
+        Ok(format!("0{:0>3}", digits))
+    } else {
+        Err(invalid(
+            &value.origin,
+            key,
+            format!("{:?} is not an octal mode such as \"0775\"", value.value),
+        ))
+    }
+}
+
+fn duration_or(
+    value: &Option<Sourced<super::duration::ConfigDuration>>,
+    default: Duration,
+    key: &str,
+) -> Result<Duration, ConfigError> {
+    match value {
+        Some(given) if given.value.0.is_zero() => {
+            Err(invalid(&given.origin, key, "must be longer than 0s"))
+        }
+        Some(given) => Ok(given.value.0),
+        None => Ok(default),
+    }
+}
+
 fn validate_share(section: Sourced<ShareFragment>) -> Result<ShareSettings, ConfigError> {
     let origin = section.origin;
     let share = section.value;
@@ -284,31 +397,49 @@ fn validate_share(section: Sourced<ShareFragment>) -> Result<ShareSettings, Conf
         "in [share]: \"azure-files\", \"nfs\" or \"local\"",
     )?;
 
-    let mount_point = absolute_path(
-        "share.mount_point",
-        &or_default(&share.mount_point, DEFAULT_MOUNT_POINT),
-    )?;
+    let mount_point_value = or_default(&share.mount_point, DEFAULT_MOUNT_POINT);
+    let mount_point = absolute_path("share.mount_point", &mount_point_value)?;
+    let allow_mnt = share.allow_mnt.as_ref().is_some_and(|a| a.value);
+    if mount_point.starts_with("/mnt") && !allow_mnt {
+        return Err(invalid(
+            &mount_point_value.origin,
+            "share.mount_point",
+            format!(
+                "{} is on Azure's temporary resource disk (/mnt), which is wiped on redeploy; pick another place or set share.allow_mnt = true",
+                mount_point.display()
+            ),
+        ));
+    }
 
     // Keys that belong to another kind are a mistake worth naming, not ignoring.
-    let foreign: &[(&str, bool)] = match kind.value {
-        ShareKind::AzureFiles => &[
-            ("source", share.source.is_some()),
-            ("path", share.path.is_some()),
-        ],
-        ShareKind::Nfs => &[
-            ("account", share.account.is_some()),
-            ("share", share.share.is_some()),
-            ("key_file", share.key_file.is_some()),
-            ("key_source", share.key_source.is_some()),
-            ("path", share.path.is_some()),
-        ],
-        ShareKind::Local => &[
-            ("account", share.account.is_some()),
-            ("share", share.share.is_some()),
-            ("key_file", share.key_file.is_some()),
-            ("key_source", share.key_source.is_some()),
-            ("source", share.source.is_some()),
-        ],
+    let smb_only = [
+        ("account", share.account.is_some()),
+        ("share", share.share.is_some()),
+        ("endpoint_suffix", share.endpoint_suffix.is_some()),
+        ("key_file", share.key_file.is_some()),
+        ("key_source", share.key_source.is_some()),
+        ("uid", share.uid.is_some()),
+        ("gid", share.gid.is_some()),
+        ("dir_mode", share.dir_mode.is_some()),
+        ("file_mode", share.file_mode.is_some()),
+    ];
+    let foreign: Vec<(&str, bool)> = match kind.value {
+        ShareKind::AzureFiles => vec![("path", share.path.is_some())],
+        ShareKind::Nfs => smb_only
+            .iter()
+            .copied()
+            .chain([("path", share.path.is_some())])
+            .collect(),
+        ShareKind::Local => smb_only
+            .iter()
+            .copied()
+            .chain([
+                ("source", share.source.is_some()),
+                ("vers", share.vers.is_some()),
+                ("options", share.options.is_some()),
+                ("default_options", share.default_options.is_some()),
+            ])
+            .collect(),
     };
     if let Some((key, _)) = foreign.iter().find(|(_, present)| *present) {
         let kind_name = serde_json::to_value(kind.value).unwrap_or_default();
@@ -397,12 +528,48 @@ fn validate_share(section: Sourced<ShareFragment>) -> Result<ShareSettings, Conf
                     "must be a DNS suffix such as core.windows.net",
                 ));
             }
+            let source = match &share.source {
+                Some(source) => {
+                    let rest = source.value.strip_prefix("//").unwrap_or_default();
+                    let well_formed = rest.split_once('/').is_some_and(|(host, path)| {
+                        !host.is_empty()
+                            && !path.is_empty()
+                            && !source.value.contains(char::is_whitespace)
+                            && !source.value.contains(',')
+                    });
+                    if !well_formed {
+                        return Err(invalid(
+                            &source.origin,
+                            "share.source",
+                            format!("{:?} is not //server/share", source.value),
+                        ));
+                    }
+                    Some(source.value.clone())
+                }
+                None => None,
+            };
             ShareSource::AzureFiles {
                 account: account.value.clone(),
                 share: name.clone(),
                 endpoint_suffix: endpoint_suffix.value,
+                source,
                 key_source,
                 key_file,
+                vers: one_of(
+                    "share.vers",
+                    &or_default(&share.vers, DEFAULT_SMB_VERSION),
+                    SMB_VERSIONS,
+                )?,
+                uid: owner("share.uid", &or_default(&share.uid, DEFAULT_SHARE_UID))?,
+                gid: owner("share.gid", &or_default(&share.gid, DEFAULT_SHARE_GID))?,
+                dir_mode: octal_mode(
+                    "share.dir_mode",
+                    &or_default(&share.dir_mode, DEFAULT_DIR_MODE),
+                )?,
+                file_mode: octal_mode(
+                    "share.file_mode",
+                    &or_default(&share.file_mode, DEFAULT_FILE_MODE),
+                )?,
             }
         }
         ShareKind::Nfs => {
@@ -413,7 +580,10 @@ fn validate_share(section: Sourced<ShareFragment>) -> Result<ShareSettings, Conf
                 "when share.kind = \"nfs\" (host:/export)",
             )?;
             match source.value.split_once(":/") {
-                Some((host, _)) if !host.is_empty() && !host.contains(char::is_whitespace) => {}
+                Some((host, _))
+                    if !host.is_empty()
+                        && !source.value.contains(char::is_whitespace)
+                        && !source.value.contains(',') => {}
                 _ => {
                     return Err(invalid(
                         &source.origin,
@@ -424,6 +594,11 @@ fn validate_share(section: Sourced<ShareFragment>) -> Result<ShareSettings, Conf
             }
             ShareSource::Nfs {
                 source: source.value.clone(),
+                vers: one_of(
+                    "share.vers",
+                    &or_default(&share.vers, DEFAULT_NFS_VERSION),
+                    NFS_VERSIONS,
+                )?,
             }
         }
         ShareKind::Local => {
@@ -458,17 +633,60 @@ fn validate_share(section: Sourced<ShareFragment>) -> Result<ShareSettings, Conf
                         format!("`{name}=` does not belong in the config: the key is read from share.key_file"),
                     ));
                 }
+                if MANAGED_MOUNT_OPTIONS.contains(&name) {
+                    return Err(invalid(
+                        &options.origin,
+                        "share.options",
+                        format!("`{name}` is set by its own key (share.{name}), not in options"),
+                    ));
+                }
             }
             options.value.clone()
         }
         None => Vec::new(),
     };
 
+    let probe_interval = duration_or(
+        &share.probe_interval,
+        DEFAULT_PROBE_INTERVAL,
+        "share.probe_interval",
+    )?;
+    let probe_timeout = duration_or(
+        &share.probe_timeout,
+        DEFAULT_PROBE_TIMEOUT,
+        "share.probe_timeout",
+    )?;
+    let mount_timeout = duration_or(
+        &share.mount_timeout,
+        DEFAULT_MOUNT_TIMEOUT,
+        "share.mount_timeout",
+    )?;
+    if probe_timeout > probe_interval {
+        let at = share
+            .probe_timeout
+            .as_ref()
+            .or(share.probe_interval.as_ref())
+            .map(|v| v.origin.clone())
+            .unwrap_or(origin);
+        return Err(invalid(
+            &at,
+            "share.probe_timeout",
+            "must not be longer than share.probe_interval",
+        ));
+    }
+
     Ok(ShareSettings {
         kind: kind.value,
         mount_point,
         source,
         options,
+        default_options: share.default_options.as_ref().is_none_or(|d| d.value),
+        probe_interval,
+        probe_timeout,
+        mount_timeout,
+        allow_mnt,
+        force: share.force.as_ref().is_some_and(|f| f.value),
+        unmount_on_stop: share.unmount_on_stop.as_ref().is_some_and(|u| u.value),
     })
 }
 

@@ -130,7 +130,9 @@ async fn run(paths: SystemPaths, config_file: PathBuf, settings: Settings) -> Ex
         }
     };
     let shutdown = CancellationToken::new();
+    let share = crate::share::ShareHandle::system(clock.clone());
     let state = AppState {
+        share: share.clone(),
         board: board.clone(),
         settings: settings_rx.clone(),
         paths: paths.clone(),
@@ -161,7 +163,9 @@ async fn run(paths: SystemPaths, config_file: PathBuf, settings: Settings) -> Ex
         clock: clock.clone(),
         shutdown: shutdown.clone(),
     };
-    supervisor.spawn(context("share"), crate::share::run);
+    supervisor.spawn(context("share"), move |ctx| {
+        crate::share::run(ctx, share.clone())
+    });
     supervisor.spawn(context("links"), crate::links::run);
     supervisor.spawn(context("scripts"), crate::scripts::run);
     supervisor.spawn(context("idle"), crate::idle::run);

@@ -1,64 +1,655 @@
 //! Share: the team's workspace, mounted and kept mounted.
 //!
-//! Kinds: `azure-files` (SMB 3.x), `nfs`, `local` (a directory, for dev and
-//! demos). This first cut checks a `local` share; mounting the network kinds
-//! lands with the share work and is reported as not implemented until then.
+//! Kinds: `azure-files` (SMB 3.x through mount.cifs), `nfs` (mount.nfs) and
+//! `local` (a directory, bind-mounted when running as root). The task adopts a
+//! mount already in place, never stacks one, reports a foreign filesystem as a
+//! conflict, probes the mount's health in a blocking thread under a deadline,
+//! and after a failed probe remounts with capped, jittered backoff.
+//! The storage key only ever travels through a 0600 credentials file.
 
-use crate::api::types::ComponentState;
-use crate::config::{Settings, ShareSource};
+pub mod credentials;
+pub mod mount;
+pub mod mountinfo;
+pub mod probe;
+pub mod spec;
+
+use crate::accounts;
+use crate::api::types::{ComponentState, ShareReport, ShareState};
+use crate::backoff::Backoff;
+use crate::clock::{rfc3339, SharedClock};
+use crate::config::{duration, KeySourceKind, ShareSettings, ShareSource};
 use crate::daemon::supervisor::{ComponentContext, TaskResult};
+use mount::{MountCall, Mounter};
+use probe::{ProbeOutcome, Prober};
+use spec::{MountKind, MountPlan};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 
-pub async fn run(ctx: ComponentContext) -> TaskResult {
-    let mut settings = ctx.settings.clone();
-    loop {
-        let current = settings.borrow_and_update().clone();
-        evaluate(&ctx, &current);
-        tokio::select! {
-            _ = ctx.shutdown.cancelled() => return Ok(()),
-            changed = settings.changed() => if changed.is_err() { return Ok(()) },
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(60);
+/// Consecutive failed probes before the agent remounts; one marks the share degraded.
+const FAILED_PROBES_BEFORE_REMOUNT: u32 = 2;
+
+type RemountReply = oneshot::Sender<ShareReport>;
+
+/// Shared between the share task and the API.
+#[derive(Clone)]
+pub struct ShareHandle {
+    report: Arc<Mutex<ShareReport>>,
+    remount_tx: mpsc::Sender<RemountReply>,
+    remount_rx: Arc<tokio::sync::Mutex<mpsc::Receiver<RemountReply>>>,
+    mounter: Arc<dyn Mounter>,
+    prober: Arc<dyn Prober>,
+}
+
+impl ShareHandle {
+    pub fn new(clock: SharedClock, mounter: Arc<dyn Mounter>, prober: Arc<dyn Prober>) -> Self {
+        let (remount_tx, remount_rx) = mpsc::channel(4);
+        let report = ShareReport {
+            state: ShareState::Mounting,
+            since: rfc3339(clock.now()),
+            kind: None,
+            source: None,
+            mount_point: None,
+            fstype: None,
+            options: Vec::new(),
+            adopted: false,
+            detail: None,
+            last_error: None,
+            last_error_at: None,
+            last_good_probe: None,
+            probe_latency_ms: None,
+            probe_interval: None,
+            next_attempt: None,
+            mounts: 0,
+            failed_probes: 0,
+        };
+        Self {
+            report: Arc::new(Mutex::new(report)),
+            remount_tx,
+            remount_rx: Arc::new(tokio::sync::Mutex::new(remount_rx)),
+            mounter,
+            prober,
+        }
+    }
+
+    pub fn system(clock: SharedClock) -> Self {
+        Self::new(
+            clock,
+            Arc::new(mount::SystemMounter),
+            Arc::new(probe::SystemProber::default()),
+        )
+    }
+
+    pub fn report(&self) -> ShareReport {
+        self.report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut ShareReport)) {
+        let mut report = self.report.lock().unwrap_or_else(|p| p.into_inner());
+        change(&mut report);
+    }
+
+    /// Asks the task to unmount and mount again; waits up to `wait` for the outcome.
+    pub async fn request_remount(&self, wait: Duration) -> Result<ShareReport, String> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.remount_tx
+            .try_send(reply_tx)
+            .map_err(|_| "a remount is already queued".to_string())?;
+        match tokio::time::timeout(wait, reply_rx).await {
+            Ok(Ok(report)) => Ok(report),
+            Ok(Err(_)) => Err("the share task stopped before answering".to_string()),
+            Err(_) => Err(format!(
+                "the remount did not finish within {}s",
+                wait.as_secs()
+            )),
         }
     }
 }
 
-fn evaluate(ctx: &ComponentContext, settings: &Settings) {
-    let Some(share) = &settings.share else {
-        ctx.set(
-            ComponentState::Skipped,
-            "no [share] in the config".to_string(),
-        );
-        return;
+/// What the task does until something changes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Next {
+    /// Nothing to do until the config changes.
+    Wait,
+    /// Try again after this long.
+    Retry(Duration),
+    /// Mounted: probe every interval.
+    Watch,
+}
+
+struct Worker {
+    ctx: ComponentContext,
+    share: ShareHandle,
+    backoff: Backoff,
+    /// The mount this agent made or adopted, if any.
+    current: Option<MountPlan>,
+    /// Whether the share had been mounted and then went bad (shown as degraded until it is back).
+    outage: bool,
+    failed_in_a_row: u32,
+}
+
+pub async fn run(ctx: ComponentContext, share: ShareHandle) -> TaskResult {
+    let remount_rx = share.remount_rx.clone();
+    let mut remounts = remount_rx.lock().await;
+    let mut settings_rx = ctx.settings.clone();
+    let mut worker = Worker {
+        ctx: ctx.clone(),
+        share,
+        backoff: Backoff::new(FIRST_RETRY, MAX_RETRY),
+        current: None,
+        outage: false,
+        failed_in_a_row: 0,
     };
-    match &share.source {
-        ShareSource::Local { path } => {
-            let dir = ctx.paths.resolve(path);
-            if dir.is_dir() {
-                ctx.set(
-                    ComponentState::Ready,
-                    format!("local share {} used in place", path.display()),
-                );
-            } else {
-                ctx.board.set_error(
-                    ctx.name,
-                    ComponentState::Failed,
-                    None,
-                    format!("local share {} is not a directory", dir.display()),
-                );
+    let mut config_live = true;
+    loop {
+        let settings = settings_rx.borrow_and_update().clone();
+        let config = settings.share.clone();
+        let mut next = worker.ensure(config.as_ref()).await;
+        loop {
+            let pause = match (next, &config) {
+                (Next::Retry(delay), _) => Some(delay),
+                (Next::Watch, Some(share)) => Some(share.probe_interval),
+                _ => None,
+            };
+            worker.share.update(|r| {
+                r.next_attempt = match next {
+                    Next::Retry(delay) => Some(rfc3339(worker.ctx.clock.now() + delay)),
+                    _ => None,
+                }
+            });
+            tokio::select! {
+                _ = ctx.shutdown.cancelled() => {
+                    worker.stop(config.as_ref()).await;
+                    return Ok(());
+                }
+                changed = settings_rx.changed(), if config_live => {
+                    if changed.is_err() {
+                        // The daemon is going away; keep the share as it is until shutdown.
+                        config_live = false;
+                        continue;
+                    }
+                    break;
+                }
+                Some(reply) = remounts.recv() => {
+                    worker.remount().await;
+                    next = worker.ensure(config.as_ref()).await;
+                    let _ = reply.send(worker.share.report());
+                }
+                _ = sleep_or_forever(pause) => {
+                    next = match next {
+                        Next::Watch => match &config {
+                            Some(share) => worker.watch(share).await,
+                            None => Next::Wait,
+                        },
+                        _ => worker.ensure(config.as_ref()).await,
+                    };
+                }
             }
         }
-        ShareSource::AzureFiles { .. } | ShareSource::Nfs { .. } => ctx.set(
-            ComponentState::NotImplemented,
-            format!(
-                "mounting {} shares lands with the share work",
-                kind_name(&share.source)
-            ),
-        ),
     }
 }
 
-fn kind_name(source: &ShareSource) -> &'static str {
-    match source {
-        ShareSource::AzureFiles { .. } => "azure-files",
-        ShareSource::Nfs { .. } => "nfs",
-        ShareSource::Local { .. } => "local",
+async fn sleep_or_forever(pause: Option<Duration>) {
+    match pause {
+        Some(pause) => tokio::time::sleep(pause).await,
+        None => std::future::pending().await,
     }
 }
+
+fn running_as_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+impl Worker {
+    fn set_state(&self, state: ShareState, detail: Option<String>) {
+        let now = rfc3339(self.ctx.clock.now());
+        self.share.update(|r| {
+            if r.state != state {
+                r.since = now;
+            }
+            r.state = state;
+            r.detail = detail.clone();
+        });
+        let component = component_for(state);
+        let summary = detail.unwrap_or_else(|| state.as_str().to_string());
+        self.ctx.set(component, summary);
+    }
+
+    fn record_error(&self, state: ShareState, error: String) {
+        tracing::warn!(component = "share", state = state.as_str(), "{error}");
+        let now = rfc3339(self.ctx.clock.now());
+        self.share.update(|r| {
+            r.last_error = Some(error.clone());
+            r.last_error_at = Some(now);
+        });
+        self.set_state(state, None);
+        self.ctx.board.set_error(
+            self.ctx.name,
+            component_for(state),
+            Some(state.as_str().to_string()),
+            error,
+        );
+    }
+
+    /// Unmounted after an outage stays 'degraded' until it is back.
+    fn failure_state(&self) -> ShareState {
+        if self.outage {
+            ShareState::Degraded
+        } else {
+            ShareState::Unmounted
+        }
+    }
+
+    fn retry(&mut self) -> Next {
+        Next::Retry(self.backoff.next_delay())
+    }
+
+    fn describe(&self, share: &ShareSettings, plan: &MountPlan, options: &[String]) {
+        self.share.update(|r| {
+            r.kind = Some(share.kind_name().to_string());
+            r.source = Some(plan.source.clone());
+            r.mount_point = Some(share.mount_point.display().to_string());
+            r.fstype = Some(plan.fstype().to_string());
+            r.options = options.to_vec();
+            r.probe_interval = Some(duration::format(share.probe_interval));
+        });
+    }
+
+    /// Makes sure the configured share is mounted; says what to do next.
+    async fn ensure(&mut self, config: Option<&ShareSettings>) -> Next {
+        let Some(share) = config else {
+            if let Some(previous) = self.current.take() {
+                self.unmount(&previous).await;
+            }
+            self.share.update(|r| {
+                r.kind = None;
+                r.source = None;
+                r.mount_point = None;
+                r.fstype = None;
+                r.options.clear();
+            });
+            self.set_state(
+                ShareState::NotConfigured,
+                Some("no [share] in the config".to_string()),
+            );
+            return Next::Wait;
+        };
+        if let ShareSource::AzureFiles {
+            key_source: KeySourceKind::ManagedIdentity,
+            ..
+        } = &share.source
+        {
+            self.set_state(
+                ShareState::NotImplemented,
+                Some("key_source = \"managed-identity\" lands with the Azure reporting work; use key_file until then".to_string()),
+            );
+            return Next::Wait;
+        }
+        let accounts = accounts::read_passwd(&self.ctx.paths.passwd()).unwrap_or_default();
+        let groups = accounts::read_group(&self.ctx.paths.group()).unwrap_or_default();
+        let plan = match spec::plan(share, &self.ctx.paths, &accounts, &groups) {
+            Ok(plan) => plan,
+            Err(error) => {
+                self.record_error(self.failure_state(), error);
+                return self.retry();
+            }
+        };
+        // A changed config that moves the share: let go of the old mount first.
+        if let Some(previous) = self.current.clone() {
+            if previous != plan {
+                self.unmount(&previous).await;
+                self.current = None;
+            }
+        }
+        let shown_options: Vec<String> = plan
+            .options
+            .iter()
+            .cloned()
+            .chain(plan.username.as_ref().map(|_| {
+                format!(
+                    "credentials={}",
+                    self.credentials_dir().join("share.credentials").display()
+                )
+            }))
+            .collect();
+        self.describe(share, &plan, &shown_options);
+
+        if plan.kind == MountKind::Bind {
+            let source = Path::new(&plan.source);
+            if !source.is_dir() {
+                self.record_error(
+                    self.failure_state(),
+                    format!("local share {} is not a directory", source.display()),
+                );
+                return self.retry();
+            }
+            if !running_as_root() || source == plan.target {
+                let why = if running_as_root() {
+                    "it is the mount point itself"
+                } else {
+                    "not root, so no bind mount"
+                };
+                self.current = Some(plan.clone());
+                self.mounted(
+                    false,
+                    Some(format!(
+                        "local share {} used in place ({why})",
+                        source.display()
+                    )),
+                );
+                return Next::Watch;
+            }
+        }
+
+        match self.existing_mount(&plan) {
+            Existing::Ours => {
+                let adopted = self.current.as_ref() != Some(&plan);
+                self.current = Some(plan.clone());
+                self.mounted(adopted, None);
+                return Next::Watch;
+            }
+            Existing::Foreign(what) => {
+                self.record_error(
+                    ShareState::Conflict,
+                    format!(
+                        "{what} is already mounted at {}; the agent will not mount on top of it",
+                        plan.target.display()
+                    ),
+                );
+                return self.retry();
+            }
+            Existing::None => {}
+        }
+
+        if let Err(error) = self.prepare_mount_point(share, &plan) {
+            self.record_error(self.failure_state(), error);
+            return self.retry();
+        }
+        if !self.outage {
+            self.set_state(
+                ShareState::Mounting,
+                Some(format!(
+                    "mounting {} at {}",
+                    plan.source,
+                    plan.target.display()
+                )),
+            );
+        }
+        match self.mount(share, &plan).await {
+            Ok(()) => match self.existing_mount(&plan) {
+                Existing::Ours => {
+                    self.current = Some(plan.clone());
+                    self.share.update(|r| {
+                        r.mounts += 1;
+                        r.adopted = false;
+                    });
+                    tracing::info!(source = %plan.source, target = %plan.target.display(), "share mounted");
+                    self.mounted(false, None);
+                    Next::Watch
+                }
+                _ => {
+                    self.record_error(
+                        self.failure_state(),
+                        "mount reported success but the share is not in the mount table"
+                            .to_string(),
+                    );
+                    self.retry()
+                }
+            },
+            Err(error) => {
+                self.record_error(self.failure_state(), error);
+                self.retry()
+            }
+        }
+    }
+
+    fn mounted(&mut self, adopted: bool, detail: Option<String>) {
+        self.backoff.reset();
+        self.outage = false;
+        self.failed_in_a_row = 0;
+        if adopted {
+            self.share.update(|r| r.adopted = true);
+        }
+        let detail = detail.or_else(|| {
+            let report = self.share.report();
+            Some(format!(
+                "{} {} at {}{}",
+                report.fstype.unwrap_or_default(),
+                report.source.unwrap_or_default(),
+                report.mount_point.unwrap_or_default(),
+                if adopted { " (adopted)" } else { "" }
+            ))
+        });
+        self.set_state(ShareState::Mounted, detail);
+    }
+
+    fn credentials_dir(&self) -> std::path::PathBuf {
+        self.ctx.paths.resolve("/run/pool-agent")
+    }
+
+    fn existing_mount(&self, plan: &MountPlan) -> Existing {
+        let table = match self.share.mounter.table() {
+            Ok(table) => table,
+            Err(err) => return Existing::Foreign(format!("(cannot read the mount table: {err})")),
+        };
+        let Some(top) = mountinfo::top_mount_at(&table, &plan.target) else {
+            return Existing::None;
+        };
+        let ours = match plan.kind {
+            MountKind::Bind => mount::same_directory(&plan.target, Path::new(&plan.source)),
+            _ => plan.matches(&top.fstype, &top.source),
+        };
+        if ours {
+            Existing::Ours
+        } else {
+            Existing::Foreign(format!("{} {}", top.fstype, top.source))
+        }
+    }
+
+    fn prepare_mount_point(&self, share: &ShareSettings, plan: &MountPlan) -> Result<(), String> {
+        use std::os::unix::fs::DirBuilderExt;
+        let target = &plan.target;
+        if !target.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(target)
+                .map_err(|err| format!("cannot create mount point {}: {err}", target.display()))?;
+        }
+        if !target.is_dir() {
+            return Err(format!(
+                "mount point {} is not a directory",
+                target.display()
+            ));
+        }
+        let entries = std::fs::read_dir(target)
+            .map_err(|err| format!("cannot read mount point {}: {err}", target.display()))?
+            .count();
+        if entries > 0 && !share.force {
+            return Err(format!(
+                "mount point {} is not empty ({entries} entries) and mounting would hide them; move them away or set share.force = true",
+                target.display()
+            ));
+        }
+        Ok(())
+    }
+
+    async fn mount(&self, share: &ShareSettings, plan: &MountPlan) -> Result<(), String> {
+        let mut options = plan.options.clone();
+        // Held until the mount call returns, then removed.
+        let mut _credentials = None;
+        if let (
+            Some(username),
+            ShareSource::AzureFiles {
+                key_file: Some(key_file),
+                ..
+            },
+        ) = (&plan.username, &share.source)
+        {
+            let expected_owner = if self.ctx.paths.is_sandbox() {
+                nix::unistd::geteuid().as_raw()
+            } else {
+                0
+            };
+            let key = credentials::read_key_file(&self.ctx.paths.resolve(key_file), expected_owner)
+                .map_err(|err| err.to_string())?;
+            let dir = self.credentials_dir();
+            let file =
+                credentials::CredentialsFile::write(&dir, username, &key).map_err(|err| {
+                    format!(
+                        "cannot write the credentials file in {}: {err}",
+                        dir.display()
+                    )
+                })?;
+            options.push(format!("credentials={}", file.path().display()));
+            _credentials = Some(file);
+        }
+        let call = MountCall {
+            fstype: match plan.kind {
+                MountKind::Bind => None,
+                _ => Some(plan.fstype().to_string()),
+            },
+            source: plan.source.clone(),
+            target: plan.target.clone(),
+            options,
+        };
+        self.share
+            .mounter
+            .mount(call, share.mount_timeout)
+            .await
+            .map_err(|err| err.to_string())
+    }
+
+    async fn unmount(&self, plan: &MountPlan) {
+        let in_place = plan.kind == MountKind::Bind
+            && (!running_as_root() || Path::new(&plan.source) == plan.target);
+        if in_place {
+            return;
+        }
+        if let Err(err) = self
+            .share
+            .mounter
+            .unmount_lazy(plan.target.clone(), Duration::from_secs(30))
+            .await
+        {
+            tracing::warn!(
+                component = "share",
+                "lazy unmount of {} failed: {err}",
+                plan.target.display()
+            );
+        }
+    }
+
+    /// One probe; on the second failure in a row, let go of the mount and mount again.
+    async fn watch(&mut self, share: &ShareSettings) -> Next {
+        let Some(plan) = self.current.clone() else {
+            return self.ensure(Some(share)).await;
+        };
+        let outcome = self
+            .share
+            .prober
+            .probe(plan.target.clone(), share.probe_timeout)
+            .await;
+        let error = match outcome {
+            ProbeOutcome::Healthy { latency } => {
+                let now = rfc3339(self.ctx.clock.now());
+                self.share.update(|r| {
+                    r.last_good_probe = Some(now);
+                    r.probe_latency_ms = Some((latency.as_secs_f64() * 1e6).round() / 1e3);
+                });
+                let still_there = plan.kind == MountKind::Bind && !running_as_root()
+                    || Path::new(&plan.source) == plan.target
+                    || matches!(self.existing_mount(&plan), Existing::Ours);
+                if still_there {
+                    if self.failed_in_a_row > 0 {
+                        self.mounted(false, None);
+                    }
+                    return Next::Watch;
+                }
+                // Someone unmounted it from under us: mount again right away.
+                self.current = None;
+                self.record_error(
+                    ShareState::Unmounted,
+                    format!(
+                        "the share was unmounted from {} behind the agent's back",
+                        plan.target.display()
+                    ),
+                );
+                return self.ensure(Some(share)).await;
+            }
+            ProbeOutcome::Failed { error } => {
+                format!("probe of {} failed: {error}", plan.target.display())
+            }
+            ProbeOutcome::TimedOut { after } => format!(
+                "probe of {} hung for more than {}s",
+                plan.target.display(),
+                after.as_secs()
+            ),
+        };
+        self.failed_in_a_row += 1;
+        self.share.update(|r| r.failed_probes += 1);
+        self.outage = true;
+        self.record_error(ShareState::Degraded, error);
+        if self.failed_in_a_row < FAILED_PROBES_BEFORE_REMOUNT {
+            return Next::Watch;
+        }
+        tracing::warn!(
+            component = "share",
+            "share unhealthy {} probes in a row: remounting",
+            self.failed_in_a_row
+        );
+        self.unmount(&plan).await;
+        self.current = None;
+        self.failed_in_a_row = 0;
+        self.ensure(Some(share)).await
+    }
+
+    async fn remount(&mut self) {
+        tracing::info!(component = "share", "remount requested");
+        if let Some(plan) = self.current.take() {
+            self.unmount(&plan).await;
+        }
+        self.backoff.reset();
+    }
+
+    async fn stop(&mut self, config: Option<&ShareSettings>) {
+        let Some(share) = config else { return };
+        if !share.unmount_on_stop {
+            return; // users may have files open: the mount outlives the agent
+        }
+        if let Some(plan) = self.current.take() {
+            self.unmount(&plan).await;
+            self.set_state(
+                ShareState::Stopped,
+                Some("unmounted at stop (unmount_on_stop = true)".to_string()),
+            );
+        }
+    }
+}
+
+enum Existing {
+    None,
+    Ours,
+    Foreign(String),
+}
+
+fn component_for(state: ShareState) -> ComponentState {
+    match state {
+        ShareState::Mounted => ComponentState::Ready,
+        ShareState::Degraded => ComponentState::Degraded,
+        ShareState::Mounting => ComponentState::Starting,
+        ShareState::NotConfigured => ComponentState::Skipped,
+        ShareState::NotImplemented => ComponentState::NotImplemented,
+        ShareState::Stopped => ComponentState::Stopped,
+        ShareState::Unmounted | ShareState::Conflict => ComponentState::Failed,
+    }
+}
+
+#[cfg(test)]
+mod tests;
