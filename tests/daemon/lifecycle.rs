@@ -257,6 +257,12 @@ fn demo_mode_builds_a_sandbox_and_says_how_to_query_it() {
     let output = std::fs::read_to_string(&log_path).unwrap();
     let _ = child.kill();
     let _ = child.wait();
+    for mount_point in mounts_under(&root) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(mount_point)
+            .status();
+    }
     assert!(up.is_some(), "demo never opened its socket:\n{output}");
     assert!(
         output.contains(&format!("POOL_AGENT_SOCKET={}", sandbox_socket.display())),

@@ -7,3 +7,4 @@ mod cli;
 mod config_check;
 mod lifecycle;
 mod permissions;
+mod share;

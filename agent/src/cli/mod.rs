@@ -29,6 +29,7 @@ enum Call {
 #[derive(Clone, Copy)]
 enum Show {
     Status,
+    Share,
     Text,
     Json,
 }
@@ -49,7 +50,7 @@ fn plan(command: &Command) -> Result<Call, String> {
     };
     match command {
         Command::Status => get("/v1/status", Show::Status),
-        Command::Share { action: None } => get("/v1/share", Show::Json),
+        Command::Share { action: None } => get("/v1/share", Show::Share),
         Command::Share { action: Some(ShareAction::Remount) } => post("/v1/share/remount".into(), None),
         Command::Links { action: None } => get("/v1/links", Show::Json),
         Command::Links { action: Some(LinksAction::Sync) } => post("/v1/links/sync".into(), None),
@@ -144,6 +145,7 @@ fn show(call: &Call, reply: &Reply, json: bool) -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     let show = match call {
         Call::Get { show, .. } => *show,
+        Call::Change { path, .. } if path == "/v1/share/remount" => Show::Share,
         Call::Change { .. } => Show::Json,
     };
     let text = match (show, json) {
@@ -152,6 +154,12 @@ fn show(call: &Call, reply: &Reply, json: bool) -> ExitCode {
             Ok(report) => render::status(&report),
             Err(err) => return fail(&format!("unexpected status answer: {err}"), 1),
         },
+        (Show::Share, false) => {
+            match serde_json::from_slice::<crate::api::types::ShareReport>(&reply.body) {
+                Ok(report) => render::share(&report),
+                Err(err) => return fail(&format!("unexpected share answer: {err}"), 1),
+            }
+        }
         (_, _) => match serde_json::from_slice::<serde_json::Value>(&reply.body) {
             Ok(value) => format!(
                 "{}\n",

@@ -19,6 +19,8 @@ local_user = "azureuser"
 kind = "local"
 path = "/srv/share"
 mount_point = "/data/notebooks"
+# The demo cleans up after itself; on a VM the mount outlives the agent.
+unmount_on_stop = true
 
 [links]
 users = "all"
