@@ -37,11 +37,7 @@ fn round_trip(socket: &Path, request: &[u8]) -> Duration {
     stream.write_all(request).unwrap();
     let mut answer = Vec::with_capacity(4096);
     stream.read_to_end(&mut answer).unwrap();
-    assert!(
-        answer.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&answer)
-    );
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
     started.elapsed()
 }
 
@@ -50,7 +46,10 @@ fn spawn_fixed_server(socket: &Path) {
     let listener = UnixListener::bind(socket).unwrap();
     std::thread::spawn(move || {
         let body = br#"{"ok":true}"#;
-        let reply = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
         for stream in listener.incoming() {
             let mut stream = stream.unwrap();
             let mut buf = [0u8; 1024];
@@ -72,11 +71,7 @@ fn time_command(runs: usize, mut command: impl FnMut() -> Command) -> Duration {
     let samples = (0..runs)
         .map(|_| {
             let started = Instant::now();
-            let status = command()
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .unwrap();
+            let status = command().stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
             assert!(status.success());
             started.elapsed()
         })
@@ -86,8 +81,7 @@ fn time_command(runs: usize, mut command: impl FnMut() -> Command) -> Duration {
 
 fn main() {
     // `cargo test --benches` runs this once too: keep that quick.
-    let quick = std::env::args().any(|a| a == "--test")
-        || std::env::var_os("POOL_AGENT_BENCH_QUICK").is_some();
+    let quick = std::env::args().any(|a| a == "--test") || std::env::var_os("POOL_AGENT_BENCH_QUICK").is_some();
     let (http_runs, cli_runs) = if quick { (20, 5) } else { (2000, 200) };
 
     let dir = tempfile::tempdir().unwrap();
@@ -123,16 +117,8 @@ fn main() {
         round_trip(&socket, request);
         round_trip(&floor_socket, request);
     }
-    let api = median(
-        (0..http_runs)
-            .map(|_| round_trip(&socket, request))
-            .collect(),
-    );
-    let floor = median(
-        (0..http_runs)
-            .map(|_| round_trip(&floor_socket, request))
-            .collect(),
-    );
+    let api = median((0..http_runs).map(|_| round_trip(&socket, request)).collect());
+    let floor = median((0..http_runs).map(|_| round_trip(&floor_socket, request)).collect());
 
     let cli_status = time_command(cli_runs, || {
         let mut c = Command::new(CLI);

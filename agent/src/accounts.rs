@@ -17,12 +17,7 @@ pub struct Account {
 impl Account {
     /// A human who can log in: not a system account, not a nologin shell.
     pub fn is_login_user(&self, min_uid: u32) -> bool {
-        const NO_LOGIN: &[&str] = &[
-            "/usr/sbin/nologin",
-            "/sbin/nologin",
-            "/bin/false",
-            "/usr/bin/false",
-        ];
+        const NO_LOGIN: &[&str] = &["/usr/sbin/nologin", "/sbin/nologin", "/bin/false", "/usr/bin/false"];
         self.uid >= min_uid && self.uid != 65534 && !NO_LOGIN.contains(&self.shell.as_str())
     }
 }
@@ -64,11 +59,7 @@ pub fn parse_group(text: &str) -> Vec<Group> {
             Some(Group {
                 name: fields[0].to_string(),
                 gid: fields[2].parse().ok()?,
-                members: fields[3]
-                    .split(',')
-                    .filter(|m| !m.is_empty())
-                    .map(str::to_string)
-                    .collect(),
+                members: fields[3].split(',').filter(|m| !m.is_empty()).map(str::to_string).collect(),
             })
         })
         .collect()
@@ -84,13 +75,7 @@ pub fn read_group(path: &Path) -> io::Result<Vec<Group>> {
 
 /// Whether a caller may change the VM: root, or a member of the admin group
 /// (by primary gid or by the group's member list).
-pub fn is_admin(
-    uid: u32,
-    gid: u32,
-    admin_group: &str,
-    accounts: &[Account],
-    groups: &[Group],
-) -> bool {
+pub fn is_admin(uid: u32, gid: u32, admin_group: &str, accounts: &[Account], groups: &[Group]) -> bool {
     if uid == 0 {
         return true;
     }
@@ -100,10 +85,7 @@ pub fn is_admin(
     if gid == group.gid {
         return true;
     }
-    accounts
-        .iter()
-        .filter(|a| a.uid == uid)
-        .any(|a| a.gid == group.gid || group.members.iter().any(|m| m == &a.name))
+    accounts.iter().filter(|a| a.uid == uid).any(|a| a.gid == group.gid || group.members.iter().any(|m| m == &a.name))
 }
 
 #[cfg(test)]
@@ -118,11 +100,7 @@ mod tests {
         let accounts = parse_passwd(PASSWD);
         assert_eq!(accounts.len(), 5);
         assert_eq!(accounts[2].home, PathBuf::from("/home/alice"));
-        let logins: Vec<_> = accounts
-            .iter()
-            .filter(|a| a.is_login_user(1000))
-            .map(|a| a.name.as_str())
-            .collect();
+        let logins: Vec<_> = accounts.iter().filter(|a| a.is_login_user(1000)).map(|a| a.name.as_str()).collect();
         assert_eq!(logins, ["alice", "bob"]);
     }
 
@@ -132,21 +110,9 @@ mod tests {
         let groups = parse_group(GROUP);
         assert!(is_admin(0, 0, "pool-agent-admin", &accounts, &groups));
         assert!(is_admin(1001, 1001, "pool-agent-admin", &accounts, &groups));
-        assert!(!is_admin(
-            1002,
-            1002,
-            "pool-agent-admin",
-            &accounts,
-            &groups
-        ));
-        assert!(
-            is_admin(1002, 990, "pool-agent-admin", &accounts, &groups),
-            "primary gid counts"
-        );
-        assert!(
-            !is_admin(4242, 4242, "pool-agent-admin", &accounts, &groups),
-            "unknown uid is not admin"
-        );
+        assert!(!is_admin(1002, 1002, "pool-agent-admin", &accounts, &groups));
+        assert!(is_admin(1002, 990, "pool-agent-admin", &accounts, &groups), "primary gid counts");
+        assert!(!is_admin(4242, 4242, "pool-agent-admin", &accounts, &groups), "unknown uid is not admin");
         assert!(!is_admin(1001, 1001, "no-such-group", &accounts, &groups));
     }
 }

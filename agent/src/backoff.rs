@@ -15,15 +15,8 @@ impl Backoff {
     pub fn new(first: Duration, cap: Duration) -> Self {
         // Seed from the pid and the address of a stack value: different on every VM and run.
         let marker = 0u8;
-        let seed = (std::process::id() as u64) << 32
-            ^ (&marker as *const u8 as u64)
-            ^ 0x9E37_79B9_7F4A_7C15;
-        Self {
-            first,
-            cap,
-            next: first,
-            rng: seed | 1,
-        }
+        let seed = (std::process::id() as u64) << 32 ^ (&marker as *const u8 as u64) ^ 0x9E37_79B9_7F4A_7C15;
+        Self { first, cap, next: first, rng: seed | 1 }
     }
 
     /// The delay before the next attempt: the current step ±20 %, then the step doubles up to the cap.
@@ -51,15 +44,10 @@ mod tests {
     #[test]
     fn grows_to_the_cap_with_bounded_jitter_and_resets() {
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-        let steps: Vec<f64> = (0..10)
-            .map(|_| backoff.next_delay().as_secs_f64())
-            .collect();
+        let steps: Vec<f64> = (0..10).map(|_| backoff.next_delay().as_secs_f64()).collect();
         let nominal = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0, 60.0];
         for (got, want) in steps.iter().zip(nominal) {
-            assert!(
-                *got >= want * 0.8 - 1e-9 && *got <= want * 1.2 + 1e-9,
-                "{got} vs {want}"
-            );
+            assert!(*got >= want * 0.8 - 1e-9 && *got <= want * 1.2 + 1e-9, "{got} vs {want}");
         }
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(1200));

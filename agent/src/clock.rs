@@ -48,11 +48,7 @@ pub mod fake {
 
     impl FakeClock {
         pub fn at(wall: SystemTime) -> Arc<Self> {
-            Arc::new(Self {
-                wall: Mutex::new(wall),
-                start: Instant::now(),
-                elapsed: Mutex::new(Duration::ZERO),
-            })
+            Arc::new(Self { wall: Mutex::new(wall), start: Instant::now(), elapsed: Mutex::new(Duration::ZERO) })
         }
         pub fn advance(&self, by: Duration) {
             *self.wall.lock().unwrap() += by;

@@ -6,26 +6,19 @@ use std::fmt::Write;
 
 /// Label values are quoted strings: escape what the format requires.
 fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 pub fn render(report: &StatusReport, share: &ShareReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP pool_agent_build_info Version of the running agent."
-    );
+    let _ = writeln!(out, "# HELP pool_agent_build_info Version of the running agent.");
     let _ = writeln!(out, "# TYPE pool_agent_build_info gauge");
+    let _ = writeln!(out, "pool_agent_build_info{{version=\"{}\"}} 1", label(&report.agent.version));
+
     let _ = writeln!(
         out,
-        "pool_agent_build_info{{version=\"{}\"}} 1",
-        label(&report.agent.version)
+        "# HELP pool_agent_component_healthy 1 when the component does its job (ready, or nothing to do)."
     );
-
-    let _ = writeln!(out, "# HELP pool_agent_component_healthy 1 when the component does its job (ready, or nothing to do).");
     let _ = writeln!(out, "# TYPE pool_agent_component_healthy gauge");
     for component in &report.components {
         let _ = writeln!(
@@ -36,7 +29,8 @@ pub fn render(report: &StatusReport, share: &ShareReport) -> String {
         );
     }
 
-    let _ = writeln!(out, "# HELP pool_agent_component_state Current state of each component (1 for the state it is in).");
+    let _ =
+        writeln!(out, "# HELP pool_agent_component_state Current state of each component (1 for the state it is in).");
     let _ = writeln!(out, "# TYPE pool_agent_component_state gauge");
     for component in &report.components {
         let _ = writeln!(
@@ -47,21 +41,10 @@ pub fn render(report: &StatusReport, share: &ShareReport) -> String {
         );
     }
 
-    let _ = writeln!(
-        out,
-        "# HELP pool_agent_config_reloads_total Config reloads by result."
-    );
+    let _ = writeln!(out, "# HELP pool_agent_config_reloads_total Config reloads by result.");
     let _ = writeln!(out, "# TYPE pool_agent_config_reloads_total counter");
-    let _ = writeln!(
-        out,
-        "pool_agent_config_reloads_total{{result=\"applied\"}} {}",
-        report.config.reloads_applied
-    );
-    let _ = writeln!(
-        out,
-        "pool_agent_config_reloads_total{{result=\"rejected\"}} {}",
-        report.config.reloads_rejected
-    );
+    let _ = writeln!(out, "pool_agent_config_reloads_total{{result=\"applied\"}} {}", report.config.reloads_applied);
+    let _ = writeln!(out, "pool_agent_config_reloads_total{{result=\"rejected\"}} {}", report.config.reloads_rejected);
     if share.state != ShareState::NotConfigured {
         share_metrics(&mut out, share);
     }
@@ -97,13 +80,7 @@ fn share_metrics(out: &mut String, share: &ShareReport) {
             latency_ms / 1000.0,
         );
     }
-    gauge(
-        "pool_agent_share_mounts_total",
-        "counter",
-        "Mounts made by the agent.",
-        "",
-        share.mounts as f64,
-    );
+    gauge("pool_agent_share_mounts_total", "counter", "Mounts made by the agent.", "", share.mounts as f64);
     gauge(
         "pool_agent_share_failed_probes_total",
         "counter",

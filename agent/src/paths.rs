@@ -22,9 +22,7 @@ pub struct SystemPaths {
 impl SystemPaths {
     /// The real system: every path is used as written.
     pub fn system() -> Self {
-        Self {
-            root: PathBuf::from("/"),
-        }
+        Self { root: PathBuf::from("/") }
     }
 
     /// A sandbox: every absolute path is taken relative to `root`.
@@ -76,10 +74,7 @@ impl SystemPaths {
 /// The drop-in directory that belongs to a main config file:
 /// `/etc/pool-agent/config.toml` → `/etc/pool-agent/config.d`.
 pub fn drop_in_dir(config_file: &Path) -> PathBuf {
-    config_file
-        .parent()
-        .map(|dir| dir.join("config.d"))
-        .unwrap_or_else(|| PathBuf::from("config.d"))
+    config_file.parent().map(|dir| dir.join("config.d")).unwrap_or_else(|| PathBuf::from("config.d"))
 }
 
 #[cfg(test)]
@@ -97,22 +92,13 @@ mod tests {
     fn sandbox_paths_stay_under_the_root() {
         let paths = SystemPaths::under("/tmp/sb");
         assert_eq!(paths.passwd(), PathBuf::from("/tmp/sb/etc/passwd"));
-        assert_eq!(
-            paths.resolve("/srv/../../etc/shadow"),
-            PathBuf::from("/tmp/sb/srv/etc/shadow")
-        );
-        assert_eq!(
-            paths.resolve("relative/x"),
-            PathBuf::from("/tmp/sb/relative/x")
-        );
+        assert_eq!(paths.resolve("/srv/../../etc/shadow"), PathBuf::from("/tmp/sb/srv/etc/shadow"));
+        assert_eq!(paths.resolve("relative/x"), PathBuf::from("/tmp/sb/relative/x"));
         assert!(paths.is_sandbox());
     }
 
     #[test]
     fn drop_ins_sit_beside_the_main_file() {
-        assert_eq!(
-            drop_in_dir(Path::new("/etc/pool-agent/config.toml")),
-            PathBuf::from("/etc/pool-agent/config.d")
-        );
+        assert_eq!(drop_in_dir(Path::new("/etc/pool-agent/config.toml")), PathBuf::from("/etc/pool-agent/config.d"));
     }
 }

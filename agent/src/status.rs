@@ -8,9 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The components in boot order; `status` lists them in this order.
-pub const COMPONENTS: &[&str] = &[
-    "config", "api", "share", "links", "scripts", "idle", "azure",
-];
+pub const COMPONENTS: &[&str] = &["config", "api", "share", "links", "scripts", "idle", "azure"];
 
 type ChangeHook = Box<dyn Fn(&str) + Send + Sync>;
 
@@ -39,20 +37,13 @@ impl StatusBoard {
             })
             .collect();
         let config = ConfigStatus {
-            files: config_files
-                .iter()
-                .map(|f| f.display().to_string())
-                .collect(),
+            files: config_files.iter().map(|f| f.display().to_string()).collect(),
             loaded_at: now,
             reloads_applied: 0,
             reloads_rejected: 0,
             rejected_reload: None,
         };
-        Self {
-            clock,
-            inner: Mutex::new(Board { components, config }),
-            on_change: None,
-        }
+        Self { clock, inner: Mutex::new(Board { components, config }), on_change: None }
     }
 
     /// Called with a one-line summary after every state change (systemd STATUS=).
@@ -63,9 +54,7 @@ impl StatusBoard {
 
     fn lock(&self) -> MutexGuard<'_, Board> {
         // A panic while holding the lock leaves plain data behind; keep serving it.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Sets a component's state; `since` moves only when the state changes.
@@ -74,23 +63,11 @@ impl StatusBoard {
     }
 
     /// Sets a component's state and records the error that caused it.
-    pub fn set_error(
-        &self,
-        name: &str,
-        state: ComponentState,
-        detail: Option<String>,
-        error: String,
-    ) {
+    pub fn set_error(&self, name: &str, state: ComponentState, detail: Option<String>, error: String) {
         self.update(name, state, detail, Some(error));
     }
 
-    fn update(
-        &self,
-        name: &str,
-        state: ComponentState,
-        detail: Option<String>,
-        error: Option<String>,
-    ) {
+    fn update(&self, name: &str, state: ComponentState, detail: Option<String>, error: Option<String>) {
         let now = rfc3339(self.clock.now());
         let summary = {
             let mut board = self.lock();
@@ -125,11 +102,7 @@ impl StatusBoard {
             board.config.reloads_applied += 1;
             board.config.rejected_reload = None;
         }
-        self.set(
-            "config",
-            ComponentState::Ready,
-            Some(format!("{} file(s) in force", files.len())),
-        );
+        self.set("config", ComponentState::Ready, Some(format!("{} file(s) in force", files.len())));
     }
 
     pub fn config_rejected(&self, error: &ConfigError) {
@@ -162,11 +135,7 @@ impl StatusBoard {
     }
 
     pub fn state_of(&self, name: &str) -> Option<ComponentState> {
-        self.lock()
-            .components
-            .iter()
-            .find(|c| c.name == name)
-            .map(|c| c.state)
+        self.lock().components.iter().find(|c| c.name == name).map(|c| c.state)
     }
 }
 
@@ -193,34 +162,17 @@ mod tests {
         let clock = FakeClock::at(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = seen.clone();
-        let board = StatusBoard::new(clock.clone(), &[])
-            .with_change_hook(move |s| sink.lock().unwrap().push(s.to_string()));
+        let board =
+            StatusBoard::new(clock.clone(), &[]).with_change_hook(move |s| sink.lock().unwrap().push(s.to_string()));
         board.set("share", ComponentState::Ready, None);
-        let first = board
-            .components()
-            .into_iter()
-            .find(|c| c.name == "share")
-            .unwrap();
+        let first = board.components().into_iter().find(|c| c.name == "share").unwrap();
         clock.advance(Duration::from_secs(60));
         board.set("share", ComponentState::Ready, Some("still".into()));
-        let same = board
-            .components()
-            .into_iter()
-            .find(|c| c.name == "share")
-            .unwrap();
+        let same = board.components().into_iter().find(|c| c.name == "share").unwrap();
         assert_eq!(first.since, same.since);
-        board.set_error(
-            "share",
-            ComponentState::Degraded,
-            None,
-            "server gone".into(),
-        );
+        board.set_error("share", ComponentState::Degraded, None, "server gone".into());
         board.set("share", ComponentState::Ready, None);
-        let now = board
-            .components()
-            .into_iter()
-            .find(|c| c.name == "share")
-            .unwrap();
+        let now = board.components().into_iter().find(|c| c.name == "share").unwrap();
         assert_ne!(now.since, first.since);
         assert_eq!(now.last_error.as_deref(), Some("server gone"));
         assert_eq!(seen.lock().unwrap().len(), 3, "hook fires on changes only");
@@ -239,10 +191,7 @@ mod tests {
         board.config_rejected(&err);
         let config = board.config_status();
         let rejected = config.rejected_reload.unwrap();
-        assert_eq!(
-            (rejected.line, rejected.key.as_deref()),
-            (Some(4), Some("share.bogus"))
-        );
+        assert_eq!((rejected.line, rejected.key.as_deref()), (Some(4), Some("share.bogus")));
         assert_eq!(board.state_of("config"), Some(ComponentState::Degraded));
         board.config_applied(&[PathBuf::from("/etc/x.toml")]);
         assert!(board.config_status().rejected_reload.is_none());

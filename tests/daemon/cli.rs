@@ -4,10 +4,7 @@ use crate::harness::*;
 
 #[test]
 fn no_daemon_gives_one_line_naming_the_socket() {
-    let out = std::process::Command::new(CLI)
-        .args(["--socket", "/nonexistent/agent.sock", "status"])
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(CLI).args(["--socket", "/nonexistent/agent.sock", "status"]).output().unwrap();
     assert_eq!(out.status.code(), Some(3));
     let message = stderr(&out);
     assert_eq!(message.lines().count(), 1, "{message}");
@@ -38,9 +35,7 @@ fn human_status_shows_each_component_and_since_when() {
     assert!(out.status.success());
     let text = stdout(&out);
     assert!(text.starts_with("pool-agent "), "{text}");
-    for name in [
-        "config", "api", "share", "links", "scripts", "idle", "azure",
-    ] {
+    for name in ["config", "api", "share", "links", "scripts", "idle", "azure"] {
         let line = text
             .lines()
             .find(|l| l.split_whitespace().next() == Some(name))
@@ -66,12 +61,8 @@ fn metrics_and_config_answer() {
     let sandbox = Sandbox::new();
     let _daemon = sandbox.start();
     let metrics = stdout(&sandbox.cli(&["metrics"]));
-    assert!(
-        metrics.contains("pool_agent_component_healthy{component=\"share\"} 1"),
-        "{metrics}"
-    );
-    let config: serde_json::Value =
-        serde_json::from_slice(&sandbox.cli(&["config", "--json"]).stdout).unwrap();
+    assert!(metrics.contains("pool_agent_component_healthy{component=\"share\"} 1"), "{metrics}");
+    let config: serde_json::Value = serde_json::from_slice(&sandbox.cli(&["config", "--json"]).stdout).unwrap();
     assert_eq!(config["share"]["kind"], "local");
 }
 
@@ -90,9 +81,5 @@ fn a_request_that_outlives_the_timeout_is_abandoned() {
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
-    assert!(
-        stderr(&out).contains("did not answer within"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("did not answer within"), "{}", stderr(&out));
 }

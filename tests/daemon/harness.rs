@@ -42,12 +42,7 @@ impl Sandbox {
         let root = dir.path();
         // Other uids (setpriv tests) must be able to reach the socket.
         fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
-        for sub in [
-            "etc/pool-agent/config.d",
-            "srv/share",
-            "home/alice",
-            "home/bob",
-        ] {
+        for sub in ["etc/pool-agent/config.d", "srv/share", "home/alice", "home/bob"] {
             fs::create_dir_all(root.join(sub)).unwrap();
         }
         fs::write(
@@ -57,11 +52,8 @@ impl Sandbox {
             ),
         )
         .unwrap();
-        fs::write(
-            root.join("etc/group"),
-            "root:x:0:\npool-agent-admin:x:990:alice\nalice:x:1001:\nbob:x:1002:\n",
-        )
-        .unwrap();
+        fs::write(root.join("etc/group"), "root:x:0:\npool-agent-admin:x:990:alice\nalice:x:1001:\nbob:x:1002:\n")
+            .unwrap();
         let sandbox = Self { dir };
         sandbox.write_config(LOCAL_SHARE_CONFIG);
         sandbox
@@ -86,10 +78,7 @@ impl Sandbox {
     pub fn daemon_command(&self) -> Command {
         let mut command = Command::new(DAEMON);
         command.arg("--root").arg(self.root());
-        command
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env("POOL_AGENT_LOG", "debug");
+        command.env_remove("NOTIFY_SOCKET").env_remove("WATCHDOG_USEC").env("POOL_AGENT_LOG", "debug");
         command
     }
 
@@ -101,16 +90,8 @@ impl Sandbox {
     pub fn start_with(&self, mut command: Command) -> Daemon {
         let log_path = self.root().join("daemon.log");
         let log = fs::File::create(&log_path).unwrap();
-        let child = command
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut daemon = Daemon {
-            child,
-            log_path,
-            socket: self.socket(),
-        };
+        let child = command.stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
+        let mut daemon = Daemon { child, log_path, socket: self.socket() };
         daemon.wait_until_answering();
         daemon
     }
@@ -129,15 +110,7 @@ impl Sandbox {
     /// Runs the CLI as another uid, for real (CI runs as root).
     pub fn cli_as(&self, uid: u32, args: &[&str]) -> Output {
         Command::new("setpriv")
-            .args([
-                "--reuid",
-                &uid.to_string(),
-                "--regid",
-                &uid.to_string(),
-                "--clear-groups",
-                CLI,
-                "--socket",
-            ])
+            .args(["--reuid", &uid.to_string(), "--regid", &uid.to_string(), "--clear-groups", CLI, "--socket"])
             .arg(self.socket())
             .args(args)
             .output()
@@ -146,11 +119,7 @@ impl Sandbox {
 
     pub fn status_json(&self) -> serde_json::Value {
         let out = self.cli(&["status", "--json"]);
-        assert!(
-            out.status.success(),
-            "status failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     }
 }
@@ -204,19 +173,11 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!(
-            "pool-agentd did not open {} in time:\n{}",
-            self.socket.display(),
-            self.log()
-        );
+        panic!("pool-agentd did not open {} in time:\n{}", self.socket.display(), self.log());
     }
 
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.pid().to_string())
-            .status()
-            .unwrap();
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status().unwrap();
         assert!(status.success());
     }
 
@@ -260,12 +221,7 @@ pub fn can_switch_uid(test: &str) -> bool {
         println!("SKIP {test}: needs root to switch uid with setpriv (CI runs as root)");
         return false;
     }
-    if Command::new("setpriv")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_err()
-    {
+    if Command::new("setpriv").arg("--version").stdout(Stdio::null()).status().is_err() {
         println!("SKIP {test}: setpriv (util-linux) is not installed");
         return false;
     }
@@ -274,14 +230,8 @@ pub fn can_switch_uid(test: &str) -> bool {
 
 pub fn nix_is_root() -> bool {
     let mut status = String::new();
-    fs::File::open("/proc/self/status")
-        .unwrap()
-        .read_to_string(&mut status)
-        .unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .is_some_and(|l| l.split_whitespace().nth(1) == Some("0"))
+    fs::File::open("/proc/self/status").unwrap().read_to_string(&mut status).unwrap();
+    status.lines().find(|l| l.starts_with("Uid:")).is_some_and(|l| l.split_whitespace().nth(1) == Some("0"))
 }
 
 pub fn stderr(out: &Output) -> String {

@@ -5,9 +5,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::time::Duration;
 
-const COMPONENTS: [&str; 7] = [
-    "config", "api", "share", "links", "scripts", "idle", "azure",
-];
+const COMPONENTS: [&str; 7] = ["config", "api", "share", "links", "scripts", "idle", "azure"];
 
 #[test]
 fn status_json_names_every_component_with_its_state() {
@@ -15,40 +13,21 @@ fn status_json_names_every_component_with_its_state() {
     let _daemon = sandbox.start();
     let status = sandbox.status_json();
     assert_eq!(status["agent"]["instance"], "vm-test-0");
-    assert_eq!(
-        status["agent"]["root"],
-        sandbox.root().display().to_string()
-    );
+    assert_eq!(status["agent"]["root"], sandbox.root().display().to_string());
     let components = status["components"].as_array().unwrap();
-    let names: Vec<&str> = components
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
+    let names: Vec<&str> = components.iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(names, COMPONENTS);
     for component in components {
         assert!(component["state"].is_string(), "{component}");
-        assert!(
-            component["since"].as_str().unwrap().ends_with('Z'),
-            "{component}"
-        );
+        assert!(component["since"].as_str().unwrap().ends_with('Z'), "{component}");
     }
     // The local share exists, so it is ready as soon as the task has looked.
     let share_ready = eventually(Duration::from_secs(5), || {
         let status = sandbox.status_json();
-        let share = status["components"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == "share")
-            .cloned()
-            .unwrap();
+        let share = status["components"].as_array().unwrap().iter().find(|c| c["name"] == "share").cloned().unwrap();
         (share["state"] == "ready").then_some(share)
     });
-    assert!(
-        share_ready.is_some(),
-        "share never became ready: {}",
-        sandbox.status_json()
-    );
+    assert!(share_ready.is_some(), "share never became ready: {}", sandbox.status_json());
 }
 
 #[test]
@@ -67,55 +46,34 @@ fn ready_is_sent_only_once_the_socket_is_bound_and_watchdog_pings_follow() {
     let sandbox = Sandbox::new();
     let notify_path = sandbox.root().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut command = sandbox.daemon_command();
-    command
-        .env("NOTIFY_SOCKET", &notify_path)
-        .env("WATCHDOG_USEC", "1000000");
+    command.env("NOTIFY_SOCKET", &notify_path).env("WATCHDOG_USEC", "1000000");
     let _daemon = sandbox.start_with(command);
 
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
     while !seen.iter().any(|m: &String| m.contains("WATCHDOG=1")) {
-        let n = notify
-            .recv(&mut buf)
-            .expect("no notification from pool-agentd");
+        let n = notify.recv(&mut buf).expect("no notification from pool-agentd");
         let message = String::from_utf8_lossy(&buf[..n]).into_owned();
         if message.contains("READY=1") {
             // At READY the socket must already answer, with its final mode.
-            let mode = std::fs::metadata(sandbox.socket())
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777;
+            let mode = std::fs::metadata(sandbox.socket()).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o666);
             assert!(std::os::unix::net::UnixStream::connect(sandbox.socket()).is_ok());
         }
         seen.push(message);
     }
-    let ready_at = seen
-        .iter()
-        .position(|m| m.contains("READY=1"))
-        .expect("READY=1 was never sent");
-    assert!(
-        seen[ready_at].contains("STATUS="),
-        "READY comes with a STATUS line: {seen:?}"
-    );
-    assert!(
-        seen.iter().any(|m| m.contains("STATUS=share: ")),
-        "component changes update STATUS: {seen:?}"
-    );
+    let ready_at = seen.iter().position(|m| m.contains("READY=1")).expect("READY=1 was never sent");
+    assert!(seen[ready_at].contains("STATUS="), "READY comes with a STATUS line: {seen:?}");
+    assert!(seen.iter().any(|m| m.contains("STATUS=share: ")), "component changes update STATUS: {seen:?}");
 }
 
 #[test]
 fn sighup_with_an_unknown_key_keeps_the_daemon_and_the_old_config() {
     let sandbox = Sandbox::new();
     let daemon = sandbox.start();
-    sandbox.write_config(&format!(
-        "{LOCAL_SHARE_CONFIG}\n[api]\nadmin_group = \"pool-agent-admin\"\nbogus_key = 1\n"
-    ));
+    sandbox.write_config(&format!("{LOCAL_SHARE_CONFIG}\n[api]\nadmin_group = \"pool-agent-admin\"\nbogus_key = 1\n"));
     daemon.signal("HUP");
 
     let rejected = eventually(Duration::from_secs(5), || {
@@ -133,16 +91,12 @@ fn sighup_with_an_unknown_key_keeps_the_daemon_and_the_old_config() {
     assert!(human.status.success());
     let text = stdout(&human);
     assert!(
-        text.contains("rejected")
-            && text.contains(&format!(
-                "config.toml:{bogus_line}: api.bogus_key: unknown key"
-            )),
+        text.contains("rejected") && text.contains(&format!("config.toml:{bogus_line}: api.bogus_key: unknown key")),
         "{text}"
     );
 
     // The old config is still in force and the daemon still answers.
-    let config: serde_json::Value =
-        serde_json::from_slice(&sandbox.cli(&["config", "--json"]).stdout).unwrap();
+    let config: serde_json::Value = serde_json::from_slice(&sandbox.cli(&["config", "--json"]).stdout).unwrap();
     assert_eq!(config["idle"]["timeout"], "30m");
     assert_eq!(config["share"]["path"], "/srv/share");
 }
@@ -153,23 +107,14 @@ fn sighup_with_a_valid_config_applies_it_and_clears_the_rejection() {
     let daemon = sandbox.start();
     sandbox.write_config("[share]\nkind = \"local\"\n");
     daemon.signal("HUP");
-    eventually(Duration::from_secs(5), || {
-        sandbox.status_json()["config"]
-            .get("rejected_reload")
-            .cloned()
-    })
-    .expect("the incomplete share config should be rejected");
+    eventually(Duration::from_secs(5), || sandbox.status_json()["config"].get("rejected_reload").cloned())
+        .expect("the incomplete share config should be rejected");
 
-    std::fs::write(
-        sandbox.root().join("etc/pool-agent/config.d/50-idle.toml"),
-        "[idle]\ntimeout = \"2h\"\n",
-    )
-    .unwrap();
+    std::fs::write(sandbox.root().join("etc/pool-agent/config.d/50-idle.toml"), "[idle]\ntimeout = \"2h\"\n").unwrap();
     sandbox.write_config(LOCAL_SHARE_CONFIG);
     daemon.signal("HUP");
     let applied = eventually(Duration::from_secs(5), || {
-        let config: serde_json::Value =
-            serde_json::from_slice(&sandbox.cli(&["config", "--json"]).stdout).ok()?;
+        let config: serde_json::Value = serde_json::from_slice(&sandbox.cli(&["config", "--json"]).stdout).ok()?;
         (config["idle"]["timeout"] == "2h").then_some(config)
     });
     assert!(applied.is_some(), "drop-in was not applied");
@@ -190,10 +135,7 @@ fn sigterm_stops_within_five_seconds_with_exit_zero_and_removes_the_socket() {
         let (code, took) = daemon.wait_exit(Duration::from_secs(10));
         assert_eq!(code, Some(0), "SIG{signal}:\n{}", daemon.log());
         assert!(took < Duration::from_secs(5), "SIG{signal} took {took:?}");
-        assert!(
-            !sandbox.socket().exists(),
-            "socket left behind after SIG{signal}"
-        );
+        assert!(!sandbox.socket().exists(), "socket left behind after SIG{signal}");
     }
 }
 
@@ -204,10 +146,7 @@ fn a_second_daemon_refuses_a_live_socket() {
     let second = sandbox.daemon_command().output().unwrap();
     assert!(!second.status.success());
     let message = stderr(&second);
-    assert!(
-        message.contains("already serving") && message.contains("agent.sock"),
-        "{message}"
-    );
+    assert!(message.contains("already serving") && message.contains("agent.sock"), "{message}");
     // The first one is unharmed.
     assert!(sandbox.cli(&["status"]).status.success());
 }
@@ -228,10 +167,7 @@ fn a_crashed_daemon_is_followed_by_a_clean_start() {
     let mut first = sandbox.start();
     first.signal("KILL");
     first.wait_exit(Duration::from_secs(5));
-    assert!(
-        sandbox.socket().exists(),
-        "SIGKILL leaves the socket behind"
-    );
+    assert!(sandbox.socket().exists(), "SIGKILL leaves the socket behind");
     let _second = sandbox.start();
     assert!(sandbox.cli(&["status"]).status.success());
 }
@@ -251,23 +187,15 @@ fn demo_mode_builds_a_sandbox_and_says_how_to_query_it() {
         .stderr(log)
         .spawn()
         .unwrap();
-    let up = eventually(Duration::from_secs(15), || {
-        std::os::unix::net::UnixStream::connect(&sandbox_socket).ok()
-    });
+    let up = eventually(Duration::from_secs(15), || std::os::unix::net::UnixStream::connect(&sandbox_socket).ok());
     let output = std::fs::read_to_string(&log_path).unwrap();
     let _ = child.kill();
     let _ = child.wait();
     for mount_point in mounts_under(&root) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(mount_point)
-            .status();
+        let _ = std::process::Command::new("umount").arg("-l").arg(mount_point).status();
     }
     assert!(up.is_some(), "demo never opened its socket:\n{output}");
-    assert!(
-        output.contains(&format!("POOL_AGENT_SOCKET={}", sandbox_socket.display())),
-        "{output}"
-    );
+    assert!(output.contains(&format!("POOL_AGENT_SOCKET={}", sandbox_socket.display())), "{output}");
     assert!(output.contains("pool-agent status"), "{output}");
     assert!(root.join("etc/passwd").exists() && root.join("srv/share").is_dir());
 }

@@ -14,10 +14,7 @@ fn a_user_who_is_not_admin_is_refused_links_sync() {
     assert_eq!(out.status.code(), Some(1));
     let message = stderr(&out);
     assert_eq!(message.lines().count(), 1, "{message}");
-    assert!(
-        message.contains("only root and members of group `pool-agent-admin`"),
-        "{message}"
-    );
+    assert!(message.contains("only root and members of group `pool-agent-admin`"), "{message}");
     assert!(message.contains("[forbidden]"), "{message}");
     assert!(message.contains(&format!("uid {USER_UID}")), "{message}");
 }
@@ -58,10 +55,7 @@ fn a_user_may_ask_for_a_hold_for_themselves() {
     let _daemon = sandbox.start();
     let out = sandbox.cli_as(USER_UID, &["hold", "2h", "--reason", "training run"]);
     let message = stderr(&out);
-    assert!(
-        !message.contains("forbidden"),
-        "holds are self-service: {message}"
-    );
+    assert!(!message.contains("forbidden"), "holds are self-service: {message}");
     let out = sandbox.cli_as(USER_UID, &["share", "remount"]);
     assert!(stderr(&out).contains("[forbidden]"), "{}", stderr(&out));
 }
@@ -69,9 +63,7 @@ fn a_user_may_ask_for_a_hold_for_themselves() {
 /// Sends raw bytes on the socket and returns the whole answer.
 fn raw_exchange(sandbox: &Sandbox, request: &[u8]) -> String {
     let mut stream = std::os::unix::net::UnixStream::connect(sandbox.socket()).unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
     stream.write_all(request).unwrap();
     let mut answer = String::new();
     let _ = stream.read_to_string(&mut answer);
@@ -87,10 +79,7 @@ fn browser_requests_are_refused_on_the_real_socket() {
         b"GET /v1/status HTTP/1.1\r\nHost: localhost\r\nOrigin: http://evil.example\r\nConnection: close\r\n\r\n",
     );
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
-    assert!(
-        answer.contains("\"error\":\"browser_request_refused\""),
-        "{answer}"
-    );
+    assert!(answer.contains("\"error\":\"browser_request_refused\""), "{answer}");
 }
 
 #[test]
@@ -114,9 +103,6 @@ fn garbage_on_the_socket_does_not_hurt_the_daemon() {
     let sandbox = Sandbox::new();
     let _daemon = sandbox.start();
     let answer = raw_exchange(&sandbox, b"\x16\x03\x01 this is not http\r\n\r\n");
-    assert!(
-        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
-        "{answer}"
-    );
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(sandbox.cli(&["status"]).status.success());
 }

@@ -43,10 +43,7 @@ fn target(sandbox: &Sandbox) -> String {
 
 fn mounts_at(sandbox: &Sandbox) -> usize {
     let target = target(sandbox);
-    mounts_under(sandbox.root())
-        .iter()
-        .filter(|m| **m == target)
-        .count()
+    mounts_under(sandbox.root()).iter().filter(|m| **m == target).count()
 }
 
 #[test]
@@ -61,18 +58,11 @@ fn a_local_share_is_bind_mounted_then_adopted_after_a_restart_never_stacked() {
     let share = wait_share_state(&sandbox, "mounted", Duration::from_secs(10));
     assert_eq!(share["adopted"], false);
     assert_eq!(mounts_at(&sandbox), 1);
-    assert_eq!(
-        std::fs::read_to_string(sandbox.root().join("data/notebooks/hello.txt")).unwrap(),
-        "from the share"
-    );
+    assert_eq!(std::fs::read_to_string(sandbox.root().join("data/notebooks/hello.txt")).unwrap(), "from the share");
 
     daemon.signal("TERM");
     daemon.wait_exit(Duration::from_secs(10));
-    assert_eq!(
-        mounts_at(&sandbox),
-        1,
-        "the mount outlives the agent by default"
-    );
+    assert_eq!(mounts_at(&sandbox), 1, "the mount outlives the agent by default");
 
     let _again = sandbox.start();
     let share = wait_share_state(&sandbox, "mounted", Duration::from_secs(10));
@@ -89,56 +79,32 @@ fn another_filesystem_at_the_mount_point_is_a_conflict() {
     sandbox.write_config(FAST_LOCAL);
     let target = target(&sandbox);
     std::fs::create_dir_all(&target).unwrap();
-    assert!(std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "scratch", &target])
-        .status()
-        .unwrap()
-        .success());
+    assert!(std::process::Command::new("mount").args(["-t", "tmpfs", "scratch", &target]).status().unwrap().success());
     let _daemon = sandbox.start();
     let share = wait_share_state(&sandbox, "conflict", Duration::from_secs(10));
     let error = share["last_error"].as_str().unwrap();
-    assert!(
-        error.contains("tmpfs scratch is already mounted"),
-        "{error}"
-    );
+    assert!(error.contains("tmpfs scratch is already mounted"), "{error}");
     assert_eq!(mounts_at(&sandbox), 1, "nothing stacked on the tmpfs");
     let status = sandbox.status_json();
-    let component = status["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "share")
-        .cloned()
-        .unwrap();
+    let component = status["components"].as_array().unwrap().iter().find(|c| c["name"] == "share").cloned().unwrap();
     assert_eq!(component["state"], "failed");
 }
 
 #[test]
 fn a_mount_point_under_mnt_is_refused_unless_allowed() {
     let sandbox = Sandbox::new();
-    sandbox.write_config(
-        "[share]\nkind = \"local\"\npath = \"/srv/share\"\nmount_point = \"/mnt/notebooks\"\n",
-    );
-    let out = sandbox
-        .daemon_command()
-        .arg("--check-config")
-        .output()
-        .unwrap();
+    sandbox.write_config("[share]\nkind = \"local\"\npath = \"/srv/share\"\nmount_point = \"/mnt/notebooks\"\n");
+    let out = sandbox.daemon_command().arg("--check-config").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let message = stderr(&out);
     assert!(
-        message.contains("config.toml:4: share.mount_point")
-            && message.contains("temporary resource disk"),
+        message.contains("config.toml:4: share.mount_point") && message.contains("temporary resource disk"),
         "{message}"
     );
-    sandbox.write_config("[share]\nkind = \"local\"\npath = \"/srv/share\"\nmount_point = \"/mnt/notebooks\"\nallow_mnt = true\n");
-    assert!(sandbox
-        .daemon_command()
-        .arg("--check-config")
-        .output()
-        .unwrap()
-        .status
-        .success());
+    sandbox.write_config(
+        "[share]\nkind = \"local\"\npath = \"/srv/share\"\nmount_point = \"/mnt/notebooks\"\nallow_mnt = true\n",
+    );
+    assert!(sandbox.daemon_command().arg("--check-config").output().unwrap().status.success());
 }
 
 fn azure_files_config(sandbox: &Sandbox, key_mode: u32) -> std::path::PathBuf {
@@ -165,10 +131,7 @@ mount_timeout = "10s"
 }
 
 fn assert_secret_absent(what: &str, text: &str) {
-    assert!(
-        !text.contains(SECRET),
-        "the storage key appeared in {what}:\n{text}"
-    );
+    assert!(!text.contains(SECRET), "the storage key appeared in {what}:\n{text}");
 }
 
 #[test]
@@ -179,31 +142,15 @@ fn an_open_key_file_is_refused_naming_the_file_never_the_key() {
     let share = wait_share_state(&sandbox, "unmounted", Duration::from_secs(10));
     let error = share["last_error"].as_str().unwrap();
     assert!(
-        error.contains("storage-key is readable by group or others (mode 0644)")
-            && error.contains("chmod 600"),
+        error.contains("storage-key is readable by group or others (mode 0644)") && error.contains("chmod 600"),
         "{error}"
     );
 
     assert_secret_absent("pool-agent share", &share.to_string());
-    assert_secret_absent(
-        "pool-agent status",
-        &stdout(&sandbox.cli(&["status", "--json"])),
-    );
-    assert_secret_absent(
-        "pool-agent config",
-        &stdout(&sandbox.cli(&["config", "--json"])),
-    );
+    assert_secret_absent("pool-agent status", &stdout(&sandbox.cli(&["status", "--json"])));
+    assert_secret_absent("pool-agent config", &stdout(&sandbox.cli(&["config", "--json"])));
     assert_secret_absent("pool-agent metrics", &stdout(&sandbox.cli(&["metrics"])));
-    assert_secret_absent(
-        "--check-config",
-        &stdout(
-            &sandbox
-                .daemon_command()
-                .arg("--check-config")
-                .output()
-                .unwrap(),
-        ),
-    );
+    assert_secret_absent("--check-config", &stdout(&sandbox.daemon_command().arg("--check-config").output().unwrap()));
     assert_secret_absent("the daemon's log", &daemon.log());
 }
 
@@ -212,9 +159,7 @@ fn a_failing_cifs_mount_never_shows_the_key_anywhere() {
     if !needs_root("a_failing_cifs_mount_never_shows_the_key_anywhere") {
         return;
     }
-    if !std::path::Path::new("/sbin/mount.cifs").exists()
-        && !std::path::Path::new("/usr/sbin/mount.cifs").exists()
-    {
+    if !std::path::Path::new("/sbin/mount.cifs").exists() && !std::path::Path::new("/usr/sbin/mount.cifs").exists() {
         println!("SKIP a_failing_cifs_mount_never_shows_the_key_anywhere: mount.cifs (cifs-utils) is not installed");
         return;
     }
@@ -224,12 +169,7 @@ fn a_failing_cifs_mount_never_shows_the_key_anywhere() {
     // Sample every process while the agent keeps trying (and once more on request).
     let socket = sandbox.socket();
     let remount = std::thread::spawn(move || {
-        std::process::Command::new(CLI)
-            .arg("--socket")
-            .arg(socket)
-            .args(["share", "remount"])
-            .output()
-            .unwrap()
+        std::process::Command::new(CLI).arg("--socket").arg(socket).args(["share", "remount"]).output().unwrap()
     });
     let started = std::time::Instant::now();
     let mut samples = 0;
@@ -248,31 +188,14 @@ fn a_failing_cifs_mount_never_shows_the_key_anywhere() {
         samples += 1;
     }
     let remount = remount.join().unwrap();
-    assert!(
-        !remount.status.success(),
-        "nothing listens, so the remount fails"
-    );
-    assert!(
-        stderr(&remount).contains("[unavailable]"),
-        "{}",
-        stderr(&remount)
-    );
+    assert!(!remount.status.success(), "nothing listens, so the remount fails");
+    assert!(stderr(&remount).contains("[unavailable]"), "{}", stderr(&remount));
     let share = share_json(&sandbox);
     assert_eq!(share["state"], "unmounted");
+    assert!(share["last_error"].as_str().unwrap().contains("mount"), "{share}");
+    assert!(share["options"].as_array().unwrap().iter().any(|o| o.as_str().unwrap().starts_with("credentials=")));
     assert!(
-        share["last_error"].as_str().unwrap().contains("mount"),
-        "{share}"
-    );
-    assert!(share["options"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|o| o.as_str().unwrap().starts_with("credentials=")));
-    assert!(
-        !sandbox
-            .root()
-            .join("run/pool-agent/share.credentials")
-            .exists(),
+        !sandbox.root().join("run/pool-agent/share.credentials").exists(),
         "credentials file outlived the mount call"
     );
     assert_secret_absent("the daemon's log", &daemon.log());
@@ -290,11 +213,7 @@ fn an_admin_can_remount_and_a_user_cannot() {
     let _daemon = sandbox.start();
     wait_share_state(&sandbox, "mounted", Duration::from_secs(10));
     let refused = sandbox.cli_as(USER_UID, &["share", "remount"]);
-    assert!(
-        stderr(&refused).contains("[forbidden]"),
-        "{}",
-        stderr(&refused)
-    );
+    assert!(stderr(&refused).contains("[forbidden]"), "{}", stderr(&refused));
 
     let out = sandbox.cli_as(ADMIN_UID, &["share", "remount"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -313,24 +232,12 @@ fn a_share_unmounted_behind_the_agents_back_comes_back_by_itself() {
     sandbox.write_config(FAST_LOCAL);
     let _daemon = sandbox.start();
     wait_share_state(&sandbox, "mounted", Duration::from_secs(10));
-    assert!(std::process::Command::new("umount")
-        .arg(target(&sandbox))
-        .status()
-        .unwrap()
-        .success());
+    assert!(std::process::Command::new("umount").arg(target(&sandbox)).status().unwrap().success());
     assert_eq!(mounts_at(&sandbox), 0);
-    let back = eventually(Duration::from_secs(15), || {
-        (mounts_at(&sandbox) == 1).then_some(())
-    });
+    let back = eventually(Duration::from_secs(15), || (mounts_at(&sandbox) == 1).then_some(()));
     assert!(back.is_some(), "not remounted: {}", share_json(&sandbox));
     let share = wait_share_state(&sandbox, "mounted", Duration::from_secs(5));
-    assert!(
-        share["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("unmounted from"),
-        "{share}"
-    );
+    assert!(share["last_error"].as_str().unwrap().contains("unmounted from"), "{share}");
 }
 
 #[test]
@@ -354,13 +261,8 @@ fn share_shows_a_human_summary() {
     let sandbox = Sandbox::new();
     sandbox.write_config(FAST_LOCAL);
     let _daemon = sandbox.start();
-    eventually(Duration::from_secs(10), || {
-        (share_json(&sandbox)["state"] == "mounted").then_some(())
-    });
+    eventually(Duration::from_secs(10), || (share_json(&sandbox)["state"] == "mounted").then_some(()));
     let text = stdout(&sandbox.cli(&["share"]));
     assert!(text.starts_with("share     mounted"), "{text}");
-    assert!(
-        text.contains("source    ") && text.contains("(local via bind"),
-        "{text}"
-    );
+    assert!(text.contains("source    ") && text.contains("(local via bind"), "{text}");
 }

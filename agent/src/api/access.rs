@@ -29,9 +29,7 @@ pub fn required_access(method: &Method, path: &str) -> Access {
     }
     let self_service = (method == Method::POST && path == "/v1/holds")
         || (method == Method::DELETE
-            && path
-                .strip_prefix("/v1/holds/")
-                .is_some_and(|id| !id.is_empty() && !id.contains('/')));
+            && path.strip_prefix("/v1/holds/").is_some_and(|id| !id.is_empty() && !id.contains('/')));
     if self_service {
         Access::SelfService
     } else {
@@ -55,25 +53,15 @@ pub async fn refuse_browser_requests(request: Request, next: Next) -> Response {
 
 /// Refuses bodies over the limit before any handler reads them.
 pub async fn bound_request_body(request: Request, next: Next) -> Response {
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|length| length > super::MAX_BODY_BYTES as u64) {
-        return ApiError::BodyTooLarge {
-            limit: super::MAX_BODY_BYTES,
-        }
-        .into_response();
+        return ApiError::BodyTooLarge { limit: super::MAX_BODY_BYTES }.into_response();
     }
     next.run(request).await
 }
 
-pub async fn enforce_access(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
+pub async fn enforce_access(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let access = required_access(request.method(), request.uri().path());
     if access == Access::Read || access == Access::SelfService {
         return next.run(request).await;
@@ -112,34 +100,13 @@ mod tests {
     #[test]
     fn reads_are_open_and_writes_default_to_admin() {
         assert_eq!(required_access(&Method::GET, "/v1/links"), Access::Read);
-        assert_eq!(
-            required_access(&Method::POST, "/v1/links/sync"),
-            Access::Admin
-        );
-        assert_eq!(
-            required_access(&Method::POST, "/v1/share/remount"),
-            Access::Admin
-        );
-        assert_eq!(
-            required_access(&Method::POST, "/v1/some/future/route"),
-            Access::Admin
-        );
+        assert_eq!(required_access(&Method::POST, "/v1/links/sync"), Access::Admin);
+        assert_eq!(required_access(&Method::POST, "/v1/share/remount"), Access::Admin);
+        assert_eq!(required_access(&Method::POST, "/v1/some/future/route"), Access::Admin);
         assert_eq!(required_access(&Method::PUT, "/v1/holds"), Access::Admin);
-        assert_eq!(
-            required_access(&Method::POST, "/v1/holds"),
-            Access::SelfService
-        );
-        assert_eq!(
-            required_access(&Method::DELETE, "/v1/holds/h-12"),
-            Access::SelfService
-        );
-        assert_eq!(
-            required_access(&Method::DELETE, "/v1/holds/"),
-            Access::Admin
-        );
-        assert_eq!(
-            required_access(&Method::DELETE, "/v1/holds/a/b"),
-            Access::Admin
-        );
+        assert_eq!(required_access(&Method::POST, "/v1/holds"), Access::SelfService);
+        assert_eq!(required_access(&Method::DELETE, "/v1/holds/h-12"), Access::SelfService);
+        assert_eq!(required_access(&Method::DELETE, "/v1/holds/"), Access::Admin);
+        assert_eq!(required_access(&Method::DELETE, "/v1/holds/a/b"), Access::Admin);
     }
 }

@@ -20,10 +20,7 @@ pub enum ApiError {
     #[error("request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("{what} is not implemented yet: it lands with the {capability} work")]
-    NotImplemented {
-        what: String,
-        capability: &'static str,
-    },
+    NotImplemented { what: String, capability: &'static str },
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -71,17 +68,8 @@ impl IntoResponse for ApiError {
 }
 
 pub fn json_error(status: StatusCode, code: &str, message: String) -> Response {
-    let mut response = (
-        status,
-        Json(ErrorBody {
-            error: code.to_string(),
-            message,
-        }),
-    )
-        .into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let mut response = (status, Json(ErrorBody { error: code.to_string(), message })).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -89,9 +77,9 @@ pub fn json_error(status: StatusCode, code: &str, message: String) -> Response {
 /// rejections), so those answers are JSON too.
 pub fn code_for_status(status: StatusCode) -> &'static str {
     match status {
-        StatusCode::BAD_REQUEST
-        | StatusCode::UNPROCESSABLE_ENTITY
-        | StatusCode::UNSUPPORTED_MEDIA_TYPE => "bad_request",
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY | StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            "bad_request"
+        }
         StatusCode::FORBIDDEN => "forbidden",
         StatusCode::NOT_FOUND => "not_found",
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",

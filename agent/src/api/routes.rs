@@ -20,65 +20,35 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/share", get(share_report))
         .route("/v1/share/remount", post(share_remount))
-        .route(
-            "/v1/links",
-            get(|| not_implemented("GET /v1/links", "links")),
-        )
-        .route(
-            "/v1/links/sync",
-            post(|| not_implemented("POST /v1/links/sync", "links")),
-        )
-        .route(
-            "/v1/scripts",
-            get(|| not_implemented("GET /v1/scripts", "setup scripts")),
-        )
+        .route("/v1/links", get(|| not_implemented("GET /v1/links", "links")))
+        .route("/v1/links/sync", post(|| not_implemented("POST /v1/links/sync", "links")))
+        .route("/v1/scripts", get(|| not_implemented("GET /v1/scripts", "setup scripts")))
         .route(
             "/v1/scripts/{name}/run",
-            post(|Path(name): Path<String>| {
-                not_implemented(format!("POST /v1/scripts/{name}/run"), "setup scripts")
-            }),
+            post(|Path(name): Path<String>| not_implemented(format!("POST /v1/scripts/{name}/run"), "setup scripts")),
         )
         .route(
             "/v1/scripts/{name}/log",
-            get(|Path(name): Path<String>| {
-                not_implemented(format!("GET /v1/scripts/{name}/log"), "setup scripts")
-            }),
+            get(|Path(name): Path<String>| not_implemented(format!("GET /v1/scripts/{name}/log"), "setup scripts")),
         )
         .route("/v1/idle", get(|| not_implemented("GET /v1/idle", "idle")))
         .route(
             "/v1/holds",
-            get(|| not_implemented("GET /v1/holds", "idle"))
-                .post(|| not_implemented("POST /v1/holds", "idle")),
+            get(|| not_implemented("GET /v1/holds", "idle")).post(|| not_implemented("POST /v1/holds", "idle")),
         )
         .route(
             "/v1/holds/{id}",
-            delete(|Path(id): Path<String>| {
-                not_implemented(format!("DELETE /v1/holds/{id}"), "idle")
-            }),
+            delete(|Path(id): Path<String>| not_implemented(format!("DELETE /v1/holds/{id}"), "idle")),
         )
-        .route(
-            "/v1/events",
-            get(|| not_implemented("GET /v1/events", "Azure reporting")),
-        )
+        .route("/v1/events", get(|| not_implemented("GET /v1/events", "Azure reporting")))
         .fallback(|request: Request| async move {
-            ApiError::NotFound(format!(
-                "no route {} {}",
-                request.method(),
-                request.uri().path()
-            ))
+            ApiError::NotFound(format!("no route {} {}", request.method(), request.uri().path()))
         })
         .method_not_allowed_fallback(|request: Request| async move {
-            ApiError::MethodNotAllowed(format!(
-                "{} is not allowed on {}",
-                request.method(),
-                request.uri().path()
-            ))
+            ApiError::MethodNotAllowed(format!("{} is not allowed on {}", request.method(), request.uri().path()))
         })
         // Layers run bottom-up: errors become JSON last, browsers are refused first.
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            access::enforce_access,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), access::enforce_access))
         .layer(middleware::from_fn(access::bound_request_body))
         .layer(middleware::from_fn(access::refuse_browser_requests))
         .layer(middleware::from_fn(errors_as_json))
@@ -86,10 +56,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn not_implemented(what: impl Into<String>, capability: &'static str) -> ApiError {
-    ApiError::NotImplemented {
-        what: what.into(),
-        capability,
-    }
+    ApiError::NotImplemented { what: what.into(), capability }
 }
 
 pub fn status_report(state: &AppState) -> StatusReport {
@@ -100,10 +67,7 @@ pub fn status_report(state: &AppState) -> StatusReport {
             instance: state.instance.clone(),
             started_at: rfc3339(state.started_at),
             socket: state.paths.socket().display().to_string(),
-            root: state
-                .paths
-                .is_sandbox()
-                .then(|| state.paths.root().display().to_string()),
+            root: state.paths.is_sandbox().then(|| state.paths.root().display().to_string()),
         },
         config: state.board.config_status(),
         components: state.board.components(),
@@ -123,18 +87,14 @@ async fn share_remount(State(state): State<AppState>) -> Response {
     let mount_timeout = match &state.settings.borrow().share {
         Some(share) => share.mount_timeout,
         None => {
-            return ApiError::Conflict(
-                "no share is configured ([share] is missing from the config)".to_string(),
-            )
-            .into_response()
+            return ApiError::Conflict("no share is configured ([share] is missing from the config)".to_string())
+                .into_response()
         }
     };
     // The lazy unmount and the mount each have their own timeout; leave room for both.
     let wait = mount_timeout + std::time::Duration::from_secs(40);
     match state.share.request_remount(wait).await {
-        Ok(report) if report.state == crate::api::types::ShareState::Mounted => {
-            Json(report).into_response()
-        }
+        Ok(report) if report.state == crate::api::types::ShareState::Mounted => Json(report).into_response(),
         Ok(report) => ApiError::Unavailable(format!(
             "remount failed, the share is {}: {}",
             report.state.as_str(),
@@ -156,10 +116,9 @@ async fn effective_config(State(state): State<AppState>) -> Response {
 async fn metrics(State(state): State<AppState>) -> Response {
     let body = crate::metrics::render(&status_report(&state), &state.share.report());
     let mut response = body.into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     response
 }
 
@@ -168,10 +127,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
 async fn errors_as_json(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let is_json =
+        response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return response;
     }
@@ -185,9 +142,7 @@ async fn errors_as_json(request: Request, next: Next) -> Response {
 /// Test helper: the body of a response as JSON.
 #[cfg(test)]
 pub async fn body_json(response: Response) -> serde_json::Value {
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .unwrap();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
     serde_json::from_slice(&bytes).unwrap()
 }
 
@@ -212,11 +167,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("etc")).unwrap();
         std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/bash\nalice:x:1001:1001::/home/alice:/bin/bash\nbob:x:1002:1002::/home/bob:/bin/bash\n").unwrap();
-        std::fs::write(
-            dir.path().join("etc/group"),
-            "root:x:0:\npool-agent-admin:x:990:alice\n",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("etc/group"), "root:x:0:\npool-agent-admin:x:990:alice\n").unwrap();
         let settings = Arc::new(config::load_str(std::path::Path::new("c.toml"), "").unwrap());
         let (_tx, rx) = tokio::sync::watch::channel(settings);
         let clock = crate::clock::system();
@@ -229,72 +180,40 @@ mod tests {
             started_at: clock.now(),
             instance: "vm-test".into(),
         };
-        Fixture {
-            _dir: dir,
-            app: router(state),
-        }
+        Fixture { _dir: dir, app: router(state) }
     }
 
     fn request(method: Method, path: &str, uid: u32) -> Request {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .body(Body::empty())
-            .unwrap();
-        request.extensions_mut().insert(Peer {
-            uid,
-            gid: uid,
-            pid: None,
-        });
+        let mut request = Request::builder().method(method).uri(path).body(Body::empty()).unwrap();
+        request.extensions_mut().insert(Peer { uid, gid: uid, pid: None });
         request
     }
 
     #[tokio::test]
     async fn anyone_reads_status() {
         let f = fixture();
-        let response = f
-            .app
-            .oneshot(request(Method::GET, "/v1/status", 1002))
-            .await
-            .unwrap();
+        let response = f.app.oneshot(request(Method::GET, "/v1/status", 1002)).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         let body = body_json(response).await;
         assert_eq!(body["agent"]["instance"], "vm-test");
-        let names: Vec<_> = body["components"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["name"].as_str().unwrap().to_string())
-            .collect();
+        let names: Vec<_> =
+            body["components"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap().to_string()).collect();
         assert_eq!(names, crate::status::COMPONENTS);
     }
 
     #[tokio::test]
     async fn writes_need_an_admin_and_refusals_are_json() {
         let f = fixture();
-        let refused = f
-            .app
-            .clone()
-            .oneshot(request(Method::POST, "/v1/links/sync", 1002))
-            .await
-            .unwrap();
+        let refused = f.app.clone().oneshot(request(Method::POST, "/v1/links/sync", 1002)).await.unwrap();
         assert_eq!(refused.status(), StatusCode::FORBIDDEN);
         let body = body_json(refused).await;
         assert_eq!(body["error"], "forbidden");
-        assert!(body["message"]
-            .as_str()
-            .unwrap()
-            .contains("pool-agent-admin"));
+        assert!(body["message"].as_str().unwrap().contains("pool-agent-admin"));
 
         // alice is in the admin group, root is root: both get past the check
         // to the route itself, which has not landed yet.
         for uid in [1001, 0] {
-            let allowed = f
-                .app
-                .clone()
-                .oneshot(request(Method::POST, "/v1/links/sync", uid))
-                .await
-                .unwrap();
+            let allowed = f.app.clone().oneshot(request(Method::POST, "/v1/links/sync", uid)).await.unwrap();
             assert_eq!(allowed.status(), StatusCode::NOT_IMPLEMENTED);
             assert_eq!(body_json(allowed).await["error"], "not_implemented");
         }
@@ -303,11 +222,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_without_credentials_is_refused() {
         let f = fixture();
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri("/v1/share/remount")
-            .body(Body::empty())
-            .unwrap();
+        let request = Request::builder().method(Method::POST).uri("/v1/share/remount").body(Body::empty()).unwrap();
         let response = f.app.oneshot(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
     }
@@ -317,14 +232,10 @@ mod tests {
         let f = fixture();
         for header_name in ["origin", "referer"] {
             let mut req = request(Method::GET, "/v1/status", 0);
-            req.headers_mut()
-                .insert(header_name, HeaderValue::from_static("http://evil.example"));
+            req.headers_mut().insert(header_name, HeaderValue::from_static("http://evil.example"));
             let response = f.app.clone().oneshot(req).await.unwrap();
             assert_eq!(response.status(), StatusCode::FORBIDDEN);
-            assert_eq!(
-                body_json(response).await["error"],
-                "browser_request_refused"
-            );
+            assert_eq!(body_json(response).await["error"], "browser_request_refused");
         }
     }
 
@@ -332,8 +243,7 @@ mod tests {
     async fn oversized_bodies_are_refused() {
         let f = fixture();
         let mut req = request(Method::POST, "/v1/holds", 1002);
-        req.headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(1_000_000));
+        req.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(1_000_000));
         let response = f.app.oneshot(req).await.unwrap();
         assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(body_json(response).await["error"], "body_too_large");
@@ -342,19 +252,10 @@ mod tests {
     #[tokio::test]
     async fn unknown_routes_and_methods_answer_json() {
         let f = fixture();
-        let missing = f
-            .app
-            .clone()
-            .oneshot(request(Method::GET, "/v1/nope", 0))
-            .await
-            .unwrap();
+        let missing = f.app.clone().oneshot(request(Method::GET, "/v1/nope", 0)).await.unwrap();
         assert_eq!(missing.status(), StatusCode::NOT_FOUND);
         assert_eq!(body_json(missing).await["error"], "not_found");
-        let wrong = f
-            .app
-            .oneshot(request(Method::PUT, "/v1/status", 0))
-            .await
-            .unwrap();
+        let wrong = f.app.oneshot(request(Method::PUT, "/v1/status", 0)).await.unwrap();
         assert_eq!(wrong.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(body_json(wrong).await["error"], "method_not_allowed");
     }
@@ -362,19 +263,10 @@ mod tests {
     #[tokio::test]
     async fn metrics_are_prometheus_text() {
         let f = fixture();
-        let response = f
-            .app
-            .oneshot(request(Method::GET, "/metrics", 1002))
-            .await
-            .unwrap();
+        let response = f.app.oneshot(request(Method::GET, "/metrics", 1002)).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-            .await
-            .unwrap();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
         let text = String::from_utf8(bytes.to_vec()).unwrap();
-        assert!(
-            text.contains("pool_agent_component_healthy{component=\"share\"}"),
-            "{text}"
-        );
+        assert!(text.contains("pool_agent_component_healthy{component=\"share\"}"), "{text}");
     }
 }

@@ -39,10 +39,7 @@ pub enum BindError {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> BindError + '_ {
-    move |source| BindError::Io {
-        path: path.display().to_string(),
-        source,
-    }
+    move |source| BindError::Io { path: path.display().to_string(), source }
 }
 
 /// A bound socket and the lock that proves this daemon owns it.
@@ -72,23 +69,13 @@ pub fn bind(socket: &Path) -> Result<BoundSocket, BindError> {
 
     // The lock file decides ownership; the socket file alone cannot (a crash leaves it behind).
     let lock_path = socket.with_extension("lock");
-    let lock_file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(io_error(&lock_path))?;
+    let lock_file =
+        OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io_error(&lock_path))?;
     let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
         if errno == nix::errno::Errno::EWOULDBLOCK {
-            BindError::AlreadyRunning {
-                socket: socket.display().to_string(),
-                lock: lock_path.display().to_string(),
-            }
+            BindError::AlreadyRunning { socket: socket.display().to_string(), lock: lock_path.display().to_string() }
         } else {
-            BindError::Io {
-                path: lock_path.display().to_string(),
-                source: errno.into(),
-            }
+            BindError::Io { path: lock_path.display().to_string(), source: errno.into() }
         }
     })?;
 
@@ -97,26 +84,16 @@ pub fn bind(socket: &Path) -> Result<BoundSocket, BindError> {
             tracing::info!(socket = %socket.display(), "replacing a stale socket left by an earlier run");
             fs::remove_file(socket).map_err(io_error(socket))?;
         }
-        Ok(_) => {
-            return Err(BindError::NotASocket {
-                path: socket.display().to_string(),
-            })
-        }
+        Ok(_) => return Err(BindError::NotASocket { path: socket.display().to_string() }),
         Err(err) if err.kind() == io::ErrorKind::NotFound => {}
         Err(err) => return Err(io_error(socket)(err)),
     }
 
     let std_listener = std::os::unix::net::UnixListener::bind(socket).map_err(io_error(socket))?;
     fs::set_permissions(socket, fs::Permissions::from_mode(0o666)).map_err(io_error(socket))?;
-    std_listener
-        .set_nonblocking(true)
-        .map_err(io_error(socket))?;
+    std_listener.set_nonblocking(true).map_err(io_error(socket))?;
     let listener = UnixListener::from_std(std_listener).map_err(io_error(socket))?;
-    Ok(BoundSocket {
-        listener,
-        path: socket.to_path_buf(),
-        _lock: lock,
-    })
+    Ok(BoundSocket { listener, path: socket.to_path_buf(), _lock: lock })
 }
 
 /// Serves `app` until `shutdown` fires, then gives open connections a moment to finish.
@@ -144,11 +121,7 @@ pub async fn serve(listener: &UnixListener, app: Router, shutdown: CancellationT
             },
         };
         let peer = match stream.peer_cred() {
-            Ok(cred) => Peer {
-                uid: cred.uid(),
-                gid: cred.gid(),
-                pid: cred.pid(),
-            },
+            Ok(cred) => Peer { uid: cred.uid(), gid: cred.gid(), pid: cred.pid() },
             Err(err) => {
                 tracing::warn!("dropping a connection without peer credentials: {err}");
                 continue;
@@ -158,16 +131,12 @@ pub async fn serve(listener: &UnixListener, app: Router, shutdown: CancellationT
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let _permit = permit;
-            let service = hyper::service::service_fn(
-                move |mut request: hyper::Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(peer);
-                    app.clone().oneshot(request.map(axum::body::Body::new))
-                },
-            );
+            let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(peer);
+                app.clone().oneshot(request.map(axum::body::Body::new))
+            });
             let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
+            builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             tokio::select! {
@@ -184,10 +153,7 @@ pub async fn serve(listener: &UnixListener, app: Router, shutdown: CancellationT
         });
     }
     connections.close();
-    if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait()).await.is_err() {
         tracing::warn!("some API connections were still open at shutdown");
     }
 }

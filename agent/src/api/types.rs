@@ -36,10 +36,7 @@ impl ComponentState {
 
     /// Whether the component does its job right now (for health and metrics).
     pub fn is_healthy(self) -> bool {
-        matches!(
-            self,
-            ComponentState::Ready | ComponentState::Skipped | ComponentState::NotImplemented
-        )
+        matches!(self, ComponentState::Ready | ComponentState::Skipped | ComponentState::NotImplemented)
     }
 }
 

@@ -136,34 +136,20 @@ mod tests {
 
     #[test]
     fn hold_takes_a_duration_or_a_subcommand() {
-        let cli =
-            Cli::try_parse_from(["pool-agent", "hold", "2h", "--reason", "training"]).unwrap();
+        let cli = Cli::try_parse_from(["pool-agent", "hold", "2h", "--reason", "training"]).unwrap();
         match cli.command {
-            Command::Hold(HoldArgs {
-                duration: Some(d),
-                reason: Some(r),
-                action: None,
-            }) => assert_eq!((d.as_str(), r.as_str()), ("2h", "training")),
+            Command::Hold(HoldArgs { duration: Some(d), reason: Some(r), action: None }) => {
+                assert_eq!((d.as_str(), r.as_str()), ("2h", "training"))
+            }
             other => panic!("{other:?}"),
         }
         let cli = Cli::try_parse_from(["pool-agent", "hold", "release", "h-1"]).unwrap();
-        assert!(matches!(
-            cli.command,
-            Command::Hold(HoldArgs {
-                action: Some(HoldAction::Release { .. }),
-                ..
-            })
-        ));
+        assert!(matches!(cli.command, Command::Hold(HoldArgs { action: Some(HoldAction::Release { .. }), .. })));
     }
 
     #[test]
     fn json_is_accepted_after_any_read_command() {
-        for args in [
-            ["status", "--json"],
-            ["share", "--json"],
-            ["idle", "--json"],
-            ["config", "--json"],
-        ] {
+        for args in [["status", "--json"], ["share", "--json"], ["idle", "--json"], ["config", "--json"]] {
             let cli = Cli::try_parse_from(std::iter::once("pool-agent").chain(args)).unwrap();
             assert!(cli.json);
         }

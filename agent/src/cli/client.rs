@@ -46,10 +46,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(socket: &Path, timeout: Duration) -> Self {
-        Self {
-            socket: socket.to_path_buf(),
-            timeout,
-        }
+        Self { socket: socket.to_path_buf(), timeout }
     }
 
     fn socket_name(&self) -> String {
@@ -65,10 +62,7 @@ impl Client {
     ) -> Result<Reply, ClientError> {
         let reply = tokio::time::timeout(self.timeout, self.exchange(method, path, body))
             .await
-            .map_err(|_| ClientError::Timeout {
-                socket: self.socket_name(),
-                after: self.timeout,
-            })??;
+            .map_err(|_| ClientError::Timeout { socket: self.socket_name(), after: self.timeout })??;
         if reply.status.is_success() {
             return Ok(reply);
         }
@@ -76,10 +70,7 @@ impl Client {
             error: "http_error".to_string(),
             message: format!("HTTP {} from the daemon", reply.status),
         });
-        Err(ClientError::Api {
-            status: reply.status,
-            body,
-        })
+        Err(ClientError::Api { status: reply.status, body })
     }
 
     async fn exchange(
@@ -88,57 +79,33 @@ impl Client {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<Reply, ClientError> {
-        let protocol = |reason: String| ClientError::Protocol {
-            socket: self.socket_name(),
-            reason,
-        };
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|err| ClientError::Unreachable {
-                    socket: self.socket_name(),
-                    reason: err.to_string(),
-                })?;
+        let protocol = |reason: String| ClientError::Protocol { socket: self.socket_name(), reason };
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|err| ClientError::Unreachable { socket: self.socket_name(), reason: err.to_string() })?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|err| protocol(err.to_string()))?;
         let driver = tokio::spawn(connection);
 
         let payload = match &body {
-            Some(value) => {
-                Bytes::from(serde_json::to_vec(value).map_err(|err| protocol(err.to_string()))?)
-            }
+            Some(value) => Bytes::from(serde_json::to_vec(value).map_err(|err| protocol(err.to_string()))?),
             None => Bytes::new(),
         };
         let mut request = Request::builder()
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, "localhost")
-            .header(
-                hyper::header::USER_AGENT,
-                concat!("pool-agent/", env!("CARGO_PKG_VERSION")),
-            );
+            .header(hyper::header::USER_AGENT, concat!("pool-agent/", env!("CARGO_PKG_VERSION")));
         if body.is_some() {
             request = request.header(hyper::header::CONTENT_TYPE, "application/json");
         }
-        let request = request
-            .body(Full::new(payload))
-            .map_err(|err| protocol(err.to_string()))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|err| protocol(err.to_string()))?;
+        let request = request.body(Full::new(payload)).map_err(|err| protocol(err.to_string()))?;
+        let response = sender.send_request(request).await.map_err(|err| protocol(err.to_string()))?;
         let status = response.status();
         let limited = http_body_util::Limited::new(response.into_body(), MAX_REPLY_BYTES);
-        let bytes = limited
-            .collect()
-            .await
-            .map_err(|err| protocol(err.to_string()))?
-            .to_bytes();
+        let bytes = limited.collect().await.map_err(|err| protocol(err.to_string()))?.to_bytes();
         driver.abort();
-        Ok(Reply {
-            status,
-            body: bytes,
-        })
+        Ok(Reply { status, body: bytes })
     }
 }

@@ -15,15 +15,8 @@ use std::process::ExitCode;
 
 /// What to ask the daemon and how to show the answer.
 enum Call {
-    Get {
-        path: String,
-        show: Show,
-    },
-    Change {
-        method: Method,
-        path: String,
-        body: Option<serde_json::Value>,
-    },
+    Get { path: String, show: Show },
+    Change { method: Method, path: String, body: Option<serde_json::Value> },
 }
 
 #[derive(Clone, Copy)]
@@ -35,19 +28,8 @@ enum Show {
 }
 
 fn plan(command: &Command) -> Result<Call, String> {
-    let get = |path: &str, show: Show| {
-        Ok(Call::Get {
-            path: path.to_string(),
-            show,
-        })
-    };
-    let post = |path: String, body: Option<serde_json::Value>| {
-        Ok(Call::Change {
-            method: Method::POST,
-            path,
-            body,
-        })
-    };
+    let get = |path: &str, show: Show| Ok(Call::Get { path: path.to_string(), show });
+    let post = |path: String, body: Option<serde_json::Value>| Ok(Call::Change { method: Method::POST, path, body });
     match command {
         Command::Status => get("/v1/status", Show::Status),
         Command::Share { action: None } => get("/v1/share", Show::Share),
@@ -55,7 +37,9 @@ fn plan(command: &Command) -> Result<Call, String> {
         Command::Links { action: None } => get("/v1/links", Show::Json),
         Command::Links { action: Some(LinksAction::Sync) } => post("/v1/links/sync".into(), None),
         Command::Scripts { action: None } => get("/v1/scripts", Show::Json),
-        Command::Scripts { action: Some(ScriptsAction::Run { name }) } => post(format!("/v1/scripts/{}/run", path_segment(name)?), None),
+        Command::Scripts { action: Some(ScriptsAction::Run { name }) } => {
+            post(format!("/v1/scripts/{}/run", path_segment(name)?), None)
+        }
         Command::Scripts { action: Some(ScriptsAction::Log { name }) } => {
             get(&format!("/v1/scripts/{}/log", path_segment(name)?), Show::Text)
         }
@@ -71,7 +55,9 @@ fn plan(command: &Command) -> Result<Call, String> {
                 crate::config::duration::parse(duration)?;
                 post("/v1/holds".into(), Some(serde_json::json!({ "duration": duration, "reason": hold.reason })))
             }
-            (None, None) => Err("hold needs a DURATION (e.g. `pool-agent hold 2h`), or `hold list` / `hold release ID`".into()),
+            (None, None) => {
+                Err("hold needs a DURATION (e.g. `pool-agent hold 2h`), or `hold list` / `hold release ID`".into())
+            }
         },
         Command::Events => get("/v1/events", Show::Json),
         Command::Metrics => get("/metrics", Show::Text),
@@ -82,10 +68,7 @@ fn plan(command: &Command) -> Result<Call, String> {
 
 /// Names go into a URL path: refuse anything that would change its shape.
 fn path_segment(name: &str) -> Result<&str, String> {
-    let ok = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if ok && name != "." && name != ".." {
         Ok(name)
     } else {
@@ -97,20 +80,14 @@ pub fn main(cli: Cli) -> ExitCode {
     if let Command::GenerateAssets { dir } = &cli.command {
         return match generate_assets(dir) {
             Ok(()) => ExitCode::SUCCESS,
-            Err(err) => fail(
-                &format!("cannot write assets to {}: {err}", dir.display()),
-                1,
-            ),
+            Err(err) => fail(&format!("cannot write assets to {}: {err}", dir.display()), 1),
         };
     }
     let call = match plan(&cli.command) {
         Ok(call) => call,
         Err(message) => return fail(&message, 2),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => return fail(&format!("cannot start: {err}"), 1),
     };
@@ -118,9 +95,7 @@ pub fn main(cli: Cli) -> ExitCode {
     let result = runtime.block_on(async {
         match &call {
             Call::Get { path, .. } => client.call(Method::GET, path, None).await,
-            Call::Change { method, path, body } => {
-                client.call(method.clone(), path, body.clone()).await
-            }
+            Call::Change { method, path, body } => client.call(method.clone(), path, body.clone()).await,
         }
     });
     match result {
@@ -132,10 +107,7 @@ pub fn main(cli: Cli) -> ExitCode {
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(body).unwrap_or_default());
             }
-            fail(
-                &format!("{} [{}]", body.message, body.error),
-                err.exit_code(),
-            )
+            fail(&format!("{} [{}]", body.message, body.error), err.exit_code())
         }
         Err(err) => fail(&err.to_string(), err.exit_code()),
     }
@@ -154,17 +126,12 @@ fn show(call: &Call, reply: &Reply, json: bool) -> ExitCode {
             Ok(report) => render::status(&report),
             Err(err) => return fail(&format!("unexpected status answer: {err}"), 1),
         },
-        (Show::Share, false) => {
-            match serde_json::from_slice::<crate::api::types::ShareReport>(&reply.body) {
-                Ok(report) => render::share(&report),
-                Err(err) => return fail(&format!("unexpected share answer: {err}"), 1),
-            }
-        }
+        (Show::Share, false) => match serde_json::from_slice::<crate::api::types::ShareReport>(&reply.body) {
+            Ok(report) => render::share(&report),
+            Err(err) => return fail(&format!("unexpected share answer: {err}"), 1),
+        },
         (_, _) => match serde_json::from_slice::<serde_json::Value>(&reply.body) {
-            Ok(value) => format!(
-                "{}\n",
-                serde_json::to_string_pretty(&value).unwrap_or_default()
-            ),
+            Ok(value) => format!("{}\n", serde_json::to_string_pretty(&value).unwrap_or_default()),
             Err(_) => String::from_utf8_lossy(&reply.body).into_owned(),
         },
     };
@@ -215,8 +182,7 @@ mod tests {
     use clap::Parser;
 
     fn plan_of(args: &[&str]) -> Result<Call, String> {
-        let cli =
-            Cli::try_parse_from(std::iter::once("pool-agent").chain(args.iter().copied())).unwrap();
+        let cli = Cli::try_parse_from(std::iter::once("pool-agent").chain(args.iter().copied())).unwrap();
         plan(&cli.command)
     }
 
@@ -226,11 +192,7 @@ mod tests {
             (&["status"], "GET", "/v1/status"),
             (&["share", "remount"], "POST", "/v1/share/remount"),
             (&["links", "sync"], "POST", "/v1/links/sync"),
-            (
-                &["scripts", "run", "conda"],
-                "POST",
-                "/v1/scripts/conda/run",
-            ),
+            (&["scripts", "run", "conda"], "POST", "/v1/scripts/conda/run"),
             (&["scripts", "log", "conda"], "GET", "/v1/scripts/conda/log"),
             (&["hold", "2h"], "POST", "/v1/holds"),
             (&["hold", "list"], "GET", "/v1/holds"),
@@ -240,9 +202,7 @@ mod tests {
         for (args, method, path) in cases {
             match plan_of(args).unwrap() {
                 Call::Get { path: p, .. } => assert_eq!(("GET", p.as_str()), (*method, *path)),
-                Call::Change {
-                    method: m, path: p, ..
-                } => assert_eq!((m.as_str(), p.as_str()), (*method, *path)),
+                Call::Change { method: m, path: p, .. } => assert_eq!((m.as_str(), p.as_str()), (*method, *path)),
             }
         }
     }
@@ -267,10 +227,7 @@ mod tests {
             "completions/_pool-agent",
             "completions/pool-agent.fish",
         ] {
-            assert!(
-                dir.path().join(file).metadata().unwrap().len() > 100,
-                "{file}"
-            );
+            assert!(dir.path().join(file).metadata().unwrap().len() > 100, "{file}");
         }
         let bash = std::fs::read_to_string(dir.path().join("completions/pool-agent.bash")).unwrap();
         assert!(bash.contains("remount"));

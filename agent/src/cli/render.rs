@@ -10,11 +10,7 @@ fn age(rfc3339: &str, clock: &dyn Clock) -> String {
     let Ok(then) = humantime::parse_rfc3339(rfc3339) else {
         return String::new();
     };
-    let elapsed = clock
-        .now()
-        .duration_since(then)
-        .unwrap_or(Duration::ZERO)
-        .as_secs();
+    let elapsed = clock.now().duration_since(then).unwrap_or(Duration::ZERO).as_secs();
     let rounded = if elapsed >= 86_400 {
         format!("{}d", elapsed / 86_400)
     } else if elapsed >= 3600 {
@@ -45,12 +41,7 @@ pub fn status_at(report: &StatusReport, clock: &dyn Clock) -> String {
     if let Some(root) = &agent.root {
         let _ = writeln!(out, "sandbox root: {root}");
     }
-    let name_width = report
-        .components
-        .iter()
-        .map(|c| c.name.len())
-        .max()
-        .unwrap_or(0);
+    let name_width = report.components.iter().map(|c| c.name.len()).max().unwrap_or(0);
     for component in &report.components {
         let marker = match component.state {
             ComponentState::Failed | ComponentState::Degraded => "!",
@@ -73,11 +64,7 @@ pub fn status_at(report: &StatusReport, clock: &dyn Clock) -> String {
         }
     }
     if let Some(rejected) = &report.config.rejected_reload {
-        let _ = writeln!(
-            out,
-            "! config reload at {} was rejected; the previous config stays in force:",
-            rejected.at
-        );
+        let _ = writeln!(out, "! config reload at {} was rejected; the previous config stays in force:", rejected.at);
         let _ = writeln!(out, "    {}", rejected.message);
     }
     out
@@ -89,13 +76,8 @@ pub fn share(report: &ShareReport) -> String {
 
 pub fn share_at(report: &ShareReport, clock: &dyn Clock) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "share     {}  since {} ({})",
-        report.state.as_str(),
-        report.since,
-        age(&report.since, clock)
-    );
+    let _ =
+        writeln!(out, "share     {}  since {} ({})", report.state.as_str(), report.since, age(&report.since, clock));
     if let (Some(kind), Some(source)) = (&report.kind, &report.source) {
         let fstype = report.fstype.as_deref().unwrap_or("?");
         let adopted = if report.adopted { ", adopted" } else { "" };
@@ -113,27 +95,15 @@ pub fn share_at(report: &ShareReport, clock: &dyn Clock) -> String {
     match (&report.last_good_probe, report.probe_latency_ms) {
         (Some(at), Some(latency)) => {
             let every = report.probe_interval.as_deref().unwrap_or("?");
-            let _ = writeln!(
-                out,
-                "probe     last good {at} ({}), {latency:.1} ms, every {every}",
-                age(at, clock)
-            );
+            let _ = writeln!(out, "probe     last good {at} ({}), {latency:.1} ms, every {every}", age(at, clock));
         }
         _ => {
             let _ = writeln!(out, "probe     no good probe yet");
         }
     }
-    let _ = writeln!(
-        out,
-        "counters  {} mount(s), {} failed probe(s)",
-        report.mounts, report.failed_probes
-    );
+    let _ = writeln!(out, "counters  {} mount(s), {} failed probe(s)", report.mounts, report.failed_probes);
     if let Some(error) = &report.last_error {
-        let at = report
-            .last_error_at
-            .as_deref()
-            .map(|at| format!(" ({})", age(at, clock)))
-            .unwrap_or_default();
+        let at = report.last_error_at.as_deref().map(|at| format!(" ({})", age(at, clock))).unwrap_or_default();
         let _ = writeln!(out, "error     {error}{at}");
     }
     if let Some(next) = &report.next_attempt {
@@ -188,9 +158,6 @@ mod tests {
         assert!(text.contains("! share  degraded"), "{text}");
         assert!(text.contains("(3m ago)"), "{text}");
         assert!(text.contains("last error: server gone"), "{text}");
-        assert!(
-            text.contains("c.toml:3: share.bogus: unknown key"),
-            "{text}"
-        );
+        assert!(text.contains("c.toml:3: share.bogus: unknown key"), "{text}");
     }
 }

@@ -9,14 +9,10 @@ pub struct ConfigDuration(pub Duration);
 
 pub fn parse(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let hint = "use a whole number and a unit: 30s, 15m, 2h, 1d";
-    let count: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}: {hint}"))?;
+    let count: u64 = number.parse().map_err(|_| format!("invalid duration {text:?}: {hint}"))?;
     let seconds_per_unit = match unit {
         "s" => 1,
         "m" => 60,
@@ -24,10 +20,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "d" => 86_400,
         _ => return Err(format!("invalid duration {text:?}: {hint}")),
     };
-    count
-        .checked_mul(seconds_per_unit)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("duration {text:?} is too long"))
+    count.checked_mul(seconds_per_unit).map(Duration::from_secs).ok_or_else(|| format!("duration {text:?} is too long"))
 }
 
 /// The shortest exact text for a duration, the inverse of [`parse`].
@@ -44,9 +37,7 @@ pub fn format(duration: Duration) -> String {
 impl<'de> Deserialize<'de> for ConfigDuration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        parse(&text)
-            .map(ConfigDuration)
-            .map_err(serde::de::Error::custom)
+        parse(&text).map(ConfigDuration).map_err(serde::de::Error::custom)
     }
 }
 
@@ -68,16 +59,7 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_a_duration() {
-        for bad in [
-            "",
-            "15",
-            "m",
-            "15x",
-            "1.5h",
-            "-1m",
-            "15 m",
-            "99999999999999999999d",
-        ] {
+        for bad in ["", "15", "m", "15x", "1.5h", "-1m", "15 m", "99999999999999999999d"] {
             assert!(parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }

@@ -17,26 +17,17 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("{}:{line}: {message}", file.display())]
-    Syntax {
-        file: PathBuf,
-        line: usize,
-        message: String,
-    },
+    Syntax { file: PathBuf, line: usize, message: String },
     #[error("{}:{line}: {key}: {message}", file.display())]
-    Invalid {
-        file: PathBuf,
-        line: usize,
-        key: String,
-        message: String,
-    },
+    Invalid { file: PathBuf, line: usize, key: String, message: String },
 }
 
 impl ConfigError {
     pub fn file(&self) -> &std::path::Path {
         match self {
-            ConfigError::Read { file, .. }
-            | ConfigError::Syntax { file, .. }
-            | ConfigError::Invalid { file, .. } => file,
+            ConfigError::Read { file, .. } | ConfigError::Syntax { file, .. } | ConfigError::Invalid { file, .. } => {
+                file
+            }
             ConfigError::DropInDir { dir, .. } => dir,
         }
     }

@@ -145,9 +145,7 @@ impl<'de> Deserialize<'de> for UserSelection {
                 if text == "all" {
                     Ok(UserSelection::All)
                 } else {
-                    Err(E::custom(format!(
-                        "expected \"all\" or a list of user names, found {text:?}"
-                    )))
+                    Err(E::custom(format!("expected \"all\" or a list of user names, found {text:?}")))
                 }
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<UserSelection, A::Error> {
@@ -202,9 +200,9 @@ impl MergeFrom for SetupFragment {
         let scripts = self.scripts.get_or_insert_with(Vec::new);
         for script in later_scripts {
             let name = script.value.name.as_ref().map(|n| n.value.clone());
-            let same = scripts.iter_mut().find(|existing| {
-                name.is_some() && existing.value.name.as_ref().map(|n| &n.value) == name.as_ref()
-            });
+            let same = scripts
+                .iter_mut()
+                .find(|existing| name.is_some() && existing.value.name.as_ref().map(|n| &n.value) == name.as_ref());
             match same {
                 Some(existing) => *existing = script,
                 None => scripts.push(script),

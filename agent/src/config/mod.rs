@@ -26,10 +26,7 @@ pub fn load(main_file: &Path) -> Result<Settings, ConfigError> {
     files.extend(drop_in_files(&crate::paths::drop_in_dir(main_file))?);
     let mut merged = ConfigFragment::default();
     for file in &files {
-        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
-            file: file.clone(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
         merged.merge_from(parse_fragment(file, &text)?);
     }
     settings::validate(merged, files)
@@ -45,19 +42,11 @@ fn drop_in_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(ConfigError::DropInDir {
-                dir: dir.to_path_buf(),
-                source,
-            })
-        }
+        Err(source) => return Err(ConfigError::DropInDir { dir: dir.to_path_buf(), source }),
     };
     let mut files = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|source| ConfigError::DropInDir {
-            dir: dir.to_path_buf(),
-            source,
-        })?;
+        let entry = entry.map_err(|source| ConfigError::DropInDir { dir: dir.to_path_buf(), source })?;
         let path = entry.path();
         let is_toml = path.extension().is_some_and(|ext| ext == "toml");
         let hidden = entry.file_name().to_string_lossy().starts_with('.');
@@ -73,30 +62,17 @@ fn parse_fragment(file: &Path, text: &str) -> Result<ConfigFragment, ConfigError
     let index = Arc::new(LineIndex::new(file, text));
     let syntax_error = |err: &toml::de::Error| ConfigError::Syntax {
         file: file.to_path_buf(),
-        line: err
-            .span()
-            .map(|span| index.line_of(span.start))
-            .unwrap_or(0),
+        line: err.span().map(|span| index.line_of(span.start)).unwrap_or(0),
         message: err.message().to_string(),
     };
     let deserializer = toml::Deserializer::parse(text).map_err(|err| syntax_error(&err))?;
-    source::with_file(index.clone(), || {
-        serde_path_to_error::deserialize(deserializer)
-    })
-    .map_err(|err| {
+    source::with_file(index.clone(), || serde_path_to_error::deserialize(deserializer)).map_err(|err| {
         let key = dotted_key(err.path());
         let inner = err.into_inner();
         ConfigError::Invalid {
             file: file.to_path_buf(),
-            line: inner
-                .span()
-                .map(|span| index.line_of(span.start))
-                .unwrap_or(0),
-            key: if key.is_empty() {
-                String::from("(top level)")
-            } else {
-                key
-            },
+            line: inner.span().map(|span| index.line_of(span.start)).unwrap_or(0),
+            key: if key.is_empty() { String::from("(top level)") } else { key },
             message: friendlier(inner.message()),
         }
     })
@@ -152,9 +128,7 @@ mod tests {
 
     fn expect_invalid(text: &str) -> (usize, String, String) {
         match parse(text) {
-            Err(ConfigError::Invalid {
-                line, key, message, ..
-            }) => (line, key, message),
+            Err(ConfigError::Invalid { line, key, message, .. }) => (line, key, message),
             other => panic!("expected an invalid-key error, got {other:?}"),
         }
     }
@@ -175,8 +149,7 @@ mod tests {
 
     #[test]
     fn unknown_key_names_line_and_dotted_key() {
-        let (line, key, message) =
-            expect_invalid("[share]\nkind = \"local\"\npath = \"/srv\"\n\nbogus = 1\n");
+        let (line, key, message) = expect_invalid("[share]\nkind = \"local\"\npath = \"/srv\"\n\nbogus = 1\n");
         assert_eq!(line, 5);
         assert_eq!(key, "share.bogus");
         assert!(message.contains("unknown key `bogus`"), "{message}");
@@ -225,30 +198,19 @@ mod tests {
 
     #[test]
     fn key_of_another_kind_is_named() {
-        let (_, key, _) =
-            expect_invalid("[share]\nkind = \"nfs\"\nsource = \"h:/x\"\naccount = \"abc\"\n");
+        let (_, key, _) = expect_invalid("[share]\nkind = \"nfs\"\nsource = \"h:/x\"\naccount = \"abc\"\n");
         assert_eq!(key, "share.account");
     }
 
     #[test]
     fn azure_files_defaults_the_key_file_and_suffix() {
-        let settings = parse(
-            "[share]\nkind = \"azure-files\"\naccount = \"mystorage\"\nshare = \"notebooks\"\n",
-        )
-        .unwrap();
+        let settings =
+            parse("[share]\nkind = \"azure-files\"\naccount = \"mystorage\"\nshare = \"notebooks\"\n").unwrap();
         let share = settings.share.unwrap();
         assert_eq!(share.mount_point, PathBuf::from("/data/notebooks"));
         match share.source {
-            ShareSource::AzureFiles {
-                key_file,
-                endpoint_suffix,
-                key_source,
-                ..
-            } => {
-                assert_eq!(
-                    key_file,
-                    Some(PathBuf::from("/etc/pool-agent/secrets/storage-key"))
-                );
+            ShareSource::AzureFiles { key_file, endpoint_suffix, key_source, .. } => {
+                assert_eq!(key_file, Some(PathBuf::from("/etc/pool-agent/secrets/storage-key")));
                 assert_eq!(endpoint_suffix, "core.windows.net");
                 assert_eq!(key_source, KeySourceKind::File);
             }
@@ -258,66 +220,44 @@ mod tests {
 
     #[test]
     fn azure_names_follow_azure_rules() {
-        let (_, key, _) = expect_invalid(
-            "[share]\nkind = \"azure-files\"\naccount = \"My_Storage\"\nshare = \"nb\"\n",
-        );
+        let (_, key, _) = expect_invalid("[share]\nkind = \"azure-files\"\naccount = \"My_Storage\"\nshare = \"nb\"\n");
         assert_eq!(key, "share.account");
-        let (_, key, _) = expect_invalid(
-            "[share]\nkind = \"azure-files\"\naccount = \"mystorage\"\nshare = \"a--b\"\n",
-        );
+        let (_, key, _) =
+            expect_invalid("[share]\nkind = \"azure-files\"\naccount = \"mystorage\"\nshare = \"a--b\"\n");
         assert_eq!(key, "share.share");
     }
 
     #[test]
     fn secrets_in_mount_options_are_refused() {
-        let (line, key, message) = expect_invalid(
-            "[share]\nkind = \"nfs\"\nsource = \"h:/x\"\noptions = [\"password=hunter2\"]\n",
-        );
+        let (line, key, message) =
+            expect_invalid("[share]\nkind = \"nfs\"\nsource = \"h:/x\"\noptions = [\"password=hunter2\"]\n");
         assert_eq!((line, key.as_str()), (4, "share.options"));
-        assert!(
-            !message.contains("hunter2"),
-            "the error must not echo the secret: {message}"
-        );
+        assert!(!message.contains("hunter2"), "the error must not echo the secret: {message}");
     }
 
     #[test]
     fn relative_paths_and_escapes_are_refused() {
-        assert_eq!(
-            expect_invalid("[share]\nkind = \"local\"\npath = \"srv\"\n").1,
-            "share.path"
-        );
-        assert_eq!(
-            expect_invalid("[links]\nlink = \"../../etc\"\n").1,
-            "links.link"
-        );
-        assert_eq!(
-            expect_invalid("[links]\ntarget = \"notebooks/shared\"\n").1,
-            "links.target"
-        );
+        assert_eq!(expect_invalid("[share]\nkind = \"local\"\npath = \"srv\"\n").1, "share.path");
+        assert_eq!(expect_invalid("[links]\nlink = \"../../etc\"\n").1, "links.link");
+        assert_eq!(expect_invalid("[links]\ntarget = \"notebooks/shared\"\n").1, "links.target");
     }
 
     #[test]
     fn users_is_all_or_a_list() {
         assert_eq!(
-            parse("[links]\nusers = [\"alice\", \"bob\"]\n")
-                .unwrap()
-                .links
-                .users,
+            parse("[links]\nusers = [\"alice\", \"bob\"]\n").unwrap().links.users,
             UserSelection::Named(vec!["alice".into(), "bob".into()])
         );
-        assert_eq!(
-            expect_invalid("[links]\nusers = \"everyone\"\n").1,
-            "links.users"
-        );
-        assert_eq!(
-            expect_invalid("[links]\nusers = [\"Bad Name\"]\n").1,
-            "links.users"
-        );
+        assert_eq!(expect_invalid("[links]\nusers = \"everyone\"\n").1, "links.users");
+        assert_eq!(expect_invalid("[links]\nusers = [\"Bad Name\"]\n").1, "links.users");
     }
 
     #[test]
     fn scripts_get_defaults_and_unique_names() {
-        let settings = parse("[instance]\nlocal_user = \"dsadmin\"\n[[setup.scripts]]\nname = \"conda\"\npath = \"/opt/conda.sh\"\n").unwrap();
+        let settings = parse(
+            "[instance]\nlocal_user = \"dsadmin\"\n[[setup.scripts]]\nname = \"conda\"\npath = \"/opt/conda.sh\"\n",
+        )
+        .unwrap();
         let script = &settings.setup.scripts[0];
         assert_eq!(script.run_as, "dsadmin");
         assert_eq!(script.when, RunWhen::Once);
@@ -330,10 +270,7 @@ mod tests {
 
     #[test]
     fn idle_timeout_must_cover_the_interval() {
-        assert_eq!(
-            expect_invalid("[idle]\ninterval = \"1h\"\ntimeout = \"5m\"\n").1,
-            "idle.timeout"
-        );
+        assert_eq!(expect_invalid("[idle]\ninterval = \"1h\"\ntimeout = \"5m\"\n").1, "idle.timeout");
     }
 
     #[test]
@@ -343,29 +280,16 @@ mod tests {
         std::fs::write(&main, "[share]\nkind = \"local\"\npath = \"/srv/a\"\n[idle]\ntimeout = \"1h\"\n[[setup.scripts]]\nname = \"x\"\npath = \"/x1\"\n").unwrap();
         let drop_ins = dir.path().join("config.d");
         std::fs::create_dir(&drop_ins).unwrap();
-        std::fs::write(
-            drop_ins.join("20-late.toml"),
-            "[share]\npath = \"/srv/late\"\n",
-        )
-        .unwrap();
+        std::fs::write(drop_ins.join("20-late.toml"), "[share]\npath = \"/srv/late\"\n").unwrap();
         std::fs::write(drop_ins.join("10-early.toml"), "[share]\npath = \"/srv/early\"\nmount_point = \"/nb\"\n[[setup.scripts]]\nname = \"x\"\npath = \"/x2\"\n[[setup.scripts]]\nname = \"y\"\npath = \"/y\"\n").unwrap();
         std::fs::write(drop_ins.join("30-ignored.conf"), "not toml at all").unwrap();
         let settings = load(&main).unwrap();
         let share = settings.share.unwrap();
-        assert_eq!(
-            share.source,
-            ShareSource::Local {
-                path: "/srv/late".into()
-            }
-        );
+        assert_eq!(share.source, ShareSource::Local { path: "/srv/late".into() });
         assert_eq!(share.mount_point, PathBuf::from("/nb"));
         assert_eq!(settings.idle.timeout, Duration::from_secs(3600));
-        let scripts: Vec<_> = settings
-            .setup
-            .scripts
-            .iter()
-            .map(|s| (s.name.as_str(), s.path.to_str().unwrap()))
-            .collect();
+        let scripts: Vec<_> =
+            settings.setup.scripts.iter().map(|s| (s.name.as_str(), s.path.to_str().unwrap())).collect();
         assert_eq!(scripts, [("x", "/x2"), ("y", "/y")]);
         assert_eq!(settings.sources.len(), 3);
     }
@@ -376,20 +300,13 @@ mod tests {
         let main = dir.path().join("config.toml");
         std::fs::write(&main, "").unwrap();
         std::fs::create_dir(dir.path().join("config.d")).unwrap();
-        std::fs::write(
-            dir.path().join("config.d/50-bad.toml"),
-            "\n[api]\nadmin_grup = \"x\"\n",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("config.d/50-bad.toml"), "\n[api]\nadmin_grup = \"x\"\n").unwrap();
         let err = load(&main).unwrap_err();
         assert!(err.file().ends_with("config.d/50-bad.toml"));
         assert_eq!(err.line(), Some(3));
         assert_eq!(err.key(), Some("api.admin_grup"));
         let text = err.to_string();
-        assert!(
-            text.contains("50-bad.toml:3: api.admin_grup: unknown key"),
-            "{text}"
-        );
+        assert!(text.contains("50-bad.toml:3: api.admin_grup: unknown key"), "{text}");
     }
 
     #[test]
@@ -400,16 +317,9 @@ mod tests {
         // The example shows every section, so a typo in it would fail here.
         assert!(settings.share.is_some());
         assert!(!settings.setup.scripts.is_empty());
-        for section in [
-            "[instance]",
-            "[share]",
-            "[links]",
-            "[setup]",
-            "[[setup.scripts]]",
-            "[idle]",
-            "[azure]",
-            "[api]",
-        ] {
+        for section in
+            ["[instance]", "[share]", "[links]", "[setup]", "[[setup.scripts]]", "[idle]", "[azure]", "[api]"]
+        {
             assert!(text.contains(section), "example config lacks {section}");
         }
     }

@@ -36,15 +36,7 @@ pub const DEFAULT_ADMIN_GROUP: &str = "pool-agent-admin";
 
 /// Mount options that carry or point at a secret; the agent writes its own
 /// credentials file, so none of these may come from the config.
-const SECRET_MOUNT_OPTIONS: &[&str] = &[
-    "password",
-    "pass",
-    "password2",
-    "credentials",
-    "cred",
-    "username",
-    "user",
-];
+const SECRET_MOUNT_OPTIONS: &[&str] = &["password", "pass", "password2", "credentials", "cred", "username", "user"];
 
 /// Mount options that have keys of their own in [share].
 const MANAGED_MOUNT_OPTIONS: &[&str] = &["vers", "nfsvers", "uid", "gid", "dir_mode", "file_mode"];
@@ -189,18 +181,10 @@ fn invalid(origin: &Origin, key: &str, message: impl Into<String>) -> ConfigErro
 fn absolute_path(key: &str, value: &Sourced<String>) -> Result<PathBuf, ConfigError> {
     let path = Path::new(&value.value);
     if !path.is_absolute() {
-        return Err(invalid(
-            &value.origin,
-            key,
-            format!("{:?} must be an absolute path", value.value),
-        ));
+        return Err(invalid(&value.origin, key, format!("{:?} must be an absolute path", value.value)));
     }
     if path.components().any(|c| c == Component::ParentDir) {
-        return Err(invalid(
-            &value.origin,
-            key,
-            format!("{:?} must not contain `..`", value.value),
-        ));
+        return Err(invalid(&value.origin, key, format!("{:?} must not contain `..`", value.value)));
     }
     Ok(path.to_path_buf())
 }
@@ -208,15 +192,9 @@ fn absolute_path(key: &str, value: &Sourced<String>) -> Result<PathBuf, ConfigEr
 /// A path under a home or the share root: relative, and unable to climb out.
 fn contained_relative_path(key: &str, value: &Sourced<String>) -> Result<PathBuf, ConfigError> {
     let path = Path::new(&value.value);
-    let climbs = path
-        .components()
-        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
+    let climbs = path.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
     if value.value.is_empty() || climbs {
-        return Err(invalid(
-            &value.origin,
-            key,
-            format!("{:?} must be a relative path without `..`", value.value),
-        ));
+        return Err(invalid(&value.origin, key, format!("{:?} must be a relative path without `..`", value.value)));
     }
     Ok(path.to_path_buf())
 }
@@ -227,19 +205,14 @@ fn is_account_name(name: &str) -> bool {
     let first_ok = matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_');
     first_ok
         && name.len() <= 32
-        && chars
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.'))
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.'))
 }
 
 fn account_name(key: &str, value: &Sourced<String>) -> Result<String, ConfigError> {
     if is_account_name(&value.value) {
         Ok(value.value.clone())
     } else {
-        Err(invalid(
-            &value.origin,
-            key,
-            format!("{:?} is not a valid user or group name", value.value),
-        ))
+        Err(invalid(&value.origin, key, format!("{:?} is not a valid user or group name", value.value)))
     }
 }
 
@@ -249,22 +222,16 @@ fn required<'a, T>(
     key: &str,
     why: &str,
 ) -> Result<&'a Sourced<T>, ConfigError> {
-    value
-        .as_ref()
-        .ok_or_else(|| invalid(section, key, format!("required {why}")))
+    value.as_ref().ok_or_else(|| invalid(section, key, format!("required {why}")))
 }
 
 fn or_default(value: &Option<Sourced<String>>, default: &str) -> Sourced<String> {
-    value.clone().unwrap_or_else(|| Sourced {
-        value: default.to_string(),
-        origin: Origin::new(Path::new("<default>"), 0),
-    })
+    value
+        .clone()
+        .unwrap_or_else(|| Sourced { value: default.to_string(), origin: Origin::new(Path::new("<default>"), 0) })
 }
 
-pub(super) fn validate(
-    merged: ConfigFragment,
-    sources: Vec<PathBuf>,
-) -> Result<Settings, ConfigError> {
+pub(super) fn validate(merged: ConfigFragment, sources: Vec<PathBuf>) -> Result<Settings, ConfigError> {
     let instance = match merged.instance {
         Some(section) => {
             let section = section.value;
@@ -276,10 +243,7 @@ pub(super) fn validate(
                 },
             }
         }
-        None => InstanceSettings {
-            name: String::new(),
-            local_user: DEFAULT_LOCAL_USER.to_string(),
-        },
+        None => InstanceSettings { name: String::new(), local_user: DEFAULT_LOCAL_USER.to_string() },
     };
 
     let share = merged.share.map(validate_share).transpose()?;
@@ -300,32 +264,15 @@ pub(super) fn validate(
         },
     };
 
-    Ok(Settings {
-        sources,
-        instance,
-        share,
-        links,
-        setup,
-        idle,
-        azure,
-        api,
-    })
+    Ok(Settings { sources, instance, share, links, setup, idle, azure, api })
 }
 
 fn http_endpoint(key: &str, value: &Sourced<String>) -> Result<String, ConfigError> {
     let text = value.value.trim_end_matches('/');
-    let rest = text
-        .strip_prefix("http://")
-        .or_else(|| text.strip_prefix("https://"));
+    let rest = text.strip_prefix("http://").or_else(|| text.strip_prefix("https://"));
     match rest {
-        Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => {
-            Ok(text.to_string())
-        }
-        _ => Err(invalid(
-            &value.origin,
-            key,
-            format!("{:?} must be an http:// or https:// URL", value.value),
-        )),
+        Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => Ok(text.to_string()),
+        _ => Err(invalid(&value.origin, key, format!("{:?} must be an http:// or https:// URL", value.value))),
     }
 }
 
@@ -336,11 +283,7 @@ fn one_of(key: &str, value: &Sourced<String>, allowed: &[&str]) -> Result<String
     if allowed.contains(&value.value.as_str()) {
         Ok(value.value.clone())
     } else {
-        Err(invalid(
-            &value.origin,
-            key,
-            format!("{:?} is not one of {}", value.value, allowed.join(", ")),
-        ))
+        Err(invalid(&value.origin, key, format!("{:?} is not one of {}", value.value, allowed.join(", "))))
     }
 }
 
@@ -349,11 +292,7 @@ fn owner(key: &str, value: &Sourced<String>) -> Result<String, ConfigError> {
     if value.value.parse::<u32>().is_ok() || is_account_name(&value.value) {
         Ok(value.value.clone())
     } else {
-        Err(invalid(
-            &value.origin,
-            key,
-            format!("{:?} is neither a name nor a number", value.value),
-        ))
+        Err(invalid(&value.origin, key, format!("{:?} is neither a name nor a number", value.value)))
     }
 }
 
@@ -365,11 +304,7 @@ fn octal_mode(key: &str, value: &Sourced<String>) -> Result<String, ConfigError>
     if ok {
         Ok(format!("0{:0>3}", digits))
     } else {
-        Err(invalid(
-            &value.origin,
-            key,
-            format!("{:?} is not an octal mode such as \"0775\"", value.value),
-        ))
+        Err(invalid(&value.origin, key, format!("{:?} is not an octal mode such as \"0775\"", value.value)))
     }
 }
 
@@ -379,9 +314,7 @@ fn duration_or(
     key: &str,
 ) -> Result<Duration, ConfigError> {
     match value {
-        Some(given) if given.value.0.is_zero() => {
-            Err(invalid(&given.origin, key, "must be longer than 0s"))
-        }
+        Some(given) if given.value.0.is_zero() => Err(invalid(&given.origin, key, "must be longer than 0s")),
         Some(given) => Ok(given.value.0),
         None => Ok(default),
     }
@@ -390,12 +323,7 @@ fn duration_or(
 fn validate_share(section: Sourced<ShareFragment>) -> Result<ShareSettings, ConfigError> {
     let origin = section.origin;
     let share = section.value;
-    let kind = required(
-        &share.kind,
-        &origin,
-        "share.kind",
-        "in [share]: \"azure-files\", \"nfs\" or \"local\"",
-    )?;
+    let kind = required(&share.kind, &origin, "share.kind", "in [share]: \"azure-files\", \"nfs\" or \"local\"")?;
 
     let mount_point_value = or_default(&share.mount_point, DEFAULT_MOUNT_POINT);
     let mount_point = absolute_path("share.mount_point", &mount_point_value)?;
@@ -425,11 +353,7 @@ fn validate_share(section: Sourced<ShareFragment>) -> Result<ShareSettings, Conf
     ];
     let foreign: Vec<(&str, bool)> = match kind.value {
         ShareKind::AzureFiles => vec![("path", share.path.is_some())],
-        ShareKind::Nfs => smb_only
-            .iter()
-            .copied()
-            .chain([("path", share.path.is_some())])
-            .collect(),
+        ShareKind::Nfs => smb_only.iter().copied().chain([("path", share.path.is_some())]).collect(),
         ShareKind::Local => smb_only
             .iter()
             .copied()
@@ -443,47 +367,25 @@ fn validate_share(section: Sourced<ShareFragment>) -> Result<ShareSettings, Conf
     };
     if let Some((key, _)) = foreign.iter().find(|(_, present)| *present) {
         let kind_name = serde_json::to_value(kind.value).unwrap_or_default();
-        return Err(invalid(
-            &kind.origin,
-            &format!("share.{key}"),
-            format!("not used when share.kind = {kind_name}"),
-        ));
+        return Err(invalid(&kind.origin, &format!("share.{key}"), format!("not used when share.kind = {kind_name}")));
     }
 
     let source = match kind.value {
         ShareKind::AzureFiles => {
-            let account = required(
-                &share.account,
-                &kind.origin,
-                "share.account",
-                "when share.kind = \"azure-files\"",
-            )?;
+            let account = required(&share.account, &kind.origin, "share.account", "when share.kind = \"azure-files\"")?;
             if !(3..=24).contains(&account.value.len())
-                || !account
-                    .value
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                || !account.value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
             {
                 return Err(invalid(
                     &account.origin,
                     "share.account",
-                    format!(
-                        "{:?} is not a storage account name (3-24 lowercase letters and digits)",
-                        account.value
-                    ),
+                    format!("{:?} is not a storage account name (3-24 lowercase letters and digits)", account.value),
                 ));
             }
-            let share_name = required(
-                &share.share,
-                &kind.origin,
-                "share.share",
-                "when share.kind = \"azure-files\"",
-            )?;
+            let share_name = required(&share.share, &kind.origin, "share.share", "when share.kind = \"azure-files\"")?;
             let name = &share_name.value;
             if !(3..=63).contains(&name.len())
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
                 || name.starts_with('-')
                 || name.ends_with('-')
                 || name.contains("--")
@@ -494,16 +396,11 @@ fn validate_share(section: Sourced<ShareFragment>) -> Result<ShareSettings, Conf
                     format!("{name:?} is not a file share name (3-63 lowercase letters, digits and single hyphens)"),
                 ));
             }
-            let key_source = share
-                .key_source
-                .as_ref()
-                .map(|k| k.value)
-                .unwrap_or(KeySourceKind::File);
+            let key_source = share.key_source.as_ref().map(|k| k.value).unwrap_or(KeySourceKind::File);
             let key_file = match key_source {
-                KeySourceKind::File => Some(absolute_path(
-                    "share.key_file",
-                    &or_default(&share.key_file, DEFAULT_KEY_FILE),
-                )?),
+                KeySourceKind::File => {
+                    Some(absolute_path("share.key_file", &or_default(&share.key_file, DEFAULT_KEY_FILE))?)
+                }
                 KeySourceKind::ManagedIdentity => {
                     if let Some(file) = &share.key_file {
                         return Err(invalid(
@@ -517,10 +414,7 @@ fn validate_share(section: Sourced<ShareFragment>) -> Result<ShareSettings, Conf
             };
             let endpoint_suffix = or_default(&share.endpoint_suffix, DEFAULT_ENDPOINT_SUFFIX);
             if endpoint_suffix.value.is_empty()
-                || !endpoint_suffix
-                    .value
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+                || !endpoint_suffix.value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
             {
                 return Err(invalid(
                     &endpoint_suffix.origin,
@@ -555,30 +449,16 @@ fn validate_share(section: Sourced<ShareFragment>) -> Result<ShareSettings, Conf
                 source,
                 key_source,
                 key_file,
-                vers: one_of(
-                    "share.vers",
-                    &or_default(&share.vers, DEFAULT_SMB_VERSION),
-                    SMB_VERSIONS,
-                )?,
+                vers: one_of("share.vers", &or_default(&share.vers, DEFAULT_SMB_VERSION), SMB_VERSIONS)?,
                 uid: owner("share.uid", &or_default(&share.uid, DEFAULT_SHARE_UID))?,
                 gid: owner("share.gid", &or_default(&share.gid, DEFAULT_SHARE_GID))?,
-                dir_mode: octal_mode(
-                    "share.dir_mode",
-                    &or_default(&share.dir_mode, DEFAULT_DIR_MODE),
-                )?,
-                file_mode: octal_mode(
-                    "share.file_mode",
-                    &or_default(&share.file_mode, DEFAULT_FILE_MODE),
-                )?,
+                dir_mode: octal_mode("share.dir_mode", &or_default(&share.dir_mode, DEFAULT_DIR_MODE))?,
+                file_mode: octal_mode("share.file_mode", &or_default(&share.file_mode, DEFAULT_FILE_MODE))?,
             }
         }
         ShareKind::Nfs => {
-            let source = required(
-                &share.source,
-                &kind.origin,
-                "share.source",
-                "when share.kind = \"nfs\" (host:/export)",
-            )?;
+            let source =
+                required(&share.source, &kind.origin, "share.source", "when share.kind = \"nfs\" (host:/export)")?;
             match source.value.split_once(":/") {
                 Some((host, _))
                     if !host.is_empty()
@@ -594,23 +474,12 @@ fn validate_share(section: Sourced<ShareFragment>) -> Result<ShareSettings, Conf
             }
             ShareSource::Nfs {
                 source: source.value.clone(),
-                vers: one_of(
-                    "share.vers",
-                    &or_default(&share.vers, DEFAULT_NFS_VERSION),
-                    NFS_VERSIONS,
-                )?,
+                vers: one_of("share.vers", &or_default(&share.vers, DEFAULT_NFS_VERSION), NFS_VERSIONS)?,
             }
         }
         ShareKind::Local => {
-            let path = required(
-                &share.path,
-                &kind.origin,
-                "share.path",
-                "when share.kind = \"local\"",
-            )?;
-            ShareSource::Local {
-                path: absolute_path("share.path", path)?,
-            }
+            let path = required(&share.path, &kind.origin, "share.path", "when share.kind = \"local\"")?;
+            ShareSource::Local { path: absolute_path("share.path", path)? }
         }
     };
 
@@ -618,8 +487,7 @@ fn validate_share(section: Sourced<ShareFragment>) -> Result<ShareSettings, Conf
         Some(options) => {
             for option in &options.value {
                 let name = option.split('=').next().unwrap_or_default();
-                if option.is_empty() || option.contains(',') || option.contains(char::is_whitespace)
-                {
+                if option.is_empty() || option.contains(',') || option.contains(char::is_whitespace) {
                     return Err(invalid(
                         &options.origin,
                         "share.options",
@@ -646,33 +514,13 @@ fn validate_share(section: Sourced<ShareFragment>) -> Result<ShareSettings, Conf
         None => Vec::new(),
     };
 
-    let probe_interval = duration_or(
-        &share.probe_interval,
-        DEFAULT_PROBE_INTERVAL,
-        "share.probe_interval",
-    )?;
-    let probe_timeout = duration_or(
-        &share.probe_timeout,
-        DEFAULT_PROBE_TIMEOUT,
-        "share.probe_timeout",
-    )?;
-    let mount_timeout = duration_or(
-        &share.mount_timeout,
-        DEFAULT_MOUNT_TIMEOUT,
-        "share.mount_timeout",
-    )?;
+    let probe_interval = duration_or(&share.probe_interval, DEFAULT_PROBE_INTERVAL, "share.probe_interval")?;
+    let probe_timeout = duration_or(&share.probe_timeout, DEFAULT_PROBE_TIMEOUT, "share.probe_timeout")?;
+    let mount_timeout = duration_or(&share.mount_timeout, DEFAULT_MOUNT_TIMEOUT, "share.mount_timeout")?;
     if probe_timeout > probe_interval {
-        let at = share
-            .probe_timeout
-            .as_ref()
-            .or(share.probe_interval.as_ref())
-            .map(|v| v.origin.clone())
-            .unwrap_or(origin);
-        return Err(invalid(
-            &at,
-            "share.probe_timeout",
-            "must not be longer than share.probe_interval",
-        ));
+        let at =
+            share.probe_timeout.as_ref().or(share.probe_interval.as_ref()).map(|v| v.origin.clone()).unwrap_or(origin);
+        return Err(invalid(&at, "share.probe_timeout", "must not be longer than share.probe_interval"));
     }
 
     Ok(ShareSettings {
@@ -693,17 +541,10 @@ fn validate_share(section: Sourced<ShareFragment>) -> Result<ShareSettings, Conf
 fn validate_links(section: Option<Sourced<LinksFragment>>) -> Result<LinksSettings, ConfigError> {
     let links = section.map(|s| s.value).unwrap_or_default();
     let users = match links.users {
-        Some(Sourced {
-            value: UserSelection::Named(names),
-            origin,
-        }) => {
+        Some(Sourced { value: UserSelection::Named(names), origin }) => {
             for name in &names {
                 if !is_account_name(name) {
-                    return Err(invalid(
-                        &origin,
-                        "links.users",
-                        format!("{name:?} is not a valid user name"),
-                    ));
+                    return Err(invalid(&origin, "links.users", format!("{name:?} is not a valid user name")));
                 }
             }
             UserSelection::Named(names)
@@ -717,10 +558,7 @@ fn validate_links(section: Option<Sourced<LinksFragment>>) -> Result<LinksSettin
         return Err(invalid(
             &target.origin,
             "links.target",
-            format!(
-                "{:?} must contain {{user}}, or every user would share one folder",
-                target.value
-            ),
+            format!("{:?} must contain {{user}}, or every user would share one folder", target.value),
         ));
     }
     Ok(LinksSettings {
@@ -731,10 +569,7 @@ fn validate_links(section: Option<Sourced<LinksFragment>>) -> Result<LinksSettin
     })
 }
 
-fn validate_setup(
-    section: Option<Sourced<SetupFragment>>,
-    local_user: &str,
-) -> Result<SetupSettings, ConfigError> {
+fn validate_setup(section: Option<Sourced<SetupFragment>>, local_user: &str) -> Result<SetupSettings, ConfigError> {
     let setup = section.map(|s| s.value).unwrap_or_default();
     let dir = absolute_path("setup.dir", &or_default(&setup.dir, DEFAULT_SETUP_DIR))?;
     let mut seen = HashSet::new();
@@ -743,18 +578,10 @@ fn validate_setup(
         let origin = script.origin;
         let script = script.value;
         let key = |field: &str| format!("setup.scripts[{index}].{field}");
-        let name = required(
-            &script.name,
-            &origin,
-            &key("name"),
-            "for every [[setup.scripts]]",
-        )?;
+        let name = required(&script.name, &origin, &key("name"), "for every [[setup.scripts]]")?;
         let name_ok = !name.value.is_empty()
             && name.value.len() <= 64
-            && name
-                .value
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            && name.value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
             && !name.value.starts_with('.');
         if !name_ok {
             return Err(invalid(
@@ -764,30 +591,15 @@ fn validate_setup(
             ));
         }
         if !seen.insert(name.value.clone()) {
-            return Err(invalid(
-                &name.origin,
-                &key("name"),
-                format!("{:?} is used by two scripts", name.value),
-            ));
+            return Err(invalid(&name.origin, &key("name"), format!("{:?} is used by two scripts", name.value)));
         }
-        let path = absolute_path(
-            &key("path"),
-            required(
-                &script.path,
-                &origin,
-                &key("path"),
-                "for every [[setup.scripts]]",
-            )?,
-        )?;
+        let path =
+            absolute_path(&key("path"), required(&script.path, &origin, &key("path"), "for every [[setup.scripts]]")?)?;
         let run_as = match &script.run_as {
             Some(user) => account_name(&key("run_as"), user)?,
             None => local_user.to_string(),
         };
-        let timeout = script
-            .timeout
-            .as_ref()
-            .map(|t| t.value.0)
-            .unwrap_or(DEFAULT_SCRIPT_TIMEOUT);
+        let timeout = script.timeout.as_ref().map(|t| t.value.0).unwrap_or(DEFAULT_SCRIPT_TIMEOUT);
         if timeout.is_zero() {
             return Err(invalid(&origin, &key("timeout"), "must be longer than 0s"));
         }
@@ -795,21 +607,9 @@ fn validate_setup(
             name: name.value.clone(),
             path,
             run_as,
-            when: script
-                .when
-                .as_ref()
-                .map(|w| w.value)
-                .unwrap_or(RunWhen::Once),
-            args: script
-                .args
-                .as_ref()
-                .map(|a| a.value.clone())
-                .unwrap_or_default(),
-            workdir: script
-                .workdir
-                .as_ref()
-                .map(|w| absolute_path(&key("workdir"), w))
-                .transpose()?,
+            when: script.when.as_ref().map(|w| w.value).unwrap_or(RunWhen::Once),
+            args: script.args.as_ref().map(|a| a.value.clone()).unwrap_or_default(),
+            workdir: script.workdir.as_ref().map(|w| absolute_path(&key("workdir"), w)).transpose()?,
             timeout,
         });
     }
@@ -818,23 +618,11 @@ fn validate_setup(
 
 fn validate_idle(section: Option<Sourced<IdleFragment>>) -> Result<IdleSettings, ConfigError> {
     let idle = section.map(|s| s.value).unwrap_or_default();
-    let interval = idle
-        .interval
-        .as_ref()
-        .map(|i| i.value.0)
-        .unwrap_or(DEFAULT_IDLE_INTERVAL);
-    let timeout = idle
-        .timeout
-        .as_ref()
-        .map(|t| t.value.0)
-        .unwrap_or(DEFAULT_IDLE_TIMEOUT);
+    let interval = idle.interval.as_ref().map(|i| i.value.0).unwrap_or(DEFAULT_IDLE_INTERVAL);
+    let timeout = idle.timeout.as_ref().map(|t| t.value.0).unwrap_or(DEFAULT_IDLE_TIMEOUT);
     if interval.is_zero() {
         if let Some(given) = &idle.interval {
-            return Err(invalid(
-                &given.origin,
-                "idle.interval",
-                "must be longer than 0s",
-            ));
+            return Err(invalid(&given.origin, "idle.interval", "must be longer than 0s"));
         }
     }
     if timeout < interval {
@@ -847,11 +635,7 @@ fn validate_idle(section: Option<Sourced<IdleFragment>>) -> Result<IdleSettings,
         return Err(invalid(
             &origin,
             "idle.timeout",
-            format!(
-                "{} is shorter than idle.interval ({})",
-                duration::format(timeout),
-                duration::format(interval)
-            ),
+            format!("{} is shorter than idle.interval ({})", duration::format(timeout), duration::format(interval)),
         ));
     }
     Ok(IdleSettings { interval, timeout })

@@ -18,10 +18,7 @@ pub struct Origin {
 
 impl Origin {
     pub fn new(file: &Path, line: usize) -> Self {
-        Self {
-            file: Arc::from(file),
-            line,
-        }
+        Self { file: Arc::from(file), line }
     }
 }
 
@@ -33,10 +30,7 @@ pub struct Sourced<T> {
 
 impl<T> Sourced<T> {
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Sourced<U> {
-        Sourced {
-            value: f(self.value),
-            origin: self.origin,
-        }
+        Sourced { value: f(self.value), origin: self.origin }
     }
 }
 
@@ -50,10 +44,7 @@ impl LineIndex {
     pub fn new(file: &Path, text: &str) -> Self {
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(at, _)| at + 1));
-        Self {
-            file: Arc::from(file),
-            line_starts,
-        }
+        Self { file: Arc::from(file), line_starts }
     }
 
     /// 1-based line of a byte offset.
@@ -65,10 +56,7 @@ impl LineIndex {
     }
 
     pub fn origin_of(&self, offset: usize) -> Origin {
-        Origin {
-            file: self.file.clone(),
-            line: self.line_of(offset),
-        }
+        Origin { file: self.file.clone(), line: self.line_of(offset) }
     }
 }
 
@@ -94,10 +82,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Sourced<T> {
                 .map(|index| index.origin_of(start))
                 .unwrap_or_else(|| Origin::new(Path::new("<memory>"), 0))
         });
-        Ok(Sourced {
-            value: spanned.into_inner(),
-            origin,
-        })
+        Ok(Sourced { value: spanned.into_inner(), origin })
     }
 }
 

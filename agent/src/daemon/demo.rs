@@ -66,9 +66,7 @@ pub fn prepare(root: &Path) -> io::Result<()> {
     let mut group = String::from("root:x:0:\n");
     let mut admins = Vec::new();
     if me != 0 {
-        passwd.push_str(&format!(
-            "you:x:{me}:{me_gid}:the demo's caller:/home/you:/bin/bash\n"
-        ));
+        passwd.push_str(&format!("you:x:{me}:{me_gid}:the demo's caller:/home/you:/bin/bash\n"));
         admins.push("you");
     }
     let uids = (FIRST_DEMO_UID..).filter(|uid| *uid != me);
@@ -93,10 +91,7 @@ pub fn prepare(root: &Path) -> io::Result<()> {
 
 pub fn print_instructions(root: &Path, socket: &Path) {
     println!("pool-agent demo: sandbox in {}", root.display());
-    println!(
-        "  config: {}",
-        root.join("etc/pool-agent/config.toml").display()
-    );
+    println!("  config: {}", root.join("etc/pool-agent/config.toml").display());
     println!("  query it from another terminal:");
     println!("    export POOL_AGENT_SOCKET={}", socket.display());
     println!("    pool-agent status          # or: cargo run -q --bin pool-agent -- status");
@@ -121,9 +116,6 @@ mod tests {
         // Running it twice keeps an edited config.
         fs::write(dir.path().join("etc/pool-agent/config.toml"), "# edited\n").unwrap();
         prepare(dir.path()).unwrap();
-        assert_eq!(
-            fs::read_to_string(dir.path().join("etc/pool-agent/config.toml")).unwrap(),
-            "# edited\n"
-        );
+        assert_eq!(fs::read_to_string(dir.path().join("etc/pool-agent/config.toml")).unwrap(), "# edited\n");
     }
 }

@@ -40,10 +40,7 @@ pub fn main(options: DaemonOptions) -> ExitCode {
         (true, root) => {
             let root = root.clone().unwrap_or_else(demo::default_root);
             if let Err(err) = demo::prepare(&root) {
-                eprintln!(
-                    "pool-agentd: cannot build the demo sandbox in {}: {err}",
-                    root.display()
-                );
+                eprintln!("pool-agentd: cannot build the demo sandbox in {}: {err}", root.display());
                 return ExitCode::from(1);
             }
             Some(root)
@@ -54,10 +51,7 @@ pub fn main(options: DaemonOptions) -> ExitCode {
         Some(root) => SystemPaths::under(root),
         None => SystemPaths::system(),
     };
-    let config_file = options
-        .config
-        .clone()
-        .unwrap_or_else(|| paths.config_file());
+    let config_file = options.config.clone().unwrap_or_else(|| paths.config_file());
 
     let settings = match config::load(&config_file) {
         Ok(settings) => settings,
@@ -74,11 +68,8 @@ pub fn main(options: DaemonOptions) -> ExitCode {
         demo::print_instructions(paths.root(), &paths.socket());
     }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("pool-agentd")
-        .enable_all()
-        .build();
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("pool-agentd").enable_all().build();
     match runtime {
         Ok(runtime) => runtime.block_on(run(paths, config_file, settings)),
         Err(err) => {
@@ -93,10 +84,7 @@ fn instance_name(settings: &Settings) -> String {
         return settings.instance.name.clone();
     }
     // IMDS compute.name comes with the Azure work; the hostname is the fallback.
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|name| name.into_string().ok())
-        .unwrap_or_else(|| "unknown".to_string())
+    nix::unistd::gethostname().ok().and_then(|name| name.into_string().ok()).unwrap_or_else(|| "unknown".to_string())
 }
 
 async fn run(paths: SystemPaths, config_file: PathBuf, settings: Settings) -> ExitCode {
@@ -109,14 +97,8 @@ async fn run(paths: SystemPaths, config_file: PathBuf, settings: Settings) -> Ex
         }
     };
     let clock: SharedClock = clock::system();
-    let board = Arc::new(
-        StatusBoard::new(clock.clone(), &settings.sources).with_change_hook(systemd::status),
-    );
-    board.set(
-        "config",
-        ComponentState::Ready,
-        Some(format!("{} file(s) in force", settings.sources.len())),
-    );
+    let board = Arc::new(StatusBoard::new(clock.clone(), &settings.sources).with_change_hook(systemd::status));
+    board.set("config", ComponentState::Ready, Some(format!("{} file(s) in force", settings.sources.len())));
     let instance = instance_name(&settings);
     let paths = Arc::new(paths);
     let (settings_tx, settings_rx) = watch::channel(Arc::new(settings));
@@ -146,11 +128,7 @@ async fn run(paths: SystemPaths, config_file: PathBuf, settings: Settings) -> Ex
         api::server::serve(&socket.listener, app, api_shutdown).await;
         socket
     });
-    board.set(
-        "api",
-        ComponentState::Ready,
-        Some(format!("listening on {}", paths.socket().display())),
-    );
+    board.set("api", ComponentState::Ready, Some(format!("listening on {}", paths.socket().display())));
     tracing::info!(instance = %instance, socket = %paths.socket().display(), "pool-agentd {} ready", crate::VERSION);
     systemd::ready("API ready; starting capabilities");
 
@@ -163,9 +141,7 @@ async fn run(paths: SystemPaths, config_file: PathBuf, settings: Settings) -> Ex
         clock: clock.clone(),
         shutdown: shutdown.clone(),
     };
-    supervisor.spawn(context("share"), move |ctx| {
-        crate::share::run(ctx, share.clone())
-    });
+    supervisor.spawn(context("share"), move |ctx| crate::share::run(ctx, share.clone()));
     supervisor.spawn(context("links"), crate::links::run);
     supervisor.spawn(context("scripts"), crate::scripts::run);
     supervisor.spawn(context("idle"), crate::idle::run);
@@ -184,13 +160,10 @@ async fn run(paths: SystemPaths, config_file: PathBuf, settings: Settings) -> Ex
 
     systemd::stopping();
     let stop_started = clock.monotonic();
-    supervisor
-        .shutdown(STOP_DEADLINE - Duration::from_secs(2))
-        .await;
+    supervisor.shutdown(STOP_DEADLINE - Duration::from_secs(2)).await;
     watchdog.abort();
-    let remaining = STOP_DEADLINE
-        .saturating_sub(clock.monotonic() - stop_started)
-        .saturating_sub(Duration::from_millis(500));
+    let remaining =
+        STOP_DEADLINE.saturating_sub(clock.monotonic() - stop_started).saturating_sub(Duration::from_millis(500));
     match tokio::time::timeout(remaining, api_task).await {
         Ok(Ok(socket)) => socket.remove(),
         _ => {
@@ -203,11 +176,7 @@ async fn run(paths: SystemPaths, config_file: PathBuf, settings: Settings) -> Ex
 }
 
 /// Reads the config again; applies it only if it is valid.
-fn reload(
-    config_file: &std::path::Path,
-    settings_tx: &watch::Sender<Arc<Settings>>,
-    board: &StatusBoard,
-) {
+fn reload(config_file: &std::path::Path, settings_tx: &watch::Sender<Arc<Settings>>, board: &StatusBoard) {
     match config::load(config_file) {
         Ok(settings) => {
             tracing::info!(files = settings.sources.len(), "config reloaded");
@@ -226,10 +195,7 @@ fn reload(
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("POOL_AGENT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
     let colors = std::io::IsTerminal::is_terminal(&std::io::stderr());
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         builder.without_time().with_ansi(false).init();

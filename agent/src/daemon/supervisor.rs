@@ -51,10 +51,7 @@ pub struct Supervisor {
 
 impl Supervisor {
     pub fn new(shutdown: CancellationToken) -> Self {
-        Self {
-            tasks: JoinSet::new(),
-            shutdown,
-        }
+        Self { tasks: JoinSet::new(), shutdown }
     }
 
     /// Starts a capability task and keeps it running until shutdown.
@@ -81,10 +78,7 @@ impl Supervisor {
                     break;
                 }
                 let Some(message) = outcome else { break };
-                tracing::error!(
-                    component = name,
-                    "failed: {message}; restarting in {backoff:?}"
-                );
+                tracing::error!(component = name, "failed: {message}; restarting in {backoff:?}");
                 ctx.board.set_error(
                     name,
                     ComponentState::Failed,
@@ -127,8 +121,7 @@ mod tests {
 
     fn context(shutdown: CancellationToken) -> ComponentContext {
         let clock = crate::clock::system();
-        let settings =
-            Arc::new(crate::config::load_str(std::path::Path::new("c.toml"), "").unwrap());
+        let settings = Arc::new(crate::config::load_str(std::path::Path::new("c.toml"), "").unwrap());
         ComponentContext {
             name: "links",
             board: Arc::new(StatusBoard::new(clock.clone(), &[])),
@@ -163,12 +156,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(4)).await;
         assert_eq!(attempts.load(Ordering::SeqCst), 3);
         assert_eq!(board.state_of("links"), Some(ComponentState::Ready));
-        let last_error = board
-            .components()
-            .into_iter()
-            .find(|c| c.name == "links")
-            .unwrap()
-            .last_error;
+        let last_error = board.components().into_iter().find(|c| c.name == "links").unwrap().last_error;
         assert_eq!(last_error.as_deref(), Some("boom"));
         supervisor.shutdown(Duration::from_secs(1)).await;
     }

@@ -7,10 +7,7 @@ use crate::api::types::ComponentState;
 use crate::daemon::supervisor::{ComponentContext, TaskResult};
 
 pub async fn run(ctx: ComponentContext) -> TaskResult {
-    ctx.set(
-        ComponentState::NotImplemented,
-        "not built yet: setup scripts comes with its own issue".to_string(),
-    );
+    ctx.set(ComponentState::NotImplemented, "not built yet: setup scripts comes with its own issue".to_string());
     ctx.idle_until_shutdown().await;
     Ok(())
 }

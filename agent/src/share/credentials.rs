@@ -35,11 +35,7 @@ pub enum KeyError {
     #[error("storage key file {path} is a symlink; point share.key_file at the file itself")]
     Symlink { path: String },
     #[error("storage key file {path} is owned by uid {owner}, not {expected}; chown it to root")]
-    WrongOwner {
-        path: String,
-        owner: u32,
-        expected: u32,
-    },
+    WrongOwner { path: String, owner: u32, expected: u32 },
     #[error("storage key file {path} is readable by group or others (mode {mode:04o}); run chmod 600 on it")]
     TooOpen { path: String, mode: u32 },
     #[error("storage key file {path} is empty")]
@@ -51,33 +47,20 @@ pub enum KeyError {
 /// Reads the key, refusing a file that others could read or that someone else owns.
 pub fn read_key_file(path: &Path, expected_owner: u32) -> Result<StorageKey, KeyError> {
     let name = path.display().to_string();
-    let meta = fs::symlink_metadata(path).map_err(|source| KeyError::Unreadable {
-        path: name.clone(),
-        source,
-    })?;
+    let meta = fs::symlink_metadata(path).map_err(|source| KeyError::Unreadable { path: name.clone(), source })?;
     if meta.file_type().is_symlink() {
         return Err(KeyError::Symlink { path: name });
     }
     if meta.uid() != expected_owner {
-        return Err(KeyError::WrongOwner {
-            path: name,
-            owner: meta.uid(),
-            expected: expected_owner,
-        });
+        return Err(KeyError::WrongOwner { path: name, owner: meta.uid(), expected: expected_owner });
     }
     let mode = meta.mode() & 0o7777;
     if mode & 0o077 != 0 {
         return Err(KeyError::TooOpen { path: name, mode });
     }
-    let text = Zeroizing::new(
-        fs::read_to_string(path).map_err(|source| KeyError::Unreadable {
-            path: name.clone(),
-            source,
-        })?,
-    );
-    let key = StorageKey(Zeroizing::new(
-        text.trim_end_matches(['\n', '\r']).to_string(),
-    ));
+    let text =
+        Zeroizing::new(fs::read_to_string(path).map_err(|source| KeyError::Unreadable { path: name.clone(), source })?);
+    let key = StorageKey(Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_string()));
     if key.0.is_empty() {
         return Err(KeyError::Empty { path: name });
     }
@@ -100,11 +83,7 @@ impl CredentialsFile {
             Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
             _ => {}
         }
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)?;
+        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
         let written = (|| {
             file.write_all(b"username=")?;
             file.write_all(username.as_bytes())?;
@@ -158,10 +137,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = read_key_file(&key_file(dir.path(), "s3cr3t==", 0o644), me()).unwrap_err();
         let text = err.to_string();
-        assert!(
-            text.contains("mode 0644") && text.contains("chmod 600"),
-            "{text}"
-        );
+        assert!(text.contains("mode 0644") && text.contains("chmod 600"), "{text}");
         assert!(!text.contains("s3cr3t"), "{text}");
         assert!(!format!("{err:?}").contains("s3cr3t"));
     }
@@ -170,26 +146,14 @@ mod tests {
     fn refuses_a_foreign_owner_a_symlink_and_junk() {
         let dir = tempfile::tempdir().unwrap();
         let path = key_file(dir.path(), "k", 0o600);
-        assert!(matches!(
-            read_key_file(&path, me() + 1),
-            Err(KeyError::WrongOwner { .. })
-        ));
+        assert!(matches!(read_key_file(&path, me() + 1), Err(KeyError::WrongOwner { .. })));
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&path, &link).unwrap();
-        assert!(matches!(
-            read_key_file(&link, me()),
-            Err(KeyError::Symlink { .. })
-        ));
+        assert!(matches!(read_key_file(&link, me()), Err(KeyError::Symlink { .. })));
         let empty = key_file(dir.path(), "\n", 0o600);
-        assert!(matches!(
-            read_key_file(&empty, me()),
-            Err(KeyError::Empty { .. })
-        ));
+        assert!(matches!(read_key_file(&empty, me()), Err(KeyError::Empty { .. })));
         let two = key_file(dir.path(), "a\nb\n", 0o600);
-        assert!(matches!(
-            read_key_file(&two, me()),
-            Err(KeyError::Malformed { .. })
-        ));
+        assert!(matches!(read_key_file(&two, me()), Err(KeyError::Malformed { .. })));
     }
 
     #[test]
@@ -202,10 +166,7 @@ mod tests {
             path = credentials.path().to_path_buf();
             let meta = fs::metadata(&path).unwrap();
             assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-            assert_eq!(
-                fs::read_to_string(&path).unwrap(),
-                "username=mystorage\npassword=k3y\n"
-            );
+            assert_eq!(fs::read_to_string(&path).unwrap(), "username=mystorage\npassword=k3y\n");
         }
         assert!(!path.exists());
     }

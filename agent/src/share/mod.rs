@@ -76,18 +76,11 @@ impl ShareHandle {
     }
 
     pub fn system(clock: SharedClock) -> Self {
-        Self::new(
-            clock,
-            Arc::new(mount::SystemMounter),
-            Arc::new(probe::SystemProber::default()),
-        )
+        Self::new(clock, Arc::new(mount::SystemMounter), Arc::new(probe::SystemProber::default()))
     }
 
     pub fn report(&self) -> ShareReport {
-        self.report
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.report.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn update(&self, change: impl FnOnce(&mut ShareReport)) {
@@ -98,16 +91,11 @@ impl ShareHandle {
     /// Asks the task to unmount and mount again; waits up to `wait` for the outcome.
     pub async fn request_remount(&self, wait: Duration) -> Result<ShareReport, String> {
         let (reply_tx, reply_rx) = oneshot::channel();
-        self.remount_tx
-            .try_send(reply_tx)
-            .map_err(|_| "a remount is already queued".to_string())?;
+        self.remount_tx.try_send(reply_tx).map_err(|_| "a remount is already queued".to_string())?;
         match tokio::time::timeout(wait, reply_rx).await {
             Ok(Ok(report)) => Ok(report),
             Ok(Err(_)) => Err("the share task stopped before answering".to_string()),
-            Err(_) => Err(format!(
-                "the remount did not finish within {}s",
-                wait.as_secs()
-            )),
+            Err(_) => Err(format!("the remount did not finish within {}s", wait.as_secs())),
         }
     }
 }
@@ -229,12 +217,7 @@ impl Worker {
             r.last_error_at = Some(now);
         });
         self.set_state(state, None);
-        self.ctx.board.set_error(
-            self.ctx.name,
-            component_for(state),
-            Some(state.as_str().to_string()),
-            error,
-        );
+        self.ctx.board.set_error(self.ctx.name, component_for(state), Some(state.as_str().to_string()), error);
     }
 
     /// Unmounted after an outage stays 'degraded' until it is back.
@@ -274,20 +257,16 @@ impl Worker {
                 r.fstype = None;
                 r.options.clear();
             });
-            self.set_state(
-                ShareState::NotConfigured,
-                Some("no [share] in the config".to_string()),
-            );
+            self.set_state(ShareState::NotConfigured, Some("no [share] in the config".to_string()));
             return Next::Wait;
         };
-        if let ShareSource::AzureFiles {
-            key_source: KeySourceKind::ManagedIdentity,
-            ..
-        } = &share.source
-        {
+        if let ShareSource::AzureFiles { key_source: KeySourceKind::ManagedIdentity, .. } = &share.source {
             self.set_state(
                 ShareState::NotImplemented,
-                Some("key_source = \"managed-identity\" lands with the Azure reporting work; use key_file until then".to_string()),
+                Some(
+                    "key_source = \"managed-identity\" lands with the Azure reporting work; use key_file until then"
+                        .to_string(),
+                ),
             );
             return Next::Wait;
         }
@@ -311,38 +290,24 @@ impl Worker {
             .options
             .iter()
             .cloned()
-            .chain(plan.username.as_ref().map(|_| {
-                format!(
-                    "credentials={}",
-                    self.credentials_dir().join("share.credentials").display()
-                )
-            }))
+            .chain(
+                plan.username
+                    .as_ref()
+                    .map(|_| format!("credentials={}", self.credentials_dir().join("share.credentials").display())),
+            )
             .collect();
         self.describe(share, &plan, &shown_options);
 
         if plan.kind == MountKind::Bind {
             let source = Path::new(&plan.source);
             if !source.is_dir() {
-                self.record_error(
-                    self.failure_state(),
-                    format!("local share {} is not a directory", source.display()),
-                );
+                self.record_error(self.failure_state(), format!("local share {} is not a directory", source.display()));
                 return self.retry();
             }
             if !running_as_root() || source == plan.target {
-                let why = if running_as_root() {
-                    "it is the mount point itself"
-                } else {
-                    "not root, so no bind mount"
-                };
+                let why = if running_as_root() { "it is the mount point itself" } else { "not root, so no bind mount" };
                 self.current = Some(plan.clone());
-                self.mounted(
-                    false,
-                    Some(format!(
-                        "local share {} used in place ({why})",
-                        source.display()
-                    )),
-                );
+                self.mounted(false, Some(format!("local share {} used in place ({why})", source.display())));
                 return Next::Watch;
             }
         }
@@ -374,11 +339,7 @@ impl Worker {
         if !self.outage {
             self.set_state(
                 ShareState::Mounting,
-                Some(format!(
-                    "mounting {} at {}",
-                    plan.source,
-                    plan.target.display()
-                )),
+                Some(format!("mounting {} at {}", plan.source, plan.target.display())),
             );
         }
         match self.mount(share, &plan).await {
@@ -396,8 +357,7 @@ impl Worker {
                 _ => {
                     self.record_error(
                         self.failure_state(),
-                        "mount reported success but the share is not in the mount table"
-                            .to_string(),
+                        "mount reported success but the share is not in the mount table".to_string(),
                     );
                     self.retry()
                 }
@@ -463,10 +423,7 @@ impl Worker {
                 .map_err(|err| format!("cannot create mount point {}: {err}", target.display()))?;
         }
         if !target.is_dir() {
-            return Err(format!(
-                "mount point {} is not a directory",
-                target.display()
-            ));
+            return Err(format!("mount point {} is not a directory", target.display()));
         }
         let entries = std::fs::read_dir(target)
             .map_err(|err| format!("cannot read mount point {}: {err}", target.display()))?
@@ -484,29 +441,15 @@ impl Worker {
         let mut options = plan.options.clone();
         // Held until the mount call returns, then removed.
         let mut _credentials = None;
-        if let (
-            Some(username),
-            ShareSource::AzureFiles {
-                key_file: Some(key_file),
-                ..
-            },
-        ) = (&plan.username, &share.source)
+        if let (Some(username), ShareSource::AzureFiles { key_file: Some(key_file), .. }) =
+            (&plan.username, &share.source)
         {
-            let expected_owner = if self.ctx.paths.is_sandbox() {
-                nix::unistd::geteuid().as_raw()
-            } else {
-                0
-            };
+            let expected_owner = if self.ctx.paths.is_sandbox() { nix::unistd::geteuid().as_raw() } else { 0 };
             let key = credentials::read_key_file(&self.ctx.paths.resolve(key_file), expected_owner)
                 .map_err(|err| err.to_string())?;
             let dir = self.credentials_dir();
-            let file =
-                credentials::CredentialsFile::write(&dir, username, &key).map_err(|err| {
-                    format!(
-                        "cannot write the credentials file in {}: {err}",
-                        dir.display()
-                    )
-                })?;
+            let file = credentials::CredentialsFile::write(&dir, username, &key)
+                .map_err(|err| format!("cannot write the credentials file in {}: {err}", dir.display()))?;
             options.push(format!("credentials={}", file.path().display()));
             _credentials = Some(file);
         }
@@ -519,30 +462,16 @@ impl Worker {
             target: plan.target.clone(),
             options,
         };
-        self.share
-            .mounter
-            .mount(call, share.mount_timeout)
-            .await
-            .map_err(|err| err.to_string())
+        self.share.mounter.mount(call, share.mount_timeout).await.map_err(|err| err.to_string())
     }
 
     async fn unmount(&self, plan: &MountPlan) {
-        let in_place = plan.kind == MountKind::Bind
-            && (!running_as_root() || Path::new(&plan.source) == plan.target);
+        let in_place = plan.kind == MountKind::Bind && (!running_as_root() || Path::new(&plan.source) == plan.target);
         if in_place {
             return;
         }
-        if let Err(err) = self
-            .share
-            .mounter
-            .unmount_lazy(plan.target.clone(), Duration::from_secs(30))
-            .await
-        {
-            tracing::warn!(
-                component = "share",
-                "lazy unmount of {} failed: {err}",
-                plan.target.display()
-            );
+        if let Err(err) = self.share.mounter.unmount_lazy(plan.target.clone(), Duration::from_secs(30)).await {
+            tracing::warn!(component = "share", "lazy unmount of {} failed: {err}", plan.target.display());
         }
     }
 
@@ -551,11 +480,7 @@ impl Worker {
         let Some(plan) = self.current.clone() else {
             return self.ensure(Some(share)).await;
         };
-        let outcome = self
-            .share
-            .prober
-            .probe(plan.target.clone(), share.probe_timeout)
-            .await;
+        let outcome = self.share.prober.probe(plan.target.clone(), share.probe_timeout).await;
         let error = match outcome {
             ProbeOutcome::Healthy { latency } => {
                 let now = rfc3339(self.ctx.clock.now());
@@ -576,21 +501,16 @@ impl Worker {
                 self.current = None;
                 self.record_error(
                     ShareState::Unmounted,
-                    format!(
-                        "the share was unmounted from {} behind the agent's back",
-                        plan.target.display()
-                    ),
+                    format!("the share was unmounted from {} behind the agent's back", plan.target.display()),
                 );
                 return self.ensure(Some(share)).await;
             }
             ProbeOutcome::Failed { error } => {
                 format!("probe of {} failed: {error}", plan.target.display())
             }
-            ProbeOutcome::TimedOut { after } => format!(
-                "probe of {} hung for more than {}s",
-                plan.target.display(),
-                after.as_secs()
-            ),
+            ProbeOutcome::TimedOut { after } => {
+                format!("probe of {} hung for more than {}s", plan.target.display(), after.as_secs())
+            }
         };
         self.failed_in_a_row += 1;
         self.share.update(|r| r.failed_probes += 1);
@@ -599,11 +519,7 @@ impl Worker {
         if self.failed_in_a_row < FAILED_PROBES_BEFORE_REMOUNT {
             return Next::Watch;
         }
-        tracing::warn!(
-            component = "share",
-            "share unhealthy {} probes in a row: remounting",
-            self.failed_in_a_row
-        );
+        tracing::warn!(component = "share", "share unhealthy {} probes in a row: remounting", self.failed_in_a_row);
         self.unmount(&plan).await;
         self.current = None;
         self.failed_in_a_row = 0;
@@ -625,10 +541,7 @@ impl Worker {
         }
         if let Some(plan) = self.current.take() {
             self.unmount(&plan).await;
-            self.set_state(
-                ShareState::Stopped,
-                Some("unmounted at stop (unmount_on_stop = true)".to_string()),
-            );
+            self.set_state(ShareState::Stopped, Some("unmounted at stop (unmount_on_stop = true)".to_string()));
         }
     }
 }

@@ -36,11 +36,7 @@ impl MountCall {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum MountError {
     #[error("`{command}` failed ({status}): {output}")]
-    Failed {
-        command: String,
-        status: String,
-        output: String,
-    },
+    Failed { command: String, status: String, output: String },
     #[error("`{command}` did not finish within {after:?}")]
     TimedOut { command: String, after: Duration },
     #[error("cannot run `{command}`: {reason}")]
@@ -48,17 +44,9 @@ pub enum MountError {
 }
 
 pub trait Mounter: Send + Sync + 'static {
-    fn mount(
-        &self,
-        call: MountCall,
-        timeout: Duration,
-    ) -> BoxFuture<'static, Result<(), MountError>>;
+    fn mount(&self, call: MountCall, timeout: Duration) -> BoxFuture<'static, Result<(), MountError>>;
     /// Detaches the mount now; open files keep working on the detached tree.
-    fn unmount_lazy(
-        &self,
-        target: PathBuf,
-        timeout: Duration,
-    ) -> BoxFuture<'static, Result<(), MountError>>;
+    fn unmount_lazy(&self, target: PathBuf, timeout: Duration) -> BoxFuture<'static, Result<(), MountError>>;
     /// What is mounted where (the kernel's mount table for the real thing).
     fn table(&self) -> std::io::Result<Vec<super::mountinfo::MountEntry>>;
 }
@@ -80,24 +68,11 @@ async fn run(program: &str, args: Vec<String>, timeout: Duration) -> Result<(), 
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|err| MountError::Spawn {
-            command: command.clone(),
-            reason: err.to_string(),
-        })?;
+        .map_err(|err| MountError::Spawn { command: command.clone(), reason: err.to_string() })?;
     let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Ok(Ok(output)) => output,
-        Ok(Err(err)) => {
-            return Err(MountError::Spawn {
-                command,
-                reason: err.to_string(),
-            })
-        }
-        Err(_) => {
-            return Err(MountError::TimedOut {
-                command,
-                after: timeout,
-            })
-        }
+        Ok(Err(err)) => return Err(MountError::Spawn { command, reason: err.to_string() }),
+        Err(_) => return Err(MountError::TimedOut { command, after: timeout }),
     };
     if output.status.success() {
         return Ok(());
@@ -109,32 +84,16 @@ async fn run(program: &str, args: Vec<String>, timeout: Duration) -> Result<(), 
     // Helpers can be chatty; the last lines say what went wrong.
     let tail: Vec<&str> = text.lines().rev().take(3).collect();
     let output_text = tail.into_iter().rev().collect::<Vec<_>>().join(" / ");
-    Err(MountError::Failed {
-        command,
-        status: output.status.to_string(),
-        output: output_text,
-    })
+    Err(MountError::Failed { command, status: output.status.to_string(), output: output_text })
 }
 
 impl Mounter for SystemMounter {
-    fn mount(
-        &self,
-        call: MountCall,
-        timeout: Duration,
-    ) -> BoxFuture<'static, Result<(), MountError>> {
+    fn mount(&self, call: MountCall, timeout: Duration) -> BoxFuture<'static, Result<(), MountError>> {
         Box::pin(run("mount", call.argv(), timeout))
     }
 
-    fn unmount_lazy(
-        &self,
-        target: PathBuf,
-        timeout: Duration,
-    ) -> BoxFuture<'static, Result<(), MountError>> {
-        Box::pin(run(
-            "umount",
-            vec!["-l".to_string(), target.display().to_string()],
-            timeout,
-        ))
+    fn unmount_lazy(&self, target: PathBuf, timeout: Duration) -> BoxFuture<'static, Result<(), MountError>> {
+        Box::pin(run("umount", vec!["-l".to_string(), target.display().to_string()], timeout))
     }
 
     fn table(&self) -> std::io::Result<Vec<super::mountinfo::MountEntry>> {
@@ -161,10 +120,7 @@ mod tests {
             fstype: Some("cifs".into()),
             source: "//srv/share".into(),
             target: "/data/notebooks".into(),
-            options: vec![
-                "vers=3.1.1".into(),
-                "credentials=/run/pool-agent/share.credentials".into(),
-            ],
+            options: vec!["vers=3.1.1".into(), "credentials=/run/pool-agent/share.credentials".into()],
         };
         assert_eq!(
             call.argv(),
@@ -177,12 +133,7 @@ mod tests {
                 "/data/notebooks"
             ]
         );
-        let bind = MountCall {
-            fstype: None,
-            source: "/srv/a".into(),
-            target: "/data/b".into(),
-            options: vec![],
-        };
+        let bind = MountCall { fstype: None, source: "/srv/a".into(), target: "/data/b".into(), options: vec![] };
         assert_eq!(bind.argv(), ["--bind", "/srv/a", "/data/b"]);
     }
 
@@ -190,27 +141,19 @@ mod tests {
     async fn a_failing_helper_reports_its_last_words() {
         let err = run(
             "sh",
-            vec![
-                "-c".into(),
-                "echo first >&2; echo 'mount error(13): Permission denied' >&2; exit 32".into(),
-            ],
+            vec!["-c".into(), "echo first >&2; echo 'mount error(13): Permission denied' >&2; exit 32".into()],
             Duration::from_secs(5),
         )
         .await
         .unwrap_err();
         let text = err.to_string();
-        assert!(
-            text.contains("Permission denied") && text.contains("32"),
-            "{text}"
-        );
+        assert!(text.contains("Permission denied") && text.contains("32"), "{text}");
     }
 
     #[tokio::test]
     async fn a_hung_helper_is_killed_at_the_timeout() {
         let started = std::time::Instant::now();
-        let err = run("sleep", vec!["30".into()], Duration::from_millis(200))
-            .await
-            .unwrap_err();
+        let err = run("sleep", vec!["30".into()], Duration::from_millis(200)).await.unwrap_err();
         assert!(matches!(err, MountError::TimedOut { .. }));
         assert!(started.elapsed() < Duration::from_secs(5));
     }

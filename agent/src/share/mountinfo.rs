@@ -19,14 +19,8 @@ fn unescape(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let value =
-                (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            let value = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(value);
             i += 4;
         } else {
@@ -64,10 +58,7 @@ pub fn top_mount_at<'a>(entries: &'a [MountEntry], path: &Path) -> Option<&'a Mo
 
 /// How many mounts are stacked at `path`.
 pub fn mounts_at(entries: &[MountEntry], path: &Path) -> usize {
-    entries
-        .iter()
-        .filter(|entry| entry.mount_point == path)
-        .count()
+    entries.iter().filter(|entry| entry.mount_point == path).count()
 }
 
 pub fn read() -> std::io::Result<Vec<MountEntry>> {

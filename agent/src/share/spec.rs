@@ -47,12 +47,9 @@ impl MountPlan {
     /// Whether an existing mount is this share (so it is adopted, not stacked).
     pub fn matches(&self, fstype: &str, source: &str) -> bool {
         match self.kind {
-            MountKind::Cifs => {
-                matches!(fstype, "cifs" | "smb3") && source.eq_ignore_ascii_case(&self.source)
-            }
+            MountKind::Cifs => matches!(fstype, "cifs" | "smb3") && source.eq_ignore_ascii_case(&self.source),
             MountKind::Nfs => {
-                fstype.starts_with("nfs")
-                    && source.trim_end_matches('/') == self.source.trim_end_matches('/')
+                fstype.starts_with("nfs") && source.trim_end_matches('/') == self.source.trim_end_matches('/')
             }
             MountKind::Bind => false, // bind mounts are recognised by inode, see mod.rs
         }
@@ -64,12 +61,7 @@ fn option_name(option: &str) -> &str {
 }
 
 /// Defaults first, then the admin's options; an admin option with the same name replaces the default.
-fn merge_options(
-    mut base: Vec<String>,
-    defaults: &[&str],
-    use_defaults: bool,
-    extra: &[String],
-) -> Vec<String> {
+fn merge_options(mut base: Vec<String>, defaults: &[&str], use_defaults: bool, extra: &[String]) -> Vec<String> {
     if use_defaults {
         base.extend(defaults.iter().map(|o| o.to_string()));
     }
@@ -80,23 +72,13 @@ fn merge_options(
     base
 }
 
-fn resolve_id(
-    name: &str,
-    what: &str,
-    ids: impl Iterator<Item = (String, u32)>,
-) -> Result<u32, String> {
+fn resolve_id(name: &str, what: &str, ids: impl Iterator<Item = (String, u32)>) -> Result<u32, String> {
     if let Ok(number) = name.parse::<u32>() {
         return Ok(number);
     }
-    ids.into_iter()
-        .find(|(candidate, _)| candidate == name)
-        .map(|(_, id)| id)
-        .ok_or_else(|| {
-            format!(
-                "share.{what}: `{name}` is not a known {}",
-                if what == "uid" { "user" } else { "group" }
-            )
-        })
+    ids.into_iter().find(|(candidate, _)| candidate == name).map(|(_, id)| id).ok_or_else(|| {
+        format!("share.{what}: `{name}` is not a known {}", if what == "uid" { "user" } else { "group" })
+    })
 }
 
 pub fn plan(
@@ -130,16 +112,9 @@ pub fn plan(
             ];
             Ok(MountPlan {
                 kind: MountKind::Cifs,
-                source: source
-                    .clone()
-                    .unwrap_or_else(|| format!("//{account}.file.{endpoint_suffix}/{name}")),
+                source: source.clone().unwrap_or_else(|| format!("//{account}.file.{endpoint_suffix}/{name}")),
                 target,
-                options: merge_options(
-                    base,
-                    SMB_DEFAULT_OPTIONS,
-                    share.default_options,
-                    &share.options,
-                ),
+                options: merge_options(base, SMB_DEFAULT_OPTIONS, share.default_options, &share.options),
                 username: Some(account.clone()),
             })
         }
@@ -172,25 +147,18 @@ mod tests {
     use std::path::Path;
 
     fn share(text: &str) -> ShareSettings {
-        crate::config::load_str(Path::new("c.toml"), text)
-            .unwrap()
-            .share
-            .unwrap()
+        crate::config::load_str(Path::new("c.toml"), text).unwrap().share.unwrap()
     }
 
     fn plan_of(text: &str) -> MountPlan {
-        let accounts = parse_passwd(
-            "root:x:0:0::/root:/bin/bash\nazureuser:x:1000:1000::/home/azureuser:/bin/bash\n",
-        );
+        let accounts = parse_passwd("root:x:0:0::/root:/bin/bash\nazureuser:x:1000:1000::/home/azureuser:/bin/bash\n");
         let groups = parse_group("root:x:0:\nusers:x:100:\n");
         plan(&share(text), &SystemPaths::system(), &accounts, &groups).unwrap()
     }
 
     #[test]
     fn azure_files_gets_the_storage_endpoint_smb_3_1_1_and_safe_modes() {
-        let plan = plan_of(
-            "[share]\nkind = \"azure-files\"\naccount = \"mystorage\"\nshare = \"notebooks\"\n",
-        );
+        let plan = plan_of("[share]\nkind = \"azure-files\"\naccount = \"mystorage\"\nshare = \"notebooks\"\n");
         assert_eq!(plan.kind, MountKind::Cifs);
         assert_eq!(plan.source, "//mystorage.file.core.windows.net/notebooks");
         assert_eq!(plan.target, PathBuf::from("/data/notebooks"));
@@ -233,11 +201,10 @@ mod tests {
     fn nfs_defaults_to_4_1_sec_sys_and_allows_v3() {
         let plan = plan_of("[share]\nkind = \"nfs\"\nsource = \"nfs.example:/export\"\n");
         assert_eq!(plan.fstype(), "nfs");
-        assert_eq!(
-            plan.options,
-            ["vers=4.1", "sec=sys", "hard", "timeo=600", "retrans=2"]
+        assert_eq!(plan.options, ["vers=4.1", "sec=sys", "hard", "timeo=600", "retrans=2"]);
+        let v3 = plan_of(
+            "[share]\nkind = \"nfs\"\nsource = \"nfs.example:/export\"\nvers = \"3\"\noptions = [\"nolock\"]\n",
         );
-        let v3 = plan_of("[share]\nkind = \"nfs\"\nsource = \"nfs.example:/export\"\nvers = \"3\"\noptions = [\"nolock\"]\n");
         assert_eq!(v3.options[0], "vers=3");
         assert!(v3.options.contains(&"nolock".to_string()));
     }

@@ -29,21 +29,13 @@ struct FakeMounts {
 struct FakeMounter(Arc<FakeMounts>);
 
 impl Mounter for FakeMounter {
-    fn mount(
-        &self,
-        call: MountCall,
-        _timeout: Duration,
-    ) -> BoxFuture<'static, Result<(), MountError>> {
+    fn mount(&self, call: MountCall, _timeout: Duration) -> BoxFuture<'static, Result<(), MountError>> {
         let mounts = self.0.clone();
         Box::pin(async move {
             mounts.calls.lock().unwrap().push(call.argv());
             for option in &call.options {
                 if let Some(path) = option.strip_prefix("credentials=") {
-                    mounts
-                        .credentials_seen
-                        .lock()
-                        .unwrap()
-                        .push(std::fs::read_to_string(path).unwrap_or_default());
+                    mounts.credentials_seen.lock().unwrap().push(std::fs::read_to_string(path).unwrap_or_default());
                 }
             }
             if let Some(error) = mounts.fail_with.lock().unwrap().clone() {
@@ -69,11 +61,7 @@ impl Mounter for FakeMounter {
         })
     }
 
-    fn unmount_lazy(
-        &self,
-        target: PathBuf,
-        _timeout: Duration,
-    ) -> BoxFuture<'static, Result<(), MountError>> {
+    fn unmount_lazy(&self, target: PathBuf, _timeout: Duration) -> BoxFuture<'static, Result<(), MountError>> {
         let mounts = self.0.clone();
         Box::pin(async move {
             mounts.unmounts.lock().unwrap().push(target.clone());
@@ -97,13 +85,9 @@ impl Prober for FakeProber {
         let healthy = self.0.load(Ordering::SeqCst);
         Box::pin(async move {
             if healthy {
-                ProbeOutcome::Healthy {
-                    latency: Duration::from_millis(2),
-                }
+                ProbeOutcome::Healthy { latency: Duration::from_millis(2) }
             } else {
-                ProbeOutcome::Failed {
-                    error: "Host is down (os error 112)".into(),
-                }
+                ProbeOutcome::Failed { error: "Host is down (os error 112)".into() }
             }
         })
     }
@@ -132,11 +116,7 @@ impl Rig {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("etc/pool-agent/secrets")).unwrap();
         std::fs::create_dir_all(dir.path().join("run/pool-agent")).unwrap();
-        std::fs::write(
-            dir.path().join("etc/passwd"),
-            "root:x:0:0::/root:/bin/bash\n",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/bash\n").unwrap();
         std::fs::write(dir.path().join("etc/group"), "root:x:0:\nusers:x:100:\n").unwrap();
         let key_file = dir.path().join("etc/pool-agent/secrets/storage-key");
         std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
@@ -164,16 +144,7 @@ impl Rig {
             shutdown: shutdown.clone(),
         };
         let task = Some(tokio::spawn(run(ctx, handle.clone())));
-        Rig {
-            dir,
-            mounts,
-            healthy,
-            handle,
-            board,
-            shutdown,
-            _settings: settings_tx,
-            task,
-        }
+        Rig { dir, mounts, healthy, handle, board, shutdown, _settings: settings_tx, task }
     }
 
     fn target(&self) -> PathBuf {
@@ -187,10 +158,7 @@ impl Rig {
             if report.state == state {
                 return report;
             }
-            assert!(
-                started.elapsed() < limit,
-                "never reached {state:?}: {report:#?}"
-            );
+            assert!(started.elapsed() < limit, "never reached {state:?}: {report:#?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -203,29 +171,21 @@ impl Rig {
     }
 }
 
-const NFS: &str = "[share]\nkind = \"nfs\"\nsource = \"10.0.0.4:/export\"\nprobe_interval = \"5s\"\nprobe_timeout = \"2s\"\n";
-const CIFS: &str = "[share]\nkind = \"azure-files\"\naccount = \"poolstore\"\nshare = \"notebooks\"\nprobe_interval = \"5s\"\n";
+const NFS: &str =
+    "[share]\nkind = \"nfs\"\nsource = \"10.0.0.4:/export\"\nprobe_interval = \"5s\"\nprobe_timeout = \"2s\"\n";
+const CIFS: &str =
+    "[share]\nkind = \"azure-files\"\naccount = \"poolstore\"\nshare = \"notebooks\"\nprobe_interval = \"5s\"\n";
 
 #[tokio::test(start_paused = true)]
 async fn mounts_nfs_4_1_and_reports_it() {
     let rig = Rig::new(NFS);
-    let report = rig
-        .wait_for(ShareState::Mounted, Duration::from_secs(5))
-        .await;
+    let report = rig.wait_for(ShareState::Mounted, Duration::from_secs(5)).await;
     assert_eq!(report.fstype.as_deref(), Some("nfs"));
     assert!(!report.adopted);
     assert_eq!(report.mounts, 1);
     let calls = rig.mounts.calls.lock().unwrap().clone();
     assert_eq!(calls.len(), 1);
-    assert_eq!(
-        calls[0][..4],
-        [
-            "-t",
-            "nfs",
-            "-o",
-            "vers=4.1,sec=sys,hard,timeo=600,retrans=2"
-        ]
-    );
+    assert_eq!(calls[0][..4], ["-t", "nfs", "-o", "vers=4.1,sec=sys,hard,timeo=600,retrans=2"]);
     assert_eq!(rig.board.state_of("share"), Some(ComponentState::Ready));
     rig.stop().await;
 }
@@ -233,28 +193,13 @@ async fn mounts_nfs_4_1_and_reports_it() {
 #[tokio::test(start_paused = true)]
 async fn the_key_travels_only_through_a_credentials_file() {
     let rig = Rig::new(CIFS);
-    let report = rig
-        .wait_for(ShareState::Mounted, Duration::from_secs(5))
-        .await;
+    let report = rig.wait_for(ShareState::Mounted, Duration::from_secs(5)).await;
     let calls = rig.mounts.calls.lock().unwrap().clone();
     let argv = calls[0].join(" ");
     assert!(!argv.contains(KEY), "key in argv: {argv}");
-    assert!(
-        argv.contains("credentials=")
-            && argv.contains("//poolstore.file.core.windows.net/notebooks"),
-        "{argv}"
-    );
-    assert_eq!(
-        rig.mounts.credentials_seen.lock().unwrap()[0],
-        format!("username=poolstore\npassword={KEY}\n")
-    );
-    assert!(
-        !rig.dir
-            .path()
-            .join("run/pool-agent/share.credentials")
-            .exists(),
-        "credentials file left behind"
-    );
+    assert!(argv.contains("credentials=") && argv.contains("//poolstore.file.core.windows.net/notebooks"), "{argv}");
+    assert_eq!(rig.mounts.credentials_seen.lock().unwrap()[0], format!("username=poolstore\npassword={KEY}\n"));
+    assert!(!rig.dir.path().join("run/pool-agent/share.credentials").exists(), "credentials file left behind");
     let shown = serde_json::to_string(&report).unwrap();
     assert!(!shown.contains(KEY));
     rig.stop().await;
@@ -270,10 +215,7 @@ async fn an_open_key_file_is_refused_and_retried_without_mounting() {
     let report = rig.handle.report();
     if report.state != ShareState::Mounted {
         let error = report.last_error.clone().unwrap_or_default();
-        assert!(
-            error.contains("chmod 600") && !error.contains(KEY),
-            "{error}"
-        );
+        assert!(error.contains("chmod 600") && !error.contains(KEY), "{error}");
         assert!(report.next_attempt.is_some());
     }
     rig.stop().await;
@@ -292,15 +234,10 @@ fn nfs_entry(root: &Path) -> MountEntry {
 #[tokio::test(start_paused = true)]
 async fn an_existing_mount_of_the_same_share_is_adopted_not_stacked() {
     let rig = Rig::build(NFS, |root| vec![nfs_entry(root)]);
-    let report = rig
-        .wait_for(ShareState::Mounted, Duration::from_secs(5))
-        .await;
+    let report = rig.wait_for(ShareState::Mounted, Duration::from_secs(5)).await;
     assert!(report.adopted);
     assert_eq!(report.mounts, 0);
-    assert!(
-        rig.mounts.calls.lock().unwrap().is_empty(),
-        "adopted, so never mounted again"
-    );
+    assert!(rig.mounts.calls.lock().unwrap().is_empty(), "adopted, so never mounted again");
     assert!(report.detail.unwrap().contains("(adopted)"));
     rig.stop().await;
 }
@@ -308,28 +245,14 @@ async fn an_existing_mount_of_the_same_share_is_adopted_not_stacked() {
 #[tokio::test(start_paused = true)]
 async fn a_remount_replaces_the_mount_and_never_stacks() {
     let rig = Rig::build(NFS, |root| vec![nfs_entry(root)]);
-    rig.wait_for(ShareState::Mounted, Duration::from_secs(5))
-        .await;
-    let report = rig
-        .handle
-        .request_remount(Duration::from_secs(30))
-        .await
-        .unwrap();
+    rig.wait_for(ShareState::Mounted, Duration::from_secs(5)).await;
+    let report = rig.handle.request_remount(Duration::from_secs(30)).await.unwrap();
     assert_eq!(report.state, ShareState::Mounted);
     assert!(!report.adopted);
     assert_eq!(report.mounts, 1);
     assert_eq!(rig.mounts.unmounts.lock().unwrap().len(), 1);
     let target = rig.target();
-    assert_eq!(
-        rig.mounts
-            .table
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| e.mount_point == target)
-            .count(),
-        1
-    );
+    assert_eq!(rig.mounts.table.lock().unwrap().iter().filter(|e| e.mount_point == target).count(), 1);
     rig.stop().await;
 }
 
@@ -337,8 +260,7 @@ async fn a_remount_replaces_the_mount_and_never_stacks() {
 async fn another_filesystem_at_the_mount_point_is_a_conflict() {
     let dir_config = NFS;
     let rig = Rig::new(dir_config);
-    rig.wait_for(ShareState::Mounted, Duration::from_secs(5))
-        .await;
+    rig.wait_for(ShareState::Mounted, Duration::from_secs(5)).await;
     // Replace the share with a tmpfs behind the agent's back.
     {
         let mut table = rig.mounts.table.lock().unwrap();
@@ -351,18 +273,9 @@ async fn another_filesystem_at_the_mount_point_is_a_conflict() {
             super_options: String::new(),
         });
     }
-    let report = rig
-        .wait_for(ShareState::Conflict, Duration::from_secs(30))
-        .await;
-    assert!(report
-        .last_error
-        .unwrap()
-        .contains("tmpfs none is already mounted"));
-    assert_eq!(
-        rig.mounts.calls.lock().unwrap().len(),
-        1,
-        "never mounts on top"
-    );
+    let report = rig.wait_for(ShareState::Conflict, Duration::from_secs(30)).await;
+    assert!(report.last_error.unwrap().contains("tmpfs none is already mounted"));
+    assert_eq!(rig.mounts.calls.lock().unwrap().len(), 1, "never mounts on top");
     assert_eq!(rig.board.state_of("share"), Some(ComponentState::Failed));
     rig.stop().await;
 }
@@ -370,15 +283,12 @@ async fn another_filesystem_at_the_mount_point_is_a_conflict() {
 #[tokio::test(start_paused = true)]
 async fn an_outage_degrades_then_remounts_with_backoff_and_recovers_by_itself() {
     let rig = Rig::new(NFS);
-    rig.wait_for(ShareState::Mounted, Duration::from_secs(5))
-        .await;
+    rig.wait_for(ShareState::Mounted, Duration::from_secs(5)).await;
 
     rig.healthy.store(false, Ordering::SeqCst);
     *rig.mounts.fail_with.lock().unwrap() = Some("mount.nfs: Connection refused".into());
     // Degraded at the first failed probe: within one probe interval.
-    let degraded = rig
-        .wait_for(ShareState::Degraded, Duration::from_secs(6))
-        .await;
+    let degraded = rig.wait_for(ShareState::Degraded, Duration::from_secs(6)).await;
     assert!(degraded.last_error.unwrap().contains("Host is down"));
     assert_eq!(rig.board.state_of("share"), Some(ComponentState::Degraded));
 
@@ -394,9 +304,7 @@ async fn an_outage_degrades_then_remounts_with_backoff_and_recovers_by_itself() 
     // The server comes back: mounted again, nobody asked.
     rig.healthy.store(true, Ordering::SeqCst);
     *rig.mounts.fail_with.lock().unwrap() = None;
-    let back = rig
-        .wait_for(ShareState::Mounted, Duration::from_secs(120))
-        .await;
+    let back = rig.wait_for(ShareState::Mounted, Duration::from_secs(120)).await;
     assert_eq!(back.mounts, 2);
     assert!(back.failed_probes >= 2);
     rig.stop().await;
@@ -405,9 +313,7 @@ async fn an_outage_degrades_then_remounts_with_backoff_and_recovers_by_itself() 
 #[tokio::test(start_paused = true)]
 async fn managed_identity_says_it_is_not_built_yet() {
     let rig = Rig::new("[share]\nkind = \"azure-files\"\naccount = \"poolstore\"\nshare = \"notebooks\"\nkey_source = \"managed-identity\"\n");
-    let report = rig
-        .wait_for(ShareState::NotImplemented, Duration::from_secs(5))
-        .await;
+    let report = rig.wait_for(ShareState::NotImplemented, Duration::from_secs(5)).await;
     assert!(report.detail.unwrap().contains("managed-identity"));
     assert!(rig.mounts.calls.lock().unwrap().is_empty());
     rig.stop().await;
@@ -416,8 +322,7 @@ async fn managed_identity_says_it_is_not_built_yet() {
 #[tokio::test(start_paused = true)]
 async fn no_share_section_means_not_configured() {
     let rig = Rig::new("");
-    rig.wait_for(ShareState::NotConfigured, Duration::from_secs(5))
-        .await;
+    rig.wait_for(ShareState::NotConfigured, Duration::from_secs(5)).await;
     assert_eq!(rig.board.state_of("share"), Some(ComponentState::Skipped));
     rig.stop().await;
 }
@@ -430,19 +335,12 @@ async fn a_non_empty_mount_point_is_refused_unless_forced() {
         Vec::new()
     };
     let blocked = Rig::build(NFS, seed_stray_file);
-    let report = blocked
-        .wait_for(ShareState::Unmounted, Duration::from_secs(5))
-        .await;
-    assert!(report
-        .last_error
-        .unwrap()
-        .contains("is not empty (1 entries)"));
+    let report = blocked.wait_for(ShareState::Unmounted, Duration::from_secs(5)).await;
+    assert!(report.last_error.unwrap().contains("is not empty (1 entries)"));
     assert!(blocked.mounts.calls.lock().unwrap().is_empty());
     blocked.stop().await;
 
     let forced = Rig::build(&format!("{NFS}force = true\n"), seed_stray_file);
-    forced
-        .wait_for(ShareState::Mounted, Duration::from_secs(5))
-        .await;
+    forced.wait_for(ShareState::Mounted, Duration::from_secs(5)).await;
     forced.stop().await;
 }
