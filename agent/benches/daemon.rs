@@ -131,7 +131,9 @@ fn main() {
         c
     });
     let rss_after = rss_kib(daemon.id());
-    let _ = daemon.kill();
+    // A clean stop, so the demo's bind mount (as root) goes with it.
+    let pid = nix::unistd::Pid::from_raw(daemon.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     let _ = daemon.wait();
 
     let us = |d: Duration| d.as_secs_f64() * 1e6;

@@ -336,7 +336,10 @@ impl Worker {
             self.record_error(self.failure_state(), error);
             return self.retry();
         }
-        if !self.outage {
+        // Retries keep showing why the share is down; only a first attempt shows 'mounting'.
+        let retrying =
+            matches!(self.share.report().state, ShareState::Unmounted | ShareState::Conflict | ShareState::Degraded);
+        if !retrying {
             self.set_state(
                 ShareState::Mounting,
                 Some(format!("mounting {} at {}", plan.source, plan.target.display())),
