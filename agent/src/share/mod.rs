@@ -109,6 +109,8 @@ enum Next {
     Retry(Duration),
     /// Mounted: probe every interval.
     Watch,
+    /// Just mounted or adopted: probe right away, then every interval.
+    ProbeSoon,
 }
 
 struct Worker {
@@ -143,6 +145,7 @@ pub async fn run(ctx: ComponentContext, share: ShareHandle) -> TaskResult {
             let pause = match (next, &config) {
                 (Next::Retry(delay), _) => Some(delay),
                 (Next::Watch, Some(share)) => Some(share.probe_interval),
+                (Next::ProbeSoon, Some(_)) => Some(Duration::ZERO),
                 _ => None,
             };
             worker.share.update(|r| {
@@ -171,7 +174,7 @@ pub async fn run(ctx: ComponentContext, share: ShareHandle) -> TaskResult {
                 }
                 _ = sleep_or_forever(pause) => {
                     next = match next {
-                        Next::Watch => match &config {
+                        Next::Watch | Next::ProbeSoon => match &config {
                             Some(share) => worker.watch(share).await,
                             None => Next::Wait,
                         },
@@ -307,8 +310,9 @@ impl Worker {
             if !running_as_root() || source == plan.target {
                 let why = if running_as_root() { "it is the mount point itself" } else { "not root, so no bind mount" };
                 self.current = Some(plan.clone());
+                self.share.update(|r| r.fstype = Some("none (in place)".to_string()));
                 self.mounted(false, Some(format!("local share {} used in place ({why})", source.display())));
-                return Next::Watch;
+                return Next::ProbeSoon;
             }
         }
 
@@ -317,7 +321,7 @@ impl Worker {
                 let adopted = self.current.as_ref() != Some(&plan);
                 self.current = Some(plan.clone());
                 self.mounted(adopted, None);
-                return Next::Watch;
+                return Next::ProbeSoon;
             }
             Existing::Foreign(what) => {
                 self.record_error(
@@ -355,7 +359,7 @@ impl Worker {
                     });
                     tracing::info!(source = %plan.source, target = %plan.target.display(), "share mounted");
                     self.mounted(false, None);
-                    Next::Watch
+                    Next::ProbeSoon
                 }
                 _ => {
                     self.record_error(

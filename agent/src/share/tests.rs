@@ -187,6 +187,10 @@ async fn mounts_nfs_4_1_and_reports_it() {
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0][..4], ["-t", "nfs", "-o", "vers=4.1,sec=sys,hard,timeo=600,retrans=2"]);
     assert_eq!(rig.board.state_of("share"), Some(ComponentState::Ready));
+    // A fresh mount is probed at once, not one interval later.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let probed = rig.handle.report();
+    assert!(probed.last_good_probe.is_some() && probed.probe_latency_ms.is_some(), "{probed:#?}");
     rig.stop().await;
 }
 
