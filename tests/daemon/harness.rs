@@ -12,6 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// Says why a test is skipped where the developer sees it: libtest captures
+/// `println!` of passing tests, but not a direct write to stderr.
+pub fn skip_note(message: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{message}");
+}
+
 pub const DAEMON: &str = env!("CARGO_BIN_EXE_pool-agentd");
 pub const CLI: &str = env!("CARGO_BIN_EXE_pool-agent");
 
@@ -218,11 +225,11 @@ pub fn eventually<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> O
 /// True when the test may switch uids; otherwise prints why it is skipped.
 pub fn can_switch_uid(test: &str) -> bool {
     if !nix_is_root() {
-        println!("SKIP {test}: needs root to switch uid with setpriv (CI runs as root)");
+        skip_note(&format!("SKIP {test}: needs root to switch uid with setpriv (CI runs as root)"));
         return false;
     }
     if Command::new("setpriv").arg("--version").stdout(Stdio::null()).status().is_err() {
-        println!("SKIP {test}: setpriv (util-linux) is not installed");
+        skip_note(&format!("SKIP {test}: setpriv (util-linux) is not installed"));
         return false;
     }
     true

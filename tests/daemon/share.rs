@@ -19,7 +19,7 @@ fn needs_root(test: &str) -> bool {
     if nix_is_root() {
         return true;
     }
-    println!("SKIP {test}: needs root to mount (CI runs as root)");
+    skip_note(&format!("SKIP {test}: needs root to mount (CI runs as root)"));
     false
 }
 
@@ -160,7 +160,7 @@ fn a_failing_cifs_mount_never_shows_the_key_anywhere() {
         return;
     }
     if !std::path::Path::new("/sbin/mount.cifs").exists() && !std::path::Path::new("/usr/sbin/mount.cifs").exists() {
-        println!("SKIP a_failing_cifs_mount_never_shows_the_key_anywhere: mount.cifs (cifs-utils) is not installed");
+        skip_note("SKIP a_failing_cifs_mount_never_shows_the_key_anywhere: mount.cifs (cifs-utils) is not installed");
         return;
     }
     let sandbox = Sandbox::new();
