@@ -307,7 +307,7 @@ impl Worker {
                 self.record_error(self.failure_state(), format!("local share {} is not a directory", source.display()));
                 return self.retry();
             }
-            if !running_as_root() || source == plan.target {
+            if used_in_place(&plan) {
                 let why = if running_as_root() { "it is the mount point itself" } else { "not root, so no bind mount" };
                 self.current = Some(plan.clone());
                 self.share.update(|r| r.fstype = Some("none (in place)".to_string()));
@@ -473,8 +473,7 @@ impl Worker {
     }
 
     async fn unmount(&self, plan: &MountPlan) {
-        let in_place = plan.kind == MountKind::Bind && (!running_as_root() || Path::new(&plan.source) == plan.target);
-        if in_place {
+        if used_in_place(plan) {
             return;
         }
         if let Err(err) = self.share.mounter.unmount_lazy(plan.target.clone(), Duration::from_secs(30)).await {
@@ -487,7 +486,10 @@ impl Worker {
         let Some(plan) = self.current.clone() else {
             return self.ensure(Some(share)).await;
         };
-        let outcome = self.share.prober.probe(plan.target.clone(), share.probe_timeout).await;
+        let in_place = used_in_place(&plan);
+        // A share used in place is probed where it is; a mounted one at its mount point.
+        let probed = if in_place { std::path::PathBuf::from(&plan.source) } else { plan.target.clone() };
+        let outcome = self.share.prober.probe(probed.clone(), share.probe_timeout).await;
         let error = match outcome {
             ProbeOutcome::Healthy { latency } => {
                 let now = rfc3339(self.ctx.clock.now());
@@ -495,9 +497,7 @@ impl Worker {
                     r.last_good_probe = Some(now);
                     r.probe_latency_ms = Some((latency.as_secs_f64() * 1e6).round() / 1e3);
                 });
-                let still_there = plan.kind == MountKind::Bind && !running_as_root()
-                    || Path::new(&plan.source) == plan.target
-                    || matches!(self.existing_mount(&plan), Existing::Ours);
+                let still_there = in_place || matches!(self.existing_mount(&plan), Existing::Ours);
                 if still_there {
                     if self.failed_in_a_row > 0 {
                         self.mounted(false, None);
@@ -513,10 +513,10 @@ impl Worker {
                 return self.ensure(Some(share)).await;
             }
             ProbeOutcome::Failed { error } => {
-                format!("probe of {} failed: {error}", plan.target.display())
+                format!("probe of {} failed: {error}", probed.display())
             }
             ProbeOutcome::TimedOut { after } => {
-                format!("probe of {} hung for more than {}s", plan.target.display(), after.as_secs())
+                format!("probe of {} hung for more than {}s", probed.display(), after.as_secs())
             }
         };
         self.failed_in_a_row += 1;
@@ -551,6 +551,11 @@ impl Worker {
             self.set_state(ShareState::Stopped, Some("unmounted at stop (unmount_on_stop = true)".to_string()));
         }
     }
+}
+
+/// A local share that is not bind-mounted: not root, or it is the mount point itself.
+fn used_in_place(plan: &MountPlan) -> bool {
+    plan.kind == MountKind::Bind && (!running_as_root() || Path::new(&plan.source) == plan.target)
 }
 
 enum Existing {
