@@ -236,6 +236,18 @@ mod tests {
     }
 
     #[test]
+    fn options_the_agent_sets_itself_point_at_their_key() {
+        let (_, key, message) =
+            expect_invalid("[share]\nkind = \"nfs\"\nsource = \"h:/x\"\noptions = [\"nfsvers=3\"]\n");
+        assert_eq!(key, "share.options");
+        assert!(message.contains("share.vers"), "{message}");
+        let (_, _, message) = expect_invalid(
+            "[share]\nkind = \"azure-files\"\naccount = \"mystorage\"\nshare = \"team\"\noptions = [\"username=x\"]\n",
+        );
+        assert!(message.contains("share.account"), "{message}");
+    }
+
+    #[test]
     fn relative_paths_and_escapes_are_refused() {
         assert_eq!(expect_invalid("[share]\nkind = \"local\"\npath = \"srv\"\n").1, "share.path");
         assert_eq!(expect_invalid("[links]\nlink = \"../../etc\"\n").1, "links.link");

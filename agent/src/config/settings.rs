@@ -36,10 +36,20 @@ pub const DEFAULT_ADMIN_GROUP: &str = "pool-agent-admin";
 
 /// Mount options that carry or point at a secret; the agent writes its own
 /// credentials file, so none of these may come from the config.
-const SECRET_MOUNT_OPTIONS: &[&str] = &["password", "pass", "password2", "credentials", "cred", "username", "user"];
+const SECRET_MOUNT_OPTIONS: &[&str] = &["password", "pass", "password2", "credentials", "cred"];
 
 /// Mount options that have keys of their own in [share].
-const MANAGED_MOUNT_OPTIONS: &[&str] = &["vers", "nfsvers", "uid", "gid", "dir_mode", "file_mode"];
+/// Mount options the agent sets from other keys: (option, the key that sets it).
+const MANAGED_MOUNT_OPTIONS: &[(&str, &str)] = &[
+    ("vers", "share.vers"),
+    ("nfsvers", "share.vers"),
+    ("uid", "share.uid"),
+    ("gid", "share.gid"),
+    ("dir_mode", "share.dir_mode"),
+    ("file_mode", "share.file_mode"),
+    ("username", "share.account"),
+    ("user", "share.account"),
+];
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Settings {
@@ -501,11 +511,11 @@ fn validate_share(section: Sourced<ShareFragment>) -> Result<ShareSettings, Conf
                         format!("`{name}=` does not belong in the config: the key is read from share.key_file"),
                     ));
                 }
-                if MANAGED_MOUNT_OPTIONS.contains(&name) {
+                if let Some((_, key)) = MANAGED_MOUNT_OPTIONS.iter().find(|(option, _)| *option == name) {
                     return Err(invalid(
                         &options.origin,
                         "share.options",
-                        format!("`{name}` is set by its own key (share.{name}), not in options"),
+                        format!("`{name}` is set by the agent from {key}, not in options"),
                     ));
                 }
             }

@@ -100,7 +100,7 @@ struct Rig {
     handle: ShareHandle,
     board: Arc<StatusBoard>,
     shutdown: CancellationToken,
-    _settings: watch::Sender<Arc<crate::config::Settings>>,
+    settings: watch::Sender<Arc<crate::config::Settings>>,
     task: Option<tokio::task::JoinHandle<TaskResult>>,
 }
 
@@ -144,7 +144,7 @@ impl Rig {
             shutdown: shutdown.clone(),
         };
         let task = Some(tokio::spawn(run(ctx, handle.clone())));
-        Rig { dir, mounts, healthy, handle, board, shutdown, _settings: settings_tx, task }
+        Rig { dir, mounts, healthy, handle, board, shutdown, settings: settings_tx, task }
     }
 
     fn target(&self) -> PathBuf {
@@ -347,4 +347,37 @@ async fn a_non_empty_mount_point_is_refused_unless_forced() {
     let forced = Rig::build(&format!("{NFS}force = true\n"), seed_stray_file);
     forced.wait_for(ShareState::Mounted, Duration::from_secs(5)).await;
     forced.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_moves_the_share_lets_go_of_the_old_mount() {
+    let rig = Rig::new(NFS);
+    rig.wait_for(ShareState::Mounted, Duration::from_secs(5)).await;
+    let moved = "[share]\nkind = \"nfs\"\nsource = \"10.0.0.5:/other\"\nmount_point = \"/data/team\"\n";
+    rig.settings.send_replace(Arc::new(config::load_str(Path::new("c.toml"), moved).unwrap()));
+    let started = tokio::time::Instant::now();
+    loop {
+        let report = rig.handle.report();
+        if report.state == ShareState::Mounted && report.source.as_deref() == Some("10.0.0.5:/other") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{report:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rig.mounts.unmounts.lock().unwrap().clone(), [rig.target()]);
+    let table = rig.mounts.table.lock().unwrap().clone();
+    assert_eq!(table.len(), 1);
+    assert_eq!(table[0].mount_point, rig.dir.path().join("data/team"));
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_changes_nothing_keeps_the_mount() {
+    let rig = Rig::new(NFS);
+    rig.wait_for(ShareState::Mounted, Duration::from_secs(5)).await;
+    rig.settings.send_replace(Arc::new(config::load_str(Path::new("c.toml"), NFS).unwrap()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(rig.mounts.unmounts.lock().unwrap().is_empty());
+    assert_eq!(rig.mounts.calls.lock().unwrap().len(), 1);
+    rig.stop().await;
 }
