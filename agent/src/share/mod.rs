@@ -275,13 +275,16 @@ impl Worker {
         }
         let accounts = accounts::read_passwd(&self.ctx.paths.passwd()).unwrap_or_default();
         let groups = accounts::read_group(&self.ctx.paths.group()).unwrap_or_default();
-        let plan = match spec::plan(share, &self.ctx.paths, &accounts, &groups) {
+        let mut plan = match spec::plan(share, &self.ctx.paths, &accounts, &groups) {
             Ok(plan) => plan,
             Err(error) => {
                 self.record_error(self.failure_state(), error);
                 return self.retry();
             }
         };
+        // The mount table lists real paths: a symlink among the parents would
+        // hide an existing mount from the lookup and lead to stacking.
+        plan.target = real_mount_point(&plan.target);
         // A changed config that moves the share: let go of the old mount first.
         if let Some(previous) = self.current.clone() {
             if previous != plan {
@@ -422,6 +425,12 @@ impl Worker {
     fn prepare_mount_point(&self, share: &ShareSettings, plan: &MountPlan) -> Result<(), String> {
         use std::os::unix::fs::DirBuilderExt;
         let target = &plan.target;
+        if std::fs::symlink_metadata(target).is_ok_and(|meta| meta.file_type().is_symlink()) {
+            return Err(format!(
+                "mount point {} is a symlink; point share.mount_point at a real directory",
+                target.display()
+            ));
+        }
         if !target.exists() {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -550,6 +559,17 @@ impl Worker {
             self.unmount(&plan).await;
             self.set_state(ShareState::Stopped, Some("unmounted at stop (unmount_on_stop = true)".to_string()));
         }
+    }
+}
+
+/// The mount point with its parent resolved (the parent is on a local disk, so
+/// this cannot hang); the last component is left alone, it may be a dead mount.
+fn real_mount_point(target: &Path) -> std::path::PathBuf {
+    match (target.parent(), target.file_name()) {
+        (Some(parent), Some(name)) => {
+            std::fs::canonicalize(parent).map(|p| p.join(name)).unwrap_or_else(|_| target.to_path_buf())
+        }
+        _ => target.to_path_buf(),
     }
 }
 

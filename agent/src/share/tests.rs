@@ -381,3 +381,38 @@ async fn a_reload_that_changes_nothing_keeps_the_mount() {
     assert_eq!(rig.mounts.calls.lock().unwrap().len(), 1);
     rig.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_symlinked_parent_is_resolved_so_the_mount_is_found_again() {
+    let rig = Rig::build(
+        "[share]\nkind = \"nfs\"\nsource = \"10.0.0.4:/export\"\nmount_point = \"/data/link/nb\"\n",
+        |root| {
+            std::fs::create_dir_all(root.join("disk")).unwrap();
+            std::fs::create_dir_all(root.join("data")).unwrap();
+            std::os::unix::fs::symlink(root.join("disk"), root.join("data/link")).unwrap();
+            Vec::new()
+        },
+    );
+    rig.wait_for(ShareState::Mounted, Duration::from_secs(5)).await;
+    let real = std::fs::canonicalize(rig.dir.path().join("disk")).unwrap().join("nb");
+    assert_eq!(rig.mounts.table.lock().unwrap()[0].mount_point, real);
+    // A remount finds it through the real path: replaced, not stacked.
+    rig.handle.request_remount(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(rig.mounts.table.lock().unwrap().len(), 1);
+    assert_eq!(rig.mounts.unmounts.lock().unwrap().clone(), [real]);
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_symlink_as_mount_point_is_refused() {
+    let rig = Rig::build(NFS, |root| {
+        std::fs::create_dir_all(root.join("elsewhere")).unwrap();
+        std::fs::create_dir_all(root.join("data")).unwrap();
+        std::os::unix::fs::symlink(root.join("elsewhere"), root.join("data/notebooks")).unwrap();
+        Vec::new()
+    });
+    let report = rig.wait_for(ShareState::Unmounted, Duration::from_secs(5)).await;
+    assert!(report.last_error.unwrap().contains("is a symlink"));
+    assert!(rig.mounts.calls.lock().unwrap().is_empty());
+    rig.stop().await;
+}
