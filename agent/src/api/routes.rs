@@ -91,8 +91,7 @@ async fn share_remount(State(state): State<AppState>) -> Response {
                 .into_response()
         }
     };
-    // The lazy unmount and the mount each have their own timeout; leave room for both.
-    let wait = mount_timeout + std::time::Duration::from_secs(40);
+    let wait = crate::share::ShareHandle::remount_deadline(mount_timeout);
     match state.share.request_remount(wait).await {
         Ok(report) if report.state == crate::api::types::ShareState::Mounted => Json(report).into_response(),
         Ok(report) => ApiError::Unavailable(format!(

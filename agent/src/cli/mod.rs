@@ -14,9 +14,11 @@ use std::path::Path;
 use std::process::ExitCode;
 
 /// What to ask the daemon and how to show the answer.
-enum Call {
-    Get { path: String, show: Show },
-    Change { method: Method, path: String, body: Option<serde_json::Value> },
+struct Call {
+    method: Method,
+    path: String,
+    body: Option<serde_json::Value>,
+    show: Show,
 }
 
 #[derive(Clone, Copy)]
@@ -28,17 +30,18 @@ enum Show {
 }
 
 fn plan(command: &Command) -> Result<Call, String> {
-    let get = |path: &str, show: Show| Ok(Call::Get { path: path.to_string(), show });
-    let post = |path: String, body: Option<serde_json::Value>| Ok(Call::Change { method: Method::POST, path, body });
+    let get = |path: &str, show: Show| Ok(Call { method: Method::GET, path: path.to_string(), body: None, show });
+    let post =
+        |path: String, body: Option<serde_json::Value>, show: Show| Ok(Call { method: Method::POST, path, body, show });
     match command {
         Command::Status => get("/v1/status", Show::Status),
         Command::Share { action: None } => get("/v1/share", Show::Share),
-        Command::Share { action: Some(ShareAction::Remount) } => post("/v1/share/remount".into(), None),
+        Command::Share { action: Some(ShareAction::Remount) } => post("/v1/share/remount".into(), None, Show::Share),
         Command::Links { action: None } => get("/v1/links", Show::Json),
-        Command::Links { action: Some(LinksAction::Sync) } => post("/v1/links/sync".into(), None),
+        Command::Links { action: Some(LinksAction::Sync) } => post("/v1/links/sync".into(), None, Show::Json),
         Command::Scripts { action: None } => get("/v1/scripts", Show::Json),
         Command::Scripts { action: Some(ScriptsAction::Run { name }) } => {
-            post(format!("/v1/scripts/{}/run", path_segment(name)?), None)
+            post(format!("/v1/scripts/{}/run", path_segment(name)?), None, Show::Json)
         }
         Command::Scripts { action: Some(ScriptsAction::Log { name }) } => {
             get(&format!("/v1/scripts/{}/log", path_segment(name)?), Show::Text)
@@ -46,14 +49,16 @@ fn plan(command: &Command) -> Result<Call, String> {
         Command::Idle => get("/v1/idle", Show::Json),
         Command::Hold(hold) => match (&hold.action, &hold.duration) {
             (Some(HoldAction::List), _) => get("/v1/holds", Show::Json),
-            (Some(HoldAction::Release { id }), _) => Ok(Call::Change {
+            (Some(HoldAction::Release { id }), _) => Ok(Call {
                 method: Method::DELETE,
                 path: format!("/v1/holds/{}", path_segment(id)?),
                 body: None,
+                show: Show::Json,
             }),
             (None, Some(duration)) => {
                 crate::config::duration::parse(duration)?;
-                post("/v1/holds".into(), Some(serde_json::json!({ "duration": duration, "reason": hold.reason })))
+                let body = serde_json::json!({ "duration": duration, "reason": hold.reason });
+                post("/v1/holds".into(), Some(body), Show::Json)
             }
             (None, None) => {
                 Err("hold needs a DURATION (e.g. `pool-agent hold 2h`), or `hold list` / `hold release ID`".into())
@@ -92,12 +97,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Err(err) => return fail(&format!("cannot start: {err}"), 1),
     };
     let client = Client::new(&cli.socket, cli.timeout);
-    let result = runtime.block_on(async {
-        match &call {
-            Call::Get { path, .. } => client.call(Method::GET, path, None).await,
-            Call::Change { method, path, body } => client.call(method.clone(), path, body.clone()).await,
-        }
-    });
+    let result = runtime.block_on(client.call(call.method.clone(), &call.path, call.body.clone()));
     match result {
         Ok(reply) => show(&call, &reply, cli.json),
         Err(err @ ClientError::Api { .. }) => {
@@ -115,12 +115,7 @@ pub fn main(cli: Cli) -> ExitCode {
 
 fn show(call: &Call, reply: &Reply, json: bool) -> ExitCode {
     let mut stdout = std::io::stdout().lock();
-    let show = match call {
-        Call::Get { show, .. } => *show,
-        Call::Change { path, .. } if path == "/v1/share/remount" => Show::Share,
-        Call::Change { .. } => Show::Json,
-    };
-    let text = match (show, json) {
+    let text = match (call.show, json) {
         (Show::Text, _) => String::from_utf8_lossy(&reply.body).into_owned(),
         (Show::Status, false) => match serde_json::from_slice::<StatusReport>(&reply.body) {
             Ok(report) => render::status(&report),
@@ -200,10 +195,8 @@ mod tests {
             (&["metrics"], "GET", "/metrics"),
         ];
         for (args, method, path) in cases {
-            match plan_of(args).unwrap() {
-                Call::Get { path: p, .. } => assert_eq!(("GET", p.as_str()), (*method, *path)),
-                Call::Change { method: m, path: p, .. } => assert_eq!((m.as_str(), p.as_str()), (*method, *path)),
-            }
+            let call = plan_of(args).unwrap();
+            assert_eq!((call.method.as_str(), call.path.as_str()), (*method, *path));
         }
     }
 

@@ -77,6 +77,17 @@ pub enum ShareKind {
     Local,
 }
 
+impl ShareKind {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShareKind::AzureFiles => "azure-files",
+            ShareKind::Nfs => "nfs",
+            ShareKind::Local => "local",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeySourceKind {

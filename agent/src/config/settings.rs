@@ -123,17 +123,6 @@ pub enum ShareSource {
     },
 }
 
-impl ShareSettings {
-    /// The `mount -t` type for this share (`none` for a local bind).
-    pub fn kind_name(&self) -> &'static str {
-        match self.kind {
-            ShareKind::AzureFiles => "azure-files",
-            ShareKind::Nfs => "nfs",
-            ShareKind::Local => "local",
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LinksSettings {
     pub users: UserSelection,
@@ -376,8 +365,11 @@ fn validate_share(section: Sourced<ShareFragment>) -> Result<ShareSettings, Conf
             .collect(),
     };
     if let Some((key, _)) = foreign.iter().find(|(_, present)| *present) {
-        let kind_name = serde_json::to_value(kind.value).unwrap_or_default();
-        return Err(invalid(&kind.origin, &format!("share.{key}"), format!("not used when share.kind = {kind_name}")));
+        return Err(invalid(
+            &kind.origin,
+            &format!("share.{key}"),
+            format!("not used when share.kind = \"{}\"", kind.value.as_str()),
+        ));
     }
 
     let source = match kind.value {

@@ -28,12 +28,6 @@ pub struct Sourced<T> {
     pub origin: Origin,
 }
 
-impl<T> Sourced<T> {
-    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Sourced<U> {
-        Sourced { value: f(self.value), origin: self.origin }
-    }
-}
-
 /// One file's text, indexed by line start.
 pub struct LineIndex {
     file: Arc<Path>,

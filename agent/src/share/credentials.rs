@@ -78,7 +78,7 @@ pub struct CredentialsFile {
 impl CredentialsFile {
     /// Writes `username=`/`password=` to a new 0600 file in `dir` (root-only /run/pool-agent).
     pub fn write(dir: &Path, username: &str, key: &StorageKey) -> io::Result<Self> {
-        let path = dir.join("share.credentials");
+        let path = Self::path_in(dir);
         match fs::remove_file(&path) {
             Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
             _ => {}
@@ -95,6 +95,11 @@ impl CredentialsFile {
         let credentials = Self { path };
         written?;
         Ok(credentials)
+    }
+
+    /// Where the file lives while a mount call runs.
+    pub fn path_in(dir: &Path) -> PathBuf {
+        dir.join("share.credentials")
     }
 
     pub fn path(&self) -> &Path {

@@ -29,6 +29,8 @@ use tokio::sync::{mpsc, oneshot};
 
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(60);
+/// A lazy unmount only detaches; it should never take long.
+const UNMOUNT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Consecutive failed probes before the agent remounts; one marks the share degraded.
 const FAILED_PROBES_BEFORE_REMOUNT: u32 = 2;
 
@@ -86,6 +88,11 @@ impl ShareHandle {
     fn update(&self, change: impl FnOnce(&mut ShareReport)) {
         let mut report = self.report.lock().unwrap_or_else(|p| p.into_inner());
         change(&mut report);
+    }
+
+    /// How long a remount request may take: the unmount, the mount, and a margin.
+    pub fn remount_deadline(mount_timeout: Duration) -> Duration {
+        UNMOUNT_TIMEOUT + mount_timeout + Duration::from_secs(10)
     }
 
     /// Asks the task to unmount and mount again; waits up to `wait` for the outcome.
@@ -199,28 +206,33 @@ fn running_as_root() -> bool {
 
 impl Worker {
     fn set_state(&self, state: ShareState, detail: Option<String>) {
-        let now = rfc3339(self.ctx.clock.now());
-        self.share.update(|r| {
-            if r.state != state {
-                r.since = now;
-            }
-            r.state = state;
-            r.detail = detail.clone();
-        });
-        let component = component_for(state);
-        let summary = detail.unwrap_or_else(|| state.as_str().to_string());
-        self.ctx.set(component, summary);
+        self.publish(state, detail, None);
     }
 
     fn record_error(&self, state: ShareState, error: String) {
         tracing::warn!(component = "share", state = state.as_str(), "{error}");
+        self.publish(state, None, Some(error));
+    }
+
+    /// The share's state into its report and, once, onto the status board.
+    fn publish(&self, state: ShareState, detail: Option<String>, error: Option<String>) {
         let now = rfc3339(self.ctx.clock.now());
         self.share.update(|r| {
-            r.last_error = Some(error.clone());
-            r.last_error_at = Some(now);
+            if r.state != state {
+                r.since = now.clone();
+            }
+            r.state = state;
+            r.detail = detail.clone();
+            if let Some(error) = &error {
+                r.last_error = Some(error.clone());
+                r.last_error_at = Some(now);
+            }
         });
-        self.set_state(state, None);
-        self.ctx.board.set_error(self.ctx.name, component_for(state), Some(state.as_str().to_string()), error);
+        let summary = Some(detail.unwrap_or_else(|| state.as_str().to_string()));
+        match error {
+            Some(error) => self.ctx.board.set_error(self.ctx.name, component_for(state), summary, error),
+            None => self.ctx.board.set(self.ctx.name, component_for(state), summary),
+        }
     }
 
     /// Unmounted after an outage stays 'degraded' until it is back.
@@ -238,7 +250,7 @@ impl Worker {
 
     fn describe(&self, share: &ShareSettings, plan: &MountPlan, options: &[String]) {
         self.share.update(|r| {
-            r.kind = Some(share.kind_name().to_string());
+            r.kind = Some(share.kind.as_str().to_string());
             r.source = Some(plan.source.clone());
             r.mount_point = Some(share.mount_point.display().to_string());
             r.fstype = Some(plan.fstype().to_string());
@@ -296,11 +308,9 @@ impl Worker {
             .options
             .iter()
             .cloned()
-            .chain(
-                plan.username
-                    .as_ref()
-                    .map(|_| format!("credentials={}", self.credentials_dir().join("share.credentials").display())),
-            )
+            .chain(plan.username.as_ref().map(|_| {
+                format!("credentials={}", credentials::CredentialsFile::path_in(&self.credentials_dir()).display())
+            }))
             .collect();
         self.describe(share, &plan, &shown_options);
 
@@ -485,7 +495,7 @@ impl Worker {
         if used_in_place(plan) {
             return;
         }
-        if let Err(err) = self.share.mounter.unmount_lazy(plan.target.clone(), Duration::from_secs(30)).await {
+        if let Err(err) = self.share.mounter.unmount_lazy(plan.target.clone(), UNMOUNT_TIMEOUT).await {
             tracing::warn!(component = "share", "lazy unmount of {} failed: {err}", plan.target.display());
         }
     }

@@ -56,11 +56,6 @@ pub fn top_mount_at<'a>(entries: &'a [MountEntry], path: &Path) -> Option<&'a Mo
     entries.iter().rev().find(|entry| entry.mount_point == path)
 }
 
-/// How many mounts are stacked at `path`.
-pub fn mounts_at(entries: &[MountEntry], path: &Path) -> usize {
-    entries.iter().filter(|entry| entry.mount_point == path).count()
-}
-
 pub fn read() -> std::io::Result<Vec<MountEntry>> {
     Ok(parse(&std::fs::read_to_string("/proc/self/mountinfo")?))
 }
@@ -88,11 +83,10 @@ mod tests {
     }
 
     #[test]
-    fn the_top_mount_wins_and_stacks_are_counted() {
+    fn the_top_mount_wins() {
         let entries = parse(SAMPLE);
         let top = top_mount_at(&entries, Path::new("/data/notebooks")).unwrap();
         assert_eq!(top.fstype, "nfs4");
-        assert_eq!(mounts_at(&entries, Path::new("/data/notebooks")), 2);
         assert!(top_mount_at(&entries, Path::new("/nowhere")).is_none());
     }
 }

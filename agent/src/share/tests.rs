@@ -211,17 +211,19 @@ async fn the_key_travels_only_through_a_credentials_file() {
 
 #[tokio::test(start_paused = true)]
 async fn an_open_key_file_is_refused_and_retried_without_mounting() {
-    let rig = Rig::new(CIFS);
-    let key_file = rig.dir.path().join("etc/pool-agent/secrets/storage-key");
-    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
-    // The first attempt may have raced the chmod; any later one must refuse.
+    let rig = Rig::build(CIFS, |root| {
+        let key_file = root.join("etc/pool-agent/secrets/storage-key");
+        std::fs::set_permissions(key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        Vec::new()
+    });
+    // Several retries later the file is still refused and nothing was mounted.
     tokio::time::sleep(Duration::from_secs(120)).await;
     let report = rig.handle.report();
-    if report.state != ShareState::Mounted {
-        let error = report.last_error.clone().unwrap_or_default();
-        assert!(error.contains("chmod 600") && !error.contains(KEY), "{error}");
-        assert!(report.next_attempt.is_some());
-    }
+    assert_eq!(report.state, ShareState::Unmounted);
+    let error = report.last_error.clone().unwrap_or_default();
+    assert!(error.contains("chmod 600") && !error.contains(KEY), "{error}");
+    assert!(report.next_attempt.is_some());
+    assert!(rig.mounts.calls.lock().unwrap().is_empty(), "mounted with a refused key file");
     rig.stop().await;
 }
 
