@@ -1,27 +1,23 @@
 //! pool-agent: the node agent for pools of interactive data-science VMs.
 //!
-//! The boot flow lives in [`daemon`]; each capability has its own module:
-//! [`share`], [`links`], [`scripts`], [`idle`], [`azure`] and the local [`api`].
-//! The CLI ([`cli`]) shares its request and response types with the server
-//! through [`api::types`].
+//! Layers, each importing only the ones below it: [`cli`] and the binaries;
+//! [`daemon`] (boot flow, supervisor, the registry of capabilities); [`api`]
+//! (socket server, access, JSON errors); the capabilities [`share`],
+//! [`links`], [`scripts`], [`idle`] and [`azure`], which never import each
+//! other, the API or the daemon; [`core`], what they all share; [`config`].
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
-pub mod accounts;
 pub mod api;
 pub mod azure;
-pub mod backoff;
 pub mod cli;
-pub mod clock;
 pub mod config;
+pub mod core;
 pub mod daemon;
 pub mod idle;
 pub mod links;
-pub mod metrics;
-pub mod paths;
 pub mod scripts;
 pub mod share;
-pub mod status;
 
 /// The version every binary and API answer reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -5,8 +5,6 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::time::Duration;
 
-const COMPONENTS: [&str; 7] = ["config", "api", "share", "links", "scripts", "idle", "azure"];
-
 #[test]
 fn status_json_names_every_component_with_its_state() {
     let sandbox = Sandbox::new();
@@ -16,7 +14,7 @@ fn status_json_names_every_component_with_its_state() {
     assert_eq!(status["agent"]["root"], sandbox.root().display().to_string());
     let components = status["components"].as_array().unwrap();
     let names: Vec<&str> = components.iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, COMPONENTS);
+    assert_eq!(names, pool_agent::daemon::registry::component_names());
     for component in components {
         assert!(component["state"].is_string(), "{component}");
         assert!(component["since"].as_str().unwrap().ends_with('Z'), "{component}");

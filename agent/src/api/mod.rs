@@ -1,43 +1,48 @@
 //! The local API: HTTP/1.1 + JSON over `/run/pool-agent/agent.sock`.
 //!
-//! Reads are open to every local user; state-changing routes need root or the
-//! admin group, decided from `SO_PEERCRED` before any route logic runs
-//! ([`access`]). Browser requests (`Origin`/`Referer`) are refused, bodies are
-//! bounded and every error is `{"error": code, "message": text}` ([`error`]).
+//! The API owns the socket, the caller's identity (`SO_PEERCRED`), the access
+//! check each route declares, browser refusal, body and time bounds, and the
+//! one error shape. Its own routes are status, config and metrics; every
+//! other route comes from a capability through the daemon's registry, so the
+//! API names no capability.
 
 pub mod access;
-pub mod error;
 pub mod routes;
 pub mod server;
 pub mod types;
 
-use crate::clock::SharedClock;
+pub use crate::core::http::Peer;
+
 use crate::config::Settings;
-use crate::paths::SystemPaths;
-use crate::status::SharedBoard;
+use crate::core::accounts::AccountsView;
+use crate::core::board::SharedBoard;
+use crate::core::clock::SharedClock;
+use crate::core::paths::SystemPaths;
+use prometheus_client::registry::Registry;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
-/// The largest request body any route accepts.
+/// The largest request body any route accepts, with or without Content-Length.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// What every handler may read.
+/// Every handler answers within this, well inside the CLI's default 10 s
+/// timeout; work that takes longer answers that it started and how to follow it.
+pub const HANDLER_DEADLINE: Duration = Duration::from_secs(8);
+
+/// A config section and the keys of it only admins may read.
+pub type PrivateKeys = (&'static str, &'static [&'static str]);
+
+/// What the API's own handlers and its access check read.
 #[derive(Clone)]
 pub struct AppState {
-    pub share: crate::share::ShareHandle,
     pub board: SharedBoard,
     pub settings: watch::Receiver<Arc<Settings>>,
     pub paths: Arc<SystemPaths>,
     pub clock: SharedClock,
+    pub accounts: AccountsView,
+    pub metrics: Arc<Registry>,
+    pub private_config: Arc<Vec<PrivateKeys>>,
     pub started_at: SystemTime,
     pub instance: String,
-}
-
-/// The caller, as the kernel reports it for the connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Peer {
-    pub uid: u32,
-    pub gid: u32,
-    pub pid: Option<i32>,
 }

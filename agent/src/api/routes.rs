@@ -1,46 +1,51 @@
-//! The route table. Routes of capabilities that have not landed answer 501
-//! with a JSON error naming the work they wait for.
+//! The route table: the API's own routes (status, config, metrics) and every
+//! route the capabilities hand in, each behind the access guard it declares.
 
 use super::access;
-use super::error::{code_for_status, json_error, ApiError};
 use super::types::{AgentInfo, StatusReport};
 use super::AppState;
-use crate::clock::rfc3339;
-use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderValue};
+use crate::core::capability::redact;
+use crate::core::clock::rfc3339;
+use crate::core::http::{code_for_status, json_error, Access, ApiError, Caller, Route};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/status", get(status))
-        .route("/v1/config", get(effective_config))
-        .route("/metrics", get(metrics))
-        .route("/v1/share", get(share_report))
-        .route("/v1/share/remount", post(share_remount))
-        .route("/v1/links", get(|| not_implemented("GET /v1/links", "links")))
-        .route("/v1/links/sync", post(|| not_implemented("POST /v1/links/sync", "links")))
-        .route("/v1/scripts", get(|| not_implemented("GET /v1/scripts", "setup scripts")))
-        .route(
-            "/v1/scripts/{name}/run",
-            post(|Path(name): Path<String>| not_implemented(format!("POST /v1/scripts/{name}/run"), "setup scripts")),
-        )
-        .route(
-            "/v1/scripts/{name}/log",
-            get(|Path(name): Path<String>| not_implemented(format!("GET /v1/scripts/{name}/log"), "setup scripts")),
-        )
-        .route("/v1/idle", get(|| not_implemented("GET /v1/idle", "idle")))
-        .route(
-            "/v1/holds",
-            get(|| not_implemented("GET /v1/holds", "idle")).post(|| not_implemented("POST /v1/holds", "idle")),
-        )
-        .route(
-            "/v1/holds/{id}",
-            delete(|Path(id): Path<String>| not_implemented(format!("DELETE /v1/holds/{id}"), "idle")),
-        )
-        .route("/v1/events", get(|| not_implemented("GET /v1/events", "Azure reporting")))
+/// The API's own routes.
+fn own_routes(state: &AppState) -> Vec<Route> {
+    vec![
+        Route {
+            method: Method::GET,
+            path: "/v1/status",
+            access: Access::Read,
+            handler: get(status).with_state(state.clone()),
+        },
+        Route {
+            method: Method::GET,
+            path: "/v1/config",
+            access: Access::Read,
+            handler: get(effective_config).with_state(state.clone()),
+        },
+        Route {
+            method: Method::GET,
+            path: "/metrics",
+            access: Access::Read,
+            handler: get(metrics).with_state(state.clone()),
+        },
+    ]
+}
+
+/// Builds the router from the API's own routes and the capabilities' routes.
+pub fn router(state: AppState, capability_routes: Vec<Route>) -> Router {
+    let mut router = Router::new();
+    for route in own_routes(&state).into_iter().chain(capability_routes) {
+        let guard = middleware::from_fn_with_state((state.clone(), route.access), access::guard);
+        router = router.route(route.path, route.handler.route_layer(guard));
+    }
+    router
         .fallback(|request: Request| async move {
             ApiError::NotFound(format!("no route {} {}", request.method(), request.uri().path()))
         })
@@ -48,15 +53,10 @@ pub fn router(state: AppState) -> Router {
             ApiError::MethodNotAllowed(format!("{} is not allowed on {}", request.method(), request.uri().path()))
         })
         // Layers run bottom-up: errors become JSON last, browsers are refused first.
-        .layer(middleware::from_fn_with_state(state.clone(), access::enforce_access))
+        .layer(middleware::from_fn(access::answer_within_deadline))
         .layer(middleware::from_fn(access::bound_request_body))
         .layer(middleware::from_fn(access::refuse_browser_requests))
         .layer(middleware::from_fn(errors_as_json))
-        .with_state(state)
-}
-
-async fn not_implemented(what: impl Into<String>, capability: &'static str) -> ApiError {
-    ApiError::NotImplemented { what: what.into(), capability }
 }
 
 pub fn status_report(state: &AppState) -> StatusReport {
@@ -78,46 +78,35 @@ async fn status(State(state): State<AppState>) -> Json<StatusReport> {
     Json(status_report(&state))
 }
 
-async fn share_report(State(state): State<AppState>) -> Json<crate::api::types::ShareReport> {
-    Json(state.share.report())
-}
-
-/// Unmounts and mounts again now; answers with the share's state afterwards.
-async fn share_remount(State(state): State<AppState>) -> Response {
-    let mount_timeout = match &state.settings.borrow().share {
-        Some(share) => share.mount_timeout,
-        None => {
-            return ApiError::Conflict("no share is configured ([share] is missing from the config)".to_string())
-                .into_response()
-        }
-    };
-    let wait = crate::share::ShareHandle::remount_deadline(mount_timeout);
-    match state.share.request_remount(wait).await {
-        Ok(report) if report.state == crate::api::types::ShareState::Mounted => Json(report).into_response(),
-        Ok(report) => ApiError::Unavailable(format!(
-            "remount failed, the share is {}: {}",
-            report.state.as_str(),
-            report.last_error.unwrap_or_default()
-        ))
-        .into_response(),
-        Err(message) => ApiError::Unavailable(message).into_response(),
-    }
-}
-
-async fn effective_config(State(state): State<AppState>) -> Response {
+/// The effective config; keys the capabilities call private (secret paths,
+/// script arguments, environment values) are redacted for non-admins.
+async fn effective_config(State(state): State<AppState>, caller: Option<Extension<Caller>>) -> Response {
     let settings = state.settings.borrow().clone();
-    match serde_json::to_value(settings.as_ref()) {
-        Ok(value) => Json(value).into_response(),
-        Err(err) => ApiError::Internal(format!("cannot render config: {err}")).into_response(),
+    let mut value = match serde_json::to_value(settings.as_ref()) {
+        Ok(value) => value,
+        Err(err) => return ApiError::Internal(format!("cannot render config: {err}")).into_response(),
+    };
+    let admin = caller.is_some_and(|Extension(caller)| caller.admin);
+    if !admin {
+        for (section, keys) in state.private_config.iter() {
+            redact(&mut value, section, keys);
+        }
     }
+    Json(value).into_response()
 }
 
+/// Every registered collector, read now, in the OpenMetrics text format
+/// (which Prometheus scrapes as it does its own).
 async fn metrics(State(state): State<AppState>) -> Response {
-    let body = crate::metrics::render(&status_report(&state), &state.share.report());
+    let mut body = String::new();
+    if let Err(err) = prometheus_client::encoding::text::encode(&mut body, &state.metrics) {
+        return ApiError::Internal(format!("cannot encode metrics: {err}")).into_response();
+    }
     let mut response = body.into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
     response
 }
 
@@ -150,10 +139,13 @@ mod tests {
     use super::*;
     use crate::api::Peer;
     use crate::config;
-    use crate::paths::SystemPaths;
-    use crate::status::StatusBoard;
+    use crate::core::accounts::AccountsView;
+    use crate::core::board::{BoardMetrics, StatusBoard};
+    use crate::core::component::ComponentId;
+    use crate::core::paths::SystemPaths;
     use axum::body::Body;
-    use axum::http::{Method, StatusCode};
+    use axum::extract::Path;
+    use axum::http::StatusCode;
     use std::sync::Arc;
     use tower::ServiceExt;
 
@@ -162,24 +154,57 @@ mod tests {
         app: Router,
     }
 
+    const IDS: [ComponentId; 3] = [ComponentId::Config, ComponentId::Api, ComponentId::Share];
+
+    /// Routes a capability might hand in, one of each access level.
+    fn test_routes() -> Vec<Route> {
+        vec![
+            Route::post("/v1/test/change", Access::Admin, || async { Json(serde_json::json!({"changed": true})) }),
+            Route::post(
+                "/v1/test/mine",
+                Access::SelfService,
+                |Extension(caller): Extension<Caller>, body: String| async move {
+                    Json(serde_json::json!({"uid": caller.peer.uid, "admin": caller.admin, "bytes": body.len()}))
+                },
+            ),
+            Route::delete("/v1/test/mine/{id}", Access::SelfService, |Path(id): Path<String>| async move { id }),
+            Route::get("/v1/test/slow", Access::Read, || async {
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                "late"
+            }),
+        ]
+    }
+
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("etc")).unwrap();
         std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/bash\nalice:x:1001:1001::/home/alice:/bin/bash\nbob:x:1002:1002::/home/bob:/bin/bash\n").unwrap();
         std::fs::write(dir.path().join("etc/group"), "root:x:0:\npool-agent-admin:x:990:alice\n").unwrap();
-        let settings = Arc::new(config::load_str(std::path::Path::new("c.toml"), "").unwrap());
+        let settings = Arc::new(
+            config::load_str(
+                std::path::Path::new("c.toml"),
+                "[share]\nkind = \"azure-files\"\naccount = \"mystorage\"\nshare = \"notebooks\"\n[[setup.scripts]]\nname = \"a\"\npath = \"/a\"\nargs = [\"--token\", \"t0p\"]\n",
+            )
+            .unwrap(),
+        );
         let (_tx, rx) = tokio::sync::watch::channel(settings);
-        let clock = crate::clock::system();
+        let clock = crate::core::clock::system();
+        let paths = SystemPaths::under(dir.path());
+        let board = Arc::new(StatusBoard::new(clock.clone(), &[], &IDS));
+        let mut metrics = prometheus_client::registry::Registry::with_prefix("pool_agent");
+        metrics.register_collector(Box::new(BoardMetrics(board.clone())));
         let state = AppState {
-            share: crate::share::ShareHandle::system(clock.clone()),
-            board: Arc::new(StatusBoard::new(clock.clone(), &[])),
+            board,
             settings: rx,
-            paths: Arc::new(SystemPaths::under(dir.path())),
+            accounts: AccountsView::for_paths(&paths),
+            paths: Arc::new(paths),
             clock: clock.clone(),
+            metrics: Arc::new(metrics),
+            private_config: Arc::new(vec![("share", &["key_file"]), ("setup", &["scripts.*.args"])]),
             started_at: clock.now(),
             instance: "vm-test".into(),
         };
-        Fixture { _dir: dir, app: router(state) }
+        Fixture { _dir: dir, app: router(state, test_routes()) }
     }
 
     fn request(method: Method, path: &str, uid: u32) -> Request {
@@ -197,31 +222,43 @@ mod tests {
         assert_eq!(body["agent"]["instance"], "vm-test");
         let names: Vec<_> =
             body["components"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap().to_string()).collect();
-        assert_eq!(names, crate::status::COMPONENTS);
+        assert_eq!(names, IDS.map(|id| id.as_str()));
     }
 
     #[tokio::test]
     async fn writes_need_an_admin_and_refusals_are_json() {
         let f = fixture();
-        let refused = f.app.clone().oneshot(request(Method::POST, "/v1/links/sync", 1002)).await.unwrap();
+        let refused = f.app.clone().oneshot(request(Method::POST, "/v1/test/change", 1002)).await.unwrap();
         assert_eq!(refused.status(), StatusCode::FORBIDDEN);
         let body = body_json(refused).await;
         assert_eq!(body["error"], "forbidden");
         assert!(body["message"].as_str().unwrap().contains("pool-agent-admin"));
 
-        // alice is in the admin group, root is root: both get past the check
-        // to the route itself, which has not landed yet.
+        // alice is in the admin group, root is root: both get to the handler.
         for uid in [1001, 0] {
-            let allowed = f.app.clone().oneshot(request(Method::POST, "/v1/links/sync", uid)).await.unwrap();
-            assert_eq!(allowed.status(), StatusCode::NOT_IMPLEMENTED);
-            assert_eq!(body_json(allowed).await["error"], "not_implemented");
+            let allowed = f.app.clone().oneshot(request(Method::POST, "/v1/test/change", uid)).await.unwrap();
+            assert_eq!(allowed.status(), StatusCode::OK);
+            assert_eq!(body_json(allowed).await["changed"], true);
         }
+    }
+
+    #[tokio::test]
+    async fn self_service_routes_tell_the_handler_who_calls() {
+        let f = fixture();
+        for (uid, admin) in [(1002, false), (1001, true)] {
+            let response = f.app.clone().oneshot(request(Method::POST, "/v1/test/mine", uid)).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let body = body_json(response).await;
+            assert_eq!((body["uid"].as_u64(), body["admin"].as_bool()), (Some(uid as u64), Some(admin)));
+        }
+        let response = f.app.clone().oneshot(request(Method::DELETE, "/v1/test/mine/h-1", 1002)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
     }
 
     #[tokio::test]
     async fn a_write_without_credentials_is_refused() {
         let f = fixture();
-        let request = Request::builder().method(Method::POST).uri("/v1/share/remount").body(Body::empty()).unwrap();
+        let request = Request::builder().method(Method::POST).uri("/v1/test/change").body(Body::empty()).unwrap();
         let response = f.app.oneshot(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
     }
@@ -234,18 +271,60 @@ mod tests {
             req.headers_mut().insert(header_name, HeaderValue::from_static("http://evil.example"));
             let response = f.app.clone().oneshot(req).await.unwrap();
             assert_eq!(response.status(), StatusCode::FORBIDDEN);
-            assert_eq!(body_json(response).await["error"], "browser_request_refused");
+            let body = body_json(response).await;
+            assert_eq!(body["error"], "browser_request_refused");
+            assert!(body["message"].as_str().unwrap().contains("an `"), "{body}");
         }
     }
 
     #[tokio::test]
-    async fn oversized_bodies_are_refused() {
+    async fn oversized_bodies_are_refused_declared_or_chunked() {
         let f = fixture();
-        let mut req = request(Method::POST, "/v1/holds", 1002);
+        let mut req = request(Method::POST, "/v1/test/mine", 1002);
         req.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(1_000_000));
-        let response = f.app.oneshot(req).await.unwrap();
+        let response = f.app.clone().oneshot(req).await.unwrap();
         assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(body_json(response).await["error"], "body_too_large");
+
+        // A streamed body with no length: bounded while it is read.
+        let chunks = futures_util::stream::iter(
+            (0..200).map(|_| Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![b'x'; 1024]))),
+        );
+        let mut req = request(Method::POST, "/v1/test/mine", 1002);
+        *req.body_mut() = Body::from_stream(chunks);
+        let response = f.app.clone().oneshot(req).await.unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+        // A small streamed body reaches the handler whole.
+        let chunks = futures_util::stream::iter(
+            (0..3).map(|_| Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![b'x'; 1000]))),
+        );
+        let mut req = request(Method::POST, "/v1/test/mine", 1002);
+        *req.body_mut() = Body::from_stream(chunks);
+        let response = f.app.oneshot(req).await.unwrap();
+        assert_eq!(body_json(response).await["bytes"], 3000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_handler_answers_a_json_timeout_before_the_cli_gives_up() {
+        let f = fixture();
+        let response = f.app.oneshot(request(Method::GET, "/v1/test/slow", 1002)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = body_json(response).await;
+        assert_eq!(body["error"], "timeout");
+        assert!(crate::api::HANDLER_DEADLINE < std::time::Duration::from_secs(10), "the CLI's default timeout is 10 s");
+    }
+
+    #[tokio::test]
+    async fn config_hides_private_keys_from_users_but_not_admins() {
+        let f = fixture();
+        let user = body_json(f.app.clone().oneshot(request(Method::GET, "/v1/config", 1002)).await.unwrap()).await;
+        assert_eq!(user["share"]["key_file"], "<redacted>");
+        assert_eq!(user["setup"]["scripts"][0]["args"], "<redacted>");
+        assert_eq!(user["setup"]["scripts"][0]["name"], "a");
+        let admin = body_json(f.app.oneshot(request(Method::GET, "/v1/config", 1001)).await.unwrap()).await;
+        assert_eq!(admin["share"]["key_file"], "/etc/pool-agent/secrets/storage-key");
+        assert_eq!(admin["setup"]["scripts"][0]["args"][1], "t0p");
     }
 
     #[tokio::test]
@@ -260,12 +339,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn metrics_are_prometheus_text() {
+    async fn metrics_are_valid_prometheus_text() {
         let f = fixture();
         let response = f.app.oneshot(request(Method::GET, "/metrics", 1002)).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
         let text = String::from_utf8(bytes.to_vec()).unwrap();
-        assert!(text.contains("pool_agent_component_healthy{component=\"share\"}"), "{text}");
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        let scrape = prometheus_parse::Scrape::parse(lines).expect("a Prometheus parser accepts the exposition");
+        let healthy = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == "pool_agent_component_healthy" && s.labels.get("component") == Some("share"))
+            .unwrap_or_else(|| panic!("no share health sample in:\n{text}"));
+        assert!(matches!(healthy.value, prometheus_parse::Value::Gauge(_)), "{:?}", healthy.value);
+        assert!(scrape.samples.iter().any(|s| s.metric == "pool_agent_config_reloads_total"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

@@ -5,11 +5,12 @@ use super::Peer;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use nix::fcntl::{Flock, FlockArg};
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
@@ -19,6 +20,9 @@ use tower::ServiceExt;
 
 /// Connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 64;
+/// Connections one non-root uid may hold at once, so one local user cannot
+/// take every slot and lock out the others (root and the health probes).
+pub const MAX_CONNECTIONS_PER_UID: usize = 8;
 /// A client that has not sent its headers by then is dropped.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long open connections get to finish when the daemon stops.
@@ -99,6 +103,7 @@ pub fn bind(socket: &Path) -> Result<BoundSocket, BindError> {
 /// Serves `app` until `shutdown` fires, then gives open connections a moment to finish.
 pub async fn serve(listener: &UnixListener, app: Router, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_uid = PerUidCount::default();
     let connections = TaskTracker::new();
     loop {
         let permit = tokio::select! {
@@ -127,10 +132,16 @@ pub async fn serve(listener: &UnixListener, app: Router, shutdown: CancellationT
                 continue;
             }
         };
+        let Some(uid_slot) = per_uid.take(peer.uid) else {
+            tracing::warn!(uid = peer.uid, "refusing a connection: uid holds {MAX_CONNECTIONS_PER_UID} already");
+            connections.spawn(refuse_busy(stream));
+            continue;
+        };
         let app = app.clone();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let _permit = permit;
+            let _uid_slot = uid_slot;
             let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(peer);
                 app.clone().oneshot(request.map(axum::body::Body::new))
@@ -155,5 +166,68 @@ pub async fn serve(listener: &UnixListener, app: Router, shutdown: CancellationT
     connections.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait()).await.is_err() {
         tracing::warn!("some API connections were still open at shutdown");
+    }
+}
+
+/// Open connections per uid; a slot is given back when its guard drops.
+#[derive(Default, Clone)]
+struct PerUidCount(Arc<Mutex<HashMap<u32, usize>>>);
+
+struct UidSlot {
+    uid: u32,
+    counts: PerUidCount,
+}
+
+impl PerUidCount {
+    fn take(&self, uid: u32) -> Option<UidSlot> {
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let held = counts.entry(uid).or_insert(0);
+        if uid != 0 && *held >= MAX_CONNECTIONS_PER_UID {
+            return None;
+        }
+        *held += 1;
+        Some(UidSlot { uid, counts: self.clone() })
+    }
+}
+
+impl Drop for UidSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = counts.get_mut(&self.uid) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                counts.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// A one-line JSON answer for a caller over its connection cap, then close.
+async fn refuse_busy(mut stream: tokio::net::UnixStream) {
+    use tokio::io::AsyncWriteExt;
+    let body = format!(
+        "{{\"error\":\"too_many_connections\",\"message\":\"this user already holds {MAX_CONNECTIONS_PER_UID} connections to the agent; close some and retry\"}}"
+    );
+    let answer = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(answer.as_bytes())).await;
+    let _ = stream.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_uid_cannot_take_every_slot_and_slots_come_back() {
+        let counts = PerUidCount::default();
+        let held: Vec<_> = (0..MAX_CONNECTIONS_PER_UID).map(|_| counts.take(1002).unwrap()).collect();
+        assert!(counts.take(1002).is_none(), "over the cap");
+        assert!(counts.take(1003).is_some(), "another user still gets in");
+        assert!((0..100).all(|_| counts.take(0).is_some()), "root is not capped");
+        drop(held);
+        assert!(counts.take(1002).is_some());
     }
 }

@@ -1,13 +1,31 @@
-//! Azure reporting: custom metrics, instance protection, Scheduled Events.
+//! Azure reporting: custom metrics, scale-in protection, Scheduled Events and
+//! the health endpoint, fed by the idle verdict from the core's shared state.
 //!
-//! Not implemented yet: the task says so in `pool-agent status`, and its API
-//! routes answer 501 until its issue lands.
+//! Not built yet: the task says so in `pool-agent status`, and its API
+//! routes answer 501 with a JSON error.
 
-use crate::api::types::ComponentState;
-use crate::daemon::supervisor::{ComponentContext, TaskResult};
+use crate::core::capability::Capability;
+use crate::core::component::ComponentId;
+use crate::core::http::{not_built, Access, Route};
+use crate::core::task::{TaskContext, TaskResult};
+use futures_util::future::BoxFuture;
 
-pub async fn run(ctx: ComponentContext) -> TaskResult {
-    ctx.set(ComponentState::NotImplemented, "not built yet: Azure reporting comes with its own issue".to_string());
-    ctx.idle_until_shutdown().await;
-    Ok(())
+pub struct Azure;
+
+impl Capability for Azure {
+    fn id(&self) -> ComponentId {
+        ComponentId::Azure
+    }
+
+    fn run(&self, ctx: TaskContext) -> BoxFuture<'static, TaskResult> {
+        Box::pin(ctx.not_built("Azure reporting"))
+    }
+
+    fn routes(&self) -> Vec<Route> {
+        vec![Route::get("/v1/events", Access::Read, || not_built("GET /v1/events", "Azure reporting"))]
+    }
+
+    fn config_section(&self) -> &'static str {
+        "azure"
+    }
 }

@@ -1,8 +1,12 @@
 //! The command lines of both binaries, as clap definitions. Man pages and
 //! shell completions are generated from these (`pool-agent generate-assets`).
 
-use crate::paths::SOCKET_FILE;
-use clap::{Args, Parser, Subcommand};
+use super::idle::HoldArgs;
+use super::links::LinksAction;
+use super::scripts::ScriptsAction;
+use super::share::ShareAction;
+use crate::core::paths::SOCKET_FILE;
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -64,47 +68,6 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Subcommand)]
-pub enum ShareAction {
-    /// Unmount and mount the share again now (admin).
-    Remount,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum LinksAction {
-    /// Reconcile every user's link now (admin).
-    Sync,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum ScriptsAction {
-    /// Run a setup script now (admin).
-    Run { name: String },
-    /// Print a setup script's last log.
-    Log { name: String },
-}
-
-#[derive(Debug, Args)]
-#[command(args_conflicts_with_subcommands = true)]
-pub struct HoldArgs {
-    /// How long to keep the VM awake: 30m, 2h, 1d.
-    #[arg(value_name = "DURATION")]
-    pub duration: Option<String>,
-    /// Why, shown to admins and in the idle verdict.
-    #[arg(long, value_name = "TEXT")]
-    pub reason: Option<String>,
-    #[command(subcommand)]
-    pub action: Option<HoldAction>,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum HoldAction {
-    /// List keep-awake leases (yours; all of them for admins).
-    List,
-    /// End a lease early.
-    Release { id: String },
-}
-
 /// The pool-agent daemon: share, links, setup scripts, idle verdict, local API.
 #[derive(Debug, Parser)]
 #[command(name = "pool-agentd", version, about, long_about = None)]
@@ -126,6 +89,7 @@ pub struct DaemonArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::idle::HoldAction;
     use clap::CommandFactory;
 
     #[test]

@@ -1,11 +1,18 @@
-//! The `pool-agent` command: one request to the daemon per invocation.
+//! The `pool-agent` command: one request to the daemon per invocation. Each
+//! subcommand lives in its own module and says which route it calls and how
+//! its answer reads to a human; this module sends it and shows the answer.
 
 pub mod args;
 pub mod client;
-pub mod render;
+pub mod events;
+pub mod idle;
+pub mod links;
+mod render;
+pub mod scripts;
+pub mod share;
+pub mod status;
 
-use crate::api::types::StatusReport;
-use args::{Cli, Command, DaemonArgs, HoldAction, LinksAction, ScriptsAction, ShareAction};
+use args::{Cli, Command, DaemonArgs};
 use clap::CommandFactory;
 use client::{Client, ClientError, Reply};
 use hyper::Method;
@@ -13,66 +20,59 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
+/// A human summary of an answer body; `--json` bypasses it.
+type Summary = fn(&[u8]) -> Result<String, String>;
+
 /// What to ask the daemon and how to show the answer.
-struct Call {
+pub struct Call {
     method: Method,
     path: String,
     body: Option<serde_json::Value>,
-    show: Show,
+    /// The body is text (logs, metrics), shown as it is.
+    text: bool,
+    summary: Option<Summary>,
 }
 
-#[derive(Clone, Copy)]
-enum Show {
-    Status,
-    Share,
-    Text,
-    Json,
+impl Call {
+    fn new(method: Method, path: &str, body: Option<serde_json::Value>) -> Self {
+        Self { method, path: path.to_string(), body, text: false, summary: None }
+    }
+    pub fn get(path: &str) -> Self {
+        Self::new(Method::GET, path, None)
+    }
+    pub fn post(path: &str, body: Option<serde_json::Value>) -> Self {
+        Self::new(Method::POST, path, body)
+    }
+    pub fn delete(path: &str) -> Self {
+        Self::new(Method::DELETE, path, None)
+    }
+    pub fn as_text(mut self) -> Self {
+        self.text = true;
+        self
+    }
+    pub fn shown_by(mut self, summary: Summary) -> Self {
+        self.summary = Some(summary);
+        self
+    }
 }
 
 fn plan(command: &Command) -> Result<Call, String> {
-    let get = |path: &str, show: Show| Ok(Call { method: Method::GET, path: path.to_string(), body: None, show });
-    let post =
-        |path: String, body: Option<serde_json::Value>, show: Show| Ok(Call { method: Method::POST, path, body, show });
     match command {
-        Command::Status => get("/v1/status", Show::Status),
-        Command::Share { action: None } => get("/v1/share", Show::Share),
-        Command::Share { action: Some(ShareAction::Remount) } => post("/v1/share/remount".into(), None, Show::Share),
-        Command::Links { action: None } => get("/v1/links", Show::Json),
-        Command::Links { action: Some(LinksAction::Sync) } => post("/v1/links/sync".into(), None, Show::Json),
-        Command::Scripts { action: None } => get("/v1/scripts", Show::Json),
-        Command::Scripts { action: Some(ScriptsAction::Run { name }) } => {
-            post(format!("/v1/scripts/{}/run", path_segment(name)?), None, Show::Json)
-        }
-        Command::Scripts { action: Some(ScriptsAction::Log { name }) } => {
-            get(&format!("/v1/scripts/{}/log", path_segment(name)?), Show::Text)
-        }
-        Command::Idle => get("/v1/idle", Show::Json),
-        Command::Hold(hold) => match (&hold.action, &hold.duration) {
-            (Some(HoldAction::List), _) => get("/v1/holds", Show::Json),
-            (Some(HoldAction::Release { id }), _) => Ok(Call {
-                method: Method::DELETE,
-                path: format!("/v1/holds/{}", path_segment(id)?),
-                body: None,
-                show: Show::Json,
-            }),
-            (None, Some(duration)) => {
-                crate::config::duration::parse(duration)?;
-                let body = serde_json::json!({ "duration": duration, "reason": hold.reason });
-                post("/v1/holds".into(), Some(body), Show::Json)
-            }
-            (None, None) => {
-                Err("hold needs a DURATION (e.g. `pool-agent hold 2h`), or `hold list` / `hold release ID`".into())
-            }
-        },
-        Command::Events => get("/v1/events", Show::Json),
-        Command::Metrics => get("/metrics", Show::Text),
-        Command::Config => get("/v1/config", Show::Json),
+        Command::Status => Ok(status::status()),
+        Command::Share { action } => Ok(share::call(action)),
+        Command::Links { action } => Ok(links::call(action)),
+        Command::Scripts { action } => scripts::call(action),
+        Command::Idle => Ok(idle::idle()),
+        Command::Hold(hold) => idle::hold(hold),
+        Command::Events => Ok(events::call()),
+        Command::Metrics => Ok(status::metrics()),
+        Command::Config => Ok(status::config()),
         Command::GenerateAssets { .. } => Err("generate-assets does not talk to the daemon".into()),
     }
 }
 
 /// Names go into a URL path: refuse anything that would change its shape.
-fn path_segment(name: &str) -> Result<&str, String> {
+pub fn path_segment(name: &str) -> Result<&str, String> {
     let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if ok && name != "." && name != ".." {
         Ok(name)
@@ -115,17 +115,13 @@ pub fn main(cli: Cli) -> ExitCode {
 
 fn show(call: &Call, reply: &Reply, json: bool) -> ExitCode {
     let mut stdout = std::io::stdout().lock();
-    let text = match (call.show, json) {
-        (Show::Text, _) => String::from_utf8_lossy(&reply.body).into_owned(),
-        (Show::Status, false) => match serde_json::from_slice::<StatusReport>(&reply.body) {
-            Ok(report) => render::status(&report),
-            Err(err) => return fail(&format!("unexpected status answer: {err}"), 1),
+    let text = match (call.text, call.summary, json) {
+        (true, _, _) => String::from_utf8_lossy(&reply.body).into_owned(),
+        (false, Some(summary), false) => match summary(&reply.body) {
+            Ok(text) => text,
+            Err(message) => return fail(&message, 1),
         },
-        (Show::Share, false) => match serde_json::from_slice::<crate::api::types::ShareReport>(&reply.body) {
-            Ok(report) => render::share(&report),
-            Err(err) => return fail(&format!("unexpected share answer: {err}"), 1),
-        },
-        (_, _) => match serde_json::from_slice::<serde_json::Value>(&reply.body) {
+        _ => match serde_json::from_slice::<serde_json::Value>(&reply.body) {
             Ok(value) => format!("{}\n", serde_json::to_string_pretty(&value).unwrap_or_default()),
             Err(_) => String::from_utf8_lossy(&reply.body).into_owned(),
         },

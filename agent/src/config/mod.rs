@@ -23,7 +23,7 @@ use std::sync::Arc;
 /// Reads the main file and its drop-ins and returns the validated settings.
 pub fn load(main_file: &Path) -> Result<Settings, ConfigError> {
     let mut files = vec![main_file.to_path_buf()];
-    files.extend(drop_in_files(&crate::paths::drop_in_dir(main_file))?);
+    files.extend(drop_in_files(&drop_in_dir(main_file))?);
     let mut merged = ConfigFragment::default();
     for file in &files {
         let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
@@ -35,6 +35,12 @@ pub fn load(main_file: &Path) -> Result<Settings, ConfigError> {
 /// Parses and validates one text as if it were the whole config (tests, tools).
 pub fn load_str(file: &Path, text: &str) -> Result<Settings, ConfigError> {
     settings::validate(parse_fragment(file, text)?, vec![file.to_path_buf()])
+}
+
+/// The drop-in directory that belongs to a main config file:
+/// `/etc/pool-agent/config.toml` → `/etc/pool-agent/config.d`.
+pub fn drop_in_dir(config_file: &Path) -> PathBuf {
+    config_file.parent().map(|dir| dir.join("config.d")).unwrap_or_else(|| PathBuf::from("config.d"))
 }
 
 /// `config.d/*.toml` in byte order of their names; a missing directory is no drop-ins.
@@ -131,6 +137,11 @@ mod tests {
             Err(ConfigError::Invalid { line, key, message, .. }) => (line, key, message),
             other => panic!("expected an invalid-key error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn drop_ins_sit_beside_the_main_file() {
+        assert_eq!(drop_in_dir(Path::new("/etc/pool-agent/config.toml")), PathBuf::from("/etc/pool-agent/config.d"));
     }
 
     #[test]
@@ -245,6 +256,21 @@ mod tests {
             "[share]\nkind = \"azure-files\"\naccount = \"mystorage\"\nshare = \"team\"\noptions = [\"username=x\"]\n",
         );
         assert!(message.contains("share.account"), "{message}");
+    }
+
+    #[test]
+    fn a_source_mount_could_read_as_an_option_is_refused() {
+        for source in ["-oremount:/x", "-o:/export", ".hidden:/x"] {
+            let text = format!("[share]\nkind = \"nfs\"\nsource = \"{source}\"\n");
+            assert_eq!(expect_invalid(&text).1, "share.source", "{source}");
+        }
+        for source in ["nfs.example:/export", "10.0.0.4:/export", "[fd00::4]:/export"] {
+            let text = format!("[share]\nkind = \"nfs\"\nsource = \"{source}\"\n");
+            assert!(parse(&text).is_ok(), "{source}");
+        }
+        let text =
+            "[share]\nkind = \"azure-files\"\naccount = \"acct\"\nshare = \"notebooks\"\nsource = \"//-oremount/x\"\n";
+        assert_eq!(expect_invalid(text).1, "share.source");
     }
 
     #[test]

@@ -266,6 +266,19 @@ pub(super) fn validate(merged: ConfigFragment, sources: Vec<PathBuf>) -> Result<
     Ok(Settings { sources, instance, share, links, setup, idle, azure, api })
 }
 
+/// A DNS name, an IPv4 address or a bracketed IPv6 address; never something
+/// a command line could read as an option.
+fn is_host(host: &str) -> bool {
+    let bracketed_v6 = host.starts_with('[')
+        && host.ends_with(']')
+        && host.len() > 2
+        && host[1..host.len() - 1].chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.');
+    let name = !host.is_empty()
+        && !host.starts_with(['-', '.'])
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    bracketed_v6 || name
+}
+
 fn http_endpoint(key: &str, value: &Sourced<String>) -> Result<String, ConfigError> {
     let text = value.value.trim_end_matches('/');
     let rest = text.strip_prefix("http://").or_else(|| text.strip_prefix("https://"));
@@ -428,7 +441,7 @@ fn validate_share(section: Sourced<ShareFragment>) -> Result<ShareSettings, Conf
                 Some(source) => {
                     let rest = source.value.strip_prefix("//").unwrap_or_default();
                     let well_formed = rest.split_once('/').is_some_and(|(host, path)| {
-                        !host.is_empty()
+                        is_host(host)
                             && !path.is_empty()
                             && !source.value.contains(char::is_whitespace)
                             && !source.value.contains(',')
@@ -461,11 +474,11 @@ fn validate_share(section: Sourced<ShareFragment>) -> Result<ShareSettings, Conf
         ShareKind::Nfs => {
             let source =
                 required(&share.source, &kind.origin, "share.source", "when share.kind = \"nfs\" (host:/export)")?;
+            // The host must look like a host: `-oremount:/x` would otherwise
+            // reach mount(8) as an option.
             match source.value.split_once(":/") {
                 Some((host, _))
-                    if !host.is_empty()
-                        && !source.value.contains(char::is_whitespace)
-                        && !source.value.contains(',') => {}
+                    if is_host(host) && !source.value.contains(char::is_whitespace) && !source.value.contains(',') => {}
                 _ => {
                     return Err(invalid(
                         &source.origin,

@@ -110,7 +110,7 @@ mod tests {
         let settings = crate::config::load(&dir.path().join("etc/pool-agent/config.toml")).unwrap();
         assert!(settings.share.is_some());
         assert!(dir.path().join("srv/share").is_dir());
-        let users = crate::accounts::read_passwd(&dir.path().join("etc/passwd")).unwrap();
+        let users = crate::core::accounts::read_passwd(&dir.path().join("etc/passwd")).unwrap();
         let logins = users.iter().filter(|u| u.is_login_user(1000)).count();
         assert!(logins >= 3, "{users:?}");
         // Running it twice keeps an edited config.

@@ -4,22 +4,26 @@
 //! SIGTERM/SIGINT stop everything within [`STOP_DEADLINE`].
 
 pub mod demo;
+pub mod registry;
 pub mod supervisor;
 pub mod systemd;
 
-use crate::api::types::ComponentState;
 use crate::api::{self, AppState};
-use crate::clock::{self, SharedClock};
 use crate::config::{self, Settings};
-use crate::paths::SystemPaths;
-use crate::status::StatusBoard;
+use crate::core::accounts::AccountsView;
+use crate::core::board::{BoardMetrics, StatusBoard};
+use crate::core::clock::{self, SharedClock};
+use crate::core::component::{ComponentId, ComponentState};
+use crate::core::paths::SystemPaths;
+use crate::core::shared::SharedState;
+use crate::core::task::TaskContext;
 use futures_util::StreamExt;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-use supervisor::{ComponentContext, Supervisor};
+use supervisor::Supervisor;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -71,13 +75,23 @@ pub fn main(options: DaemonOptions) -> ExitCode {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("pool-agentd").enable_all().build();
     match runtime {
-        Ok(runtime) => runtime.block_on(run(paths, config_file, settings)),
+        Ok(runtime) => {
+            let code = runtime.block_on(run(paths, config_file, settings));
+            // A probe stuck on a hung server (a stopped SMB server, a hard NFS
+            // mount) holds its blocking thread until the server answers;
+            // dropping the runtime would wait for it. Abandon such threads.
+            runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+            code
+        }
         Err(err) => {
             eprintln!("pool-agentd: cannot start the runtime: {err}");
             ExitCode::from(1)
         }
     }
 }
+
+/// How long the runtime waits for its blocking threads once the tasks stopped.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_millis(300);
 
 fn instance_name(settings: &Settings) -> String {
     if !settings.instance.name.is_empty() {
@@ -97,10 +111,14 @@ async fn run(paths: SystemPaths, config_file: PathBuf, settings: Settings) -> Ex
         }
     };
     let clock: SharedClock = clock::system();
-    let board = Arc::new(StatusBoard::new(clock.clone(), &settings.sources).with_change_hook(systemd::status));
-    board.set("config", ComponentState::Ready, Some(format!("{} file(s) in force", settings.sources.len())));
+    let capabilities = registry::capabilities(&clock);
+    let ids = registry::component_ids(&capabilities);
+    let board = Arc::new(StatusBoard::new(clock.clone(), &settings.sources, &ids).with_change_hook(systemd::status));
+    board.set(ComponentId::Config, ComponentState::Ready, Some(format!("{} file(s) in force", settings.sources.len())));
     let instance = instance_name(&settings);
     let paths = Arc::new(paths);
+    let accounts = AccountsView::for_paths(&paths);
+    let shared = SharedState::new();
     let (settings_tx, settings_rx) = watch::channel(Arc::new(settings));
 
     let socket = match api::server::bind(&paths.socket()) {
@@ -112,45 +130,60 @@ async fn run(paths: SystemPaths, config_file: PathBuf, settings: Settings) -> Ex
         }
     };
     let shutdown = CancellationToken::new();
-    let share = crate::share::ShareHandle::system(clock.clone());
+
+    // Everything the capabilities hand in, gathered in one place.
+    let mut metrics = prometheus_client::registry::Registry::with_prefix("pool_agent");
+    metrics.register_collector(Box::new(BoardMetrics(board.clone())));
+    let mut routes = Vec::new();
+    let mut private_config = Vec::new();
+    for capability in &capabilities {
+        capability.register_metrics(&mut metrics);
+        routes.extend(capability.routes());
+        private_config.push((capability.config_section(), capability.private_config_keys()));
+    }
     let state = AppState {
-        share: share.clone(),
         board: board.clone(),
         settings: settings_rx.clone(),
         paths: paths.clone(),
         clock: clock.clone(),
+        accounts: accounts.clone(),
+        metrics: Arc::new(metrics),
+        private_config: Arc::new(private_config),
         started_at: clock.now(),
         instance: instance.clone(),
     };
-    let app = api::routes::router(state);
+    let app = api::routes::router(state, routes);
     let api_shutdown = shutdown.child_token();
     let api_task = tokio::spawn(async move {
         api::server::serve(&socket.listener, app, api_shutdown).await;
         socket
     });
-    board.set("api", ComponentState::Ready, Some(format!("listening on {}", paths.socket().display())));
+    board.set(ComponentId::Api, ComponentState::Ready, Some(format!("listening on {}", paths.socket().display())));
     tracing::info!(instance = %instance, socket = %paths.socket().display(), "pool-agentd {} ready", crate::VERSION);
     systemd::ready("API ready; starting capabilities");
 
     let mut supervisor = Supervisor::new(shutdown.clone());
-    let context = |name: &'static str| ComponentContext {
-        name,
-        board: board.clone(),
-        settings: settings_rx.clone(),
-        paths: paths.clone(),
-        clock: clock.clone(),
-        shutdown: shutdown.clone(),
-    };
-    supervisor.spawn(context("share"), move |ctx| crate::share::run(ctx, share.clone()));
-    supervisor.spawn(context("links"), crate::links::run);
-    supervisor.spawn(context("scripts"), crate::scripts::run);
-    supervisor.spawn(context("idle"), crate::idle::run);
-    supervisor.spawn(context("azure"), crate::azure::run);
+    for capability in capabilities {
+        let ctx = TaskContext {
+            id: capability.id(),
+            board: board.clone(),
+            settings: settings_rx.clone(),
+            paths: paths.clone(),
+            clock: clock.clone(),
+            accounts: accounts.clone(),
+            shared: shared.clone(),
+            shutdown: shutdown.clone(),
+        };
+        supervisor.spawn(capability, ctx);
+    }
     let watchdog = tokio::spawn(systemd::watchdog(shutdown.clone()));
 
     while let Some(signal) = signals.next().await {
         match signal {
-            SIGHUP => reload(&config_file, &settings_tx, &board),
+            SIGHUP => {
+                accounts.invalidate();
+                reload(&config_file, &settings_tx, &board)
+            }
             _ => {
                 tracing::info!("signal {signal}: stopping");
                 break;

@@ -1,51 +1,24 @@
 //! One supervisor, one cancellation token, a named task per capability.
 //! A task that fails or panics is recorded on the status board and started
-//! again after a capped backoff; the others keep running.
+//! again after the one jittered backoff; the backoff starts over once a run
+//! has lasted [`STABLE_RUN`]. The others keep running.
 
-use crate::api::types::ComponentState;
-use crate::clock::SharedClock;
-use crate::config::Settings;
-use crate::paths::SystemPaths;
-use crate::status::SharedBoard;
-use std::future::Future;
-use std::pin::Pin;
+use crate::core::backoff::Backoff;
+use crate::core::capability::Capability;
+use crate::core::component::{ComponentId, ComponentState};
+use crate::core::task::{TaskContext, TaskError};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// What a capability task is handed.
-#[derive(Clone)]
-pub struct ComponentContext {
-    pub name: &'static str,
-    pub board: SharedBoard,
-    pub settings: watch::Receiver<Arc<Settings>>,
-    pub paths: Arc<SystemPaths>,
-    pub clock: SharedClock,
-    pub shutdown: CancellationToken,
-}
-
-impl ComponentContext {
-    pub fn set(&self, state: ComponentState, detail: impl Into<Option<String>>) {
-        self.board.set(self.name, state, detail.into());
-    }
-
-    /// Waits until shutdown; for capabilities with nothing left to do.
-    pub async fn idle_until_shutdown(&self) {
-        self.shutdown.cancelled().await;
-    }
-}
-
-pub type TaskResult = Result<(), String>;
-type TaskFuture = Pin<Box<dyn Future<Output = TaskResult> + Send>>;
-type TaskFactory = Box<dyn Fn(ComponentContext) -> TaskFuture + Send + Sync>;
-
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A run that lasted this long was healthy: the next failure backs off from the start.
+const STABLE_RUN: Duration = Duration::from_secs(120);
 
 pub struct Supervisor {
-    tasks: JoinSet<&'static str>,
+    tasks: JoinSet<ComponentId>,
     shutdown: CancellationToken,
 }
 
@@ -54,44 +27,42 @@ impl Supervisor {
         Self { tasks: JoinSet::new(), shutdown }
     }
 
-    /// Starts a capability task and keeps it running until shutdown.
-    pub fn spawn<F, Fut>(&mut self, ctx: ComponentContext, task: F)
-    where
-        F: Fn(ComponentContext) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = TaskResult> + Send + 'static,
-    {
-        let factory: TaskFactory = Box::new(move |ctx| Box::pin(task(ctx)));
+    /// Starts a capability's task and keeps it running until shutdown.
+    pub fn spawn(&mut self, capability: Arc<dyn Capability>, ctx: TaskContext) {
         let shutdown = self.shutdown.clone();
         self.tasks.spawn(async move {
-            let name = ctx.name;
-            let mut backoff = FIRST_BACKOFF;
+            let id = ctx.id;
+            let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
             loop {
+                let started = ctx.clock.monotonic();
                 // Run each attempt in its own task so a panic is caught, not fatal.
-                let attempt = tokio::spawn(factory(ctx.clone()));
+                let attempt = tokio::spawn(capability.run(ctx.clone()));
                 let outcome = match attempt.await {
                     Ok(Ok(())) => None,
-                    Ok(Err(message)) => Some(message),
-                    Err(join) if join.is_panic() => Some("the task panicked".to_string()),
-                    Err(join) => Some(join.to_string()),
+                    Ok(Err(error)) => Some(error),
+                    Err(join) if join.is_panic() => Some(TaskError::Panicked),
+                    Err(_) => Some(TaskError::Cancelled),
                 };
                 if shutdown.is_cancelled() {
                     break;
                 }
-                let Some(message) = outcome else { break };
-                tracing::error!(component = name, "failed: {message}; restarting in {backoff:?}");
-                ctx.board.set_error(
-                    name,
+                let Some(error) = outcome else { break };
+                if ctx.clock.monotonic().duration_since(started) >= STABLE_RUN {
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay();
+                tracing::error!(component = %id, "failed: {error}; restarting in {delay:?}");
+                ctx.set_error(
                     ComponentState::Failed,
-                    Some(format!("restarting in {}s", backoff.as_secs())),
-                    message,
+                    format!("restarting in {}s", delay.as_secs().max(1)),
+                    error.to_string(),
                 );
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(delay) => {}
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
-            name
+            id
         });
     }
 
@@ -100,8 +71,8 @@ impl Supervisor {
         self.shutdown.cancel();
         let drained = tokio::time::timeout(deadline, async {
             while let Some(finished) = self.tasks.join_next().await {
-                if let Ok(name) = finished {
-                    tracing::debug!(component = name, "stopped");
+                if let Ok(id) = finished {
+                    tracing::debug!(component = %id, "stopped");
                 }
             }
         })
@@ -116,46 +87,83 @@ impl Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::StatusBoard;
+    use crate::core::accounts::AccountsView;
+    use crate::core::board::StatusBoard;
+    use crate::core::http::Route;
+    use crate::core::paths::SystemPaths;
+    use crate::core::shared::SharedState;
+    use crate::core::task::TaskResult;
+    use futures_util::future::BoxFuture;
     use std::sync::atomic::{AtomicU32, Ordering};
+    use tokio::sync::watch;
 
-    fn context(shutdown: CancellationToken) -> ComponentContext {
-        let clock = crate::clock::system();
+    fn context(shutdown: CancellationToken) -> TaskContext {
+        let clock = crate::core::clock::system();
         let settings = Arc::new(crate::config::load_str(std::path::Path::new("c.toml"), "").unwrap());
-        ComponentContext {
-            name: "links",
-            board: Arc::new(StatusBoard::new(clock.clone(), &[])),
+        let paths = SystemPaths::under("/nonexistent");
+        TaskContext {
+            id: ComponentId::Links,
+            board: Arc::new(StatusBoard::new(clock.clone(), &[], &[ComponentId::Links])),
             settings: watch::channel(settings).1,
-            paths: Arc::new(SystemPaths::under("/nonexistent")),
+            accounts: AccountsView::for_paths(&paths),
+            paths: Arc::new(paths),
             clock,
+            shared: SharedState::new(),
             shutdown,
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_failing_task_is_reported_and_restarted() {
-        let shutdown = CancellationToken::new();
-        let ctx = context(shutdown.clone());
-        let board = ctx.board.clone();
-        let attempts = Arc::new(AtomicU32::new(0));
-        let counter = attempts.clone();
-        let mut supervisor = Supervisor::new(shutdown.clone());
-        supervisor.spawn(ctx, move |ctx| {
-            let counter = counter.clone();
-            async move {
-                if counter.fetch_add(1, Ordering::SeqCst) < 2 {
-                    return Err("boom".to_string());
+    /// A capability whose first `failures` runs fail, then it stays up.
+    struct Flaky {
+        attempts: Arc<AtomicU32>,
+        failures: u32,
+        panic: bool,
+    }
+
+    impl Capability for Flaky {
+        fn id(&self) -> ComponentId {
+            ComponentId::Links
+        }
+        fn run(&self, ctx: TaskContext) -> BoxFuture<'static, TaskResult> {
+            let attempt = self.attempts.fetch_add(1, Ordering::SeqCst);
+            let (failures, panic) = (self.failures, self.panic);
+            Box::pin(async move {
+                if attempt < failures {
+                    #[allow(clippy::panic)]
+                    if panic {
+                        panic!("bug");
+                    }
+                    return Err(TaskError::Failed("boom".to_string()));
                 }
                 ctx.set(ComponentState::Ready, None);
                 ctx.idle_until_shutdown().await;
                 Ok(())
-            }
-        });
+            })
+        }
+        fn routes(&self) -> Vec<Route> {
+            Vec::new()
+        }
+        fn config_section(&self) -> &'static str {
+            "links"
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_task_is_reported_and_restarted_with_backoff() {
+        let shutdown = CancellationToken::new();
+        let ctx = context(shutdown.clone());
+        let board = ctx.board.clone();
+        let attempts = Arc::new(AtomicU32::new(0));
+        let mut supervisor = Supervisor::new(shutdown.clone());
+        supervisor.spawn(Arc::new(Flaky { attempts: attempts.clone(), failures: 2, panic: false }), ctx);
         tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(board.state_of("links"), Some(ComponentState::Failed));
+        assert_eq!(board.state_of(ComponentId::Links), Some(ComponentState::Failed));
+        // Backoff: about 1 s, then about 2 s (±20 %).
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(attempts.load(Ordering::SeqCst), 1, "not restarted before the first backoff");
         tokio::time::sleep(Duration::from_secs(4)).await;
         assert_eq!(attempts.load(Ordering::SeqCst), 3);
-        assert_eq!(board.state_of("links"), Some(ComponentState::Ready));
+        assert_eq!(board.state_of(ComponentId::Links), Some(ComponentState::Ready));
         let last_error = board.components().into_iter().find(|c| c.name == "links").unwrap().last_error;
         assert_eq!(last_error.as_deref(), Some("boom"));
         supervisor.shutdown(Duration::from_secs(1)).await;
@@ -166,16 +174,13 @@ mod tests {
         let shutdown = CancellationToken::new();
         let ctx = context(shutdown.clone());
         let board = ctx.board.clone();
+        let attempts = Arc::new(AtomicU32::new(0));
         let mut supervisor = Supervisor::new(shutdown.clone());
-        supervisor.spawn(ctx, |_ctx| async move {
-            #[allow(clippy::panic)]
-            if true {
-                panic!("bug");
-            }
-            Ok(())
-        });
+        supervisor.spawn(Arc::new(Flaky { attempts, failures: 1, panic: true }), ctx);
         tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(board.state_of("links"), Some(ComponentState::Failed));
+        assert_eq!(board.state_of(ComponentId::Links), Some(ComponentState::Failed));
+        let error = board.components().into_iter().find(|c| c.name == "links").unwrap().last_error;
+        assert_eq!(error.as_deref(), Some("the task panicked"));
         supervisor.shutdown(Duration::from_secs(1)).await;
     }
 }

@@ -1,13 +1,44 @@
-//! Setup scripts: the admin's scripts, run in order as root or the local user.
+//! Setup scripts: the admin's scripts, run once per VM or on every boot.
 //!
-//! Not implemented yet: the task says so in `pool-agent status`, and its API
-//! routes answer 501 until its issue lands.
+//! Not built yet: the task says so in `pool-agent status`, and its API
+//! routes answer 501 with a JSON error.
 
-use crate::api::types::ComponentState;
-use crate::daemon::supervisor::{ComponentContext, TaskResult};
+use crate::core::capability::Capability;
+use crate::core::component::ComponentId;
+use crate::core::http::{not_built, Access, Route};
+use crate::core::task::{TaskContext, TaskResult};
+use axum::extract::Path;
+use futures_util::future::BoxFuture;
 
-pub async fn run(ctx: ComponentContext) -> TaskResult {
-    ctx.set(ComponentState::NotImplemented, "not built yet: setup scripts comes with its own issue".to_string());
-    ctx.idle_until_shutdown().await;
-    Ok(())
+pub struct Scripts;
+
+impl Capability for Scripts {
+    fn id(&self) -> ComponentId {
+        ComponentId::Scripts
+    }
+
+    fn run(&self, ctx: TaskContext) -> BoxFuture<'static, TaskResult> {
+        Box::pin(ctx.not_built("setup scripts"))
+    }
+
+    fn routes(&self) -> Vec<Route> {
+        vec![
+            Route::get("/v1/scripts", Access::Read, || not_built("GET /v1/scripts", "setup scripts")),
+            Route::post("/v1/scripts/{name}/run", Access::Admin, |Path(name): Path<String>| {
+                not_built(format!("POST /v1/scripts/{name}/run"), "setup scripts")
+            }),
+            Route::get("/v1/scripts/{name}/log", Access::Read, |Path(name): Path<String>| {
+                not_built(format!("GET /v1/scripts/{name}/log"), "setup scripts")
+            }),
+        ]
+    }
+
+    fn config_section(&self) -> &'static str {
+        "setup"
+    }
+
+    /// Arguments and environment values may carry tokens.
+    fn private_config_keys(&self) -> &'static [&'static str] {
+        &["scripts.*.args", "scripts.*.env"]
+    }
 }

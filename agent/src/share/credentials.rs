@@ -38,18 +38,45 @@ pub enum KeyError {
     WrongOwner { path: String, owner: u32, expected: u32 },
     #[error("storage key file {path} is readable by group or others (mode {mode:04o}); run chmod 600 on it")]
     TooOpen { path: String, mode: u32 },
+    #[error("storage key file {path} is not a regular file")]
+    NotAFile { path: String },
+    #[error("the storage key's directory {dir} is writable by others or owned by uid {owner} (mode {mode:04o}); chown root and chmod 700 it")]
+    OpenDirectory { dir: String, mode: u32, owner: u32 },
     #[error("storage key file {path} is empty")]
     Empty { path: String },
     #[error("storage key file {path} must hold the key on one line and nothing else")]
     Malformed { path: String },
 }
 
-/// Reads the key, refusing a file that others could read or that someone else owns.
+/// Reads the key, refusing a file that others could read, that someone else
+/// owns, or whose directory others could write (they could swap the file).
+/// The file is opened once, without following a symlink, and every check is
+/// made on the open descriptor, so it cannot be replaced between check and read.
 pub fn read_key_file(path: &Path, expected_owner: u32) -> Result<StorageKey, KeyError> {
+    use std::io::Read;
     let name = path.display().to_string();
-    let meta = fs::symlink_metadata(path).map_err(|source| KeyError::Unreadable { path: name.clone(), source })?;
-    if meta.file_type().is_symlink() {
-        return Err(KeyError::Symlink { path: name });
+    if let Some(dir) = path.parent() {
+        let dir_meta = fs::metadata(dir).map_err(|source| KeyError::Unreadable { path: name.clone(), source })?;
+        if dir_meta.mode() & 0o022 != 0 || (dir_meta.uid() != expected_owner && dir_meta.uid() != 0) {
+            return Err(KeyError::OpenDirectory {
+                dir: dir.display().to_string(),
+                mode: dir_meta.mode() & 0o7777,
+                owner: dir_meta.uid(),
+            });
+        }
+    }
+    let mut file = OpenOptions::new()
+        .read(true)
+        // O_NONBLOCK: a FIFO planted in its place must not hang the open.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|source| match source.raw_os_error() {
+            Some(libc::ELOOP) => KeyError::Symlink { path: name.clone() },
+            _ => KeyError::Unreadable { path: name.clone(), source },
+        })?;
+    let meta = file.metadata().map_err(|source| KeyError::Unreadable { path: name.clone(), source })?;
+    if !meta.file_type().is_file() {
+        return Err(KeyError::NotAFile { path: name });
     }
     if meta.uid() != expected_owner {
         return Err(KeyError::WrongOwner { path: name, owner: meta.uid(), expected: expected_owner });
@@ -58,8 +85,8 @@ pub fn read_key_file(path: &Path, expected_owner: u32) -> Result<StorageKey, Key
     if mode & 0o077 != 0 {
         return Err(KeyError::TooOpen { path: name, mode });
     }
-    let text =
-        Zeroizing::new(fs::read_to_string(path).map_err(|source| KeyError::Unreadable { path: name.clone(), source })?);
+    let mut text = Zeroizing::new(String::new());
+    file.read_to_string(&mut text).map_err(|source| KeyError::Unreadable { path: name.clone(), source })?;
     let key = StorageKey(Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_string()));
     if key.0.is_empty() {
         return Err(KeyError::Empty { path: name });
@@ -76,14 +103,29 @@ pub struct CredentialsFile {
 }
 
 impl CredentialsFile {
-    /// Writes `username=`/`password=` to a new 0600 file in `dir` (root-only /run/pool-agent).
+    /// Writes `username=`/`password=` to a new 0600 file in `dir`, a
+    /// directory only the agent may enter (made 0700 here if it is not).
     pub fn write(dir: &Path, username: &str, key: &StorageKey) -> io::Result<Self> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        let dir_meta = fs::symlink_metadata(dir)?;
+        if !dir_meta.is_dir() || dir_meta.uid() != nix::unistd::geteuid().as_raw() {
+            return Err(io::Error::other(format!("{} is not a directory of the agent's own", dir.display())));
+        }
+        if dir_meta.mode() & 0o077 != 0 {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        }
         let path = Self::path_in(dir);
         match fs::remove_file(&path) {
             Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
             _ => {}
         }
-        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)?;
         let written = (|| {
             file.write_all(b"username=")?;
             file.write_all(username.as_bytes())?;
@@ -155,10 +197,39 @@ mod tests {
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&path, &link).unwrap();
         assert!(matches!(read_key_file(&link, me()), Err(KeyError::Symlink { .. })));
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(matches!(
+            read_key_file(&fifo, me()),
+            Err(KeyError::NotAFile { .. }) | Err(KeyError::Unreadable { .. })
+        ));
         let empty = key_file(dir.path(), "\n", 0o600);
         assert!(matches!(read_key_file(&empty, me()), Err(KeyError::Empty { .. })));
         let two = key_file(dir.path(), "a\nb\n", 0o600);
         assert!(matches!(read_key_file(&two, me()), Err(KeyError::Malformed { .. })));
+    }
+
+    #[test]
+    fn a_key_in_a_directory_others_can_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = key_file(dir.path(), "k", 0o600);
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let err = read_key_file(&path, me()).unwrap_err();
+        assert!(matches!(err, KeyError::OpenDirectory { mode: 0o777, .. }), "{err}");
+        assert!(err.to_string().contains("chmod 700"), "{err}");
+    }
+
+    #[test]
+    fn the_credentials_directory_is_made_private() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("private");
+        let key = read_key_file(&key_file(base.path(), "k3y", 0o600), me()).unwrap();
+        let credentials = CredentialsFile::write(&dir, "acct", &key).unwrap();
+        assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        drop(credentials);
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let _again = CredentialsFile::write(&dir, "acct", &key).unwrap();
+        assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700, "loosened modes are tightened");
     }
 
     #[test]

@@ -8,21 +8,28 @@
 //! The storage key only ever travels through a 0600 credentials file.
 
 pub mod credentials;
+mod metrics;
 pub mod mount;
 pub mod mountinfo;
 pub mod probe;
+pub mod report;
+mod routes;
 pub mod spec;
 
-use crate::accounts;
-use crate::api::types::{ComponentState, ShareReport, ShareState};
-use crate::backoff::Backoff;
-use crate::clock::{rfc3339, SharedClock};
 use crate::config::{duration, KeySourceKind, ShareSettings, ShareSource};
-use crate::daemon::supervisor::{ComponentContext, TaskResult};
+use crate::core::backoff::Backoff;
+use crate::core::capability::Capability;
+use crate::core::clock::{rfc3339, SharedClock};
+use crate::core::component::{ComponentId, ComponentState};
+use crate::core::http::Route;
+use crate::core::shared::ShareNews;
+use crate::core::task::{self, TaskContext, TaskResult};
+use futures_util::future::BoxFuture;
 use mount::{MountCall, Mounter};
 use probe::{ProbeOutcome, Prober};
+pub use report::{ShareReport, ShareState};
 use spec::{MountKind, MountPlan};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -33,6 +40,12 @@ const MAX_RETRY: Duration = Duration::from_secs(60);
 const UNMOUNT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Consecutive failed probes before the agent remounts; one marks the share degraded.
 const FAILED_PROBES_BEFORE_REMOUNT: u32 = 2;
+/// Filesystem work on or beside the mount point (stat, mkdir, read_dir, the
+/// key file): a hung server makes these hang, so they run off the async
+/// workers and give up after this long.
+const DISK_DEADLINE: Duration = Duration::from_secs(10);
+/// Root-only directory for the mount call's credentials file.
+pub const PRIVATE_RUN_DIR: &str = "/run/pool-agent/private";
 
 type RemountReply = oneshot::Sender<ShareReport>;
 
@@ -90,20 +103,50 @@ impl ShareHandle {
         change(&mut report);
     }
 
-    /// How long a remount request may take: the unmount, the mount, and a margin.
-    pub fn remount_deadline(mount_timeout: Duration) -> Duration {
-        UNMOUNT_TIMEOUT + mount_timeout + Duration::from_secs(10)
-    }
-
-    /// Asks the task to unmount and mount again; waits up to `wait` for the outcome.
-    pub async fn request_remount(&self, wait: Duration) -> Result<ShareReport, String> {
+    /// Asks the task to unmount and mount again; waits up to `wait` for the
+    /// outcome. A remount still going on then carries on in the task.
+    pub async fn request_remount(&self, wait: Duration) -> Result<RemountOutcome, String> {
         let (reply_tx, reply_rx) = oneshot::channel();
         self.remount_tx.try_send(reply_tx).map_err(|_| "a remount is already queued".to_string())?;
         match tokio::time::timeout(wait, reply_rx).await {
-            Ok(Ok(report)) => Ok(report),
+            Ok(Ok(report)) => Ok(RemountOutcome::Finished(report)),
             Ok(Err(_)) => Err("the share task stopped before answering".to_string()),
-            Err(_) => Err(format!("the remount did not finish within {}s", wait.as_secs())),
+            Err(_) => Ok(RemountOutcome::StillRunning(self.report())),
         }
+    }
+}
+
+/// What a remount request got to see.
+#[derive(Debug)]
+pub enum RemountOutcome {
+    Finished(ShareReport),
+    /// Still unmounting or mounting when the answer was due.
+    StillRunning(ShareReport),
+}
+
+impl Capability for ShareHandle {
+    fn id(&self) -> ComponentId {
+        ComponentId::Share
+    }
+
+    fn run(&self, ctx: TaskContext) -> BoxFuture<'static, TaskResult> {
+        Box::pin(run(ctx, self.clone()))
+    }
+
+    fn routes(&self) -> Vec<Route> {
+        routes::routes(self)
+    }
+
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register_collector(Box::new(metrics::ShareMetrics(self.clone())));
+    }
+
+    fn config_section(&self) -> &'static str {
+        "share"
+    }
+
+    fn private_config_keys(&self) -> &'static [&'static str] {
+        &["key_file"]
     }
 }
 
@@ -121,7 +164,7 @@ enum Next {
 }
 
 struct Worker {
-    ctx: ComponentContext,
+    ctx: TaskContext,
     share: ShareHandle,
     backoff: Backoff,
     /// The mount this agent made or adopted, if any.
@@ -131,7 +174,7 @@ struct Worker {
     failed_in_a_row: u32,
 }
 
-pub async fn run(ctx: ComponentContext, share: ShareHandle) -> TaskResult {
+pub async fn run(ctx: TaskContext, share: ShareHandle) -> TaskResult {
     let remount_rx = share.remount_rx.clone();
     let mut remounts = remount_rx.lock().await;
     let mut settings_rx = ctx.settings.clone();
@@ -214,7 +257,8 @@ impl Worker {
         self.publish(state, None, Some(error));
     }
 
-    /// The share's state into its report and, once, onto the status board.
+    /// The share's state into its report, onto the status board (once) and
+    /// into the news other capabilities read.
     fn publish(&self, state: ShareState, detail: Option<String>, error: Option<String>) {
         let now = rfc3339(self.ctx.clock.now());
         self.share.update(|r| {
@@ -228,11 +272,27 @@ impl Worker {
                 r.last_error_at = Some(now);
             }
         });
-        let summary = Some(detail.unwrap_or_else(|| state.as_str().to_string()));
+        let summary = detail.unwrap_or_else(|| state.as_str().to_string());
+        let news = match state {
+            ShareState::Mounted => match self.reachable_root() {
+                Some(root) => ShareNews::Mounted { root },
+                None => ShareNews::Down { why: "mounted, but its root is unknown".to_string() },
+            },
+            ShareState::NotConfigured => ShareNews::NotConfigured,
+            _ => ShareNews::Down { why: format!("the share is {}: {summary}", state.as_str()) },
+        };
+        self.ctx.shared.publish_share(news);
         match error {
-            Some(error) => self.ctx.board.set_error(self.ctx.name, component_for(state), summary, error),
-            None => self.ctx.board.set(self.ctx.name, component_for(state), summary),
+            Some(error) => self.ctx.set_error(component_for(state), summary, error),
+            None => self.ctx.set(component_for(state), summary),
         }
+    }
+
+    /// Where users reach the share: the local directory itself when used in
+    /// place, the mount point otherwise.
+    fn reachable_root(&self) -> Option<PathBuf> {
+        let plan = self.current.as_ref()?;
+        Some(if used_in_place(plan) { PathBuf::from(&plan.source) } else { plan.target.clone() })
     }
 
     /// Unmounted after an outage stays 'degraded' until it is back.
@@ -285,18 +345,30 @@ impl Worker {
             );
             return Next::Wait;
         }
-        let accounts = accounts::read_passwd(&self.ctx.paths.passwd()).unwrap_or_default();
-        let groups = accounts::read_group(&self.ctx.paths.group()).unwrap_or_default();
-        let mut plan = match spec::plan(share, &self.ctx.paths, &accounts, &groups) {
-            Ok(plan) => plan,
-            Err(error) => {
+        // The accounts view may ask NSS and the parent of the mount point is
+        // resolved on disk: both off the async workers.
+        let (accounts, paths, config) = (self.ctx.accounts.clone(), self.ctx.paths.clone(), share.clone());
+        let planned = task::blocking("planning the mount", DISK_DEADLINE, move || {
+            let snapshot = accounts.snapshot();
+            spec::plan(&config, &paths, &snapshot.users, &snapshot.groups).map(|mut plan| {
+                // The mount table lists real paths: a symlink among the parents would
+                // hide an existing mount from the lookup and lead to stacking.
+                plan.target = real_mount_point(&plan.target);
+                plan
+            })
+        })
+        .await;
+        let plan = match planned {
+            Ok(Ok(plan)) => plan,
+            Ok(Err(error)) => {
                 self.record_error(self.failure_state(), error);
                 return self.retry();
             }
+            Err(error) => {
+                self.record_error(self.failure_state(), error.to_string());
+                return self.retry();
+            }
         };
-        // The mount table lists real paths: a symlink among the parents would
-        // hide an existing mount from the lookup and lead to stacking.
-        plan.target = real_mount_point(&plan.target);
         // A changed config that moves the share: let go of the old mount first.
         if let Some(previous) = self.current.clone() {
             if previous != plan {
@@ -315,8 +387,11 @@ impl Worker {
         self.describe(share, &plan, &shown_options);
 
         if plan.kind == MountKind::Bind {
-            let source = Path::new(&plan.source);
-            if !source.is_dir() {
+            let source = PathBuf::from(&plan.source);
+            let probe_source = source.clone();
+            let is_dir =
+                task::blocking("looking at the local share", DISK_DEADLINE, move || probe_source.is_dir()).await;
+            if !matches!(is_dir, Ok(true)) {
                 self.record_error(self.failure_state(), format!("local share {} is not a directory", source.display()));
                 return self.retry();
             }
@@ -329,7 +404,7 @@ impl Worker {
             }
         }
 
-        match self.existing_mount(&plan) {
+        match self.existing_mount(&plan).await {
             Existing::Ours => {
                 let adopted = self.current.as_ref() != Some(&plan);
                 self.current = Some(plan.clone());
@@ -349,7 +424,12 @@ impl Worker {
             Existing::None => {}
         }
 
-        if let Err(error) = self.prepare_mount_point(share, &plan) {
+        let (target, force) = (plan.target.clone(), share.force);
+        let prepared =
+            task::blocking("preparing the mount point", DISK_DEADLINE, move || prepare_mount_point(&target, force))
+                .await
+                .unwrap_or_else(|err| Err(err.to_string()));
+        if let Err(error) = prepared {
             self.record_error(self.failure_state(), error);
             return self.retry();
         }
@@ -363,7 +443,7 @@ impl Worker {
             );
         }
         match self.mount(share, &plan).await {
-            Ok(()) => match self.existing_mount(&plan) {
+            Ok(()) => match self.existing_mount(&plan).await {
                 Existing::Ours => {
                     self.current = Some(plan.clone());
                     self.share.update(|r| {
@@ -409,11 +489,11 @@ impl Worker {
         self.set_state(ShareState::Mounted, detail);
     }
 
-    fn credentials_dir(&self) -> std::path::PathBuf {
-        self.ctx.paths.resolve("/run/pool-agent")
+    fn credentials_dir(&self) -> PathBuf {
+        self.ctx.paths.resolve(PRIVATE_RUN_DIR)
     }
 
-    fn existing_mount(&self, plan: &MountPlan) -> Existing {
+    async fn existing_mount(&self, plan: &MountPlan) -> Existing {
         let table = match self.share.mounter.table() {
             Ok(table) => table,
             Err(err) => return Existing::Foreign(format!("(cannot read the mount table: {err})")),
@@ -422,7 +502,15 @@ impl Worker {
             return Existing::None;
         };
         let ours = match plan.kind {
-            MountKind::Bind => mount::same_directory(&plan.target, Path::new(&plan.source)),
+            // Comparing inodes stats the mount point: off the async workers.
+            MountKind::Bind => {
+                let (target, source) = (plan.target.clone(), PathBuf::from(&plan.source));
+                task::blocking("comparing the bind mount", DISK_DEADLINE, move || {
+                    mount::same_directory(&target, &source)
+                })
+                .await
+                .unwrap_or(false)
+            }
             _ => plan.matches(&top.fstype, &top.source),
         };
         if ours {
@@ -430,37 +518,6 @@ impl Worker {
         } else {
             Existing::Foreign(format!("{} {}", top.fstype, top.source))
         }
-    }
-
-    fn prepare_mount_point(&self, share: &ShareSettings, plan: &MountPlan) -> Result<(), String> {
-        use std::os::unix::fs::DirBuilderExt;
-        let target = &plan.target;
-        if std::fs::symlink_metadata(target).is_ok_and(|meta| meta.file_type().is_symlink()) {
-            return Err(format!(
-                "mount point {} is a symlink; point share.mount_point at a real directory",
-                target.display()
-            ));
-        }
-        if !target.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(target)
-                .map_err(|err| format!("cannot create mount point {}: {err}", target.display()))?;
-        }
-        if !target.is_dir() {
-            return Err(format!("mount point {} is not a directory", target.display()));
-        }
-        let entries = std::fs::read_dir(target)
-            .map_err(|err| format!("cannot read mount point {}: {err}", target.display()))?
-            .count();
-        if entries > 0 && !share.force {
-            return Err(format!(
-                "mount point {} is not empty ({entries} entries) and mounting would hide them; move them away or set share.force = true",
-                target.display()
-            ));
-        }
-        Ok(())
     }
 
     async fn mount(&self, share: &ShareSettings, plan: &MountPlan) -> Result<(), String> {
@@ -471,11 +528,15 @@ impl Worker {
             (&plan.username, &share.source)
         {
             let expected_owner = if self.ctx.paths.is_sandbox() { nix::unistd::geteuid().as_raw() } else { 0 };
-            let key = credentials::read_key_file(&self.ctx.paths.resolve(key_file), expected_owner)
-                .map_err(|err| err.to_string())?;
-            let dir = self.credentials_dir();
-            let file = credentials::CredentialsFile::write(&dir, username, &key)
-                .map_err(|err| format!("cannot write the credentials file in {}: {err}", dir.display()))?;
+            let key_path = self.ctx.paths.resolve(key_file);
+            let (dir, username) = (self.credentials_dir(), username.clone());
+            let file = task::blocking("reading the storage key", DISK_DEADLINE, move || {
+                let key = credentials::read_key_file(&key_path, expected_owner).map_err(|err| err.to_string())?;
+                credentials::CredentialsFile::write(&dir, &username, &key)
+                    .map_err(|err| format!("cannot write the credentials file in {}: {err}", dir.display()))
+            })
+            .await
+            .map_err(|err| err.to_string())??;
             options.push(format!("credentials={}", file.path().display()));
             _credentials = Some(file);
         }
@@ -516,7 +577,7 @@ impl Worker {
                     r.last_good_probe = Some(now);
                     r.probe_latency_ms = Some((latency.as_secs_f64() * 1e6).round() / 1e3);
                 });
-                let still_there = in_place || matches!(self.existing_mount(&plan), Existing::Ours);
+                let still_there = in_place || matches!(self.existing_mount(&plan).await, Existing::Ours);
                 if still_there {
                     if self.failed_in_a_row > 0 {
                         self.mounted(false, None);
@@ -572,8 +633,41 @@ impl Worker {
     }
 }
 
+/// Makes sure the mount point is a real, empty directory (or `force` is set).
+/// Blocking: run it off the async workers.
+fn prepare_mount_point(target: &Path, force: bool) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    if std::fs::symlink_metadata(target).is_ok_and(|meta| meta.file_type().is_symlink()) {
+        return Err(format!(
+            "mount point {} is a symlink; point share.mount_point at a real directory",
+            target.display()
+        ));
+    }
+    if !target.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(target)
+            .map_err(|err| format!("cannot create mount point {}: {err}", target.display()))?;
+    }
+    if !target.is_dir() {
+        return Err(format!("mount point {} is not a directory", target.display()));
+    }
+    let entries = std::fs::read_dir(target)
+        .map_err(|err| format!("cannot read mount point {}: {err}", target.display()))?
+        .count();
+    if entries > 0 && !force {
+        return Err(format!(
+            "mount point {} is not empty ({entries} entries) and mounting would hide them; move them away or set share.force = true",
+            target.display()
+        ));
+    }
+    Ok(())
+}
+
 /// The mount point with its parent resolved (the parent is on a local disk, so
-/// this cannot hang); the last component is left alone, it may be a dead mount.
+/// this should not hang, yet it runs off the async workers); the last component
+/// is left alone, it may be a dead mount.
 fn real_mount_point(target: &Path) -> std::path::PathBuf {
     match (target.parent(), target.file_name()) {
         (Some(parent), Some(name)) => {

@@ -27,6 +27,8 @@ impl MountCall {
         if !self.options.is_empty() {
             argv.extend(["-o".to_string(), self.options.join(",")]);
         }
+        // Whatever the source and target hold, mount(8) reads them as operands.
+        argv.push("--".to_string());
         argv.push(self.source.clone());
         argv.push(self.target.display().to_string());
         argv
@@ -129,12 +131,13 @@ mod tests {
                 "cifs",
                 "-o",
                 "vers=3.1.1,credentials=/run/pool-agent/share.credentials",
+                "--",
                 "//srv/share",
                 "/data/notebooks"
             ]
         );
         let bind = MountCall { fstype: None, source: "/srv/a".into(), target: "/data/b".into(), options: vec![] };
-        assert_eq!(bind.argv(), ["--bind", "/srv/a", "/data/b"]);
+        assert_eq!(bind.argv(), ["--bind", "--", "/srv/a", "/data/b"]);
     }
 
     #[tokio::test]

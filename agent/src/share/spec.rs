@@ -1,9 +1,9 @@
 //! What to mount: the source, the filesystem type and the options, derived
 //! from the config. Pure logic, so every rule is tested without mounting.
 
-use crate::accounts::{Account, Group};
 use crate::config::{ShareSettings, ShareSource};
-use crate::paths::SystemPaths;
+use crate::core::accounts::{Account, Group};
+use crate::core::paths::SystemPaths;
 use std::path::PathBuf;
 
 /// Recommended for Azure Files: stable inode numbers, one TCP session per
@@ -143,7 +143,7 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::accounts::{parse_group, parse_passwd};
+    use crate::core::accounts::{parse_group, parse_passwd};
     use std::path::Path;
 
     fn share(text: &str) -> ShareSettings {

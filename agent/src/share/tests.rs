@@ -6,9 +6,10 @@ use super::mountinfo::MountEntry;
 use super::probe::{ProbeOutcome, Prober};
 use super::*;
 use crate::config;
-use crate::daemon::supervisor::ComponentContext;
-use crate::paths::SystemPaths;
-use crate::status::StatusBoard;
+use crate::core::accounts::AccountsView;
+use crate::core::board::StatusBoard;
+use crate::core::paths::SystemPaths;
+use crate::core::shared::SharedState;
 use futures_util::future::BoxFuture;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -125,22 +126,26 @@ impl Rig {
         let mounts = Arc::new(FakeMounts::default());
         *mounts.table.lock().unwrap() = before_start(dir.path());
         let healthy = Arc::new(AtomicBool::new(true));
-        let clock = crate::clock::system();
+        let clock = crate::core::clock::system();
         let handle = ShareHandle::new(
             clock.clone(),
             Arc::new(FakeMounter(mounts.clone())),
             Arc::new(FakeProber(healthy.clone())),
         );
-        let board = Arc::new(StatusBoard::new(clock.clone(), &[]));
+        let board = Arc::new(StatusBoard::new(clock.clone(), &[], &[ComponentId::Share]));
         let settings = Arc::new(config::load_str(Path::new("c.toml"), config_text).unwrap());
         let shutdown = CancellationToken::new();
         let (settings_tx, settings_rx) = watch::channel(settings);
-        let ctx = ComponentContext {
-            name: "share",
+        let paths = SystemPaths::under(dir.path());
+        let shared = SharedState::new();
+        let ctx = TaskContext {
+            id: ComponentId::Share,
             board: board.clone(),
             settings: settings_rx,
-            paths: Arc::new(SystemPaths::under(dir.path())),
+            accounts: AccountsView::for_paths(&paths),
+            paths: Arc::new(paths),
             clock,
+            shared: shared.clone(),
             shutdown: shutdown.clone(),
         };
         let task = Some(tokio::spawn(run(ctx, handle.clone())));
@@ -186,7 +191,7 @@ async fn mounts_nfs_4_1_and_reports_it() {
     let calls = rig.mounts.calls.lock().unwrap().clone();
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0][..4], ["-t", "nfs", "-o", "vers=4.1,sec=sys,hard,timeo=600,retrans=2"]);
-    assert_eq!(rig.board.state_of("share"), Some(ComponentState::Ready));
+    assert_eq!(rig.board.state_of(ComponentId::Share), Some(ComponentState::Ready));
     // A fresh mount is probed at once, not one interval later.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let probed = rig.handle.report();
@@ -252,7 +257,9 @@ async fn an_existing_mount_of_the_same_share_is_adopted_not_stacked() {
 async fn a_remount_replaces_the_mount_and_never_stacks() {
     let rig = Rig::build(NFS, |root| vec![nfs_entry(root)]);
     rig.wait_for(ShareState::Mounted, Duration::from_secs(5)).await;
-    let report = rig.handle.request_remount(Duration::from_secs(30)).await.unwrap();
+    let RemountOutcome::Finished(report) = rig.handle.request_remount(Duration::from_secs(30)).await.unwrap() else {
+        panic!("the fake remount is instant");
+    };
     assert_eq!(report.state, ShareState::Mounted);
     assert!(!report.adopted);
     assert_eq!(report.mounts, 1);
@@ -282,7 +289,7 @@ async fn another_filesystem_at_the_mount_point_is_a_conflict() {
     let report = rig.wait_for(ShareState::Conflict, Duration::from_secs(30)).await;
     assert!(report.last_error.unwrap().contains("tmpfs none is already mounted"));
     assert_eq!(rig.mounts.calls.lock().unwrap().len(), 1, "never mounts on top");
-    assert_eq!(rig.board.state_of("share"), Some(ComponentState::Failed));
+    assert_eq!(rig.board.state_of(ComponentId::Share), Some(ComponentState::Failed));
     rig.stop().await;
 }
 
@@ -296,7 +303,7 @@ async fn an_outage_degrades_then_remounts_with_backoff_and_recovers_by_itself() 
     // Degraded at the first failed probe: within one probe interval.
     let degraded = rig.wait_for(ShareState::Degraded, Duration::from_secs(6)).await;
     assert!(degraded.last_error.unwrap().contains("Host is down"));
-    assert_eq!(rig.board.state_of("share"), Some(ComponentState::Degraded));
+    assert_eq!(rig.board.state_of(ComponentId::Share), Some(ComponentState::Degraded));
 
     // The second failure lets go of the mount and retries; it stays degraded meanwhile.
     tokio::time::sleep(Duration::from_secs(30)).await;
@@ -329,7 +336,7 @@ async fn managed_identity_says_it_is_not_built_yet() {
 async fn no_share_section_means_not_configured() {
     let rig = Rig::new("");
     rig.wait_for(ShareState::NotConfigured, Duration::from_secs(5)).await;
-    assert_eq!(rig.board.state_of("share"), Some(ComponentState::Skipped));
+    assert_eq!(rig.board.state_of(ComponentId::Share), Some(ComponentState::Skipped));
     rig.stop().await;
 }
 

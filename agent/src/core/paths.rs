@@ -71,12 +71,6 @@ impl SystemPaths {
     }
 }
 
-/// The drop-in directory that belongs to a main config file:
-/// `/etc/pool-agent/config.toml` → `/etc/pool-agent/config.d`.
-pub fn drop_in_dir(config_file: &Path) -> PathBuf {
-    config_file.parent().map(|dir| dir.join("config.d")).unwrap_or_else(|| PathBuf::from("config.d"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,10 +89,5 @@ mod tests {
         assert_eq!(paths.resolve("/srv/../../etc/shadow"), PathBuf::from("/tmp/sb/srv/etc/shadow"));
         assert_eq!(paths.resolve("relative/x"), PathBuf::from("/tmp/sb/relative/x"));
         assert!(paths.is_sandbox());
-    }
-
-    #[test]
-    fn drop_ins_sit_beside_the_main_file() {
-        assert_eq!(drop_in_dir(Path::new("/etc/pool-agent/config.toml")), PathBuf::from("/etc/pool-agent/config.d"));
     }
 }

@@ -1,9 +1,83 @@
-//! API errors: one enum, one mapping to HTTP status, one JSON shape.
+//! What a capability needs to offer routes on the local API without knowing
+//! the API: routes with their access level declared beside them, the caller
+//! as the kernel reported it, and the one error type with its JSON shape.
 
-use super::types::ErrorBody;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::handler::Handler;
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
 use axum::Json;
+use serde::{Deserialize, Serialize};
+
+/// Every error answer: a stable machine code and one human sentence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub message: String,
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Any local user.
+    Read,
+    /// Any local user, acting on their own objects (the handler checks
+    /// ownership with [`Caller`]; admins act on everyone's).
+    SelfService,
+    /// Root or a member of the admin group.
+    Admin,
+}
+
+/// The caller of a request, from `SO_PEERCRED`, never from the request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: Option<i32>,
+}
+
+/// The caller once the API has decided who they are; handlers extract it
+/// with `Extension<Caller>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub peer: Peer,
+    /// Root, or a member of `api.admin_group` (primary, supplementary or NSS group).
+    pub admin: bool,
+}
+
+/// One route a capability offers: method, path, who may call it, and the handler.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+    pub handler: MethodRouter,
+}
+
+impl Route {
+    pub fn get<H, T>(path: &'static str, access: Access, handler: H) -> Self
+    where
+        H: Handler<T, ()>,
+        T: 'static,
+    {
+        Self { method: Method::GET, path, access, handler: axum::routing::get(handler) }
+    }
+
+    pub fn post<H, T>(path: &'static str, access: Access, handler: H) -> Self
+    where
+        H: Handler<T, ()>,
+        T: 'static,
+    {
+        Self { method: Method::POST, path, access, handler: axum::routing::post(handler) }
+    }
+
+    pub fn delete<H, T>(path: &'static str, access: Access, handler: H) -> Self
+    where
+        H: Handler<T, ()>,
+        T: 'static,
+    {
+        Self { method: Method::DELETE, path, access, handler: axum::routing::delete(handler) }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -19,8 +93,10 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
-    #[error("{what} is not implemented yet: it lands with the {capability} work")]
+    #[error("{what} is not built in this version of pool-agent ({capability})")]
     NotImplemented { what: String, capability: &'static str },
+    #[error("{0}")]
+    Timeout(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -40,6 +116,7 @@ impl ApiError {
             ApiError::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -56,6 +133,7 @@ impl ApiError {
             ApiError::NotImplemented { .. } => "not_implemented",
             ApiError::Conflict(_) => "conflict",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Timeout(_) => "timeout",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -89,4 +167,9 @@ pub fn code_for_status(status: StatusCode) -> &'static str {
         StatusCode::SERVICE_UNAVAILABLE => "unavailable",
         _ => "internal",
     }
+}
+
+/// The answer of a route whose capability is not built in this version.
+pub async fn not_built(what: impl Into<String>, capability: &'static str) -> ApiError {
+    ApiError::NotImplemented { what: what.into(), capability }
 }

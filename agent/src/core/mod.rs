@@ -1,0 +1,19 @@
+//! The core: what the daemon, the API and every capability share, depending
+//! on none of them. Component identity and state, the status board, the task
+//! context and its errors, the capability seam and its routes, the accounts
+//! view, the news capabilities publish for each other, and the seams around
+//! the clock, system paths and backoff.
+
+pub mod accounts;
+pub mod backoff;
+pub mod board;
+pub mod capability;
+pub mod clock;
+pub mod component;
+pub mod http;
+pub mod paths;
+pub mod shared;
+pub mod task;
+
+#[cfg(test)]
+mod layering;

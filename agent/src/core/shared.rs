@@ -1,0 +1,72 @@
+//! News capabilities publish for each other. A capability never imports
+//! another: the share says here whether it is mounted, and links, setup
+//! scripts and idle read it from here.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// What other capabilities need to know of the share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShareNews {
+    /// No `[share]` in the config.
+    NotConfigured,
+    /// Configured but not usable now; `why` is for status lines.
+    Down { why: String },
+    /// Mounted and its last probe passed; `root` is where it is reachable.
+    Mounted { root: PathBuf },
+}
+
+#[derive(Clone)]
+pub struct SharedState {
+    share: Arc<watch::Sender<ShareNews>>,
+}
+
+impl Default for SharedState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SharedState {
+    pub fn new() -> Self {
+        let (share, _) = watch::channel(ShareNews::Down { why: "the share has not been looked at yet".to_string() });
+        Self { share: Arc::new(share) }
+    }
+
+    /// Published by the share capability; readers are woken only by a real change.
+    pub fn publish_share(&self, news: ShareNews) {
+        self.share.send_if_modified(|current| {
+            let changed = *current != news;
+            *current = news;
+            changed
+        });
+    }
+
+    pub fn share(&self) -> ShareNews {
+        self.share.borrow().clone()
+    }
+
+    /// For capabilities that wait for the share (links, scripts).
+    pub fn watch_share(&self) -> watch::Receiver<ShareNews> {
+        self.share.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn readers_see_changes_only() {
+        let shared = SharedState::new();
+        let mut rx = shared.watch_share();
+        rx.borrow_and_update();
+        shared.publish_share(ShareNews::Mounted { root: "/data/notebooks".into() });
+        assert!(rx.has_changed().unwrap());
+        rx.borrow_and_update();
+        shared.publish_share(ShareNews::Mounted { root: "/data/notebooks".into() });
+        assert!(!rx.has_changed().unwrap(), "the same news again wakes nobody");
+        assert_eq!(shared.share(), ShareNews::Mounted { root: "/data/notebooks".into() });
+    }
+}
