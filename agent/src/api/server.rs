@@ -204,7 +204,20 @@ impl Drop for UidSlot {
 
 /// A one-line JSON answer for a caller over its connection cap, then close.
 async fn refuse_busy(mut stream: tokio::net::UnixStream) {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Read the request's head first (briefly), so the client is not cut off
+    // while still writing and sees the answer.
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while head.len() < 8192 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
     let body = format!(
         "{{\"error\":\"too_many_connections\",\"message\":\"this user already holds {MAX_CONNECTIONS_PER_UID} connections to the agent; close some and retry\"}}"
     );
