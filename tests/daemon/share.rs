@@ -194,10 +194,11 @@ fn a_failing_cifs_mount_never_shows_the_key_anywhere() {
     assert_eq!(share["state"], "unmounted");
     assert!(share["last_error"].as_str().unwrap().contains("mount"), "{share}");
     assert!(share["options"].as_array().unwrap().iter().any(|o| o.as_str().unwrap().starts_with("credentials=")));
-    assert!(
-        !sandbox.root().join("run/pool-agent/share.credentials").exists(),
-        "credentials file outlived the mount call"
-    );
+    let private = sandbox.root().join("run/pool-agent/private");
+    assert!(private.is_dir(), "the credentials directory was never made");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&private).unwrap().permissions().mode() & 0o777, 0o700);
+    assert!(!private.join("share.credentials").exists(), "credentials file outlived the mount call");
     assert_secret_absent("the daemon's log", &daemon.log());
     assert_secret_absent("pool-agent share", &share.to_string());
     println!("sampled /proc {samples} times while pool-agentd mounted");

@@ -95,7 +95,11 @@ impl Mounter for SystemMounter {
     }
 
     fn unmount_lazy(&self, target: PathBuf, timeout: Duration) -> BoxFuture<'static, Result<(), MountError>> {
-        Box::pin(run("umount", vec!["-l".to_string(), target.display().to_string()], timeout))
+        // --no-canonicalize: resolving the path would stat a mount whose
+        // server hangs, and the lazy detach itself never needs the server.
+        let args =
+            vec!["-l".to_string(), "--no-canonicalize".to_string(), "--".to_string(), target.display().to_string()];
+        Box::pin(run("umount", args, timeout))
     }
 
     fn table(&self) -> std::io::Result<Vec<super::mountinfo::MountEntry>> {

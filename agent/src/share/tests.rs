@@ -208,7 +208,8 @@ async fn the_key_travels_only_through_a_credentials_file() {
     assert!(!argv.contains(KEY), "key in argv: {argv}");
     assert!(argv.contains("credentials=") && argv.contains("//poolstore.file.core.windows.net/notebooks"), "{argv}");
     assert_eq!(rig.mounts.credentials_seen.lock().unwrap()[0], format!("username=poolstore\npassword={KEY}\n"));
-    assert!(!rig.dir.path().join("run/pool-agent/share.credentials").exists(), "credentials file left behind");
+    assert!(!rig.dir.path().join("run/pool-agent/private/share.credentials").exists(), "credentials file left behind");
+    assert!(rig.dir.path().join("run/pool-agent/private").is_dir(), "the private directory was used");
     let shown = serde_json::to_string(&report).unwrap();
     assert!(!shown.contains(KEY));
     rig.stop().await;
