@@ -1,6 +1,8 @@
 //! `pool-agentd --check-config`: what an admin runs before a reload.
 
 use crate::harness::*;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
 
 #[test]
 fn an_unknown_key_fails_the_check_naming_file_line_and_key() {
@@ -50,12 +52,162 @@ fn a_valid_config_prints_the_effective_config_with_defaults() {
 }
 
 #[test]
-fn the_daemon_refuses_to_start_on_an_invalid_config() {
+fn a_broken_config_at_start_still_answers_with_the_error_and_a_reload_brings_it_up() {
     let sandbox = Sandbox::new();
-    sandbox.write_config("[idle]\ninterval = \"1h\"\ntimeout = \"1m\"\n");
-    let out = sandbox.daemon_command().output().unwrap();
+    // One bad fragment (as a scale set's drop-in might be) next to a good main file.
+    let drop_in = sandbox.root().join("etc/pool-agent/config.d/50-idle.toml");
+    std::fs::write(&drop_in, "[idle]\ninterval = \"1h\"\ntimeout = \"1m\"\n").unwrap();
+    let daemon = sandbox.start();
+    let out = sandbox.cli(&["status"]);
+    assert_eq!(out.status.code(), Some(1), "a broken config is not ready: {}", stdout(&out));
+    let text = stdout(&out);
+    assert!(text.contains("50-idle.toml:3: idle.timeout"), "{text}");
+    assert!(text.contains("built-in defaults"), "says what runs instead: {text}");
+    let status = sandbox.status_json();
+    let config = status["components"].as_array().unwrap().iter().find(|c| c["name"] == "config").cloned().unwrap();
+    assert_eq!(config["state"], "failed", "{config}");
+    assert_eq!(status["config"]["rejected_reload"]["key"], "idle.timeout");
+    // The defaults have no share: nothing is mounted from a config that is not in force.
+    let share = sandbox.cli(&["share", "--json"]);
+    let share: serde_json::Value = serde_json::from_slice(&share.stdout).unwrap();
+    assert_eq!(share["state"], "not-configured", "{share}");
+
+    std::fs::write(&drop_in, "[idle]\ninterval = \"10s\"\ntimeout = \"1h\"\n").unwrap();
+    daemon.signal("HUP");
+    let ready = eventually(Duration::from_secs(10), || {
+        let out = sandbox.cli(&["status", "--json"]);
+        (out.status.code() == Some(0)).then_some(out)
+    });
+    assert!(ready.is_some(), "a fixed config and a reload did not bring it up: {}", sandbox.status_json());
+    let status = sandbox.status_json();
+    assert!(status["config"].get("rejected_reload").is_none(), "{status}");
+    assert!(status["config"].get("running_on").is_none(), "{status}");
+    let config = status["components"].as_array().unwrap().iter().find(|c| c["name"] == "config").cloned().unwrap();
+    assert!(config.get("last_error").is_none(), "no stale error after a good reload: {config}");
+}
+
+#[test]
+fn a_later_broken_start_runs_on_the_last_valid_config() {
+    let sandbox = Sandbox::new();
+    let mut first = sandbox.start();
+    let mounted = eventually(Duration::from_secs(10), || {
+        let share: serde_json::Value = serde_json::from_slice(&sandbox.cli(&["share", "--json"]).stdout).ok()?;
+        (share["state"] == "mounted").then_some(())
+    });
+    assert!(mounted.is_some());
+    first.signal("TERM");
+    first.wait_exit(Duration::from_secs(10));
+    sandbox.write_config(&format!("{LOCAL_SHARE_CONFIG}\n[api]\nadmin_grup = \"x\"\n"));
+    let _second = sandbox.start();
+    let text = stdout(&sandbox.cli(&["status"]));
+    assert!(text.contains("last valid config"), "{text}");
+    let share = eventually(Duration::from_secs(10), || {
+        let share: serde_json::Value = serde_json::from_slice(&sandbox.cli(&["share", "--json"]).stdout).ok()?;
+        (share["state"] == "mounted").then_some(share)
+    });
+    assert!(share.is_some(), "the share of the last valid config is kept: {}", sandbox.status_json());
+}
+
+#[test]
+fn status_exits_1_while_the_share_has_failed_and_0_once_all_is_ready() {
+    let sandbox = Sandbox::new();
+    std::fs::remove_dir(sandbox.root().join("srv/share")).unwrap();
+    let _daemon = sandbox.start();
+    let failed = eventually(Duration::from_secs(10), || {
+        let out = sandbox.cli(&["status"]);
+        stdout(&out).contains("! share").then_some(out)
+    })
+    .expect("the share never showed as failed");
+    assert_eq!(failed.status.code(), Some(1), "{}", stdout(&failed));
+    let json = sandbox.cli(&["status", "--json"]);
+    assert_eq!(json.status.code(), Some(1), "--json carries the same exit code");
+    std::fs::create_dir_all(sandbox.root().join("srv/share")).unwrap();
+    let ready = eventually(Duration::from_secs(15), || {
+        let out = sandbox.cli(&["status"]);
+        (out.status.code() == Some(0)).then_some(out)
+    });
+    assert!(ready.is_some(), "never all ready: {}", sandbox.status_json());
+}
+
+#[test]
+fn the_check_refuses_what_would_fail_at_run_time_naming_file_line_key_and_fix() {
+    let sandbox = Sandbox::new();
+    let azure = "[share]\nkind = \"azure-files\"\naccount = \"acct\"\nshare = \"notebooks\"\nkey_file = \"/etc/pool-agent/secrets/storage-key\"\n";
+    let key = sandbox.root().join("etc/pool-agent/secrets/storage-key");
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    // (config, what to do to the system first, what the check must say)
+    type Case = (String, Box<dyn Fn()>, &'static str);
+    let cases: Vec<Case> = vec![
+        (azure.to_string(), Box::new(|| {}), "config.toml:5: share.key_file: cannot read the storage key file"),
+        (
+            azure.to_string(),
+            Box::new({
+                let key = key.clone();
+                move || {
+                    std::fs::write(&key, "k\n").unwrap();
+                    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+                }
+            }),
+            "config.toml:5: share.key_file: storage key file",
+        ),
+        (
+            "[share]\nkind = \"local\"\npath = \"/srv/share\"\nmount_point = \"/etc\"\nforce = true\n".to_string(),
+            Box::new(|| {}),
+            "config.toml:4: share.mount_point: /etc is a system directory",
+        ),
+        (
+            "[share]\nkind = \"local\"\npath = \"/srv/share\"\nmount_point = \"/\"\n".to_string(),
+            Box::new(|| {}),
+            "config.toml:4: share.mount_point: / is a system directory",
+        ),
+        (
+            "[share]\nkind = \"nfs\"\nsource = \"h:/x\"\noptions = [\"PASSWORD=x\"]\n".to_string(),
+            Box::new(|| {}),
+            "config.toml:4: share.options: `password=` does not belong in the config",
+        ),
+        (
+            format!("{azure}key_source = \"managed-identity\"\n")
+                .replace("key_file = \"/etc/pool-agent/secrets/storage-key\"\n", ""),
+            Box::new(|| {}),
+            "config.toml:5: share.key_source: \"managed-identity\" is not built",
+        ),
+        (
+            "[instance]\nlocal_user = \"nosuchuser\"\n".to_string(),
+            Box::new(|| {}),
+            "config.toml:2: instance.local_user: no user `nosuchuser`",
+        ),
+        (
+            "[api]\nadmin_group = \"nosuchgroup\"\n".to_string(),
+            Box::new(|| {}),
+            "config.toml:2: api.admin_group: no group `nosuchgroup`",
+        ),
+        (
+            format!("{azure}uid = \"nosuchuser\"\n"),
+            Box::new({
+                let key = key.clone();
+                move || std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap()
+            }),
+            "config.toml:6: share.uid: no user `nosuchuser`",
+        ),
+        (
+            format!("{azure}gid = \"nosuchgroup\"\n"),
+            Box::new(|| {}),
+            "config.toml:6: share.gid: no group `nosuchgroup`",
+        ),
+    ];
+    for (config, prepare, expected) in cases {
+        sandbox.write_config(&config);
+        prepare();
+        let out = sandbox.daemon_command().arg("--check-config").output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{config}\n{}", stderr(&out));
+        assert!(stderr(&out).contains(expected), "expected {expected:?} for:\n{config}\ngot: {}", stderr(&out));
+    }
+    // A drop-in that would be silently skipped is named.
+    sandbox.write_config(LOCAL_SHARE_CONFIG);
+    std::fs::write(sandbox.root().join("etc/pool-agent/config.d/50-share.conf"), "[share]\n").unwrap();
+    let out = sandbox.daemon_command().arg("--check-config").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("idle.timeout"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("50-share.conf: not read: only *.toml"), "{}", stderr(&out));
 }
 
 #[test]

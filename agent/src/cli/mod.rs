@@ -31,11 +31,13 @@ pub struct Call {
     /// The body is text (logs, metrics), shown as it is.
     text: bool,
     summary: Option<Summary>,
+    /// The exit code an answer means (status: 1 when something is not ready).
+    verdict: Option<fn(&[u8]) -> u8>,
 }
 
 impl Call {
     fn new(method: Method, path: &str, body: Option<serde_json::Value>) -> Self {
-        Self { method, path: path.to_string(), body, text: false, summary: None }
+        Self { method, path: path.to_string(), body, text: false, summary: None, verdict: None }
     }
     pub fn get(path: &str) -> Self {
         Self::new(Method::GET, path, None)
@@ -52,6 +54,10 @@ impl Call {
     }
     pub fn shown_by(mut self, summary: Summary) -> Self {
         self.summary = Some(summary);
+        self
+    }
+    pub fn exit_code_by(mut self, verdict: fn(&[u8]) -> u8) -> Self {
+        self.verdict = Some(verdict);
         self
     }
 }
@@ -128,7 +134,7 @@ fn show(call: &Call, reply: &Reply, json: bool) -> ExitCode {
     };
     // A closed pipe (`pool-agent status | head -1`) is not an error worth a panic.
     let _ = stdout.write_all(text.as_bytes());
-    ExitCode::SUCCESS
+    ExitCode::from(call.verdict.map_or(0, |verdict| verdict(&reply.body)))
 }
 
 fn fail(message: &str, code: u8) -> ExitCode {

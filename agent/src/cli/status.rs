@@ -6,12 +6,31 @@ use crate::api::types::{ComponentState, StatusReport};
 use crate::core::clock::{Clock, SystemClock};
 use std::fmt::Write;
 
+/// Exit codes of `pool-agent status`, for scripts and health probes.
+pub const ALL_READY: u8 = 0;
+pub const NOT_READY: u8 = 1;
+
 pub fn status() -> Call {
-    Call::get("/v1/status").shown_by(|body| {
-        serde_json::from_slice::<StatusReport>(body)
-            .map(|report| status_text(&report))
-            .map_err(|err| format!("unexpected status answer: {err}"))
-    })
+    Call::get("/v1/status")
+        .shown_by(|body| {
+            serde_json::from_slice::<StatusReport>(body)
+                .map(|report| status_text(&report))
+                .map_err(|err| format!("unexpected status answer: {err}"))
+        })
+        .exit_code_by(|body| match serde_json::from_slice::<StatusReport>(body) {
+            Ok(report) => verdict(&report),
+            Err(_) => NOT_READY,
+        })
+}
+
+/// 0 when every component does its job (ready, nothing to do, or not built),
+/// 1 when one is starting, degraded, failed or stopped.
+pub fn verdict(report: &StatusReport) -> u8 {
+    if report.components.iter().all(|c| c.state.is_healthy()) {
+        ALL_READY
+    } else {
+        NOT_READY
+    }
 }
 
 pub fn config() -> Call {
@@ -62,9 +81,17 @@ pub fn status_at(report: &StatusReport, clock: &dyn Clock) -> String {
             let _ = writeln!(out, "  {:name_width$}  last error: {error}", "");
         }
     }
-    if let Some(rejected) = &report.config.rejected_reload {
-        let _ = writeln!(out, "! config reload at {} was rejected; the previous config stays in force:", rejected.at);
-        let _ = writeln!(out, "    {}", rejected.message);
+    match (&report.config.rejected_reload, &report.config.running_on) {
+        (Some(rejected), Some(running_on)) => {
+            let _ = writeln!(out, "! the config on disk is invalid; running on {running_on}:");
+            let _ = writeln!(out, "    {}", rejected.message);
+        }
+        (Some(rejected), None) => {
+            let _ =
+                writeln!(out, "! config reload at {} was rejected; the previous config stays in force:", rejected.at);
+            let _ = writeln!(out, "    {}", rejected.message);
+        }
+        _ => {}
     }
     out
 }
@@ -101,6 +128,7 @@ mod tests {
                     key: Some("share.bogus".into()),
                     message: "c.toml:3: share.bogus: unknown key".into(),
                 }),
+                running_on: None,
             },
             components: vec![ComponentStatus {
                 name: "share".into(),
@@ -116,5 +144,9 @@ mod tests {
         assert!(text.contains("(3m ago)"), "{text}");
         assert!(text.contains("last error: server gone"), "{text}");
         assert!(text.contains("c.toml:3: share.bogus: unknown key"), "{text}");
+        assert_eq!(verdict(&report), NOT_READY);
+        let mut healthy = report.clone();
+        healthy.components[0].state = ComponentState::Ready;
+        assert_eq!(verdict(&healthy), ALL_READY);
     }
 }

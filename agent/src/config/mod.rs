@@ -56,9 +56,14 @@ fn drop_in_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
         let path = entry.path();
         let is_toml = path.extension().is_some_and(|ext| ext == "toml");
         let hidden = entry.file_name().to_string_lossy().starts_with('.');
-        if is_toml && !hidden && path.is_file() {
-            files.push(path);
+        if hidden || !path.is_file() {
+            continue;
         }
+        // A fragment that is silently skipped is a config the admin thinks is in force.
+        if !is_toml {
+            return Err(ConfigError::NotADropIn { file: path });
+        }
+        files.push(path);
     }
     files.sort();
     Ok(files)
@@ -320,7 +325,7 @@ mod tests {
         std::fs::create_dir(&drop_ins).unwrap();
         std::fs::write(drop_ins.join("20-late.toml"), "[share]\npath = \"/srv/late\"\n").unwrap();
         std::fs::write(drop_ins.join("10-early.toml"), "[share]\npath = \"/srv/early\"\nmount_point = \"/nb\"\n[[setup.scripts]]\nname = \"x\"\npath = \"/x2\"\n[[setup.scripts]]\nname = \"y\"\npath = \"/y\"\n").unwrap();
-        std::fs::write(drop_ins.join("30-ignored.conf"), "not toml at all").unwrap();
+        std::fs::write(drop_ins.join(".30-hidden.toml.swp"), "not toml at all").unwrap();
         let settings = load(&main).unwrap();
         let share = settings.share.unwrap();
         assert_eq!(share.source, ShareSource::Local { path: "/srv/late".into() });
@@ -330,6 +335,45 @@ mod tests {
             settings.setup.scripts.iter().map(|s| (s.name.as_str(), s.path.to_str().unwrap())).collect();
         assert_eq!(scripts, [("x", "/x2"), ("y", "/y")]);
         assert_eq!(settings.sources.len(), 3);
+    }
+
+    #[test]
+    fn a_drop_in_that_would_be_ignored_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("config.toml");
+        std::fs::write(&main, "").unwrap();
+        std::fs::create_dir(dir.path().join("config.d")).unwrap();
+        std::fs::write(dir.path().join("config.d/50-share.conf"), "[share]\n").unwrap();
+        let err = load(&main).unwrap_err();
+        assert!(err.file().ends_with("config.d/50-share.conf"));
+        assert!(err.to_string().contains("only *.toml"), "{err}");
+    }
+
+    #[test]
+    fn system_directories_are_no_mount_points() {
+        for point in ["/", "/etc", "/usr/local/nb", "/home", "/var", "/proc/x", "/etc/"] {
+            let text = format!("[share]\nkind = \"nfs\"\nsource = \"h:/x\"\nmount_point = \"{point}\"\n");
+            let (_, key, message) = expect_invalid(&text);
+            assert_eq!(key, "share.mount_point", "{point}");
+            assert!(message.contains("system directory"), "{point}: {message}");
+        }
+        for point in ["/data/notebooks", "/home/shared", "/srv/team"] {
+            let text = format!("[share]\nkind = \"nfs\"\nsource = \"h:/x\"\nmount_point = \"{point}\"\n");
+            assert!(parse(&text).is_ok(), "{point}");
+        }
+    }
+
+    #[test]
+    fn secret_options_are_refused_in_any_case_and_managed_identity_is_not_offered() {
+        let (_, key, message) =
+            expect_invalid("[share]\nkind = \"nfs\"\nsource = \"h:/x\"\noptions = [\"PASSWORD=x\"]\n");
+        assert_eq!(key, "share.options");
+        assert!(message.contains("password"), "{message}");
+        let (line, key, message) = expect_invalid(
+            "[share]\nkind = \"azure-files\"\naccount = \"acct\"\nshare = \"notebooks\"\nkey_source = \"managed-identity\"\n",
+        );
+        assert_eq!((line, key.as_str()), (5, "share.key_source"));
+        assert!(message.contains("not built") && message.contains("key_file"), "{message}");
     }
 
     #[test]
@@ -367,6 +411,20 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/etc-config.toml");
         let text = std::fs::read_to_string(&path).unwrap();
         load_str(&path, &text).unwrap();
+    }
+
+    #[test]
+    fn effective_config_of_every_share_kind_loads_again() {
+        for share in [
+            "[share]\nkind = \"local\"\npath = \"/srv/share\"\n",
+            "[share]\nkind = \"azure-files\"\naccount = \"acct\"\nshare = \"notebooks\"\noptions = [\"cache=none\"]\ndefault_options = false\n",
+            "[share]\nkind = \"nfs\"\nsource = \"h:/x\"\n",
+        ] {
+            let settings = parse(share).unwrap();
+            let rendered = render_effective_toml(&settings);
+            let again = load_str(Path::new("again.toml"), &rendered).unwrap_or_else(|err| panic!("{err}\n{rendered}"));
+            assert_eq!(again.share, settings.share);
+        }
     }
 
     #[test]

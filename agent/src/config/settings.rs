@@ -56,6 +56,10 @@ pub struct Settings {
     /// The files read, main file first.
     #[serde(skip)]
     pub sources: Vec<PathBuf>,
+    /// Where the keys that name things on the system (files, users, groups)
+    /// were set, so a check against the system can name file and line too.
+    #[serde(skip)]
+    pub origins: KeyOrigins,
     pub instance: InstanceSettings,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub share: Option<ShareSettings>,
@@ -80,8 +84,11 @@ pub struct ShareSettings {
     #[serde(flatten)]
     pub source: ShareSource,
     /// Extra mount options; one with the same name as a default replaces it.
+    /// Left out when empty, so a local share's effective config loads again.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub options: Vec<String>,
     /// Whether the kind's recommended options are used (see share/spec.rs).
+    #[serde(skip_serializing_if = "is_true")]
     pub default_options: bool,
     #[serde(serialize_with = "duration::serialize")]
     pub probe_interval: Duration,
@@ -168,6 +175,41 @@ pub struct ApiSettings {
     pub admin_group: String,
 }
 
+/// Key (`share.key_file`) to where it was set; a default has no entry.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyOrigins(std::collections::BTreeMap<&'static str, Origin>);
+
+impl KeyOrigins {
+    fn record(&mut self, key: &'static str, value: &Sourced<String>) {
+        if value.origin.line > 0 {
+            self.0.insert(key, value.origin.clone());
+        }
+    }
+
+    /// Whether the config sets `key` (rather than leaving it at its default).
+    pub fn is_set(&self, key: &str) -> bool {
+        self.0.contains_key(key)
+    }
+
+    /// An error about `key` at the place it was set, or at the main file
+    /// (line 0) when it holds its default.
+    pub fn error(&self, main_file: &Path, key: &str, message: impl Into<String>) -> ConfigError {
+        match self.0.get(key) {
+            Some(origin) => invalid(origin, key, message),
+            None => ConfigError::Invalid {
+                file: main_file.to_path_buf(),
+                line: 0,
+                key: key.to_string(),
+                message: format!("{} (the default value)", message.into()),
+            },
+        }
+    }
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
 fn invalid(origin: &Origin, key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         file: origin.file.to_path_buf(),
@@ -231,13 +273,17 @@ fn or_default(value: &Option<Sourced<String>>, default: &str) -> Sourced<String>
 }
 
 pub(super) fn validate(merged: ConfigFragment, sources: Vec<PathBuf>) -> Result<Settings, ConfigError> {
+    let mut origins = KeyOrigins::default();
     let instance = match merged.instance {
         Some(section) => {
             let section = section.value;
             InstanceSettings {
                 name: section.name.map(|n| n.value).unwrap_or_default(),
                 local_user: match section.local_user {
-                    Some(user) => account_name("instance.local_user", &user)?,
+                    Some(user) => {
+                        origins.record("instance.local_user", &user);
+                        account_name("instance.local_user", &user)?
+                    }
                     None => DEFAULT_LOCAL_USER.to_string(),
                 },
             }
@@ -245,7 +291,7 @@ pub(super) fn validate(merged: ConfigFragment, sources: Vec<PathBuf>) -> Result<
         None => InstanceSettings { name: String::new(), local_user: DEFAULT_LOCAL_USER.to_string() },
     };
 
-    let share = merged.share.map(validate_share).transpose()?;
+    let share = merged.share.map(|section| validate_share(section, &mut origins)).transpose()?;
     let links = validate_links(merged.links)?;
     let setup = validate_setup(merged.setup, &instance.local_user)?;
     let idle = validate_idle(merged.idle)?;
@@ -258,12 +304,15 @@ pub(super) fn validate(merged: ConfigFragment, sources: Vec<PathBuf>) -> Result<
     };
     let api = ApiSettings {
         admin_group: match merged.api.and_then(|a| a.value.admin_group) {
-            Some(group) => account_name("api.admin_group", &group)?,
+            Some(group) => {
+                origins.record("api.admin_group", &group);
+                account_name("api.admin_group", &group)?
+            }
             None => DEFAULT_ADMIN_GROUP.to_string(),
         },
     };
 
-    Ok(Settings { sources, instance, share, links, setup, idle, azure, api })
+    Ok(Settings { sources, origins, instance, share, links, setup, idle, azure, api })
 }
 
 /// A DNS name, an IPv4 address or a bracketed IPv6 address; never something
@@ -332,13 +381,34 @@ fn duration_or(
     }
 }
 
-fn validate_share(section: Sourced<ShareFragment>) -> Result<ShareSettings, ConfigError> {
+/// Places a share must never be mounted over: the system itself.
+const SYSTEM_DIRS: &[&str] =
+    &["/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/run", "/sbin", "/sys", "/usr"];
+/// Top-level directories that may hold a mount point below them, but are not one.
+const SYSTEM_TOP_DIRS: &[&str] =
+    &["/", "/home", "/root", "/srv", "/opt", "/tmp", "/var", "/var/lib", "/var/log", "/media"];
+
+fn validate_share(section: Sourced<ShareFragment>, origins: &mut KeyOrigins) -> Result<ShareSettings, ConfigError> {
     let origin = section.origin;
     let share = section.value;
     let kind = required(&share.kind, &origin, "share.kind", "in [share]: \"azure-files\", \"nfs\" or \"local\"")?;
 
     let mount_point_value = or_default(&share.mount_point, DEFAULT_MOUNT_POINT);
     let mount_point = absolute_path("share.mount_point", &mount_point_value)?;
+    origins.record("share.mount_point", &mount_point_value);
+    let normalized: PathBuf = mount_point.components().collect();
+    if SYSTEM_TOP_DIRS.iter().any(|dir| normalized == Path::new(dir))
+        || SYSTEM_DIRS.iter().any(|dir| normalized.starts_with(dir))
+    {
+        return Err(invalid(
+            &mount_point_value.origin,
+            "share.mount_point",
+            format!(
+                "{} is a system directory; mounting there would hide what the VM needs. Use a directory of its own such as {DEFAULT_MOUNT_POINT}",
+                mount_point.display()
+            ),
+        ));
+    }
     let allow_mnt = share.allow_mnt.as_ref().is_some_and(|a| a.value);
     if mount_point.starts_with("/mnt") && !allow_mnt {
         return Err(invalid(
@@ -414,17 +484,18 @@ fn validate_share(section: Sourced<ShareFragment>) -> Result<ShareSettings, Conf
             let key_source = share.key_source.as_ref().map(|k| k.value).unwrap_or(KeySourceKind::File);
             let key_file = match key_source {
                 KeySourceKind::File => {
-                    Some(absolute_path("share.key_file", &or_default(&share.key_file, DEFAULT_KEY_FILE))?)
+                    let key_file = or_default(&share.key_file, DEFAULT_KEY_FILE);
+                    origins.record("share.key_file", &key_file);
+                    Some(absolute_path("share.key_file", &key_file)?)
                 }
                 KeySourceKind::ManagedIdentity => {
-                    if let Some(file) = &share.key_file {
-                        return Err(invalid(
-                            &file.origin,
-                            "share.key_file",
-                            "not used when share.key_source = \"managed-identity\"",
-                        ));
-                    }
-                    None
+                    // Not built yet: choosing it must fail the check, never look healthy.
+                    let chosen = share.key_source.as_ref().map(|k| k.origin.clone()).unwrap_or(kind.origin.clone());
+                    return Err(invalid(
+                        &chosen,
+                        "share.key_source",
+                        "\"managed-identity\" is not built in this version of pool-agent; use key_source = \"file\" with share.key_file",
+                    ));
                 }
             };
             let endpoint_suffix = or_default(&share.endpoint_suffix, DEFAULT_ENDPOINT_SUFFIX);
@@ -465,8 +536,16 @@ fn validate_share(section: Sourced<ShareFragment>) -> Result<ShareSettings, Conf
                 key_source,
                 key_file,
                 vers: one_of("share.vers", &or_default(&share.vers, DEFAULT_SMB_VERSION), SMB_VERSIONS)?,
-                uid: owner("share.uid", &or_default(&share.uid, DEFAULT_SHARE_UID))?,
-                gid: owner("share.gid", &or_default(&share.gid, DEFAULT_SHARE_GID))?,
+                uid: {
+                    let uid = or_default(&share.uid, DEFAULT_SHARE_UID);
+                    origins.record("share.uid", &uid);
+                    owner("share.uid", &uid)?
+                },
+                gid: {
+                    let gid = or_default(&share.gid, DEFAULT_SHARE_GID);
+                    origins.record("share.gid", &gid);
+                    owner("share.gid", &gid)?
+                },
                 dir_mode: octal_mode("share.dir_mode", &or_default(&share.dir_mode, DEFAULT_DIR_MODE))?,
                 file_mode: octal_mode("share.file_mode", &or_default(&share.file_mode, DEFAULT_FILE_MODE))?,
             }
@@ -501,7 +580,9 @@ fn validate_share(section: Sourced<ShareFragment>) -> Result<ShareSettings, Conf
     let options = match &share.options {
         Some(options) => {
             for option in &options.value {
-                let name = option.split('=').next().unwrap_or_default();
+                // mount.cifs and mount.nfs read option names in any case.
+                let name = option.split('=').next().unwrap_or_default().to_ascii_lowercase();
+                let name = name.as_str();
                 if option.is_empty() || option.contains(',') || option.contains(char::is_whitespace) {
                     return Err(invalid(
                         &options.origin,

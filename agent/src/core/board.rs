@@ -45,6 +45,7 @@ impl StatusBoard {
             reloads_applied: 0,
             reloads_rejected: 0,
             rejected_reload: None,
+            running_on: None,
         };
         Self { clock, inner: Mutex::new(Board { ids: ids.to_vec(), components, config }), on_change: None }
     }
@@ -114,6 +115,7 @@ impl StatusBoard {
             board.config.loaded_at = rfc3339(self.clock.now());
             board.config.reloads_applied += 1;
             board.config.rejected_reload = None;
+            board.config.running_on = None;
         }
         self.clear_error(ComponentId::Config);
         self.set(ComponentId::Config, ComponentState::Ready, Some(format!("{} file(s) in force", files.len())));
@@ -136,6 +138,30 @@ impl StatusBoard {
             ComponentId::Config,
             ComponentState::Degraded,
             Some("reload rejected; the previous config stays in force".to_string()),
+            message,
+        );
+    }
+
+    /// The config on disk is invalid at start: the daemon runs on `in_force`
+    /// (the last valid config or the defaults) until a reload fixes it.
+    pub fn config_failed(&self, error: &ConfigError, in_force: &str) {
+        let message = error.to_string();
+        {
+            let mut board = self.lock();
+            board.config.files.clear();
+            board.config.running_on = Some(in_force.to_string());
+            board.config.rejected_reload = Some(RejectedReload {
+                at: rfc3339(self.clock.now()),
+                file: error.file().display().to_string(),
+                line: error.line(),
+                key: error.key().map(str::to_string),
+                message: message.clone(),
+            });
+        }
+        self.set_error(
+            ComponentId::Config,
+            ComponentState::Failed,
+            Some(format!("the config on disk is invalid; running on {in_force}")),
             message,
         );
     }
@@ -220,7 +246,8 @@ impl prometheus_client::collector::Collector for BoardMetrics {
 fn summarize(components: &[ComponentStatus]) -> String {
     components
         .iter()
-        .filter(|c| !ComponentId::DAEMON.iter().any(|id| id.as_str() == c.name))
+        // The daemon's own rows only when they are not ready (a broken config).
+        .filter(|c| !ComponentId::DAEMON.iter().any(|id| id.as_str() == c.name) || c.state != ComponentState::Ready)
         .map(|c| format!("{}: {}", c.name, c.state.as_str()))
         .collect::<Vec<_>>()
         .join("; ")

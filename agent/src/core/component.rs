@@ -114,7 +114,11 @@ pub struct ConfigStatus {
     pub loaded_at: String,
     pub reloads_applied: u64,
     pub reloads_rejected: u64,
-    /// The last reload that was refused, while the config it tried to replace is still in force.
+    /// The last reload that was refused, while the config it tried to replace
+    /// is still in force; at start, the error that kept the files out of force.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected_reload: Option<RejectedReload>,
+    /// Set when the files on disk were invalid at start: what runs instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_on: Option<String>,
 }

@@ -3,6 +3,7 @@
 //! SIGHUP reloads the config (a bad one is refused and the old one kept),
 //! SIGTERM/SIGINT stop everything within [`STOP_DEADLINE`].
 
+pub mod config_check;
 pub mod demo;
 pub mod registry;
 pub mod supervisor;
@@ -38,7 +39,13 @@ pub struct DaemonOptions {
     pub demo: bool,
 }
 
-/// Exit codes: 0 clean stop or valid config, 1 runtime failure, 2 invalid config.
+/// Where the last config that was valid is kept, for a boot whose config is not.
+const LAST_GOOD_CONFIG: &str = "last-good-config.toml";
+
+/// Exit codes: 0 clean stop or a config that passes `--check-config`,
+/// 1 runtime failure, 2 a config that fails `--check-config`. An invalid
+/// config at start does not stop the daemon: it serves the API, reports the
+/// error and runs on the last valid config (or the built-in defaults).
 pub fn main(options: DaemonOptions) -> ExitCode {
     let root = match (options.demo, &options.root) {
         (true, root) => {
@@ -57,17 +64,24 @@ pub fn main(options: DaemonOptions) -> ExitCode {
     };
     let config_file = options.config.clone().unwrap_or_else(|| paths.config_file());
 
-    let settings = match config::load(&config_file) {
-        Ok(settings) => settings,
+    let loaded = config::load(&config_file);
+    if options.check_config {
+        return check_config(loaded, &config_file, &paths);
+    }
+    let (settings, boot_error) = match loaded {
+        Ok(settings) => {
+            save_last_good(&paths, &settings);
+            (settings, None)
+        }
         Err(err) => {
+            let (fallback, in_force) = fallback_settings(&paths);
             eprintln!("pool-agentd: invalid config: {err}");
-            return ExitCode::from(2);
+            eprintln!(
+                "pool-agentd: serving the API on {in_force}; fix the config, then `systemctl reload pool-agentd`"
+            );
+            (fallback, Some((err, in_force)))
         }
     };
-    if options.check_config {
-        print!("{}", config::render_effective_toml(&settings));
-        return ExitCode::SUCCESS;
-    }
     if options.demo {
         demo::print_instructions(paths.root(), &paths.socket());
     }
@@ -75,12 +89,77 @@ pub fn main(options: DaemonOptions) -> ExitCode {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("pool-agentd").enable_all().build();
     match runtime {
-        Ok(runtime) => run_then_abandon_stuck_threads(runtime, run(paths, config_file, settings)),
+        Ok(runtime) => run_then_abandon_stuck_threads(runtime, run(paths, config_file, settings, boot_error)),
         Err(err) => {
             eprintln!("pool-agentd: cannot start the runtime: {err}");
             ExitCode::from(1)
         }
     }
+}
+
+/// `--check-config`: the files, then what they name on this system.
+fn check_config(
+    loaded: Result<Settings, config::ConfigError>,
+    config_file: &std::path::Path,
+    paths: &SystemPaths,
+) -> ExitCode {
+    let settings = match loaded {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("pool-agentd: invalid config: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let accounts = AccountsView::for_paths(paths);
+    let check = config_check::check_against_system(&settings, config_file, paths, &accounts);
+    for warning in &check.warnings {
+        eprintln!("pool-agentd: warning: {warning}");
+    }
+    if !check.errors.is_empty() {
+        for error in &check.errors {
+            eprintln!("pool-agentd: invalid config: {error}");
+        }
+        return ExitCode::from(2);
+    }
+    print!("{}", config::render_effective_toml(&settings));
+    ExitCode::SUCCESS
+}
+
+/// Keeps the config just applied, so a later boot with a broken file (a bad
+/// drop-in from the scale set, say) still runs what last worked.
+fn save_last_good(paths: &SystemPaths, settings: &Settings) {
+    let dir = paths.state_dir();
+    let text = config::render_effective_toml(settings);
+    let written = std::fs::create_dir_all(&dir).and_then(|()| {
+        let temporary = dir.join(format!(".{LAST_GOOD_CONFIG}.tmp"));
+        std::fs::write(&temporary, text)?;
+        std::fs::rename(&temporary, dir.join(LAST_GOOD_CONFIG))
+    });
+    if let Err(err) = written {
+        tracing::warn!("cannot keep the last good config in {}: {err}", dir.display());
+    }
+}
+
+/// The last valid config if one was kept, else the built-in defaults; and
+/// how to name it in status.
+fn fallback_settings(paths: &SystemPaths) -> (Settings, String) {
+    let kept = paths.state_dir().join(LAST_GOOD_CONFIG);
+    if let Ok(text) = std::fs::read_to_string(&kept) {
+        match config::load_str(&kept, &text) {
+            Ok(settings) => return (settings, format!("the last valid config ({})", kept.display())),
+            Err(err) => tracing::warn!("the kept config {} no longer loads: {err}", kept.display()),
+        }
+    }
+    match config::load_str(std::path::Path::new("<built-in defaults>"), "") {
+        Ok(settings) => (settings, "the built-in defaults (no share)".to_string()),
+        // The empty config is valid by construction; a test guards it.
+        Err(err) => unreachable_defaults(err),
+    }
+}
+
+#[allow(clippy::panic)]
+fn unreachable_defaults(err: config::ConfigError) -> (Settings, String) {
+    panic!("the built-in defaults do not validate: {err}")
 }
 
 /// How long the runtime waits for its blocking threads once the tasks stopped.
@@ -107,7 +186,12 @@ fn instance_name(settings: &Settings) -> String {
     nix::unistd::gethostname().ok().and_then(|name| name.into_string().ok()).unwrap_or_else(|| "unknown".to_string())
 }
 
-async fn run(paths: SystemPaths, config_file: PathBuf, settings: Settings) -> ExitCode {
+async fn run(
+    paths: SystemPaths,
+    config_file: PathBuf,
+    settings: Settings,
+    boot_error: Option<(config::ConfigError, String)>,
+) -> ExitCode {
     // Signals first, so a SIGTERM during boot is a clean stop, not a kill.
     let mut signals = match signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(signals) => signals,
@@ -120,7 +204,14 @@ async fn run(paths: SystemPaths, config_file: PathBuf, settings: Settings) -> Ex
     let capabilities = registry::capabilities(&clock);
     let ids = registry::component_ids(&capabilities);
     let board = Arc::new(StatusBoard::new(clock.clone(), &settings.sources, &ids).with_change_hook(systemd::status));
-    board.set(ComponentId::Config, ComponentState::Ready, Some(format!("{} file(s) in force", settings.sources.len())));
+    match &boot_error {
+        None => board.set(
+            ComponentId::Config,
+            ComponentState::Ready,
+            Some(format!("{} file(s) in force", settings.sources.len())),
+        ),
+        Some((error, in_force)) => board.config_failed(error, in_force),
+    }
     let instance = instance_name(&settings);
     let paths = Arc::new(paths);
     let accounts = AccountsView::for_paths(&paths);
@@ -188,7 +279,7 @@ async fn run(paths: SystemPaths, config_file: PathBuf, settings: Settings) -> Ex
         match signal {
             SIGHUP => {
                 accounts.invalidate();
-                reload(&config_file, &settings_tx, &board)
+                reload(&paths, &config_file, &settings_tx, &board)
             }
             _ => {
                 tracing::info!("signal {signal}: stopping");
@@ -215,10 +306,16 @@ async fn run(paths: SystemPaths, config_file: PathBuf, settings: Settings) -> Ex
 }
 
 /// Reads the config again; applies it only if it is valid.
-fn reload(config_file: &std::path::Path, settings_tx: &watch::Sender<Arc<Settings>>, board: &StatusBoard) {
+fn reload(
+    paths: &SystemPaths,
+    config_file: &std::path::Path,
+    settings_tx: &watch::Sender<Arc<Settings>>,
+    board: &StatusBoard,
+) {
     match config::load(config_file) {
         Ok(settings) => {
             tracing::info!(files = settings.sources.len(), "config reloaded");
+            save_last_good(paths, &settings);
             board.config_applied(&settings.sources);
             settings_tx.send_replace(Arc::new(settings));
         }
@@ -246,6 +343,27 @@ pub fn init_logging() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_built_in_defaults_validate_and_a_kept_config_is_preferred() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = SystemPaths::under(dir.path());
+        let (defaults, named) = fallback_settings(&paths);
+        assert!(defaults.share.is_none());
+        assert!(named.contains("built-in defaults"), "{named}");
+        let kept = config::load_str(
+            std::path::Path::new("c.toml"),
+            "[share]\nkind = \"local\"\npath = \"/srv/share\"\n[idle]\ntimeout = \"2h\"\n",
+        )
+        .unwrap();
+        save_last_good(&paths, &kept);
+        let text = std::fs::read_to_string(paths.state_dir().join(LAST_GOOD_CONFIG)).unwrap();
+        config::load_str(std::path::Path::new("kept.toml"), &text).unwrap_or_else(|err| panic!("{err}\n{text}"));
+        let (fallback, named) = fallback_settings(&paths);
+        assert_eq!(fallback.share, kept.share);
+        assert_eq!(fallback.idle, kept.idle);
+        assert!(named.contains("last valid config"), "{named}");
+    }
 
     #[test]
     fn a_thread_stuck_in_the_kernel_does_not_hold_the_stop() {

@@ -16,7 +16,7 @@ pub mod report;
 mod routes;
 pub mod spec;
 
-use crate::config::{duration, KeySourceKind, ShareSettings, ShareSource};
+use crate::config::{duration, ShareSettings, ShareSource};
 use crate::core::backoff::Backoff;
 use crate::core::capability::Capability;
 use crate::core::clock::{rfc3339, SharedClock};
@@ -335,16 +335,6 @@ impl Worker {
             self.set_state(ShareState::NotConfigured, Some("no [share] in the config".to_string()));
             return Next::Wait;
         };
-        if let ShareSource::AzureFiles { key_source: KeySourceKind::ManagedIdentity, .. } = &share.source {
-            self.set_state(
-                ShareState::NotImplemented,
-                Some(
-                    "key_source = \"managed-identity\" lands with the Azure reporting work; use key_file until then"
-                        .to_string(),
-                ),
-            );
-            return Next::Wait;
-        }
         // The accounts view may ask NSS and the parent of the mount point is
         // resolved on disk: both off the async workers.
         let (accounts, paths, config) = (self.ctx.accounts.clone(), self.ctx.paths.clone(), share.clone());

@@ -325,15 +325,6 @@ async fn an_outage_degrades_then_remounts_with_backoff_and_recovers_by_itself() 
 }
 
 #[tokio::test(start_paused = true)]
-async fn managed_identity_says_it_is_not_built_yet() {
-    let rig = Rig::new("[share]\nkind = \"azure-files\"\naccount = \"poolstore\"\nshare = \"notebooks\"\nkey_source = \"managed-identity\"\n");
-    let report = rig.wait_for(ShareState::NotImplemented, Duration::from_secs(5)).await;
-    assert!(report.detail.unwrap().contains("managed-identity"));
-    assert!(rig.mounts.calls.lock().unwrap().is_empty());
-    rig.stop().await;
-}
-
-#[tokio::test(start_paused = true)]
 async fn no_share_section_means_not_configured() {
     let rig = Rig::new("");
     rig.wait_for(ShareState::NotConfigured, Duration::from_secs(5)).await;

@@ -1,0 +1,149 @@
+//! `--check-config` beyond the file itself: what the config names on this
+//! system (the key file, users and groups) must exist and be fit for use, so
+//! a config that would fail at run time fails the check instead.
+
+use crate::config::{ConfigError, Settings, ShareSource};
+use crate::core::accounts::AccountsView;
+use crate::core::paths::SystemPaths;
+use crate::share::credentials;
+use std::path::Path;
+
+/// What the check found: errors fail it; warnings are keys left at a default
+/// that this system does not have (an image without `azureuser`, say).
+#[derive(Debug, Default)]
+pub struct SystemCheck {
+    pub errors: Vec<ConfigError>,
+    pub warnings: Vec<String>,
+}
+
+pub fn check_against_system(
+    settings: &Settings,
+    main_file: &Path,
+    paths: &SystemPaths,
+    accounts: &AccountsView,
+) -> SystemCheck {
+    let origins = &settings.origins;
+    // (key, whether the config sets it, what is wrong)
+    let mut found: Vec<(&str, bool, String)> = Vec::new();
+    let is_set = |key: &str| origins.is_set(key);
+
+    if let Some(share) = &settings.share {
+        if let ShareSource::AzureFiles { key_file: Some(key_file), uid, gid, .. } = &share.source {
+            let expected_owner = if paths.is_sandbox() { nix::unistd::geteuid().as_raw() } else { 0 };
+            if let Err(err) = credentials::read_key_file(&paths.resolve(key_file), expected_owner) {
+                // The key is needed whether the path was written or defaulted.
+                found.push(("share.key_file", true, err.to_string()));
+            }
+            if uid.parse::<u32>().is_err() && accounts.user_by_name(uid).is_none() {
+                found.push(("share.uid", true, format!("no user `{uid}` on this system (checked through NSS)")));
+            }
+            if gid.parse::<u32>().is_err() && accounts.group_by_name(gid).is_none() {
+                found.push(("share.gid", true, format!("no group `{gid}` on this system (checked through NSS)")));
+            }
+        }
+    }
+    let group = &settings.api.admin_group;
+    if accounts.group_by_name(group).is_none() {
+        found.push((
+            "api.admin_group",
+            is_set("api.admin_group"),
+            format!("no group `{group}` on this system: only root could change the VM (groupadd it, or name another)"),
+        ));
+    }
+    let user = &settings.instance.local_user;
+    if accounts.user_by_name(user).is_none() {
+        found.push((
+            "instance.local_user",
+            is_set("instance.local_user"),
+            format!("no user `{user}` on this system: setup scripts run as this user"),
+        ));
+    }
+    let mut check = SystemCheck::default();
+    for (key, set, message) in found {
+        let error = origins.error(main_file, key, message);
+        if set {
+            check.errors.push(error);
+        } else {
+            check.warnings.push(error.to_string());
+        }
+    }
+    check
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn sandbox() -> (tempfile::TempDir, SystemPaths, AccountsView) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("etc/pool-agent/secrets")).unwrap();
+        std::fs::write(
+            dir.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/bash\nazureuser:x:1000:1000::/home/azureuser:/bin/bash\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("etc/group"), "root:x:0:\nusers:x:100:\npool-agent-admin:x:990:\n").unwrap();
+        let paths = SystemPaths::under(dir.path());
+        let accounts = AccountsView::for_paths(&paths);
+        (dir, paths, accounts)
+    }
+
+    fn settings(text: &str) -> Settings {
+        crate::config::load_str(Path::new("/etc/pool-agent/config.toml"), text).unwrap()
+    }
+
+    const AZURE: &str = "[share]\nkind = \"azure-files\"\naccount = \"acct\"\nshare = \"notebooks\"\n";
+
+    #[test]
+    fn a_missing_or_open_key_file_fails_the_check_naming_the_key() {
+        let (dir, paths, accounts) = sandbox();
+        let main = Path::new("/etc/pool-agent/config.toml");
+        let check = check_against_system(&settings(AZURE), main, &paths, &accounts);
+        assert_eq!(check.errors.len(), 1, "{:?}", check.errors);
+        let text = check.errors[0].to_string();
+        assert!(text.contains("share.key_file") && text.contains("storage-key"), "{text}");
+
+        let key = dir.path().join("etc/pool-agent/secrets/storage-key");
+        std::fs::write(&key, "k3y\n").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let check = check_against_system(&settings(AZURE), main, &paths, &accounts);
+        let text = check.errors[0].to_string();
+        assert!(text.contains("chmod 600") && !text.contains("k3y"), "{text}");
+
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let check = check_against_system(&settings(AZURE), main, &paths, &accounts);
+        assert!(check.errors.is_empty(), "{:?}", check.errors);
+    }
+
+    #[test]
+    fn unknown_users_and_groups_fail_when_set_and_warn_when_defaulted() {
+        let (_dir, paths, accounts) = sandbox();
+        let main = Path::new("/etc/pool-agent/config.toml");
+        let text = "[instance]\nlocal_user = \"dsadmin\"\n[api]\nadmin_group = \"wheel\"\n";
+        let check = check_against_system(&settings(text), main, &paths, &accounts);
+        let errors: Vec<String> = check.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors.iter().any(|e| e.contains("config.toml:2: instance.local_user: no user `dsadmin`")),
+            "{errors:?}"
+        );
+        assert!(errors.iter().any(|e| e.contains("config.toml:4: api.admin_group: no group `wheel`")), "{errors:?}");
+
+        std::fs::write(paths.passwd(), "root:x:0:0::/root:/bin/bash\n").unwrap();
+        accounts.invalidate();
+        let check = check_against_system(&settings(""), main, &paths, &accounts);
+        assert!(check.errors.is_empty(), "{:?}", check.errors);
+        assert!(
+            check.warnings.iter().any(|w| w.contains("azureuser") && w.contains("default")),
+            "{:?}",
+            check.warnings
+        );
+
+        let text = format!("{AZURE}uid = \"nobody-here\"\ngid = \"nogroup-here\"\n");
+        let check = check_against_system(&settings(&text), main, &paths, &accounts);
+        let errors: Vec<String> = check.errors.iter().map(|e| e.to_string()).collect();
+        assert!(errors.iter().any(|e| e.contains(":5: share.uid: no user `nobody-here`")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains(":6: share.gid: no group `nogroup-here`")), "{errors:?}");
+    }
+}
