@@ -160,7 +160,7 @@ fn generate_assets(dir: &Path) -> std::io::Result<()> {
             std::fs::write(man_dir.join(format!("{sub_name}.1")), page)?;
         }
     }
-    let mut cli = Cli::command();
+    let mut cli = completion_command();
     for (shell, file) in [
         (clap_complete::Shell::Bash, "pool-agent.bash"),
         (clap_complete::Shell::Zsh, "_pool-agent"),
@@ -168,9 +168,31 @@ fn generate_assets(dir: &Path) -> std::io::Result<()> {
     ] {
         let mut out = Vec::new();
         clap_complete::generate(shell, &mut cli, "pool-agent", &mut out);
+        if shell == clap_complete::Shell::Bash {
+            out = mend_bash_names(&out);
+        }
         std::fs::write(completion_dir.join(file), out)?;
     }
     Ok(())
+}
+
+/// The CLI as shells should complete it: hidden subcommands left out (clap's
+/// generators would offer them).
+fn completion_command() -> clap::Command {
+    let full = Cli::command();
+    let visible: Vec<clap::Command> = full.get_subcommands().filter(|s| !s.is_hide_set()).cloned().collect();
+    let mut command = clap::Command::new("pool-agent").subcommands(visible);
+    for argument in full.get_arguments().filter(|a| !matches!(a.get_id().as_str(), "help" | "version")) {
+        command = command.arg(argument.clone());
+    }
+    command.version(crate::VERSION).about(full.get_about().cloned().unwrap_or_default())
+}
+
+/// clap_complete's bash script names a hyphenated program's subcommand
+/// branches `pool__subcmd__agent__…` while its dispatcher sets
+/// `pool__agent__…`, so nothing past the first word completes. One spelling.
+fn mend_bash_names(script: &[u8]) -> Vec<u8> {
+    String::from_utf8_lossy(script).replace("pool__subcmd__agent", "pool__agent").into_bytes()
 }
 
 #[cfg(test)]
@@ -226,5 +248,60 @@ mod tests {
         }
         let bash = std::fs::read_to_string(dir.path().join("completions/pool-agent.bash")).unwrap();
         assert!(bash.contains("remount"));
+    }
+
+    /// What bash offers after `words` (the last one being completed), from the real script.
+    fn bash_completes(script: &Path, words: &[&str]) -> Vec<String> {
+        let line = words.join(" ");
+        let program = format!(
+            "source {script}\nCOMP_WORDS=({line})\nCOMP_CWORD={}\nCOMP_LINE='{line}'\nCOMP_POINT=${{#COMP_LINE}}\n\
+             complete -p pool-agent >/dev/null || exit 9\n_pool__agent pool-agent '{}' '{}'\nprintf '%s\\n' \"${{COMPREPLY[@]}}\"\n",
+            words.len() - 1,
+            words[words.len() - 1],
+            words[words.len() - 2],
+            script = script.display(),
+        );
+        let out = std::process::Command::new("bash").arg("-c").arg(program).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
+    }
+
+    #[test]
+    fn bash_completes_past_the_first_word_and_hides_internal_commands() {
+        let dir = tempfile::tempdir().unwrap();
+        generate_assets(dir.path()).unwrap();
+        let script = dir.path().join("completions/pool-agent.bash");
+        assert_eq!(bash_completes(&script, &["pool-agent", "share", "--j"]), ["--json"]);
+        assert_eq!(bash_completes(&script, &["pool-agent", "share", "re"]), ["remount"]);
+        let first = bash_completes(&script, &["pool-agent", ""]);
+        assert!(first.contains(&"status".to_string()), "{first:?}");
+        assert!(!first.iter().any(|w| w == "generate-assets"), "{first:?}");
+        for file in ["completions/_pool-agent", "completions/pool-agent.fish"] {
+            let text = std::fs::read_to_string(dir.path().join(file)).unwrap();
+            assert!(!text.contains("generate-assets"), "{file}");
+        }
+    }
+
+    #[test]
+    fn zsh_and_fish_scripts_load_where_those_shells_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        generate_assets(dir.path()).unwrap();
+        for (shell, file, program) in [
+            ("zsh", "completions/_pool-agent", "autoload -U compinit; compinit -u; source {}"),
+            ("fish", "completions/pool-agent.fish", "source {}"),
+        ] {
+            let path = dir.path().join(file);
+            let run = std::process::Command::new(shell)
+                .arg("-c")
+                .arg(program.replace("{}", &path.display().to_string()))
+                .output();
+            match run {
+                Ok(out) => assert!(out.status.success(), "{shell}: {}", String::from_utf8_lossy(&out.stderr)),
+                Err(_) => {
+                    use std::io::Write as _;
+                    let _ = writeln!(std::io::stderr(), "SKIP {shell} completion load: {shell} is not installed");
+                }
+            }
+        }
     }
 }
