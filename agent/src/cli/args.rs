@@ -16,7 +16,7 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 
 /// Query and steer the pool-agent daemon on this VM.
 #[derive(Debug, Parser)]
-#[command(name = "pool-agent", version, about, long_about = None, propagate_version = true)]
+#[command(name = "pool-agent", version, about, long_about = None, propagate_version = true, disable_help_subcommand = true)]
 pub struct Cli {
     /// The daemon's API socket.
     #[arg(long, global = true, env = "POOL_AGENT_SOCKET", default_value = SOCKET_FILE, value_name = "PATH")]

@@ -7,12 +7,13 @@ pub mod client;
 pub mod events;
 pub mod idle;
 pub mod links;
+mod manual;
 mod render;
 pub mod scripts;
 pub mod share;
 pub mod status;
 
-use args::{Cli, Command, DaemonArgs};
+use args::{Cli, Command};
 use clap::CommandFactory;
 use client::{Client, ClientError, Reply};
 use hyper::Method;
@@ -148,18 +149,7 @@ fn generate_assets(dir: &Path) -> std::io::Result<()> {
     let completion_dir = dir.join("completions");
     std::fs::create_dir_all(&man_dir)?;
     std::fs::create_dir_all(&completion_dir)?;
-    for command in [Cli::command(), DaemonArgs::command()] {
-        let name = command.get_name().to_string();
-        let mut page = Vec::new();
-        clap_mangen::Man::new(command.clone()).render(&mut page)?;
-        std::fs::write(man_dir.join(format!("{name}.1")), page)?;
-        for subcommand in command.get_subcommands().filter(|s| !s.is_hide_set()) {
-            let sub_name = format!("{name}-{}", subcommand.get_name());
-            let mut page = Vec::new();
-            clap_mangen::Man::new(subcommand.clone().name(sub_name.clone())).render(&mut page)?;
-            std::fs::write(man_dir.join(format!("{sub_name}.1")), page)?;
-        }
-    }
+    manual::write_pages(&man_dir)?;
     let mut cli = completion_command();
     for (shell, file) in [
         (clap_complete::Shell::Bash, "pool-agent.bash"),
@@ -240,6 +230,8 @@ mod tests {
             "man/pool-agent.1",
             "man/pool-agentd.1",
             "man/pool-agent-status.1",
+            "man/pool-agent-share-remount.1",
+            "man/pool-agent.toml.5",
             "completions/pool-agent.bash",
             "completions/_pool-agent",
             "completions/pool-agent.fish",

@@ -35,7 +35,7 @@ pub fn share_at(report: &ShareReport, clock: &dyn Clock) -> String {
         let _ = writeln!(out, "source    {source} ({kind} via {fstype}{adopted})");
     }
     if let Some(mount_point) = &report.mount_point {
-        let _ = writeln!(out, "mounted   {mount_point}");
+        let _ = writeln!(out, "target    {mount_point}");
     }
     if !report.options.is_empty() {
         let _ = writeln!(out, "options   {}", report.options.join(","));

@@ -71,10 +71,17 @@ fn drop_in_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
 
 fn parse_fragment(file: &Path, text: &str) -> Result<ConfigFragment, ConfigError> {
     let index = Arc::new(LineIndex::new(file, text));
-    let syntax_error = |err: &toml::de::Error| ConfigError::Syntax {
-        file: file.to_path_buf(),
-        line: err.span().map(|span| index.line_of(span.start)).unwrap_or(0),
-        message: err.message().to_string(),
+    let syntax_error = |err: &toml::de::Error| {
+        let line = err.span().map(|span| index.line_of(span.start)).unwrap_or(0);
+        let mut message = err.message().to_string();
+        // toml says only "duplicate key"; the line says which.
+        if message == "duplicate key" {
+            let key = text.lines().nth(line.saturating_sub(1)).and_then(|l| l.split('=').next()).map(str::trim);
+            if let Some(key) = key.filter(|k| !k.is_empty()) {
+                message = format!("duplicate key `{key}`: set it once in a file (a later drop-in may set it again)");
+            }
+        }
+        ConfigError::Syntax { file: file.to_path_buf(), line, message }
     };
     let deserializer = toml::Deserializer::parse(text).map_err(|err| syntax_error(&err))?;
     source::with_file(index.clone(), || serde_path_to_error::deserialize(deserializer)).map_err(|err| {
@@ -109,8 +116,20 @@ fn dotted_key(path: &serde_path_to_error::Path) -> String {
     key
 }
 
-/// serde says "unknown field"; admins write keys.
+/// serde speaks of fields and Rust types; admins write keys and values.
 fn friendlier(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("invalid type: ") {
+        if let Some((found, expected)) = rest.split_once(", expected ") {
+            let wanted = match expected {
+                "u32" | "u64" | "i64" | "u16" | "u8" | "usize" => "a whole number, without quotes",
+                "a boolean" => "true or false, without quotes",
+                "a string" => "a quoted string",
+                "a sequence" => "a list, such as [\"a\", \"b\"]",
+                other => other,
+            };
+            return format!("expected {wanted}, found {found}");
+        }
+    }
     message.replacen("unknown field", "unknown key", 1)
 }
 
@@ -188,6 +207,31 @@ mod tests {
     fn bad_value_type_names_the_key() {
         let (line, key, _) = expect_invalid("[links]\nmin_uid = \"lots\"\n");
         assert_eq!((line, key.as_str()), (2, "links.min_uid"));
+    }
+
+    #[test]
+    fn type_errors_and_duplicates_speak_the_config_s_words() {
+        let (_, key, message) = expect_invalid("[links]\nmin_uid = \"1000\"\n");
+        assert_eq!(key, "links.min_uid");
+        assert_eq!(message, "expected a whole number, without quotes, found string \"1000\"");
+        match parse("[links]\nmin_uid = 1000\nmin_uid = 1001\n") {
+            Err(ConfigError::Syntax { line: 3, message, .. }) => assert!(message.contains("`min_uid`"), "{message}"),
+            other => panic!("expected a duplicate key error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_drop_in_that_changes_the_kind_names_where_the_leftover_key_was_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("config.toml");
+        std::fs::write(&main, "[share]\nkind = \"azure-files\"\naccount = \"acct\"\nshare = \"notebooks\"\n").unwrap();
+        std::fs::create_dir(dir.path().join("config.d")).unwrap();
+        std::fs::write(dir.path().join("config.d/50-nfs.toml"), "[share]\nkind = \"nfs\"\nsource = \"h:/x\"\n")
+            .unwrap();
+        let err = load(&main).unwrap_err();
+        assert!(err.file().ends_with("config.toml"), "{err}");
+        assert_eq!((err.line(), err.key()), (Some(3), Some("share.account")));
+        assert!(err.to_string().contains("50-nfs.toml:2"), "names where the kind was changed: {err}");
     }
 
     #[test]

@@ -422,36 +422,45 @@ fn validate_share(section: Sourced<ShareFragment>, origins: &mut KeyOrigins) -> 
     }
 
     // Keys that belong to another kind are a mistake worth naming, not ignoring.
+    // Keys that belong to another kind are a mistake worth naming, not ignoring;
+    // the error stands where the key was set and names where the kind was.
+    fn at<T>(value: &Option<Sourced<T>>) -> Option<Origin> {
+        value.as_ref().map(|v| v.origin.clone())
+    }
     let smb_only = [
-        ("account", share.account.is_some()),
-        ("share", share.share.is_some()),
-        ("endpoint_suffix", share.endpoint_suffix.is_some()),
-        ("key_file", share.key_file.is_some()),
-        ("key_source", share.key_source.is_some()),
-        ("uid", share.uid.is_some()),
-        ("gid", share.gid.is_some()),
-        ("dir_mode", share.dir_mode.is_some()),
-        ("file_mode", share.file_mode.is_some()),
+        ("account", at(&share.account)),
+        ("share", at(&share.share)),
+        ("endpoint_suffix", at(&share.endpoint_suffix)),
+        ("key_file", at(&share.key_file)),
+        ("key_source", at(&share.key_source)),
+        ("uid", at(&share.uid)),
+        ("gid", at(&share.gid)),
+        ("dir_mode", at(&share.dir_mode)),
+        ("file_mode", at(&share.file_mode)),
     ];
-    let foreign: Vec<(&str, bool)> = match kind.value {
-        ShareKind::AzureFiles => vec![("path", share.path.is_some())],
-        ShareKind::Nfs => smb_only.iter().copied().chain([("path", share.path.is_some())]).collect(),
+    let foreign: Vec<(&str, Option<Origin>)> = match kind.value {
+        ShareKind::AzureFiles => vec![("path", at(&share.path))],
+        ShareKind::Nfs => smb_only.iter().cloned().chain([("path", at(&share.path))]).collect(),
         ShareKind::Local => smb_only
             .iter()
-            .copied()
+            .cloned()
             .chain([
-                ("source", share.source.is_some()),
-                ("vers", share.vers.is_some()),
-                ("options", share.options.is_some()),
-                ("default_options", share.default_options.is_some()),
+                ("source", at(&share.source)),
+                ("vers", at(&share.vers)),
+                ("options", at(&share.options)),
+                ("default_options", at(&share.default_options)),
             ])
             .collect(),
     };
-    if let Some((key, _)) = foreign.iter().find(|(_, present)| *present) {
+    if let Some((key, Some(set_at))) = foreign.iter().find(|(_, set_at)| set_at.is_some()) {
+        let kind_at = format!("{}:{}", kind.origin.file.display(), kind.origin.line);
         return Err(invalid(
-            &kind.origin,
+            set_at,
             &format!("share.{key}"),
-            format!("not used when share.kind = \"{}\"", kind.value.as_str()),
+            format!(
+                "not used when share.kind = \"{}\" (set at {kind_at}); remove it from this file",
+                kind.value.as_str()
+            ),
         ));
     }
 

@@ -272,7 +272,13 @@ impl Worker {
                 r.last_error_at = Some(now);
             }
         });
-        let summary = detail.unwrap_or_else(|| state.as_str().to_string());
+        // The board's row speaks the share's own words first (`mounted: ...`,
+        // `unmounted: ...`), so `status` and `share` say the same thing.
+        let summary = match detail {
+            Some(detail) if !detail.starts_with(state.as_str()) => format!("{}: {detail}", state.as_str()),
+            Some(detail) => detail,
+            None => state.as_str().to_string(),
+        };
         let news = match state {
             ShareState::Mounted => match self.reachable_root() {
                 Some(root) => ShareNews::Mounted { root },
