@@ -121,35 +121,27 @@ impl StatusBoard {
         self.set(ComponentId::Config, ComponentState::Ready, Some(format!("{} file(s) in force", files.len())));
     }
 
+    /// A reload was refused: the config in force stays, and says so.
     pub fn config_rejected(&self, error: &ConfigError) {
-        let message = error.to_string();
-        {
-            let mut board = self.lock();
-            board.config.reloads_rejected += 1;
-            board.config.rejected_reload = Some(RejectedReload {
-                at: rfc3339(self.clock.now()),
-                file: error.file().display().to_string(),
-                line: error.line(),
-                key: error.key().map(str::to_string),
-                message: message.clone(),
-            });
-        }
-        self.set_error(
-            ComponentId::Config,
-            ComponentState::Degraded,
-            Some("reload rejected; the previous config stays in force".to_string()),
-            message,
-        );
+        self.record_rejection(error, None);
     }
 
     /// The config on disk is invalid at start: the daemon runs on `in_force`
     /// (the last valid config or the defaults) until a reload fixes it.
     pub fn config_failed(&self, error: &ConfigError, in_force: &str) {
+        self.record_rejection(error, Some(in_force));
+    }
+
+    fn record_rejection(&self, error: &ConfigError, running_on: Option<&str>) {
         let message = error.to_string();
-        {
+        let running_on = {
             let mut board = self.lock();
-            board.config.files.clear();
-            board.config.running_on = Some(in_force.to_string());
+            if let Some(in_force) = running_on {
+                board.config.files.clear();
+                board.config.running_on = Some(in_force.to_string());
+            } else {
+                board.config.reloads_rejected += 1;
+            }
             board.config.rejected_reload = Some(RejectedReload {
                 at: rfc3339(self.clock.now()),
                 file: error.file().display().to_string(),
@@ -157,13 +149,14 @@ impl StatusBoard {
                 key: error.key().map(str::to_string),
                 message: message.clone(),
             });
-        }
-        self.set_error(
-            ComponentId::Config,
-            ComponentState::Failed,
-            Some(format!("the config on disk is invalid; running on {in_force}")),
-            message,
-        );
+            board.config.running_on.clone()
+        };
+        // Still running on a fallback: the files on disk have never been in force.
+        let (state, detail) = match running_on {
+            Some(in_force) => (ComponentState::Failed, format!("the config on disk is invalid; running on {in_force}")),
+            None => (ComponentState::Degraded, "reload rejected; the previous config stays in force".to_string()),
+        };
+        self.set_error(ComponentId::Config, state, Some(detail), message);
     }
 
     pub fn components(&self) -> Vec<ComponentStatus> {
