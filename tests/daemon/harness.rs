@@ -61,6 +61,12 @@ impl Sandbox {
         .unwrap();
         fs::write(root.join("etc/group"), "root:x:0:\npool-agent-admin:x:990:alice\nalice:x:1001:\nbob:x:1002:\n")
             .unwrap();
+        // Homes belong to their users, as on a VM (only root can arrange that).
+        if nix_is_root() {
+            for (home, uid) in [("home/alice", ADMIN_UID), ("home/bob", USER_UID)] {
+                std::os::unix::fs::chown(root.join(home), Some(uid), Some(uid)).unwrap();
+            }
+        }
         let sandbox = Self { dir };
         sandbox.write_config(LOCAL_SHARE_CONFIG);
         sandbox

@@ -6,5 +6,6 @@ mod harness;
 mod cli;
 mod config_check;
 mod lifecycle;
+mod links;
 mod permissions;
 mod share;

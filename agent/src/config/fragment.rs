@@ -176,13 +176,19 @@ impl<'de> Deserialize<'de> for UserSelection {
 pub struct LinksFragment {
     pub users: Value<UserSelection>,
     pub min_uid: Value<u32>,
+    pub max_uid: Value<u32>,
     pub link: Value<String>,
     pub target: Value<String>,
+    pub folder_mode: Value<String>,
+    pub move_conflicts: Value<bool>,
+    pub private: Value<bool>,
+    pub resync_interval: Value<ConfigDuration>,
 }
 
 impl MergeFrom for LinksFragment {
     fn merge_from(&mut self, later: Self) {
-        later_wins!(self, later; users, min_uid, link, target);
+        later_wins!(self, later; users, min_uid, max_uid, link, target, folder_mode, move_conflicts, private,
+            resync_interval);
     }
 }
 

@@ -25,6 +25,11 @@ pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MOUNT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MIN_UID: u32 = 1000;
+/// Debian's UID_MAX: above it live system and special accounts (nobody is 65534).
+pub const DEFAULT_MAX_UID: u32 = 60000;
+pub const DEFAULT_FOLDER_MODE: &str = "0700";
+/// Catches users that only NSS knows of (sssd, LDAP), whose changes touch no file.
+pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_LINK: &str = "notebooks/remote";
 pub const DEFAULT_TARGET: &str = "notebooks/{user}";
 pub const DEFAULT_SETUP_DIR: &str = "/etc/pool-agent/setup.d";
@@ -134,8 +139,17 @@ pub enum ShareSource {
 pub struct LinksSettings {
     pub users: UserSelection,
     pub min_uid: u32,
+    pub max_uid: u32,
+    /// Under each home.
     pub link: PathBuf,
+    /// Under the share root; `{user}` is the user's name.
     pub target: String,
+    /// Mode of a user's folder the agent creates on the share.
+    pub folder_mode: String,
+    /// Move a real file or directory at the link path aside (timestamped) instead of only reporting it.
+    pub move_conflicts: bool,
+    #[serde(serialize_with = "duration::serialize")]
+    pub resync_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -666,11 +680,35 @@ fn validate_links(section: Option<Sourced<LinksFragment>>) -> Result<LinksSettin
             format!("{:?} must contain {{user}}, or every user would share one folder", target.value),
         ));
     }
+    if let Some(private) = links.private.as_ref().filter(|p| p.value) {
+        return Err(invalid(
+            &private.origin,
+            "links.private",
+            "per-user private SMB mounts are not built in this version of pool-agent; on NFS, owners and mode 0700 keep users apart",
+        ));
+    }
+    let min_uid = links.min_uid.map(|m| m.value).unwrap_or(DEFAULT_MIN_UID);
+    let max_uid = match links.max_uid {
+        Some(max) if max.value < min_uid => {
+            return Err(invalid(
+                &max.origin,
+                "links.max_uid",
+                format!("{} is below links.min_uid ({min_uid})", max.value),
+            ))
+        }
+        Some(max) => max.value,
+        None => DEFAULT_MAX_UID,
+    };
+    let resync_interval = links.resync_interval.map(|d| d.value.0).unwrap_or(DEFAULT_RESYNC_INTERVAL);
     Ok(LinksSettings {
         users,
-        min_uid: links.min_uid.map(|m| m.value).unwrap_or(DEFAULT_MIN_UID),
+        min_uid,
+        max_uid,
         link: contained_relative_path("links.link", &or_default(&links.link, DEFAULT_LINK))?,
         target: target.value,
+        folder_mode: octal_mode("links.folder_mode", &or_default(&links.folder_mode, DEFAULT_FOLDER_MODE))?,
+        move_conflicts: links.move_conflicts.is_some_and(|m| m.value),
+        resync_interval,
     })
 }
 

@@ -13,8 +13,11 @@ pub enum ShareNews {
     NotConfigured,
     /// Configured but not usable now; `why` is for status lines.
     Down { why: String },
-    /// Mounted and its last probe passed; `root` is where it is reachable.
-    Mounted { root: PathBuf },
+    /// Mounted and its last probe passed; `root` is where it is reachable and
+    /// `identity` its (device, inode) when mounted. Whoever writes under `root`
+    /// checks the identity on the directory it opened: a mount gone unseen
+    /// leaves an empty local directory there, which must never be written to.
+    Mounted { root: PathBuf, identity: (u64, u64) },
 }
 
 #[derive(Clone)]
@@ -62,11 +65,11 @@ mod tests {
         let shared = SharedState::new();
         let mut rx = shared.watch_share();
         rx.borrow_and_update();
-        shared.publish_share(ShareNews::Mounted { root: "/data/notebooks".into() });
+        shared.publish_share(ShareNews::Mounted { root: "/data/notebooks".into(), identity: (1, 2) });
         assert!(rx.has_changed().unwrap());
         rx.borrow_and_update();
-        shared.publish_share(ShareNews::Mounted { root: "/data/notebooks".into() });
+        shared.publish_share(ShareNews::Mounted { root: "/data/notebooks".into(), identity: (1, 2) });
         assert!(!rx.has_changed().unwrap(), "the same news again wakes nobody");
-        assert_eq!(shared.share(), ShareNews::Mounted { root: "/data/notebooks".into() });
+        assert_eq!(shared.share(), ShareNews::Mounted { root: "/data/notebooks".into(), identity: (1, 2) });
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 pub fn capabilities(clock: &SharedClock) -> Vec<Arc<dyn Capability>> {
     vec![
         Arc::new(crate::share::ShareHandle::system(clock.clone())),
-        Arc::new(crate::links::Links),
+        Arc::new(crate::links::Links::new()),
         Arc::new(crate::scripts::Scripts),
         Arc::new(crate::idle::Idle),
         Arc::new(crate::azure::Azure),

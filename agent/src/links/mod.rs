@@ -1,15 +1,76 @@
-//! Links: every user's `$HOME/notebooks/remote` pointing at their folder on the share.
+//! Links: every user's `$HOME/notebooks/remote` pointing at their folder on
+//! the share, for every user, new ones within a second.
 //!
-//! Not built yet: the task says so in `pool-agent status`, and its API
-//! routes answer 501 with a JSON error.
+//! A pass takes the users from the accounts view ([`select`]), makes each
+//! user's folder on the share while the share is mounted, and each user's
+//! link whether it is or not ([`reconcile`], safe against users who plant
+//! symlinks). Passes run at start, within a second of a change to the passwd
+//! file's directory or to a home's parent (inotify), every
+//! `links.resync_interval` for NSS-only changes, when the share comes or
+//! goes, on a config change, and on `pool-agent links sync`.
 
+pub mod reconcile;
+pub mod report;
+pub mod select;
+
+use crate::config::{LinksSettings, Settings};
 use crate::core::capability::Capability;
-use crate::core::component::ComponentId;
-use crate::core::http::{not_built, Access, Route};
-use crate::core::task::{TaskContext, TaskResult};
+use crate::core::clock::rfc3339;
+use crate::core::component::{ComponentId, ComponentState};
+use crate::core::http::{Access, Route};
+use crate::core::shared::ShareNews;
+use crate::core::task::{self, TaskContext, TaskError, TaskResult};
+use axum::extract::State;
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Json;
 use futures_util::future::BoxFuture;
+use notify::Watcher;
+use reconcile::{FolderPlan, Step, UserPlan};
+use report::{LinkState, LinksReport, UserLink};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 
-pub struct Links;
+/// Events within this window make one pass.
+const SETTLE: Duration = Duration::from_millis(100);
+/// A pass over thousands of users on a slow share still ends.
+const PASS_DEADLINE: Duration = Duration::from_secs(300);
+/// `links sync` answers by then, inside the API's handler deadline.
+const SYNC_ANSWER_WITHIN: Duration = Duration::from_secs(6);
+
+type SyncReply = oneshot::Sender<LinksReport>;
+
+#[derive(Clone)]
+pub struct Links {
+    report: Arc<Mutex<LinksReport>>,
+    sync_tx: mpsc::Sender<SyncReply>,
+    sync_rx: Arc<tokio::sync::Mutex<mpsc::Receiver<SyncReply>>>,
+}
+
+impl Default for Links {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Links {
+    pub fn new() -> Self {
+        let (sync_tx, sync_rx) = mpsc::channel(8);
+        Self {
+            report: Arc::new(Mutex::new(LinksReport::default())),
+            sync_tx,
+            sync_rx: Arc::new(tokio::sync::Mutex::new(sync_rx)),
+        }
+    }
+
+    pub fn report(&self) -> LinksReport {
+        self.report.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
 
 impl Capability for Links {
     fn id(&self) -> ComponentId {
@@ -17,17 +78,312 @@ impl Capability for Links {
     }
 
     fn run(&self, ctx: TaskContext) -> BoxFuture<'static, TaskResult> {
-        Box::pin(ctx.not_built("user links"))
+        Box::pin(run(ctx, self.clone()))
     }
 
     fn routes(&self) -> Vec<Route> {
         vec![
-            Route::get("/v1/links", Access::Read, || not_built("GET /v1/links", "links")),
-            Route::post("/v1/links/sync", Access::Admin, || not_built("POST /v1/links/sync", "links")),
+            Route {
+                method: Method::GET,
+                path: "/v1/links",
+                access: Access::Read,
+                handler: get(links_report).with_state(self.clone()),
+            },
+            Route {
+                method: Method::POST,
+                path: "/v1/links/sync",
+                access: Access::Admin,
+                handler: post(links_sync).with_state(self.clone()),
+            },
         ]
+    }
+
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register_collector(Box::new(LinksMetrics(self.clone())));
     }
 
     fn config_section(&self) -> &'static str {
         "links"
+    }
+}
+
+async fn links_report(State(links): State<Links>) -> Json<LinksReport> {
+    Json(links.report())
+}
+
+async fn links_sync(State(links): State<Links>) -> Response {
+    let (reply_tx, reply_rx) = oneshot::channel();
+    if links.sync_tx.try_send(reply_tx).is_err() {
+        return (StatusCode::ACCEPTED, Json(links.report())).into_response();
+    }
+    match tokio::time::timeout(SYNC_ANSWER_WITHIN, reply_rx).await {
+        Ok(Ok(report)) => Json(report).into_response(),
+        _ => (StatusCode::ACCEPTED, Json(links.report())).into_response(),
+    }
+}
+
+async fn run(ctx: TaskContext, links: Links) -> TaskResult {
+    let sync_rx = links.sync_rx.clone();
+    let mut syncs = sync_rx.lock().await;
+    let mut settings_rx = ctx.settings.clone();
+    let mut share_rx = ctx.shared.watch_share();
+    let (events_tx, mut events) = mpsc::channel::<()>(1);
+    let mut watcher = DirWatcher::new(events_tx);
+    let mut waiting: Vec<SyncReply> = Vec::new();
+    // The last mounted root, so links point at the share while it is down.
+    let mut last_root: Option<PathBuf> = None;
+    loop {
+        let settings = settings_rx.borrow_and_update().clone();
+        let share = share_rx.borrow_and_update().clone();
+        if let ShareNews::Mounted { root, .. } = &share {
+            last_root = Some(root.clone());
+        }
+        let report = pass(&ctx, &settings, &share, last_root.clone(), &links).await?;
+        watcher.watch(&ctx, &settings, &report);
+        for reply in waiting.drain(..) {
+            let _ = reply.send(report.clone());
+        }
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return Ok(()),
+            changed = settings_rx.changed() => {
+                if changed.is_err() {
+                    ctx.idle_until_shutdown().await;
+                    return Ok(());
+                }
+            }
+            _ = share_rx.changed() => {}
+            Some(()) = events.recv() => {
+                // Let a burst (useradd writes passwd, group, shadow, the home) settle.
+                tokio::time::sleep(SETTLE).await;
+                while events.try_recv().is_ok() {}
+                ctx.accounts.invalidate();
+            }
+            Some(reply) = syncs.recv() => {
+                ctx.accounts.invalidate();
+                waiting.push(reply);
+            }
+            _ = tokio::time::sleep(settings.links.resync_interval) => ctx.accounts.invalidate(),
+        }
+    }
+}
+
+/// One pass over every user; publishes the report, the board row and the news.
+async fn pass(
+    ctx: &TaskContext,
+    settings: &Arc<Settings>,
+    share: &ShareNews,
+    last_root: Option<PathBuf>,
+    links: &Links,
+) -> Result<LinksReport, TaskError> {
+    let started = ctx.clock.monotonic();
+    let (accounts, paths, config) = (ctx.accounts.clone(), ctx.paths.clone(), settings.links.clone());
+    let mount_point = settings.share.as_ref().map(|s| paths.resolve(&s.mount_point));
+    let share = share.clone();
+    let previous: HashMap<String, UserLink> = links.report().users.into_iter().map(|u| (u.user.clone(), u)).collect();
+    let now = rfc3339(ctx.clock.now());
+    let stamp: String = now.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    let users = task::blocking("linking users", PASS_DEADLINE, move || {
+        let chosen = select::users_to_link(&config, &accounts, &paths);
+        let root = match &share {
+            ShareNews::Mounted { root, .. } => Some(root.clone()),
+            _ => last_root.or(mount_point),
+        };
+        chosen
+            .iter()
+            .map(|account| {
+                let plan = UserPlan {
+                    name: account.name.clone(),
+                    uid: account.uid,
+                    gid: account.gid,
+                    home: paths.resolve(&account.home),
+                };
+                link_one(&plan, &config, &share, root.as_deref(), &stamp)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await?;
+    let users: Vec<UserLink> = users
+        .into_iter()
+        .map(|(mut user, changed)| {
+            user.last_change =
+                if changed { Some(now.clone()) } else { previous.get(&user.user).and_then(|p| p.last_change.clone()) };
+            user
+        })
+        .collect();
+    let elapsed = ctx.clock.monotonic().duration_since(started);
+    let report = {
+        let mut report = links.report.lock().unwrap_or_else(|p| p.into_inner());
+        report.users = users;
+        report.last_sync = Some(now);
+        report.last_sync_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3;
+        report.passes += 1;
+        report.clone()
+    };
+    publish(ctx, &report, settings.share.is_some());
+    Ok(report)
+}
+
+/// The link and, on a mounted share, the folder of one user; and whether
+/// anything was changed for them.
+fn link_one(
+    user: &UserPlan,
+    config: &LinksSettings,
+    share: &ShareNews,
+    root: Option<&Path>,
+    stamp: &str,
+) -> (UserLink, bool) {
+    let relative = PathBuf::from(config.target.replace("{user}", &user.name));
+    let link_path = user.home.join(&config.link);
+    let mut entry = UserLink {
+        user: user.name.clone(),
+        uid: user.uid,
+        state: LinkState::Ok,
+        link: link_path.display().to_string(),
+        target: String::new(),
+        reason: None,
+        last_change: None,
+    };
+    let Some(root) = root else {
+        entry.state = LinkState::WaitingForShare;
+        entry.reason = Some("no [share] in the config: nothing to link to".to_string());
+        return (entry, false);
+    };
+    let target = root.join(&relative);
+    entry.target = target.display().to_string();
+    let mode = u32::from_str_radix(&config.folder_mode, 8).unwrap_or(0o700);
+    // Only on a mounted share: never a folder on the local disk under the mount point.
+    let folder = match share {
+        ShareNews::Mounted { root, identity } => reconcile::ensure_folder(
+            user,
+            &FolderPlan { root: root.clone(), identity: *identity, relative: relative.clone(), mode },
+        ),
+        _ => Step::Unchanged,
+    };
+    let link = reconcile::ensure_link(user, &config.link, &target, config.move_conflicts, stamp);
+    let step = folder.combine(link);
+    let changed = step != Step::Unchanged;
+    let (state, reason) = match (step, share) {
+        (Step::ShareGone(why), _) => {
+            (LinkState::WaitingForShare, Some(format!("link made; the folder waits for the share ({why})")))
+        }
+        (Step::Failed(why), _) => (LinkState::Error, Some(why)),
+        (Step::Conflict(why), _) => (LinkState::Conflict, Some(why)),
+        (_, ShareNews::Down { why }) => {
+            (LinkState::WaitingForShare, Some(format!("link made; the folder waits for the share ({why})")))
+        }
+        (Step::Changed, _) => (LinkState::Created, None),
+        (Step::Unchanged, _) => (LinkState::Ok, None),
+    };
+    entry.state = state;
+    entry.reason = reason;
+    (entry, changed)
+}
+
+fn publish(ctx: &TaskContext, report: &LinksReport, share_configured: bool) {
+    let count = |state| report.count(state);
+    let mut detail =
+        format!("{} user(s): {} linked", report.users.len(), count(LinkState::Ok) + count(LinkState::Created));
+    for (state, what) in [
+        (LinkState::WaitingForShare, "wait for the share"),
+        (LinkState::Conflict, "conflict"),
+        (LinkState::Error, "error"),
+    ] {
+        if count(state) > 0 {
+            detail.push_str(&format!(", {} {what}", count(state)));
+        }
+    }
+    if !share_configured {
+        ctx.set(ComponentState::Skipped, "no [share] in the config: nothing to link to".to_string());
+    } else if count(LinkState::Error) > 0 {
+        let first = report.users.iter().find(|u| u.state == LinkState::Error);
+        let why = first.map(|u| format!("{}: {}", u.user, u.reason.clone().unwrap_or_default())).unwrap_or_default();
+        ctx.set_error(ComponentState::Degraded, detail, why);
+    } else {
+        ctx.set(ComponentState::Ready, detail);
+    }
+}
+
+/// inotify on the passwd file's directory (useradd replaces the file by
+/// rename) and on every directory that holds homes (pam_mkhomedir makes a
+/// home on first login): a change there starts a pass.
+struct DirWatcher {
+    events: mpsc::Sender<()>,
+    watcher: Option<notify::RecommendedWatcher>,
+    watched: BTreeSet<PathBuf>,
+}
+
+impl DirWatcher {
+    fn new(events: mpsc::Sender<()>) -> Self {
+        Self { events, watcher: None, watched: BTreeSet::new() }
+    }
+
+    fn watch(&mut self, ctx: &TaskContext, settings: &Settings, report: &LinksReport) {
+        let mut wanted = BTreeSet::new();
+        if let Some(dir) = ctx.paths.passwd().parent() {
+            wanted.insert(dir.to_path_buf());
+        }
+        wanted.insert(ctx.paths.resolve("/home"));
+        for user in &report.users {
+            if let Some(parent) = Path::new(&user.link).ancestors().nth(1 + settings.links.link.components().count()) {
+                wanted.insert(parent.to_path_buf());
+            }
+        }
+        wanted.retain(|dir| dir.is_dir());
+        if wanted == self.watched && self.watcher.is_some() {
+            return;
+        }
+        let events = self.events.clone();
+        let made = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                let _ = events.try_send(());
+            }
+        });
+        let mut watcher = match made {
+            Ok(watcher) => watcher,
+            Err(err) => {
+                tracing::warn!(
+                    component = "links",
+                    "cannot watch for new users ({err}); resyncing every interval only"
+                );
+                return;
+            }
+        };
+        for dir in &wanted {
+            if let Err(err) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+                tracing::warn!(component = "links", "cannot watch {}: {err}", dir.display());
+            }
+        }
+        self.watcher = Some(watcher);
+        self.watched = wanted;
+    }
+}
+
+struct LinksMetrics(Links);
+
+impl std::fmt::Debug for LinksMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinksMetrics")
+    }
+}
+
+impl prometheus_client::collector::Collector for LinksMetrics {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let report = self.0.report();
+        let users = ConstGauge::new(0i64);
+        let mut family =
+            encoder.encode_descriptor("links_users", "Users by the state of their link.", None, users.metric_type())?;
+        for state in LinkState::ALL {
+            ConstGauge::new(report.count(state) as i64).encode(family.encode_family(&[("state", state.as_str())])?)?;
+        }
+        let took = ConstGauge::new(report.last_sync_ms / 1000.0);
+        took.encode(encoder.encode_descriptor(
+            "links_last_sync_duration_seconds",
+            "How long the last pass over every user took.",
+            None,
+            took.metric_type(),
+        )?)?;
+        Ok(())
     }
 }

@@ -172,6 +172,8 @@ struct Worker {
     /// Whether the share had been mounted and then went bad (shown as degraded until it is back).
     outage: bool,
     failed_in_a_row: u32,
+    /// (device, inode) of the mounted root, published with the news.
+    root_identity: Option<(u64, u64)>,
 }
 
 pub async fn run(ctx: TaskContext, share: ShareHandle) -> TaskResult {
@@ -185,6 +187,7 @@ pub async fn run(ctx: TaskContext, share: ShareHandle) -> TaskResult {
         current: None,
         outage: false,
         failed_in_a_row: 0,
+        root_identity: None,
     };
     let mut config_live = true;
     loop {
@@ -280,9 +283,9 @@ impl Worker {
             None => state.as_str().to_string(),
         };
         let news = match state {
-            ShareState::Mounted => match self.reachable_root() {
-                Some(root) => ShareNews::Mounted { root },
-                None => ShareNews::Down { why: "mounted, but its root is unknown".to_string() },
+            ShareState::Mounted => match (self.reachable_root(), self.root_identity) {
+                (Some(root), Some(identity)) => ShareNews::Mounted { root, identity },
+                _ => ShareNews::Down { why: "mounted, but its root could not be looked at".to_string() },
             },
             ShareState::NotConfigured => ShareNews::NotConfigured,
             _ => ShareNews::Down { why: format!("the share is {}: {summary}", state.as_str()) },
@@ -395,7 +398,7 @@ impl Worker {
                 let why = if running_as_root() { "it is the mount point itself" } else { "not root, so no bind mount" };
                 self.current = Some(plan.clone());
                 self.share.update(|r| r.fstype = Some("none (in place)".to_string()));
-                self.mounted(false, Some(format!("local share {} used in place ({why})", source.display())));
+                self.mounted(false, Some(format!("local share {} used in place ({why})", source.display()))).await;
                 return Next::ProbeSoon;
             }
         }
@@ -404,7 +407,7 @@ impl Worker {
             Existing::Ours => {
                 let adopted = self.current.as_ref() != Some(&plan);
                 self.current = Some(plan.clone());
-                self.mounted(adopted, None);
+                self.mounted(adopted, None).await;
                 return Next::ProbeSoon;
             }
             Existing::Foreign(what) => {
@@ -447,7 +450,7 @@ impl Worker {
                         r.adopted = false;
                     });
                     tracing::info!(source = %plan.source, target = %plan.target.display(), "share mounted");
-                    self.mounted(false, None);
+                    self.mounted(false, None).await;
                     Next::ProbeSoon
                 }
                 _ => {
@@ -465,7 +468,19 @@ impl Worker {
         }
     }
 
-    fn mounted(&mut self, adopted: bool, detail: Option<String>) {
+    async fn mounted(&mut self, adopted: bool, detail: Option<String>) {
+        // Who the share's root is (device and inode), so others can tell it from
+        // the empty directory under it should the mount go away unseen.
+        self.root_identity = match self.reachable_root() {
+            Some(root) => task::blocking("identifying the share root", DISK_DEADLINE, move || {
+                use std::os::unix::fs::MetadataExt;
+                std::fs::metadata(&root).ok().map(|m| (m.dev(), m.ino()))
+            })
+            .await
+            .ok()
+            .flatten(),
+            None => None,
+        };
         self.backoff.reset();
         self.outage = false;
         self.failed_in_a_row = 0;
@@ -576,7 +591,7 @@ impl Worker {
                 let still_there = in_place || matches!(self.existing_mount(&plan).await, Existing::Ours);
                 if still_there {
                     if self.failed_in_a_row > 0 {
-                        self.mounted(false, None);
+                        self.mounted(false, None).await;
                     }
                     return Next::Watch;
                 }

@@ -1,0 +1,428 @@
+//! One user's link and folder, made safely as root.
+//!
+//! The home belongs to the user, who may plant symlinks or swap directories
+//! while the agent works. Every step below the home (and below the share
+//! root) goes through directory descriptors opened with `openat2` and
+//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, and every change is made relative
+//! to such a descriptor: a symlink anywhere on the way is refused, never
+//! followed, so the agent cannot be led to create, chown, rename or replace
+//! anything outside the user's own home and share folder. Blocking: run it
+//! off the async workers.
+
+use nix::errno::Errno;
+use nix::fcntl::{openat2, AtFlags, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fchmod, fstat, mkdirat, Mode};
+use nix::unistd::{fchown, fchownat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
+use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
+use std::path::{Component, Path, PathBuf};
+
+/// What the agent needs to know of one user.
+#[derive(Debug, Clone)]
+pub struct UserPlan {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// The home as the agent reaches it (resolved under `--root`).
+    pub home: PathBuf,
+}
+
+/// Where the user's folder lives, when the share is usable.
+#[derive(Debug, Clone)]
+pub struct FolderPlan {
+    /// The share root as users reach it.
+    pub root: PathBuf,
+    /// (device, inode) the share's root had when mounted.
+    pub identity: (u64, u64),
+    /// Relative to the root, `{user}` filled in.
+    pub relative: PathBuf,
+    pub mode: u32,
+}
+
+/// The outcome of one step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Unchanged,
+    Changed,
+    /// The user's own things stand in the way; nothing was touched.
+    Conflict(String),
+    /// The share is not where it was: nothing written (it is not the share).
+    ShareGone(String),
+    Failed(String),
+}
+
+impl Step {
+    fn worst(self, other: Step) -> Step {
+        fn rank(step: &Step) -> u8 {
+            match step {
+                Step::Unchanged => 0,
+                Step::Changed => 1,
+                Step::Conflict(_) => 2,
+                Step::ShareGone(_) => 3,
+                Step::Failed(_) => 4,
+            }
+        }
+        if rank(&other) > rank(&self) {
+            other
+        } else {
+            self
+        }
+    }
+
+    pub fn combine(self, other: Step) -> Step {
+        self.worst(other)
+    }
+}
+
+fn beneath(dir: &OwnedFd, name: &OsStr) -> nix::Result<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    openat2(dir, name, how)
+}
+
+/// Why `name` in `dir` could not be opened as a directory, in the user's words.
+fn refusal(dir: &OwnedFd, name: &OsStr) -> &'static str {
+    match nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(stat) if stat.st_mode & libc::S_IFMT == libc::S_IFLNK => "is a symlink; the agent follows none",
+        _ => "is not a directory",
+    }
+}
+
+fn open_dir(path: &Path) -> nix::Result<OwnedFd> {
+    nix::fcntl::open(path, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+}
+
+fn names(relative: &Path) -> Vec<&OsStr> {
+    relative
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(name) => Some(name),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `$HOME/<link>` → `target`: the directories on the way made as the user's,
+/// the link made by a temporary link renamed into place, a right link left
+/// alone, a wrong symlink replaced, anything else a conflict (moved aside
+/// with a timestamp only when `move_conflicts`).
+pub fn ensure_link(user: &UserPlan, link: &Path, target: &Path, move_conflicts: bool, stamp: &str) -> Step {
+    let home = match open_dir(&user.home) {
+        Ok(fd) => fd,
+        Err(err) => return Step::Failed(format!("cannot open the home {}: {err}", user.home.display())),
+    };
+    match fstat(&home) {
+        Ok(stat) if stat.st_uid == user.uid => {}
+        // Not the user's: writing there as root could hand them someone else's
+        // directory. Left alone and reported, like any other trap.
+        Ok(stat) => {
+            return Step::Conflict(format!(
+                "home {} belongs to uid {}, not {}; left alone",
+                user.home.display(),
+                stat.st_uid,
+                user.user_name_and_uid()
+            ))
+        }
+        Err(err) => return Step::Failed(format!("cannot stat the home {}: {err}", user.home.display())),
+    }
+    let parts = names(link);
+    let Some((last, parents)) = parts.split_last() else {
+        return Step::Failed("links.link is empty".to_string());
+    };
+    let mut step = Step::Unchanged;
+    let mut dir = home;
+    let mut shown = PathBuf::from("~");
+    for part in parents {
+        shown.push(part);
+        let opened = match beneath(&dir, part) {
+            Ok(fd) => Ok(fd),
+            Err(Errno::ENOENT) => match mkdirat(&dir, *part, Mode::from_bits_truncate(0o755)) {
+                Ok(()) | Err(Errno::EEXIST) => {
+                    // Owned by the user; NOFOLLOW: if it was swapped for a symlink meanwhile,
+                    // only that symlink is touched, and opening it below is refused.
+                    let _ = fchownat(
+                        &dir,
+                        *part,
+                        Some(Uid::from_raw(user.uid)),
+                        Some(Gid::from_raw(user.gid)),
+                        AtFlags::AT_SYMLINK_NOFOLLOW,
+                    );
+                    step = Step::Changed;
+                    beneath(&dir, part)
+                }
+                Err(err) => Err(err),
+            },
+            Err(err) => Err(err),
+        };
+        dir = match opened {
+            Ok(fd) => fd,
+            Err(Errno::ELOOP) | Err(Errno::EXDEV) | Err(Errno::ENOTDIR) => {
+                return Step::Conflict(format!("{} {}; left alone", shown.display(), refusal(&dir, part)))
+            }
+            Err(err) => return Step::Failed(format!("cannot open {}: {err}", shown.display())),
+        };
+        match fstat(&dir) {
+            Ok(stat) if stat.st_uid == user.uid => {}
+            Ok(stat) => {
+                return Step::Conflict(format!(
+                    "{} belongs to uid {}, not the user; left alone",
+                    shown.display(),
+                    stat.st_uid
+                ))
+            }
+            Err(err) => return Step::Failed(format!("cannot stat {}: {err}", shown.display())),
+        }
+    }
+    shown.push(last);
+    let linked = place_link(&dir, last, target, user, move_conflicts, stamp, &shown);
+    step.combine(linked)
+}
+
+fn place_link(
+    dir: &OwnedFd,
+    name: &OsStr,
+    target: &Path,
+    user: &UserPlan,
+    move_conflicts: bool,
+    stamp: &str,
+    shown: &Path,
+) -> Step {
+    let mut moved = None;
+    match nix::fcntl::readlinkat(dir, name) {
+        Ok(current) if Path::new(&current) == target => return Step::Unchanged,
+        Ok(_) | Err(Errno::ENOENT) => {}
+        // EINVAL: a real file or directory stands there.
+        Err(Errno::EINVAL) => {
+            if !move_conflicts {
+                return Step::Conflict(format!(
+                    "{} is a real file or directory, not a link; left alone (links.move_conflicts = true moves it aside)",
+                    shown.display()
+                ));
+            }
+            let aside = format!("{}.conflict-{stamp}", name.to_string_lossy());
+            if let Err(err) = nix::fcntl::renameat(dir, name, dir, aside.as_str()) {
+                return Step::Failed(format!("cannot move {} aside: {err}", shown.display()));
+            }
+            moved = Some(aside);
+        }
+        Err(err) => return Step::Failed(format!("cannot read {}: {err}", shown.display())),
+    }
+    let temporary = format!(".{}.pool-agent", name.to_string_lossy());
+    // A leftover from a crash, or something the user put there: only a symlink may go.
+    if let Ok(_old) = nix::fcntl::readlinkat(dir, temporary.as_str()) {
+        let _ = unlinkat(dir, temporary.as_str(), UnlinkatFlags::NoRemoveDir);
+    }
+    if let Err(err) = symlinkat(target, dir, temporary.as_str()) {
+        return Step::Failed(format!("cannot create a link beside {}: {err}", shown.display()));
+    }
+    let _ = fchownat(
+        dir,
+        temporary.as_str(),
+        Some(Uid::from_raw(user.uid)),
+        Some(Gid::from_raw(user.gid)),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    );
+    if let Err(err) = nix::fcntl::renameat(dir, temporary.as_str(), dir, name) {
+        let _ = unlinkat(dir, temporary.as_str(), UnlinkatFlags::NoRemoveDir);
+        return Step::Failed(format!("cannot put the link at {}: {err}", shown.display()));
+    }
+    match moved {
+        Some(aside) => Step::Conflict(format!("{} was in the way; moved to {aside} and linked", shown.display())),
+        None => Step::Changed,
+    }
+}
+
+impl UserPlan {
+    fn user_name_and_uid(&self) -> String {
+        format!("{} ({})", self.uid, self.name)
+    }
+}
+
+/// The user's folder on the share: parents made (root's, 0755) as needed,
+/// the folder made with `mode` and owned by the user. A folder already there
+/// owned by root is given to the user; one owned by someone else, or a
+/// symlink, is a conflict. Nothing is ever deleted. On SMB, where the mount
+/// maps every owner to one uid, a refused chown is expected and not an error.
+pub fn ensure_folder(user: &UserPlan, folder: &FolderPlan) -> Step {
+    let root = match open_dir(&folder.root) {
+        Ok(fd) => fd,
+        Err(err) => return Step::ShareGone(format!("cannot open the share root {}: {err}", folder.root.display())),
+    };
+    // Everything below is relative to this descriptor: if it is the share now,
+    // nothing can land on the local disk, even if the mount goes away meanwhile.
+    match fstat(&root) {
+        Ok(stat) if (stat.st_dev, stat.st_ino) == folder.identity => {}
+        Ok(_) => return Step::ShareGone(format!("{} is not the mounted share any more", folder.root.display())),
+        Err(err) => return Step::ShareGone(format!("cannot stat the share root {}: {err}", folder.root.display())),
+    }
+    let parts = names(&folder.relative);
+    let Some((last, parents)) = parts.split_last() else {
+        return Step::Failed("links.target is empty".to_string());
+    };
+    let mut dir = root;
+    let mut shown = PathBuf::new();
+    for part in parents {
+        shown.push(part);
+        let opened = match beneath(&dir, part) {
+            Err(Errno::ENOENT) => match mkdirat(&dir, *part, Mode::from_bits_truncate(0o755)) {
+                Ok(()) | Err(Errno::EEXIST) => beneath(&dir, part),
+                Err(err) => Err(err),
+            },
+            other => other,
+        };
+        dir = match opened {
+            Ok(fd) => fd,
+            Err(Errno::ELOOP) | Err(Errno::EXDEV) | Err(Errno::ENOTDIR) => {
+                return Step::Conflict(format!("{} on the share {}; left alone", shown.display(), refusal(&dir, part)))
+            }
+            Err(err) => return Step::Failed(format!("cannot open {} on the share: {err}", shown.display())),
+        };
+    }
+    shown.push(last);
+    let mut step = Step::Unchanged;
+    let fd = match beneath(&dir, last) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => {
+            match mkdirat(&dir, *last, Mode::from_bits_truncate(folder.mode)) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(err) => return Step::Failed(format!("cannot create {} on the share: {err}", shown.display())),
+            }
+            step = Step::Changed;
+            match beneath(&dir, last) {
+                Ok(fd) => {
+                    // The umask may have narrowed the mode; set it on the descriptor.
+                    let _ = fchmod(&fd, Mode::from_bits_truncate(folder.mode));
+                    fd
+                }
+                Err(err) => return Step::Failed(format!("cannot open {} on the share: {err}", shown.display())),
+            }
+        }
+        Err(Errno::ELOOP) | Err(Errno::EXDEV) | Err(Errno::ENOTDIR) => {
+            return Step::Conflict(format!("{} on the share {}; left alone", shown.display(), refusal(&dir, last)))
+        }
+        Err(err) => return Step::Failed(format!("cannot open {} on the share: {err}", shown.display())),
+    };
+    let owner = match fstat(&fd) {
+        Ok(stat) => stat.st_uid,
+        Err(err) => return Step::Failed(format!("cannot stat {} on the share: {err}", shown.display())),
+    };
+    if owner == user.uid {
+        return step;
+    }
+    if owner != 0 {
+        return Step::Conflict(format!("{} on the share belongs to uid {owner}; left alone", shown.display()));
+    }
+    match fchown(&fd, Some(Uid::from_raw(user.uid)), Some(Gid::from_raw(user.gid))) {
+        Ok(()) => Step::Changed,
+        // SMB maps every owner to the mount's uid: nothing to give.
+        Err(Errno::EPERM) | Err(Errno::EACCES) | Err(Errno::EOPNOTSUPP) => step,
+        Err(err) => Step::Failed(format!("cannot give {} on the share to the user: {err}", shown.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn me() -> (u32, u32) {
+        (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw())
+    }
+
+    fn setup() -> (tempfile::TempDir, UserPlan, FolderPlan) {
+        let dir = tempfile::tempdir().unwrap();
+        let (uid, gid) = me();
+        std::fs::create_dir_all(dir.path().join("home/alice")).unwrap();
+        std::fs::create_dir_all(dir.path().join("share")).unwrap();
+        let user = UserPlan { name: "alice".into(), uid, gid, home: dir.path().join("home/alice") };
+        let root = dir.path().join("share");
+        let identity = {
+            let meta = std::fs::metadata(&root).unwrap();
+            (meta.dev(), meta.ino())
+        };
+        let folder = FolderPlan { root, identity, relative: "notebooks/alice".into(), mode: 0o700 };
+        (dir, user, folder)
+    }
+
+    const LINK: &str = "notebooks/remote";
+
+    #[test]
+    fn makes_the_folder_and_the_link_then_leaves_them_alone() {
+        let (_dir, user, folder) = setup();
+        let target = folder.root.join(&folder.relative);
+        assert_eq!(ensure_folder(&user, &folder), Step::Changed);
+        assert_eq!(std::fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(ensure_link(&user, Path::new(LINK), &target, false, "t"), Step::Changed);
+        assert_eq!(std::fs::read_link(user.home.join(LINK)).unwrap(), target);
+        assert_eq!(ensure_folder(&user, &folder), Step::Unchanged);
+        assert_eq!(ensure_link(&user, Path::new(LINK), &target, false, "t"), Step::Unchanged);
+        assert!(!user.home.join("notebooks/.remote.pool-agent").exists(), "no temporary left");
+    }
+
+    #[test]
+    fn a_wrong_symlink_is_replaced_and_a_real_directory_is_kept() {
+        let (_dir, user, folder) = setup();
+        let target = folder.root.join(&folder.relative);
+        std::fs::create_dir_all(user.home.join("notebooks")).unwrap();
+        std::os::unix::fs::symlink("/somewhere/else", user.home.join(LINK)).unwrap();
+        assert_eq!(ensure_link(&user, Path::new(LINK), &target, false, "t"), Step::Changed);
+        assert_eq!(std::fs::read_link(user.home.join(LINK)).unwrap(), target);
+
+        std::fs::remove_file(user.home.join(LINK)).unwrap();
+        std::fs::create_dir(user.home.join(LINK)).unwrap();
+        std::fs::write(user.home.join(LINK).join("work.ipynb"), "{}").unwrap();
+        let step = ensure_link(&user, Path::new(LINK), &target, false, "t");
+        assert!(matches!(step, Step::Conflict(ref why) if why.contains("real file or directory")), "{step:?}");
+        assert_eq!(std::fs::read_to_string(user.home.join(LINK).join("work.ipynb")).unwrap(), "{}");
+
+        let step = ensure_link(&user, Path::new(LINK), &target, true, "20261123T120000Z");
+        assert!(matches!(step, Step::Conflict(ref why) if why.contains("moved to remote.conflict-20261123T120000Z")));
+        assert_eq!(std::fs::read_link(user.home.join(LINK)).unwrap(), target);
+        let aside = user.home.join("notebooks/remote.conflict-20261123T120000Z/work.ipynb");
+        assert_eq!(std::fs::read_to_string(aside).unwrap(), "{}", "the user's file survives the move");
+    }
+
+    #[test]
+    fn a_planted_notebooks_symlink_is_never_followed() {
+        let (dir, user, folder) = setup();
+        let outside = dir.path().join("etc");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, user.home.join("notebooks")).unwrap();
+        let step = ensure_link(&user, Path::new(LINK), &folder.root.join(&folder.relative), true, "t");
+        assert!(matches!(step, Step::Conflict(ref why) if why.contains("symlink")), "{step:?}");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing was made in the symlink's target");
+    }
+
+    #[test]
+    fn a_planted_symlink_on_the_share_is_never_followed_or_chowned() {
+        let (dir, user, folder) = setup();
+        let outside = dir.path().join("etc");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::create_dir_all(folder.root.join("notebooks")).unwrap();
+        std::os::unix::fs::symlink(&outside, folder.root.join("notebooks/alice")).unwrap();
+        let before = std::fs::metadata(&outside).unwrap();
+        let step = ensure_folder(&user, &folder);
+        assert!(matches!(step, Step::Conflict(ref why) if why.contains("symlink")), "{step:?}");
+        let after = std::fs::metadata(&outside).unwrap();
+        assert_eq!((before.mode(), before.uid()), (after.mode(), after.uid()));
+    }
+
+    #[test]
+    fn a_root_that_is_not_the_mounted_share_gets_nothing() {
+        let (_dir, user, mut folder) = setup();
+        folder.identity.1 += 1; // the mount went away: another directory stands there
+        let step = ensure_folder(&user, &folder);
+        assert!(matches!(step, Step::ShareGone(_)), "{step:?}");
+        assert_eq!(std::fs::read_dir(&folder.root).unwrap().count(), 0, "nothing written on the local disk");
+    }
+
+    #[test]
+    fn a_home_that_is_not_the_users_is_left_alone() {
+        let (_dir, mut user, folder) = setup();
+        user.uid += 1;
+        let step = ensure_link(&user, Path::new(LINK), &folder.root.join(&folder.relative), false, "t");
+        assert!(matches!(step, Step::Conflict(ref why) if why.contains("belongs to uid")), "{step:?}");
+        assert!(!user.home.join("notebooks").exists());
+    }
+}

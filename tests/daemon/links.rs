@@ -1,0 +1,203 @@
+//! Links under `pool-agentd --root`: real uids, real chown, homes the users
+//! own, a `local` share bind-mounted as the real thing is, and users who plant
+//! traps in their homes. Root only (the agent gives folders to other uids).
+
+// Black-box tests poll real processes from plain threads; sleeping is the point.
+#![allow(clippy::disallowed_methods)]
+
+use crate::harness::*;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const CAROL_UID: u32 = 1003;
+const DAVE_UID: u32 = 1004;
+
+fn needs_root(test: &str) -> bool {
+    if nix_is_root() {
+        return true;
+    }
+    skip_note(&format!("SKIP {test}: needs root to give homes and folders to other uids (CI runs as root)"));
+    false
+}
+
+/// alice, bob and carol with homes they own.
+fn sandbox_with_users() -> Sandbox {
+    let sandbox = Sandbox::new();
+    let passwd = sandbox.root().join("etc/passwd");
+    let mut text = std::fs::read_to_string(&passwd).unwrap();
+    text.push_str(&format!("carol:x:{CAROL_UID}:{CAROL_UID}::/home/carol:/bin/bash\n"));
+    std::fs::write(&passwd, text).unwrap();
+    for (user, uid) in [("alice", ADMIN_UID), ("bob", USER_UID), ("carol", CAROL_UID)] {
+        give_home(&sandbox, user, uid);
+    }
+    sandbox
+}
+
+fn give_home(sandbox: &Sandbox, user: &str, uid: u32) -> PathBuf {
+    let home = sandbox.root().join("home").join(user);
+    std::fs::create_dir_all(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(uid), Some(uid)).unwrap();
+    home
+}
+
+fn links_json(sandbox: &Sandbox) -> serde_json::Value {
+    let out = sandbox.cli(&["links", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn user_entry(sandbox: &Sandbox, user: &str) -> Option<serde_json::Value> {
+    links_json(sandbox)["users"].as_array()?.iter().find(|u| u["user"] == user).cloned()
+}
+
+fn share_root(sandbox: &Sandbox) -> PathBuf {
+    sandbox.root().join("data/notebooks")
+}
+
+fn wait_linked(sandbox: &Sandbox, users: &[&str]) {
+    let done = eventually(Duration::from_secs(10), || {
+        users
+            .iter()
+            .all(|u| user_entry(sandbox, u).is_some_and(|e| e["state"] == "ok" || e["state"] == "created"))
+            .then_some(())
+    });
+    assert!(done.is_some(), "not all of {users:?} linked: {}", links_json(sandbox));
+}
+
+#[test]
+fn three_users_get_their_links_and_folders_owned_right() {
+    if !needs_root("three_users_get_their_links_and_folders_owned_right") {
+        return;
+    }
+    let sandbox = sandbox_with_users();
+    let _daemon = sandbox.start();
+    wait_linked(&sandbox, &["alice", "bob", "carol"]);
+    for (user, uid) in [("alice", ADMIN_UID), ("bob", USER_UID), ("carol", CAROL_UID)] {
+        let folder = share_root(&sandbox).join("notebooks").join(user);
+        let link = sandbox.root().join("home").join(user).join("notebooks/remote");
+        assert_eq!(std::fs::read_link(&link).unwrap(), folder, "{user}'s link");
+        let meta = std::fs::metadata(&folder).unwrap();
+        assert_eq!((meta.uid(), meta.permissions().mode() & 0o777), (uid, 0o700), "{user}'s folder");
+        let notebooks = std::fs::metadata(link.parent().unwrap()).unwrap();
+        assert_eq!(notebooks.uid(), uid, "~/notebooks belongs to {user}");
+        assert_eq!(std::fs::symlink_metadata(&link).unwrap().uid(), uid, "the link belongs to {user}");
+    }
+    // Users can read their own entry and the whole list, as status.
+    let out = sandbox.cli_as(USER_UID, &["links", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status = sandbox.status_json();
+    let links = status["components"].as_array().unwrap().iter().find(|c| c["name"] == "links").cloned().unwrap();
+    assert_eq!(links["state"], "ready", "{links}");
+    assert!(links["detail"].as_str().unwrap().contains("3 user(s): 3 linked"), "{links}");
+    let metrics = stdout(&sandbox.cli(&["metrics"]));
+    let linked: i64 = ["ok", "created"]
+        .iter()
+        .filter_map(|state| {
+            let prefix = format!("pool_agent_links_users{{state=\"{state}\"}} ");
+            metrics.lines().find_map(|l| l.strip_prefix(prefix.as_str())).map(|v| v.parse::<i64>().unwrap())
+        })
+        .sum();
+    assert_eq!(linked, 3, "{metrics}");
+}
+
+#[test]
+fn a_user_added_by_rename_is_linked_within_a_second_without_a_sync() {
+    if !needs_root("a_user_added_by_rename_is_linked_within_a_second_without_a_sync") {
+        return;
+    }
+    let sandbox = sandbox_with_users();
+    let _daemon = sandbox.start();
+    wait_linked(&sandbox, &["alice", "bob", "carol"]);
+    give_home(&sandbox, "dave", DAVE_UID);
+    // As useradd does: a new file renamed over the old one.
+    let passwd = sandbox.root().join("etc/passwd");
+    let next = sandbox.root().join("etc/passwd+");
+    let mut text = std::fs::read_to_string(&passwd).unwrap();
+    text.push_str(&format!("dave:x:{DAVE_UID}:{DAVE_UID}::/home/dave:/bin/bash\n"));
+    std::fs::write(&next, text).unwrap();
+    let link = sandbox.root().join("home/dave/notebooks/remote");
+    let started = Instant::now();
+    std::fs::rename(&next, &passwd).unwrap();
+    let linked = eventually(Duration::from_secs(1), || std::fs::read_link(&link).ok());
+    let took = started.elapsed();
+    assert_eq!(linked, Some(share_root(&sandbox).join("notebooks/dave")), "dave not linked within a second ({took:?})");
+    println!("useradd-to-link: {took:?}");
+}
+
+#[test]
+fn a_planted_notebooks_symlink_leaves_its_target_untouched_and_is_reported() {
+    if !needs_root("a_planted_notebooks_symlink_leaves_its_target_untouched_and_is_reported") {
+        return;
+    }
+    let sandbox = sandbox_with_users();
+    // bob points ~/notebooks at a root-owned directory outside his home.
+    let outside = sandbox.root().join("etc/pool-agent");
+    let before: Vec<_> = std::fs::read_dir(&outside).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let meta_before = std::fs::metadata(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, sandbox.root().join("home/bob/notebooks")).unwrap();
+    std::os::unix::fs::lchown(sandbox.root().join("home/bob/notebooks"), Some(USER_UID), Some(USER_UID)).unwrap();
+    let _daemon = sandbox.start();
+    wait_linked(&sandbox, &["alice", "carol"]);
+    let bob = eventually(Duration::from_secs(5), || user_entry(&sandbox, "bob").filter(|b| b["state"] == "conflict"))
+        .unwrap_or_else(|| panic!("bob's trap not reported: {}", links_json(&sandbox)));
+    assert!(bob["reason"].as_str().unwrap().contains("symlink"), "{bob}");
+    let after: Vec<_> = std::fs::read_dir(&outside).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(before, after, "nothing created through the symlink");
+    let meta_after = std::fs::metadata(&outside).unwrap();
+    assert_eq!((meta_before.uid(), meta_before.mode()), (meta_after.uid(), meta_after.mode()), "nothing chowned");
+}
+
+#[test]
+fn a_real_remote_directory_keeps_its_file_and_is_a_conflict() {
+    if !needs_root("a_real_remote_directory_keeps_its_file_and_is_a_conflict") {
+        return;
+    }
+    let sandbox = sandbox_with_users();
+    let remote = sandbox.root().join("home/carol/notebooks/remote");
+    std::fs::create_dir_all(&remote).unwrap();
+    std::fs::write(remote.join("thesis.ipynb"), "{\"cells\": []}").unwrap();
+    for path in [remote.parent().unwrap(), &remote] {
+        std::os::unix::fs::chown(path, Some(CAROL_UID), Some(CAROL_UID)).unwrap();
+    }
+    let _daemon = sandbox.start();
+    let carol =
+        eventually(Duration::from_secs(10), || user_entry(&sandbox, "carol").filter(|c| c["state"] == "conflict"))
+            .unwrap_or_else(|| panic!("carol's directory not reported: {}", links_json(&sandbox)));
+    assert!(carol["reason"].as_str().unwrap().contains("not a link"), "{carol}");
+    assert_eq!(std::fs::read_to_string(remote.join("thesis.ipynb")).unwrap(), "{\"cells\": []}");
+    assert!(remote.is_dir() && !std::fs::symlink_metadata(&remote).unwrap().file_type().is_symlink());
+    let out = sandbox.cli(&["links"]);
+    assert!(stdout(&out).contains("conflict"), "{}", stdout(&out));
+}
+
+#[test]
+fn no_user_folder_is_made_under_the_mount_point_while_the_share_is_missing() {
+    if !needs_root("no_user_folder_is_made_under_the_mount_point_while_the_share_is_missing") {
+        return;
+    }
+    let sandbox = sandbox_with_users();
+    std::fs::remove_dir(sandbox.root().join("srv/share")).unwrap();
+    let _daemon = sandbox.start();
+    let alice = eventually(Duration::from_secs(10), || {
+        user_entry(&sandbox, "alice").filter(|a| a["state"] == "waiting-for-share")
+    })
+    .unwrap_or_else(|| panic!("alice is not waiting for the share: {}", links_json(&sandbox)));
+    assert!(alice["reason"].as_str().unwrap().contains("waits for the share"), "{alice}");
+    // The link is there (it works once the share is back); nothing under the mount point.
+    let link = sandbox.root().join("home/alice/notebooks/remote");
+    assert_eq!(std::fs::read_link(&link).unwrap(), share_root(&sandbox).join("notebooks/alice"));
+    std::thread::sleep(Duration::from_millis(500));
+    let under: Vec<_> = match std::fs::read_dir(share_root(&sandbox)) {
+        Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+        Err(_) => Vec::new(),
+    };
+    assert!(under.is_empty(), "folders made on the local disk under the mount point: {under:?}");
+    // The share comes: the folders follow without anyone asking.
+    std::fs::create_dir_all(sandbox.root().join("srv/share")).unwrap();
+    let made =
+        eventually(Duration::from_secs(15), || share_root(&sandbox).join("notebooks/alice").is_dir().then_some(()));
+    assert!(made.is_some(), "folder never made once the share came: {}", links_json(&sandbox));
+    let source_side = sandbox.root().join("srv/share/notebooks/alice");
+    assert!(source_side.is_dir(), "the folder is on the share itself: {}", Path::new(&source_side).display());
+}
