@@ -9,6 +9,8 @@ use tokio::sync::watch;
 /// What other capabilities need to know of the share.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShareNews {
+    /// The share has not said anything yet (the daemon just started).
+    NotYetKnown,
     /// No `[share]` in the config.
     NotConfigured,
     /// Configured but not usable now; `why` is for status lines.
@@ -33,7 +35,7 @@ impl Default for SharedState {
 
 impl SharedState {
     pub fn new() -> Self {
-        let (share, _) = watch::channel(ShareNews::Down { why: "the share has not been looked at yet".to_string() });
+        let (share, _) = watch::channel(ShareNews::NotYetKnown);
         Self { share: Arc::new(share) }
     }
 

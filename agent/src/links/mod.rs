@@ -39,6 +39,8 @@ use tokio::sync::{mpsc, oneshot};
 const SETTLE: Duration = Duration::from_millis(100);
 /// A pass over thousands of users on a slow share still ends.
 const PASS_DEADLINE: Duration = Duration::from_secs(300);
+/// How long the first pass waits for the share to say how it is.
+const FIRST_SHARE_NEWS: Duration = Duration::from_secs(5);
 /// `links sync` answers by then, inside the API's handler deadline.
 const SYNC_ANSWER_WITHIN: Duration = Duration::from_secs(6);
 
@@ -132,13 +134,24 @@ async fn run(ctx: TaskContext, links: Links) -> TaskResult {
     let mut waiting: Vec<SyncReply> = Vec::new();
     // The last mounted root, so links point at the share while it is down.
     let mut last_root: Option<PathBuf> = None;
+    // At start, give the share a moment to say how it is, so the first pass
+    // makes folders as well as links instead of a second pass doing it.
+    if ctx.settings.borrow().share.is_some() && *share_rx.borrow() == ShareNews::NotYetKnown {
+        let _ = tokio::time::timeout(FIRST_SHARE_NEWS, share_rx.changed()).await;
+    }
+    let mut scope = Scope::Everyone;
     loop {
         let settings = settings_rx.borrow_and_update().clone();
         let share = share_rx.borrow_and_update().clone();
         if let ShareNews::Mounted { root, .. } = &share {
             last_root = Some(root.clone());
         }
-        let report = pass(&ctx, &settings, &share, last_root.clone(), &links).await?;
+        if scope == Scope::NewUsers {
+            // A user was added: link them first, then look at everyone.
+            pass(&ctx, &settings, &share, last_root.clone(), &links, Scope::NewUsers).await?;
+        }
+        let report = pass(&ctx, &settings, &share, last_root.clone(), &links, Scope::Everyone).await?;
+        scope = Scope::Everyone;
         watcher.watch(&ctx, &settings, &report);
         for reply in waiting.drain(..) {
             let _ = reply.send(report.clone());
@@ -157,6 +170,7 @@ async fn run(ctx: TaskContext, links: Links) -> TaskResult {
                 tokio::time::sleep(SETTLE).await;
                 while events.try_recv().is_ok() {}
                 ctx.accounts.invalidate();
+                scope = Scope::NewUsers;
             }
             Some(reply) = syncs.recv() => {
                 ctx.accounts.invalidate();
@@ -167,13 +181,22 @@ async fn run(ctx: TaskContext, links: Links) -> TaskResult {
     }
 }
 
-/// One pass over every user; publishes the report, the board row and the news.
+/// Whom a pass looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Everyone,
+    /// Only users the last report does not list yet.
+    NewUsers,
+}
+
+/// One pass; publishes the report and the board row.
 async fn pass(
     ctx: &TaskContext,
     settings: &Arc<Settings>,
     share: &ShareNews,
     last_root: Option<PathBuf>,
     links: &Links,
+    scope: Scope,
 ) -> Result<LinksReport, TaskError> {
     let started = ctx.clock.monotonic();
     let (accounts, paths, config) = (ctx.accounts.clone(), ctx.paths.clone(), settings.links.clone());
@@ -182,24 +205,33 @@ async fn pass(
     let previous: HashMap<String, UserLink> = links.report().users.into_iter().map(|u| (u.user.clone(), u)).collect();
     let now = rfc3339(ctx.clock.now());
     let stamp: String = now.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    let known: std::collections::HashSet<String> = previous.keys().cloned().collect();
     let users = task::blocking("linking users", PASS_DEADLINE, move || {
-        let chosen = select::users_to_link(&config, &accounts, &paths);
+        let mut chosen = select::users_to_link(&config, &accounts, &paths);
+        if scope == Scope::NewUsers {
+            chosen.retain(|account| !known.contains(&account.name));
+        }
         let root = match &share {
             ShareNews::Mounted { root, .. } => Some(root.clone()),
             _ => last_root.or(mount_point),
         };
-        chosen
-            .iter()
-            .map(|account| {
-                let plan = UserPlan {
-                    name: account.name.clone(),
-                    uid: account.uid,
-                    gid: account.gid,
-                    home: paths.resolve(&account.home),
-                };
-                link_one(&plan, &config, &share, root.as_deref(), &stamp)
-            })
-            .collect::<Vec<_>>()
+        let one = |account: &crate::core::accounts::Account| {
+            let plan = UserPlan {
+                name: account.name.clone(),
+                uid: account.uid,
+                gid: account.gid,
+                home: paths.resolve(&account.home),
+            };
+            link_one(&plan, &config, &share, root.as_deref(), &stamp)
+        };
+        // Thousands of users: spread over the cores (each step is a few syscalls).
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+        let chunk = chosen.len().div_ceil(workers).max(64);
+        std::thread::scope(|threads| {
+            let handles: Vec<_> =
+                chosen.chunks(chunk).map(|part| threads.spawn(|| part.iter().map(&one).collect::<Vec<_>>())).collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect::<Vec<_>>()
+        })
     })
     .await?;
     let users: Vec<UserLink> = users
@@ -213,7 +245,13 @@ async fn pass(
     let elapsed = ctx.clock.monotonic().duration_since(started);
     let report = {
         let mut report = links.report.lock().unwrap_or_else(|p| p.into_inner());
-        report.users = users;
+        match scope {
+            Scope::Everyone => report.users = users,
+            Scope::NewUsers => {
+                report.users.extend(users);
+                report.users.sort_by(|a, b| a.user.cmp(&b.user));
+            }
+        }
         report.last_sync = Some(now);
         report.last_sync_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3;
         report.passes += 1;
@@ -270,6 +308,9 @@ fn link_one(
         (Step::Conflict(why), _) => (LinkState::Conflict, Some(why)),
         (_, ShareNews::Down { why }) => {
             (LinkState::WaitingForShare, Some(format!("link made; the folder waits for the share ({why})")))
+        }
+        (_, ShareNews::NotYetKnown) => {
+            (LinkState::WaitingForShare, Some("link made; the folder waits for the share to be looked at".to_string()))
         }
         (Step::Changed, _) => (LinkState::Created, None),
         (Step::Unchanged, _) => (LinkState::Ok, None),

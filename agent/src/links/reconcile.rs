@@ -315,9 +315,22 @@ pub fn ensure_folder(user: &UserPlan, folder: &FolderPlan) -> Step {
     }
     match fchown(&fd, Some(Uid::from_raw(user.uid)), Some(Gid::from_raw(user.gid))) {
         Ok(()) => Step::Changed,
-        // SMB maps every owner to the mount's uid: nothing to give.
-        Err(Errno::EPERM) | Err(Errno::EACCES) | Err(Errno::EOPNOTSUPP) => step,
+        // SMB maps every owner to the mount's uid: there is nothing to give.
+        Err(_) if is_smb(&fd) => step,
         Err(err) => Step::Failed(format!("cannot give {} on the share to the user: {err}", shown.display())),
+    }
+}
+
+/// Whether `fd` lives on an SMB mount (cifs), where owners are the mount's.
+fn is_smb(fd: &OwnedFd) -> bool {
+    const CIFS_SUPER_MAGIC: i64 = 0xFF53_4D42;
+    const SMB2_SUPER_MAGIC: i64 = 0xFE53_4D42;
+    match nix::sys::statfs::fstatfs(fd) {
+        Ok(fs) => {
+            let kind = fs.filesystem_type().0;
+            kind == CIFS_SUPER_MAGIC || kind == SMB2_SUPER_MAGIC
+        }
+        Err(_) => false,
     }
 }
 
