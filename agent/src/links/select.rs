@@ -10,12 +10,20 @@ use crate::core::paths::SystemPaths;
 pub fn users_to_link(settings: &LinksSettings, accounts: &AccountsView, paths: &SystemPaths) -> Vec<Account> {
     let snapshot = accounts.snapshot();
     let mut chosen: Vec<Account> = match &settings.users {
-        UserSelection::All => snapshot
-            .users
-            .iter()
-            .filter(|a| a.uid <= settings.max_uid && a.is_login_user(settings.min_uid))
-            .cloned()
-            .collect(),
+        UserSelection::All => {
+            let mut all: Vec<Account> = snapshot.users.clone();
+            // Directory services often do not enumerate (sssd's default): a user
+            // who has logged in has a home named after them, so ask NSS by name.
+            if let Ok(entries) = std::fs::read_dir(paths.resolve("/home")) {
+                for entry in entries.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if !all.iter().any(|a| a.name == name) {
+                        all.extend(accounts.user_by_name(&name));
+                    }
+                }
+            }
+            all.into_iter().filter(|a| a.uid <= settings.max_uid && a.is_login_user(settings.min_uid)).collect()
+        }
         UserSelection::Named(names) => names.iter().filter_map(|name| accounts.user_by_name(name)).collect(),
     };
     // A home made on first login (pam_mkhomedir) is linked once it appears.
