@@ -10,7 +10,7 @@
 //! off the async workers.
 
 use nix::errno::Errno;
-use nix::fcntl::{openat2, AtFlags, OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::{openat2, renameat2, AtFlags, OFlag, OpenHow, RenameFlags, ResolveFlag};
 use nix::sys::stat::{fchmod, fstat, mkdirat, Mode};
 use nix::unistd::{fchown, fchownat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
 use std::ffi::OsStr;
@@ -189,9 +189,10 @@ fn place_link(
     shown: &Path,
 ) -> Step {
     let mut moved = None;
-    match nix::fcntl::readlinkat(dir, name) {
+    let replacing = match nix::fcntl::readlinkat(dir, name) {
         Ok(current) if Path::new(&current) == target => return Step::Unchanged,
-        Ok(_) | Err(Errno::ENOENT) => {}
+        Ok(_) => true,
+        Err(Errno::ENOENT) => false,
         // EINVAL: a real file or directory stands there.
         Err(Errno::EINVAL) => {
             if !move_conflicts {
@@ -201,16 +202,18 @@ fn place_link(
                 ));
             }
             let aside = format!("{}.conflict-{stamp}", name.to_string_lossy());
-            if let Err(err) = nix::fcntl::renameat(dir, name, dir, aside.as_str()) {
+            // NOREPLACE: an earlier conflict of the same second is never overwritten.
+            if let Err(err) = renameat2(dir, name, dir, aside.as_str(), RenameFlags::RENAME_NOREPLACE) {
                 return Step::Failed(format!("cannot move {} aside: {err}", shown.display()));
             }
             moved = Some(aside);
+            false
         }
         Err(err) => return Step::Failed(format!("cannot read {}: {err}", shown.display())),
-    }
+    };
     let temporary = format!(".{}.pool-agent", name.to_string_lossy());
     // A leftover from a crash, or something the user put there: only a symlink may go.
-    if let Ok(_old) = nix::fcntl::readlinkat(dir, temporary.as_str()) {
+    if nix::fcntl::readlinkat(dir, temporary.as_str()).is_ok() {
         let _ = unlinkat(dir, temporary.as_str(), UnlinkatFlags::NoRemoveDir);
     }
     if let Err(err) = symlinkat(target, dir, temporary.as_str()) {
@@ -223,9 +226,33 @@ fn place_link(
         Some(Gid::from_raw(user.gid)),
         AtFlags::AT_SYMLINK_NOFOLLOW,
     );
-    if let Err(err) = nix::fcntl::renameat(dir, temporary.as_str(), dir, name) {
-        let _ = unlinkat(dir, temporary.as_str(), UnlinkatFlags::NoRemoveDir);
-        return Step::Failed(format!("cannot put the link at {}: {err}", shown.display()));
+    // The user may change the link path while this runs: a new name never
+    // replaces anything (NOREPLACE), and a wrong symlink is swapped out
+    // (EXCHANGE) and removed only if it is still a symlink.
+    let placed = if replacing {
+        renameat2(dir, temporary.as_str(), dir, name, RenameFlags::RENAME_EXCHANGE).map(|()| {
+            if nix::fcntl::readlinkat(dir, temporary.as_str()).is_ok() {
+                let _ = unlinkat(dir, temporary.as_str(), UnlinkatFlags::NoRemoveDir);
+                true
+            } else {
+                // Swapped out something real: put it back.
+                let _ = renameat2(dir, temporary.as_str(), dir, name, RenameFlags::RENAME_EXCHANGE);
+                false
+            }
+        })
+    } else {
+        renameat2(dir, temporary.as_str(), dir, name, RenameFlags::RENAME_NOREPLACE).map(|()| true)
+    };
+    match placed {
+        Ok(true) => {}
+        Ok(false) | Err(Errno::EEXIST) => {
+            let _ = unlinkat(dir, temporary.as_str(), UnlinkatFlags::NoRemoveDir);
+            return Step::Conflict(format!("{} changed while the agent linked it; left alone", shown.display()));
+        }
+        Err(err) => {
+            let _ = unlinkat(dir, temporary.as_str(), UnlinkatFlags::NoRemoveDir);
+            return Step::Failed(format!("cannot put the link at {}: {err}", shown.display()));
+        }
     }
     match moved {
         Some(aside) => Step::Conflict(format!("{} was in the way; moved to {aside} and linked", shown.display())),
