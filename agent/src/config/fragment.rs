@@ -182,13 +182,14 @@ pub struct LinksFragment {
     pub folder_mode: Value<String>,
     pub move_conflicts: Value<bool>,
     pub private: Value<bool>,
+    pub private_root: Value<String>,
     pub resync_interval: Value<ConfigDuration>,
 }
 
 impl MergeFrom for LinksFragment {
     fn merge_from(&mut self, later: Self) {
         later_wins!(self, later; users, min_uid, max_uid, link, target, folder_mode, move_conflicts, private,
-            resync_interval);
+            private_root, resync_interval);
     }
 }
 

@@ -235,6 +235,19 @@ mod tests {
     }
 
     #[test]
+    fn private_mounts_are_for_azure_files_only() {
+        let (_, key, message) = expect_invalid("[share]\nkind = \"nfs\"\nsource = \"h:/x\"\n[links]\nprivate = true\n");
+        assert_eq!(key, "links.private");
+        assert!(message.contains("azure-files"), "{message}");
+        let ok = parse(
+            "[share]\nkind = \"azure-files\"\naccount = \"acct\"\nshare = \"notebooks\"\n[links]\nprivate = true\n",
+        );
+        let links = ok.unwrap().links;
+        assert!(links.private);
+        assert_eq!(links.private_root, PathBuf::from("/data/notebooks-private"));
+    }
+
+    #[test]
     fn bad_kind_lists_the_choices() {
         let (line, key, message) = expect_invalid("[share]\nkind = \"smb\"\n");
         assert_eq!((line, key.as_str()), (2, "share.kind"));

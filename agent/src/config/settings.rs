@@ -28,6 +28,7 @@ pub const DEFAULT_MIN_UID: u32 = 1000;
 /// Debian's UID_MAX: above it live system and special accounts (nobody is 65534).
 pub const DEFAULT_MAX_UID: u32 = 60000;
 pub const DEFAULT_FOLDER_MODE: &str = "0700";
+pub const DEFAULT_PRIVATE_ROOT: &str = "/data/notebooks-private";
 /// Catches users that only NSS knows of (sssd, LDAP), whose changes touch no file.
 pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_LINK: &str = "notebooks/remote";
@@ -148,6 +149,10 @@ pub struct LinksSettings {
     pub folder_mode: String,
     /// Move a real file or directory at the link path aside (timestamped) instead of only reporting it.
     pub move_conflicts: bool,
+    /// azure-files: each user's folder mounted on its own with that user's
+    /// uid/gid and 0700, under `private_root`; links point there.
+    pub private: bool,
+    pub private_root: PathBuf,
     #[serde(serialize_with = "duration::serialize")]
     pub resync_interval: Duration,
 }
@@ -306,7 +311,7 @@ pub(super) fn validate(merged: ConfigFragment, sources: Vec<PathBuf>) -> Result<
     };
 
     let share = merged.share.map(|section| validate_share(section, &mut origins)).transpose()?;
-    let links = validate_links(merged.links)?;
+    let links = validate_links(merged.links, share.as_ref().map(|s| s.kind))?;
     let setup = validate_setup(merged.setup, &instance.local_user)?;
     let idle = validate_idle(merged.idle)?;
 
@@ -657,7 +662,10 @@ fn validate_share(section: Sourced<ShareFragment>, origins: &mut KeyOrigins) -> 
     })
 }
 
-fn validate_links(section: Option<Sourced<LinksFragment>>) -> Result<LinksSettings, ConfigError> {
+fn validate_links(
+    section: Option<Sourced<LinksFragment>>,
+    share: Option<ShareKind>,
+) -> Result<LinksSettings, ConfigError> {
     let links = section.map(|s| s.value).unwrap_or_default();
     let users = match links.users {
         Some(Sourced { value: UserSelection::Named(names), origin }) => {
@@ -680,13 +688,18 @@ fn validate_links(section: Option<Sourced<LinksFragment>>) -> Result<LinksSettin
             format!("{:?} must contain {{user}}, or every user would share one folder", target.value),
         ));
     }
-    if let Some(private) = links.private.as_ref().filter(|p| p.value) {
-        return Err(invalid(
-            &private.origin,
-            "links.private",
-            "per-user private SMB mounts are not built in this version of pool-agent; on NFS, owners and mode 0700 keep users apart",
-        ));
-    }
+    let private = match links.private.as_ref().filter(|p| p.value) {
+        Some(_) if share == Some(ShareKind::AzureFiles) => true,
+        Some(private) => {
+            return Err(invalid(
+                &private.origin,
+                "links.private",
+                "private mounts are for share.kind = \"azure-files\", whose one mount cannot keep users apart; NFS and local shares keep real owners and mode 0700",
+            ))
+        }
+        None => false,
+    };
+    let private_root = absolute_path("links.private_root", &or_default(&links.private_root, DEFAULT_PRIVATE_ROOT))?;
     let min_uid = links.min_uid.map(|m| m.value).unwrap_or(DEFAULT_MIN_UID);
     let max_uid = match links.max_uid {
         Some(max) if max.value < min_uid => {
@@ -708,6 +721,8 @@ fn validate_links(section: Option<Sourced<LinksFragment>>) -> Result<LinksSettin
         target: target.value,
         folder_mode: octal_mode("links.folder_mode", &or_default(&links.folder_mode, DEFAULT_FOLDER_MODE))?,
         move_conflicts: links.move_conflicts.is_some_and(|m| m.value),
+        private,
+        private_root,
         resync_interval,
     })
 }

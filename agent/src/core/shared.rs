@@ -19,7 +19,22 @@ pub enum ShareNews {
     /// `identity` its (device, inode) when mounted. Whoever writes under `root`
     /// checks the identity on the directory it opened: a mount gone unseen
     /// leaves an empty local directory there, which must never be written to.
-    Mounted { root: PathBuf, identity: (u64, u64) },
+    Mounted { root: PathBuf, identity: (u64, u64), smb: Option<SmbMount> },
+}
+
+/// How an SMB share is mounted, for capabilities that mount parts of it on
+/// their own (per-user private mounts). Holds no secret: the key stays in its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmbMount {
+    /// `//server/share`.
+    pub source: String,
+    /// The main mount's options, without credentials.
+    pub options: Vec<String>,
+    /// The account name for the credentials file.
+    pub username: String,
+    /// The storage key's file (resolved under the root), and the uid that must own it.
+    pub key_file: PathBuf,
+    pub key_owner: u32,
 }
 
 #[derive(Clone)]
@@ -67,11 +82,11 @@ mod tests {
         let shared = SharedState::new();
         let mut rx = shared.watch_share();
         rx.borrow_and_update();
-        shared.publish_share(ShareNews::Mounted { root: "/data/notebooks".into(), identity: (1, 2) });
+        shared.publish_share(ShareNews::Mounted { root: "/data/notebooks".into(), identity: (1, 2), smb: None });
         assert!(rx.has_changed().unwrap());
         rx.borrow_and_update();
-        shared.publish_share(ShareNews::Mounted { root: "/data/notebooks".into(), identity: (1, 2) });
+        shared.publish_share(ShareNews::Mounted { root: "/data/notebooks".into(), identity: (1, 2), smb: None });
         assert!(!rx.has_changed().unwrap(), "the same news again wakes nobody");
-        assert_eq!(shared.share(), ShareNews::Mounted { root: "/data/notebooks".into(), identity: (1, 2) });
+        assert_eq!(shared.share(), ShareNews::Mounted { root: "/data/notebooks".into(), identity: (1, 2), smb: None });
     }
 }

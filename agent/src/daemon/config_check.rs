@@ -4,8 +4,8 @@
 
 use crate::config::{ConfigError, Settings, ShareSource};
 use crate::core::accounts::AccountsView;
+use crate::core::credentials;
 use crate::core::paths::SystemPaths;
-use crate::share::credentials;
 use std::path::Path;
 
 /// What the check found: errors fail it; warnings are keys left at a default

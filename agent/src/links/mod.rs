@@ -9,6 +9,7 @@
 //! `links.resync_interval` for NSS-only changes, when the share comes or
 //! goes, on a config change, and on `pool-agent links sync`.
 
+mod private;
 pub mod reconcile;
 pub mod report;
 pub mod select;
@@ -49,6 +50,8 @@ type SyncReply = oneshot::Sender<LinksReport>;
 #[derive(Clone)]
 pub struct Links {
     report: Arc<Mutex<LinksReport>>,
+    /// For per-user private SMB mounts.
+    mounter: Arc<dyn crate::core::mount::Mounter>,
     sync_tx: mpsc::Sender<SyncReply>,
     sync_rx: Arc<tokio::sync::Mutex<mpsc::Receiver<SyncReply>>>,
 }
@@ -64,6 +67,7 @@ impl Links {
         let (sync_tx, sync_rx) = mpsc::channel(8);
         Self {
             report: Arc::new(Mutex::new(LinksReport::default())),
+            mounter: Arc::new(crate::core::mount::SystemMounter),
             sync_tx,
             sync_rx: Arc::new(tokio::sync::Mutex::new(sync_rx)),
         }
@@ -201,6 +205,9 @@ async fn pass(
     let started = ctx.clock.monotonic();
     let (accounts, paths, config) = (ctx.accounts.clone(), ctx.paths.clone(), settings.links.clone());
     let mount_point = settings.share.as_ref().map(|s| paths.resolve(&s.mount_point));
+    let private_root = config.private.then(|| paths.resolve(&config.private_root));
+    let private_for_pass = private_root.clone();
+    let share_news = share.clone();
     let share = share.clone();
     let previous: HashMap<String, UserLink> = links.report().users.into_iter().map(|u| (u.user.clone(), u)).collect();
     let now = rfc3339(ctx.clock.now());
@@ -222,7 +229,7 @@ async fn pass(
                 gid: account.gid,
                 home: paths.resolve(&account.home),
             };
-            link_one(&plan, &config, &share, root.as_deref(), &stamp)
+            link_one(&plan, &config, &share, root.as_deref(), private_for_pass.as_deref(), &stamp)
         };
         // Thousands of users: spread over the cores (each step is a few syscalls).
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
@@ -234,6 +241,10 @@ async fn pass(
         })
     })
     .await?;
+    let mut users = users;
+    if let ShareNews::Mounted { smb: Some(smb), .. } = &share_news {
+        mount_private(ctx, links, smb, settings, private_root.as_deref(), &mut users).await;
+    }
     let users: Vec<UserLink> = users
         .into_iter()
         .map(|(mut user, changed)| {
@@ -261,6 +272,40 @@ async fn pass(
     Ok(report)
 }
 
+/// Private mounts (links.private) for the users whose folder is there; the
+/// mounts of users gone, or of all when private is off, are taken away.
+async fn mount_private(
+    ctx: &TaskContext,
+    links: &Links,
+    smb: &crate::core::shared::SmbMount,
+    settings: &Settings,
+    private_root: Option<&Path>,
+    users: &mut [(UserLink, bool)],
+) {
+    let root = private_root.map(Path::to_path_buf).unwrap_or_else(|| ctx.paths.resolve(&settings.links.private_root));
+    let wanted: Vec<private::Wanted> = match private_root {
+        Some(_) => users
+            .iter()
+            .filter(|(u, _)| matches!(u.state, LinkState::Ok | LinkState::Created))
+            .map(|(u, _)| private::Wanted {
+                user: u.user.clone(),
+                uid: u.uid,
+                gid: u.gid,
+                relative: PathBuf::from(settings.links.target.replace("{user}", &u.user)),
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let credentials_dir = ctx.paths.resolve(crate::core::credentials::PRIVATE_RUN_DIR);
+    let outcome = private::reconcile(links.mounter.as_ref(), smb, &root, &credentials_dir, &wanted).await;
+    for (user, _) in users.iter_mut() {
+        if let Some(Err(why)) = outcome.get(&user.user) {
+            user.state = LinkState::Error;
+            user.reason = Some(format!("private mount: {why}"));
+        }
+    }
+}
+
 /// The link and, on a mounted share, the folder of one user; and whether
 /// anything was changed for them.
 fn link_one(
@@ -268,6 +313,7 @@ fn link_one(
     config: &LinksSettings,
     share: &ShareNews,
     root: Option<&Path>,
+    private_root: Option<&Path>,
     stamp: &str,
 ) -> (UserLink, bool) {
     let relative = PathBuf::from(config.target.replace("{user}", &user.name));
@@ -275,6 +321,7 @@ fn link_one(
     let mut entry = UserLink {
         user: user.name.clone(),
         uid: user.uid,
+        gid: user.gid,
         state: LinkState::Ok,
         link: link_path.display().to_string(),
         target: String::new(),
@@ -286,12 +333,16 @@ fn link_one(
         entry.reason = Some("no [share] in the config: nothing to link to".to_string());
         return (entry, false);
     };
-    let target = root.join(&relative);
+    // With private mounts the link points at the user's own mount of their folder.
+    let target = match private_root {
+        Some(private) => private.join(&user.name),
+        None => root.join(&relative),
+    };
     entry.target = target.display().to_string();
     let mode = u32::from_str_radix(&config.folder_mode, 8).unwrap_or(0o700);
     // Only on a mounted share: never a folder on the local disk under the mount point.
     let folder = match share {
-        ShareNews::Mounted { root, identity } => reconcile::ensure_folder(
+        ShareNews::Mounted { root, identity, .. } => reconcile::ensure_folder(
             user,
             &FolderPlan { root: root.clone(), identity: *identity, relative: relative.clone(), mode },
         ),

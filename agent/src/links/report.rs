@@ -36,6 +36,8 @@ impl LinkState {
 pub struct UserLink {
     pub user: String,
     pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
     pub state: LinkState,
     /// `$HOME/notebooks/remote`.
     pub link: String,

@@ -7,10 +7,7 @@
 //! and after a failed probe remounts with capped, jittered backoff.
 //! The storage key only ever travels through a 0600 credentials file.
 
-pub mod credentials;
 mod metrics;
-pub mod mount;
-pub mod mountinfo;
 pub mod probe;
 pub mod report;
 mod routes;
@@ -21,11 +18,13 @@ use crate::core::backoff::Backoff;
 use crate::core::capability::Capability;
 use crate::core::clock::{rfc3339, SharedClock};
 use crate::core::component::{ComponentId, ComponentState};
+use crate::core::credentials;
 use crate::core::http::Route;
+use crate::core::mount::{self, MountCall, Mounter};
+use crate::core::mountinfo;
 use crate::core::shared::ShareNews;
 use crate::core::task::{self, TaskContext, TaskResult};
 use futures_util::future::BoxFuture;
-use mount::{MountCall, Mounter};
 use probe::{ProbeOutcome, Prober};
 pub use report::{ShareReport, ShareState};
 use spec::{MountKind, MountPlan};
@@ -44,8 +43,6 @@ const FAILED_PROBES_BEFORE_REMOUNT: u32 = 2;
 /// key file): a hung server makes these hang, so they run off the async
 /// workers and give up after this long.
 const DISK_DEADLINE: Duration = Duration::from_secs(10);
-/// Root-only directory for the mount call's credentials file.
-pub const PRIVATE_RUN_DIR: &str = "/run/pool-agent/private";
 
 type RemountReply = oneshot::Sender<ShareReport>;
 
@@ -174,6 +171,8 @@ struct Worker {
     failed_in_a_row: u32,
     /// (device, inode) of the mounted root, published with the news.
     root_identity: Option<(u64, u64)>,
+    /// How the SMB share is mounted, published with the news.
+    smb: Option<crate::core::shared::SmbMount>,
 }
 
 pub async fn run(ctx: TaskContext, share: ShareHandle) -> TaskResult {
@@ -188,6 +187,7 @@ pub async fn run(ctx: TaskContext, share: ShareHandle) -> TaskResult {
         outage: false,
         failed_in_a_row: 0,
         root_identity: None,
+        smb: None,
     };
     let mut config_live = true;
     loop {
@@ -284,7 +284,7 @@ impl Worker {
         };
         let news = match state {
             ShareState::Mounted => match (self.reachable_root(), self.root_identity) {
-                (Some(root), Some(identity)) => ShareNews::Mounted { root, identity },
+                (Some(root), Some(identity)) => ShareNews::Mounted { root, identity, smb: self.smb.clone() },
                 _ => ShareNews::Down { why: "mounted, but its root could not be looked at".to_string() },
             },
             ShareState::NotConfigured => ShareNews::NotConfigured,
@@ -384,6 +384,18 @@ impl Worker {
             }))
             .collect();
         self.describe(share, &plan, &shown_options);
+        self.smb = match (&plan.username, &share.source) {
+            (Some(username), ShareSource::AzureFiles { key_file: Some(key_file), .. }) => {
+                Some(crate::core::shared::SmbMount {
+                    source: plan.source.clone(),
+                    options: plan.options.clone(),
+                    username: username.clone(),
+                    key_file: self.ctx.paths.resolve(key_file),
+                    key_owner: if self.ctx.paths.is_sandbox() { nix::unistd::geteuid().as_raw() } else { 0 },
+                })
+            }
+            _ => None,
+        };
 
         if plan.kind == MountKind::Bind {
             let source = PathBuf::from(&plan.source);
@@ -501,7 +513,7 @@ impl Worker {
     }
 
     fn credentials_dir(&self) -> PathBuf {
-        self.ctx.paths.resolve(PRIVATE_RUN_DIR)
+        self.ctx.paths.resolve(credentials::PRIVATE_RUN_DIR)
     }
 
     async fn existing_mount(&self, plan: &MountPlan) -> Existing {

@@ -1,13 +1,13 @@
 //! The share task against a fake mount system: mount, adopt, conflict,
 //! outage, recovery and the key's path, without touching the real kernel.
 
-use super::mount::{MountCall, MountError, Mounter};
-use super::mountinfo::MountEntry;
 use super::probe::{ProbeOutcome, Prober};
 use super::*;
 use crate::config;
 use crate::core::accounts::AccountsView;
 use crate::core::board::StatusBoard;
+use crate::core::mount::{MountCall, MountError, Mounter};
+use crate::core::mountinfo::MountEntry;
 use crate::core::paths::SystemPaths;
 use crate::core::shared::SharedState;
 use futures_util::future::BoxFuture;

@@ -50,7 +50,7 @@ pub trait Mounter: Send + Sync + 'static {
     /// Detaches the mount now; open files keep working on the detached tree.
     fn unmount_lazy(&self, target: PathBuf, timeout: Duration) -> BoxFuture<'static, Result<(), MountError>>;
     /// What is mounted where (the kernel's mount table for the real thing).
-    fn table(&self) -> std::io::Result<Vec<super::mountinfo::MountEntry>>;
+    fn table(&self) -> std::io::Result<Vec<crate::core::mountinfo::MountEntry>>;
 }
 
 /// Runs `/bin/mount` and `/bin/umount`, which pick the `mount.cifs`/`mount.nfs` helpers.
@@ -102,8 +102,8 @@ impl Mounter for SystemMounter {
         Box::pin(run("umount", args, timeout))
     }
 
-    fn table(&self) -> std::io::Result<Vec<super::mountinfo::MountEntry>> {
-        super::mountinfo::read()
+    fn table(&self) -> std::io::Result<Vec<crate::core::mountinfo::MountEntry>> {
+        crate::core::mountinfo::read()
     }
 }
 

@@ -97,6 +97,9 @@ pub fn read_key_file(path: &Path, expected_owner: u32) -> Result<StorageKey, Key
     Ok(key)
 }
 
+/// Root-only directory for credentials files that live as long as a mount call.
+pub const PRIVATE_RUN_DIR: &str = "/run/pool-agent/private";
+
 /// A `credentials=` file for mount.cifs; removed when dropped.
 pub struct CredentialsFile {
     path: PathBuf,
@@ -106,6 +109,12 @@ impl CredentialsFile {
     /// Writes `username=`/`password=` to a new 0600 file in `dir`, a
     /// directory only the agent may enter (made 0700 here if it is not).
     pub fn write(dir: &Path, username: &str, key: &StorageKey) -> io::Result<Self> {
+        Self::write_as(dir, "share.credentials", username, key)
+    }
+
+    /// The same under another file name, for another user of the key (one
+    /// mount call at a time per name).
+    pub fn write_as(dir: &Path, file_name: &str, username: &str, key: &StorageKey) -> io::Result<Self> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         let dir_meta = fs::symlink_metadata(dir)?;
@@ -115,7 +124,7 @@ impl CredentialsFile {
         if dir_meta.mode() & 0o077 != 0 {
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
         }
-        let path = Self::path_in(dir);
+        let path = dir.join(file_name);
         match fs::remove_file(&path) {
             Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
             _ => {}
