@@ -242,12 +242,13 @@ async fn pass(
     })
     .await?;
     let mut users = users;
-    if let ShareNews::Mounted { smb: Some(smb), .. } = &share_news {
+    // Only a pass over everyone knows which mounts are no longer wanted.
+    if let (Scope::Everyone, ShareNews::Mounted { smb: Some(smb), .. }) = (scope, &share_news) {
         mount_private(ctx, links, smb, settings, private_root.as_deref(), &mut users).await;
     }
     let users: Vec<UserLink> = users
         .into_iter()
-        .map(|(mut user, changed)| {
+        .map(|(mut user, changed, _)| {
             user.last_change =
                 if changed { Some(now.clone()) } else { previous.get(&user.user).and_then(|p| p.last_change.clone()) };
             user
@@ -280,14 +281,15 @@ async fn mount_private(
     smb: &crate::core::shared::SmbMount,
     settings: &Settings,
     private_root: Option<&Path>,
-    users: &mut [(UserLink, bool)],
+    users: &mut [(UserLink, bool, bool)],
 ) {
     let root = private_root.map(Path::to_path_buf).unwrap_or_else(|| ctx.paths.resolve(&settings.links.private_root));
     let wanted: Vec<private::Wanted> = match private_root {
         Some(_) => users
             .iter()
-            .filter(|(u, _)| matches!(u.state, LinkState::Ok | LinkState::Created))
-            .map(|(u, _)| private::Wanted {
+            // Mounted for every user whose folder is there, whatever their home holds.
+            .filter(|(_, _, folder_ok)| *folder_ok)
+            .map(|(u, _, _)| private::Wanted {
                 user: u.user.clone(),
                 uid: u.uid,
                 gid: u.gid,
@@ -298,7 +300,7 @@ async fn mount_private(
     };
     let credentials_dir = ctx.paths.resolve(crate::core::credentials::PRIVATE_RUN_DIR);
     let outcome = private::reconcile(links.mounter.as_ref(), smb, &root, &credentials_dir, &wanted).await;
-    for (user, _) in users.iter_mut() {
+    for (user, _, _) in users.iter_mut() {
         if let Some(Err(why)) = outcome.get(&user.user) {
             user.state = LinkState::Error;
             user.reason = Some(format!("private mount: {why}"));
@@ -306,8 +308,8 @@ async fn mount_private(
     }
 }
 
-/// The link and, on a mounted share, the folder of one user; and whether
-/// anything was changed for them.
+/// The link and, on a mounted share, the folder of one user; whether anything
+/// was changed for them, and whether their folder is there on the share.
 fn link_one(
     user: &UserPlan,
     config: &LinksSettings,
@@ -315,7 +317,7 @@ fn link_one(
     root: Option<&Path>,
     private_root: Option<&Path>,
     stamp: &str,
-) -> (UserLink, bool) {
+) -> (UserLink, bool, bool) {
     let relative = PathBuf::from(config.target.replace("{user}", &user.name));
     let link_path = user.home.join(&config.link);
     let mut entry = UserLink {
@@ -331,7 +333,7 @@ fn link_one(
     let Some(root) = root else {
         entry.state = LinkState::WaitingForShare;
         entry.reason = Some("no [share] in the config: nothing to link to".to_string());
-        return (entry, false);
+        return (entry, false, false);
     };
     // With private mounts the link points at the user's own mount of their folder.
     let target = match private_root {
@@ -348,6 +350,7 @@ fn link_one(
         ),
         _ => Step::Unchanged,
     };
+    let folder_ok = matches!(share, ShareNews::Mounted { .. }) && matches!(folder, Step::Unchanged | Step::Changed);
     let link = reconcile::ensure_link(user, &config.link, &target, config.move_conflicts, stamp);
     let step = folder.combine(link);
     let changed = step != Step::Unchanged;
@@ -368,7 +371,7 @@ fn link_one(
     };
     entry.state = state;
     entry.reason = reason;
-    (entry, changed)
+    (entry, changed, folder_ok)
 }
 
 fn publish(ctx: &TaskContext, report: &LinksReport, share_configured: bool) {
