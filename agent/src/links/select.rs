@@ -14,10 +14,11 @@ pub fn users_to_link(settings: &LinksSettings, accounts: &AccountsView, paths: &
             let mut all: Vec<Account> = snapshot.users.clone();
             // Directory services often do not enumerate (sssd's default): a user
             // who has logged in has a home named after them, so ask NSS by name.
+            let known: std::collections::HashSet<&str> = snapshot.users.iter().map(|a| a.name.as_str()).collect();
             if let Ok(entries) = std::fs::read_dir(paths.resolve("/home")) {
                 for entry in entries.flatten() {
                     let name = entry.file_name().to_string_lossy().into_owned();
-                    if !all.iter().any(|a| a.name == name) {
+                    if !known.contains(name.as_str()) {
                         all.extend(accounts.user_by_name(&name));
                     }
                 }
