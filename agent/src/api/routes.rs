@@ -8,33 +8,17 @@ use crate::core::capability::redact;
 use crate::core::clock::rfc3339;
 use crate::core::http::{code_for_status, json_error, Access, ApiError, Caller, Route};
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, Method};
+use axum::http::{header, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Extension, Json, Router};
 
 /// The API's own routes.
 fn own_routes(state: &AppState) -> Vec<Route> {
     vec![
-        Route {
-            method: Method::GET,
-            path: "/v1/status",
-            access: Access::Read,
-            handler: get(status).with_state(state.clone()),
-        },
-        Route {
-            method: Method::GET,
-            path: "/v1/config",
-            access: Access::Read,
-            handler: get(effective_config).with_state(state.clone()),
-        },
-        Route {
-            method: Method::GET,
-            path: "/metrics",
-            access: Access::Read,
-            handler: get(metrics).with_state(state.clone()),
-        },
+        Route::get_with("/v1/status", Access::Read, state.clone(), status),
+        Route::get_with("/v1/config", Access::Read, state.clone(), effective_config),
+        Route::get_with("/metrics", Access::Read, state.clone(), metrics),
     ]
 }
 
@@ -145,7 +129,7 @@ mod tests {
     use crate::core::paths::SystemPaths;
     use axum::body::Body;
     use axum::extract::Path;
-    use axum::http::StatusCode;
+    use axum::http::{Method, StatusCode};
     use std::sync::Arc;
     use tower::ServiceExt;
 

@@ -171,10 +171,6 @@ impl StatusBoard {
         let board = self.lock();
         board.ids.iter().position(|known| *known == id).map(|index| board.components[index].state)
     }
-
-    pub fn ids(&self) -> Vec<ComponentId> {
-        self.lock().ids.clone()
-    }
 }
 
 /// The board's own metrics: build info, each component's health and state,

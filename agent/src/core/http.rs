@@ -70,6 +70,26 @@ impl Route {
         Self { method: Method::POST, path, access, handler: axum::routing::post(handler) }
     }
 
+    /// A GET route whose handler reads the capability's own state (`State<S>`).
+    pub fn get_with<H, T, S>(path: &'static str, access: Access, state: S, handler: H) -> Self
+    where
+        H: Handler<T, S>,
+        T: 'static,
+        S: Clone + Send + Sync + 'static,
+    {
+        Self { method: Method::GET, path, access, handler: axum::routing::get(handler).with_state(state) }
+    }
+
+    /// A POST route whose handler reads the capability's own state (`State<S>`).
+    pub fn post_with<H, T, S>(path: &'static str, access: Access, state: S, handler: H) -> Self
+    where
+        H: Handler<T, S>,
+        T: 'static,
+        S: Clone + Send + Sync + 'static,
+    {
+        Self { method: Method::POST, path, access, handler: axum::routing::post(handler).with_state(state) }
+    }
+
     pub fn delete<H, T>(path: &'static str, access: Access, handler: H) -> Self
     where
         H: Handler<T, ()>,

@@ -15,6 +15,7 @@ pub mod http;
 pub mod mount;
 pub mod mountinfo;
 pub mod paths;
+pub mod request;
 pub mod shared;
 pub mod task;
 

@@ -19,12 +19,12 @@ use crate::core::capability::Capability;
 use crate::core::clock::rfc3339;
 use crate::core::component::{ComponentId, ComponentState};
 use crate::core::http::{Access, Route};
+use crate::core::request::{Asked, Reply, Requests};
 use crate::core::shared::ShareNews;
 use crate::core::task::{self, TaskContext, TaskError, TaskResult};
 use axum::extract::State;
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::Json;
 use futures_util::future::BoxFuture;
 use notify::Watcher;
@@ -34,7 +34,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// Events within this window make one pass.
 const SETTLE: Duration = Duration::from_millis(100);
@@ -45,15 +45,12 @@ const FIRST_SHARE_NEWS: Duration = Duration::from_secs(5);
 /// `links sync` answers by then, inside the API's handler deadline.
 const SYNC_ANSWER_WITHIN: Duration = Duration::from_secs(6);
 
-type SyncReply = oneshot::Sender<LinksReport>;
-
 #[derive(Clone)]
 pub struct Links {
     report: Arc<Mutex<LinksReport>>,
     /// For per-user private SMB mounts.
     mounter: Arc<dyn crate::core::mount::Mounter>,
-    sync_tx: mpsc::Sender<SyncReply>,
-    sync_rx: Arc<tokio::sync::Mutex<mpsc::Receiver<SyncReply>>>,
+    syncs: Requests<LinksReport>,
 }
 
 impl Default for Links {
@@ -64,12 +61,10 @@ impl Default for Links {
 
 impl Links {
     pub fn new() -> Self {
-        let (sync_tx, sync_rx) = mpsc::channel(8);
         Self {
             report: Arc::new(Mutex::new(LinksReport::default())),
             mounter: Arc::new(crate::core::mount::SystemMounter),
-            sync_tx,
-            sync_rx: Arc::new(tokio::sync::Mutex::new(sync_rx)),
+            syncs: Requests::new(8),
         }
     }
 
@@ -89,18 +84,8 @@ impl Capability for Links {
 
     fn routes(&self) -> Vec<Route> {
         vec![
-            Route {
-                method: Method::GET,
-                path: "/v1/links",
-                access: Access::Read,
-                handler: get(links_report).with_state(self.clone()),
-            },
-            Route {
-                method: Method::POST,
-                path: "/v1/links/sync",
-                access: Access::Admin,
-                handler: post(links_sync).with_state(self.clone()),
-            },
+            Route::get_with("/v1/links", Access::Read, self.clone(), links_report),
+            Route::post_with("/v1/links/sync", Access::Admin, self.clone(), links_sync),
         ]
     }
 
@@ -118,24 +103,21 @@ async fn links_report(State(links): State<Links>) -> Json<LinksReport> {
 }
 
 async fn links_sync(State(links): State<Links>) -> Response {
-    let (reply_tx, reply_rx) = oneshot::channel();
-    if links.sync_tx.try_send(reply_tx).is_err() {
-        return (StatusCode::ACCEPTED, Json(links.report())).into_response();
-    }
-    match tokio::time::timeout(SYNC_ANSWER_WITHIN, reply_rx).await {
-        Ok(Ok(report)) => Json(report).into_response(),
+    match links.syncs.ask(SYNC_ANSWER_WITHIN).await {
+        Asked::Answered(report) => Json(report).into_response(),
+        // Still going, or one queued already: the pass will come; say what is known.
         _ => (StatusCode::ACCEPTED, Json(links.report())).into_response(),
     }
 }
 
 async fn run(ctx: TaskContext, links: Links) -> TaskResult {
-    let sync_rx = links.sync_rx.clone();
-    let mut syncs = sync_rx.lock().await;
+    let inbox = links.syncs.inbox();
+    let mut syncs = inbox.lock().await;
     let mut settings_rx = ctx.settings.clone();
     let mut share_rx = ctx.shared.watch_share();
     let (events_tx, mut events) = mpsc::channel::<()>(1);
     let mut watcher = DirWatcher::new(events_tx);
-    let mut waiting: Vec<SyncReply> = Vec::new();
+    let mut waiting: Vec<Reply<LinksReport>> = Vec::new();
     // The last mounted root, so links point at the share while it is down.
     let mut last_root: Option<PathBuf> = None;
     // At start, give the share a moment to say how it is, so the first pass

@@ -52,7 +52,8 @@ pub enum Step {
 }
 
 impl Step {
-    fn worst(self, other: Step) -> Step {
+    /// The outcome of two steps: the worse of them.
+    pub fn combine(self, other: Step) -> Step {
         fn rank(step: &Step) -> u8 {
             match step {
                 Step::Unchanged => 0,
@@ -67,10 +68,6 @@ impl Step {
         } else {
             self
         }
-    }
-
-    pub fn combine(self, other: Step) -> Step {
-        self.worst(other)
     }
 }
 
@@ -118,10 +115,11 @@ pub fn ensure_link(user: &UserPlan, link: &Path, target: &Path, move_conflicts: 
         // directory. Left alone and reported, like any other trap.
         Ok(stat) => {
             return Step::Conflict(format!(
-                "home {} belongs to uid {}, not {}; left alone",
+                "home {} belongs to uid {}, not {} ({}); left alone",
                 user.home.display(),
                 stat.st_uid,
-                user.user_name_and_uid()
+                user.uid,
+                user.name
             ))
         }
         Err(err) => return Step::Failed(format!("cannot stat the home {}: {err}", user.home.display())),
@@ -257,12 +255,6 @@ fn place_link(
     match moved {
         Some(aside) => Step::Conflict(format!("{} was in the way; moved to {aside} and linked", shown.display())),
         None => Step::Changed,
-    }
-}
-
-impl UserPlan {
-    fn user_name_and_uid(&self) -> String {
-        format!("{} ({})", self.uid, self.name)
     }
 }
 

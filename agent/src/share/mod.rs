@@ -22,6 +22,7 @@ use crate::core::credentials;
 use crate::core::http::Route;
 use crate::core::mount::{self, MountCall, Mounter};
 use crate::core::mountinfo;
+use crate::core::request::{Asked, Requests};
 use crate::core::shared::ShareNews;
 use crate::core::task::{self, TaskContext, TaskResult};
 use futures_util::future::BoxFuture;
@@ -31,7 +32,6 @@ use spec::{MountKind, MountPlan};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
 
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(60);
@@ -44,21 +44,17 @@ const FAILED_PROBES_BEFORE_REMOUNT: u32 = 2;
 /// workers and give up after this long.
 const DISK_DEADLINE: Duration = Duration::from_secs(10);
 
-type RemountReply = oneshot::Sender<ShareReport>;
-
 /// Shared between the share task and the API.
 #[derive(Clone)]
 pub struct ShareHandle {
     report: Arc<Mutex<ShareReport>>,
-    remount_tx: mpsc::Sender<RemountReply>,
-    remount_rx: Arc<tokio::sync::Mutex<mpsc::Receiver<RemountReply>>>,
+    remounts: Requests<ShareReport>,
     mounter: Arc<dyn Mounter>,
     prober: Arc<dyn Prober>,
 }
 
 impl ShareHandle {
     pub fn new(clock: SharedClock, mounter: Arc<dyn Mounter>, prober: Arc<dyn Prober>) -> Self {
-        let (remount_tx, remount_rx) = mpsc::channel(4);
         let report = ShareReport {
             state: ShareState::Mounting,
             since: rfc3339(clock.now()),
@@ -78,13 +74,7 @@ impl ShareHandle {
             mounts: 0,
             failed_probes: 0,
         };
-        Self {
-            report: Arc::new(Mutex::new(report)),
-            remount_tx,
-            remount_rx: Arc::new(tokio::sync::Mutex::new(remount_rx)),
-            mounter,
-            prober,
-        }
+        Self { report: Arc::new(Mutex::new(report)), remounts: Requests::new(4), mounter, prober }
     }
 
     pub fn system(clock: SharedClock) -> Self {
@@ -103,12 +93,11 @@ impl ShareHandle {
     /// Asks the task to unmount and mount again; waits up to `wait` for the
     /// outcome. A remount still going on then carries on in the task.
     pub async fn request_remount(&self, wait: Duration) -> Result<RemountOutcome, String> {
-        let (reply_tx, reply_rx) = oneshot::channel();
-        self.remount_tx.try_send(reply_tx).map_err(|_| "a remount is already queued".to_string())?;
-        match tokio::time::timeout(wait, reply_rx).await {
-            Ok(Ok(report)) => Ok(RemountOutcome::Finished(report)),
-            Ok(Err(_)) => Err("the share task stopped before answering".to_string()),
-            Err(_) => Ok(RemountOutcome::StillRunning(self.report())),
+        match self.remounts.ask(wait).await {
+            Asked::Answered(report) => Ok(RemountOutcome::Finished(report)),
+            Asked::StillRunning => Ok(RemountOutcome::StillRunning(self.report())),
+            Asked::Busy => Err("a remount is already queued".to_string()),
+            Asked::Gone => Err("the share task stopped before answering".to_string()),
         }
     }
 }
@@ -176,8 +165,8 @@ struct Worker {
 }
 
 pub async fn run(ctx: TaskContext, share: ShareHandle) -> TaskResult {
-    let remount_rx = share.remount_rx.clone();
-    let mut remounts = remount_rx.lock().await;
+    let inbox = share.remounts.inbox();
+    let mut remounts = inbox.lock().await;
     let mut settings_rx = ctx.settings.clone();
     let mut worker = Worker {
         ctx: ctx.clone(),

@@ -3,9 +3,8 @@
 use super::{RemountOutcome, ShareHandle, ShareReport, ShareState};
 use crate::core::http::{Access, ApiError, Route};
 use axum::extract::State;
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::Json;
 use std::time::Duration;
 
@@ -15,18 +14,8 @@ pub const REMOUNT_ANSWER_WITHIN: Duration = Duration::from_secs(6);
 
 pub fn routes(share: &ShareHandle) -> Vec<Route> {
     vec![
-        Route {
-            method: Method::GET,
-            path: "/v1/share",
-            access: Access::Read,
-            handler: get(report).with_state(share.clone()),
-        },
-        Route {
-            method: Method::POST,
-            path: "/v1/share/remount",
-            access: Access::Admin,
-            handler: post(remount).with_state(share.clone()),
-        },
+        Route::get_with("/v1/share", Access::Read, share.clone(), report),
+        Route::post_with("/v1/share/remount", Access::Admin, share.clone(), remount),
     ]
 }
 
