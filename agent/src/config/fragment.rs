@@ -61,11 +61,13 @@ impl MergeFrom for ConfigFragment {
 pub struct InstanceFragment {
     pub name: Value<String>,
     pub local_user: Value<String>,
+    pub resource_group: Value<String>,
+    pub workspace: Value<String>,
 }
 
 impl MergeFrom for InstanceFragment {
     fn merge_from(&mut self, later: Self) {
-        later_wins!(self, later; name, local_user);
+        later_wins!(self, later; name, local_user, resource_group, workspace);
     }
 }
 
@@ -204,6 +206,7 @@ pub enum RunWhen {
 #[serde(deny_unknown_fields)]
 pub struct SetupFragment {
     pub dir: Value<String>,
+    pub share_wait: Value<ConfigDuration>,
     pub scripts: Option<Vec<Sourced<ScriptFragment>>>,
 }
 
@@ -211,7 +214,7 @@ impl MergeFrom for SetupFragment {
     /// Scripts merge by name: a later file's script replaces the one of the
     /// same name in place, new names are appended in file order.
     fn merge_from(&mut self, later: Self) {
-        later_wins!(self, later; dir);
+        later_wins!(self, later; dir, share_wait);
         let Some(later_scripts) = later.scripts else {
             return;
         };
@@ -239,6 +242,8 @@ pub struct ScriptFragment {
     pub args: Value<Vec<String>>,
     pub workdir: Value<String>,
     pub timeout: Value<ConfigDuration>,
+    pub env: Value<std::collections::BTreeMap<String, String>>,
+    pub blocking: Value<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -5,7 +5,7 @@ use super::error::ConfigError;
 use super::fragment::*;
 use super::source::{Origin, Sourced};
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -34,6 +34,7 @@ pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_LINK: &str = "notebooks/remote";
 pub const DEFAULT_TARGET: &str = "notebooks/{user}";
 pub const DEFAULT_SETUP_DIR: &str = "/etc/pool-agent/setup.d";
+pub const DEFAULT_SHARE_WAIT: Duration = Duration::from_secs(300);
 pub const DEFAULT_SCRIPT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_IDLE_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -81,6 +82,12 @@ pub struct InstanceSettings {
     /// Empty: IMDS compute.name, else the hostname.
     pub name: String,
     pub local_user: String,
+    /// For scripts written for Azure ML compute instances (`CI_RESOURCE_GROUP`,
+    /// `CI_WORKSPACE`); empty when not set.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub resource_group: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub workspace: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -160,6 +167,9 @@ pub struct LinksSettings {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SetupSettings {
     pub dir: PathBuf,
+    /// How long scripts wait for a configured share before running without it.
+    #[serde(serialize_with = "duration::serialize")]
+    pub share_wait: Duration,
     pub scripts: Vec<ScriptSettings>,
 }
 
@@ -174,6 +184,10 @@ pub struct ScriptSettings {
     pub workdir: Option<PathBuf>,
     #[serde(serialize_with = "duration::serialize")]
     pub timeout: Duration,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// While it runs the VM is not ready; when it fails the VM is unhealthy.
+    pub blocking: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -298,6 +312,8 @@ pub(super) fn validate(merged: ConfigFragment, sources: Vec<PathBuf>) -> Result<
             let section = section.value;
             InstanceSettings {
                 name: section.name.map(|n| n.value).unwrap_or_default(),
+                resource_group: section.resource_group.map(|n| n.value).unwrap_or_default(),
+                workspace: section.workspace.map(|n| n.value).unwrap_or_default(),
                 local_user: match section.local_user {
                     Some(user) => {
                         origins.record("instance.local_user", &user);
@@ -307,7 +323,12 @@ pub(super) fn validate(merged: ConfigFragment, sources: Vec<PathBuf>) -> Result<
                 },
             }
         }
-        None => InstanceSettings { name: String::new(), local_user: DEFAULT_LOCAL_USER.to_string() },
+        None => InstanceSettings {
+            name: String::new(),
+            local_user: DEFAULT_LOCAL_USER.to_string(),
+            resource_group: String::new(),
+            workspace: String::new(),
+        },
     };
 
     let share = merged.share.map(|section| validate_share(section, &mut origins)).transpose()?;
@@ -761,6 +782,15 @@ fn validate_setup(section: Option<Sourced<SetupFragment>>, local_user: &str) -> 
         if timeout.is_zero() {
             return Err(invalid(&origin, &key("timeout"), "must be longer than 0s"));
         }
+        let env = script.env.as_ref().map(|e| e.value.clone()).unwrap_or_default();
+        if let Some(bad) = env.keys().find(|k| !env_name_ok(k)) {
+            let origin = script.env.as_ref().map(|e| e.origin.clone()).unwrap_or(origin.clone());
+            return Err(invalid(
+                &origin,
+                &key("env"),
+                format!("{bad:?} is not a variable name (letters, digits, '_')"),
+            ));
+        }
         scripts.push(ScriptSettings {
             name: name.value.clone(),
             path,
@@ -769,9 +799,18 @@ fn validate_setup(section: Option<Sourced<SetupFragment>>, local_user: &str) -> 
             args: script.args.as_ref().map(|a| a.value.clone()).unwrap_or_default(),
             workdir: script.workdir.as_ref().map(|w| absolute_path(&key("workdir"), w)).transpose()?,
             timeout,
+            env,
+            blocking: script.blocking.as_ref().is_none_or(|b| b.value),
         });
     }
-    Ok(SetupSettings { dir, scripts })
+    let share_wait = setup.share_wait.as_ref().map(|w| w.value.0).unwrap_or(DEFAULT_SHARE_WAIT);
+    Ok(SetupSettings { dir, share_wait, scripts })
+}
+
+fn env_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn validate_idle(section: Option<Sourced<IdleFragment>>) -> Result<IdleSettings, ConfigError> {

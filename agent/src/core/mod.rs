@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod backoff;
+pub mod beneath;
 pub mod board;
 pub mod capability;
 pub mod clock;

@@ -37,9 +37,23 @@ pub struct SmbMount {
     pub key_owner: u32,
 }
 
+/// What idle and status need to know of setup scripts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScriptsNews {
+    /// Names of the scripts running now.
+    pub running: Vec<String>,
+    /// The uids they run as (their CPU counts as a script's, not a user's).
+    pub running_uids: Vec<u32>,
+}
+
 #[derive(Clone)]
 pub struct SharedState {
     share: Arc<watch::Sender<ShareNews>>,
+    /// Bumped after each links pass; scripts wait for the first.
+    links_passes: Arc<watch::Sender<u64>>,
+    scripts: Arc<watch::Sender<ScriptsNews>>,
+    /// The instance's name (config, else IMDS, else the hostname).
+    instance: Arc<std::sync::RwLock<String>>,
 }
 
 impl Default for SharedState {
@@ -51,7 +65,43 @@ impl Default for SharedState {
 impl SharedState {
     pub fn new() -> Self {
         let (share, _) = watch::channel(ShareNews::NotYetKnown);
-        Self { share: Arc::new(share) }
+        let (links_passes, _) = watch::channel(0);
+        let (scripts, _) = watch::channel(ScriptsNews::default());
+        Self {
+            share: Arc::new(share),
+            links_passes: Arc::new(links_passes),
+            scripts: Arc::new(scripts),
+            instance: Arc::new(std::sync::RwLock::new(String::new())),
+        }
+    }
+
+    pub fn publish_instance_name(&self, name: &str) {
+        *self.instance.write().unwrap_or_else(|p| p.into_inner()) = name.to_string();
+    }
+
+    pub fn instance_name(&self) -> String {
+        self.instance.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Published by links after every pass.
+    pub fn publish_links_pass(&self) {
+        self.links_passes.send_modify(|passes| *passes += 1);
+    }
+
+    pub fn watch_links_passes(&self) -> watch::Receiver<u64> {
+        self.links_passes.subscribe()
+    }
+
+    pub fn publish_scripts(&self, news: ScriptsNews) {
+        self.scripts.send_if_modified(|current| {
+            let changed = *current != news;
+            *current = news;
+            changed
+        });
+    }
+
+    pub fn scripts(&self) -> ScriptsNews {
+        self.scripts.borrow().clone()
     }
 
     /// Published by the share capability; readers are woken only by a real change.

@@ -216,6 +216,7 @@ async fn run(
     let paths = Arc::new(paths);
     let accounts = AccountsView::for_paths(&paths);
     let shared = SharedState::new();
+    shared.publish_instance_name(&instance);
     let (settings_tx, settings_rx) = watch::channel(Arc::new(settings));
 
     let socket = match api::server::bind(&paths.socket()) {

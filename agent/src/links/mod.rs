@@ -252,6 +252,7 @@ async fn pass(
         report.clone()
     };
     publish(ctx, &report, settings.share.is_some());
+    ctx.shared.publish_links_pass();
     Ok(report)
 }
 

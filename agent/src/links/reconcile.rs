@@ -9,13 +9,14 @@
 //! anything outside the user's own home and share folder. Blocking: run it
 //! off the async workers.
 
+use crate::core::beneath::{names, open_dir, open_dir_beneath, open_share_root};
 use nix::errno::Errno;
-use nix::fcntl::{openat2, renameat2, AtFlags, OFlag, OpenHow, RenameFlags, ResolveFlag};
+use nix::fcntl::{renameat2, AtFlags, RenameFlags};
 use nix::sys::stat::{fchmod, fstat, mkdirat, Mode};
 use nix::unistd::{fchown, fchownat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// What the agent needs to know of one user.
 #[derive(Debug, Clone)]
@@ -71,33 +72,12 @@ impl Step {
     }
 }
 
-fn beneath(dir: &OwnedFd, name: &OsStr) -> nix::Result<OwnedFd> {
-    let how = OpenHow::new()
-        .flags(OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-    openat2(dir, name, how)
-}
-
 /// Why `name` in `dir` could not be opened as a directory, in the user's words.
 fn refusal(dir: &OwnedFd, name: &OsStr) -> &'static str {
     match nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(stat) if stat.st_mode & libc::S_IFMT == libc::S_IFLNK => "is a symlink; the agent follows none",
         _ => "is not a directory",
     }
-}
-
-fn open_dir(path: &Path) -> nix::Result<OwnedFd> {
-    nix::fcntl::open(path, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
-}
-
-fn names(relative: &Path) -> Vec<&OsStr> {
-    relative
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(name) => Some(name),
-            _ => None,
-        })
-        .collect()
 }
 
 /// `$HOME/<link>` → `target`: the directories on the way made as the user's,
@@ -133,7 +113,7 @@ pub fn ensure_link(user: &UserPlan, link: &Path, target: &Path, move_conflicts: 
     let mut shown = PathBuf::from("~");
     for part in parents {
         shown.push(part);
-        let opened = match beneath(&dir, part) {
+        let opened = match open_dir_beneath(&dir, part) {
             Ok(fd) => Ok(fd),
             Err(Errno::ENOENT) => match mkdirat(&dir, *part, Mode::from_bits_truncate(0o755)) {
                 Ok(()) | Err(Errno::EEXIST) => {
@@ -147,7 +127,7 @@ pub fn ensure_link(user: &UserPlan, link: &Path, target: &Path, move_conflicts: 
                         AtFlags::AT_SYMLINK_NOFOLLOW,
                     );
                     step = Step::Changed;
-                    beneath(&dir, part)
+                    open_dir_beneath(&dir, part)
                 }
                 Err(err) => Err(err),
             },
@@ -264,17 +244,12 @@ fn place_link(
 /// symlink, is a conflict. Nothing is ever deleted. On SMB, where the mount
 /// maps every owner to one uid, a refused chown is expected and not an error.
 pub fn ensure_folder(user: &UserPlan, folder: &FolderPlan) -> Step {
-    let root = match open_dir(&folder.root) {
-        Ok(fd) => fd,
-        Err(err) => return Step::ShareGone(format!("cannot open the share root {}: {err}", folder.root.display())),
-    };
     // Everything below is relative to this descriptor: if it is the share now,
     // nothing can land on the local disk, even if the mount goes away meanwhile.
-    match fstat(&root) {
-        Ok(stat) if (stat.st_dev, stat.st_ino) == folder.identity => {}
-        Ok(_) => return Step::ShareGone(format!("{} is not the mounted share any more", folder.root.display())),
-        Err(err) => return Step::ShareGone(format!("cannot stat the share root {}: {err}", folder.root.display())),
-    }
+    let root = match open_share_root(&folder.root, folder.identity) {
+        Ok(fd) => fd,
+        Err(why) => return Step::ShareGone(why),
+    };
     let parts = names(&folder.relative);
     let Some((last, parents)) = parts.split_last() else {
         return Step::Failed("links.target is empty".to_string());
@@ -283,9 +258,9 @@ pub fn ensure_folder(user: &UserPlan, folder: &FolderPlan) -> Step {
     let mut shown = PathBuf::new();
     for part in parents {
         shown.push(part);
-        let opened = match beneath(&dir, part) {
+        let opened = match open_dir_beneath(&dir, part) {
             Err(Errno::ENOENT) => match mkdirat(&dir, *part, Mode::from_bits_truncate(0o755)) {
-                Ok(()) | Err(Errno::EEXIST) => beneath(&dir, part),
+                Ok(()) | Err(Errno::EEXIST) => open_dir_beneath(&dir, part),
                 Err(err) => Err(err),
             },
             other => other,
@@ -300,7 +275,7 @@ pub fn ensure_folder(user: &UserPlan, folder: &FolderPlan) -> Step {
     }
     shown.push(last);
     let mut step = Step::Unchanged;
-    let fd = match beneath(&dir, last) {
+    let fd = match open_dir_beneath(&dir, last) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => {
             match mkdirat(&dir, *last, Mode::from_bits_truncate(folder.mode)) {
@@ -308,7 +283,7 @@ pub fn ensure_folder(user: &UserPlan, folder: &FolderPlan) -> Step {
                 Err(err) => return Step::Failed(format!("cannot create {} on the share: {err}", shown.display())),
             }
             step = Step::Changed;
-            match beneath(&dir, last) {
+            match open_dir_beneath(&dir, last) {
                 Ok(fd) => {
                     // The umask may have narrowed the mode; set it on the descriptor.
                     let _ = fchmod(&fd, Mode::from_bits_truncate(folder.mode));

@@ -1,0 +1,98 @@
+//! Directory work below a root the agent does not trust (a user's home, the
+//! share): every step opened relative to a directory descriptor with
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so a planted symlink is
+//! refused, never followed. Blocking: call it off the async workers.
+
+use nix::errno::Errno;
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fstat, mkdirat, Mode};
+use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
+use std::path::{Component, Path};
+
+/// Opens the directory `name` in `dir`, refusing symlinks and escapes.
+pub fn open_dir_beneath(dir: &OwnedFd, name: &OsStr) -> nix::Result<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    openat2(dir, name, how)
+}
+
+/// Opens a directory the agent trusts by path (a home's parent, a mount point).
+pub fn open_dir(path: &Path) -> nix::Result<OwnedFd> {
+    nix::fcntl::open(path, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+}
+
+/// The plain names of a relative path (`.`, `..` and `/` dropped).
+pub fn names(relative: &Path) -> Vec<&OsStr> {
+    relative
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(name) => Some(name),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Opens the share's root and checks it is the mounted share ((device,
+/// inode) as published): a mount gone unseen leaves a local directory there,
+/// which must never be written to.
+pub fn open_share_root(root: &Path, identity: (u64, u64)) -> Result<OwnedFd, String> {
+    let fd = open_dir(root).map_err(|err| format!("cannot open the share root {}: {err}", root.display()))?;
+    match fstat(&fd) {
+        Ok(stat) if (stat.st_dev, stat.st_ino) == identity => Ok(fd),
+        Ok(_) => Err(format!("{} is not the mounted share any more", root.display())),
+        Err(err) => Err(format!("cannot stat the share root {}: {err}", root.display())),
+    }
+}
+
+/// Opens `relative` below `dir`, making missing directories with `mode`.
+pub fn make_dirs_beneath(dir: OwnedFd, relative: &Path, mode: u32) -> Result<OwnedFd, String> {
+    let mut dir = dir;
+    for part in names(relative) {
+        let opened = match open_dir_beneath(&dir, part) {
+            Err(Errno::ENOENT) => match mkdirat(&dir, part, Mode::from_bits_truncate(mode)) {
+                Ok(()) | Err(Errno::EEXIST) => open_dir_beneath(&dir, part),
+                Err(err) => Err(err),
+            },
+            other => other,
+        };
+        dir = opened.map_err(|err| match err {
+            Errno::ELOOP | Errno::EXDEV | Errno::ENOTDIR => {
+                format!("{} is not a directory (or is a symlink); left alone", part.to_string_lossy())
+            }
+            err => format!("cannot open {}: {err}", part.to_string_lossy()),
+        })?;
+    }
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_planted_symlink_on_the_way_is_refused_and_nothing_is_made_behind_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("Logs")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), tmp.path().join("Logs/vm1")).unwrap();
+        let root = open_dir(tmp.path()).unwrap();
+        let err = make_dirs_beneath(root, Path::new("Logs/vm1/deeper"), 0o755).unwrap_err();
+        assert!(err.contains("vm1"), "{err}");
+        assert!(!outside.path().join("deeper").exists());
+        let root = open_dir(tmp.path()).unwrap();
+        assert!(make_dirs_beneath(root, Path::new("Logs/vm2"), 0o755).is_ok());
+        assert!(tmp.path().join("Logs/vm2").is_dir());
+    }
+
+    #[test]
+    fn the_share_root_must_be_the_published_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let meta = std::fs::metadata(tmp.path()).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert!(open_share_root(tmp.path(), (meta.dev(), meta.ino())).is_ok());
+        let err = open_share_root(tmp.path(), (meta.dev(), meta.ino() + 1)).unwrap_err();
+        assert!(err.contains("not the mounted share"), "{err}");
+    }
+}
