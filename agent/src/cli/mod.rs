@@ -23,6 +23,8 @@ use std::process::ExitCode;
 
 /// A human summary of an answer body; `--json` bypasses it.
 type Summary = fn(&[u8]) -> Result<String, String>;
+/// From an answer: the offset to ask from next, and whether to ask again.
+type FollowNext = fn(&[u8]) -> Option<(u64, bool)>;
 
 /// What to ask the daemon and how to show the answer.
 pub struct Call {
@@ -34,11 +36,13 @@ pub struct Call {
     summary: Option<Summary>,
     /// The exit code an answer means (status: 1 when something is not ready).
     verdict: Option<fn(&[u8]) -> u8>,
+    /// Ask again (`?offset=`) while the answer says there is more: `scripts log --follow`.
+    follow: Option<FollowNext>,
 }
 
 impl Call {
     fn new(method: Method, path: &str, body: Option<serde_json::Value>) -> Self {
-        Self { method, path: path.to_string(), body, text: false, summary: None, verdict: None }
+        Self { method, path: path.to_string(), body, text: false, summary: None, verdict: None, follow: None }
     }
     pub fn get(path: &str) -> Self {
         Self::new(Method::GET, path, None)
@@ -59,6 +63,10 @@ impl Call {
     }
     pub fn exit_code_by(mut self, verdict: fn(&[u8]) -> u8) -> Self {
         self.verdict = Some(verdict);
+        self
+    }
+    pub fn following(mut self, next: FollowNext) -> Self {
+        self.follow = Some(next);
         self
     }
 }
@@ -104,6 +112,9 @@ pub fn main(cli: Cli) -> ExitCode {
         Err(err) => return fail(&format!("cannot start: {err}"), 1),
     };
     let client = Client::new(&cli.socket, cli.timeout);
+    if let Some(next) = call.follow {
+        return runtime.block_on(follow(&client, &call, next, cli.json));
+    }
     let result = runtime.block_on(client.call(call.method.clone(), &call.path, call.body.clone()));
     match result {
         Ok(reply) => show(&call, &reply, cli.json),
@@ -117,6 +128,29 @@ pub fn main(cli: Cli) -> ExitCode {
             fail(&format!("{} [{}]", body.message, body.error), err.exit_code())
         }
         Err(err) => fail(&err.to_string(), err.exit_code()),
+    }
+}
+
+/// Shows each answer as it comes, asking from where the last one ended,
+/// until the daemon says there is no more (the script ended).
+async fn follow(client: &Client, call: &Call, next: FollowNext, json: bool) -> ExitCode {
+    let mut path = call.path.clone();
+    loop {
+        let reply = match client.call(call.method.clone(), &path, None).await {
+            Ok(reply) => reply,
+            Err(err) => return fail(&err.to_string(), err.exit_code()),
+        };
+        let code = show(call, &reply, json);
+        let Some((offset, more)) = next(&reply.body) else { return code };
+        if !more {
+            return code;
+        }
+        let separator = if call.path.contains('?') { '&' } else { '?' };
+        let unchanged = path.ends_with(&format!("offset={offset}"));
+        path = format!("{}{separator}offset={offset}", call.path);
+        if unchanged {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
     }
 }
 

@@ -9,7 +9,7 @@ pub fn capabilities(clock: &SharedClock) -> Vec<Arc<dyn Capability>> {
     vec![
         Arc::new(crate::share::ShareHandle::system(clock.clone())),
         Arc::new(crate::links::Links::new()),
-        Arc::new(crate::scripts::Scripts),
+        Arc::new(crate::scripts::Scripts::new(clock.clone())),
         Arc::new(crate::idle::Idle),
         Arc::new(crate::azure::Azure),
     ]

@@ -1,0 +1,134 @@
+//! What is remembered of each script across restarts and reboots: one small
+//! JSON file per script under `/var/lib/pool-agent/scripts/`, replaced
+//! atomically (write, fsync, rename, fsync the directory), so a crash leaves
+//! the old record or the new one, never half of either.
+
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Written before the script starts: found at start, it means the agent
+    /// or the VM died while the script ran.
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub content_hash: String,
+    pub outcome: Outcome,
+    /// `/proc/sys/kernel/random/boot_id` of the boot it ran in.
+    pub boot_id: String,
+    pub started: String,
+    #[serde(default)]
+    pub finished: Option<String>,
+    #[serde(default)]
+    pub duration_seconds: Option<f64>,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub signal: Option<String>,
+    /// The process group leader of a direct run and its start time (clock
+    /// ticks since boot), to stop what is left of it after a crash, and
+    /// never a process that merely reuses the pid.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub pid_start: Option<u64>,
+    /// The transient unit of a run under systemd.
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// Whether the log of this run reached the share.
+    #[serde(default)]
+    pub log_on_share: bool,
+}
+
+pub struct Records {
+    dir: PathBuf,
+}
+
+impl Records {
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.json"))
+    }
+
+    /// The record of `name`; a missing or unreadable one is none (the script
+    /// runs again, which is the safe side).
+    pub fn load(&self, name: &str) -> Option<RunRecord> {
+        let text = fs::read(self.file(name)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    pub fn store(&self, name: &str, record: &RunRecord) -> io::Result<()> {
+        fs::create_dir_all(&self.dir)?;
+        let target = self.file(name);
+        let temporary = self.dir.join(format!(".{name}.json.tmp"));
+        let body = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&temporary)?;
+        file.write_all(&body)?;
+        file.sync_all()?;
+        fs::rename(&temporary, &target)?;
+        fs::File::open(&self.dir)?.sync_all()
+    }
+}
+
+/// This boot's id; records from another boot are of an earlier boot.
+pub fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// A process's start time in clock ticks since boot (field 22 of
+/// `/proc/<pid>/stat`), to tell it from a later process with the same pid.
+pub fn process_start(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")).ok()?;
+    // The command name may hold spaces and parentheses: count from the last ')'.
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_survives_a_reload_and_a_torn_temporary_file_is_ignored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let records = Records::new(tmp.path().join("scripts"));
+        assert_eq!(records.load("10-a"), None);
+        let record = RunRecord {
+            content_hash: "abc".into(),
+            outcome: Outcome::Running,
+            boot_id: boot_id(),
+            started: "2026-11-23T10:00:00Z".into(),
+            finished: None,
+            duration_seconds: None,
+            exit_code: None,
+            signal: None,
+            pid: Some(std::process::id()),
+            pid_start: process_start(std::process::id()),
+            unit: None,
+            log_on_share: false,
+        };
+        records.store("10-a", &record).unwrap();
+        fs::write(tmp.path().join("scripts/.10-a.json.tmp"), "{\"content_ha").unwrap();
+        assert_eq!(records.load("10-a"), Some(record));
+        assert!(process_start(std::process::id()).is_some());
+    }
+}

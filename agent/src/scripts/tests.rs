@@ -1,0 +1,292 @@
+//! The scripts task with the direct runner in a sandbox, as the user the
+//! tests run as: order, records across restarts, timeouts, leftovers, logs.
+//! Running as another user with its groups is shown by the daemon tests as root.
+
+use super::*;
+use crate::config;
+use crate::core::accounts::AccountsView;
+use crate::core::board::StatusBoard;
+use crate::core::paths::SystemPaths;
+use crate::core::shared::SharedState;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+struct Rig {
+    scripts: Scripts,
+    board: Arc<StatusBoard>,
+    shared: SharedState,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<TaskResult>,
+}
+
+fn sandbox() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let me = nix::unistd::geteuid().as_raw();
+    fs::create_dir_all(dir.path().join("etc/pool-agent/setup.d")).unwrap();
+    fs::create_dir_all(dir.path().join("home/tester")).unwrap();
+    fs::write(dir.path().join("etc/passwd"), format!("tester:x:{me}:{me}::/home/tester:/bin/sh\n")).unwrap();
+    fs::write(dir.path().join("etc/group"), format!("tester:x:{me}:\n")).unwrap();
+    for d in ["", "etc", "etc/pool-agent", "etc/pool-agent/setup.d"] {
+        fs::set_permissions(dir.path().join(d), fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    dir
+}
+
+fn script(dir: &Path, name: &str, body: &str) {
+    let file = dir.join("etc/pool-agent/setup.d").join(name);
+    fs::write(&file, format!("#!/bin/sh\n{body}\n")).unwrap();
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn start(dir: &Path, extra: &str) -> Rig {
+    let text = format!("[instance]\nlocal_user = \"tester\"\nname = \"vm-test\"\nworkspace = \"ws\"\n{extra}");
+    let settings = Arc::new(config::load_str(Path::new("c.toml"), &text).unwrap());
+    let clock = crate::core::clock::system();
+    let board = Arc::new(StatusBoard::new(clock.clone(), &[], &[ComponentId::Scripts]));
+    let (_tx, settings_rx) = watch::channel(settings);
+    std::mem::forget(_tx);
+    let paths = SystemPaths::under(dir);
+    let shared = SharedState::new();
+    shared.publish_instance_name("vm-test");
+    let shutdown = CancellationToken::new();
+    let ctx = TaskContext {
+        id: ComponentId::Scripts,
+        board: board.clone(),
+        settings: settings_rx,
+        accounts: AccountsView::for_paths(&paths),
+        paths: Arc::new(paths),
+        clock,
+        shared: shared.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let mut scripts = Scripts::new(crate::core::clock::system());
+    scripts.runner = Some(Arc::new(DirectRunner));
+    let task = tokio::spawn(run(ctx, scripts.clone()));
+    Rig { scripts, board, shared, shutdown, task }
+}
+
+impl Rig {
+    async fn until(&self, what: &str, limit: Duration, done: impl Fn(&ScriptsReport) -> bool) -> ScriptsReport {
+        let started = Instant::now();
+        loop {
+            let report = self.scripts.report();
+            if done(&report) {
+                return report;
+            }
+            assert!(started.elapsed() < limit, "never {what}: {report:#?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn settled(&self, limit: Duration) -> ScriptsReport {
+        self.until("settled", limit, |r| {
+            r.phase == "done"
+                && r.scripts.iter().all(|s| !matches!(s.state, ScriptState::Pending | ScriptState::Running))
+        })
+        .await
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn state(report: &ScriptsReport, name: &str) -> ScriptState {
+    report.scripts.iter().find(|s| s.name == name).unwrap().state
+}
+
+fn row_of(board: &StatusBoard) -> crate::core::component::ComponentStatus {
+    board.components().into_iter().find(|c| c.name == "scripts").unwrap()
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie is dead for our purpose.
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scripts_run_in_name_order_with_a_clean_environment_and_a_stamped_log() {
+    let dir = sandbox();
+    let out = dir.path().join("out");
+    script(dir.path(), "20-second", &format!("echo second >> {}", out.display()));
+    script(
+        dir.path(),
+        "10-first",
+        &format!("echo first >> {o}; env | sort > {o}.env; pwd > {o}.pwd; echo to-stderr >&2", o = out.display()),
+    );
+    std::env::set_var("POOL_AGENT_TEST_SECRET_OF_THE_AGENT", "leak");
+    let rig = start(dir.path(), "");
+    let report = rig.settled(Duration::from_secs(20)).await;
+    assert_eq!(state(&report, "10-first"), ScriptState::Succeeded, "{report:#?}");
+    assert_eq!(fs::read_to_string(&out).unwrap(), "first\nsecond\n");
+    let env = fs::read_to_string(dir.path().join("out.env")).unwrap();
+    for wanted in ["CI_NAME=vm-test", "CI_WORKSPACE=ws", "CI_LOCAL_UBUNTU_USER=tester", "USER=tester", "LOGNAME=tester"]
+    {
+        assert!(env.lines().any(|l| l == wanted), "{wanted} missing from\n{env}");
+    }
+    assert!(env.lines().any(|l| l.starts_with("HOME=/home/tester")), "{env}");
+    assert!(!env.contains("POOL_AGENT_TEST_SECRET_OF_THE_AGENT"), "the agent's environment leaked:\n{env}");
+    assert!(!env.contains("CARGO_"), "{env}");
+    assert_eq!(
+        fs::read_to_string(dir.path().join("out.pwd")).unwrap().trim(),
+        dir.path().join("etc/pool-agent/setup.d").to_str().unwrap()
+    );
+    let log = fs::read_to_string(dir.path().join("var/log/pool-agent/scripts/10-first.log")).unwrap();
+    let stderr_line = log.lines().find(|l| l.ends_with(" to-stderr")).expect(&log);
+    assert!(humantime::parse_rfc3339(stderr_line.split(' ').next().unwrap()).is_ok(), "{stderr_line}");
+    assert_eq!(row_of(&rig.board).state, ComponentState::Ready);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_script_past_its_timeout_is_killed_with_its_background_grandchild() {
+    let dir = sandbox();
+    let pid_file = dir.path().join("grandchild.pid");
+    script(dir.path(), "10-slow", &format!("sleep 300 &\necho $! > {}\nsleep 300", pid_file.display()));
+    let rig = start(
+        dir.path(),
+        "[[setup.scripts]]\nname = \"10-slow\"\npath = \"/etc/pool-agent/setup.d/10-slow\"\ntimeout = \"2s\"\n",
+    );
+    let running = rig
+        .until("running", Duration::from_secs(10), |r| {
+            r.scripts.first().is_some_and(|s| s.state == ScriptState::Running)
+        })
+        .await;
+    assert!(running.scripts[0].pid.is_some());
+    assert_eq!(row_of(&rig.board).state, ComponentState::Starting, "not ready while it runs");
+    let report = rig.settled(Duration::from_secs(20)).await;
+    assert_eq!(state(&report, "10-slow"), ScriptState::TimedOut, "{report:#?}");
+    let grandchild: i32 = fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    assert!(!alive(grandchild), "the background sleep {grandchild} outlived the timeout");
+    let row = row_of(&rig.board);
+    assert_eq!(row.state, ComponentState::Failed, "a timed-out blocking script leaves the VM unhealthy");
+    assert!(row.last_error.unwrap_or_default().contains("10-slow: timed out"));
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_left_holding_stdout_does_not_hang_the_runner_and_is_stopped() {
+    let dir = sandbox();
+    let pid_file = dir.path().join("daemon.pid");
+    script(dir.path(), "10-daemon", &format!("sleep 300 &\necho $! > {}\necho started\nexit 0", pid_file.display()));
+    let rig = start(dir.path(), "");
+    let started = Instant::now();
+    let report = rig.settled(Duration::from_secs(15)).await;
+    assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
+    assert_eq!(state(&report, "10-daemon"), ScriptState::Succeeded, "{report:#?}");
+    let daemon: i32 = fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    assert!(!alive(daemon), "the leftover {daemon} was not stopped");
+    let log = fs::read_to_string(dir.path().join("var/log/pool-agent/scripts/10-daemon.log")).unwrap();
+    assert!(log.contains(" started\n") && log.contains("processes it left running were stopped"), "{log}");
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn once_runs_once_per_content_every_boot_once_per_boot_and_failures_say_why() {
+    let dir = sandbox();
+    let count = dir.path().join("count");
+    script(dir.path(), "10-once", &format!("echo x >> {}", count.display()));
+    script(dir.path(), "20-fails", "exit 3");
+    let each = dir.path().join("each");
+    script(dir.path(), "30-each", &format!("echo e >> {}", each.display()));
+    let every_boot =
+        "[[setup.scripts]]\nname = \"30-each\"\npath = \"/etc/pool-agent/setup.d/30-each\"\nwhen = \"every-boot\"\n";
+    let rig = start(dir.path(), every_boot);
+    let report = rig.settled(Duration::from_secs(20)).await;
+    let failed = report.scripts.iter().find(|s| s.name == "20-fails").unwrap();
+    assert_eq!((failed.state, failed.exit_code), (ScriptState::Failed, Some(3)), "{report:#?}");
+    assert!(row_of(&rig.board).last_error.unwrap_or_default().contains("20-fails: failed (exit 3)"));
+    rig.stop().await;
+    // A restart of the agent: nothing runs again in this boot.
+    let rig = start(dir.path(), every_boot);
+    let report = rig.settled(Duration::from_secs(20)).await;
+    assert_eq!(fs::read_to_string(&count).unwrap(), "x\n");
+    assert_eq!(fs::read_to_string(&each).unwrap(), "e\n", "every-boot: once in a boot");
+    assert_eq!(state(&report, "20-fails"), ScriptState::Failed, "a failure is remembered, not retried, in this boot");
+    let once = report.scripts.iter().find(|s| s.name == "10-once").unwrap();
+    assert!(once.reason.as_deref().unwrap_or_default().contains("not run again"), "{once:#?}");
+    rig.stop().await;
+    // A changed script runs again.
+    script(dir.path(), "10-once", &format!("echo y >> {}", count.display()));
+    let rig = start(dir.path(), "");
+    rig.settled(Duration::from_secs(20)).await;
+    assert_eq!(fs::read_to_string(&count).unwrap(), "x\ny\n");
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_the_agent_lost_is_reported_interrupted_its_leftover_stopped_and_it_runs_again() {
+    let dir = sandbox();
+    let count = dir.path().join("count");
+    script(dir.path(), "10-a", &format!("echo x >> {}", count.display()));
+    // What a crash mid-run leaves: a `running` record and the script's process group.
+    let mut leftover = std::process::Command::new("setsid").args(["sleep", "300"]).spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = leftover.id();
+    let records = Records::new(dir.path().join("var/lib/pool-agent/scripts"));
+    records
+        .store(
+            "10-a",
+            &RunRecord {
+                content_hash: "old".into(),
+                outcome: Outcome::Running,
+                boot_id: boot_id(),
+                started: "2026-11-23T10:00:00Z".into(),
+                finished: None,
+                duration_seconds: None,
+                exit_code: None,
+                signal: None,
+                pid: Some(pid),
+                pid_start: record::process_start(pid),
+                unit: None,
+                log_on_share: false,
+            },
+        )
+        .unwrap();
+    let rig = start(dir.path(), "");
+    rig.settled(Duration::from_secs(20)).await;
+    assert_eq!(fs::read_to_string(&count).unwrap(), "x\n", "it ran again");
+    let status = leftover.wait().unwrap();
+    assert!(!status.success(), "the lost run's process was stopped");
+    let record = records.load("10-a").unwrap();
+    assert_eq!(record.outcome, Outcome::Succeeded);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_reach_logs_instance_on_the_share_once_it_is_mounted() {
+    let dir = sandbox();
+    script(dir.path(), "10-a", "echo hello");
+    let share = dir.path().join("share");
+    fs::create_dir_all(&share).unwrap();
+    let rig = start(dir.path(), "");
+    let report = rig.settled(Duration::from_secs(20)).await;
+    assert_eq!(report.scripts[0].shared_log, None, "no share yet");
+    let meta = fs::metadata(&share).unwrap();
+    rig.shared.publish_share(ShareNews::Mounted { root: share.clone(), identity: (meta.dev(), meta.ino()), smb: None });
+    rig.until("log on the share", Duration::from_secs(10), |r| r.scripts[0].shared_log.is_some()).await;
+    let copied = fs::read_to_string(share.join("Logs/vm-test/10-a.log")).unwrap();
+    assert!(copied.lines().any(|l| l.ends_with(" hello")), "{copied}");
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_script_is_listed_with_its_reason_and_fails_the_vm() {
+    let dir = sandbox();
+    script(dir.path(), "10-root", "true");
+    fs::set_permissions(dir.path().join("etc/pool-agent/setup.d/10-root"), fs::Permissions::from_mode(0o775)).unwrap();
+    let rig = start(
+        dir.path(),
+        "[[setup.scripts]]\nname = \"10-root\"\npath = \"/etc/pool-agent/setup.d/10-root\"\nrun_as = \"root\"\n",
+    );
+    let report = rig.settled(Duration::from_secs(20)).await;
+    let row = &report.scripts[0];
+    assert_eq!(row.state, ScriptState::Refused);
+    assert!(row.reason.as_deref().unwrap().contains("writable by its group or others"), "{row:#?}");
+    assert_eq!(row_of(&rig.board).state, ComponentState::Failed);
+    rig.stop().await;
+}
