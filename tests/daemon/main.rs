@@ -8,4 +8,5 @@ mod config_check;
 mod lifecycle;
 mod links;
 mod permissions;
+mod scripts;
 mod share;

@@ -330,10 +330,17 @@ impl Batch {
                     })
                     .await;
                     row.state = ScriptState::Interrupted;
-                    row.reason = Some(format!(
-                        "was running (since {}) when the agent or the VM stopped; runs again",
+                    let why = format!(
+                        "interrupted: was running (since {}) when the agent or the VM stopped; runs again",
                         record.started
-                    ));
+                    );
+                    tracing::warn!(script = %item.script.name, "{why}");
+                    append_line(
+                        &self.log_path(&item.script.name),
+                        &stamp(self.ctx.clock.now()),
+                        &format!("[pool-agent] {why}"),
+                    );
+                    row.reason = Some(why);
                     if forced.is_none() || is_forced {
                         due.push(item.clone());
                     }

@@ -1,0 +1,244 @@
+//! Setup scripts under `pool-agentd --root`: real uids and groups, real
+//! process groups, a daemon killed mid-run. Root only where a script runs
+//! as another user (CI runs as root).
+
+// Black-box tests poll real processes from plain threads; sleeping is the point.
+#![allow(clippy::disallowed_methods)]
+
+use crate::harness::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+fn needs_root(test: &str) -> bool {
+    if nix_is_root() {
+        return true;
+    }
+    skip_note(&format!("SKIP {test}: needs root to run scripts as other users and as root (CI runs as root)"));
+    false
+}
+
+/// A script in the sandbox's setup.d, root-owned and 0755 like an admin's.
+fn add_script(sandbox: &Sandbox, name: &str, body: &str) -> PathBuf {
+    let dir = sandbox.root().join("etc/pool-agent/setup.d");
+    fs::create_dir_all(&dir).unwrap();
+    for d in [sandbox.root().join("etc"), sandbox.root().join("etc/pool-agent"), dir.clone()] {
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let file = dir.join(name);
+    fs::write(&file, format!("#!/bin/sh\n{body}\n")).unwrap();
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o755)).unwrap();
+    file
+}
+
+/// A directory every uid may write, for what scripts report back.
+fn out_dir(sandbox: &Sandbox) -> PathBuf {
+    let out = sandbox.root().join("out");
+    fs::create_dir_all(&out).unwrap();
+    fs::set_permissions(&out, fs::Permissions::from_mode(0o1777)).unwrap();
+    out
+}
+
+fn config_with(scripts: &str) -> String {
+    LOCAL_SHARE_CONFIG
+        .replace("[instance]\nname = \"vm-test-0\"\n", "[instance]\nname = \"vm-test-0\"\nlocal_user = \"alice\"\nresource_group = \"rg-pool\"\nworkspace = \"ws-pool\"\n")
+        + scripts
+}
+
+fn scripts_json(sandbox: &Sandbox) -> serde_json::Value {
+    let out = sandbox.cli(&["scripts", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn script_row(sandbox: &Sandbox, name: &str) -> serde_json::Value {
+    scripts_json(sandbox)["scripts"].as_array().unwrap().iter().find(|s| s["name"] == name).cloned().unwrap_or_default()
+}
+
+fn wait_state(sandbox: &Sandbox, name: &str, state: &str, limit: Duration) -> serde_json::Value {
+    eventually(limit, || Some(script_row(sandbox, name)).filter(|row| row["state"] == state))
+        .unwrap_or_else(|| panic!("{name} never {state}: {:#}", scripts_json(sandbox)))
+}
+
+fn alive(pid: &str) -> bool {
+    fs::read_to_string(format!("/proc/{}/stat", pid.trim())).is_ok_and(|s| !s.contains(") Z "))
+}
+
+#[test]
+fn a_script_runs_as_a_real_user_with_its_groups_home_and_ci_names_and_nothing_of_the_agent() {
+    if !needs_root("a_script_runs_as_a_real_user_with_its_groups_home_and_ci_names_and_nothing_of_the_agent") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let out = out_dir(&sandbox);
+    add_script(
+        &sandbox,
+        "10-whoami",
+        &format!("id -u > {o}/uid; id -G > {o}/groups; env | sort > {o}/env; echo \"hello $1\"", o = out.display()),
+    );
+    sandbox.write_config(&config_with(
+        "[[setup.scripts]]\nname = \"10-whoami\"\npath = \"/etc/pool-agent/setup.d/10-whoami\"\nargs = [\"world\"]\n",
+    ));
+    let mut command = sandbox.daemon_command();
+    command.env("INVOCATION_ID", "agent-invocation").env("POOL_AGENT_PRIVATE", "agent-only");
+    let _daemon = sandbox.start_with(command);
+    let row = wait_state(&sandbox, "10-whoami", "succeeded", Duration::from_secs(20));
+    assert_eq!(row["run_as"], "alice");
+    assert_eq!(fs::read_to_string(out.join("uid")).unwrap().trim(), ADMIN_UID.to_string());
+    let groups = fs::read_to_string(out.join("groups")).unwrap();
+    assert!(groups.split_whitespace().any(|g| g == "990"), "alice's supplementary group pool-agent-admin: {groups}");
+    let env = fs::read_to_string(out.join("env")).unwrap();
+    for wanted in [
+        "HOME=/home/alice",
+        "USER=alice",
+        "CI_NAME=vm-test-0",
+        "CI_LOCAL_UBUNTU_USER=alice",
+        "CI_RESOURCE_GROUP=rg-pool",
+        "CI_WORKSPACE=ws-pool",
+        "POOL_INSTANCE_NAME=vm-test-0",
+    ] {
+        assert!(env.lines().any(|l| l == wanted), "{wanted} missing:\n{env}");
+    }
+    for leaked in ["INVOCATION_ID", "POOL_AGENT_PRIVATE", "POOL_AGENT_LOG", "NOTIFY_SOCKET"] {
+        assert!(!env.contains(leaked), "{leaked} leaked into the script:\n{env}");
+    }
+    let log = sandbox.cli(&["scripts", "log", "10-whoami"]);
+    assert!(stdout(&log).lines().any(|l| l.ends_with(" hello world")), "{}", stdout(&log));
+    let human = stdout(&sandbox.cli(&["scripts"]));
+    assert!(human.contains("10-whoami") && human.contains("succeeded"), "{human}");
+}
+
+#[test]
+fn a_timed_out_script_is_killed_with_its_grandchild_and_a_daemon_holding_stdout_does_not_hang_the_runner() {
+    if !needs_root(
+        "a_timed_out_script_is_killed_with_its_grandchild_and_a_daemon_holding_stdout_does_not_hang_the_runner",
+    ) {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let out = out_dir(&sandbox);
+    add_script(&sandbox, "10-slow", &format!("sleep 300 &\necho $! > {o}/grandchild\nsleep 300", o = out.display()));
+    add_script(
+        &sandbox,
+        "20-daemon",
+        &format!("sleep 300 &\necho $! > {o}/daemon\necho left a daemon", o = out.display()),
+    );
+    sandbox.write_config(&config_with(
+        "[[setup.scripts]]\nname = \"10-slow\"\npath = \"/etc/pool-agent/setup.d/10-slow\"\ntimeout = \"2s\"\n",
+    ));
+    let _daemon = sandbox.start();
+    let slow = wait_state(&sandbox, "10-slow", "timed-out", Duration::from_secs(20));
+    assert!(slow["reason"].as_str().unwrap().contains("timed out"), "{slow:#}");
+    let grandchild = fs::read_to_string(out.join("grandchild")).unwrap();
+    assert!(!alive(&grandchild), "the background sleep outlived the timeout");
+    let started = Instant::now();
+    wait_state(&sandbox, "20-daemon", "succeeded", Duration::from_secs(15));
+    assert!(started.elapsed() < Duration::from_secs(10), "the runner hung on a daemon holding stdout");
+    assert!(!alive(&fs::read_to_string(out.join("daemon")).unwrap()), "the leftover daemon was not stopped");
+    // A blocking script that timed out leaves the VM not ready, and says which.
+    let status = sandbox.cli(&["status"]);
+    assert_eq!(status.status.code(), Some(1), "{}", stdout(&status));
+    assert!(stdout(&status).contains("10-slow"), "{}", stdout(&status));
+}
+
+#[test]
+fn a_group_writable_root_script_is_refused_with_its_reason() {
+    let sandbox = Sandbox::new();
+    let file = add_script(&sandbox, "10-root", "true");
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o775)).unwrap();
+    sandbox.write_config(&config_with(
+        "[[setup.scripts]]\nname = \"10-root\"\npath = \"/etc/pool-agent/setup.d/10-root\"\nrun_as = \"root\"\n",
+    ));
+    let _daemon = sandbox.start();
+    let row = wait_state(&sandbox, "10-root", "refused", Duration::from_secs(15));
+    assert!(row["reason"].as_str().unwrap().contains("writable by its group or others"), "{row:#}");
+    let human = stdout(&sandbox.cli(&["scripts"]));
+    assert!(human.contains("refused") && human.contains("chmod go-w"), "{human}");
+}
+
+#[test]
+fn once_is_not_run_again_after_a_restart_and_is_after_its_content_changes() {
+    if !needs_root("once_is_not_run_again_after_a_restart_and_is_after_its_content_changes") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let out = out_dir(&sandbox);
+    add_script(&sandbox, "10-once", &format!("echo one >> {o}/count", o = out.display()));
+    sandbox.write_config(&config_with(""));
+    let mut daemon = sandbox.start();
+    wait_state(&sandbox, "10-once", "succeeded", Duration::from_secs(15));
+    daemon.signal("TERM");
+    daemon.wait_exit(Duration::from_secs(10));
+    let daemon = sandbox.start();
+    let row = wait_state(&sandbox, "10-once", "succeeded", Duration::from_secs(15));
+    assert!(row["reason"].as_str().unwrap_or_default().contains("not run again"), "{row:#}");
+    assert_eq!(fs::read_to_string(out.join("count")).unwrap(), "one\n");
+    drop(daemon);
+    add_script(&sandbox, "10-once", &format!("echo two >> {o}/count", o = out.display()));
+    let _daemon = sandbox.start();
+    eventually(Duration::from_secs(15), || {
+        Some(()).filter(|_| fs::read_to_string(out.join("count")).unwrap() == "one\ntwo\n")
+    })
+    .expect("the changed script ran again");
+}
+
+#[test]
+fn a_daemon_killed_mid_run_reports_the_run_interrupted_stops_its_leftover_and_runs_it_again() {
+    if !needs_root("a_daemon_killed_mid_run_reports_the_run_interrupted_stops_its_leftover_and_runs_it_again") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let out = out_dir(&sandbox);
+    let o = out.display();
+    add_script(
+        &sandbox,
+        "10-long",
+        &format!(
+            "echo $$ >> {o}/pids\nif [ ! -e {o}/first ]; then touch {o}/first; sleep 300; fi\necho done >> {o}/done"
+        ),
+    );
+    sandbox.write_config(&config_with(""));
+    let mut daemon = sandbox.start();
+    wait_state(&sandbox, "10-long", "running", Duration::from_secs(15));
+    daemon.signal("KILL");
+    daemon.wait_exit(Duration::from_secs(5));
+    let first_pid = fs::read_to_string(out.join("pids")).unwrap();
+    assert!(alive(&first_pid), "a direct run outlives a killed agent (its own session)");
+    let daemon = sandbox.start();
+    wait_state(&sandbox, "10-long", "succeeded", Duration::from_secs(20));
+    assert_eq!(fs::read_to_string(out.join("done")).unwrap(), "done\n");
+    assert!(!alive(&first_pid), "the lost run's process was stopped");
+    let log = stdout(&sandbox.cli(&["scripts", "log", "10-long"]));
+    assert!(log.contains("interrupted: was running"), "{log}");
+    assert!(daemon.log().contains("interrupted"), "the journal says so too");
+}
+
+#[test]
+fn only_an_admin_runs_a_script_on_demand_and_the_log_follows_it_to_its_end() {
+    if !can_switch_uid("only_an_admin_runs_a_script_on_demand_and_the_log_follows_it_to_its_end") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let out = out_dir(&sandbox);
+    add_script(
+        &sandbox,
+        "10-again",
+        &format!("echo run >> {o}/count; echo step one; sleep 1; echo step two", o = out.display()),
+    );
+    sandbox.write_config(&config_with(""));
+    let _daemon = sandbox.start();
+    wait_state(&sandbox, "10-again", "succeeded", Duration::from_secs(15));
+    let refused = sandbox.cli_as(USER_UID, &["scripts", "run", "10-again"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("forbidden"), "{}", stderr(&refused));
+    let queued = sandbox.cli_as(ADMIN_UID, &["scripts", "run", "10-again"]);
+    assert!(queued.status.success(), "{}", stderr(&queued));
+    wait_state(&sandbox, "10-again", "running", Duration::from_secs(10));
+    let followed = sandbox.cli(&["scripts", "log", "10-again", "--follow"]);
+    assert!(followed.status.success(), "{}", stderr(&followed));
+    assert!(stdout(&followed).contains(" step two"), "--follow stopped before the end: {}", stdout(&followed));
+    assert_eq!(fs::read_to_string(out.join("count")).unwrap(), "run\nrun\n");
+    let unknown = sandbox.cli(&["scripts", "run", "nope"]);
+    assert!(stderr(&unknown).contains("not_found"), "{}", stderr(&unknown));
+}
