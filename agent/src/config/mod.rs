@@ -369,6 +369,18 @@ mod tests {
     }
 
     #[test]
+    fn script_env_names_and_values_are_checked() {
+        let base = "[[setup.scripts]]\nname = \"a\"\npath = \"/a\"\n";
+        let settings = parse(&format!("{base}env = {{ TOKEN_FILE = \"/etc/t\" }}\nblocking = false\n")).unwrap();
+        assert_eq!(settings.setup.scripts[0].env["TOKEN_FILE"], "/etc/t");
+        assert!(!settings.setup.scripts[0].blocking);
+        assert_eq!(expect_invalid(&format!("{base}env = {{ \"1X\" = \"v\" }}\n")).1, "setup.scripts[0].env");
+        let (_, key, message) = expect_invalid(&format!("{base}env = {{ X = \"a\\nb\" }}\n"));
+        assert_eq!(key, "setup.scripts[0].env");
+        assert!(message.contains("control character"), "{message}");
+    }
+
+    #[test]
     fn idle_timeout_must_cover_the_interval() {
         assert_eq!(expect_invalid("[idle]\ninterval = \"1h\"\ntimeout = \"5m\"\n").1, "idle.timeout");
     }

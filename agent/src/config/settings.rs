@@ -783,12 +783,19 @@ fn validate_setup(section: Option<Sourced<SetupFragment>>, local_user: &str) -> 
             return Err(invalid(&origin, &key("timeout"), "must be longer than 0s"));
         }
         let env = script.env.as_ref().map(|e| e.value.clone()).unwrap_or_default();
+        let env_origin = script.env.as_ref().map(|e| e.origin.clone()).unwrap_or(origin.clone());
         if let Some(bad) = env.keys().find(|k| !env_name_ok(k)) {
-            let origin = script.env.as_ref().map(|e| e.origin.clone()).unwrap_or(origin.clone());
             return Err(invalid(
-                &origin,
+                &env_origin,
                 &key("env"),
                 format!("{bad:?} is not a variable name (letters, digits, '_')"),
+            ));
+        }
+        if let Some((name, _)) = env.iter().find(|(_, v)| v.chars().any(char::is_control)) {
+            return Err(invalid(
+                &env_origin,
+                &key("env"),
+                format!("the value of {name} holds a control character (a newline?)"),
             ));
         }
         scripts.push(ScriptSettings {

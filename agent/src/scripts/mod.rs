@@ -593,6 +593,7 @@ impl Batch {
                     crate::config::duration::format(grace)
                 );
                 tracing::warn!(script = %name, "{note}");
+                append_line(&log_path, &stamp(self.ctx.clock.now()), &note);
                 self.stop_all(&handle, grace).await;
                 let _ = tokio::time::timeout(grace, child.wait()).await;
                 None
