@@ -1,7 +1,10 @@
 //! `pool-agent idle` and `pool-agent hold`.
 
 use super::{path_segment, Call};
+use crate::idle::holds::Hold;
+use crate::idle::report::IdleReport;
 use clap::{Args, Subcommand};
+use std::fmt::Write;
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -25,17 +28,87 @@ pub enum HoldAction {
 }
 
 pub fn idle() -> Call {
-    Call::get("/v1/idle")
+    Call::get("/v1/idle").shown_by(|body| {
+        serde_json::from_slice::<IdleReport>(body)
+            .map(|report| summary(&report))
+            .map_err(|err| format!("unexpected idle answer: {err}"))
+    })
+}
+
+/// The verdict, since when, then one line per signal with its last activity and reasons.
+pub fn summary(report: &IdleReport) -> String {
+    let mut out = String::new();
+    let _ =
+        writeln!(out, "verdict: {} (timeout {}s, action {})", report.verdict, report.timeout_seconds, report.action);
+    if let Some(since) = &report.idle_since {
+        let _ = writeln!(out, "last activity: {since}");
+    }
+    if report.verdict == "active" {
+        if let Some(at) = &report.idle_at {
+            let _ = writeln!(out, "idle at: {at} if nothing happens");
+        }
+    }
+    if let Some(at) = &report.would_have_scaled_in_at {
+        let _ = writeln!(out, "would have scaled in at: {at}");
+    }
+    for reason in &report.reasons {
+        let _ = writeln!(out, "  {reason}");
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "{:12}  {:8}  {:20}  reason", "SIGNAL", "STATE", "LAST ACTIVITY");
+    for signal in &report.signals {
+        let first = signal.reasons.first().map(String::as_str).unwrap_or("");
+        let _ = writeln!(
+            out,
+            "{:12}  {:8}  {:20}  {first}",
+            signal.name,
+            signal.state.as_str(),
+            signal.last_activity.as_deref().unwrap_or("-")
+        );
+        for more in signal.reasons.iter().skip(1) {
+            let _ = writeln!(out, "{:12}  {:8}  {:20}  {more}", "", "", "");
+        }
+    }
+    out
+}
+
+fn holds_summary(holds: &[Hold]) -> String {
+    if holds.is_empty() {
+        return "no holds\n".to_string();
+    }
+    let mut out = format!("{:8}  {:12}  {:20}  reason\n", "ID", "OWNER", "EXPIRES");
+    for hold in holds {
+        let _ = writeln!(out, "{:8}  {:12}  {:20}  {}", hold.id, hold.owner, hold.expires, hold.reason);
+    }
+    out
 }
 
 pub fn hold(hold: &HoldArgs) -> Result<Call, String> {
     match (&hold.action, &hold.duration) {
-        (Some(HoldAction::List), _) => Ok(Call::get("/v1/holds")),
-        (Some(HoldAction::Release { id }), _) => Ok(Call::delete(&format!("/v1/holds/{}", path_segment(id)?))),
+        (Some(HoldAction::List), _) => Ok(Call::get("/v1/holds").shown_by(|body| {
+            serde_json::from_slice::<Vec<Hold>>(body)
+                .map(|h| holds_summary(&h))
+                .map_err(|err| format!("unexpected answer: {err}"))
+        })),
+        (Some(HoldAction::Release { id }), _) => Ok(Call::delete(&format!("/v1/holds/{}", path_segment(id)?))
+            .shown_by(|body| {
+                serde_json::from_slice::<Hold>(body)
+                    .map(|h| format!("released hold {} of {}\n", h.id, h.owner))
+                    .map_err(|err| format!("unexpected answer: {err}"))
+            })),
         (None, Some(duration)) => {
             crate::config::duration::parse(duration)?;
             let body = serde_json::json!({ "duration": duration, "reason": hold.reason });
-            Ok(Call::post("/v1/holds", Some(body)))
+            Ok(Call::post("/v1/holds", Some(body)).shown_by(|body| {
+                serde_json::from_slice::<Hold>(body)
+                    .map(|h| {
+                        format!(
+                            "hold {} keeps this VM active until {} (release: pool-agent hold release {})\n",
+                            h.id, h.expires, h.id
+                        )
+                    })
+                    .map_err(|err| format!("unexpected answer: {err}"))
+            }))
         }
         (None, None) => {
             Err("hold needs a DURATION (e.g. `pool-agent hold 2h`), or `hold list` / `hold release ID`".into())

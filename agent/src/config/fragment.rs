@@ -7,7 +7,7 @@ use super::source::Sourced;
 use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-type Value<T> = Option<Sourced<T>>;
+pub(super) type Value<T> = Option<Sourced<T>>;
 
 /// Copies every `Some` field of `later` over `self`.
 macro_rules! later_wins {
@@ -251,12 +251,33 @@ pub struct ScriptFragment {
 pub struct IdleFragment {
     pub interval: Value<ConfigDuration>,
     pub timeout: Value<ConfigDuration>,
+    pub boot_grace: Value<ConfigDuration>,
+    pub action: Value<IdleAction>,
+    pub max_hold: Value<ConfigDuration>,
+    pub watch_ports: Value<Vec<u16>>,
+    pub connection_bytes_per_minute: Value<u64>,
+    pub cpu_percent: Value<f64>,
+    pub cpu_window: Value<ConfigDuration>,
+    pub jupyter_urls: Value<Vec<String>>,
+    pub jupyter_token_file: Value<String>,
+    pub jupyterhub_url: Value<String>,
+    pub jupyterhub_token_file: Value<String>,
 }
 
 impl MergeFrom for IdleFragment {
     fn merge_from(&mut self, later: Self) {
-        later_wins!(self, later; interval, timeout);
+        later_wins!(self, later; interval, timeout, boot_grace, action, max_hold, watch_ports,
+            connection_bytes_per_minute, cpu_percent, cpu_window, jupyter_urls, jupyter_token_file,
+            jupyterhub_url, jupyterhub_token_file);
     }
+}
+
+/// What the agent does with an idle verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IdleAction {
+    /// Shadow mode: compute and record "would have scaled in at T", nothing more.
+    Report,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -12,7 +12,7 @@ pub mod settings;
 pub mod source;
 
 pub use error::ConfigError;
-pub use fragment::{KeySourceKind, RunWhen, ShareKind, UserSelection};
+pub use fragment::{IdleAction, KeySourceKind, RunWhen, ShareKind, UserSelection};
 pub use settings::*;
 
 use fragment::{ConfigFragment, MergeFrom};

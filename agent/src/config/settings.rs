@@ -1,6 +1,6 @@
 //! Validated settings: merged fragments checked once, with every default named.
 
-use super::duration;
+use super::duration::{self, ConfigDuration};
 use super::error::ConfigError;
 use super::fragment::*;
 use super::source::{Origin, Sourced};
@@ -38,6 +38,15 @@ pub const DEFAULT_SHARE_WAIT: Duration = Duration::from_secs(300);
 pub const DEFAULT_SCRIPT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_IDLE_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+pub const MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(3 * 86_400);
+pub const DEFAULT_BOOT_GRACE: Duration = Duration::from_secs(10 * 60);
+pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(86_400);
+/// SSH, JupyterHub, Jupyter, RStudio Server, xrdp.
+pub const DEFAULT_WATCH_PORTS: [u16; 5] = [22, 8000, 8888, 8787, 3389];
+pub const DEFAULT_CONNECTION_BYTES_PER_MINUTE: u64 = 16 * 1024;
+pub const DEFAULT_CPU_PERCENT: f64 = 10.0;
+pub const DEFAULT_CPU_WINDOW: Duration = Duration::from_secs(60);
 pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
 pub const DEFAULT_ADMIN_GROUP: &str = "pool-agent-admin";
 
@@ -196,6 +205,30 @@ pub struct IdleSettings {
     pub interval: Duration,
     #[serde(serialize_with = "duration::serialize")]
     pub timeout: Duration,
+    /// After boot the VM counts as active this long (users are still arriving).
+    #[serde(serialize_with = "duration::serialize")]
+    pub boot_grace: Duration,
+    pub action: IdleAction,
+    /// The longest keep-awake hold a user may take.
+    #[serde(serialize_with = "duration::serialize")]
+    pub max_hold: Duration,
+    /// Inbound TCP connections to these local ports count while they carry traffic.
+    pub watch_ports: Vec<u16>,
+    /// Bytes a connection must receive per minute to count (keep-alives stay below).
+    pub connection_bytes_per_minute: u64,
+    /// User CPU above this (percent of one core, averaged over `cpu_window`) is activity.
+    pub cpu_percent: f64,
+    #[serde(serialize_with = "duration::serialize")]
+    pub cpu_window: Duration,
+    /// Single-user Jupyter servers to ask for kernels and terminals.
+    pub jupyter_urls: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jupyter_token_file: Option<PathBuf>,
+    /// A JupyterHub whose users' servers are asked, through the hub.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub jupyterhub_url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jupyterhub_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -842,5 +875,74 @@ fn validate_idle(section: Option<Sourced<IdleFragment>>) -> Result<IdleSettings,
             format!("{} is shorter than idle.interval ({})", duration::format(timeout), duration::format(interval)),
         ));
     }
-    Ok(IdleSettings { interval, timeout })
+    let given_timeout = idle.timeout.as_ref();
+    if let Some(given) = given_timeout {
+        if !(MIN_IDLE_TIMEOUT..=MAX_IDLE_TIMEOUT).contains(&given.value.0) {
+            return Err(invalid(&given.origin, "idle.timeout", "must be between 1m and 3d"));
+        }
+    }
+    let duration_or =
+        |value: &Value<ConfigDuration>, default: Duration| value.as_ref().map(|v| v.value.0).unwrap_or(default);
+    let cpu_percent = idle.cpu_percent.as_ref().map(|v| v.value).unwrap_or(DEFAULT_CPU_PERCENT);
+    if let Some(given) = &idle.cpu_percent {
+        if !(given.value > 0.0 && given.value <= 6400.0) {
+            return Err(invalid(&given.origin, "idle.cpu_percent", "must be above 0 (percent of one core)"));
+        }
+    }
+    let cpu_window = duration_or(&idle.cpu_window, DEFAULT_CPU_WINDOW);
+    if cpu_window < interval {
+        let origin = idle
+            .cpu_window
+            .as_ref()
+            .map(|v| v.origin.clone())
+            .unwrap_or_else(|| Origin::new(Path::new("<default>"), 0));
+        return Err(invalid(&origin, "idle.cpu_window", "must be at least idle.interval"));
+    }
+    let max_hold = duration_or(&idle.max_hold, DEFAULT_MAX_HOLD);
+    if max_hold.is_zero() {
+        if let Some(given) = &idle.max_hold {
+            return Err(invalid(&given.origin, "idle.max_hold", "must be longer than 0s"));
+        }
+    }
+    let mut jupyter_urls = Vec::new();
+    if let Some(urls) = &idle.jupyter_urls {
+        for (n, url) in urls.value.iter().enumerate() {
+            jupyter_urls.push(http_url(&urls.origin, &format!("idle.jupyter_urls[{n}]"), url)?);
+        }
+    }
+    let jupyterhub_url = match &idle.jupyterhub_url {
+        Some(url) if !url.value.is_empty() => http_url(&url.origin, "idle.jupyterhub_url", &url.value)?,
+        _ => String::new(),
+    };
+    let token_file = |value: &Value<String>, key: &str| value.as_ref().map(|v| absolute_path(key, v)).transpose();
+    Ok(IdleSettings {
+        interval,
+        timeout,
+        boot_grace: duration_or(&idle.boot_grace, DEFAULT_BOOT_GRACE),
+        action: idle.action.as_ref().map(|a| a.value).unwrap_or(IdleAction::Report),
+        max_hold,
+        watch_ports: idle.watch_ports.as_ref().map(|p| p.value.clone()).unwrap_or_else(|| DEFAULT_WATCH_PORTS.to_vec()),
+        connection_bytes_per_minute: idle
+            .connection_bytes_per_minute
+            .as_ref()
+            .map(|v| v.value)
+            .unwrap_or(DEFAULT_CONNECTION_BYTES_PER_MINUTE),
+        cpu_percent,
+        cpu_window,
+        jupyter_urls,
+        jupyter_token_file: token_file(&idle.jupyter_token_file, "idle.jupyter_token_file")?,
+        jupyterhub_url,
+        jupyterhub_token_file: token_file(&idle.jupyterhub_token_file, "idle.jupyterhub_token_file")?,
+    })
+}
+
+/// A plain `http://host:port[/path]` (the agent talks to local services only).
+fn http_url(origin: &Origin, key: &str, url: &str) -> Result<String, ConfigError> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        invalid(origin, key, format!("{url:?}: use http://host:port (local services are reached over plain HTTP)"))
+    })?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(invalid(origin, key, format!("{url:?} names no host")));
+    }
+    Ok(url.trim_end_matches('/').to_string())
 }

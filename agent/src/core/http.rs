@@ -90,6 +90,16 @@ impl Route {
         Self { method: Method::POST, path, access, handler: axum::routing::post(handler).with_state(state) }
     }
 
+    /// A DELETE route whose handler reads the capability's own state (`State<S>`).
+    pub fn delete_with<H, T, S>(path: &'static str, access: Access, state: S, handler: H) -> Self
+    where
+        H: Handler<T, S>,
+        T: 'static,
+        S: Clone + Send + Sync + 'static,
+    {
+        Self { method: Method::DELETE, path, access, handler: axum::routing::delete(handler).with_state(state) }
+    }
+
     pub fn delete<H, T>(path: &'static str, access: Access, handler: H) -> Self
     where
         H: Handler<T, ()>,

@@ -46,12 +46,30 @@ pub struct ScriptsNews {
     pub running_uids: Vec<u32>,
 }
 
+/// The idle verdict, for Azure reporting (metrics, scale-in protection,
+/// self-removal) to read without importing idle.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IdleNews {
+    /// Whether a verdict was made yet.
+    pub known: bool,
+    pub idle: bool,
+    /// Since when nothing was active (while idle, and while counting down).
+    pub idle_since: Option<std::time::SystemTime>,
+    /// When the VM turns (or turned) idle if nothing happens.
+    pub idle_at: Option<std::time::SystemTime>,
+    /// Why the VM is active (each active or unknown signal), or why idle.
+    pub reasons: Vec<String>,
+    /// Per-signal figures: sessions, cpu_percent, gpu_percent, connections...
+    pub figures: std::collections::BTreeMap<String, f64>,
+}
+
 #[derive(Clone)]
 pub struct SharedState {
     share: Arc<watch::Sender<ShareNews>>,
     /// Bumped after each links pass; scripts wait for the first.
     links_passes: Arc<watch::Sender<u64>>,
     scripts: Arc<watch::Sender<ScriptsNews>>,
+    idle: Arc<watch::Sender<IdleNews>>,
     /// The instance's name (config, else IMDS, else the hostname).
     instance: Arc<std::sync::RwLock<String>>,
 }
@@ -67,10 +85,12 @@ impl SharedState {
         let (share, _) = watch::channel(ShareNews::NotYetKnown);
         let (links_passes, _) = watch::channel(0);
         let (scripts, _) = watch::channel(ScriptsNews::default());
+        let (idle, _) = watch::channel(IdleNews::default());
         Self {
             share: Arc::new(share),
             links_passes: Arc::new(links_passes),
             scripts: Arc::new(scripts),
+            idle: Arc::new(idle),
             instance: Arc::new(std::sync::RwLock::new(String::new())),
         }
     }
@@ -102,6 +122,23 @@ impl SharedState {
 
     pub fn scripts(&self) -> ScriptsNews {
         self.scripts.borrow().clone()
+    }
+
+    /// Published by idle after every sample.
+    pub fn publish_idle(&self, news: IdleNews) {
+        self.idle.send_if_modified(|current| {
+            let changed = *current != news;
+            *current = news;
+            changed
+        });
+    }
+
+    pub fn idle(&self) -> IdleNews {
+        self.idle.borrow().clone()
+    }
+
+    pub fn watch_idle(&self) -> watch::Receiver<IdleNews> {
+        self.idle.subscribe()
     }
 
     /// Published by the share capability; readers are woken only by a real change.

@@ -10,7 +10,7 @@ pub fn capabilities(clock: &SharedClock) -> Vec<Arc<dyn Capability>> {
         Arc::new(crate::share::ShareHandle::system(clock.clone())),
         Arc::new(crate::links::Links::new()),
         Arc::new(crate::scripts::Scripts::new(clock.clone())),
-        Arc::new(crate::idle::Idle),
+        Arc::new(crate::idle::Idle::new(clock.clone())),
         Arc::new(crate::azure::Azure),
     ]
 }

@@ -1,17 +1,83 @@
-//! Idle: activity signals sampled into an idle verdict with its reasons, and
-//! users' keep-awake holds.
+//! Idle: activity signals sampled every `idle.interval` into a verdict with
+//! its reasons, and users' keep-awake holds.
 //!
-//! Not built yet: the task says so in `pool-agent status`, and its API
-//! routes answer 501 with a JSON error.
+//! Each signal is a [`signal::Source`]: [`sessions`] (utmp, terminal input),
+//! [`connections`] (inbound TCP traffic on the watched ports), [`jupyter`]
+//! (kernels and terminals), [`cpu`] (users' slices), running setup scripts
+//! (from the core's shared state) and [`holds`]. [`verdict`] turns the
+//! samples into active or idle, failing safe: a signal that cannot tell
+//! counts as active. The verdict goes to the core's shared state for Azure
+//! reporting; with `idle.action = "report"` nothing else is done with it.
 
+pub mod connections;
+pub mod cpu;
+pub mod holds;
+pub mod jupyter;
+pub mod report;
+pub mod sessions;
+pub mod signal;
+pub mod verdict;
+
+use crate::config::{IdleAction, Settings};
 use crate::core::capability::Capability;
-use crate::core::component::ComponentId;
-use crate::core::http::{not_built, Access, Route};
+use crate::core::clock::rfc3339;
+use crate::core::component::{ComponentId, ComponentState};
+use crate::core::http::{Access, ApiError, Caller, Route};
+use crate::core::shared::IdleNews;
 use crate::core::task::{TaskContext, TaskResult};
-use axum::extract::Path;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use futures_util::future::BoxFuture;
+use holds::{Hold, HoldError, Holds};
+use report::{HoldRequest, IdleReport, SignalReport};
+use signal::{Sample, SignalState, Source};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+use verdict::VerdictMachine;
 
-pub struct Idle;
+/// A source that takes longer than this is `unknown` for the sample.
+const SOURCE_DEADLINE: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct Idle {
+    report: Arc<Mutex<IdleReport>>,
+    /// Loaded at the task's start (the state directory comes with the context).
+    holds: Arc<OnceLock<Holds>>,
+    clock: crate::core::clock::SharedClock,
+    settings: Arc<Mutex<Option<Arc<Settings>>>>,
+    accounts: Arc<OnceLock<crate::core::accounts::AccountsView>>,
+}
+
+impl Idle {
+    pub fn new(clock: crate::core::clock::SharedClock) -> Self {
+        Self {
+            report: Arc::new(Mutex::new(IdleReport {
+                verdict: "starting".into(),
+                action: "report".into(),
+                ..Default::default()
+            })),
+            holds: Arc::new(OnceLock::new()),
+            clock,
+            settings: Arc::new(Mutex::new(None)),
+            accounts: Arc::new(OnceLock::new()),
+        }
+    }
+
+    pub fn report(&self) -> IdleReport {
+        self.report.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn max_hold(&self) -> Duration {
+        self.settings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(crate::config::DEFAULT_MAX_HOLD, |s| s.idle.max_hold)
+    }
+}
 
 impl Capability for Idle {
     fn id(&self) -> ComponentId {
@@ -19,22 +85,349 @@ impl Capability for Idle {
     }
 
     fn run(&self, ctx: TaskContext) -> BoxFuture<'static, TaskResult> {
-        Box::pin(ctx.not_built("the idle verdict"))
+        Box::pin(run(ctx, self.clone()))
     }
 
     fn routes(&self) -> Vec<Route> {
         vec![
-            Route::get("/v1/idle", Access::Read, || not_built("GET /v1/idle", "idle")),
-            Route::get("/v1/holds", Access::Read, || not_built("GET /v1/holds", "idle")),
+            Route::get_with("/v1/idle", Access::Read, self.clone(), idle_report),
+            Route::get_with("/v1/holds", Access::Read, self.clone(), list_holds),
             // Any user holds the VM for themselves; the handler checks ownership.
-            Route::post("/v1/holds", Access::SelfService, || not_built("POST /v1/holds", "idle")),
-            Route::delete("/v1/holds/{id}", Access::SelfService, |Path(id): Path<String>| {
-                not_built(format!("DELETE /v1/holds/{id}"), "idle")
-            }),
+            Route::post_with("/v1/holds", Access::SelfService, self.clone(), add_hold),
+            Route::delete_with("/v1/holds/{id}", Access::SelfService, self.clone(), release_hold),
         ]
+    }
+
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register_collector(Box::new(IdleMetrics(self.clone())));
     }
 
     fn config_section(&self) -> &'static str {
         "idle"
+    }
+
+    fn private_config_keys(&self) -> &'static [&'static str] {
+        &["jupyter_token_file", "jupyterhub_token_file"]
+    }
+}
+
+async fn idle_report(State(idle): State<Idle>) -> Json<IdleReport> {
+    Json(idle.report())
+}
+
+fn holds_or_unavailable(idle: &Idle) -> Result<&Holds, ApiError> {
+    idle.holds.get().ok_or_else(|| ApiError::Unavailable("the idle task is starting; try again in a moment".into()))
+}
+
+async fn list_holds(State(idle): State<Idle>, Extension(caller): Extension<Caller>) -> Response {
+    match holds_or_unavailable(&idle) {
+        Ok(holds) => {
+            let live: Vec<Hold> = holds
+                .live(idle.clock.now())
+                .into_iter()
+                .filter(|h| caller.admin || h.owner_uid == caller.peer.uid)
+                .collect();
+            Json(live).into_response()
+        }
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn add_hold(
+    State(idle): State<Idle>,
+    Extension(caller): Extension<Caller>,
+    Json(request): Json<HoldRequest>,
+) -> Response {
+    let holds = match holds_or_unavailable(&idle) {
+        Ok(holds) => holds,
+        Err(err) => return err.into_response(),
+    };
+    let duration = match crate::config::duration::parse(&request.duration) {
+        Ok(duration) => duration,
+        Err(why) => return ApiError::BadRequest(format!("duration {:?}: {why}", request.duration)).into_response(),
+    };
+    let owner = idle
+        .accounts
+        .get()
+        .and_then(|accounts| accounts.user_with_groups(caller.peer.uid))
+        .map(|(account, _)| account.name)
+        .unwrap_or_else(|| format!("uid {}", caller.peer.uid));
+    let reason = request.reason.unwrap_or_default();
+    match holds.add(caller.peer.uid, &owner, duration, &reason, idle.max_hold(), idle.clock.now()) {
+        Ok(hold) => {
+            tracing::info!("hold {} by {owner} until {}: {reason}", hold.id, hold.expires);
+            (StatusCode::CREATED, Json(hold)).into_response()
+        }
+        Err(err) => hold_error(err).into_response(),
+    }
+}
+
+async fn release_hold(
+    State(idle): State<Idle>,
+    Extension(caller): Extension<Caller>,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    let holds = match holds_or_unavailable(&idle) {
+        Ok(holds) => holds,
+        Err(err) => return err.into_response(),
+    };
+    match holds.release(&id, caller.peer.uid, caller.admin, idle.clock.now()) {
+        Ok(hold) => {
+            tracing::info!("hold {} of {} released by uid {}", hold.id, hold.owner, caller.peer.uid);
+            Json(hold).into_response()
+        }
+        Err(err) => hold_error(err).into_response(),
+    }
+}
+
+fn hold_error(err: HoldError) -> ApiError {
+    match err {
+        HoldError::Refused(_) => ApiError::BadRequest(err.to_string()),
+        HoldError::NotFound(_) => ApiError::NotFound(err.to_string()),
+        HoldError::NotYours { .. } => ApiError::Forbidden(err.to_string()),
+        HoldError::Store(_) => ApiError::Internal(err.to_string()),
+    }
+}
+
+/// Holds and running setup scripts: signals read from the agent's own state.
+struct HoldsSource(Idle);
+
+impl Source for HoldsSource {
+    fn name(&self) -> &'static str {
+        "holds"
+    }
+    fn sample(&mut self, now: SystemTime) -> BoxFuture<'_, Sample> {
+        let live = self.0.holds.get().map(|h| h.live(now)).unwrap_or_default();
+        Box::pin(async move {
+            let sample = if live.is_empty() {
+                Sample::idle("no holds")
+            } else {
+                Sample::active(
+                    live.iter()
+                        .map(|h| {
+                            let why = if h.reason.is_empty() { String::new() } else { format!(": {}", h.reason) };
+                            format!("hold {} by {} until {}{why}", h.id, h.owner, h.expires)
+                        })
+                        .collect(),
+                )
+            };
+            sample.with_figure("holds", live.len() as f64)
+        })
+    }
+}
+
+struct ScriptsSource(crate::core::shared::SharedState);
+
+impl Source for ScriptsSource {
+    fn name(&self) -> &'static str {
+        "scripts"
+    }
+    fn sample(&mut self, _now: SystemTime) -> BoxFuture<'_, Sample> {
+        let running = self.0.scripts().running;
+        Box::pin(async move {
+            if running.is_empty() {
+                Sample::idle("no setup script running")
+            } else {
+                Sample::active(running.iter().map(|name| format!("setup script {name} running")).collect())
+            }
+        })
+    }
+}
+
+fn sources(ctx: &TaskContext, idle: &Idle, settings: &Settings) -> Vec<Box<dyn Source>> {
+    let config = &settings.idle;
+    let names: HashMap<u32, String> = ctx.accounts.snapshot().users.iter().map(|u| (u.uid, u.name.clone())).collect();
+    vec![
+        Box::new(sessions::Sessions::new(ctx.paths.clone())),
+        Box::new(connections::Connections::new(config.watch_ports.clone(), config.connection_bytes_per_minute)),
+        Box::new(jupyter::Jupyter::new(
+            config.jupyter_urls.clone(),
+            config.jupyter_token_file.as_ref().map(|f| ctx.paths.resolve(f)),
+            config.jupyterhub_url.clone(),
+            config.jupyterhub_token_file.as_ref().map(|f| ctx.paths.resolve(f)),
+        )),
+        Box::new(cpu::Cpu::new(
+            cpu::cgroup2_root(),
+            settings.links.min_uid,
+            config.cpu_percent,
+            config.cpu_window,
+            names,
+        )),
+        Box::new(ScriptsSource(ctx.shared.clone())),
+        Box::new(HoldsSource(idle.clone())),
+    ]
+}
+
+/// When the machine booted, on the monotonic clock (from /proc/uptime).
+fn booted_at(now: std::time::Instant) -> std::time::Instant {
+    let uptime = std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|s| s.parse::<f64>().ok()))
+        .unwrap_or(0.0);
+    now.checked_sub(Duration::from_secs_f64(uptime.max(0.0))).unwrap_or(now)
+}
+
+async fn run(ctx: TaskContext, idle: Idle) -> TaskResult {
+    let _ = idle.holds.set(Holds::load(ctx.paths.state_dir().join("holds.json")));
+    let _ = idle.accounts.set(ctx.accounts.clone());
+    let mut settings_rx = ctx.settings.clone();
+    let mut settings = settings_rx.borrow_and_update().clone();
+    *idle.settings.lock().unwrap_or_else(|p| p.into_inner()) = Some(settings.clone());
+    let mut sources = sources(&ctx, &idle, &settings);
+    let start = ctx.clock.monotonic();
+    let booted = booted_at(start);
+    let mut machine = VerdictMachine::new(start, booted + settings.idle.boot_grace, settings.idle.timeout);
+    let mut ticker = tokio::time::interval(settings.idle.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return Ok(()),
+            changed = settings_rx.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let next = settings_rx.borrow_and_update().clone();
+                if next.idle != settings.idle || next.links.min_uid != settings.links.min_uid {
+                    sources = self::sources(&ctx, &idle, &next);
+                    machine.set_grace_until(booted + next.idle.boot_grace);
+                    if next.idle.interval != settings.idle.interval {
+                        ticker = tokio::time::interval(next.idle.interval);
+                        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    }
+                }
+                settings = next;
+                *idle.settings.lock().unwrap_or_else(|p| p.into_inner()) = Some(settings.clone());
+                continue;
+            }
+            _ = ticker.tick() => {}
+        }
+        let wall = ctx.clock.now();
+        let mut samples: Vec<(&'static str, Sample)> = Vec::new();
+        for source in sources.iter_mut() {
+            let name = source.name();
+            let sample = match tokio::time::timeout(SOURCE_DEADLINE, source.sample(wall)).await {
+                Ok(sample) => sample,
+                Err(_) => Sample::unknown(format!("no answer within {}s", SOURCE_DEADLINE.as_secs())),
+            };
+            samples.push((name, sample));
+        }
+        let now = ctx.clock.monotonic();
+        let named: Vec<(&str, &Sample)> = samples.iter().map(|(n, s)| (*n, s)).collect();
+        let verdict = machine.step(now, wall, settings.idle.timeout, &named);
+        publish(&ctx, &idle, &settings, &verdict, &samples, wall);
+    }
+}
+
+fn publish(
+    ctx: &TaskContext,
+    idle: &Idle,
+    settings: &Settings,
+    verdict: &verdict::Verdict,
+    samples: &[(&'static str, Sample)],
+    wall: SystemTime,
+) {
+    let mut figures = BTreeMap::new();
+    for (_, sample) in samples {
+        figures.extend(sample.figures.iter().map(|(k, v)| (k.clone(), *v)));
+    }
+    ctx.shared.publish_idle(IdleNews {
+        known: true,
+        idle: verdict.idle,
+        idle_since: Some(verdict.idle_since),
+        idle_at: Some(verdict.idle_at),
+        reasons: verdict.reasons.clone(),
+        figures,
+    });
+    let action = match settings.idle.action {
+        IdleAction::Report => "report",
+    };
+    if verdict.turned_idle {
+        // Shadow mode: say what would have happened, do nothing else.
+        tracing::info!(
+            "idle: nothing active since {} (timeout {}); would have scaled in at {}",
+            rfc3339(verdict.idle_since),
+            crate::config::duration::format(settings.idle.timeout),
+            rfc3339(wall)
+        );
+    }
+    let report = {
+        let mut report = idle.report.lock().unwrap_or_else(|p| p.into_inner());
+        report.verdict = if verdict.idle { "idle" } else { "active" }.to_string();
+        report.idle_since = Some(rfc3339(verdict.idle_since));
+        report.idle_at = Some(rfc3339(verdict.idle_at));
+        report.timeout_seconds = settings.idle.timeout.as_secs();
+        report.action = action.to_string();
+        if verdict.turned_idle {
+            report.would_have_scaled_in_at = Some(rfc3339(wall));
+        }
+        report.last_sample = Some(rfc3339(wall));
+        report.reasons = verdict.reasons.clone();
+        report.signals = samples
+            .iter()
+            .map(|(name, sample)| SignalReport {
+                name: name.to_string(),
+                state: sample.state,
+                last_activity: match sample.state {
+                    SignalState::Active => Some(rfc3339(sample.last_activity.unwrap_or(wall))),
+                    _ => sample.last_activity.map(rfc3339),
+                },
+                reasons: sample.reasons.clone(),
+                figures: sample.figures.clone(),
+            })
+            .collect();
+        report.clone()
+    };
+    let detail = if verdict.idle {
+        let mut detail = format!("idle since {}", rfc3339(verdict.idle_since));
+        if let Some(at) = &report.would_have_scaled_in_at {
+            detail.push_str(&format!("; would have scaled in at {at} (action = report)"));
+        }
+        detail
+    } else {
+        format!("active: {}", verdict.reasons.first().cloned().unwrap_or_default())
+    };
+    ctx.set(ComponentState::Ready, detail);
+}
+
+struct IdleMetrics(Idle);
+
+impl std::fmt::Debug for IdleMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdleMetrics")
+    }
+}
+
+impl prometheus_client::collector::Collector for IdleMetrics {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let report = self.0.report();
+        let idle = ConstGauge::new(i64::from(report.verdict == "idle"));
+        idle.encode(encoder.encode_descriptor("idle", "1 when the verdict is idle.", None, idle.metric_type())?)?;
+        let signal = ConstGauge::new(0i64);
+        let mut family = encoder.encode_descriptor(
+            "idle_signal_active",
+            "1 for each signal that keeps the VM active now (unknown counts).",
+            None,
+            signal.metric_type(),
+        )?;
+        for row in &report.signals {
+            let active = matches!(row.state, SignalState::Active | SignalState::Unknown);
+            ConstGauge::new(i64::from(active)).encode(family.encode_family(&[("signal", row.name.as_str())])?)?;
+        }
+        let figure = ConstGauge::new(0.0f64);
+        let mut family = encoder.encode_descriptor(
+            "idle_signal_value",
+            "Each signal's figures: sessions, connections, kernels, cpu_percent, holds.",
+            None,
+            figure.metric_type(),
+        )?;
+        for row in &report.signals {
+            for (name, value) in &row.figures {
+                ConstGauge::new(*value)
+                    .encode(family.encode_family(&[("signal", row.name.as_str()), ("figure", name.as_str())])?)?;
+            }
+        }
+        Ok(())
     }
 }

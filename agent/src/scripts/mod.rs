@@ -189,11 +189,17 @@ async fn script_log(
     }
 }
 
+/// Transient units when systemd can make them; else direct children (and say why).
 fn choose_runner(ctx: &TaskContext) -> Arc<dyn ProcessRunner> {
-    if !ctx.paths.is_sandbox() && runner::systemd_is_pid1() {
-        Arc::new(SystemdRunner::default())
-    } else {
-        Arc::new(DirectRunner)
+    if ctx.paths.is_sandbox() {
+        return Arc::new(DirectRunner);
+    }
+    match runner::systemd_can_run_units() {
+        Ok(()) => Arc::new(SystemdRunner::default()),
+        Err(why) => {
+            tracing::warn!("setup scripts run as children of the agent, not as systemd units: {why}");
+            Arc::new(DirectRunner)
+        }
     }
 }
 

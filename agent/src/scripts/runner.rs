@@ -160,9 +160,17 @@ impl Default for SystemdRunner {
     }
 }
 
-/// Whether systemd manages this boot (as sd_booted(3) decides).
-pub fn systemd_is_pid1() -> bool {
-    Path::new("/run/systemd/system").is_dir()
+/// Whether systemd manages this boot (as sd_booted(3) decides) and its
+/// D-Bus system bus is there: `systemd-run --wait --pipe` needs the bus, not
+/// only systemd's private socket (a minimal image may lack dbus).
+pub fn systemd_can_run_units() -> Result<(), &'static str> {
+    if !Path::new("/run/systemd/system").is_dir() {
+        return Err("systemd is not PID 1");
+    }
+    if !Path::new("/run/dbus/system_bus_socket").exists() {
+        return Err("no D-Bus system bus (install dbus), which systemd-run --wait needs");
+    }
+    Ok(())
 }
 
 pub fn unit_name(script: &str) -> String {

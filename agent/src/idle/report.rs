@@ -1,0 +1,46 @@
+//! What `GET /v1/idle` and the hold routes answer; the CLI reads the same types.
+
+use super::signal::SignalState;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignalReport {
+    pub name: String,
+    pub state: SignalState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_activity: Option<String>,
+    pub reasons: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub figures: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IdleReport {
+    /// `starting` (no sample yet), `active` or `idle`.
+    pub verdict: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_since: Option<String>,
+    /// When the VM turns idle if nothing happens (past while idle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_at: Option<String>,
+    pub timeout_seconds: u64,
+    /// `report`: shadow mode, the verdict is only recorded.
+    pub action: String,
+    /// Shadow mode: when the VM would have been scaled in (the last turn to idle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub would_have_scaled_in_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sample: Option<String>,
+    pub reasons: Vec<String>,
+    pub signals: Vec<SignalReport>,
+}
+
+/// `POST /v1/holds`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldRequest {
+    /// `30m`, `4h`, `1d`.
+    pub duration: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+}

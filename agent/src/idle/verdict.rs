@@ -1,0 +1,236 @@
+//! The idle verdict from the signals' samples: pure logic over a monotonic
+//! clock, so it is tested with a fake one.
+//!
+//! - The VM is idle when no signal has been active for `idle.timeout`; a
+//!   signal that could not tell (`unknown`) counts as active.
+//! - Entering idle takes the whole timeout of quiet; one active sample ends
+//!   it (a blip of activity restarts the count).
+//! - Within `idle.boot_grace` after boot the VM is active.
+//! - Shortening the timeout restarts the count, so it never makes a VM idle
+//!   at once; lengthening it may make an idle VM active again (the safe side).
+//! - A signal's own "last activity" (a tty's last input, a kernel's last
+//!   execution) counts from when it happened, not from when it was seen.
+
+use super::signal::{Sample, SignalState};
+use std::time::{Duration, Instant, SystemTime};
+
+#[derive(Debug, Clone)]
+pub struct VerdictMachine {
+    timeout: Duration,
+    grace_until: Instant,
+    last_active: Instant,
+    /// When the timeout was last shortened: the count starts again there.
+    floor: Instant,
+    idle: bool,
+}
+
+/// One verdict, for status, metrics and the core's shared state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub idle: bool,
+    /// The last moment something was active.
+    pub idle_since: SystemTime,
+    /// When the VM turns idle if nothing happens (past while idle).
+    pub idle_at: SystemTime,
+    /// Set on the sample where the VM turned idle.
+    pub turned_idle: bool,
+    pub reasons: Vec<String>,
+}
+
+impl VerdictMachine {
+    /// `started`: now (the agent's start counts as activity, so a fresh
+    /// agent never calls a VM idle before a whole timeout has passed);
+    /// `grace_until`: boot time plus the boot grace.
+    pub fn new(started: Instant, grace_until: Instant, timeout: Duration) -> Self {
+        Self { timeout, grace_until, last_active: started, floor: started, idle: false }
+    }
+
+    pub fn set_grace_until(&mut self, grace_until: Instant) {
+        self.grace_until = grace_until;
+    }
+
+    pub fn step(&mut self, now: Instant, wall: SystemTime, timeout: Duration, samples: &[(&str, &Sample)]) -> Verdict {
+        if timeout < self.timeout {
+            self.floor = now;
+        }
+        self.timeout = timeout;
+        let to_wall = |at: Instant| {
+            if at >= now {
+                wall + at.duration_since(now)
+            } else {
+                wall.checked_sub(now.duration_since(at)).unwrap_or(wall)
+            }
+        };
+        let to_mono = |at: SystemTime| {
+            let ago = wall.duration_since(at).unwrap_or_default();
+            now.checked_sub(ago).unwrap_or(now)
+        };
+        let mut reasons = Vec::new();
+        let mut active_now = false;
+        for (name, sample) in samples {
+            let seen = match sample.state {
+                SignalState::Active => {
+                    active_now = true;
+                    reasons.extend(sample.reasons.iter().map(|r| format!("{name}: {r}")));
+                    Some(sample.last_activity.map_or(now, to_mono))
+                }
+                SignalState::Unknown => {
+                    active_now = true;
+                    reasons.extend(sample.reasons.iter().map(|r| format!("{name}: unknown, counts as active: {r}")));
+                    Some(now)
+                }
+                SignalState::Idle => sample.last_activity.map(to_mono),
+                SignalState::Absent => None,
+            };
+            if let Some(seen) = seen {
+                self.last_active = self.last_active.max(seen.min(now));
+            }
+        }
+        let quiet_from = self.last_active.max(self.floor);
+        let idle_at_mono = (quiet_from + self.timeout).max(self.grace_until);
+        let in_grace = now < self.grace_until;
+        let was_idle = self.idle;
+        self.idle = !active_now && !in_grace && now >= idle_at_mono;
+        if in_grace {
+            reasons.push(format!("grace after boot until {}", crate::core::clock::rfc3339(to_wall(self.grace_until))));
+        }
+        if !active_now && !self.idle && !in_grace {
+            reasons.push(format!(
+                "nothing active since {}; idle at {} (timeout {})",
+                crate::core::clock::rfc3339(to_wall(self.last_active)),
+                crate::core::clock::rfc3339(to_wall(idle_at_mono)),
+                crate::config::duration::format(self.timeout)
+            ));
+        }
+        if self.idle {
+            reasons.push(format!(
+                "nothing active since {} (timeout {})",
+                crate::core::clock::rfc3339(to_wall(self.last_active)),
+                crate::config::duration::format(self.timeout)
+            ));
+        }
+        Verdict {
+            idle: self.idle,
+            idle_since: to_wall(self.last_active),
+            idle_at: to_wall(idle_at_mono),
+            turned_idle: self.idle && !was_idle,
+            reasons,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::clock::fake::FakeClock;
+    use crate::core::clock::Clock;
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    struct Rig {
+        clock: std::sync::Arc<FakeClock>,
+        machine: VerdictMachine,
+    }
+
+    impl Rig {
+        fn new(grace: Duration, timeout: Duration) -> Self {
+            let clock = FakeClock::at(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+            let now = clock.monotonic();
+            Self { machine: VerdictMachine::new(now, now + grace, timeout), clock }
+        }
+
+        fn step(&mut self, timeout: Duration, samples: &[(&str, &Sample)]) -> Verdict {
+            self.machine.step(self.clock.monotonic(), self.clock.now(), timeout, samples)
+        }
+
+        /// Advances by `by` in 10 s samples, all answering `sample`; the last verdict.
+        fn run(&mut self, by: Duration, timeout: Duration, sample: &Sample) -> Verdict {
+            let mut verdict = self.step(timeout, &[("sessions", sample)]);
+            let mut left = by;
+            while !left.is_zero() {
+                let step = left.min(Duration::from_secs(10));
+                self.clock.advance(step);
+                left -= step;
+                verdict = self.step(timeout, &[("sessions", sample)]);
+            }
+            verdict
+        }
+    }
+
+    fn quiet() -> Sample {
+        Sample::idle("no sessions")
+    }
+
+    #[test]
+    fn idle_only_after_a_whole_timeout_of_quiet_and_a_blip_restarts_the_count() {
+        let mut rig = Rig::new(Duration::ZERO, 30 * MIN);
+        assert!(!rig.run(29 * MIN, 30 * MIN, &quiet()).idle, "the agent's start counts as activity");
+        let active = Sample::active(vec!["ssh alice pts/0".into()]);
+        let verdict = rig.run(Duration::ZERO, 30 * MIN, &active);
+        assert!(!verdict.idle);
+        assert!(verdict.reasons.iter().any(|r| r == "sessions: ssh alice pts/0"), "{verdict:?}");
+        assert!(!rig.run(29 * MIN, 30 * MIN, &quiet()).idle, "the blip restarted the count");
+        let verdict = rig.run(2 * MIN, 30 * MIN, &quiet());
+        assert!(verdict.idle, "{verdict:?}");
+        assert!(verdict.reasons[0].starts_with("nothing active since"), "{verdict:?}");
+        // One active sample ends idle at once.
+        assert!(!rig.run(Duration::ZERO, 30 * MIN, &active).idle);
+    }
+
+    #[test]
+    fn the_turn_to_idle_is_reported_once() {
+        let mut rig = Rig::new(Duration::ZERO, MIN);
+        let turned: Vec<bool> = (0..12)
+            .map(|_| {
+                rig.clock.advance(Duration::from_secs(10));
+                rig.step(MIN, &[("sessions", &quiet())]).turned_idle
+            })
+            .collect();
+        assert_eq!(turned.iter().filter(|t| **t).count(), 1, "{turned:?}");
+    }
+
+    #[test]
+    fn unknown_counts_as_active_and_says_why() {
+        let mut rig = Rig::new(Duration::ZERO, MIN);
+        let unknown = Sample::unknown("cannot reach http://127.0.0.1:8888: connection refused");
+        let verdict = rig.run(10 * MIN, MIN, &unknown);
+        assert!(!verdict.idle);
+        assert!(verdict.reasons[0].contains("unknown, counts as active") && verdict.reasons[0].contains("8888"));
+    }
+
+    #[test]
+    fn within_the_boot_grace_the_vm_is_active() {
+        let mut rig = Rig::new(15 * MIN, MIN);
+        let verdict = rig.run(14 * MIN, MIN, &quiet());
+        assert!(!verdict.idle);
+        assert!(verdict.reasons.iter().any(|r| r.starts_with("grace after boot until")), "{verdict:?}");
+        assert!(rig.run(2 * MIN, MIN, &quiet()).idle, "idle once the grace is over and the timeout passed");
+    }
+
+    #[test]
+    fn shortening_the_timeout_never_makes_the_vm_idle_at_once() {
+        let mut rig = Rig::new(Duration::ZERO, 30 * MIN);
+        assert!(!rig.run(20 * MIN, 30 * MIN, &quiet()).idle);
+        let verdict = rig.run(Duration::ZERO, 5 * MIN, &quiet());
+        assert!(!verdict.idle, "20 min quiet, timeout now 5 min: the count starts again");
+        assert!(!rig.run(4 * MIN, 5 * MIN, &quiet()).idle);
+        assert!(rig.run(MIN + Duration::from_secs(10), 5 * MIN, &quiet()).idle);
+        // Lengthening it makes the VM active again: the safe side.
+        assert!(!rig.run(Duration::ZERO, 60 * MIN, &quiet()).idle);
+    }
+
+    #[test]
+    fn a_signal_s_own_last_activity_counts_from_when_it_happened() {
+        let mut rig = Rig::new(Duration::ZERO, 30 * MIN);
+        rig.clock.advance(40 * MIN);
+        // The agent started 40 minutes ago; a tty had input 25 minutes ago and none since.
+        let now = rig.clock.monotonic();
+        rig.machine = VerdictMachine::new(now - 40 * MIN, now - 40 * MIN, 30 * MIN);
+        let tty = Sample::idle("ssh alice pts/0").at(Some(rig.clock.now() - 25 * MIN));
+        let verdict = rig.step(30 * MIN, &[("sessions", &tty)]);
+        assert!(!verdict.idle);
+        assert_eq!(verdict.idle_at, rig.clock.now() + 5 * MIN);
+        rig.clock.advance(5 * MIN);
+        assert!(rig.step(30 * MIN, &[("sessions", &tty)]).idle);
+    }
+}
