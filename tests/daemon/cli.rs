@@ -48,11 +48,11 @@ fn human_status_shows_each_component_and_since_when() {
 fn routes_not_yet_built_say_so_with_a_json_error() {
     let sandbox = Sandbox::new();
     let _daemon = sandbox.start();
-    let out = sandbox.cli(&["idle", "--json"]);
+    let out = sandbox.cli(&["events", "--json"]);
     assert_eq!(out.status.code(), Some(1));
     let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(body["error"], "not_implemented");
-    assert!(body["message"].as_str().unwrap().contains("/v1/idle"));
+    assert!(body["message"].as_str().unwrap().contains("/v1/events"), "{body}");
     assert!(stderr(&out).contains("[not_implemented]"));
 }
 

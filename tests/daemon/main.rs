@@ -5,6 +5,7 @@ mod harness;
 
 mod cli;
 mod config_check;
+mod idle;
 mod lifecycle;
 mod links;
 mod permissions;

@@ -1,0 +1,264 @@
+//! The idle verdict under `pool-agentd --root`: real TCP connections through
+//! the kernel's socket diagnostics, a real process burning CPU in a user
+//! slice, real holds from real uids, and a small HTTP server playing
+//! JupyterHub and Jupyter.
+
+// Black-box tests poll real processes from plain threads; sleeping is the point.
+#![allow(clippy::disallowed_methods)]
+
+use crate::harness::*;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const CAROL_UID: u32 = 1003;
+
+fn config(extra_idle: &str) -> String {
+    LOCAL_SHARE_CONFIG.replace(
+        "[idle]\ninterval = \"10s\"\ntimeout = \"30m\"\n",
+        &format!("[idle]\ninterval = \"1s\"\ntimeout = \"30m\"\ncpu_window = \"2s\"\n{extra_idle}"),
+    )
+}
+
+fn idle_json(sandbox: &Sandbox) -> serde_json::Value {
+    let out = sandbox.cli(&["idle", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn signal(sandbox: &Sandbox, name: &str) -> serde_json::Value {
+    idle_json(sandbox)["signals"].as_array().unwrap().iter().find(|s| s["name"] == name).cloned().unwrap_or_default()
+}
+
+fn wait_signal(sandbox: &Sandbox, name: &str, state: &str, limit: Duration) -> serde_json::Value {
+    eventually(limit, || Some(signal(sandbox, name)).filter(|s| s["state"] == state))
+        .unwrap_or_else(|| panic!("signal {name} never {state}: {:#}", idle_json(sandbox)))
+}
+
+#[test]
+fn a_connection_counts_while_it_carries_traffic_and_not_while_it_is_merely_open() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sandbox = Sandbox::new();
+    sandbox.write_config(&config(&format!("watch_ports = [{port}]\n")));
+    let _daemon = sandbox.start();
+    let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    let sending = Arc::new(AtomicBool::new(true));
+    let (flag, mut writer) = (sending.clone(), client.try_clone().unwrap());
+    let sender = std::thread::spawn(move || {
+        while flag.load(Ordering::Relaxed) {
+            let _ = writer.write_all(&[1u8; 8192]);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let reader = std::thread::spawn(move || {
+        let mut buffer = [0u8; 65536];
+        while let Ok(n) = server.read(&mut buffer) {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    let active = wait_signal(&sandbox, "connections", "active", Duration::from_secs(10));
+    let reason = active["reasons"][0].as_str().unwrap();
+    assert!(reason.contains(&format!("-> :{port}")) && reason.contains("KiB/min"), "{active:#}");
+    // The same connection, open but silent: not activity.
+    sending.store(false, Ordering::Relaxed);
+    sender.join().unwrap();
+    let quiet = wait_signal(&sandbox, "connections", "idle", Duration::from_secs(10));
+    assert!(quiet["reasons"][0].as_str().unwrap().contains("1 connection(s) open, none carrying traffic"), "{quiet:#}");
+    drop(client.shutdown(std::net::Shutdown::Both));
+    reader.join().unwrap();
+}
+
+/// A user slice made by the test, as logind makes one at login.
+struct UserSlice {
+    dir: PathBuf,
+    burner: std::process::Child,
+}
+
+impl Drop for UserSlice {
+    fn drop(&mut self) {
+        let _ = self.burner.kill();
+        let _ = self.burner.wait();
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn a_process_burning_cpu_in_a_user_slice_keeps_the_vm_active_and_the_agent_s_own_cpu_does_not() {
+    let test = "a_process_burning_cpu_in_a_user_slice_keeps_the_vm_active_and_the_agent_s_own_cpu_does_not";
+    if !nix_is_root() {
+        skip_note(&format!("SKIP {test}: needs root to make a cgroup (CI runs as root)"));
+        return;
+    }
+    let Some(root) = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.join("cgroup.controllers").exists())
+    else {
+        skip_note(&format!("SKIP {test}: no cgroup v2 hierarchy on this machine"));
+        return;
+    };
+    // user.slice as logind makes it at the first login (removed again if made here).
+    let users_slice = root.join("user.slice");
+    let made_users_slice = !users_slice.exists();
+    std::fs::create_dir_all(&users_slice).unwrap();
+    let sandbox = Sandbox::new();
+    sandbox.write_config(&config("cpu_percent = 20\n"));
+    let _daemon = sandbox.start();
+    // The agent works (API calls) while no user burns CPU: the signal stays idle.
+    for _ in 0..20 {
+        let _ = sandbox.cli(&["status"]);
+    }
+    let quiet = wait_signal(&sandbox, "cpu", "idle", Duration::from_secs(10));
+    assert!(quiet["reasons"][0].as_str().unwrap().contains("user slices"), "read from the user slices: {quiet:#}");
+    let dir = root.join("user.slice").join(format!("user-{CAROL_UID}.slice"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let burner = std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap();
+    let slice = UserSlice { dir: dir.clone(), burner };
+    std::fs::write(dir.join("cgroup.procs"), slice.burner.id().to_string()).unwrap();
+    let active = wait_signal(&sandbox, "cpu", "active", Duration::from_secs(15));
+    assert!(active["reasons"][0].as_str().unwrap().starts_with(&format!("uid {CAROL_UID} at")), "{active:#}");
+    assert_eq!(idle_json(&sandbox)["verdict"], "active");
+    drop(slice);
+    wait_signal(&sandbox, "cpu", "idle", Duration::from_secs(15));
+    if made_users_slice {
+        let _ = std::fs::remove_dir(&users_slice);
+    }
+}
+
+#[test]
+fn a_hold_keeps_the_vm_active_until_released_and_only_its_owner_or_an_admin_releases_it() {
+    if !can_switch_uid("a_hold_keeps_the_vm_active_until_released_and_only_its_owner_or_an_admin_releases_it") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let passwd = sandbox.root().join("etc/passwd");
+    let mut users = std::fs::read_to_string(&passwd).unwrap();
+    users.push_str(&format!("carol:x:{CAROL_UID}:{CAROL_UID}::/home/carol:/bin/bash\n"));
+    std::fs::write(&passwd, users).unwrap();
+    sandbox.write_config(&config("max_hold = \"4h\"\n"));
+    let mut daemon = sandbox.start();
+    wait_signal(&sandbox, "holds", "idle", Duration::from_secs(10));
+    let too_long = sandbox.cli_as(USER_UID, &["hold", "5h"]);
+    assert!(stderr(&too_long).contains("at most 4h"), "{}", stderr(&too_long));
+    let out = sandbox.cli_as(USER_UID, &["hold", "2h", "--reason", "training run", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let hold: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = hold["id"].as_str().unwrap().to_string();
+    let active = wait_signal(&sandbox, "holds", "active", Duration::from_secs(10));
+    assert!(
+        active["reasons"][0].as_str().unwrap().contains("by bob")
+            && active["reasons"][0].as_str().unwrap().contains("training run")
+    );
+    // Holds survive a restart of the agent.
+    daemon.signal("TERM");
+    daemon.wait_exit(Duration::from_secs(10));
+    let _daemon = sandbox.start();
+    wait_signal(&sandbox, "holds", "active", Duration::from_secs(10));
+    let listed = stdout(&sandbox.cli_as(USER_UID, &["hold", "list"]));
+    assert!(listed.contains(&id) && listed.contains("bob"), "{listed}");
+    let not_yours = sandbox.cli_as(CAROL_UID, &["hold", "release", &id]);
+    assert!(
+        stderr(&not_yours).contains("[forbidden]") && stderr(&not_yours).contains("belongs to bob"),
+        "{}",
+        stderr(&not_yours)
+    );
+    assert!(
+        stdout(&sandbox.cli_as(CAROL_UID, &["hold", "list"])).contains("no holds"),
+        "carol sees her own holds only"
+    );
+    let released = sandbox.cli_as(USER_UID, &["hold", "release", &id]);
+    assert!(released.status.success(), "{}", stderr(&released));
+    wait_signal(&sandbox, "holds", "idle", Duration::from_secs(10));
+    // An admin releases anyone's.
+    let out = sandbox.cli_as(USER_UID, &["hold", "1h", "--json"]);
+    let id: String = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"].as_str().unwrap().into();
+    assert!(sandbox.cli_as(ADMIN_UID, &["hold", "release", &id]).status.success());
+}
+
+/// Plays JupyterHub (`/hub/api/users`) and alice's server behind it
+/// (`/user/alice/api/kernels`, `/api/terminals`), answering only with the token.
+fn fake_jupyter(kernels: Arc<std::sync::Mutex<String>>) -> (u16, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopping = stop.clone();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        while !stopping.load(Ordering::Relaxed) {
+            let Ok((mut stream, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            stream.set_nonblocking(false).unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buffer) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buffer[..n]),
+                }
+            }
+            let text = String::from_utf8_lossy(&request).to_string();
+            let path = text.split_whitespace().nth(1).unwrap_or("").to_string();
+            let authorized = text.lines().any(|l| l.eq_ignore_ascii_case("authorization: token hub-secret"));
+            let (status, body) = if !authorized {
+                ("403 Forbidden", "{\"message\":\"no token\"}".to_string())
+            } else if path == "/hub/api/users" {
+                ("200 OK", r#"[{"name":"alice","servers":{"":{"name":"","url":"/user/alice/","ready":true,"last_activity":"2026-01-01T00:00:00Z"}}}]"#.to_string())
+            } else if path == "/user/alice/api/kernels" {
+                ("200 OK", kernels.lock().unwrap().clone())
+            } else if path == "/user/alice/api/terminals" {
+                ("200 OK", "[]".to_string())
+            } else {
+                ("404 Not Found", "{}".to_string())
+            };
+            let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    (port, stop)
+}
+
+#[test]
+fn a_busy_kernel_without_a_connection_keeps_the_vm_active_and_idle_kernels_do_not() {
+    let kernels = Arc::new(std::sync::Mutex::new(
+        r#"[{"id":"k1","name":"python3","last_activity":"2026-01-01T00:00:00.000000Z","execution_state":"busy","connections":0}]"#.to_string(),
+    ));
+    let (port, stop) = fake_jupyter(kernels.clone());
+    let sandbox = Sandbox::new();
+    std::fs::write(sandbox.root().join("etc/pool-agent/hub-token"), "hub-secret\n").unwrap();
+    sandbox.write_config(&config(&format!(
+        "jupyterhub_url = \"http://127.0.0.1:{port}\"\njupyterhub_token_file = \"/etc/pool-agent/hub-token\"\n"
+    )));
+    let _daemon = sandbox.start();
+    let started = Instant::now();
+    let active = wait_signal(&sandbox, "jupyter", "active", Duration::from_secs(10));
+    assert_eq!(active["reasons"][0], "kernel busy python3 (alice)", "{active:#}");
+    *kernels.lock().unwrap() =
+        r#"[{"id":"k1","name":"python3","last_activity":"2026-01-01T00:00:00.000000Z","execution_state":"idle","connections":1}]"#.to_string();
+    let quiet = wait_signal(&sandbox, "jupyter", "idle", Duration::from_secs(10));
+    assert_eq!(quiet["last_activity"], "2026-01-01T00:00:00Z", "the kernel's own last execution: {quiet:#}");
+    // A server that stops answering may run someone's work: unknown, counted as active.
+    stop.store(true, Ordering::Relaxed);
+    std::fs::write(sandbox.root().join("etc/pool-agent/hub-token"), "wrong\n").unwrap();
+    let unknown =
+        eventually(Duration::from_secs(10), || Some(signal(&sandbox, "jupyter")).filter(|s| s["state"] == "unknown"))
+            .unwrap_or_else(|| panic!("never unknown: {:#}", idle_json(&sandbox)));
+    assert!(unknown["reasons"][0].as_str().unwrap().contains(&port.to_string()), "{unknown:#}");
+    assert!(idle_json(&sandbox)["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r.as_str().unwrap().contains("unknown, counts as active")));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let human = stdout(&sandbox.cli(&["idle"]));
+    assert!(human.starts_with("verdict: active") && human.contains("jupyter"), "{human}");
+}
