@@ -381,6 +381,19 @@ mod tests {
     }
 
     #[test]
+    fn idle_keys_have_defaults_and_bounds() {
+        let settings = parse("[idle]\ninterval = \"2s\"\ntimeout = \"1m\"\nboot_grace = \"0s\"\njupyterhub_url = \"http://127.0.0.1:8000/\"\n").unwrap();
+        assert_eq!(settings.idle.boot_grace, Duration::ZERO);
+        assert_eq!(settings.idle.watch_ports, [22, 8000, 8888, 8787, 3389]);
+        assert_eq!(settings.idle.max_hold, Duration::from_secs(86_400));
+        assert_eq!(settings.idle.jupyterhub_url, "http://127.0.0.1:8000");
+        assert_eq!(expect_invalid("[idle]\ntimeout = \"30s\"\n").1, "idle.timeout");
+        assert_eq!(expect_invalid("[idle]\ntimeout = \"4d\"\n").1, "idle.timeout");
+        assert_eq!(expect_invalid("[idle]\njupyter_urls = [\"https://x\"]\n").1, "idle.jupyter_urls[0]");
+        assert_eq!(expect_invalid("[idle]\naction = \"delete\"\n").1, "idle.action");
+    }
+
+    #[test]
     fn idle_timeout_must_cover_the_interval() {
         assert_eq!(expect_invalid("[idle]\ninterval = \"1h\"\ntimeout = \"5m\"\n").1, "idle.timeout");
     }
