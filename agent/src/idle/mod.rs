@@ -3,7 +3,7 @@
 //!
 //! Each signal is a [`signal::Source`]: [`sessions`] (utmp, terminal input),
 //! [`connections`] (inbound TCP traffic on the watched ports), [`jupyter`]
-//! (kernels and terminals), [`cpu`] (users' slices), running setup scripts
+//! (kernels and terminals), [`cpu`] (users' slices), [`gpu`] (NVML), running setup scripts
 //! (from the core's shared state) and [`holds`]. [`verdict`] turns the
 //! samples into active or idle, failing safe: a signal that cannot tell
 //! counts as active. The verdict goes to the core's shared state for Azure
@@ -11,6 +11,7 @@
 
 pub mod connections;
 pub mod cpu;
+pub mod gpu;
 pub mod holds;
 pub mod jupyter;
 pub mod report;
@@ -238,7 +239,7 @@ fn sources(ctx: &TaskContext, idle: &Idle, settings: &Settings) -> Vec<Box<dyn S
     let config = &settings.idle;
     let names: HashMap<u32, String> = ctx.accounts.snapshot().users.iter().map(|u| (u.uid, u.name.clone())).collect();
     vec![
-        Box::new(sessions::Sessions::new(ctx.paths.clone())),
+        Box::new(sessions::Sessions::new(ctx.paths.clone(), cpu::cgroup2_root())),
         Box::new(connections::Connections::new(config.watch_ports.clone(), config.connection_bytes_per_minute)),
         Box::new(jupyter::Jupyter::new(
             config.jupyter_urls.clone(),

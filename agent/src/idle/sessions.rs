@@ -1,7 +1,10 @@
-//! Logged-in sessions from utmp (what sshd, login and xrdp record), each
-//! active while its terminal had input recently: the terminal's access time,
-//! as `w` shows it. Sessions without a terminal (VS Code Remote-SSH, scp,
-//! sftp) are not in utmp; their connections and their CPU count instead.
+//! Logged-in sessions, from systemd-logind's session records in
+//! `/run/systemd/sessions/` (what sd-login(3) reads), or from utmp where
+//! logind does not run. A session with a terminal is active while the
+//! terminal had input recently (its access time, as `w` shows it); a session
+//! without one (VS Code Remote-SSH, scp, sftp) while the processes of its
+//! scope work (CPU of the session's cgroup) — its connection's traffic counts
+//! in the connections signal.
 
 use super::signal::{Sample, SignalState, Source};
 use crate::core::paths::SystemPaths;
@@ -46,20 +49,172 @@ pub fn parse_utmp(bytes: &[u8]) -> Vec<Session> {
         .collect()
 }
 
+/// One logind session record (`/run/systemd/sessions/<id>`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogindSession {
+    pub id: String,
+    pub uid: u32,
+    pub user: String,
+    pub tty: String,
+    pub remote_host: String,
+    pub service: String,
+    pub class: String,
+    pub scope: String,
+}
+
+pub fn parse_logind(id: &str, text: &str) -> LogindSession {
+    let mut session = LogindSession { id: id.to_string(), ..Default::default() };
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once('=') else { continue };
+        let value = value.to_string();
+        match key {
+            "UID" => session.uid = value.parse().unwrap_or(0),
+            "USER" => session.user = value,
+            "TTY" => session.tty = value,
+            "REMOTE_HOST" => session.remote_host = value,
+            "SERVICE" => session.service = value,
+            "CLASS" => session.class = value,
+            "SCOPE" => session.scope = value,
+            _ => {}
+        }
+    }
+    session
+}
+
+/// A session without a terminal works while its scope uses this much CPU (percent of a core).
+const WORKING_PERCENT: f64 = 1.0;
+
 pub struct Sessions {
     paths: Arc<SystemPaths>,
+    cgroup_root: Option<PathBuf>,
+    /// Per session: CPU used by its scope (µs) at the last sample, and when.
+    scope_cpu: std::collections::HashMap<String, (u64, std::time::Instant)>,
 }
 
 impl Sessions {
-    pub fn new(paths: Arc<SystemPaths>) -> Self {
-        Self { paths }
+    pub fn new(paths: Arc<SystemPaths>, cgroup_root: Option<PathBuf>) -> Self {
+        Self { paths, cgroup_root, scope_cpu: Default::default() }
+    }
+
+    fn tty_input(&self, line: &str) -> Option<SystemTime> {
+        let tty = self.paths.resolve(format!("/dev/{line}"));
+        std::fs::metadata(tty).ok().map(|m| {
+            UNIX_EPOCH
+                + Duration::from_secs(m.atime().max(0) as u64)
+                + Duration::from_nanos(m.atime_nsec().max(0) as u64)
+        })
+    }
+
+    /// Sessions as logind records them; None where logind does not run.
+    fn logind(&mut self, now: SystemTime) -> Option<(Sample, std::collections::HashSet<String>)> {
+        let dir = self.paths.resolve("/run/systemd/sessions");
+        let entries = std::fs::read_dir(&dir).ok()?;
+        let mut sessions: Vec<LogindSession> = entries
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().contains('.'))
+            .filter_map(|e| {
+                let text = std::fs::read_to_string(e.path()).ok()?;
+                Some(parse_logind(&e.file_name().to_string_lossy(), &text))
+            })
+            .filter(|s| s.class.is_empty() || s.class == "user")
+            .collect();
+        sessions.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut latest: Option<SystemTime> = None;
+        let mut reasons = Vec::new();
+        let mut active = false;
+        let mut seen = std::collections::HashMap::new();
+        for session in &sessions {
+            let from =
+                if session.remote_host.is_empty() { String::new() } else { format!(" from {}", session.remote_host) };
+            let what = if session.service.is_empty() { "session".to_string() } else { session.service.clone() };
+            if !session.tty.is_empty() {
+                match self.tty_input(&session.tty) {
+                    Some(at) => {
+                        latest = Some(latest.map_or(at, |l| l.max(at)));
+                        let ago = now.duration_since(at).unwrap_or_default();
+                        if ago < RECENT_INPUT {
+                            active = true;
+                            reasons.push(format!(
+                                "{what} {} {}{from}, input {}s ago",
+                                session.user,
+                                session.tty,
+                                ago.as_secs()
+                            ));
+                        } else {
+                            reasons.push(format!(
+                                "{what} {} {}{from}, no input for {}m",
+                                session.user,
+                                session.tty,
+                                ago.as_secs() / 60
+                            ));
+                        }
+                    }
+                    None => reasons.push(format!("{what} {} {}{from}, terminal not found", session.user, session.tty)),
+                }
+                continue;
+            }
+            // No terminal: working while the session's processes use CPU.
+            let used = self.cgroup_root.as_ref().and_then(|root| {
+                let stat = root
+                    .join("user.slice")
+                    .join(format!("user-{}.slice", session.uid))
+                    .join(&session.scope)
+                    .join("cpu.stat");
+                let text = std::fs::read_to_string(stat).ok()?;
+                text.lines().find_map(|l| l.strip_prefix("usage_usec "))?.trim().parse::<u64>().ok()
+            });
+            let Some(used) = used else {
+                reasons.push(format!("{what} {} (no terminal){from}", session.user));
+                continue;
+            };
+            let at = std::time::Instant::now();
+            let percent = self.scope_cpu.get(&session.id).map(|(before, then)| {
+                let span = at.duration_since(*then).as_micros().max(1) as f64;
+                used.saturating_sub(*before) as f64 / span * 100.0
+            });
+            seen.insert(session.id.clone(), (used, at));
+            match percent {
+                Some(percent) if percent >= WORKING_PERCENT => {
+                    active = true;
+                    reasons.push(format!(
+                        "{what} {} (no terminal){from}, working at {percent:.0}% of a core",
+                        session.user
+                    ));
+                }
+                _ => reasons.push(format!("{what} {} (no terminal){from}, quiet", session.user)),
+            }
+        }
+        self.scope_cpu = seen;
+        let sample = if sessions.is_empty() {
+            Sample::idle("no sessions (logind)")
+        } else {
+            let state = if active { SignalState::Active } else { SignalState::Idle };
+            Sample { state, last_activity: latest, reasons, figures: Default::default() }
+        };
+        let ttys = sessions.iter().filter(|s| !s.tty.is_empty()).map(|s| s.tty.clone()).collect();
+        Some((sample.with_figure("sessions", sessions.len() as f64), ttys))
     }
 
     fn utmp(&self) -> PathBuf {
         self.paths.resolve("/run/utmp")
     }
 
-    fn look(&self, now: SystemTime) -> Sample {
+    /// logind's sessions, and utmp's for terminals logind does not know
+    /// (a login without pam_systemd); utmp alone where logind does not run.
+    fn look(&mut self, now: SystemTime) -> Sample {
+        match self.logind(now) {
+            Some((logind, ttys)) => {
+                let utmp = self.utmp_sessions(now, &ttys);
+                if utmp.figures.get("sessions").copied().unwrap_or(0.0) == 0.0 || utmp.state == SignalState::Unknown {
+                    return logind;
+                }
+                merge(logind, utmp)
+            }
+            None => self.utmp_sessions(now, &Default::default()),
+        }
+    }
+
+    fn utmp_sessions(&self, now: SystemTime, known_ttys: &std::collections::HashSet<String>) -> Sample {
         let bytes = match std::fs::read(self.utmp()) {
             Ok(bytes) => bytes,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
@@ -71,6 +226,7 @@ impl Sessions {
         let sessions: Vec<Session> = parse_utmp(&bytes)
             .into_iter()
             .filter(|s| s.pid <= 0 || std::path::Path::new(&format!("/proc/{}", s.pid)).exists())
+            .filter(|s| !known_ttys.contains(&s.line))
             .collect();
         if sessions.is_empty() {
             return Sample::idle("no sessions").with_figure("sessions", 0.0);
@@ -79,12 +235,7 @@ impl Sessions {
         let mut reasons = Vec::new();
         let mut active = false;
         for session in &sessions {
-            let tty = self.paths.resolve(format!("/dev/{}", session.line));
-            let input = std::fs::metadata(&tty).ok().map(|m| {
-                UNIX_EPOCH
-                    + Duration::from_secs(m.atime().max(0) as u64)
-                    + Duration::from_nanos(m.atime_nsec().max(0) as u64)
-            });
+            let input = self.tty_input(&session.line);
             let kind = if session.host.is_empty() { "local" } else { "ssh" };
             let from = if session.host.is_empty() { String::new() } else { format!(" from {}", session.host) };
             match input {
@@ -115,6 +266,30 @@ impl Sessions {
         Sample { state, last_activity: latest, reasons, figures: Default::default() }
             .with_figure("sessions", sessions.len() as f64)
     }
+}
+
+/// Two answers of this signal as one: active if either is, the later activity.
+fn merge(first: Sample, second: Sample) -> Sample {
+    let state = if first.state == SignalState::Active || second.state == SignalState::Active {
+        SignalState::Active
+    } else {
+        SignalState::Idle
+    };
+    let last_activity = match (first.last_activity, second.last_activity) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    let count =
+        first.figures.get("sessions").copied().unwrap_or(0.0) + second.figures.get("sessions").copied().unwrap_or(0.0);
+    // The reasons that make it active come first (status shows the first).
+    let (lead, rest) = if second.state == SignalState::Active && first.state != SignalState::Active {
+        (second.reasons, first.reasons)
+    } else {
+        (first.reasons, second.reasons)
+    };
+    let mut reasons = lead;
+    reasons.extend(rest);
+    Sample { state, last_activity, reasons, figures: Default::default() }.with_figure("sessions", count)
 }
 
 impl Source for Sessions {
@@ -162,15 +337,61 @@ mod tests {
         };
         set_atime("pts/3", now - Duration::from_secs(10));
         set_atime("pts/4", now - Duration::from_secs(3600));
-        let sample = Sessions::new(paths.clone()).look(now);
+        let sample = Sessions::new(paths.clone(), None).look(now);
         assert_eq!(sample.state, SignalState::Active);
         assert_eq!(sample.figures["sessions"], 2.0);
         assert!(sample.reasons[0].starts_with("ssh alice pts/3 from 10.0.0.5, input 10s ago"), "{:?}", sample.reasons);
         assert!(sample.reasons[1].contains("bob pts/4, no input for 1h"), "{:?}", sample.reasons);
         // A forgotten terminal: the session is there, but it is idle since its last input.
         set_atime("pts/3", now - Duration::from_secs(1800));
-        let sample = Sessions::new(paths).look(now);
+        let sample = Sessions::new(paths.clone(), None).look(now);
         assert_eq!(sample.state, SignalState::Idle);
         assert_eq!(sample.last_activity.map(|t| now.duration_since(t).unwrap().as_secs()), Some(1800));
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // file times and CPU counters are real
+    fn logind_sessions_with_a_terminal_count_its_input_and_without_one_their_scope_s_cpu() {
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = Arc::new(SystemPaths::under(tmp.path()));
+        let sessions = tmp.path().join("run/systemd/sessions");
+        std::fs::create_dir_all(&sessions).unwrap();
+        std::fs::create_dir_all(tmp.path().join("dev/pts")).unwrap();
+        std::fs::write(
+            sessions.join("3"),
+            "UID=1001\nUSER=alice\nTTY=pts/0\nREMOTE_HOST=10.0.0.5\nSERVICE=sshd\nCLASS=user\nSCOPE=session-3.scope\n",
+        )
+        .unwrap();
+        std::fs::write(
+            sessions.join("4"),
+            "UID=1002\nUSER=bob\nREMOTE_HOST=10.0.0.6\nSERVICE=sshd\nCLASS=user\nSCOPE=session-4.scope\n",
+        )
+        .unwrap();
+        std::fs::write(sessions.join("4.ref"), "").unwrap();
+        let cgroup = tmp.path().join("cgroup");
+        let scope = cgroup.join("user.slice/user-1002.slice/session-4.scope");
+        std::fs::create_dir_all(&scope).unwrap();
+        std::fs::write(scope.join("cpu.stat"), "usage_usec 1000\n").unwrap();
+        let now = SystemTime::now();
+        let tty = tmp.path().join("dev/pts/0");
+        std::fs::write(&tty, "").unwrap();
+        let old = now - Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&tty)
+            .unwrap()
+            .set_times(std::fs::FileTimes::new().set_accessed(old))
+            .unwrap();
+        let mut source = Sessions::new(paths, Some(cgroup));
+        let first = source.look(now);
+        assert_eq!(first.state, SignalState::Idle, "{first:?}");
+        assert_eq!(first.figures["sessions"], 2.0);
+        assert!(first.reasons[0].starts_with("sshd alice pts/0 from 10.0.0.5, no input for 60m"), "{first:?}");
+        // bob's VS Code server works: its scope's CPU moves.
+        std::thread::sleep(Duration::from_millis(100));
+        std::fs::write(scope.join("cpu.stat"), "usage_usec 51000\n").unwrap();
+        let second = source.look(now);
+        assert_eq!(second.state, SignalState::Active, "{second:?}");
+        assert!(second.reasons[1].starts_with("sshd bob (no terminal) from 10.0.0.6, working at"), "{second:?}");
     }
 }
