@@ -5,6 +5,7 @@
 //! the clock, system paths and backoff.
 
 pub mod accounts;
+pub mod atomic;
 pub mod backoff;
 pub mod beneath;
 pub mod board;

@@ -130,11 +130,7 @@ fn check_config(
 fn save_last_good(paths: &SystemPaths, settings: &Settings) {
     let dir = paths.state_dir();
     let text = config::render_effective_toml(settings);
-    let written = std::fs::create_dir_all(&dir).and_then(|()| {
-        let temporary = dir.join(format!(".{LAST_GOOD_CONFIG}.tmp"));
-        std::fs::write(&temporary, text)?;
-        std::fs::rename(&temporary, dir.join(LAST_GOOD_CONFIG))
-    });
+    let written = crate::core::atomic::replace_file(&dir.join(LAST_GOOD_CONFIG), text.as_bytes(), 0o644);
     if let Err(err) = written {
         tracing::warn!("cannot keep the last good config in {}: {err}", dir.display());
     }

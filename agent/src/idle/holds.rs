@@ -6,8 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -131,20 +130,8 @@ impl Holds {
     }
 
     fn save(&self, holds: &[Hold]) -> io::Result<()> {
-        let dir = self.file.parent().ok_or_else(|| io::Error::other("holds file has no directory"))?;
-        fs::create_dir_all(dir)?;
-        let temporary = dir.join(".holds.json.tmp");
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&temporary)?;
-        file.write_all(&serde_json::to_vec_pretty(holds).map_err(io::Error::other)?)?;
-        file.sync_all()?;
-        fs::rename(&temporary, &self.file)?;
-        fs::File::open(dir)?.sync_all()
+        let body = serde_json::to_vec_pretty(holds).map_err(io::Error::other)?;
+        crate::core::atomic::replace_file(&self.file, &body, 0o644)
     }
 }
 

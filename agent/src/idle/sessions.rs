@@ -105,6 +105,29 @@ impl Sessions {
         })
     }
 
+    /// A session on a terminal: its reason, and whether its input is recent;
+    /// its last input goes into `latest`.
+    fn terminal(
+        &self,
+        what: &str,
+        user: &str,
+        tty: &str,
+        from: &str,
+        now: SystemTime,
+        latest: &mut Option<SystemTime>,
+    ) -> (String, bool) {
+        let Some(at) = self.tty_input(tty) else {
+            return (format!("{what} {user} {tty}{from}, terminal not found"), false);
+        };
+        *latest = Some(latest.map_or(at, |l| l.max(at)));
+        let ago = now.duration_since(at).unwrap_or_default();
+        if ago < RECENT_INPUT {
+            (format!("{what} {user} {tty}{from}, input {}s ago", ago.as_secs()), true)
+        } else {
+            (format!("{what} {user} {tty}{from}, no input for {}m", ago.as_secs() / 60), false)
+        }
+    }
+
     /// Sessions as logind records them; None where logind does not run.
     fn logind(&mut self, now: SystemTime) -> Option<(Sample, std::collections::HashSet<String>)> {
         let dir = self.paths.resolve("/run/systemd/sessions");
@@ -128,29 +151,9 @@ impl Sessions {
                 if session.remote_host.is_empty() { String::new() } else { format!(" from {}", session.remote_host) };
             let what = if session.service.is_empty() { "session".to_string() } else { session.service.clone() };
             if !session.tty.is_empty() {
-                match self.tty_input(&session.tty) {
-                    Some(at) => {
-                        latest = Some(latest.map_or(at, |l| l.max(at)));
-                        let ago = now.duration_since(at).unwrap_or_default();
-                        if ago < RECENT_INPUT {
-                            active = true;
-                            reasons.push(format!(
-                                "{what} {} {}{from}, input {}s ago",
-                                session.user,
-                                session.tty,
-                                ago.as_secs()
-                            ));
-                        } else {
-                            reasons.push(format!(
-                                "{what} {} {}{from}, no input for {}m",
-                                session.user,
-                                session.tty,
-                                ago.as_secs() / 60
-                            ));
-                        }
-                    }
-                    None => reasons.push(format!("{what} {} {}{from}, terminal not found", session.user, session.tty)),
-                }
+                let (reason, recent) = self.terminal(&what, &session.user, &session.tty, &from, now, &mut latest);
+                active |= recent;
+                reasons.push(reason);
                 continue;
             }
             // No terminal: working while the session's processes use CPU.
@@ -235,32 +238,11 @@ impl Sessions {
         let mut reasons = Vec::new();
         let mut active = false;
         for session in &sessions {
-            let input = self.tty_input(&session.line);
             let kind = if session.host.is_empty() { "local" } else { "ssh" };
             let from = if session.host.is_empty() { String::new() } else { format!(" from {}", session.host) };
-            match input {
-                Some(at) => {
-                    let ago = now.duration_since(at).unwrap_or_default();
-                    latest = Some(latest.map_or(at, |l| l.max(at)));
-                    if ago < RECENT_INPUT {
-                        active = true;
-                        reasons.push(format!(
-                            "{kind} {} {}{from}, input {}s ago",
-                            session.user,
-                            session.line,
-                            ago.as_secs()
-                        ));
-                    } else {
-                        reasons.push(format!(
-                            "{kind} {} {}{from}, no input for {}",
-                            session.user,
-                            session.line,
-                            crate::config::duration::format(Duration::from_secs(ago.as_secs() / 60 * 60))
-                        ));
-                    }
-                }
-                None => reasons.push(format!("{kind} {} {}{from}, terminal not found", session.user, session.line)),
-            }
+            let (reason, recent) = self.terminal(kind, &session.user, &session.line, &from, now, &mut latest);
+            active |= recent;
+            reasons.push(reason);
         }
         let state = if active { SignalState::Active } else { SignalState::Idle };
         Sample { state, last_activity: latest, reasons, figures: Default::default() }
@@ -341,7 +323,7 @@ mod tests {
         assert_eq!(sample.state, SignalState::Active);
         assert_eq!(sample.figures["sessions"], 2.0);
         assert!(sample.reasons[0].starts_with("ssh alice pts/3 from 10.0.0.5, input 10s ago"), "{:?}", sample.reasons);
-        assert!(sample.reasons[1].contains("bob pts/4, no input for 1h"), "{:?}", sample.reasons);
+        assert!(sample.reasons[1].contains("bob pts/4, no input for 60m"), "{:?}", sample.reasons);
         // A forgotten terminal: the session is there, but it is idle since its last input.
         set_atime("pts/3", now - Duration::from_secs(1800));
         let sample = Sessions::new(paths.clone(), None).look(now);

@@ -1,12 +1,10 @@
 //! What is remembered of each script across restarts and reboots: one small
 //! JSON file per script under `/var/lib/pool-agent/scripts/`, replaced
-//! atomically (write, fsync, rename, fsync the directory), so a crash leaves
-//! the old record or the new one, never half of either.
+//! atomically ([`crate::core::atomic`]).
 
 use serde::{Deserialize, Serialize};
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,21 +69,8 @@ impl Records {
     }
 
     pub fn store(&self, name: &str, record: &RunRecord) -> io::Result<()> {
-        fs::create_dir_all(&self.dir)?;
-        let target = self.file(name);
-        let temporary = self.dir.join(format!(".{name}.json.tmp"));
         let body = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&temporary)?;
-        file.write_all(&body)?;
-        file.sync_all()?;
-        fs::rename(&temporary, &target)?;
-        fs::File::open(&self.dir)?.sync_all()
+        crate::core::atomic::replace_file(&self.file(name), &body, 0o644)
     }
 }
 
