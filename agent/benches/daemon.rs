@@ -10,19 +10,15 @@
 //!   (process start-up, no request).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
+#[path = "common/mod.rs"]
+mod common;
+use common::*;
+
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const DAEMON: &str = env!("CARGO_BIN_EXE_pool-agentd");
-const CLI: &str = env!("CARGO_BIN_EXE_pool-agent");
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -88,19 +84,7 @@ fn main() {
     let root = dir.path().join("root");
     pool_agent::daemon::demo::prepare(&root).unwrap();
     let socket = root.join("run/pool-agent/agent.sock");
-    let mut daemon = Command::new(DAEMON)
-        .arg("--root")
-        .arg(&root)
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while UnixStream::connect(&socket).is_err() {
-        assert!(Instant::now() < deadline, "daemon did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let daemon = start_daemon(&root);
     std::thread::sleep(Duration::from_millis(500));
     let daemon_rss = rss_kib(daemon.id());
     let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
@@ -132,9 +116,7 @@ fn main() {
     });
     let rss_after = rss_kib(daemon.id());
     // A clean stop, so the demo's bind mount (as root) goes with it.
-    let pid = nix::unistd::Pid::from_raw(daemon.id() as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let _ = daemon.wait();
+    stop_daemon(daemon);
 
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!("| measure | pool-agent | baseline | ratio |");

@@ -4,13 +4,16 @@
 //! users in the same run. Root only: the users' homes belong to their uids.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
+#[path = "common/mod.rs"]
+mod common;
+use common::*;
+
 use std::fmt::Write as _;
 use std::os::unix::fs::chown;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const DAEMON: &str = env!("CARGO_BIN_EXE_pool-agentd");
 const FIRST_UID: u32 = 10_000;
 
 fn users(root: &Path, from: u32, count: u32) -> String {
@@ -54,14 +57,7 @@ fn main() {
     )
     .unwrap();
     let started = Instant::now();
-    let mut daemon = Command::new(DAEMON)
-        .arg("--root")
-        .arg(&root)
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut daemon = spawn_daemon(&root);
     let last = FIRST_UID + count - 1;
     while !(linked(&root, FIRST_UID) && linked(&root, last)) {
         assert!(started.elapsed() < Duration::from_secs(300), "the agent did not link {count} users");

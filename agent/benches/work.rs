@@ -10,18 +10,13 @@
 //!   `ss -tin` and `who`, what hand-made idle scripts run each time they look.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
-use std::os::unix::net::UnixStream;
+#[path = "common/mod.rs"]
+mod common;
+use common::*;
+
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-const DAEMON: &str = env!("CARGO_BIN_EXE_pool-agentd");
-const CLI: &str = env!("CARGO_BIN_EXE_pool-agent");
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
 
 /// utime + stime of a process, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
@@ -69,19 +64,7 @@ fn main() {
         std::fs::write(&passwd, users).unwrap();
     }
     let socket = root.join("run/pool-agent/agent.sock");
-    let mut daemon = Command::new(DAEMON)
-        .arg("--root")
-        .arg(&root)
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while UnixStream::connect(&socket).is_err() {
-        assert!(Instant::now() < deadline, "daemon did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let daemon = start_daemon(&root);
     let deadline = Instant::now() + Duration::from_secs(20);
     while last_success(&root).is_none() {
         assert!(Instant::now() < deadline, "the demo script never succeeded");
@@ -121,9 +104,7 @@ fn main() {
             .collect(),
     );
     let via_agent = median(runs);
-    let pid = nix::unistd::Pid::from_raw(daemon.id() as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let _ = daemon.wait();
+    stop_daemon(daemon);
 
     println!("| measure | pool-agent | baseline | ratio |");
     println!("| --- | --- | --- | --- |");
