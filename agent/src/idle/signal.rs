@@ -77,21 +77,3 @@ pub trait Source: Send {
     fn name(&self) -> &'static str;
     fn sample(&mut self, now: SystemTime) -> BoxFuture<'_, Sample>;
 }
-
-/// A source that answers what it is told: for tests.
-#[cfg(test)]
-pub struct FakeSource {
-    pub name: &'static str,
-    pub answer: std::sync::Arc<std::sync::Mutex<Sample>>,
-}
-
-#[cfg(test)]
-impl Source for FakeSource {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-    fn sample(&mut self, _now: SystemTime) -> BoxFuture<'_, Sample> {
-        let answer = self.answer.lock().unwrap().clone();
-        Box::pin(async move { answer })
-    }
-}
