@@ -134,8 +134,10 @@ fn a_process_burning_cpu_in_a_user_slice_keeps_the_vm_active_and_the_agent_s_own
 }
 
 #[test]
-fn a_hold_keeps_the_vm_active_until_released_and_only_its_owner_or_an_admin_releases_it() {
-    if !can_switch_uid("a_hold_keeps_the_vm_active_until_released_and_only_its_owner_or_an_admin_releases_it") {
+fn a_hold_keeps_the_vm_active_until_released_or_expired_and_only_its_owner_or_an_admin_releases_it() {
+    if !can_switch_uid(
+        "a_hold_keeps_the_vm_active_until_released_or_expired_and_only_its_owner_or_an_admin_releases_it",
+    ) {
         return;
     }
     let sandbox = Sandbox::new();
@@ -181,6 +183,14 @@ fn a_hold_keeps_the_vm_active_until_released_and_only_its_owner_or_an_admin_rele
     let out = sandbox.cli_as(USER_UID, &["hold", "1h", "--json"]);
     let id: String = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"].as_str().unwrap().into();
     assert!(sandbox.cli_as(ADMIN_UID, &["hold", "release", &id]).status.success());
+    wait_signal(&sandbox, "holds", "idle", Duration::from_secs(10));
+    // A hold ends by itself when it expires.
+    let out = sandbox.cli_as(USER_UID, &["hold", "3s", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let held = Instant::now();
+    wait_signal(&sandbox, "holds", "active", Duration::from_secs(5));
+    wait_signal(&sandbox, "holds", "idle", Duration::from_secs(10));
+    assert!(held.elapsed() >= Duration::from_secs(2), "idle again only once the hold expired");
 }
 
 /// Plays JupyterHub (`/hub/api/users`) and alice's server behind it
