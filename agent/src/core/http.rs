@@ -5,7 +5,7 @@
 use axum::handler::Handler;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::MethodRouter;
+use axum::routing::{MethodFilter, MethodRouter};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
@@ -54,58 +54,69 @@ pub struct Route {
 }
 
 impl Route {
-    pub fn get<H, T>(path: &'static str, access: Access, handler: H) -> Self
+    /// A route whose handler needs no state of its own.
+    fn plain<H, T>(method: Method, filter: MethodFilter, path: &'static str, access: Access, handler: H) -> Self
     where
         H: Handler<T, ()>,
         T: 'static,
     {
-        Self { method: Method::GET, path, access, handler: axum::routing::get(handler) }
+        Self { method, path, access, handler: axum::routing::on(filter, handler) }
     }
 
-    pub fn post<H, T>(path: &'static str, access: Access, handler: H) -> Self
+    /// A route whose handler reads the capability's own state (`State<S>`).
+    fn stateful<H, T, S>(
+        method: Method,
+        filter: MethodFilter,
+        path: &'static str,
+        access: Access,
+        state: S,
+        handler: H,
+    ) -> Self
     where
-        H: Handler<T, ()>,
+        H: Handler<T, S>,
         T: 'static,
+        S: Clone + Send + Sync + 'static,
     {
-        Self { method: Method::POST, path, access, handler: axum::routing::post(handler) }
+        Self { method, path, access, handler: axum::routing::on(filter, handler).with_state(state) }
     }
 
-    /// A GET route whose handler reads the capability's own state (`State<S>`).
+    pub fn get<H: Handler<T, ()>, T: 'static>(path: &'static str, access: Access, handler: H) -> Self {
+        Self::plain(Method::GET, MethodFilter::GET, path, access, handler)
+    }
+
+    pub fn post<H: Handler<T, ()>, T: 'static>(path: &'static str, access: Access, handler: H) -> Self {
+        Self::plain(Method::POST, MethodFilter::POST, path, access, handler)
+    }
+
+    pub fn delete<H: Handler<T, ()>, T: 'static>(path: &'static str, access: Access, handler: H) -> Self {
+        Self::plain(Method::DELETE, MethodFilter::DELETE, path, access, handler)
+    }
+
     pub fn get_with<H, T, S>(path: &'static str, access: Access, state: S, handler: H) -> Self
     where
         H: Handler<T, S>,
         T: 'static,
         S: Clone + Send + Sync + 'static,
     {
-        Self { method: Method::GET, path, access, handler: axum::routing::get(handler).with_state(state) }
+        Self::stateful(Method::GET, MethodFilter::GET, path, access, state, handler)
     }
 
-    /// A POST route whose handler reads the capability's own state (`State<S>`).
     pub fn post_with<H, T, S>(path: &'static str, access: Access, state: S, handler: H) -> Self
     where
         H: Handler<T, S>,
         T: 'static,
         S: Clone + Send + Sync + 'static,
     {
-        Self { method: Method::POST, path, access, handler: axum::routing::post(handler).with_state(state) }
+        Self::stateful(Method::POST, MethodFilter::POST, path, access, state, handler)
     }
 
-    /// A DELETE route whose handler reads the capability's own state (`State<S>`).
     pub fn delete_with<H, T, S>(path: &'static str, access: Access, state: S, handler: H) -> Self
     where
         H: Handler<T, S>,
         T: 'static,
         S: Clone + Send + Sync + 'static,
     {
-        Self { method: Method::DELETE, path, access, handler: axum::routing::delete(handler).with_state(state) }
-    }
-
-    pub fn delete<H, T>(path: &'static str, access: Access, handler: H) -> Self
-    where
-        H: Handler<T, ()>,
-        T: 'static,
-    {
-        Self { method: Method::DELETE, path, access, handler: axum::routing::delete(handler) }
+        Self::stateful(Method::DELETE, MethodFilter::DELETE, path, access, state, handler)
     }
 }
 

@@ -42,8 +42,6 @@ pub struct SmbMount {
 pub struct ScriptsNews {
     /// Names of the scripts running now.
     pub running: Vec<String>,
-    /// The uids they run as (their CPU counts as a script's, not a user's).
-    pub running_uids: Vec<u32>,
 }
 
 /// The idle verdict, for Azure reporting (metrics, scale-in protection,
@@ -113,11 +111,7 @@ impl SharedState {
     }
 
     pub fn publish_scripts(&self, news: ScriptsNews) {
-        self.scripts.send_if_modified(|current| {
-            let changed = *current != news;
-            *current = news;
-            changed
-        });
+        publish_if_changed(&self.scripts, news);
     }
 
     pub fn scripts(&self) -> ScriptsNews {
@@ -126,11 +120,7 @@ impl SharedState {
 
     /// Published by idle after every sample.
     pub fn publish_idle(&self, news: IdleNews) {
-        self.idle.send_if_modified(|current| {
-            let changed = *current != news;
-            *current = news;
-            changed
-        });
+        publish_if_changed(&self.idle, news);
     }
 
     pub fn idle(&self) -> IdleNews {
@@ -143,11 +133,7 @@ impl SharedState {
 
     /// Published by the share capability; readers are woken only by a real change.
     pub fn publish_share(&self, news: ShareNews) {
-        self.share.send_if_modified(|current| {
-            let changed = *current != news;
-            *current = news;
-            changed
-        });
+        publish_if_changed(&self.share, news);
     }
 
     pub fn share(&self) -> ShareNews {
@@ -158,6 +144,15 @@ impl SharedState {
     pub fn watch_share(&self) -> watch::Receiver<ShareNews> {
         self.share.subscribe()
     }
+}
+
+/// Replaces the news; readers are woken only by a real change.
+fn publish_if_changed<T: PartialEq>(sender: &watch::Sender<T>, news: T) {
+    sender.send_if_modified(|current| {
+        let changed = *current != news;
+        *current = news;
+        changed
+    });
 }
 
 #[cfg(test)]

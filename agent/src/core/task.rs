@@ -70,6 +70,32 @@ impl TaskContext {
     }
 }
 
+#[cfg(test)]
+impl TaskContext {
+    /// A context for one capability's task in a sandbox under `root`, with a
+    /// board of its own; the sender changes the settings the task sees.
+    pub fn for_test(
+        id: ComponentId,
+        root: &std::path::Path,
+        settings: Arc<Settings>,
+    ) -> (Self, watch::Sender<Arc<Settings>>) {
+        let clock = super::clock::system();
+        let paths = SystemPaths::under(root);
+        let (settings_tx, settings) = watch::channel(settings);
+        let ctx = Self {
+            id,
+            board: Arc::new(super::board::StatusBoard::new(clock.clone(), &[], &[id])),
+            settings,
+            accounts: AccountsView::for_paths(&paths),
+            paths: Arc::new(paths),
+            clock,
+            shared: SharedState::new(),
+            shutdown: CancellationToken::new(),
+        };
+        (ctx, settings_tx)
+    }
+}
+
 /// Runs filesystem work that may block (a path on a hung network mount) on a
 /// blocking thread, under a deadline. A call stuck in the kernel keeps its
 /// thread; the daemon abandons such threads at stop (see the daemon's

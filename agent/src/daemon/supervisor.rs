@@ -87,30 +87,15 @@ impl Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::accounts::AccountsView;
-    use crate::core::board::StatusBoard;
     use crate::core::http::Route;
-    use crate::core::paths::SystemPaths;
-    use crate::core::shared::SharedState;
     use crate::core::task::TaskResult;
     use futures_util::future::BoxFuture;
     use std::sync::atomic::{AtomicU32, Ordering};
-    use tokio::sync::watch;
 
     fn context(shutdown: CancellationToken) -> TaskContext {
-        let clock = crate::core::clock::system();
         let settings = Arc::new(crate::config::load_str(std::path::Path::new("c.toml"), "").unwrap());
-        let paths = SystemPaths::under("/nonexistent");
-        TaskContext {
-            id: ComponentId::Links,
-            board: Arc::new(StatusBoard::new(clock.clone(), &[], &[ComponentId::Links])),
-            settings: watch::channel(settings).1,
-            accounts: AccountsView::for_paths(&paths),
-            paths: Arc::new(paths),
-            clock,
-            shared: SharedState::new(),
-            shutdown,
-        }
+        let (ctx, _) = TaskContext::for_test(ComponentId::Links, std::path::Path::new("/nonexistent"), settings);
+        TaskContext { shutdown, ..ctx }
     }
 
     /// A capability whose first `failures` runs fail, then it stays up.

@@ -45,11 +45,17 @@ const SOURCE_DEADLINE: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct Idle {
     report: Arc<Mutex<IdleReport>>,
-    /// Loaded at the task's start (the state directory comes with the context).
-    holds: Arc<OnceLock<Holds>>,
+    /// Set at the task's start: what the hold routes need of the task's context.
+    started: Arc<OnceLock<Started>>,
     clock: crate::core::clock::SharedClock,
-    settings: Arc<Mutex<Option<Arc<Settings>>>>,
-    accounts: Arc<OnceLock<crate::core::accounts::AccountsView>>,
+}
+
+/// The holds (their file is under the state directory the context names),
+/// the accounts view (owners' names) and the settings in force (max_hold).
+struct Started {
+    holds: Holds,
+    accounts: crate::core::accounts::AccountsView,
+    settings: tokio::sync::watch::Receiver<Arc<Settings>>,
 }
 
 impl Idle {
@@ -60,23 +66,13 @@ impl Idle {
                 action: "report".into(),
                 ..Default::default()
             })),
-            holds: Arc::new(OnceLock::new()),
+            started: Arc::new(OnceLock::new()),
             clock,
-            settings: Arc::new(Mutex::new(None)),
-            accounts: Arc::new(OnceLock::new()),
         }
     }
 
     pub fn report(&self) -> IdleReport {
         self.report.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn max_hold(&self) -> Duration {
-        self.settings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map_or(crate::config::DEFAULT_MAX_HOLD, |s| s.idle.max_hold)
     }
 }
 
@@ -116,14 +112,15 @@ async fn idle_report(State(idle): State<Idle>) -> Json<IdleReport> {
     Json(idle.report())
 }
 
-fn holds_or_unavailable(idle: &Idle) -> Result<&Holds, ApiError> {
-    idle.holds.get().ok_or_else(|| ApiError::Unavailable("the idle task is starting; try again in a moment".into()))
+fn started_or_unavailable(idle: &Idle) -> Result<&Started, ApiError> {
+    idle.started.get().ok_or_else(|| ApiError::Unavailable("the idle task is starting; try again in a moment".into()))
 }
 
 async fn list_holds(State(idle): State<Idle>, Extension(caller): Extension<Caller>) -> Response {
-    match holds_or_unavailable(&idle) {
-        Ok(holds) => {
-            let live: Vec<Hold> = holds
+    match started_or_unavailable(&idle) {
+        Ok(started) => {
+            let live: Vec<Hold> = started
+                .holds
                 .live(idle.clock.now())
                 .into_iter()
                 .filter(|h| caller.admin || h.owner_uid == caller.peer.uid)
@@ -139,22 +136,22 @@ async fn add_hold(
     Extension(caller): Extension<Caller>,
     Json(request): Json<HoldRequest>,
 ) -> Response {
-    let holds = match holds_or_unavailable(&idle) {
-        Ok(holds) => holds,
+    let started = match started_or_unavailable(&idle) {
+        Ok(started) => started,
         Err(err) => return err.into_response(),
     };
     let duration = match crate::config::duration::parse(&request.duration) {
         Ok(duration) => duration,
         Err(why) => return ApiError::BadRequest(format!("duration {:?}: {why}", request.duration)).into_response(),
     };
-    let owner = idle
+    let owner = started
         .accounts
-        .get()
-        .and_then(|accounts| accounts.user_with_groups(caller.peer.uid))
+        .user_with_groups(caller.peer.uid)
         .map(|(account, _)| account.name)
         .unwrap_or_else(|| format!("uid {}", caller.peer.uid));
     let reason = request.reason.unwrap_or_default();
-    match holds.add(caller.peer.uid, &owner, duration, &reason, idle.max_hold(), idle.clock.now()) {
+    let max_hold = started.settings.borrow().idle.max_hold;
+    match started.holds.add(caller.peer.uid, &owner, duration, &reason, max_hold, idle.clock.now()) {
         Ok(hold) => {
             tracing::info!("hold {} by {owner} until {}: {reason}", hold.id, hold.expires);
             (StatusCode::CREATED, Json(hold)).into_response()
@@ -168,11 +165,11 @@ async fn release_hold(
     Extension(caller): Extension<Caller>,
     UrlPath(id): UrlPath<String>,
 ) -> Response {
-    let holds = match holds_or_unavailable(&idle) {
-        Ok(holds) => holds,
+    let started = match started_or_unavailable(&idle) {
+        Ok(started) => started,
         Err(err) => return err.into_response(),
     };
-    match holds.release(&id, caller.peer.uid, caller.admin, idle.clock.now()) {
+    match started.holds.release(&id, caller.peer.uid, caller.admin, idle.clock.now()) {
         Ok(hold) => {
             tracing::info!("hold {} of {} released by uid {}", hold.id, hold.owner, caller.peer.uid);
             Json(hold).into_response()
@@ -198,7 +195,7 @@ impl Source for HoldsSource {
         "holds"
     }
     fn sample(&mut self, now: SystemTime) -> BoxFuture<'_, Sample> {
-        let live = self.0.holds.get().map(|h| h.live(now)).unwrap_or_default();
+        let live = self.0.started.get().map(|s| s.holds.live(now)).unwrap_or_default();
         Box::pin(async move {
             let sample = if live.is_empty() {
                 Sample::idle("no holds")
@@ -269,11 +266,13 @@ fn booted_at(now: std::time::Instant) -> std::time::Instant {
 }
 
 async fn run(ctx: TaskContext, idle: Idle) -> TaskResult {
-    let _ = idle.holds.set(Holds::load(ctx.paths.state_dir().join("holds.json")));
-    let _ = idle.accounts.set(ctx.accounts.clone());
+    let _ = idle.started.set(Started {
+        holds: Holds::load(ctx.paths.state_dir().join("holds.json")),
+        accounts: ctx.accounts.clone(),
+        settings: ctx.settings.clone(),
+    });
     let mut settings_rx = ctx.settings.clone();
     let mut settings = settings_rx.borrow_and_update().clone();
-    *idle.settings.lock().unwrap_or_else(|p| p.into_inner()) = Some(settings.clone());
     let mut sources = sources(&ctx, &idle, &settings);
     let start = ctx.clock.monotonic();
     let booted = booted_at(start);
@@ -297,7 +296,6 @@ async fn run(ctx: TaskContext, idle: Idle) -> TaskResult {
                     }
                 }
                 settings = next;
-                *idle.settings.lock().unwrap_or_else(|p| p.into_inner()) = Some(settings.clone());
                 continue;
             }
             _ = ticker.tick() => {}

@@ -29,11 +29,11 @@ use nix::sys::signal::Signal;
 use plan::{Planned, Vetted};
 use record::{boot_id, Outcome, Records, RunRecord};
 use report::{LogChunk, ScriptReport, ScriptState, ScriptsReport};
-use runner::{DirectRunner, Handle, Job, ProcessRunner, SystemdRunner};
+use runner::{DirectRunner, Handle, Job, Launched, ProcessRunner, SystemdRunner};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncBufReadExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 use tokio::sync::mpsc;
 
 /// After a script exits, how long its output may still come (a daemon it
@@ -77,10 +77,8 @@ impl Scripts {
         self.report.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn update(&self, change: impl FnOnce(&mut ScriptsReport)) -> ScriptsReport {
-        let mut report = self.report.lock().unwrap_or_else(|p| p.into_inner());
-        change(&mut report);
-        report.clone()
+    fn update(&self, change: impl FnOnce(&mut ScriptsReport)) {
+        change(&mut self.report.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
     fn update_script(&self, name: &str, change: impl FnOnce(&mut ScriptReport)) {
@@ -251,7 +249,7 @@ async fn run(ctx: TaskContext, scripts: Scripts) -> TaskResult {
                     if changed.is_err() {
                         return Ok(());
                     }
-                    batch.copy_pending_logs(&settings).await;
+                    batch.copy_pending_logs().await;
                 }
             }
         }
@@ -378,7 +376,7 @@ impl Batch {
         }
         self.set_phase("done");
         self.publish_board();
-        self.copy_pending_logs(settings).await;
+        self.copy_pending_logs().await;
     }
 
     /// Whether the record says this script needs no run now: a `once`
@@ -498,20 +496,7 @@ impl Batch {
             timeout: script.timeout,
             grace,
         };
-        let mut record = RunRecord {
-            content_hash: vetted.content_hash.clone(),
-            outcome: Outcome::Running,
-            boot_id: self.boot.clone(),
-            started: started.clone(),
-            finished: None,
-            duration_seconds: None,
-            exit_code: None,
-            signal: None,
-            pid: None,
-            pid_start: None,
-            unit: None,
-            log_on_share: false,
-        };
+        let mut record = RunRecord::running(&vetted.content_hash, &self.boot, &started);
         self.store(&name, &record).await;
         let log_path = self.log_path(&name);
         let header = format!(
@@ -559,7 +544,7 @@ impl Batch {
             row.duration_seconds = Some(0.0);
             row.content_hash = vetted.content_hash.clone();
         });
-        self.publish_running(Some((&name, vetted.account.uid)));
+        self.publish_running(Some(&name));
         self.publish_board();
         let Launched { mut child, output, handle, .. } = launched;
         let pump = tokio::spawn(pump_output(output, log, name.clone(), self.ctx.clock.clone()));
@@ -619,13 +604,14 @@ impl Batch {
         };
         // Output still coming after the exit is a leftover holding stdout:
         // stop what is left, so nothing outlives the run and the runner never hangs.
-        let drained = tokio::time::timeout(OUTPUT_DRAIN, wait_pump(&pump)).await.is_ok();
+        let mut pump = pump;
+        let drained = tokio::time::timeout(OUTPUT_DRAIN, &mut pump).await.is_ok();
         let leftovers = self.any_left(&handle).await;
         if leftovers {
             self.stop_all(&handle, grace).await;
         }
         if !drained {
-            let _ = tokio::time::timeout(Duration::from_secs(1), wait_pump(&pump)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), &mut pump).await;
             pump.abort();
         }
         self.runner.finished(&job);
@@ -731,9 +717,9 @@ impl Batch {
         }
     }
 
-    fn publish_running(&self, running: Option<(&str, u32)>) {
+    fn publish_running(&self, running: Option<&str>) {
         let news = match running {
-            Some((name, uid)) => ScriptsNews { running: vec![name.to_string()], running_uids: vec![uid] },
+            Some(name) => ScriptsNews { running: vec![name.to_string()] },
             None => ScriptsNews::default(),
         };
         self.ctx.shared.publish_scripts(news);
@@ -816,7 +802,8 @@ impl Batch {
         }
     }
 
-    async fn copy_pending_logs(&self, _settings: &Arc<Settings>) {
+    /// Logs of runs not yet on the share (it was down, or came later).
+    async fn copy_pending_logs(&self) {
         if !matches!(self.ctx.shared.share(), ShareNews::Mounted { .. }) {
             return;
         }
@@ -829,19 +816,10 @@ impl Batch {
             .map(|s| s.name.clone())
             .collect();
         for name in names {
-            let pending = self.records.load(&name).is_some_and(|r| !r.log_on_share || r.outcome == Outcome::Running);
-            if pending || self.log_path(&name).exists() {
+            if self.records.load(&name).is_some_and(|r| !r.log_on_share) {
                 self.copy_log(&name).await;
             }
         }
-    }
-}
-
-use runner::Launched;
-
-async fn wait_pump(pump: &tokio::task::JoinHandle<()>) {
-    while !pump.is_finished() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -872,8 +850,6 @@ async fn pump_output(
         }
     }
 }
-
-use tokio::io::AsyncReadExt;
 
 fn append_line(path: &std::path::Path, stamp: &str, text: &str) {
     if let Ok(mut log) = log::LogFile::open(path) {

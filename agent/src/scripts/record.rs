@@ -48,6 +48,26 @@ pub struct RunRecord {
     pub log_on_share: bool,
 }
 
+impl RunRecord {
+    /// What is written before a run starts: `running`, nothing known of its end.
+    pub fn running(content_hash: &str, boot_id: &str, started: &str) -> Self {
+        Self {
+            content_hash: content_hash.to_string(),
+            outcome: Outcome::Running,
+            boot_id: boot_id.to_string(),
+            started: started.to_string(),
+            finished: None,
+            duration_seconds: None,
+            exit_code: None,
+            signal: None,
+            pid: None,
+            pid_start: None,
+            unit: None,
+            log_on_share: false,
+        }
+    }
+}
+
 pub struct Records {
     dir: PathBuf,
 }
@@ -98,18 +118,9 @@ mod tests {
         let records = Records::new(tmp.path().join("scripts"));
         assert_eq!(records.load("10-a"), None);
         let record = RunRecord {
-            content_hash: "abc".into(),
-            outcome: Outcome::Running,
-            boot_id: boot_id(),
-            started: "2026-11-23T10:00:00Z".into(),
-            finished: None,
-            duration_seconds: None,
-            exit_code: None,
-            signal: None,
             pid: Some(std::process::id()),
             pid_start: process_start(std::process::id()),
-            unit: None,
-            log_on_share: false,
+            ..RunRecord::running("abc", &boot_id(), "2026-11-23T10:00:00Z")
         };
         records.store("10-a", &record).unwrap();
         fs::write(tmp.path().join("scripts/.10-a.json.tmp"), "{\"content_ha").unwrap();

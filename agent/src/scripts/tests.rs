@@ -4,9 +4,7 @@
 
 use super::*;
 use crate::config;
-use crate::core::accounts::AccountsView;
 use crate::core::board::StatusBoard;
-use crate::core::paths::SystemPaths;
 use crate::core::shared::SharedState;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -20,6 +18,8 @@ struct Rig {
     shared: SharedState,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<TaskResult>,
+    /// Kept so the task's settings channel stays open.
+    _settings: watch::Sender<Arc<crate::config::Settings>>,
 }
 
 fn sandbox() -> tempfile::TempDir {
@@ -44,28 +44,13 @@ fn script(dir: &Path, name: &str, body: &str) {
 fn start(dir: &Path, extra: &str) -> Rig {
     let text = format!("[instance]\nlocal_user = \"tester\"\nname = \"vm-test\"\nworkspace = \"ws\"\n{extra}");
     let settings = Arc::new(config::load_str(Path::new("c.toml"), &text).unwrap());
-    let clock = crate::core::clock::system();
-    let board = Arc::new(StatusBoard::new(clock.clone(), &[], &[ComponentId::Scripts]));
-    let (_tx, settings_rx) = watch::channel(settings);
-    std::mem::forget(_tx);
-    let paths = SystemPaths::under(dir);
-    let shared = SharedState::new();
+    let (ctx, settings_tx) = TaskContext::for_test(ComponentId::Scripts, dir, settings);
+    let (board, shared, shutdown) = (ctx.board.clone(), ctx.shared.clone(), ctx.shutdown.clone());
     shared.publish_instance_name("vm-test");
-    let shutdown = CancellationToken::new();
-    let ctx = TaskContext {
-        id: ComponentId::Scripts,
-        board: board.clone(),
-        settings: settings_rx,
-        accounts: AccountsView::for_paths(&paths),
-        paths: Arc::new(paths),
-        clock,
-        shared: shared.clone(),
-        shutdown: shutdown.clone(),
-    };
     let mut scripts = Scripts::new(crate::core::clock::system());
     scripts.runner = Some(Arc::new(DirectRunner));
     let task = tokio::spawn(run(ctx, scripts.clone()));
-    Rig { scripts, board, shared, shutdown, task }
+    Rig { scripts, board, shared, shutdown, task, _settings: settings_tx }
 }
 
 impl Rig {
@@ -232,18 +217,9 @@ async fn a_run_the_agent_lost_is_reported_interrupted_its_leftover_stopped_and_i
         .store(
             "10-a",
             &RunRecord {
-                content_hash: "old".into(),
-                outcome: Outcome::Running,
-                boot_id: boot_id(),
-                started: "2026-11-23T10:00:00Z".into(),
-                finished: None,
-                duration_seconds: None,
-                exit_code: None,
-                signal: None,
                 pid: Some(pid),
                 pid_start: record::process_start(pid),
-                unit: None,
-                log_on_share: false,
+                ..RunRecord::running("old", &boot_id(), "2026-11-23T10:00:00Z")
             },
         )
         .unwrap();

@@ -4,12 +4,9 @@
 use super::probe::{ProbeOutcome, Prober};
 use super::*;
 use crate::config;
-use crate::core::accounts::AccountsView;
 use crate::core::board::StatusBoard;
 use crate::core::mount::{MountCall, MountError, Mounter};
 use crate::core::mountinfo::MountEntry;
-use crate::core::paths::SystemPaths;
-use crate::core::shared::SharedState;
 use futures_util::future::BoxFuture;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -132,22 +129,9 @@ impl Rig {
             Arc::new(FakeMounter(mounts.clone())),
             Arc::new(FakeProber(healthy.clone())),
         );
-        let board = Arc::new(StatusBoard::new(clock.clone(), &[], &[ComponentId::Share]));
         let settings = Arc::new(config::load_str(Path::new("c.toml"), config_text).unwrap());
-        let shutdown = CancellationToken::new();
-        let (settings_tx, settings_rx) = watch::channel(settings);
-        let paths = SystemPaths::under(dir.path());
-        let shared = SharedState::new();
-        let ctx = TaskContext {
-            id: ComponentId::Share,
-            board: board.clone(),
-            settings: settings_rx,
-            accounts: AccountsView::for_paths(&paths),
-            paths: Arc::new(paths),
-            clock,
-            shared: shared.clone(),
-            shutdown: shutdown.clone(),
-        };
+        let (ctx, settings_tx) = TaskContext::for_test(ComponentId::Share, dir.path(), settings);
+        let (board, shutdown) = (ctx.board.clone(), ctx.shutdown.clone());
         let task = Some(tokio::spawn(run(ctx, handle.clone())));
         Rig { dir, mounts, healthy, handle, board, shutdown, settings: settings_tx, task }
     }
