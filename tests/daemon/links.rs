@@ -110,19 +110,58 @@ fn a_user_added_by_rename_is_linked_within_a_second_without_a_sync() {
     let _daemon = sandbox.start();
     wait_linked(&sandbox, &["alice", "bob", "carol"]);
     give_home(&sandbox, "dave", DAVE_UID);
-    // As useradd does: a new file renamed over the old one.
-    let passwd = sandbox.root().join("etc/passwd");
-    let next = sandbox.root().join("etc/passwd+");
-    let mut text = std::fs::read_to_string(&passwd).unwrap();
-    text.push_str(&format!("dave:x:{DAVE_UID}:{DAVE_UID}::/home/dave:/bin/bash\n"));
-    std::fs::write(&next, text).unwrap();
     let link = sandbox.root().join("home/dave/notebooks/remote");
     let started = Instant::now();
-    std::fs::rename(&next, &passwd).unwrap();
+    useradd_by_rename(&sandbox, "dave", DAVE_UID);
     let linked = eventually(Duration::from_secs(1), || std::fs::read_link(&link).ok());
     let took = started.elapsed();
     assert_eq!(linked, Some(share_root(&sandbox).join("notebooks/dave")), "dave not linked within a second ({took:?})");
     println!("useradd-to-link: {took:?}");
+}
+
+/// Adds `user` to the passwd file as useradd does: a new file renamed over the old one.
+fn useradd_by_rename(sandbox: &Sandbox, user: &str, uid: u32) {
+    let passwd = sandbox.root().join("etc/passwd");
+    let next = sandbox.root().join("etc/passwd+");
+    let mut text = std::fs::read_to_string(&passwd).unwrap();
+    text.push_str(&format!("{user}:x:{uid}:{uid}::/home/{user}:/bin/bash\n"));
+    std::fs::write(&next, text).unwrap();
+    std::fs::rename(&next, &passwd).unwrap();
+}
+
+#[test]
+fn a_user_added_while_the_first_pass_runs_is_linked_without_waiting_for_the_resync() {
+    if !needs_root("a_user_added_while_the_first_pass_runs_is_linked_without_waiting_for_the_resync") {
+        return;
+    }
+    // Enough users that the first pass is still going when the socket answers.
+    const MANY: u32 = 3000;
+    const FIRST: u32 = 20_000;
+    let sandbox = sandbox_with_users();
+    let passwd = sandbox.root().join("etc/passwd");
+    let mut text = std::fs::read_to_string(&passwd).unwrap();
+    for uid in FIRST..FIRST + MANY {
+        give_home(&sandbox, &format!("u{uid}"), uid);
+        text.push_str(&format!("u{uid}:x:{uid}:{uid}::/home/u{uid}:/bin/bash\n"));
+    }
+    std::fs::write(&passwd, text).unwrap();
+    // The share used in place: no mount to come that would start a second pass.
+    sandbox.write_config("[share]\nkind = \"local\"\npath = \"/srv/share\"\nmount_point = \"/srv/share\"\n");
+    give_home(&sandbox, "dave", DAVE_UID);
+    let _daemon = sandbox.start();
+    // Workers take the users in chunks: the first of a chunk linked means the pass has begun.
+    let first_linked = sandbox.root().join(format!("home/u{FIRST}/notebooks/remote"));
+    let last_linked = sandbox.root().join(format!("home/u{}/notebooks/remote", FIRST + MANY - 1));
+    eventually(Duration::from_secs(30), || first_linked.symlink_metadata().ok()).expect("the first pass began");
+    useradd_by_rename(&sandbox, "dave", DAVE_UID);
+    let pass_was_running = last_linked.symlink_metadata().is_err();
+    println!("the first pass was still running when dave was added: {pass_was_running}");
+    // The resync interval is a minute: only the watch can link dave sooner.
+    let link = sandbox.root().join("home/dave/notebooks/remote");
+    let added = Instant::now();
+    let linked = eventually(Duration::from_secs(40), || std::fs::read_link(&link).ok());
+    println!("dave linked {:?} after being added", added.elapsed());
+    assert_eq!(linked, Some(sandbox.root().join("srv/share/notebooks/dave")), "dave added during the first pass");
 }
 
 #[test]

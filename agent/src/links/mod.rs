@@ -132,6 +132,10 @@ async fn run(ctx: TaskContext, links: Links) -> TaskResult {
         if let ShareNews::Mounted { root, .. } = &share {
             last_root = Some(root.clone());
         }
+        // Watch before the pass: a user added while it runs (the first one
+        // can take a second for thousands of users) starts another pass
+        // instead of waiting for the resync interval.
+        watcher.watch(&ctx, &settings, &links.report());
         if scope == Scope::NewUsers {
             // A user was added: link them first, then look at everyone.
             pass(&ctx, &settings, &share, last_root.clone(), &links, Scope::NewUsers).await?;
