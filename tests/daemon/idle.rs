@@ -272,3 +272,26 @@ fn a_busy_kernel_without_a_connection_keeps_the_vm_active_and_idle_kernels_do_no
     let human = stdout(&sandbox.cli(&["idle"]));
     assert!(human.starts_with("verdict: active") && human.contains("jupyter"), "{human}");
 }
+
+#[test]
+fn every_signal_is_reported_and_a_machine_without_a_gpu_driver_has_the_gpu_signal_absent() {
+    let sandbox = Sandbox::new();
+    sandbox.write_config(&config(""));
+    let _daemon = sandbox.start();
+    let verdict = eventually(Duration::from_secs(10), || {
+        Some(idle_json(&sandbox)).filter(|v| v["signals"].as_array().is_some_and(|s| !s.is_empty()))
+    })
+    .expect("a first sample");
+    let names: Vec<&str> = verdict["signals"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["sessions", "connections", "jupyter", "cpu", "gpu", "scripts", "holds"], "{verdict:#}");
+    if std::path::Path::new("/dev/nvidiactl").exists() {
+        skip_note("SKIP gpu half of every_signal_is_reported...: this machine has an NVIDIA driver");
+        return;
+    }
+    let gpu = signal(&sandbox, "gpu");
+    assert_eq!(gpu["state"], "absent", "{gpu:#}");
+    assert!(gpu["reasons"][0].as_str().unwrap().starts_with("no NVIDIA driver"), "{gpu:#}");
+    // Absent is not activity: the gpu is not among the reasons.
+    let reasons = verdict["reasons"].as_array().unwrap();
+    assert!(reasons.iter().all(|r| !r.as_str().unwrap().starts_with("gpu")), "{verdict:#}");
+}

@@ -270,6 +270,12 @@ impl AccountsView {
         found
     }
 
+    /// The name of the user with `uid`, looked up now (a user added since
+    /// start has one), or None for a uid no source knows.
+    pub fn user_name(&self, uid: u32) -> Option<String> {
+        self.user_with_groups(uid).map(|(account, _)| account.name)
+    }
+
     /// Root, or a member of `admin_group`: by the connection's gid, the user's
     /// primary group, the group's member list or any supplementary (NSS) group.
     pub fn is_admin(&self, uid: u32, gid: u32, admin_group: &str) -> bool {

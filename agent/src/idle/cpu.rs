@@ -7,6 +7,7 @@
 //! `idle.cpu_percent` of one core.
 
 use super::signal::{Sample, Source};
+use crate::core::accounts::AccountsView;
 use futures_util::future::BoxFuture;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -73,20 +74,20 @@ pub struct Cpu {
     min_uid: u32,
     percent: f64,
     window: Duration,
-    names: HashMap<u32, String>,
+    accounts: AccountsView,
     history: HashMap<u32, VecDeque<(Instant, u64)>>,
 }
 
 impl Cpu {
-    /// `names`: user names by uid, for reasons.
+    /// `accounts`: to name users in reasons.
     pub fn new(
         cgroup_root: Option<PathBuf>,
         min_uid: u32,
         percent: f64,
         window: Duration,
-        names: HashMap<u32, String>,
+        accounts: AccountsView,
     ) -> Self {
-        Self { cgroup_root, min_uid, percent, window, names, history: HashMap::new() }
+        Self { cgroup_root, min_uid, percent, window, accounts, history: HashMap::new() }
     }
 
     fn look(&mut self) -> Sample {
@@ -112,7 +113,7 @@ impl Cpu {
             let percent = last.saturating_sub(*first) as f64 / span.as_micros() as f64 * 100.0;
             total_percent += percent;
             if percent >= self.percent {
-                let who = self.names.get(uid).cloned().unwrap_or_else(|| format!("uid {uid}"));
+                let who = self.accounts.user_name(*uid).unwrap_or_else(|| format!("uid {uid}"));
                 reasons.push(format!("{who} at {percent:.0}% of a core (over {}s)", span.as_secs()));
             }
         }
@@ -138,7 +139,14 @@ impl Source for Cpu {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::accounts::AccountSource;
     use crate::idle::signal::SignalState;
+
+    /// The accounts view looks at the files' stamps at most this often.
+    #[allow(clippy::disallowed_methods)]
+    fn accounts_changed() {
+        std::thread::sleep(Duration::from_millis(1100));
+    }
 
     #[test]
     #[allow(clippy::disallowed_methods)] // real time must pass between two readings
@@ -147,17 +155,27 @@ mod tests {
         let slice = tmp.path().join("user.slice/user-1001.slice");
         std::fs::create_dir_all(&slice).unwrap();
         std::fs::write(slice.join("cpu.stat"), "usage_usec 1000000\nuser_usec 1\n").unwrap();
-        let names = HashMap::from([(1001, "alice".to_string())]);
-        let mut cpu = Cpu::new(Some(tmp.path().to_path_buf()), 1000, 10.0, Duration::from_secs(60), names);
+        let passwd = tmp.path().join("passwd");
+        std::fs::write(&passwd, "").unwrap();
+        let accounts =
+            AccountsView::new(AccountSource::Files { passwd: passwd.clone(), group: tmp.path().join("group") });
+        let mut cpu = Cpu::new(Some(tmp.path().to_path_buf()), 1000, 10.0, Duration::from_secs(60), accounts);
         assert_eq!(cpu.look().state, SignalState::Idle, "one reading says nothing yet");
         // Half a core for the next 200 ms.
         std::thread::sleep(Duration::from_millis(200));
         std::fs::write(slice.join("cpu.stat"), "usage_usec 1100000\n").unwrap();
         let sample = cpu.look();
         assert_eq!(sample.state, SignalState::Active, "{sample:?}");
-        assert!(sample.reasons[0].starts_with("alice at"), "{:?}", sample.reasons);
+        assert!(sample.reasons[0].starts_with("uid 1001 at"), "a uid nobody knows: {:?}", sample.reasons);
         std::thread::sleep(Duration::from_millis(200));
         let sample = cpu.look();
         assert!(sample.figures["cpu_percent"] < 40.0, "averaged over the window: {sample:?}");
+        // alice is added after the source was made: she is named from then on
+        // (the view looks at the files' stamps once a second).
+        std::fs::write(&passwd, "alice:x:1001:1001::/home/alice:/bin/bash\n").unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        std::fs::write(slice.join("cpu.stat"), "usage_usec 3000000\n").unwrap();
+        let sample = cpu.look();
+        assert!(sample.reasons[0].starts_with("alice at"), "{:?}", sample.reasons);
     }
 }

@@ -4,10 +4,10 @@
 //! GPU to watch: the signal is absent, not an error.
 
 use super::signal::{Sample, Source};
+use crate::core::accounts::AccountsView;
 use futures_util::future::BoxFuture;
 use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::Nvml;
-use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Utilisation at or above this (percent) is activity.
@@ -19,12 +19,12 @@ pub struct Gpu {
     nvml: Option<Nvml>,
     why_absent: String,
     tried: Option<Instant>,
-    names: HashMap<u32, String>,
+    accounts: AccountsView,
 }
 
 impl Gpu {
-    pub fn new(names: HashMap<u32, String>) -> Self {
-        Self { nvml: None, why_absent: String::new(), tried: None, names }
+    pub fn new(accounts: AccountsView) -> Self {
+        Self { nvml: None, why_absent: String::new(), tried: None, accounts }
     }
 
     fn load(&mut self) {
@@ -46,7 +46,7 @@ impl Gpu {
                 .and_then(|v| v.split_whitespace().next()?.parse::<u32>().ok())
         });
         match uid {
-            Some(uid) => self.names.get(&uid).cloned().unwrap_or_else(|| format!("uid {uid}")),
+            Some(uid) => self.accounts.user_name(uid).unwrap_or_else(|| format!("uid {uid}")),
             None => "gone".to_string(),
         }
     }
@@ -117,7 +117,9 @@ mod tests {
             eprintln!("SKIP without_a_driver_the_gpu_signal_is_absent_not_an_error: this machine has an NVIDIA driver");
             return;
         }
-        let sample = Gpu::new(HashMap::new()).look();
+        let tmp = tempfile::tempdir().unwrap();
+        let accounts = AccountsView::for_paths(&crate::core::paths::SystemPaths::under(tmp.path()));
+        let sample = Gpu::new(accounts).look();
         assert_eq!(sample.state, SignalState::Absent, "{sample:?}");
         assert!(sample.reasons[0].starts_with("no NVIDIA driver"), "{sample:?}");
     }

@@ -34,7 +34,7 @@ use futures_util::future::BoxFuture;
 use holds::{Hold, HoldError, Holds};
 use report::{HoldRequest, IdleReport, SignalReport};
 use signal::{Sample, SignalState, Source};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 use verdict::VerdictMachine;
@@ -234,7 +234,6 @@ impl Source for ScriptsSource {
 
 fn sources(ctx: &TaskContext, idle: &Idle, settings: &Settings) -> Vec<Box<dyn Source>> {
     let config = &settings.idle;
-    let names: HashMap<u32, String> = ctx.accounts.snapshot().users.iter().map(|u| (u.uid, u.name.clone())).collect();
     vec![
         Box::new(sessions::Sessions::new(ctx.paths.clone(), cpu::cgroup2_root())),
         Box::new(connections::Connections::new(config.watch_ports.clone(), config.connection_bytes_per_minute)),
@@ -249,8 +248,9 @@ fn sources(ctx: &TaskContext, idle: &Idle, settings: &Settings) -> Vec<Box<dyn S
             settings.links.min_uid,
             config.cpu_percent,
             config.cpu_window,
-            names,
+            ctx.accounts.clone(),
         )),
+        Box::new(gpu::Gpu::new(ctx.accounts.clone())),
         Box::new(ScriptsSource(ctx.shared.clone())),
         Box::new(HoldsSource(idle.clone())),
     ]
