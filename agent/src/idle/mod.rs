@@ -14,6 +14,7 @@ pub mod cpu;
 pub mod gpu;
 pub mod holds;
 pub mod jupyter;
+pub mod logind;
 pub mod report;
 pub mod sessions;
 pub mod signal;

@@ -1,11 +1,14 @@
-//! Logged-in sessions, from systemd-logind's session records in
-//! `/run/systemd/sessions/` (what sd-login(3) reads), or from utmp where
-//! logind does not run. A session with a terminal is active while the
-//! terminal had input recently (its access time, as `w` shows it); a session
-//! without one (VS Code Remote-SSH, scp, sftp) while the processes of its
+//! Logged-in sessions, from systemd-logind over the D-Bus system bus (its
+//! session records in `/run/systemd/sessions/`, what sd-login(3) reads, when
+//! the bus does not answer and under `--root`), and from utmp for terminals
+//! logind does not know or where it does not run. A session with a terminal
+//! is active while the terminal had input recently (its access time, as `w`
+//! shows it); a graphical one (xrdp) while logind's idle hint says so; one
+//! without either (VS Code Remote-SSH, scp, sftp) while the processes of its
 //! scope work (CPU of the session's cgroup) — its connection's traffic counts
 //! in the connections signal.
 
+use super::logind::LogindBus;
 use super::signal::{Sample, SignalState, Source};
 use crate::core::paths::SystemPaths;
 use futures_util::future::BoxFuture;
@@ -60,6 +63,11 @@ pub struct LogindSession {
     pub service: String,
     pub class: String,
     pub scope: String,
+    /// `tty`, `x11`, `wayland`, `unspecified`, ...
+    pub kind: String,
+    /// logind's idle hint (over D-Bus only; the records do not keep it).
+    pub idle_hint: Option<bool>,
+    pub idle_since: Option<SystemTime>,
 }
 
 pub fn parse_logind(id: &str, text: &str) -> LogindSession {
@@ -75,6 +83,7 @@ pub fn parse_logind(id: &str, text: &str) -> LogindSession {
             "SERVICE" => session.service = value,
             "CLASS" => session.class = value,
             "SCOPE" => session.scope = value,
+            "TYPE" => session.kind = value,
             _ => {}
         }
     }
@@ -83,17 +92,70 @@ pub fn parse_logind(id: &str, text: &str) -> LogindSession {
 
 /// A session without a terminal works while its scope uses this much CPU (percent of a core).
 const WORKING_PERCENT: f64 = 1.0;
+/// Session types whose input logind's idle hint follows.
+const GRAPHICAL: [&str; 3] = ["x11", "wayland", "mir"];
 
 pub struct Sessions {
     paths: Arc<SystemPaths>,
     cgroup_root: Option<PathBuf>,
     /// Per session: CPU used by its scope (µs) at the last sample, and when.
     scope_cpu: std::collections::HashMap<String, (u64, std::time::Instant)>,
+    /// logind over D-Bus on a real system; under `--root` its records are read.
+    bus: Option<LogindBus>,
+    /// How sessions were read last time: logged when it changes.
+    read_from: Option<String>,
 }
 
 impl Sessions {
     pub fn new(paths: Arc<SystemPaths>, cgroup_root: Option<PathBuf>) -> Self {
-        Self { paths, cgroup_root, scope_cpu: Default::default() }
+        let bus = (!paths.is_sandbox()).then(LogindBus::default);
+        Self { paths, cgroup_root, scope_cpu: Default::default(), bus, read_from: None }
+    }
+
+    fn reading_from(&mut self, way: &str, why: Option<String>) {
+        if self.read_from.as_deref() == Some(way) {
+            return;
+        }
+        match why {
+            Some(why) => tracing::warn!(component = "idle", "sessions: logind over D-Bus: {why}; reading {way}"),
+            None => tracing::info!(component = "idle", "sessions: reading {way}"),
+        }
+        self.read_from = Some(way.to_string());
+    }
+
+    /// logind's sessions: over D-Bus, else from its session records; None
+    /// where logind does not run.
+    async fn logind_sessions(&mut self) -> Option<Vec<LogindSession>> {
+        if let Some(bus) = &mut self.bus {
+            match bus.sessions().await {
+                Ok(sessions) => {
+                    self.reading_from("logind over D-Bus", None);
+                    return Some(sessions);
+                }
+                Err(err) => {
+                    let records = self.session_records();
+                    let way = if records.is_some() { "logind's session records" } else { "utmp" };
+                    self.reading_from(way, Some(err));
+                    return records;
+                }
+            }
+        }
+        self.session_records()
+    }
+
+    fn session_records(&self) -> Option<Vec<LogindSession>> {
+        let dir = self.paths.resolve("/run/systemd/sessions");
+        let entries = std::fs::read_dir(&dir).ok()?;
+        Some(
+            entries
+                .flatten()
+                .filter(|e| !e.file_name().to_string_lossy().contains('.'))
+                .filter_map(|e| {
+                    let text = std::fs::read_to_string(e.path()).ok()?;
+                    Some(parse_logind(&e.file_name().to_string_lossy(), &text))
+                })
+                .collect(),
+        )
     }
 
     fn tty_input(&self, line: &str) -> Option<SystemTime> {
@@ -128,19 +190,15 @@ impl Sessions {
         }
     }
 
-    /// Sessions as logind records them; None where logind does not run.
-    fn logind(&mut self, now: SystemTime) -> Option<(Sample, std::collections::HashSet<String>)> {
-        let dir = self.paths.resolve("/run/systemd/sessions");
-        let entries = std::fs::read_dir(&dir).ok()?;
-        let mut sessions: Vec<LogindSession> = entries
-            .flatten()
-            .filter(|e| !e.file_name().to_string_lossy().contains('.'))
-            .filter_map(|e| {
-                let text = std::fs::read_to_string(e.path()).ok()?;
-                Some(parse_logind(&e.file_name().to_string_lossy(), &text))
-            })
-            .filter(|s| s.class.is_empty() || s.class == "user")
-            .collect();
+    /// logind's user sessions judged (greeters, lock screens, services'
+    /// background sessions left out), and the terminals they hold.
+    fn judge_logind(
+        &mut self,
+        sessions: Vec<LogindSession>,
+        now: SystemTime,
+    ) -> (Sample, std::collections::HashSet<String>) {
+        let mut sessions: Vec<LogindSession> =
+            sessions.into_iter().filter(|s| s.class.is_empty() || s.class.starts_with("user")).collect();
         sessions.sort_by(|a, b| a.id.cmp(&b.id));
         let mut latest: Option<SystemTime> = None;
         let mut reasons = Vec::new();
@@ -154,6 +212,22 @@ impl Sessions {
                 let (reason, recent) = self.terminal(&what, &session.user, &session.tty, &from, now, &mut latest);
                 active |= recent;
                 reasons.push(reason);
+                continue;
+            }
+            // A desktop (xrdp): logind's idle hint follows its input.
+            if let (Some(idle), true) = (session.idle_hint, GRAPHICAL.contains(&session.kind.as_str())) {
+                let kind = &session.kind;
+                if idle {
+                    let since = session.idle_since;
+                    if let Some(since) = since {
+                        latest = Some(latest.map_or(since, |l| l.max(since)));
+                    }
+                    let ago = since.and_then(|s| now.duration_since(s).ok()).unwrap_or_default();
+                    reasons.push(format!("{what} {} ({kind}){from}, idle for {}m", session.user, ago.as_secs() / 60));
+                } else {
+                    active = true;
+                    reasons.push(format!("{what} {} ({kind}){from}, in use", session.user));
+                }
                 continue;
             }
             // No terminal: working while the session's processes use CPU.
@@ -195,7 +269,7 @@ impl Sessions {
             Sample { state, last_activity: latest, reasons, figures: Default::default() }
         };
         let ttys = sessions.iter().filter(|s| !s.tty.is_empty()).map(|s| s.tty.clone()).collect();
-        Some((sample.with_figure("sessions", sessions.len() as f64), ttys))
+        (sample.with_figure("sessions", sessions.len() as f64), ttys)
     }
 
     fn utmp(&self) -> PathBuf {
@@ -204,8 +278,9 @@ impl Sessions {
 
     /// logind's sessions, and utmp's for terminals logind does not know
     /// (a login without pam_systemd); utmp alone where logind does not run.
-    fn look(&mut self, now: SystemTime) -> Sample {
-        match self.logind(now) {
+    async fn look(&mut self, now: SystemTime) -> Sample {
+        let logind = self.logind_sessions().await.map(|sessions| self.judge_logind(sessions, now));
+        match logind {
             Some((logind, ttys)) => {
                 let utmp = self.utmp_sessions(now, &ttys);
                 if utmp.figures.get("sessions").copied().unwrap_or(0.0) == 0.0 || utmp.state == SignalState::Unknown {
@@ -280,7 +355,7 @@ impl Source for Sessions {
     }
 
     fn sample(&mut self, now: SystemTime) -> BoxFuture<'_, Sample> {
-        Box::pin(async move { self.look(now) })
+        Box::pin(self.look(now))
     }
 }
 
@@ -299,9 +374,9 @@ pub fn utmp_record(user: &str, line: &str, host: &str, pid: i32) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    #[test]
+    #[tokio::test]
     #[allow(clippy::disallowed_methods)] // file times are real times
-    fn a_session_is_active_while_its_terminal_had_recent_input() {
+    async fn a_session_is_active_while_its_terminal_had_recent_input() {
         let tmp = tempfile::tempdir().unwrap();
         let paths = Arc::new(SystemPaths::under(tmp.path()));
         std::fs::create_dir_all(tmp.path().join("run")).unwrap();
@@ -319,21 +394,21 @@ mod tests {
         };
         set_atime("pts/3", now - Duration::from_secs(10));
         set_atime("pts/4", now - Duration::from_secs(3600));
-        let sample = Sessions::new(paths.clone(), None).look(now);
+        let sample = Sessions::new(paths.clone(), None).look(now).await;
         assert_eq!(sample.state, SignalState::Active);
         assert_eq!(sample.figures["sessions"], 2.0);
         assert!(sample.reasons[0].starts_with("ssh alice pts/3 from 10.0.0.5, input 10s ago"), "{:?}", sample.reasons);
         assert!(sample.reasons[1].contains("bob pts/4, no input for 60m"), "{:?}", sample.reasons);
         // A forgotten terminal: the session is there, but it is idle since its last input.
         set_atime("pts/3", now - Duration::from_secs(1800));
-        let sample = Sessions::new(paths.clone(), None).look(now);
+        let sample = Sessions::new(paths.clone(), None).look(now).await;
         assert_eq!(sample.state, SignalState::Idle);
         assert_eq!(sample.last_activity.map(|t| now.duration_since(t).unwrap().as_secs()), Some(1800));
     }
 
-    #[test]
+    #[tokio::test]
     #[allow(clippy::disallowed_methods)] // file times and CPU counters are real
-    fn logind_sessions_with_a_terminal_count_its_input_and_without_one_their_scope_s_cpu() {
+    async fn logind_sessions_with_a_terminal_count_its_input_and_without_one_their_scope_s_cpu() {
         let tmp = tempfile::tempdir().unwrap();
         let paths = Arc::new(SystemPaths::under(tmp.path()));
         let sessions = tmp.path().join("run/systemd/sessions");
@@ -365,15 +440,78 @@ mod tests {
             .set_times(std::fs::FileTimes::new().set_accessed(old))
             .unwrap();
         let mut source = Sessions::new(paths, Some(cgroup));
-        let first = source.look(now);
+        let first = source.look(now).await;
         assert_eq!(first.state, SignalState::Idle, "{first:?}");
         assert_eq!(first.figures["sessions"], 2.0);
         assert!(first.reasons[0].starts_with("sshd alice pts/0 from 10.0.0.5, no input for 60m"), "{first:?}");
         // bob's VS Code server works: its scope's CPU moves.
         std::thread::sleep(Duration::from_millis(100));
         std::fs::write(scope.join("cpu.stat"), "usage_usec 51000\n").unwrap();
-        let second = source.look(now);
+        let second = source.look(now).await;
         assert_eq!(second.state, SignalState::Active, "{second:?}");
         assert!(second.reasons[1].starts_with("sshd bob (no terminal) from 10.0.0.6, working at"), "{second:?}");
+    }
+
+    #[test]
+    fn a_session_is_read_from_logind_s_d_bus_properties() {
+        use zbus::zvariant::Value;
+        let since = 1_700_000_000_000_000u64;
+        let properties = crate::idle::logind::properties(&[
+            ("TTY", Value::from("pts/2")),
+            ("RemoteHost", Value::from("10.0.0.8")),
+            ("Service", Value::from("sshd")),
+            ("Class", Value::from("user")),
+            ("Scope", Value::from("session-7.scope")),
+            ("Type", Value::from("tty")),
+            ("IdleHint", Value::from(true)),
+            ("IdleSinceHint", Value::from(since)),
+            ("Leader", Value::from(4242u32)),
+        ]);
+        let session = crate::idle::logind::session_from_properties("7".into(), 1001, "alice".into(), &properties);
+        assert_eq!((session.id.as_str(), session.uid, session.user.as_str()), ("7", 1001, "alice"));
+        assert_eq!((session.tty.as_str(), session.remote_host.as_str()), ("pts/2", "10.0.0.8"));
+        assert_eq!((session.service.as_str(), session.class.as_str(), session.kind.as_str()), ("sshd", "user", "tty"));
+        assert_eq!(session.scope, "session-7.scope");
+        assert_eq!(session.idle_hint, Some(true));
+        assert_eq!(session.idle_since, Some(UNIX_EPOCH + Duration::from_micros(since)));
+        // Never idle: logind says 0.
+        let fresh =
+            crate::idle::logind::properties(&[("IdleHint", Value::from(false)), ("IdleSinceHint", Value::from(0u64))]);
+        let session = crate::idle::logind::session_from_properties("8".into(), 1002, "bob".into(), &fresh);
+        assert_eq!((session.idle_hint, session.idle_since, session.tty.as_str()), (Some(false), None, ""));
+    }
+
+    #[test]
+    fn a_desktop_session_follows_logind_s_idle_hint_and_greeters_do_not_count() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut source = Sessions::new(Arc::new(SystemPaths::under(tmp.path())), None);
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let desktop = |idle: bool| LogindSession {
+            id: "9".into(),
+            uid: 1003,
+            user: "carol".into(),
+            remote_host: "10.0.0.9".into(),
+            service: "xrdp-sesman".into(),
+            class: "user".into(),
+            kind: "x11".into(),
+            idle_hint: Some(idle),
+            idle_since: idle.then(|| now - Duration::from_secs(600)),
+            ..Default::default()
+        };
+        let greeter = LogindSession {
+            id: "c1".into(),
+            class: "greeter".into(),
+            kind: "x11".into(),
+            idle_hint: Some(false),
+            ..Default::default()
+        };
+        let (sample, _) = source.judge_logind(vec![desktop(false), greeter.clone()], now);
+        assert_eq!(sample.state, SignalState::Active, "{sample:?}");
+        assert_eq!(sample.reasons, vec!["xrdp-sesman carol (x11) from 10.0.0.9, in use".to_string()]);
+        assert_eq!(sample.figures["sessions"], 1.0, "the greeter is nobody's session");
+        let (sample, _) = source.judge_logind(vec![desktop(true), greeter], now);
+        assert_eq!(sample.state, SignalState::Idle, "{sample:?}");
+        assert_eq!(sample.last_activity, Some(now - Duration::from_secs(600)), "idle since logind's hint");
+        assert_eq!(sample.reasons, vec!["xrdp-sesman carol (x11) from 10.0.0.9, idle for 10m".to_string()]);
     }
 }
