@@ -249,7 +249,6 @@ fn a_busy_kernel_without_a_connection_keeps_the_vm_active_and_idle_kernels_do_no
         "jupyterhub_url = \"http://127.0.0.1:{port}\"\njupyterhub_token_file = \"/etc/pool-agent/hub-token\"\n"
     )));
     let _daemon = sandbox.start();
-    let started = Instant::now();
     let active = wait_signal(&sandbox, "jupyter", "active", Duration::from_secs(10));
     assert_eq!(active["reasons"][0], "kernel busy python3 (alice)", "{active:#}");
     *kernels.lock().unwrap() =
@@ -268,7 +267,6 @@ fn a_busy_kernel_without_a_connection_keeps_the_vm_active_and_idle_kernels_do_no
         .unwrap()
         .iter()
         .any(|r| r.as_str().unwrap().contains("unknown, counts as active")));
-    assert!(started.elapsed() < Duration::from_secs(30));
     let human = stdout(&sandbox.cli(&["idle"]));
     assert!(human.starts_with("verdict: active") && human.contains("jupyter"), "{human}");
 }
