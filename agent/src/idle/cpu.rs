@@ -142,12 +142,6 @@ mod tests {
     use crate::core::accounts::AccountSource;
     use crate::idle::signal::SignalState;
 
-    /// The accounts view looks at the files' stamps at most this often.
-    #[allow(clippy::disallowed_methods)]
-    fn accounts_changed() {
-        std::thread::sleep(Duration::from_millis(1100));
-    }
-
     #[test]
     #[allow(clippy::disallowed_methods)] // real time must pass between two readings
     fn a_user_slice_above_the_threshold_over_the_window_is_active() {
