@@ -18,16 +18,31 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 type Listed = (String, u32, String, String, OwnedObjectPath);
 
 /// A connection to the system bus, made on first use and again after an error.
-#[derive(Default)]
 pub struct LogindBus {
     connection: Option<zbus::Connection>,
+    /// Another bus than the system's (tests).
+    address: Option<String>,
+    answer_within: Duration,
+}
+
+impl Default for LogindBus {
+    fn default() -> Self {
+        Self { connection: None, address: None, answer_within: ANSWER_WITHIN }
+    }
 }
 
 impl LogindBus {
+    /// A bus at `address` (D-Bus address syntax), asked with this patience.
+    #[cfg(test)]
+    pub fn at(address: &str, answer_within: Duration) -> Self {
+        Self { connection: None, address: Some(address.to_string()), answer_within }
+    }
+
     /// The sessions logind knows, or why they could not be had.
     pub async fn sessions(&mut self) -> Result<Vec<LogindSession>, String> {
-        let asked = tokio::time::timeout(ANSWER_WITHIN, self.ask()).await;
-        let answer = asked.unwrap_or_else(|_| Err(format!("no answer within {}s", ANSWER_WITHIN.as_secs())));
+        let asked = tokio::time::timeout(self.answer_within, self.ask()).await;
+        let answer =
+            asked.unwrap_or_else(|_| Err(format!("no answer within {:.1}s", self.answer_within.as_secs_f64())));
         if answer.is_err() {
             self.connection = None;
         }
@@ -38,7 +53,13 @@ impl LogindBus {
         let connection = match &self.connection {
             Some(connection) => connection.clone(),
             None => {
-                let made = zbus::Connection::system().await.map_err(|err| format!("system bus: {err}"))?;
+                let made = match &self.address {
+                    None => zbus::Connection::system().await,
+                    Some(address) => {
+                        async { zbus::connection::Builder::address(address.as_str())?.build().await }.await
+                    }
+                };
+                let made = made.map_err(|err| format!("system bus: {err}"))?;
                 self.connection = Some(made.clone());
                 made
             }

@@ -514,4 +514,42 @@ mod tests {
         assert_eq!(sample.last_activity, Some(now - Duration::from_secs(600)), "idle since logind's hint");
         assert_eq!(sample.reasons, vec!["xrdp-sesman carol (x11) from 10.0.0.9, idle for 10m".to_string()]);
     }
+
+    /// A tmp root with one logind session record (alice on pts/0, input just now).
+    #[allow(clippy::disallowed_methods)] // file times are real times
+    fn one_recorded_session() -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        let records = tmp.path().join("run/systemd/sessions");
+        std::fs::create_dir_all(&records).unwrap();
+        std::fs::create_dir_all(tmp.path().join("dev/pts")).unwrap();
+        std::fs::write(records.join("5"), "UID=1001\nUSER=alice\nTTY=pts/0\nSERVICE=sshd\nCLASS=user\nTYPE=tty\n")
+            .unwrap();
+        std::fs::write(tmp.path().join("dev/pts/0"), "").unwrap();
+        tmp
+    }
+
+    #[tokio::test]
+    #[allow(clippy::disallowed_methods)]
+    async fn a_bus_that_refuses_or_hangs_falls_back_to_logind_s_records() {
+        let tmp = one_recorded_session();
+        let now = SystemTime::now();
+        // No bus at all (dbus not running): refused at once.
+        let mut source = Sessions::new(Arc::new(SystemPaths::under(tmp.path())), None);
+        source.bus =
+            Some(LogindBus::at(&format!("unix:path={}", tmp.path().join("no-bus").display()), Duration::from_secs(5)));
+        let started = std::time::Instant::now();
+        let sample = source.look(now).await;
+        assert_eq!(sample.state, SignalState::Active, "{sample:?}");
+        assert!(sample.reasons[0].starts_with("sshd alice pts/0, input"), "{sample:?}");
+        assert_eq!(source.read_from.as_deref(), Some("logind's session records"));
+        assert!(started.elapsed() < Duration::from_secs(2), "a refusal is not waited for");
+        // A bus that accepts and never answers (a stopped dbus-daemon): given up on, then the records.
+        let socket = tmp.path().join("stuck-bus");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        source.bus = Some(LogindBus::at(&format!("unix:path={}", socket.display()), Duration::from_millis(300)));
+        source.read_from = None;
+        let sample = tokio::time::timeout(Duration::from_secs(5), source.look(now)).await.expect("the sample ends");
+        assert_eq!(sample.state, SignalState::Active, "{sample:?}");
+        assert_eq!(source.read_from.as_deref(), Some("logind's session records"));
+    }
 }
