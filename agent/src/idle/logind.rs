@@ -13,6 +13,9 @@ const SESSION: &str = "org.freedesktop.login1.Session";
 const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
 /// A bus or a logind that does not answer must not stall the sample.
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+/// After a failure, the bus is left alone this long (a hung bus would cost
+/// every sample its patience).
+const ASK_AGAIN_AFTER: Duration = Duration::from_secs(60);
 
 /// One `ListSessions` entry: id, uid, user name, seat, object path.
 type Listed = (String, u32, String, String, OwnedObjectPath);
@@ -23,11 +26,13 @@ pub struct LogindBus {
     /// Another bus than the system's (tests).
     address: Option<String>,
     answer_within: Duration,
+    /// The last failure, and when.
+    failed: Option<(std::time::Instant, String)>,
 }
 
 impl Default for LogindBus {
     fn default() -> Self {
-        Self { connection: None, address: None, answer_within: ANSWER_WITHIN }
+        Self { connection: None, address: None, answer_within: ANSWER_WITHIN, failed: None }
     }
 }
 
@@ -35,16 +40,25 @@ impl LogindBus {
     /// A bus at `address` (D-Bus address syntax), asked with this patience.
     #[cfg(test)]
     pub fn at(address: &str, answer_within: Duration) -> Self {
-        Self { connection: None, address: Some(address.to_string()), answer_within }
+        Self { connection: None, address: Some(address.to_string()), answer_within, failed: None }
     }
 
     /// The sessions logind knows, or why they could not be had.
     pub async fn sessions(&mut self) -> Result<Vec<LogindSession>, String> {
+        if let Some((at, why)) = &self.failed {
+            if at.elapsed() < ASK_AGAIN_AFTER {
+                return Err(why.clone());
+            }
+        }
         let asked = tokio::time::timeout(self.answer_within, self.ask()).await;
         let answer =
             asked.unwrap_or_else(|_| Err(format!("no answer within {:.1}s", self.answer_within.as_secs_f64())));
-        if answer.is_err() {
-            self.connection = None;
+        match &answer {
+            Ok(_) => self.failed = None,
+            Err(why) => {
+                self.connection = None;
+                self.failed = Some((std::time::Instant::now(), why.clone()));
+            }
         }
         answer
     }

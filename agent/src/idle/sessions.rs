@@ -546,10 +546,15 @@ mod tests {
         // A bus that accepts and never answers (a stopped dbus-daemon): given up on, then the records.
         let socket = tmp.path().join("stuck-bus");
         let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-        source.bus = Some(LogindBus::at(&format!("unix:path={}", socket.display()), Duration::from_millis(300)));
+        source.bus = Some(LogindBus::at(&format!("unix:path={}", socket.display()), Duration::from_secs(2)));
         source.read_from = None;
         let sample = tokio::time::timeout(Duration::from_secs(5), source.look(now)).await.expect("the sample ends");
         assert_eq!(sample.state, SignalState::Active, "{sample:?}");
         assert_eq!(source.read_from.as_deref(), Some("logind's session records"));
+        // The next samples do not wait for it again.
+        let started = std::time::Instant::now();
+        let sample = source.look(now).await;
+        assert!(started.elapsed() < Duration::from_secs(1), "waited {:?} again", started.elapsed());
+        assert_eq!(sample.state, SignalState::Active, "{sample:?}");
     }
 }
