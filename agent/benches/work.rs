@@ -90,6 +90,7 @@ fn main() {
         let out = Command::new(CLI).arg("--socket").arg(&socket).args(["scripts", "run", "hello"]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         while last_success(&root).is_none() || last_success(&root) == last {
+            assert!(started.elapsed() < Duration::from_secs(30), "run {} never succeeded", runs.len() + 1);
             std::thread::sleep(Duration::from_millis(1));
         }
         runs.push(started.elapsed());
