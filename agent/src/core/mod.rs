@@ -14,6 +14,7 @@ pub mod clock;
 pub mod component;
 pub mod credentials;
 pub mod http;
+pub mod journal;
 pub mod mount;
 pub mod mountinfo;
 pub mod paths;

@@ -18,6 +18,7 @@ use crate::core::capability::Capability;
 use crate::core::clock::rfc3339;
 use crate::core::component::{ComponentId, ComponentState};
 use crate::core::http::{Access, ApiError, Route};
+use crate::core::journal::{self, Journal};
 use crate::core::shared::{ScriptsNews, ShareNews};
 use crate::core::task::{self, TaskContext, TaskResult};
 use axum::extract::{Path as UrlPath, Query, State};
@@ -30,7 +31,7 @@ use plan::{Planned, Vetted};
 use record::{boot_id, Outcome, Records, RunRecord};
 use report::{LogChunk, ScriptReport, ScriptState, ScriptsReport};
 use runner::{DirectRunner, Handle, Job, Launched, ProcessRunner, SystemdRunner};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
@@ -201,6 +202,21 @@ fn choose_runner(ctx: &TaskContext) -> Arc<dyn ProcessRunner> {
     }
 }
 
+/// journald where there is one and this is not a sandbox (a test's scripts
+/// do not belong in the machine's journal); else lines go to the agent's log.
+fn script_journal(ctx: &TaskContext) -> Option<Arc<Journal>> {
+    if ctx.paths.is_sandbox() {
+        return None;
+    }
+    match Journal::connect(Path::new(journal::SOCKET)) {
+        Ok(journal) => Some(Arc::new(journal)),
+        Err(err) => {
+            tracing::info!("scripts' lines go to the agent's log: no journal ({err})");
+            None
+        }
+    }
+}
+
 /// What one task run keeps between batches.
 struct Batch {
     ctx: TaskContext,
@@ -208,6 +224,8 @@ struct Batch {
     runner: Arc<dyn ProcessRunner>,
     records: Arc<Records>,
     boot: String,
+    /// journald's socket on a real system: each script's lines under its own identifier.
+    journal: Option<Arc<Journal>>,
 }
 
 async fn run(ctx: TaskContext, scripts: Scripts) -> TaskResult {
@@ -217,6 +235,7 @@ async fn run(ctx: TaskContext, scripts: Scripts) -> TaskResult {
     let batch = Batch {
         records: Arc::new(Records::new(ctx.paths.state_dir().join("scripts"))),
         boot: boot_id(),
+        journal: script_journal(&ctx),
         runner,
         scripts,
         ctx,
@@ -547,7 +566,7 @@ impl Batch {
         self.publish_running(Some(&name));
         self.publish_board();
         let Launched { mut child, output, handle, .. } = launched;
-        let pump = tokio::spawn(pump_output(output, log, name.clone(), self.ctx.clock.clone()));
+        let pump = tokio::spawn(pump_output(output, log, name.clone(), self.ctx.clock.clone(), self.journal.clone()));
         if let Handle::Unit(unit) = &handle {
             let unit = unit.clone();
             let (scripts, name) = (self.scripts.clone(), name.clone());
@@ -824,13 +843,16 @@ impl Batch {
 }
 
 /// Reads the one pipe both stdout and stderr write to, line by line, into
-/// the log (each line with its time) and the journal.
+/// the log (each line with its time) and the journal (under the script's own
+/// identifier where journald is there, else in the agent's log).
 async fn pump_output(
     output: std::os::fd::OwnedFd,
     mut log: Option<log::LogFile>,
     name: String,
     clock: crate::core::clock::SharedClock,
+    journal: Option<Arc<Journal>>,
 ) {
+    let identifier = format!("pool-agent-script-{name}");
     let Ok(receiver) = tokio::net::unix::pipe::Receiver::from_owned_fd(output) else { return };
     let mut reader = tokio::io::BufReader::new(receiver);
     let mut line = Vec::new();
@@ -845,7 +867,15 @@ async fn pump_output(
                 if let Some(log) = log.as_mut() {
                     let _ = log.line(&stamp(clock.now()), text);
                 }
-                tracing::info!(script = %name, "{text}");
+                let fields = [
+                    ("MESSAGE", text),
+                    ("SYSLOG_IDENTIFIER", identifier.as_str()),
+                    ("PRIORITY", journal::INFO),
+                    ("POOL_AGENT_SCRIPT", name.as_str()),
+                ];
+                if !journal.as_ref().is_some_and(|j| j.send(&fields).is_ok()) {
+                    tracing::info!(script = %name, "{text}");
+                }
             }
         }
     }

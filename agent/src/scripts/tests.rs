@@ -266,3 +266,33 @@ async fn a_refused_script_is_listed_with_its_reason_and_fails_the_vm() {
     assert_eq!(row_of(&rig.board).state, ComponentState::Failed);
     rig.stop().await;
 }
+
+#[tokio::test]
+async fn each_output_line_reaches_the_journal_under_the_script_s_own_identifier() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("journal");
+    let journald = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
+    let journal = Arc::new(Journal::connect(&socket).unwrap());
+    let (reader, writer) = nix::unistd::pipe().unwrap();
+    let log_path = dir.path().join("conda.log");
+    let log = log::LogFile::open(&log_path).ok();
+    let pump = tokio::spawn(pump_output(reader, log, "conda".into(), crate::core::clock::system(), Some(journal)));
+    nix::unistd::write(&writer, b"Solving environment: done\nerror: no space left\n").unwrap();
+    drop(writer);
+    pump.await.unwrap();
+    let mut entries = Vec::new();
+    let mut buffer = vec![0u8; 65536];
+    journald.set_nonblocking(true).unwrap();
+    while let Ok(n) = journald.recv(&mut buffer) {
+        entries.push(String::from_utf8(buffer[..n].to_vec()).unwrap());
+    }
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert_eq!(
+        entries[0],
+        "MESSAGE=Solving environment: done\nSYSLOG_IDENTIFIER=pool-agent-script-conda\nPRIORITY=6\nPOOL_AGENT_SCRIPT=conda\n"
+    );
+    assert!(entries[1].starts_with("MESSAGE=error: no space left\n"), "{entries:?}");
+    // The log file has them too, each with its time.
+    let text = fs::read_to_string(&log_path).unwrap();
+    assert!(text.contains(" Solving environment: done\n") && text.contains(" error: no space left\n"), "{text}");
+}
