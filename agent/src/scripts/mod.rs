@@ -873,7 +873,7 @@ async fn pump_output(
                     ("PRIORITY", journal::INFO),
                     ("POOL_AGENT_SCRIPT", name.as_str()),
                 ];
-                if !journal.as_ref().is_some_and(|j| j.send(&fields).is_ok()) {
+                if journal.as_ref().is_none_or(|j| j.send(&fields).is_err()) {
                     tracing::info!(script = %name, "{text}");
                 }
             }
