@@ -44,12 +44,15 @@ impl LogindBus {
         Self { connection: None, address: Some(address.to_string()), answer_within, failed: None }
     }
 
+    /// Why the last question failed, while the bus is left alone.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_ref().filter(|(at, _)| at.elapsed() < ASK_AGAIN_AFTER).map(|(_, why)| why.as_str())
+    }
+
     /// The sessions logind knows, or why they could not be had.
     pub async fn sessions(&mut self) -> Result<Vec<LogindSession>, String> {
-        if let Some((at, why)) = &self.failed {
-            if at.elapsed() < ASK_AGAIN_AFTER {
-                return Err(why.clone());
-            }
+        if let Some(why) = self.failure() {
+            return Err(why.to_string());
         }
         let asked = tokio::time::timeout(self.answer_within, self.ask()).await;
         let answer =

@@ -280,16 +280,23 @@ impl Sessions {
     /// (a login without pam_systemd); utmp alone where logind does not run.
     async fn look(&mut self, now: SystemTime) -> Sample {
         let logind = self.logind_sessions().await.map(|sessions| self.judge_logind(sessions, now));
-        match logind {
+        let mut sample = match logind {
             Some((logind, ttys)) => {
                 let utmp = self.utmp_sessions(now, &ttys);
                 if utmp.figures.get("sessions").copied().unwrap_or(0.0) == 0.0 || utmp.state == SignalState::Unknown {
-                    return logind;
+                    logind
+                } else {
+                    merge(logind, utmp)
                 }
-                merge(logind, utmp)
             }
             None => self.utmp_sessions(now, &Default::default()),
+        };
+        // Said last: the sessions above are still right, but read another way.
+        if let Some(why) = self.bus.as_ref().and_then(LogindBus::failure) {
+            let way = self.read_from.as_deref().unwrap_or("utmp");
+            sample.reasons.push(format!("logind over D-Bus: {why}; read {way}"));
         }
+        sample
     }
 
     fn utmp_sessions(&self, now: SystemTime, known_ttys: &std::collections::HashSet<String>) -> Sample {
@@ -542,6 +549,11 @@ mod tests {
         assert_eq!(sample.state, SignalState::Active, "{sample:?}");
         assert!(sample.reasons[0].starts_with("sshd alice pts/0, input"), "{sample:?}");
         assert_eq!(source.read_from.as_deref(), Some("logind's session records"));
+        let said = sample.reasons.last().unwrap();
+        assert!(
+            said.starts_with("logind over D-Bus: system bus: ") && said.ends_with("; read logind's session records"),
+            "{said}"
+        );
         assert!(started.elapsed() < Duration::from_secs(2), "a refusal is not waited for");
         // A bus that accepts and never answers (a stopped dbus-daemon): given up on, then the records.
         let socket = tmp.path().join("stuck-bus");
@@ -551,6 +563,10 @@ mod tests {
         let sample = tokio::time::timeout(Duration::from_secs(5), source.look(now)).await.expect("the sample ends");
         assert_eq!(sample.state, SignalState::Active, "{sample:?}");
         assert_eq!(source.read_from.as_deref(), Some("logind's session records"));
+        assert_eq!(
+            sample.reasons.last().unwrap(),
+            "logind over D-Bus: no answer within 2.0s; read logind's session records"
+        );
         // The next samples do not wait for it again.
         let started = std::time::Instant::now();
         let sample = source.look(now).await;
