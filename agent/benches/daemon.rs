@@ -76,8 +76,7 @@ fn time_command(runs: usize, mut command: impl FnMut() -> Command) -> Duration {
 }
 
 fn main() {
-    // `cargo test --benches` runs this once too: keep that quick.
-    let quick = std::env::args().any(|a| a == "--test") || std::env::var_os("POOL_AGENT_BENCH_QUICK").is_some();
+    let quick = quick();
     let (http_runs, cli_runs) = if quick { (20, 5) } else { (2000, 200) };
 
     let dir = tempfile::tempdir().unwrap();

@@ -41,7 +41,7 @@ fn last_success(root: &Path) -> Option<u64> {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--test") || std::env::var_os("POOL_AGENT_BENCH_QUICK").is_some();
+    let quick = quick();
     let (script_runs, idle_seconds) = if quick { (2, 3) } else { (15, 30) };
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");

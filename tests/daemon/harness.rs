@@ -130,6 +130,13 @@ impl Sandbox {
             .unwrap()
     }
 
+    /// `pool-agent ARGS` that must succeed, its JSON answer parsed.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.cli(args);
+        assert!(out.status.success(), "pool-agent {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     pub fn status_json(&self) -> serde_json::Value {
         let out = self.cli(&["status", "--json"]);
         assert!(answered(&out), "status failed: {}", String::from_utf8_lossy(&out.stderr));

@@ -24,9 +24,7 @@ fn config(extra_idle: &str) -> String {
 }
 
 fn idle_json(sandbox: &Sandbox) -> serde_json::Value {
-    let out = sandbox.cli(&["idle", "--json"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
+    sandbox.cli_json(&["idle", "--json"])
 }
 
 fn signal(sandbox: &Sandbox, name: &str) -> serde_json::Value {

@@ -42,9 +42,7 @@ fn give_home(sandbox: &Sandbox, user: &str, uid: u32) -> PathBuf {
 }
 
 fn links_json(sandbox: &Sandbox) -> serde_json::Value {
-    let out = sandbox.cli(&["links", "--json"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
+    sandbox.cli_json(&["links", "--json"])
 }
 
 fn user_entry(sandbox: &Sandbox, user: &str) -> Option<serde_json::Value> {

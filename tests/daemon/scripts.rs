@@ -47,9 +47,7 @@ fn config_with(scripts: &str) -> String {
 }
 
 fn scripts_json(sandbox: &Sandbox) -> serde_json::Value {
-    let out = sandbox.cli(&["scripts", "--json"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
+    sandbox.cli_json(&["scripts", "--json"])
 }
 
 fn script_row(sandbox: &Sandbox, name: &str) -> serde_json::Value {

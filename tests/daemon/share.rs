@@ -24,9 +24,7 @@ fn needs_root(test: &str) -> bool {
 }
 
 fn share_json(sandbox: &Sandbox) -> serde_json::Value {
-    let out = sandbox.cli(&["share", "--json"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
+    sandbox.cli_json(&["share", "--json"])
 }
 
 fn wait_share_state(sandbox: &Sandbox, state: &str, limit: Duration) -> serde_json::Value {

@@ -9,6 +9,12 @@ use std::time::{Duration, Instant};
 pub const DAEMON: &str = env!("CARGO_BIN_EXE_pool-agentd");
 pub const CLI: &str = env!("CARGO_BIN_EXE_pool-agent");
 
+/// A short run: `cargo test --benches` runs each bench once with `--test`,
+/// and `POOL_AGENT_BENCH_QUICK` asks for it by hand.
+pub fn quick() -> bool {
+    std::env::args().any(|a| a == "--test") || std::env::var_os("POOL_AGENT_BENCH_QUICK").is_some()
+}
+
 pub fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples[samples.len() / 2]

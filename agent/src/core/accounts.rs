@@ -271,9 +271,9 @@ impl AccountsView {
     }
 
     /// The name of the user with `uid`, looked up now (a user added since
-    /// start has one), or None for a uid no source knows.
-    pub fn user_name(&self, uid: u32) -> Option<String> {
-        self.user_with_groups(uid).map(|(account, _)| account.name)
+    /// start has one), or `uid N` for a uid no source knows: for reasons and logs.
+    pub fn user_name(&self, uid: u32) -> String {
+        self.user_with_groups(uid).map_or_else(|| format!("uid {uid}"), |(account, _)| account.name)
     }
 
     /// Root, or a member of `admin_group`: by the connection's gid, the user's

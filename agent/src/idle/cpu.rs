@@ -113,7 +113,7 @@ impl Cpu {
             let percent = last.saturating_sub(*first) as f64 / span.as_micros() as f64 * 100.0;
             total_percent += percent;
             if percent >= self.percent {
-                let who = self.accounts.user_name(*uid).unwrap_or_else(|| format!("uid {uid}"));
+                let who = self.accounts.user_name(*uid);
                 reasons.push(format!("{who} at {percent:.0}% of a core (over {}s)", span.as_secs()));
             }
         }

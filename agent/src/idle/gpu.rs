@@ -46,7 +46,7 @@ impl Gpu {
                 .and_then(|v| v.split_whitespace().next()?.parse::<u32>().ok())
         });
         match uid {
-            Some(uid) => self.accounts.user_name(uid).unwrap_or_else(|| format!("uid {uid}")),
+            Some(uid) => self.accounts.user_name(uid),
             None => "gone".to_string(),
         }
     }

@@ -145,11 +145,7 @@ async fn add_hold(
         Ok(duration) => duration,
         Err(why) => return ApiError::BadRequest(format!("duration {:?}: {why}", request.duration)).into_response(),
     };
-    let owner = started
-        .accounts
-        .user_with_groups(caller.peer.uid)
-        .map(|(account, _)| account.name)
-        .unwrap_or_else(|| format!("uid {}", caller.peer.uid));
+    let owner = started.accounts.user_name(caller.peer.uid);
     let reason = request.reason.unwrap_or_default();
     let max_hold = started.settings.borrow().idle.max_hold;
     match started.holds.add(caller.peer.uid, &owner, duration, &reason, max_hold, idle.clock.now()) {

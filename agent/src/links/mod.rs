@@ -125,6 +125,10 @@ async fn run(ctx: TaskContext, links: Links) -> TaskResult {
     if ctx.settings.borrow().share.is_some() && *share_rx.borrow() == ShareNews::NotYetKnown {
         let _ = tokio::time::timeout(FIRST_SHARE_NEWS, share_rx.changed()).await;
     }
+    // Watch before the first pass: a user added while it runs (a second for
+    // thousands of users) starts another pass instead of waiting for the
+    // resync interval. After each pass the homes' parents are watched too.
+    watcher.watch(&ctx, &ctx.settings.borrow().clone(), &links.report());
     let mut scope = Scope::Everyone;
     loop {
         let settings = settings_rx.borrow_and_update().clone();
@@ -132,10 +136,6 @@ async fn run(ctx: TaskContext, links: Links) -> TaskResult {
         if let ShareNews::Mounted { root, .. } = &share {
             last_root = Some(root.clone());
         }
-        // Watch before the pass: a user added while it runs (the first one
-        // can take a second for thousands of users) starts another pass
-        // instead of waiting for the resync interval.
-        watcher.watch(&ctx, &settings, &links.report());
         if scope == Scope::NewUsers {
             // A user was added: link them first, then look at everyone.
             pass(&ctx, &settings, &share, last_root.clone(), &links, Scope::NewUsers).await?;
