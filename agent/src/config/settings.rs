@@ -47,6 +47,10 @@ pub const DEFAULT_WATCH_PORTS: [u16; 5] = [22, 8000, 8888, 8787, 3389];
 pub const DEFAULT_CONNECTION_BYTES_PER_MINUTE: u64 = 16 * 1024;
 pub const DEFAULT_CPU_PERCENT: f64 = 10.0;
 pub const DEFAULT_CPU_WINDOW: Duration = Duration::from_secs(60);
+/// A signal that cannot tell for longer than this stops keeping the VM awake.
+pub const DEFAULT_MAX_UNKNOWN: Duration = Duration::from_secs(12 * 3600);
+/// GPU memory held at 0% utilisation counts this long after the last utilisation.
+pub const DEFAULT_GPU_MEMORY_GRACE: Duration = Duration::from_secs(3600);
 pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
 pub const DEFAULT_ADMIN_GROUP: &str = "pool-agent-admin";
 
@@ -229,6 +233,14 @@ pub struct IdleSettings {
     pub jupyterhub_url: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jupyterhub_token_file: Option<PathBuf>,
+    /// A signal unknown for longer than this no longer keeps the VM awake.
+    #[serde(serialize_with = "duration::serialize")]
+    pub max_unknown: Duration,
+    /// GPU memory held at 0% utilisation counts this long after the last utilisation.
+    #[serde(serialize_with = "duration::serialize")]
+    pub gpu_memory_grace: Duration,
+    /// System units whose CPU counts whatever the uid (`rstudio-server.service`).
+    pub cpu_services: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -915,6 +927,26 @@ fn validate_idle(section: Option<Sourced<IdleFragment>>) -> Result<IdleSettings,
         _ => String::new(),
     };
     let token_file = |value: &Value<String>, key: &str| value.as_ref().map(|v| absolute_path(key, v)).transpose();
+    let max_unknown = duration_or(&idle.max_unknown, DEFAULT_MAX_UNKNOWN);
+    if let Some(given) = &idle.max_unknown {
+        if max_unknown < timeout {
+            return Err(invalid(&given.origin, "idle.max_unknown", "must be at least idle.timeout"));
+        }
+    }
+    let mut cpu_services = Vec::new();
+    if let Some(units) = &idle.cpu_services {
+        for (n, unit) in units.value.iter().enumerate() {
+            let known = [".service", ".scope", ".slice"].iter().any(|s| unit.ends_with(s));
+            if !known || unit.contains('/') || unit.chars().any(char::is_whitespace) {
+                return Err(invalid(
+                    &units.origin,
+                    &format!("idle.cpu_services[{n}]"),
+                    format!("{unit:?}: name a systemd unit, such as \"rstudio-server.service\""),
+                ));
+            }
+            cpu_services.push(unit.clone());
+        }
+    }
     Ok(IdleSettings {
         interval,
         timeout,
@@ -933,6 +965,9 @@ fn validate_idle(section: Option<Sourced<IdleFragment>>) -> Result<IdleSettings,
         jupyter_token_file: token_file(&idle.jupyter_token_file, "idle.jupyter_token_file")?,
         jupyterhub_url,
         jupyterhub_token_file: token_file(&idle.jupyterhub_token_file, "idle.jupyterhub_token_file")?,
+        max_unknown,
+        gpu_memory_grace: duration_or(&idle.gpu_memory_grace, DEFAULT_GPU_MEMORY_GRACE),
+        cpu_services,
     })
 }
 

@@ -309,7 +309,8 @@ async fn run(ctx: TaskContext, idle: Idle) -> TaskResult {
         }
         let now = ctx.clock.monotonic();
         let named: Vec<(&str, &Sample)> = samples.iter().map(|(n, s)| (*n, s)).collect();
-        let verdict = machine.step(now, wall, settings.idle.timeout, &named);
+        let limits = verdict::Limits { timeout: settings.idle.timeout, max_unknown: settings.idle.max_unknown };
+        let verdict = machine.step(now, wall, limits, &named);
         publish(&ctx, &idle, &settings, &verdict, &samples, wall);
     }
 }

@@ -31,11 +31,19 @@ impl SignalState {
 }
 
 /// One source's answer at one sample.
+///
+/// The contract every source keeps, and the verdict relies on:
+/// - `Active` and `Unknown` mean active *now*. Whatever `last_activity` an
+///   active sample carries is for humans; it never moves the idle count.
+/// - `last_activity` moves the count only on an `Idle` sample: "when did this
+///   signal last see activity" (a tty's last input, a kernel's last run).
+/// - An error, a timeout, a file that cannot be read is `Unknown`, never
+///   `Idle`: a source that cannot tell must not make a VM look idle.
+/// - `Absent` is for what is not there to watch at all (no GPU driver).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
     pub state: SignalState,
-    /// When the source last saw activity, if it knows (a tty's last input, a
-    /// kernel's last execution); `Active` without it means "now".
+    /// On an `Idle` sample: when the source last saw activity, if it knows.
     pub last_activity: Option<SystemTime>,
     /// For humans: `ssh alice pts/3`, `kernel busy python3 (alice)`.
     pub reasons: Vec<String>,

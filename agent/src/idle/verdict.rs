@@ -8,8 +8,12 @@
 //! - Within `idle.boot_grace` after boot the VM is active.
 //! - Shortening the timeout restarts the count, so it never makes a VM idle
 //!   at once; lengthening it may make an idle VM active again (the safe side).
-//! - A signal's own "last activity" (a tty's last input, a kernel's last
-//!   execution) counts from when it happened, not from when it was seen.
+//! - The contract of a sample (see [`super::signal::Sample`]): `Active` and
+//!   `Unknown` mean active *now*; only an `Idle` sample's `last_activity` (a
+//!   tty's last input, a kernel's last execution) moves the count, from when
+//!   it happened, not from when it was seen.
+//! - A signal unknown for longer than `idle.max_unknown` stops keeping the VM
+//!   awake (a Jupyter that is gone for good must not bill a VM for ever).
 
 use super::signal::{Sample, SignalState};
 use std::time::{Duration, Instant, SystemTime};
@@ -22,6 +26,17 @@ pub struct VerdictMachine {
     /// When the timeout was last shortened: the count starts again there.
     floor: Instant,
     idle: bool,
+    /// Per signal: since when it has been unknown without a break.
+    unknown_since: std::collections::HashMap<String, Instant>,
+    /// Signals given up on (unknown past `max_unknown`) and warned of.
+    warned: std::collections::HashSet<String>,
+}
+
+/// The bounds a step judges by (from `[idle]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub max_unknown: Duration,
 }
 
 /// One verdict, for status, metrics and the core's shared state.
@@ -35,6 +50,9 @@ pub struct Verdict {
     /// Set on the sample where the VM turned idle.
     pub turned_idle: bool,
     pub reasons: Vec<String>,
+    /// Signals that, on this step, became unknown for longer than
+    /// `max_unknown` and stopped counting (said once, as a warning).
+    pub gave_up: Vec<String>,
 }
 
 impl VerdictMachine {
@@ -42,14 +60,23 @@ impl VerdictMachine {
     /// agent never calls a VM idle before a whole timeout has passed);
     /// `grace_until`: boot time plus the boot grace.
     pub fn new(started: Instant, grace_until: Instant, timeout: Duration) -> Self {
-        Self { timeout, grace_until, last_active: started, floor: started, idle: false }
+        Self {
+            timeout,
+            grace_until,
+            last_active: started,
+            floor: started,
+            idle: false,
+            unknown_since: Default::default(),
+            warned: Default::default(),
+        }
     }
 
     pub fn set_grace_until(&mut self, grace_until: Instant) {
         self.grace_until = grace_until;
     }
 
-    pub fn step(&mut self, now: Instant, wall: SystemTime, timeout: Duration, samples: &[(&str, &Sample)]) -> Verdict {
+    pub fn step(&mut self, now: Instant, wall: SystemTime, limits: Limits, samples: &[(&str, &Sample)]) -> Verdict {
+        let timeout = limits.timeout;
         if timeout < self.timeout {
             self.floor = now;
         }
@@ -66,18 +93,39 @@ impl VerdictMachine {
             now.checked_sub(ago).unwrap_or(now)
         };
         let mut reasons = Vec::new();
+        let mut gave_up = Vec::new();
         let mut active_now = false;
+        let still_unknown = |name: &String| samples.iter().any(|(n, s)| n == name && s.state == SignalState::Unknown);
+        self.unknown_since.retain(|name, _| still_unknown(name));
+        self.warned.retain(still_unknown);
         for (name, sample) in samples {
             let seen = match sample.state {
+                // Active now, whatever the source says it last saw: its
+                // `last_activity` may be an older part of it (a terminal
+                // last typed in, next to a desktop in use).
                 SignalState::Active => {
                     active_now = true;
                     reasons.extend(sample.reasons.iter().map(|r| format!("{name}: {r}")));
-                    Some(sample.last_activity.map_or(now, to_mono))
+                    Some(now)
                 }
                 SignalState::Unknown => {
-                    active_now = true;
-                    reasons.extend(sample.reasons.iter().map(|r| format!("{name}: unknown, counts as active: {r}")));
-                    Some(now)
+                    let since = *self.unknown_since.entry(name.to_string()).or_insert(now);
+                    let why = sample.reasons.join("; ");
+                    if now.duration_since(since) > limits.max_unknown {
+                        if self.warned.insert(name.to_string()) {
+                            gave_up.push(name.to_string());
+                        }
+                        reasons.push(format!(
+                            "{name}: unknown since {}, longer than idle.max_unknown ({}): no longer keeps the VM awake: {why}",
+                            crate::core::clock::rfc3339(to_wall(since)),
+                            crate::config::duration::format(limits.max_unknown)
+                        ));
+                        None
+                    } else {
+                        active_now = true;
+                        reasons.push(format!("{name}: unknown, counts as active: {why}"));
+                        Some(now)
+                    }
                 }
                 SignalState::Idle => sample.last_activity.map(to_mono),
                 SignalState::Absent => None,
@@ -115,6 +163,7 @@ impl VerdictMachine {
             idle_at: to_wall(idle_at_mono),
             turned_idle: self.idle && !was_idle,
             reasons,
+            gave_up,
         }
     }
 }
@@ -140,7 +189,8 @@ mod tests {
         }
 
         fn step(&mut self, timeout: Duration, samples: &[(&str, &Sample)]) -> Verdict {
-            self.machine.step(self.clock.monotonic(), self.clock.now(), timeout, samples)
+            let limits = Limits { timeout, max_unknown: 12 * 60 * MIN };
+            self.machine.step(self.clock.monotonic(), self.clock.now(), limits, samples)
         }
 
         /// Advances by `by` in 10 s samples, all answering `sample`; the last verdict.
@@ -232,5 +282,107 @@ mod tests {
         assert_eq!(verdict.idle_at, rig.clock.now() + 5 * MIN);
         rig.clock.advance(5 * MIN);
         assert!(rig.step(30 * MIN, &[("sessions", &tty)]).idle);
+    }
+
+    /// Steps every 10 s for `by`, each step answering `samples(now)`.
+    fn run_with(rig: &mut Rig, by: Duration, timeout: Duration, samples: &dyn Fn(SystemTime) -> Vec<(&'static str, Sample)>) -> Verdict {
+        let mut left = by;
+        loop {
+            let answered = samples(rig.clock.now());
+            let named: Vec<(&str, &Sample)> = answered.iter().map(|(n, s)| (*n, s)).collect();
+            let verdict = rig.step(timeout, &named);
+            if left.is_zero() {
+                return verdict;
+            }
+            let step = left.min(Duration::from_secs(10));
+            rig.clock.advance(step);
+            left -= step;
+        }
+    }
+
+    #[test]
+    fn an_active_sessions_sample_counts_now_whatever_its_oldest_terminal_says() {
+        // Two hours of a tty-less VS Code session at work, next to a terminal
+        // last typed in 45 minutes before they began: the sessions source
+        // answers Active with the terminal's old input as last_activity.
+        let mut rig = Rig::new(Duration::ZERO, 30 * MIN);
+        let started = rig.clock.now();
+        let working = |_now: SystemTime| {
+            vec![(
+                "sessions",
+                Sample::active(vec!["sshd bob (no terminal), working at 80% of a core".into()])
+                    .at(Some(started - 45 * MIN)),
+            )]
+        };
+        assert!(!run_with(&mut rig, 120 * MIN, 30 * MIN, &working).idle);
+        // The work stops: the first quiet sample must not be idle at once.
+        let quiet_since_terminal = |_now: SystemTime| {
+            vec![("sessions", Sample::idle("sshd alice pts/0, no input for 165m").at(Some(started - 45 * MIN)))]
+        };
+        let verdict = run_with(&mut rig, Duration::ZERO, 30 * MIN, &quiet_since_terminal);
+        assert!(!verdict.idle, "{verdict:?}");
+        assert!(!run_with(&mut rig, 29 * MIN, 30 * MIN, &quiet_since_terminal).idle, "a whole timeout of quiet first");
+        assert!(run_with(&mut rig, 2 * MIN, 30 * MIN, &quiet_since_terminal).idle);
+    }
+
+    #[test]
+    fn a_desktop_in_use_beside_an_old_terminal_keeps_the_count_at_now() {
+        let mut rig = Rig::new(Duration::ZERO, 30 * MIN);
+        let old = rig.clock.now();
+        let desktop = |_now: SystemTime| {
+            vec![
+                ("sessions", Sample::active(vec!["xrdp-sesman carol (x11), in use".into()]).at(Some(old))),
+                ("cpu", Sample::idle("users' CPU below 10%")),
+            ]
+        };
+        run_with(&mut rig, 60 * MIN, 30 * MIN, &desktop);
+        let left = rig.clock.now();
+        let quiet = |_now: SystemTime| vec![("sessions", Sample::idle("carol idle").at(Some(old)))];
+        let verdict = run_with(&mut rig, 10 * MIN, 30 * MIN, &quiet);
+        assert!(!verdict.idle);
+        assert_eq!(verdict.idle_since, left, "the count starts when the desktop was last in use");
+    }
+
+    #[test]
+    fn a_cpu_active_tty_less_session_beside_an_old_terminal_moves_the_count() {
+        let mut rig = Rig::new(Duration::ZERO, 30 * MIN);
+        let long_ago = rig.clock.now();
+        rig.clock.advance(60 * MIN);
+        let busy = Sample::active(vec!["sshd bob (no terminal), working at 50% of a core".into()]);
+        let verdict = rig.step(30 * MIN, &[("sessions", &busy.at(Some(long_ago)))]);
+        assert_eq!(verdict.idle_since, rig.clock.now());
+        rig.clock.advance(Duration::from_secs(10));
+        let verdict = rig.step(30 * MIN, &[("sessions", &Sample::idle("quiet").at(Some(long_ago)))]);
+        assert!(!verdict.idle, "{verdict:?}");
+        assert_eq!(verdict.idle_at, rig.clock.now() - Duration::from_secs(10) + 30 * MIN);
+    }
+
+    #[test]
+    fn an_unknown_signal_stops_keeping_the_vm_awake_after_max_unknown_and_says_so_once() {
+        let mut rig = Rig::new(Duration::ZERO, 30 * MIN);
+        let limits = Limits { timeout: 30 * MIN, max_unknown: 60 * MIN };
+        let gone = Sample::unknown("cannot reach http://127.0.0.1:8888: connection reset");
+        let mut warnings = 0;
+        let mut idle_at_minute = None;
+        for minute in 1..=120 {
+            rig.clock.advance(MIN);
+            let verdict = rig.machine.step(rig.clock.monotonic(), rig.clock.now(), limits, &[("jupyter", &gone)]);
+            warnings += verdict.gave_up.len();
+            if minute <= 60 {
+                assert!(!verdict.idle, "unknown counts as active for max_unknown (minute {minute})");
+            }
+            if verdict.idle && idle_at_minute.is_none() {
+                idle_at_minute = Some(minute);
+                assert!(verdict.reasons.iter().any(|r| r.contains("longer than idle.max_unknown (1h)")), "{verdict:?}");
+            }
+        }
+        assert_eq!(warnings, 1, "said once");
+        assert_eq!(idle_at_minute, Some(91), "idle a whole timeout after the unknown stopped counting");
+        // It answers again, then goes unknown again: it counts once more.
+        rig.clock.advance(MIN);
+        rig.machine.step(rig.clock.monotonic(), rig.clock.now(), limits, &[("jupyter", &quiet())]);
+        rig.clock.advance(MIN);
+        let verdict = rig.machine.step(rig.clock.monotonic(), rig.clock.now(), limits, &[("jupyter", &gone)]);
+        assert!(!verdict.idle);
     }
 }
