@@ -131,6 +131,8 @@ struct Cache {
     /// NSS users not listed by enumeration, and their supplementary gids.
     lookups: HashMap<u32, (Instant, Option<UserWithGroups>)>,
     reloads: u64,
+    /// A reader is loading a new snapshot outside the lock.
+    loading: bool,
 }
 
 /// The one accounts view, shared by the API (admin checks), the share (uid
@@ -156,6 +158,7 @@ impl AccountsView {
             loaded: None,
             lookups: HashMap::new(),
             reloads: 0,
+            loading: false,
         };
         Self { source: Arc::new(source), cache: Arc::new(Mutex::new(cache)) }
     }
@@ -174,25 +177,41 @@ impl AccountsView {
     }
 
     /// The current snapshot, reloaded first if the files changed. May block
-    /// on NSS: call it from a blocking thread where that matters.
+    /// on NSS: call it from a blocking thread where that matters. The load
+    /// runs outside the cache's lock and is swapped in, so a slow directory
+    /// service holds only the one reader that loads; others meanwhile get the
+    /// snapshot they had (or, before the first, load too).
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        let mut cache = self.lock();
         let now = Instant::now();
-        let check_due = cache.stamps_checked.is_none_or(|at| now.duration_since(at) >= STAMP_CHECK_EVERY);
-        let nss_due = matches!(*self.source, AccountSource::Nss { .. })
-            && cache.loaded.is_some_and(|at| now.duration_since(at) >= NSS_RELOAD_EVERY);
-        if check_due || nss_due {
+        let stamps = {
+            let mut cache = self.lock();
+            let check_due = cache.stamps_checked.is_none_or(|at| now.duration_since(at) >= STAMP_CHECK_EVERY);
+            let nss_due = matches!(*self.source, AccountSource::Nss { .. })
+                && cache.loaded.is_some_and(|at| now.duration_since(at) >= NSS_RELOAD_EVERY);
+            if !(check_due || nss_due) || (cache.loading && cache.loaded.is_some()) {
+                return cache.snapshot.clone();
+            }
             cache.stamps_checked = Some(now);
             let [passwd, group] = self.source.files();
             let stamps = [stamp(passwd), stamp(group)];
-            if cache.loaded.is_none() || stamps != cache.stamps || nss_due {
-                cache.snapshot = Arc::new(self.load());
-                cache.stamps = stamps;
-                cache.loaded = Some(now);
-                cache.lookups.clear();
-                cache.reloads += 1;
+            if cache.loaded.is_some() && stamps == cache.stamps && !nss_due {
+                return cache.snapshot.clone();
             }
+            cache.loading = true;
+            stamps
+        };
+        let loaded = Arc::new(self.load());
+        let mut cache = self.lock();
+        cache.loading = false;
+        // A load that started later may have been swapped in already.
+        if cache.loaded.is_some_and(|at| at > now) {
+            return cache.snapshot.clone();
         }
+        cache.snapshot = loaded;
+        cache.stamps = stamps;
+        cache.loaded = Some(now);
+        cache.lookups.clear();
+        cache.reloads += 1;
         cache.snapshot.clone()
     }
 

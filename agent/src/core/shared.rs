@@ -59,6 +59,32 @@ pub struct IdleNews {
     pub reasons: Vec<String>,
     /// Per-signal figures: sessions, cpu_percent, gpu_percent, connections...
     pub figures: std::collections::BTreeMap<String, f64>,
+    /// When the samples behind this verdict were taken.
+    pub sampled_at: Option<std::time::SystemTime>,
+    /// The sampling interval in force: a verdict older than
+    /// [`STALE_AFTER_INTERVALS`] of them is stale.
+    pub interval: std::time::Duration,
+}
+
+/// A verdict older than this many sampling intervals is not acted on.
+pub const STALE_AFTER_INTERVALS: u32 = 3;
+
+impl IdleNews {
+    /// How old the verdict is at `now` (None before the first one).
+    pub fn age(&self, now: std::time::SystemTime) -> Option<std::time::Duration> {
+        self.sampled_at.map(|at| now.duration_since(at).unwrap_or_default())
+    }
+
+    /// A verdict older than three sampling intervals: sampling stalled, so
+    /// nobody may take it for idle.
+    pub fn is_stale(&self, now: std::time::SystemTime) -> bool {
+        self.age(now).is_some_and(|age| age > self.interval * STALE_AFTER_INTERVALS)
+    }
+
+    /// The only verdict anyone may act on: made, idle, and fresh.
+    pub fn idle_now(&self, now: std::time::SystemTime) -> bool {
+        self.known && self.idle && !self.is_stale(now)
+    }
 }
 
 #[derive(Clone)]
@@ -170,5 +196,16 @@ mod tests {
         shared.publish_share(ShareNews::Mounted { root: "/data/notebooks".into(), identity: (1, 2), smb: None });
         assert!(!rx.has_changed().unwrap(), "the same news again wakes nobody");
         assert_eq!(shared.share(), ShareNews::Mounted { root: "/data/notebooks".into(), identity: (1, 2), smb: None });
+    }
+
+    #[test]
+    fn an_idle_verdict_older_than_three_intervals_is_not_idle() {
+        let at = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let interval = std::time::Duration::from_secs(10);
+        let news = IdleNews { known: true, idle: true, sampled_at: Some(at), interval, ..Default::default() };
+        assert!(news.idle_now(at + interval * 3), "three intervals old is still fresh");
+        assert!(!news.idle_now(at + interval * 3 + std::time::Duration::from_secs(1)));
+        assert!(news.is_stale(at + interval * 4));
+        assert!(!IdleNews { known: false, ..news.clone() }.idle_now(at), "no verdict yet is not idle");
     }
 }

@@ -2,7 +2,14 @@
 //! while (`pool-agent hold 4h --reason training`). The owner is the caller
 //! the kernel reported (SO_PEERCRED); only the owner or an admin releases a
 //! hold. Holds live in `/var/lib/pool-agent/holds.json`, replaced
-//! atomically, so they survive an agent restart.
+//! atomically (mode 0600), so they survive an agent restart.
+//!
+//! A holds file that cannot be parsed is moved aside
+//! (`holds.json.bad-<unix seconds>`), never overwritten: a hold it held may
+//! still be running, so the holds signal stays unknown for `idle.max_hold`
+//! after the move (the longest such a hold could last) unless an admin
+//! clears it (`pool-agent hold release lost`, which renames the file to
+//! `….cleared`). A file that cannot be read at all is unknown until it can.
 
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -50,17 +57,105 @@ pub enum HoldError {
 pub struct Holds {
     file: PathBuf,
     holds: Mutex<Vec<Hold>>,
+    /// The holds file could not be read (the error), so saving would lose what it holds.
+    unreadable: Mutex<Option<String>>,
 }
 
+/// Holds the agent may have lost: a file moved aside, and when the last hold it
+/// could have held ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lost {
+    pub file: PathBuf,
+    pub until: SystemTime,
+}
+
+const BAD_SUFFIX: &str = ".bad-";
+const CLEARED_SUFFIX: &str = ".cleared";
+/// The id an admin releases to clear lost holds.
+pub const LOST_ID: &str = "lost";
+
 impl Holds {
-    /// Loads the holds kept by an earlier run; a missing or unreadable file is none.
-    pub fn load(file: PathBuf) -> Self {
-        let holds = fs::read(&file).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default();
-        Self { file, holds: Mutex::new(holds) }
+    /// Loads the holds kept by an earlier run. A missing file is none; a
+    /// corrupt one is moved aside (see the module's doc); one that cannot be
+    /// read stays where it is and the holds are unknown until it can be.
+    pub fn load(file: PathBuf, now: SystemTime) -> Self {
+        let (holds, unreadable) = match fs::read(&file) {
+            Ok(bytes) => match serde_json::from_slice::<Vec<Hold>>(&bytes) {
+                Ok(holds) => (holds, None),
+                Err(err) => {
+                    let seconds = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                    let mut aside = file.clone().into_os_string();
+                    aside.push(format!("{BAD_SUFFIX}{seconds}"));
+                    match fs::rename(&file, &aside) {
+                        Ok(()) => {
+                            tracing::warn!(
+                                component = "idle",
+                                "holds file {} is corrupt ({err}); moved to {}; holds count as unknown for idle.max_hold unless an admin runs `pool-agent hold release lost`",
+                                file.display(),
+                                PathBuf::from(&aside).display()
+                            );
+                            (Vec::new(), None)
+                        }
+                        Err(move_err) => (Vec::new(), Some(format!("{} is corrupt ({err}) and cannot be moved aside: {move_err}", file.display()))),
+                    }
+                }
+            },
+            Err(err) if err.kind() == io::ErrorKind::NotFound => (Vec::new(), None),
+            Err(err) => (Vec::new(), Some(format!("cannot read {}: {err}", file.display()))),
+        };
+        if let Some(why) = &unreadable {
+            tracing::warn!(component = "idle", "holds: {why}; holds count as unknown");
+        }
+        Self { file, holds: Mutex::new(holds), unreadable: Mutex::new(unreadable) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Hold>> {
         self.holds.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Why the holds cannot be known now, if they cannot.
+    pub fn unreadable(&self) -> Option<String> {
+        self.unreadable.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The newest corrupt file moved aside whose holds could still be running
+    /// (moved less than `max_hold` ago) and that no admin cleared.
+    pub fn lost(&self, max_hold: Duration, now: SystemTime) -> Option<Lost> {
+        self.bad_files()
+            .into_iter()
+            .filter_map(|(file, moved)| {
+                let until = moved + max_hold;
+                (until > now).then_some(Lost { file, until })
+            })
+            .max_by_key(|lost| lost.until)
+    }
+
+    /// Files moved aside and not cleared, with when they were moved.
+    fn bad_files(&self) -> Vec<(PathBuf, SystemTime)> {
+        let (Some(dir), Some(name)) = (self.file.parent(), self.file.file_name()) else { return Vec::new() };
+        let prefix = format!("{}{BAD_SUFFIX}", name.to_string_lossy());
+        let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let seconds: u64 = name.strip_prefix(&prefix)?.parse().ok()?;
+                Some((entry.path(), SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)))
+            })
+            .collect()
+    }
+
+    /// An admin says the lost holds are over: the files moved aside are kept,
+    /// renamed `….cleared`. How many were cleared.
+    pub fn clear_lost(&self) -> Result<usize, HoldError> {
+        let mut cleared = 0;
+        for (file, _) in self.bad_files() {
+            let mut to = file.clone().into_os_string();
+            to.push(CLEARED_SUFFIX);
+            fs::rename(&file, &to).map_err(|err| HoldError::Store(format!("cannot rename {}: {err}", file.display())))?;
+            cleared += 1;
+        }
+        Ok(cleared)
     }
 
     /// Live holds (expired ones are dropped).
@@ -91,6 +186,9 @@ impl Holds {
                 "the reason must be one line of at most {MAX_REASON_CHARS} characters"
             )));
         }
+        if let Some(why) = self.unreadable() {
+            return Err(HoldError::Store(format!("{why}; not overwriting it")));
+        }
         let mut holds = self.lock();
         holds.retain(|h| h.live(now));
         if holds.iter().filter(|h| h.owner_uid == owner_uid).count() >= MAX_HOLDS_PER_USER {
@@ -114,6 +212,9 @@ impl Holds {
     }
 
     pub fn release(&self, id: &str, caller_uid: u32, admin: bool, now: SystemTime) -> Result<Hold, HoldError> {
+        if let Some(why) = self.unreadable() {
+            return Err(HoldError::Store(format!("{why}; not overwriting it")));
+        }
         let mut holds = self.lock();
         holds.retain(|h| h.live(now));
         let Some(index) = holds.iter().position(|h| h.id == id) else {
@@ -131,7 +232,7 @@ impl Holds {
 
     fn save(&self, holds: &[Hold]) -> io::Result<()> {
         let body = serde_json::to_vec_pretty(holds).map_err(io::Error::other)?;
-        crate::core::atomic::replace_file(&self.file, &body, 0o644)
+        crate::core::atomic::replace_file(&self.file, &body, 0o600)
     }
 }
 
@@ -156,17 +257,17 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("holds.json");
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let holds = Holds::load(file.clone());
+        let holds = Holds::load(file.clone(), now);
         let hold = holds.add(1001, "alice", 4 * HOUR, "training", 24 * HOUR, now).unwrap();
         assert_eq!(hold.owner, "alice");
-        let again = Holds::load(file.clone());
+        let again = Holds::load(file.clone(), now);
         assert_eq!(again.live(now), vec![hold.clone()], "kept across a restart");
         assert_eq!(
             again.release(&hold.id, 1002, false, now),
             Err(HoldError::NotYours { id: hold.id.clone(), owner: "alice".into() })
         );
         assert!(again.release(&hold.id, 0, true, now).is_ok(), "an admin releases anyone's");
-        assert!(Holds::load(file.clone()).live(now).is_empty());
+        assert!(Holds::load(file.clone(), now).live(now).is_empty());
         let short = again.add(1001, "alice", HOUR, "", 24 * HOUR, now).unwrap();
         assert!(again.live(now + HOUR + Duration::from_secs(1)).is_empty(), "expired");
         assert_eq!(again.release(&short.id, 1001, false, now + 2 * HOUR), Err(HoldError::NotFound(short.id.clone())));
@@ -175,8 +276,8 @@ mod tests {
     #[test]
     fn a_hold_longer_than_max_hold_or_with_a_multiline_reason_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
-        let holds = Holds::load(tmp.path().join("holds.json"));
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let holds = Holds::load(tmp.path().join("holds.json"), now);
         let err = holds.add(1001, "alice", 25 * HOUR, "", 24 * HOUR, now).unwrap_err();
         assert!(err.to_string().contains("at most 1d"), "{err}");
         assert!(holds.add(1001, "alice", HOUR, "a\nb", 24 * HOUR, now).is_err());
@@ -185,5 +286,42 @@ mod tests {
         }
         assert!(holds.add(1001, "alice", HOUR, "", 24 * HOUR, now).is_err());
         assert!(holds.add(1002, "bob", HOUR, "", 24 * HOUR, now).is_ok());
+    }
+
+    #[test]
+    fn a_corrupt_holds_file_is_moved_aside_and_holds_are_lost_for_max_hold_unless_an_admin_clears_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("holds.json");
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        std::fs::write(&file, "[{\"id\": \"1234\", \"owner_uid\": 10").unwrap();
+        let holds = Holds::load(file.clone(), now);
+        let aside = tmp.path().join("holds.json.bad-1800000000");
+        assert!(aside.exists() && !file.exists(), "moved aside, not left to be overwritten");
+        let lost = holds.lost(24 * HOUR, now + HOUR).expect("lost holds");
+        assert_eq!(lost, Lost { file: aside.clone(), until: now + 24 * HOUR });
+        // A new hold is kept in a new file; the bad one stays.
+        holds.add(1001, "alice", HOUR, "", 24 * HOUR, now).unwrap();
+        assert!(aside.exists());
+        // Across a restart it is still lost; past max_hold it is not.
+        let again = Holds::load(file.clone(), now + HOUR);
+        assert!(again.lost(24 * HOUR, now + 2 * HOUR).is_some());
+        assert!(again.lost(24 * HOUR, now + 24 * HOUR).is_none());
+        assert_eq!(again.clear_lost().unwrap(), 1);
+        assert!(again.lost(24 * HOUR, now + 2 * HOUR).is_none());
+        assert!(tmp.path().join("holds.json.bad-1800000000.cleared").exists(), "kept, renamed");
+    }
+
+    #[test]
+    fn an_unreadable_holds_file_is_not_overwritten() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A directory where the file should be: reading fails, not with NotFound.
+        let file = tmp.path().join("holds.json");
+        std::fs::create_dir(&file).unwrap();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let holds = Holds::load(file.clone(), now);
+        assert!(holds.unreadable().is_some());
+        let err = holds.add(1001, "alice", HOUR, "", 24 * HOUR, now).unwrap_err();
+        assert!(matches!(err, HoldError::Store(ref why) if why.contains("not overwriting")), "{err}");
+        assert!(file.is_dir());
     }
 }

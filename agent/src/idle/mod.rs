@@ -16,6 +16,7 @@ pub mod holds;
 pub mod jupyter;
 pub mod logind;
 pub mod report;
+pub mod sampler;
 pub mod sessions;
 pub mod signal;
 pub mod verdict;
@@ -25,7 +26,7 @@ use crate::core::capability::Capability;
 use crate::core::clock::rfc3339;
 use crate::core::component::{ComponentId, ComponentState};
 use crate::core::http::{Access, ApiError, Caller, Route};
-use crate::core::shared::IdleNews;
+use crate::core::shared::{IdleNews, STALE_AFTER_INTERVALS};
 use crate::core::task::{TaskContext, TaskResult};
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
@@ -39,9 +40,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 use verdict::VerdictMachine;
-
-/// A source that takes longer than this is `unknown` for the sample.
-const SOURCE_DEADLINE: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub struct Idle {
@@ -72,8 +70,27 @@ impl Idle {
         }
     }
 
+    /// The last verdict as it stands now: one older than three sampling
+    /// intervals is `stale` (never idle), with why.
     pub fn report(&self) -> IdleReport {
-        self.report.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let mut report = self.report.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let now = self.clock.now();
+        if let Some(at) = report.sampled_at {
+            let age = now.duration_since(at).unwrap_or_default();
+            report.verdict_age_seconds = Some(age.as_secs_f64().round());
+            if age.as_secs_f64() > report.stale_after_seconds {
+                report.reasons.insert(
+                    0,
+                    format!(
+                        "verdict stale since {}: no sample for {}s (sampling stalled?); not idle",
+                        rfc3339(at),
+                        age.as_secs()
+                    ),
+                );
+                report.verdict = "stale".into();
+            }
+        }
+        report
     }
 }
 
@@ -145,15 +162,34 @@ async fn add_hold(
         Ok(duration) => duration,
         Err(why) => return ApiError::BadRequest(format!("duration {:?}: {why}", request.duration)).into_response(),
     };
-    let owner = started.accounts.user_name(caller.peer.uid);
+    let (max_hold, min_uid, max_uid) = {
+        let settings = started.settings.borrow();
+        (settings.idle.max_hold, settings.links.min_uid, settings.links.max_uid)
+    };
+    let uid = caller.peer.uid;
+    // System accounts (nobody, a service, a cron job) do not keep a VM billed.
+    if !caller.admin && !(min_uid..=max_uid).contains(&uid) {
+        return ApiError::Forbidden(format!(
+            "uid {uid} is not a user (links.min_uid {min_uid} to links.max_uid {max_uid}) nor an admin; only users and admins may hold the VM"
+        ))
+        .into_response();
+    }
     let reason = request.reason.unwrap_or_default();
-    let max_hold = started.settings.borrow().idle.max_hold;
-    match started.holds.add(caller.peer.uid, &owner, duration, &reason, max_hold, idle.clock.now()) {
-        Ok(hold) => {
+    let now = idle.clock.now();
+    // The owner's name (NSS) and the file's fsync wait on the kernel: off the workers.
+    let idle_for_work = idle.clone();
+    let work = move || {
+        let started = idle_for_work.started.get().ok_or_else(|| HoldError::Store("the idle task is starting".into()))?;
+        let owner = started.accounts.user_name(uid);
+        started.holds.add(uid, &owner, duration, &reason, max_hold, now).map(|hold| (hold, owner, reason))
+    };
+    match crate::core::task::blocking("saving the hold", HOLD_DEADLINE, work).await {
+        Ok(Ok((hold, owner, reason))) => {
             tracing::info!("hold {} by {owner} until {}: {reason}", hold.id, hold.expires);
             (StatusCode::CREATED, Json(hold)).into_response()
         }
-        Err(err) => hold_error(err).into_response(),
+        Ok(Err(err)) => hold_error(err).into_response(),
+        Err(err) => ApiError::Internal(err.to_string()).into_response(),
     }
 }
 
@@ -162,18 +198,48 @@ async fn release_hold(
     Extension(caller): Extension<Caller>,
     UrlPath(id): UrlPath<String>,
 ) -> Response {
-    let started = match started_or_unavailable(&idle) {
-        Ok(started) => started,
-        Err(err) => return err.into_response(),
+    if let Err(err) = started_or_unavailable(&idle) {
+        return err.into_response();
+    }
+    let now = idle.clock.now();
+    if id == holds::LOST_ID {
+        if !caller.admin {
+            return ApiError::Forbidden("only an admin may clear lost holds".into()).into_response();
+        }
+        let idle_for_work = idle.clone();
+        let work = move || match idle_for_work.started.get() {
+            Some(started) => started.holds.clear_lost(),
+            None => Err(HoldError::Store("the idle task is starting".into())),
+        };
+        return match crate::core::task::blocking("clearing lost holds", HOLD_DEADLINE, work).await {
+            Ok(Ok(cleared)) => {
+                tracing::warn!("lost holds cleared by uid {} ({cleared} file(s))", caller.peer.uid);
+                Json(serde_json::json!({"id": holds::LOST_ID, "cleared_files": cleared})).into_response()
+            }
+            Ok(Err(err)) => hold_error(err).into_response(),
+            Err(err) => ApiError::Internal(err.to_string()).into_response(),
+        };
+    }
+    let idle_for_work = idle.clone();
+    let work = move || match idle_for_work.started.get() {
+        Some(started) => started.holds.release(&id, caller.peer.uid, caller.admin, now),
+        None => Err(HoldError::Store("the idle task is starting".into())),
     };
-    match started.holds.release(&id, caller.peer.uid, caller.admin, idle.clock.now()) {
-        Ok(hold) => {
+    match crate::core::task::blocking("saving the holds", HOLD_DEADLINE, work).await {
+        Ok(Ok(hold)) => {
             tracing::info!("hold {} of {} released by uid {}", hold.id, hold.owner, caller.peer.uid);
             Json(hold).into_response()
         }
-        Err(err) => hold_error(err).into_response(),
+        Ok(Err(err)) => hold_error(err).into_response(),
+        Err(err) => ApiError::Internal(err.to_string()).into_response(),
     }
 }
+
+/// Sources start a reason with this for what only an admin can mend.
+pub const CONFIG_ERROR: &str = "config error: ";
+
+/// Saving holds writes and fsyncs a small file on local disk.
+const HOLD_DEADLINE: Duration = Duration::from_secs(5);
 
 fn hold_error(err: HoldError) -> ApiError {
     match err {
@@ -192,9 +258,24 @@ impl Source for HoldsSource {
         "holds"
     }
     fn sample(&mut self, now: SystemTime) -> BoxFuture<'_, Sample> {
-        let live = self.0.started.get().map(|s| s.holds.live(now)).unwrap_or_default();
+        let Some(started) = self.0.started.get() else {
+            return Box::pin(async { Sample::unknown("the holds are not loaded yet") });
+        };
+        let live = started.holds.live(now);
+        let max_hold = started.settings.borrow().idle.max_hold;
+        let problem = started.holds.unreadable().or_else(|| {
+            started.holds.lost(max_hold, now).map(|lost| {
+                format!(
+                    "the holds file was corrupt and was moved to {}; a hold it held may run until {}; an admin clears this with `pool-agent hold release lost`",
+                    lost.file.display(),
+                    rfc3339(lost.until)
+                )
+            })
+        });
         Box::pin(async move {
-            let sample = if live.is_empty() {
+            let sample = if let Some(problem) = problem {
+                Sample::unknown(problem)
+            } else if live.is_empty() {
                 Sample::idle("no holds")
             } else {
                 Sample::active(
@@ -229,9 +310,9 @@ impl Source for ScriptsSource {
     }
 }
 
-fn sources(ctx: &TaskContext, idle: &Idle, settings: &Settings) -> Vec<Box<dyn Source>> {
+fn sources(ctx: &TaskContext, idle: &Idle, settings: &Settings) -> Vec<sampler::Slot> {
     let config = &settings.idle;
-    vec![
+    let sources: Vec<Box<dyn Source>> = vec![
         Box::new(sessions::Sessions::new(ctx.paths.clone(), cpu::cgroup2_root())),
         Box::new(connections::Connections::new(config.watch_ports.clone(), config.connection_bytes_per_minute)),
         Box::new(jupyter::Jupyter::new(
@@ -250,7 +331,8 @@ fn sources(ctx: &TaskContext, idle: &Idle, settings: &Settings) -> Vec<Box<dyn S
         Box::new(gpu::Gpu::new(ctx.accounts.clone())),
         Box::new(ScriptsSource(ctx.shared.clone())),
         Box::new(HoldsSource(idle.clone())),
-    ]
+    ];
+    sources.into_iter().map(sampler::Slot::new).collect()
 }
 
 /// When the machine booted, on the monotonic clock (from /proc/uptime).
@@ -263,8 +345,12 @@ fn booted_at(now: std::time::Instant) -> std::time::Instant {
 }
 
 async fn run(ctx: TaskContext, idle: Idle) -> TaskResult {
+    let holds_file = ctx.paths.state_dir().join("holds.json");
+    let now = ctx.clock.now();
+    let holds = crate::core::task::blocking("loading the holds", HOLD_DEADLINE, move || Holds::load(holds_file, now))
+        .await?;
     let _ = idle.started.set(Started {
-        holds: Holds::load(ctx.paths.state_dir().join("holds.json")),
+        holds,
         accounts: ctx.accounts.clone(),
         settings: ctx.settings.clone(),
     });
@@ -298,15 +384,7 @@ async fn run(ctx: TaskContext, idle: Idle) -> TaskResult {
             _ = ticker.tick() => {}
         }
         let wall = ctx.clock.now();
-        let mut samples: Vec<(&'static str, Sample)> = Vec::new();
-        for source in sources.iter_mut() {
-            let name = source.name();
-            let sample = match tokio::time::timeout(SOURCE_DEADLINE, source.sample(wall)).await {
-                Ok(sample) => sample,
-                Err(_) => Sample::unknown(format!("no answer within {}s", SOURCE_DEADLINE.as_secs())),
-            };
-            samples.push((name, sample));
-        }
+        let samples = sampler::sample_all(&sources, wall, sampler::SOURCE_DEADLINE).await;
         let now = ctx.clock.monotonic();
         let named: Vec<(&str, &Sample)> = samples.iter().map(|(n, s)| (*n, s)).collect();
         let limits = verdict::Limits { timeout: settings.idle.timeout, max_unknown: settings.idle.max_unknown };
@@ -334,7 +412,16 @@ fn publish(
         idle_at: Some(verdict.idle_at),
         reasons: verdict.reasons.clone(),
         figures,
+        sampled_at: Some(wall),
+        interval: settings.idle.interval,
     });
+    for name in &verdict.gave_up {
+        tracing::warn!(
+            component = "idle",
+            "{name}: unknown for longer than idle.max_unknown ({}); it no longer keeps the VM awake",
+            crate::config::duration::format(settings.idle.max_unknown)
+        );
+    }
     let action = match settings.idle.action {
         IdleAction::Report => "report",
     };
@@ -358,6 +445,8 @@ fn publish(
             report.would_have_scaled_in_at = Some(rfc3339(wall));
         }
         report.last_sample = Some(rfc3339(wall));
+        report.sampled_at = Some(wall);
+        report.stale_after_seconds = settings.idle.interval.as_secs_f64() * f64::from(STALE_AFTER_INTERVALS);
         report.reasons = verdict.reasons.clone();
         report.signals = samples
             .iter()
@@ -383,7 +472,23 @@ fn publish(
     } else {
         format!("active: {}", verdict.reasons.first().cloned().unwrap_or_default())
     };
-    ctx.set(ComponentState::Ready, detail);
+    // What an admin must mend: lost or unreadable holds, a Jupyter token refused.
+    let problems: Vec<String> = samples
+        .iter()
+        .flat_map(|(name, sample)| {
+            let holds_lost = *name == "holds" && sample.state == SignalState::Unknown;
+            sample
+                .reasons
+                .iter()
+                .filter(move |r| holds_lost || r.starts_with(CONFIG_ERROR))
+                .map(move |r| format!("{name}: {r}"))
+        })
+        .collect();
+    if problems.is_empty() {
+        ctx.set(ComponentState::Ready, detail);
+    } else {
+        ctx.set_error(ComponentState::Degraded, detail, problems.join("; "));
+    }
 }
 
 struct IdleMetrics(Idle);
@@ -400,7 +505,21 @@ impl prometheus_client::collector::Collector for IdleMetrics {
         use prometheus_client::metrics::gauge::ConstGauge;
         let report = self.0.report();
         let idle = ConstGauge::new(i64::from(report.verdict == "idle"));
-        idle.encode(encoder.encode_descriptor("idle", "1 when the verdict is idle.", None, idle.metric_type())?)?;
+        idle.encode(encoder.encode_descriptor(
+            "idle",
+            "1 when the verdict is idle (0 while it is stale).",
+            None,
+            idle.metric_type(),
+        )?)?;
+        if let Some(age) = report.verdict_age_seconds {
+            let age = ConstGauge::new(age);
+            age.encode(encoder.encode_descriptor(
+                "idle_verdict_age_seconds",
+                "Seconds since the samples behind the verdict; older than three intervals is stale.",
+                None,
+                age.metric_type(),
+            )?)?;
+        }
         let signal = ConstGauge::new(0i64);
         let mut family = encoder.encode_descriptor(
             "idle_signal_active",

@@ -17,7 +17,8 @@ pub struct SignalReport {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct IdleReport {
-    /// `starting` (no sample yet), `active` or `idle`.
+    /// `starting` (no sample yet), `active`, `idle`, or `stale` (no sample
+    /// for three intervals: not idle).
     pub verdict: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_since: Option<String>,
@@ -32,6 +33,15 @@ pub struct IdleReport {
     pub would_have_scaled_in_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sample: Option<String>,
+    /// Seconds since `last_sample`, when the answer was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict_age_seconds: Option<f64>,
+    /// Older than this, the verdict is `stale`.
+    #[serde(default)]
+    pub stale_after_seconds: f64,
+    /// `last_sample` as a time, for the age.
+    #[serde(skip)]
+    pub sampled_at: Option<std::time::SystemTime>,
     pub reasons: Vec<String>,
     pub signals: Vec<SignalReport>,
 }
