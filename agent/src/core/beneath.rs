@@ -67,6 +67,70 @@ pub fn make_dirs_beneath(dir: OwnedFd, relative: &Path, mode: u32) -> Result<Own
     Ok(dir)
 }
 
+/// A small regular file read below a directory users control.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmallFile {
+    pub name: String,
+    pub owner: u32,
+    pub bytes: Vec<u8>,
+}
+
+/// The regular files named `prefix*suffix` in `base/relative`, each at most
+/// `max_bytes`, read without following a symlink anywhere below `base` (a
+/// FIFO or a device planted there is skipped, not waited on). A missing
+/// directory is no files; other failures say why.
+pub fn read_small_files_beneath(
+    base: &Path,
+    relative: &Path,
+    prefix: &str,
+    suffix: &str,
+    max_bytes: u64,
+) -> Result<Vec<SmallFile>, String> {
+    use std::io::Read;
+    let mut dir = match open_dir(base) {
+        Ok(dir) => dir,
+        Err(Errno::ENOENT) => return Ok(Vec::new()),
+        Err(err) => return Err(format!("cannot open {}: {err}", base.display())),
+    };
+    for part in names(relative) {
+        dir = match open_dir_beneath(&dir, part) {
+            Ok(next) => next,
+            Err(Errno::ENOENT) => return Ok(Vec::new()),
+            Err(Errno::ELOOP | Errno::EXDEV | Errno::ENOTDIR) => {
+                return Err(format!(
+                    "{} below {} is a symlink or not a directory; not read",
+                    relative.display(),
+                    base.display()
+                ))
+            }
+            Err(err) => return Err(format!("cannot open {}: {err}", base.join(relative).display())),
+        };
+    }
+    let listing = nix::dir::Dir::from_fd(dir.try_clone().map_err(|err| format!("cannot list: {err}"))?)
+        .map_err(|err| format!("cannot list {}: {err}", base.join(relative).display()))?;
+    let mut files = Vec::new();
+    for entry in listing.into_iter().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with(prefix) && name.ends_with(suffix)) {
+            continue;
+        }
+        let how = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+        let Ok(fd) = openat2(&dir, name.as_str(), how) else { continue };
+        let Ok(stat) = fstat(&fd) else { continue };
+        if stat.st_mode & libc::S_IFMT != libc::S_IFREG || stat.st_size as u64 > max_bytes {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        if std::fs::File::from(fd).take(max_bytes).read_to_end(&mut bytes).is_ok() {
+            files.push(SmallFile { name, owner: stat.st_uid, bytes });
+        }
+    }
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(files)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +158,26 @@ mod tests {
         assert!(open_share_root(tmp.path(), (meta.dev(), meta.ino())).is_ok());
         let err = open_share_root(tmp.path(), (meta.dev(), meta.ino() + 1)).unwrap_err();
         assert!(err.contains("not the mounted share"), "{err}");
+    }
+
+    #[test]
+    fn small_files_are_read_without_following_symlinks_or_waiting_on_a_fifo() {
+        let tmp = tempfile::tempdir().unwrap();
+        let runtime = tmp.path().join(".local/share/jupyter/runtime");
+        std::fs::create_dir_all(&runtime).unwrap();
+        std::fs::write(runtime.join("jpserver-1.json"), "{}").unwrap();
+        std::fs::write(runtime.join("other.json"), "{}").unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", runtime.join("jpserver-2.json")).unwrap();
+        nix::unistd::mkfifo(&runtime.join("jpserver-3.json"), Mode::from_bits_truncate(0o600)).unwrap();
+        let found =
+            read_small_files_beneath(tmp.path(), Path::new(".local/share/jupyter/runtime"), "jpserver-", ".json", 4096)
+                .unwrap();
+        assert_eq!(found.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), vec!["jpserver-1.json"]);
+        // A symlinked directory on the way is refused.
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join(".config")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), tmp.path().join(".config/jupyter")).unwrap();
+        assert!(read_small_files_beneath(tmp.path(), Path::new(".config/jupyter"), "", "", 10).is_err());
+        assert_eq!(read_small_files_beneath(tmp.path(), Path::new("nothing/here"), "", "", 10), Ok(Vec::new()));
     }
 }

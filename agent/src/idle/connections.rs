@@ -1,14 +1,17 @@
-//! Inbound TCP connections to the watched ports (SSH, JupyterHub, Jupyter,
-//! RStudio, xrdp), counted while they carry traffic: bytes received and
-//! acknowledged per minute from the kernel's socket diagnostics (netlink
-//! `sock_diag`, `INET_DIAG_INFO` → `tcp_info`). A connection that is merely
-//! open (a forgotten SSH window, an idle browser tab's keep-alives) stays
-//! below `idle.connection_bytes_per_minute` and does not keep the VM billed.
-//! The agent's own connections (its Jupyter and IMDS calls) never count.
+//! TCP connections that carry traffic: inbound ones to the watched ports
+//! (SSH, JupyterHub, Jupyter, RStudio, xrdp), and any connection a user-range
+//! uid owns, inbound or outbound, to another host (a dataset download left
+//! running in `nohup`). Bytes received and acknowledged come from the
+//! kernel's socket diagnostics (netlink `sock_diag`, `INET_DIAG_INFO` →
+//! `tcp_info`) and are judged over a sliding minute, never one interval
+//! scaled up: a connection that is merely open (a forgotten SSH window,
+//! keep-alives) stays below `idle.connection_bytes_per_minute`. Ports of
+//! Jupyter servers the Jupyter signal reads are left to it (a browser tab's
+//! polling is not work). The agent's own connections never count.
 
 use super::signal::{Sample, Source};
 use futures_util::future::BoxFuture;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -169,16 +172,51 @@ fn own_socket_inodes() -> HashSet<u32> {
     inodes
 }
 
+/// The span the bytes are judged over.
+const WINDOW: Duration = Duration::from_secs(60);
+
 pub struct Connections {
     ports: Vec<u16>,
     bytes_per_minute: u64,
-    /// Per connection (kernel cookie): the counters and when they were read.
-    seen: HashMap<u64, (u64, Instant)>,
+    uids: std::ops::RangeInclusive<u32>,
+    /// Ports a Jupyter server or hub serves that the Jupyter signal reads.
+    judged_ports: super::jupyter::JudgedPorts,
+    accounts: crate::core::accounts::AccountsView,
+    /// Per connection (kernel cookie): its byte counter over the last minute
+    /// (and the newest reading older than that, as the window's start).
+    seen: HashMap<u64, VecDeque<(Instant, u64)>>,
+}
+
+/// The bytes a connection moved over the sliding minute ending at the last
+/// reading: from the newest reading at least a minute old, else from the
+/// first (a connection seen for less than a minute), never scaled up.
+pub fn moved_over_the_minute(readings: &VecDeque<(Instant, u64)>) -> u64 {
+    let Some((last_at, last)) = readings.back() else { return 0 };
+    let start = readings
+        .iter()
+        .rev()
+        .find(|(at, _)| last_at.duration_since(*at) >= WINDOW)
+        .or(readings.front())
+        .map_or(*last, |(_, total)| *total);
+    last.saturating_sub(start)
+}
+
+/// Keeps the readings of the last minute and the newest one older than that.
+fn trim(readings: &mut VecDeque<(Instant, u64)>, now: Instant) {
+    while readings.len() > 1 && readings.get(1).is_some_and(|(at, _)| now.duration_since(*at) >= WINDOW) {
+        readings.pop_front();
+    }
 }
 
 impl Connections {
-    pub fn new(ports: Vec<u16>, bytes_per_minute: u64) -> Self {
-        Self { ports, bytes_per_minute, seen: HashMap::new() }
+    pub fn new(
+        ports: Vec<u16>,
+        bytes_per_minute: u64,
+        uids: std::ops::RangeInclusive<u32>,
+        judged_ports: super::jupyter::JudgedPorts,
+        accounts: crate::core::accounts::AccountsView,
+    ) -> Self {
+        Self { ports, bytes_per_minute, uids, judged_ports, accounts, seen: HashMap::new() }
     }
 
     fn look(&mut self) -> Sample {
@@ -186,47 +224,79 @@ impl Connections {
             Ok(sockets) => sockets,
             Err(err) => return Sample::unknown(format!("socket diagnostics (sock_diag) failed: {err}")),
         };
-        if let Ok(v6) = established(libc::AF_INET6) {
-            all.extend(v6);
+        match established(libc::AF_INET6) {
+            Ok(v6) => all.extend(v6),
+            // A kernel without IPv6 has no such sockets to miss.
+            Err(err) if err.raw_os_error() == Some(libc::EAFNOSUPPORT) || err.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(err) => return Sample::unknown(format!("socket diagnostics (sock_diag, IPv6) failed: {err}")),
         }
-        let now = Instant::now();
-        let ours = own_socket_inodes();
+        self.judge(&all, &own_socket_inodes(), Instant::now())
+    }
+
+    /// The sample from the sockets the kernel listed at `now`; `ours` are the agent's own.
+    pub fn judge(&mut self, all: &[TcpSocket], ours: &HashSet<u32>, now: Instant) -> Sample {
+        let judged = self.judged_ports.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let by_ends: HashMap<(SocketAddr, SocketAddr), &TcpSocket> =
             all.iter().map(|s| ((s.local, s.remote), s)).collect();
         let mut reasons = Vec::new();
-        let mut watched = 0;
-        let mut carrying = 0;
+        let (mut watched, mut carrying, mut owned) = (0, 0, 0);
         let mut next = HashMap::new();
-        for socket in all.iter().filter(|s| self.ports.contains(&s.local.port())) {
+        for socket in all {
+            if ours.contains(&socket.inode) {
+                continue;
+            }
+            let port = socket.local.port();
+            let on_watched_port = self.ports.contains(&port) && !judged.contains(&port);
+            // A user's own connection to elsewhere (a download left running);
+            // loopback pairs are the VM talking to itself (a kernel's heartbeats).
+            let users = self.uids.contains(&socket.uid) && !socket.remote.ip().is_loopback();
+            if !on_watched_port && !users {
+                continue;
+            }
             // The other end on this VM belongs to the agent: its own call, never activity.
             if by_ends.get(&(socket.remote, socket.local)).is_some_and(|peer| ours.contains(&peer.inode)) {
                 continue;
             }
-            watched += 1;
-            let total = socket.bytes_received + socket.bytes_acked;
-            next.insert(socket.cookie, (total, now));
-            let Some((before, at)) = self.seen.get(&socket.cookie) else { continue };
-            let elapsed = now.duration_since(*at).max(Duration::from_millis(100));
-            let per_minute = total.saturating_sub(*before) as f64 * 60.0 / elapsed.as_secs_f64();
-            if per_minute >= self.bytes_per_minute as f64 {
-                carrying += 1;
-                reasons.push(format!(
-                    "tcp {} -> :{} ({:.1} KiB/min)",
-                    socket.remote,
-                    socket.local.port(),
-                    per_minute / 1024.0
-                ));
+            if on_watched_port {
+                watched += 1;
+            } else {
+                owned += 1;
             }
+            let mut readings = self.seen.remove(&socket.cookie).unwrap_or_default();
+            readings.push_back((now, socket.bytes_received + socket.bytes_acked));
+            trim(&mut readings, now);
+            let moved = moved_over_the_minute(&readings);
+            if moved >= self.bytes_per_minute {
+                carrying += 1;
+                let kib = moved as f64 / 1024.0;
+                if on_watched_port {
+                    reasons.push(format!("tcp {} -> :{port} ({kib:.1} KiB in the last minute)", socket.remote));
+                } else {
+                    let who = self.accounts.user_name(socket.uid);
+                    reasons.push(format!(
+                        "{who}: tcp {} <-> {} ({kib:.1} KiB in the last minute)",
+                        socket.local, socket.remote
+                    ));
+                }
+            }
+            next.insert(socket.cookie, readings);
         }
         self.seen = next;
         let sample = if carrying > 0 {
             Sample::active(reasons)
-        } else if watched > 0 {
-            Sample::idle(format!("{watched} connection(s) open, none carrying traffic"))
+        } else if watched + owned > 0 {
+            Sample::idle(format!(
+                "{} connection(s) open, none moving {} bytes a minute",
+                watched + owned,
+                self.bytes_per_minute
+            ))
         } else {
-            Sample::idle("no connections to the watched ports")
+            Sample::idle("no connections to the watched ports or of users")
         };
-        sample.with_figure("connections", watched as f64).with_figure("connections_active", carrying as f64)
+        sample
+            .with_figure("connections", watched as f64)
+            .with_figure("user_connections", owned as f64)
+            .with_figure("connections_active", carrying as f64)
     }
 }
 
@@ -258,5 +328,72 @@ mod tests {
         let server_side = sockets.iter().find(|s| s.local.port() == port).expect("the server side is listed");
         assert_eq!(server_side.bytes_received, 5000);
         assert!(server_side.inode != 0);
+    }
+
+    #[test]
+    fn bytes_are_judged_over_the_sliding_minute_never_scaled_up() {
+        let start = Instant::now();
+        let mut readings = VecDeque::new();
+        // One 855-byte poll inside a 1 s sample: 855 bytes, not 51 KB a minute.
+        readings.push_back((start, 10_000));
+        readings.push_back((start + Duration::from_secs(1), 10_855));
+        assert_eq!(moved_over_the_minute(&readings), 855);
+        // Polls every 10 s for two minutes: what the last minute moved.
+        let mut total = 10_855;
+        for second in (11..=121).step_by(10) {
+            total += 855;
+            let now = start + Duration::from_secs(second);
+            readings.push_back((now, total));
+            trim(&mut readings, now);
+        }
+        let moved = moved_over_the_minute(&readings);
+        assert!((855 * 6..=855 * 7).contains(&moved), "{moved}");
+        assert!(readings.len() <= 8, "only the last minute is kept: {}", readings.len());
+    }
+
+    #[test]
+    fn a_user_s_download_to_another_host_keeps_the_vm_active_and_names_the_user_and_a_poll_does_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let passwd = tmp.path().join("passwd");
+        std::fs::write(&passwd, "dana:x:1005:1005::/home/dana:/bin/bash\n").unwrap();
+        let accounts = crate::core::accounts::AccountsView::new(crate::core::accounts::AccountSource::Files {
+            passwd,
+            group: tmp.path().join("group"),
+        });
+        let judged = crate::idle::jupyter::JudgedPorts::default();
+        judged.lock().unwrap().insert(8888);
+        let mut source = Connections::new(vec![22, 8888], 16 * 1024, 1000..=60000, judged, accounts);
+        let socket = |cookie, local: &str, remote: &str, uid, bytes| TcpSocket {
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            inode: cookie as u32,
+            uid,
+            cookie,
+            bytes_received: bytes,
+            bytes_acked: 0,
+        };
+        let start = Instant::now();
+        let ours = HashSet::new();
+        let at = |seconds| start + Duration::from_secs(seconds);
+        let listing = |download: u64, tab: u64, heartbeat: u64| {
+            vec![
+                socket(1, "10.0.0.4:50312", "203.0.113.7:443", 1005, download),
+                socket(2, "10.0.0.4:8888", "10.0.0.9:61000", 1005, tab),
+                socket(3, "127.0.0.1:50000", "127.0.0.1:50001", 1005, heartbeat),
+            ]
+        };
+        assert_eq!(source.judge(&listing(0, 0, 0), &ours, at(0)).state, crate::idle::signal::SignalState::Idle);
+        // 10 s later: 5 MiB downloaded; the browser tab polled 855 bytes; a kernel's heartbeats moved 40 KiB.
+        let sample = source.judge(&listing(5 << 20, 855, 40 << 10), &ours, at(10));
+        assert_eq!(sample.state, crate::idle::signal::SignalState::Active, "{sample:?}");
+        assert_eq!(
+            sample.reasons,
+            vec!["dana: tcp 10.0.0.4:50312 <-> 203.0.113.7:443 (5120.0 KiB in the last minute)".to_string()]
+        );
+        // The download stalls for good: idle once its minute has passed, the poll never counts.
+        let sample = source.judge(&listing(5 << 20, 1710, 80 << 10), &ours, at(40));
+        assert_eq!(sample.state, crate::idle::signal::SignalState::Active, "5 MiB within the last minute");
+        let sample = source.judge(&listing(5 << 20, 2565, 120 << 10), &ours, at(80));
+        assert_eq!(sample.state, crate::idle::signal::SignalState::Idle, "{sample:?}");
     }
 }

@@ -1,7 +1,9 @@
-//! GPUs through NVML (libnvidia-ml, loaded at run time by nvml-wrapper): a
-//! process holding GPU memory is activity even at 0% utilisation (a model
-//! loaded in a notebook), and so is utilisation itself. No driver means no
-//! GPU to watch: the signal is absent, not an error.
+//! GPUs through NVML (libnvidia-ml, loaded at run time by nvml-wrapper):
+//! utilisation is activity; a process holding GPU memory at 0% utilisation (a
+//! model loaded in a notebook) is activity for `idle.gpu_memory_grace` after
+//! the GPU was last busy, so a kernel someone forgot does not bill a GPU VM
+//! all weekend. No driver means no GPU to watch: the signal is absent. An
+//! NVML error on a GPU that is there is unknown, never idle.
 
 use super::signal::{Sample, Source};
 use crate::core::accounts::AccountsView;
@@ -20,11 +22,32 @@ pub struct Gpu {
     why_absent: String,
     tried: Option<Instant>,
     accounts: AccountsView,
+    memory_grace: Duration,
+    /// Per GPU: when it was last busy (the source's start before that).
+    last_busy: std::collections::HashMap<u32, Instant>,
+    started: Instant,
+}
+
+/// What the source reads of one GPU.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuReading {
+    pub index: u32,
+    pub percent: u32,
+    /// (pid, bytes) of each compute process.
+    pub processes: Vec<(u32, u64)>,
 }
 
 impl Gpu {
-    pub fn new(accounts: AccountsView) -> Self {
-        Self { nvml: None, why_absent: String::new(), tried: None, accounts }
+    pub fn new(accounts: AccountsView, memory_grace: Duration) -> Self {
+        Self {
+            nvml: None,
+            why_absent: String::new(),
+            tried: None,
+            accounts,
+            memory_grace,
+            last_busy: Default::default(),
+            started: Instant::now(),
+        }
     }
 
     fn load(&mut self) {
@@ -54,46 +77,76 @@ impl Gpu {
     fn look(&mut self) -> Sample {
         self.load();
         let Some(nvml) = &self.nvml else { return Sample::absent(self.why_absent.clone()) };
-        let count = match nvml.device_count() {
-            Ok(count) => count,
-            Err(err) => return Sample::unknown(format!("NVML: {err}")),
-        };
+        match read_gpus(nvml) {
+            Ok(readings) => self.judge(&readings, Instant::now()),
+            Err(why) => Sample::unknown(why),
+        }
+    }
+
+    /// The sample from what NVML said, at `now`.
+    pub fn judge(&mut self, readings: &[GpuReading], now: Instant) -> Sample {
         let mut reasons = Vec::new();
+        let mut set_aside = Vec::new();
         let mut top_percent = 0u32;
-        let mut held = Vec::new();
-        for index in 0..count {
-            let device = match nvml.device_by_index(index) {
-                Ok(device) => device,
-                Err(err) => return Sample::unknown(format!("NVML: gpu {index}: {err}")),
-            };
-            if let Ok(rates) = device.utilization_rates() {
-                top_percent = top_percent.max(rates.gpu);
-                if rates.gpu >= BUSY_PERCENT {
-                    reasons.push(format!("gpu {index} at {}%", rates.gpu));
+        for gpu in readings {
+            top_percent = top_percent.max(gpu.percent);
+            let index = gpu.index;
+            if gpu.percent >= BUSY_PERCENT {
+                self.last_busy.insert(index, now);
+                reasons.push(format!("gpu {index} at {}%", gpu.percent));
+            }
+            let last_busy = self.last_busy.get(&index).copied().unwrap_or(self.started);
+            let quiet_for = now.duration_since(last_busy);
+            for (pid, bytes) in &gpu.processes {
+                let held = format!(
+                    "gpu {index}: {:.1} GiB held by pid {pid} ({})",
+                    *bytes as f64 / (1u64 << 30) as f64,
+                    self.owner(*pid)
+                );
+                if gpu.percent >= BUSY_PERCENT || quiet_for < self.memory_grace {
+                    reasons.push(held);
+                } else {
+                    set_aside.push(format!(
+                        "{held} at 0% for {}m, longer than idle.gpu_memory_grace: not counted",
+                        quiet_for.as_secs() / 60
+                    ));
                 }
             }
-            for process in device.running_compute_processes().unwrap_or_default() {
+        }
+        let count = readings.len();
+        let sample = if reasons.is_empty() {
+            let mut sample = Sample::idle(format!("{count} GPU(s) below {BUSY_PERCENT}%"));
+            sample.reasons.extend(set_aside);
+            sample
+        } else {
+            Sample::active(reasons)
+        };
+        sample.with_figure("gpu_percent", f64::from(top_percent)).with_figure("gpus", count as f64)
+    }
+}
+
+/// Every GPU's utilisation and compute processes; any NVML error says why.
+fn read_gpus(nvml: &Nvml) -> Result<Vec<GpuReading>, String> {
+    let count = nvml.device_count().map_err(|err| format!("NVML: {err}"))?;
+    let mut readings = Vec::new();
+    for index in 0..count {
+        let device = nvml.device_by_index(index).map_err(|err| format!("NVML: gpu {index}: {err}"))?;
+        let rates = device.utilization_rates().map_err(|err| format!("NVML: gpu {index}: utilisation: {err}"))?;
+        let processes = device
+            .running_compute_processes()
+            .map_err(|err| format!("NVML: gpu {index}: compute processes: {err}"))?
+            .into_iter()
+            .map(|process| {
                 let bytes = match process.used_gpu_memory {
                     UsedGpuMemory::Used(bytes) => bytes,
                     UsedGpuMemory::Unavailable => 0,
                 };
-                held.push((index, process.pid, bytes));
-            }
-        }
-        for (index, pid, bytes) in held {
-            let owner = self.owner(pid);
-            reasons.push(format!(
-                "gpu {index}: {:.1} GiB held by pid {pid} ({owner})",
-                bytes as f64 / (1u64 << 30) as f64
-            ));
-        }
-        let sample = if reasons.is_empty() {
-            Sample::idle(format!("{count} GPU(s), no compute process, below {BUSY_PERCENT}%"))
-        } else {
-            Sample::active(reasons)
-        };
-        sample.with_figure("gpu_percent", f64::from(top_percent)).with_figure("gpus", f64::from(count))
+                (process.pid, bytes)
+            })
+            .collect();
+        readings.push(GpuReading { index, percent: rates.gpu, processes });
     }
+    Ok(readings)
 }
 
 impl Source for Gpu {
@@ -119,8 +172,27 @@ mod tests {
         }
         let tmp = tempfile::tempdir().unwrap();
         let accounts = AccountsView::for_paths(&crate::core::paths::SystemPaths::under(tmp.path()));
-        let sample = Gpu::new(accounts).look();
+        let sample = Gpu::new(accounts, Duration::from_secs(3600)).look();
         assert_eq!(sample.state, SignalState::Absent, "{sample:?}");
         assert!(sample.reasons[0].starts_with("no NVIDIA driver"), "{sample:?}");
+    }
+
+    #[test]
+    fn memory_held_at_zero_percent_counts_for_the_grace_after_the_gpu_was_last_busy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let accounts = AccountsView::for_paths(&crate::core::paths::SystemPaths::under(tmp.path()));
+        let mut gpu = Gpu::new(accounts, Duration::from_secs(3600));
+        let start = gpu.started;
+        let reading = |percent| vec![GpuReading { index: 0, percent, processes: vec![(4242, 8 << 30)] }];
+        assert_eq!(gpu.judge(&reading(90), start).state, SignalState::Active);
+        let held = gpu.judge(&reading(0), start + Duration::from_secs(3000));
+        assert_eq!(held.state, SignalState::Active, "within the grace: {held:?}");
+        assert!(held.reasons[0].contains("8.0 GiB held by pid 4242"), "{held:?}");
+        let forgotten = gpu.judge(&reading(0), start + Duration::from_secs(3700));
+        assert_eq!(forgotten.state, SignalState::Idle, "{forgotten:?}");
+        assert!(forgotten.reasons[1].contains("longer than idle.gpu_memory_grace"), "{forgotten:?}");
+        // Busy again: counts again, and the grace starts over.
+        assert_eq!(gpu.judge(&reading(40), start + Duration::from_secs(3800)).state, SignalState::Active);
+        assert_eq!(gpu.judge(&reading(0), start + Duration::from_secs(4000)).state, SignalState::Active);
     }
 }

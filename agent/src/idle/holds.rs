@@ -96,7 +96,13 @@ impl Holds {
                             );
                             (Vec::new(), None)
                         }
-                        Err(move_err) => (Vec::new(), Some(format!("{} is corrupt ({err}) and cannot be moved aside: {move_err}", file.display()))),
+                        Err(move_err) => (
+                            Vec::new(),
+                            Some(format!(
+                                "{} is corrupt ({err}) and cannot be moved aside: {move_err}",
+                                file.display()
+                            )),
+                        ),
                     }
                 }
             },
@@ -152,7 +158,8 @@ impl Holds {
         for (file, _) in self.bad_files() {
             let mut to = file.clone().into_os_string();
             to.push(CLEARED_SUFFIX);
-            fs::rename(&file, &to).map_err(|err| HoldError::Store(format!("cannot rename {}: {err}", file.display())))?;
+            fs::rename(&file, &to)
+                .map_err(|err| HoldError::Store(format!("cannot rename {}: {err}", file.display())))?;
             cleared += 1;
         }
         Ok(cleared)

@@ -179,7 +179,8 @@ async fn add_hold(
     // The owner's name (NSS) and the file's fsync wait on the kernel: off the workers.
     let idle_for_work = idle.clone();
     let work = move || {
-        let started = idle_for_work.started.get().ok_or_else(|| HoldError::Store("the idle task is starting".into()))?;
+        let started =
+            idle_for_work.started.get().ok_or_else(|| HoldError::Store("the idle task is starting".into()))?;
         let owner = started.accounts.user_name(uid);
         started.holds.add(uid, &owner, duration, &reason, max_hold, now).map(|hold| (hold, owner, reason))
     };
@@ -312,14 +313,25 @@ impl Source for ScriptsSource {
 
 fn sources(ctx: &TaskContext, idle: &Idle, settings: &Settings) -> Vec<sampler::Slot> {
     let config = &settings.idle;
+    let judged_ports = jupyter::JudgedPorts::default();
     let sources: Vec<Box<dyn Source>> = vec![
-        Box::new(sessions::Sessions::new(ctx.paths.clone(), cpu::cgroup2_root())),
-        Box::new(connections::Connections::new(config.watch_ports.clone(), config.connection_bytes_per_minute)),
+        Box::new(sessions::Sessions::new(ctx.paths.clone(), cpu::cgroup2_root(), config.timeout)),
+        Box::new(connections::Connections::new(
+            config.watch_ports.clone(),
+            config.connection_bytes_per_minute,
+            settings.links.min_uid..=settings.links.max_uid,
+            judged_ports.clone(),
+            ctx.accounts.clone(),
+        )),
         Box::new(jupyter::Jupyter::new(
             config.jupyter_urls.clone(),
             config.jupyter_token_file.as_ref().map(|f| ctx.paths.resolve(f)),
             config.jupyterhub_url.clone(),
             config.jupyterhub_token_file.as_ref().map(|f| ctx.paths.resolve(f)),
+            ctx.accounts.clone(),
+            ctx.paths.clone(),
+            settings.links.min_uid..=settings.links.max_uid,
+            judged_ports,
         )),
         Box::new(cpu::Cpu::new(
             cpu::cgroup2_root(),
@@ -328,7 +340,7 @@ fn sources(ctx: &TaskContext, idle: &Idle, settings: &Settings) -> Vec<sampler::
             config.cpu_window,
             ctx.accounts.clone(),
         )),
-        Box::new(gpu::Gpu::new(ctx.accounts.clone())),
+        Box::new(gpu::Gpu::new(ctx.accounts.clone(), config.gpu_memory_grace)),
         Box::new(ScriptsSource(ctx.shared.clone())),
         Box::new(HoldsSource(idle.clone())),
     ];
@@ -347,13 +359,9 @@ fn booted_at(now: std::time::Instant) -> std::time::Instant {
 async fn run(ctx: TaskContext, idle: Idle) -> TaskResult {
     let holds_file = ctx.paths.state_dir().join("holds.json");
     let now = ctx.clock.now();
-    let holds = crate::core::task::blocking("loading the holds", HOLD_DEADLINE, move || Holds::load(holds_file, now))
-        .await?;
-    let _ = idle.started.set(Started {
-        holds,
-        accounts: ctx.accounts.clone(),
-        settings: ctx.settings.clone(),
-    });
+    let holds =
+        crate::core::task::blocking("loading the holds", HOLD_DEADLINE, move || Holds::load(holds_file, now)).await?;
+    let _ = idle.started.set(Started { holds, accounts: ctx.accounts.clone(), settings: ctx.settings.clone() });
     let mut settings_rx = ctx.settings.clone();
     let mut settings = settings_rx.borrow_and_update().clone();
     let mut sources = sources(&ctx, &idle, &settings);

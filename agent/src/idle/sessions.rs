@@ -21,8 +21,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 const RECORD: usize = 384;
 const USER_PROCESS: i16 = 7;
 /// Input this recent makes the session active now (older input still counts
-/// from when it happened).
+/// from when it happened); shorter when `idle.timeout` is.
 const RECENT_INPUT: Duration = Duration::from_secs(120);
+
+/// What a terminal says of its session.
+enum Terminal {
+    Recent(String),
+    Quiet(String),
+    /// The terminal cannot be looked at: the session counts as unknown.
+    Unreadable(String),
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
@@ -104,12 +112,21 @@ pub struct Sessions {
     bus: Option<LogindBus>,
     /// How sessions were read last time: logged when it changes.
     read_from: Option<String>,
+    /// Input this recent is activity now: the shorter of 2 minutes and `idle.timeout`.
+    recent_input: Duration,
 }
 
 impl Sessions {
-    pub fn new(paths: Arc<SystemPaths>, cgroup_root: Option<PathBuf>) -> Self {
+    pub fn new(paths: Arc<SystemPaths>, cgroup_root: Option<PathBuf>, timeout: Duration) -> Self {
         let bus = (!paths.is_sandbox()).then(LogindBus::default);
-        Self { paths, cgroup_root, scope_cpu: Default::default(), bus, read_from: None }
+        Self {
+            paths,
+            cgroup_root,
+            scope_cpu: Default::default(),
+            bus,
+            read_from: None,
+            recent_input: RECENT_INPUT.min(timeout),
+        }
     }
 
     fn reading_from(&mut self, way: &str, why: Option<String>) {
@@ -158,17 +175,17 @@ impl Sessions {
         )
     }
 
-    fn tty_input(&self, line: &str) -> Option<SystemTime> {
+    fn tty_input(&self, line: &str) -> std::io::Result<SystemTime> {
         let tty = self.paths.resolve(format!("/dev/{line}"));
-        std::fs::metadata(tty).ok().map(|m| {
+        std::fs::metadata(tty).map(|m| {
             UNIX_EPOCH
                 + Duration::from_secs(m.atime().max(0) as u64)
                 + Duration::from_nanos(m.atime_nsec().max(0) as u64)
         })
     }
 
-    /// A session on a terminal: its reason, and whether its input is recent;
-    /// its last input goes into `latest`.
+    /// A session on a terminal: its reason and how it stands; its last
+    /// input goes into `latest`.
     fn terminal(
         &self,
         what: &str,
@@ -177,16 +194,17 @@ impl Sessions {
         from: &str,
         now: SystemTime,
         latest: &mut Option<SystemTime>,
-    ) -> (String, bool) {
-        let Some(at) = self.tty_input(tty) else {
-            return (format!("{what} {user} {tty}{from}, terminal not found"), false);
+    ) -> Terminal {
+        let at = match self.tty_input(tty) {
+            Ok(at) => at,
+            Err(err) => return Terminal::Unreadable(format!("{what} {user} {tty}{from}, terminal unreadable: {err}")),
         };
         *latest = Some(latest.map_or(at, |l| l.max(at)));
         let ago = now.duration_since(at).unwrap_or_default();
-        if ago < RECENT_INPUT {
-            (format!("{what} {user} {tty}{from}, input {}s ago", ago.as_secs()), true)
+        if ago < self.recent_input {
+            Terminal::Recent(format!("{what} {user} {tty}{from}, input {}s ago", ago.as_secs()))
         } else {
-            (format!("{what} {user} {tty}{from}, no input for {}m", ago.as_secs() / 60), false)
+            Terminal::Quiet(format!("{what} {user} {tty}{from}, no input for {}m", ago.as_secs() / 60))
         }
     }
 
@@ -203,19 +221,34 @@ impl Sessions {
         let mut latest: Option<SystemTime> = None;
         let mut reasons = Vec::new();
         let mut active = false;
+        let mut unknown = false;
         let mut seen = std::collections::HashMap::new();
         for session in &sessions {
             let from =
                 if session.remote_host.is_empty() { String::new() } else { format!(" from {}", session.remote_host) };
             let what = if session.service.is_empty() { "session".to_string() } else { session.service.clone() };
             if !session.tty.is_empty() {
-                let (reason, recent) = self.terminal(&what, &session.user, &session.tty, &from, now, &mut latest);
-                active |= recent;
-                reasons.push(reason);
+                match self.terminal(&what, &session.user, &session.tty, &from, now, &mut latest) {
+                    Terminal::Recent(reason) => {
+                        active = true;
+                        reasons.push(reason);
+                    }
+                    Terminal::Quiet(reason) => reasons.push(reason),
+                    Terminal::Unreadable(reason) => {
+                        unknown = true;
+                        reasons.push(reason);
+                    }
+                }
                 continue;
             }
-            // A desktop (xrdp): logind's idle hint follows its input.
-            if let (Some(idle), true) = (session.idle_hint, GRAPHICAL.contains(&session.kind.as_str())) {
+            // A desktop (xrdp): logind's idle hint follows its input, once the
+            // desktop has ever set it (IdleSinceHint is its last change); one
+            // that never did is judged by its scope's CPU like a session
+            // without a terminal, not taken as in use for ever.
+            let hint_ever_set = session.idle_since.is_some();
+            if let (Some(idle), true, true) =
+                (session.idle_hint, hint_ever_set, GRAPHICAL.contains(&session.kind.as_str()))
+            {
                 let kind = &session.kind;
                 if idle {
                     let since = session.idle_since;
@@ -265,7 +298,13 @@ impl Sessions {
         let sample = if sessions.is_empty() {
             Sample::idle("no sessions (logind)")
         } else {
-            let state = if active { SignalState::Active } else { SignalState::Idle };
+            let state = if active {
+                SignalState::Active
+            } else if unknown {
+                SignalState::Unknown
+            } else {
+                SignalState::Idle
+            };
             Sample { state, last_activity: latest, reasons, figures: Default::default() }
         };
         let ttys = sessions.iter().filter(|s| !s.tty.is_empty()).map(|s| s.tty.clone()).collect();
@@ -318,15 +357,29 @@ impl Sessions {
         }
         let mut latest: Option<SystemTime> = None;
         let mut reasons = Vec::new();
-        let mut active = false;
+        let (mut active, mut unknown) = (false, false);
         for session in &sessions {
             let kind = if session.host.is_empty() { "local" } else { "ssh" };
             let from = if session.host.is_empty() { String::new() } else { format!(" from {}", session.host) };
-            let (reason, recent) = self.terminal(kind, &session.user, &session.line, &from, now, &mut latest);
-            active |= recent;
-            reasons.push(reason);
+            match self.terminal(kind, &session.user, &session.line, &from, now, &mut latest) {
+                Terminal::Recent(reason) => {
+                    active = true;
+                    reasons.push(reason);
+                }
+                Terminal::Quiet(reason) => reasons.push(reason),
+                Terminal::Unreadable(reason) => {
+                    unknown = true;
+                    reasons.push(reason);
+                }
+            }
         }
-        let state = if active { SignalState::Active } else { SignalState::Idle };
+        let state = if active {
+            SignalState::Active
+        } else if unknown {
+            SignalState::Unknown
+        } else {
+            SignalState::Idle
+        };
         Sample { state, last_activity: latest, reasons, figures: Default::default() }
             .with_figure("sessions", sessions.len() as f64)
     }
@@ -334,8 +387,11 @@ impl Sessions {
 
 /// Two answers of this signal as one: active if either is, the later activity.
 fn merge(first: Sample, second: Sample) -> Sample {
-    let state = if first.state == SignalState::Active || second.state == SignalState::Active {
+    let either = |state| first.state == state || second.state == state;
+    let state = if either(SignalState::Active) {
         SignalState::Active
+    } else if either(SignalState::Unknown) {
+        SignalState::Unknown
     } else {
         SignalState::Idle
     };
@@ -401,14 +457,14 @@ mod tests {
         };
         set_atime("pts/3", now - Duration::from_secs(10));
         set_atime("pts/4", now - Duration::from_secs(3600));
-        let sample = Sessions::new(paths.clone(), None).look(now).await;
+        let sample = Sessions::new(paths.clone(), None, Duration::from_secs(1800)).look(now).await;
         assert_eq!(sample.state, SignalState::Active);
         assert_eq!(sample.figures["sessions"], 2.0);
         assert!(sample.reasons[0].starts_with("ssh alice pts/3 from 10.0.0.5, input 10s ago"), "{:?}", sample.reasons);
         assert!(sample.reasons[1].contains("bob pts/4, no input for 60m"), "{:?}", sample.reasons);
         // A forgotten terminal: the session is there, but it is idle since its last input.
         set_atime("pts/3", now - Duration::from_secs(1800));
-        let sample = Sessions::new(paths.clone(), None).look(now).await;
+        let sample = Sessions::new(paths.clone(), None, Duration::from_secs(1800)).look(now).await;
         assert_eq!(sample.state, SignalState::Idle);
         assert_eq!(sample.last_activity.map(|t| now.duration_since(t).unwrap().as_secs()), Some(1800));
     }
@@ -446,7 +502,7 @@ mod tests {
             .unwrap()
             .set_times(std::fs::FileTimes::new().set_accessed(old))
             .unwrap();
-        let mut source = Sessions::new(paths, Some(cgroup));
+        let mut source = Sessions::new(paths, Some(cgroup), Duration::from_secs(1800));
         let first = source.look(now).await;
         assert_eq!(first.state, SignalState::Idle, "{first:?}");
         assert_eq!(first.figures["sessions"], 2.0);
@@ -491,7 +547,7 @@ mod tests {
     #[test]
     fn a_desktop_session_follows_logind_s_idle_hint_and_greeters_do_not_count() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut source = Sessions::new(Arc::new(SystemPaths::under(tmp.path())), None);
+        let mut source = Sessions::new(Arc::new(SystemPaths::under(tmp.path())), None, Duration::from_secs(1800));
         let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let desktop = |idle: bool| LogindSession {
             id: "9".into(),
@@ -502,7 +558,8 @@ mod tests {
             class: "user".into(),
             kind: "x11".into(),
             idle_hint: Some(idle),
-            idle_since: idle.then(|| now - Duration::from_secs(600)),
+            // IdleSinceHint: the hint's last change (it was set, so it is followed).
+            idle_since: Some(now - Duration::from_secs(if idle { 600 } else { 3600 })),
             ..Default::default()
         };
         let greeter = LogindSession {
@@ -541,7 +598,7 @@ mod tests {
         let tmp = one_recorded_session();
         let now = SystemTime::now();
         // No bus at all (dbus not running): refused at once.
-        let mut source = Sessions::new(Arc::new(SystemPaths::under(tmp.path())), None);
+        let mut source = Sessions::new(Arc::new(SystemPaths::under(tmp.path())), None, Duration::from_secs(1800));
         source.bus =
             Some(LogindBus::at(&format!("unix:path={}", tmp.path().join("no-bus").display()), Duration::from_secs(5)));
         let started = std::time::Instant::now();
@@ -572,5 +629,72 @@ mod tests {
         let sample = source.look(now).await;
         assert!(started.elapsed() < Duration::from_secs(1), "waited {:?} again", started.elapsed());
         assert_eq!(sample.state, SignalState::Active, "{sample:?}");
+    }
+
+    #[test]
+    fn a_desktop_that_never_set_its_idle_hint_is_judged_by_its_scope_s_cpu() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cgroup = tmp.path().join("cgroup");
+        let scope = cgroup.join("user.slice/user-1003.slice/session-9.scope");
+        std::fs::create_dir_all(&scope).unwrap();
+        std::fs::write(scope.join("cpu.stat"), "usage_usec 1000\n").unwrap();
+        let mut source =
+            Sessions::new(Arc::new(SystemPaths::under(tmp.path())), Some(cgroup), Duration::from_secs(1800));
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        // IdleHint false and IdleSinceHint 0: this desktop never says when it is idle.
+        let silent = LogindSession {
+            id: "9".into(),
+            uid: 1003,
+            user: "carol".into(),
+            service: "xrdp-sesman".into(),
+            class: "user".into(),
+            kind: "x11".into(),
+            scope: "session-9.scope".into(),
+            idle_hint: Some(false),
+            idle_since: None,
+            ..Default::default()
+        };
+        let (first, _) = source.judge_logind(vec![silent.clone()], now);
+        assert_eq!(first.state, SignalState::Idle, "not 'in use' for ever: {first:?}");
+        assert!(first.reasons[0].contains("(no terminal)"), "{first:?}");
+        std::fs::write(scope.join("cpu.stat"), "usage_usec 9000000\n").unwrap();
+        let (second, _) = source.judge_logind(vec![silent], now);
+        assert_eq!(second.state, SignalState::Active, "its processes work: {second:?}");
+    }
+
+    #[test]
+    fn a_terminal_that_cannot_be_looked_at_is_unknown_not_idle() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut source = Sessions::new(Arc::new(SystemPaths::under(tmp.path())), None, Duration::from_secs(1800));
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let session = LogindSession {
+            id: "3".into(),
+            uid: 1001,
+            user: "alice".into(),
+            tty: "pts/7".into(),
+            service: "sshd".into(),
+            class: "user".into(),
+            ..Default::default()
+        };
+        let (sample, _) = source.judge_logind(vec![session], now);
+        assert_eq!(sample.state, SignalState::Unknown, "{sample:?}");
+        assert!(sample.reasons[0].contains("terminal unreadable"), "{sample:?}");
+    }
+
+    #[tokio::test]
+    #[allow(clippy::disallowed_methods)] // file times are real times
+    async fn terminal_input_counts_as_now_for_the_shorter_of_two_minutes_and_the_timeout() {
+        let tmp = one_recorded_session();
+        let now = SystemTime::now();
+        let tty = tmp.path().join("dev/pts/0");
+        let file = std::fs::File::options().write(true).open(&tty).unwrap();
+        file.set_times(std::fs::FileTimes::new().set_accessed(now - Duration::from_secs(90))).unwrap();
+        let paths = Arc::new(SystemPaths::under(tmp.path()));
+        let mut long = Sessions::new(paths.clone(), None, Duration::from_secs(1800));
+        assert_eq!(long.look(now).await.state, SignalState::Active, "90 s ago is within 2 minutes");
+        let mut short = Sessions::new(paths, None, Duration::from_secs(60));
+        let sample = short.look(now).await;
+        assert_eq!(sample.state, SignalState::Idle, "with a 1m timeout, 90 s ago is not now: {sample:?}");
+        assert_eq!(sample.last_activity.map(|at| now.duration_since(at).unwrap().as_secs()), Some(90));
     }
 }

@@ -285,7 +285,12 @@ mod tests {
     }
 
     /// Steps every 10 s for `by`, each step answering `samples(now)`.
-    fn run_with(rig: &mut Rig, by: Duration, timeout: Duration, samples: &dyn Fn(SystemTime) -> Vec<(&'static str, Sample)>) -> Verdict {
+    fn run_with(
+        rig: &mut Rig,
+        by: Duration,
+        timeout: Duration,
+        samples: &dyn Fn(SystemTime) -> Vec<(&'static str, Sample)>,
+    ) -> Verdict {
         let mut left = by;
         loop {
             let answered = samples(rig.clock.now());
