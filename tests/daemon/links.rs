@@ -238,3 +238,34 @@ fn no_user_folder_is_made_under_the_mount_point_while_the_share_is_missing() {
     let source_side = sandbox.root().join("srv/share/notebooks/alice");
     assert!(source_side.is_dir(), "the folder is on the share itself: {}", Path::new(&source_side).display());
 }
+
+#[test]
+fn at_rest_the_links_watch_starts_no_pass_and_reads_of_etc_and_homes_do_not_count() {
+    // No root needed: a user without a home yet is linked later; the pass count is what matters.
+    let sandbox = Sandbox::new();
+    let _daemon = sandbox.start();
+    let passes = |sandbox: &Sandbox| links_json(sandbox)["passes"].as_u64().unwrap_or(0);
+    let settled = eventually(Duration::from_secs(10), || (passes(&sandbox) >= 1).then_some(()));
+    assert!(settled.is_some(), "no first pass: {}", links_json(&sandbox));
+    std::thread::sleep(Duration::from_secs(1));
+    let before = passes(&sandbox);
+    // What everyone does on a VM all day: read /etc and list /home.
+    for _ in 0..50 {
+        let _ = std::fs::read_to_string(sandbox.root().join("etc/passwd")).unwrap();
+        let _ = std::fs::read_to_string(sandbox.root().join("etc/group"));
+        let _ = std::fs::read_dir(sandbox.root().join("home")).map(|d| d.count());
+        std::fs::write(sandbox.root().join("etc/motd"), "unrelated file written\n").unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let after = passes(&sandbox);
+    assert_eq!(after, before, "passes at rest went from {before} to {after}");
+    // A real change still starts one at once.
+    let passwd = sandbox.root().join("etc/passwd");
+    let mut text = std::fs::read_to_string(&passwd).unwrap();
+    text.push_str("erin:x:1005:1005::/home/erin:/bin/bash\n");
+    let staged = sandbox.root().join("etc/passwd+");
+    std::fs::write(&staged, text).unwrap();
+    std::fs::rename(&staged, &passwd).unwrap();
+    let seen = eventually(Duration::from_secs(5), || (passes(&sandbox) > after).then_some(()));
+    assert!(seen.is_some(), "useradd's rename started no pass");
+}

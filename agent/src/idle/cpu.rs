@@ -1,16 +1,25 @@
-//! Users' CPU: per user, from cgroup v2 `user.slice/user-<uid>.slice/cpu.stat`
-//! (`usage_usec`), where systemd-logind puts every login's processes; the
-//! agent, waagent and extensions live in `system.slice` and never count.
-//! Without such a hierarchy, each process's CPU from `/proc`, by owner, for
-//! uids from `links.min_uid` up (not the agent's own process). A user counts
-//! while their CPU, averaged over `idle.cpu_window`, is above
-//! `idle.cpu_percent` of one core.
+//! CPU wherever users work: every process is read from `/proc` (its owner,
+//! its CPU time, its cgroup), and its CPU counts for
+//! - its user, when its uid is in the user range (`links.min_uid` to
+//!   `links.max_uid`), wherever its cgroup is: a login session, a job cron
+//!   started, a JupyterHub-spawned server inside `jupyterhub.service`, a
+//!   `systemd-run --uid` unit, a shell left behind in `ssh.service`;
+//! - its container, for docker, containerd and podman scopes, whatever the uid;
+//! - a system unit named in `idle.cpu_services`, whatever the uid.
+//!
+//! Everything else (the agent itself, waagent, extensions, system services)
+//! never counts. One is busy while its CPU, averaged over `idle.cpu_window`,
+//! is at or above `idle.cpu_percent` of one core. Reasons name the user or
+//! container and the unit: `alice in jupyterhub.service at 95% of a core`.
+//! A hand-written pass: one `stat` and one read of `/proc/<pid>/stat` per
+//! process, the cgroup read only for a process that used CPU and was not seen
+//! before.
 
 use super::signal::{Sample, Source};
 use crate::core::accounts::AccountsView;
 use futures_util::future::BoxFuture;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Where the cgroup v2 hierarchy is: `/sys/fs/cgroup` (unified) or
@@ -22,89 +31,222 @@ pub fn cgroup2_root() -> Option<PathBuf> {
         .find(|p| p.join("cgroup.controllers").exists())
 }
 
-/// CPU time used so far (µs) per uid, from `user.slice`.
-pub fn user_slices(root: &Path) -> Option<BTreeMap<u32, u64>> {
-    let slice = root.join("user.slice");
-    let entries = std::fs::read_dir(&slice).ok()?;
-    let mut usage = BTreeMap::new();
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(uid) = name.strip_prefix("user-").and_then(|n| n.strip_suffix(".slice")).and_then(|n| n.parse().ok())
-        else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(entry.path().join("cpu.stat")).unwrap_or_default();
-        if let Some(used) = stat.lines().find_map(|l| l.strip_prefix("usage_usec ")).and_then(|v| v.trim().parse().ok())
-        {
-            usage.insert(uid, used);
-        }
-    }
-    Some(usage)
+/// Whose a process's CPU is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Owner {
+    User(u32),
+    Container { runtime: &'static str, id: String },
+    Service(String),
 }
 
-/// CPU time used so far (µs) per uid ≥ `min_uid`, from every process but the agent.
-pub fn processes(min_uid: u32) -> BTreeMap<u32, u64> {
+/// Container runtimes' scope names: (prefix, runtime).
+const CONTAINER_SCOPES: [(&str, &str); 4] =
+    [("docker-", "docker"), ("cri-containerd-", "containerd"), ("libpod-", "podman"), ("crio-", "cri-o")];
+
+/// Whose CPU a process with `uid` in cgroup `path` is, and the unit to name;
+/// None when it does not count.
+pub fn classify(
+    path: &str,
+    uid: u32,
+    users: &std::ops::RangeInclusive<u32>,
+    services: &[String],
+) -> Option<(Owner, String)> {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    for (index, part) in parts.iter().enumerate() {
+        for (prefix, runtime) in CONTAINER_SCOPES {
+            if let Some(id) = part.strip_prefix(prefix).and_then(|p| p.strip_suffix(".scope")) {
+                return Some((Owner::Container { runtime, id: id.chars().take(12).collect() }, part.to_string()));
+            }
+        }
+        // cgroupfs-driver layouts: /docker/<id>, /kubepods/.../<id>.
+        if (*part == "docker" || *part == "libpod_parent") && index + 1 < parts.len() {
+            let id: String = parts[index + 1].chars().take(12).collect();
+            return Some((Owner::Container { runtime: "docker", id }, parts[index + 1].to_string()));
+        }
+    }
+    let unit = parts
+        .iter()
+        .rev()
+        .find(|p| p.ends_with(".service") || p.ends_with(".scope"))
+        .map_or_else(|| parts.last().copied().unwrap_or("/").to_string(), |p| p.to_string());
+    if let Some(allowed) = parts.iter().find(|p| services.iter().any(|s| s == *p)) {
+        return Some((Owner::Service(allowed.to_string()), unit));
+    }
+    users.contains(&uid).then(|| (Owner::User(uid), unit))
+}
+
+/// One process as `/proc` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessCpu {
+    pub pid: u32,
+    pub uid: u32,
+    /// Start time (clock ticks since boot): a reused pid is another process.
+    pub start: u64,
+    /// utime + stime, in µs.
+    pub used_us: u64,
+}
+
+/// Every process but the agent itself. Err only when `/proc` cannot be listed.
+pub fn processes(proc_root: &std::path::Path) -> std::io::Result<Vec<ProcessCpu>> {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     let me = std::process::id();
-    let mut usage = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return usage };
-    for entry in entries.flatten() {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(proc_root)?.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
         if pid == me {
             continue;
         }
+        // A process that ends between the listing and the read is simply gone.
         let Ok(meta) = std::fs::metadata(entry.path()) else { continue };
-        let uid = std::os::unix::fs::MetadataExt::uid(&meta);
-        if uid < min_uid {
-            continue;
-        }
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
+        let Some(after) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else { continue };
         let fields: Vec<&str> = after.split_whitespace().collect();
-        // utime and stime: fields 14 and 15 of stat, 11 and 12 after the name.
-        let used: u64 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
-        *usage.entry(uid).or_default() += used * 1_000_000 / ticks;
+        // After the name: utime and stime are fields 11 and 12, starttime 19.
+        let field = |n: usize| fields.get(n).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let used_us = (field(11) + field(12)) * 1_000_000 / ticks;
+        found.push(ProcessCpu { pid, uid: std::os::unix::fs::MetadataExt::uid(&meta), start: field(19), used_us });
     }
-    usage
+    Ok(found)
+}
+
+fn cgroup_of(proc_root: &std::path::Path, pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
+    // cgroup v2's line (`0::/path`); on a hybrid system the systemd (name=) one.
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .or_else(|| text.lines().find_map(|l| l.split_once(":name=systemd:").map(|(_, p)| p)))
+        .map(str::to_string)
+}
+
+struct Seen {
+    start: u64,
+    used_us: u64,
+    /// Whose, once the cgroup was read (None: does not count).
+    owner: Option<Option<(Owner, String)>>,
 }
 
 pub struct Cpu {
-    cgroup_root: Option<PathBuf>,
-    min_uid: u32,
+    proc_root: PathBuf,
+    users: std::ops::RangeInclusive<u32>,
+    services: Vec<String>,
     percent: f64,
     window: Duration,
     accounts: AccountsView,
-    history: HashMap<u32, VecDeque<(Instant, u64)>>,
+    processes: HashMap<u32, Seen>,
+    /// Per owner: its CPU so far (µs, counted since the source started), over the window.
+    history: HashMap<Owner, VecDeque<(Instant, u64)>>,
+    totals: HashMap<Owner, u64>,
+    /// Per owner: the unit its busiest process ran in, at the last sample.
+    units: HashMap<Owner, String>,
+    first: bool,
+    last_sample: Option<Instant>,
 }
 
 impl Cpu {
     /// `accounts`: to name users in reasons.
     pub fn new(
-        cgroup_root: Option<PathBuf>,
-        min_uid: u32,
+        users: std::ops::RangeInclusive<u32>,
+        services: Vec<String>,
         percent: f64,
         window: Duration,
         accounts: AccountsView,
     ) -> Self {
-        Self { cgroup_root, min_uid, percent, window, accounts, history: HashMap::new() }
+        Self {
+            proc_root: PathBuf::from("/proc"),
+            users,
+            services,
+            percent,
+            window,
+            accounts,
+            processes: HashMap::new(),
+            history: HashMap::new(),
+            totals: HashMap::new(),
+            units: HashMap::new(),
+            first: true,
+            last_sample: None,
+        }
     }
 
     fn look(&mut self) -> Sample {
         let now = Instant::now();
-        let (usage, source) = match self.cgroup_root.as_deref().and_then(user_slices) {
-            Some(usage) => (usage, "user slices"),
-            None => (processes(self.min_uid), "processes"),
+        let listed = match processes(&self.proc_root) {
+            Ok(listed) => listed,
+            Err(err) => return Sample::unknown(format!("cannot list {}: {err}", self.proc_root.display())),
         };
+        let mut used: HashMap<Owner, (u64, u64, String)> = HashMap::new();
+        let mut next = HashMap::with_capacity(listed.len());
+        for process in listed {
+            let before = self.processes.remove(&process.pid).filter(|s| s.start == process.start);
+            // A process born since the last sample spent all its CPU since then.
+            let delta = match &before {
+                Some(seen) => process.used_us.saturating_sub(seen.used_us),
+                None if self.first => 0,
+                None => process.used_us,
+            };
+            let mut owner = before.and_then(|s| s.owner);
+            if delta > 0 && owner.is_none() {
+                owner = Some(
+                    cgroup_of(&self.proc_root, process.pid)
+                        .and_then(|path| classify(&path, process.uid, &self.users, &self.services)),
+                );
+            }
+            if let Some(Some((who, unit))) = &owner {
+                let entry = used.entry(who.clone()).or_insert((0, 0, unit.clone()));
+                entry.0 += delta;
+                if delta > entry.1 {
+                    entry.1 = delta;
+                    entry.2 = unit.clone();
+                }
+            }
+            next.insert(process.pid, Seen { start: process.start, used_us: process.used_us, owner });
+        }
+        self.processes = next;
+        self.first = false;
+        for (who, (delta, _, unit)) in used {
+            *self.totals.entry(who.clone()).or_default() += delta;
+            self.units.insert(who, unit);
+        }
+        let sample = self.judge(now);
+        self.last_sample = Some(now);
+        sample
+    }
+
+    /// Each owner's average over the window, from the running totals.
+    fn judge(&mut self, now: Instant) -> Sample {
         let mut reasons = Vec::new();
         let mut total_percent = 0.0;
-        self.history.retain(|uid, _| usage.contains_key(uid));
-        for (uid, used) in &usage {
-            let history = self.history.entry(*uid).or_default();
-            history.push_back((now, *used));
-            while history.len() > 2 && history.front().is_some_and(|(at, _)| now.duration_since(*at) > self.window) {
+        for (who, total) in &self.totals {
+            let history = self.history.entry(who.clone()).or_default();
+            // An owner seen for the first time had used nothing at the last sample.
+            if let (true, Some(before)) = (history.is_empty(), self.last_sample) {
+                history.push_back((before, 0));
+            }
+            history.push_back((now, *total));
+            while history.len() > 2 && history.get(1).is_some_and(|(at, _)| now.duration_since(*at) >= self.window) {
                 history.pop_front();
             }
+        }
+        // Owners with no CPU for a whole window are forgotten (a container gone, a user logged out).
+        let window = self.window;
+        let quiet: Vec<Owner> = self
+            .history
+            .iter()
+            .filter(|(_, h)| match (h.front(), h.back()) {
+                (Some((first_at, first)), Some((last_at, last))) => {
+                    first == last && last_at.duration_since(*first_at) >= window
+                }
+                _ => false,
+            })
+            .map(|(who, _)| who.clone())
+            .collect();
+        for who in quiet {
+            self.history.remove(&who);
+            self.totals.remove(&who);
+            self.units.remove(&who);
+        }
+        let mut rows: BTreeMap<Owner, f64> = BTreeMap::new();
+        for (who, history) in &self.history {
             let (Some((first_at, first)), Some((last_at, last))) = (history.front(), history.back()) else { continue };
             let span = last_at.duration_since(*first_at);
             if span.is_zero() {
@@ -112,13 +254,23 @@ impl Cpu {
             }
             let percent = last.saturating_sub(*first) as f64 / span.as_micros() as f64 * 100.0;
             total_percent += percent;
-            if percent >= self.percent {
-                let who = self.accounts.user_name(*uid);
-                reasons.push(format!("{who} at {percent:.0}% of a core (over {}s)", span.as_secs()));
-            }
+            rows.insert(who.clone(), percent);
+        }
+        for (who, percent) in rows.into_iter().filter(|(_, p)| *p >= self.percent) {
+            let unit = self.units.get(&who).cloned().unwrap_or_default();
+            let span = self.window.as_secs();
+            reasons.push(match &who {
+                Owner::User(uid) => {
+                    format!("{} in {unit} at {percent:.0}% of a core (over {span}s)", self.accounts.user_name(*uid))
+                }
+                Owner::Container { runtime, id } => {
+                    format!("container {id} ({runtime}) at {percent:.0}% of a core (over {span}s)")
+                }
+                Owner::Service(name) => format!("{name} at {percent:.0}% of a core (over {span}s; idle.cpu_services)"),
+            });
         }
         let sample = if reasons.is_empty() {
-            Sample::idle(format!("users' CPU below {}% of a core ({source})", self.percent))
+            Sample::idle(format!("users' and containers' CPU below {}% of a core", self.percent))
         } else {
             Sample::active(reasons)
         };
@@ -143,33 +295,65 @@ mod tests {
     use crate::idle::signal::SignalState;
 
     #[test]
-    #[allow(clippy::disallowed_methods)] // real time must pass between two readings
-    fn a_user_slice_above_the_threshold_over_the_window_is_active() {
+    fn cpu_is_owned_by_the_user_wherever_it_runs_by_the_container_or_by_an_allowed_service() {
+        let users = 1000..=60000;
+        let services = vec!["rstudio-server.service".to_string()];
+        let user = |unit: &str| Some((Owner::User(1001), unit.to_string()));
+        assert_eq!(classify("/user.slice/user-1001.slice/session-3.scope", 1001, &users, &[]), user("session-3.scope"));
+        assert_eq!(classify("/system.slice/jupyterhub.service", 1001, &users, &[]), user("jupyterhub.service"));
+        assert_eq!(classify("/system.slice/cron.service", 1001, &users, &[]), user("cron.service"));
+        assert_eq!(classify("/system.slice/ssh.service", 1001, &users, &[]), user("ssh.service"));
+        assert_eq!(classify("/system.slice/run-u42.service", 1001, &users, &[]), user("run-u42.service"));
+        assert_eq!(classify("/system.slice/ssh.service", 0, &users, &[]), None, "root's own work does not count");
+        assert_eq!(classify("/system.slice/pool-agentd.service", 0, &users, &[]), None);
+        let docker = classify("/system.slice/docker-3f2a9c81d0e4b6a7c5d2e1f0.scope", 0, &users, &[]);
+        assert_eq!(docker.map(|d| d.0), Some(Owner::Container { runtime: "docker", id: "3f2a9c81d0e4".into() }));
+        let podman =
+            classify("/user.slice/user-1001.slice/user@1001.service/libpod-0123456789abcdef.scope", 1001, &users, &[]);
+        assert_eq!(podman.map(|p| p.0), Some(Owner::Container { runtime: "podman", id: "0123456789ab".into() }));
+        assert_eq!(
+            classify("/docker/3f2a9c81d0e4b6a7", 0, &users, &[]).map(|d| d.0),
+            Some(Owner::Container { runtime: "docker", id: "3f2a9c81d0e4".into() })
+        );
+        assert_eq!(classify("/system.slice/rstudio-server.service", 998, &users, &[]), None);
+        assert_eq!(
+            classify("/system.slice/rstudio-server.service", 998, &users, &services),
+            Some((Owner::Service("rstudio-server.service".into()), "rstudio-server.service".into()))
+        );
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // real time must pass while a real process works
+    fn a_busy_process_of_a_user_range_uid_is_active_and_named() {
         let tmp = tempfile::tempdir().unwrap();
-        let slice = tmp.path().join("user.slice/user-1001.slice");
-        std::fs::create_dir_all(&slice).unwrap();
-        std::fs::write(slice.join("cpu.stat"), "usage_usec 1000000\nuser_usec 1\n").unwrap();
+        // SAFETY: getuid has no preconditions.
+        let me = unsafe { libc::getuid() };
         let passwd = tmp.path().join("passwd");
-        std::fs::write(&passwd, "").unwrap();
-        let accounts =
-            AccountsView::new(AccountSource::Files { passwd: passwd.clone(), group: tmp.path().join("group") });
-        let mut cpu = Cpu::new(Some(tmp.path().to_path_buf()), 1000, 10.0, Duration::from_secs(60), accounts);
-        assert_eq!(cpu.look().state, SignalState::Idle, "one reading says nothing yet");
-        // Half a core for the next 200 ms.
-        std::thread::sleep(Duration::from_millis(200));
-        std::fs::write(slice.join("cpu.stat"), "usage_usec 1100000\n").unwrap();
+        std::fs::write(&passwd, format!("tester:x:{me}:{me}::/home/tester:/bin/bash\n")).unwrap();
+        let accounts = AccountsView::new(AccountSource::Files { passwd, group: tmp.path().join("group") });
+        // The test's own uid stands for a user-range one.
+        let mut cpu = Cpu::new(me..=me, vec![], 10.0, Duration::from_secs(60), accounts);
+        assert_eq!(cpu.look().state, SignalState::Idle, "the first pass is the baseline");
+        let mut busy = std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(600));
         let sample = cpu.look();
+        busy.kill().unwrap();
+        busy.wait().unwrap();
         assert_eq!(sample.state, SignalState::Active, "{sample:?}");
-        assert!(sample.reasons[0].starts_with("uid 1001 at"), "a uid nobody knows: {:?}", sample.reasons);
-        std::thread::sleep(Duration::from_millis(200));
+        assert!(sample.reasons[0].starts_with("tester in "), "{:?}", sample.reasons);
+        assert!(sample.figures["cpu_percent"] > 10.0, "{sample:?}");
+    }
+
+    #[test]
+    fn without_proc_the_signal_is_unknown_not_idle() {
+        let tmp = tempfile::tempdir().unwrap();
+        let accounts = AccountsView::new(AccountSource::Files {
+            passwd: tmp.path().join("passwd"),
+            group: tmp.path().join("group"),
+        });
+        let mut cpu = Cpu::new(1000..=60000, vec![], 10.0, Duration::from_secs(60), accounts);
+        cpu.proc_root = tmp.path().join("no-proc");
         let sample = cpu.look();
-        assert!(sample.figures["cpu_percent"] < 40.0, "averaged over the window: {sample:?}");
-        // alice is added after the source was made: she is named from then on
-        // (the view looks at the files' stamps once a second).
-        std::fs::write(&passwd, "alice:x:1001:1001::/home/alice:/bin/bash\n").unwrap();
-        std::thread::sleep(Duration::from_millis(1100));
-        std::fs::write(slice.join("cpu.stat"), "usage_usec 3000000\n").unwrap();
-        let sample = cpu.look();
-        assert!(sample.reasons[0].starts_with("alice at"), "{:?}", sample.reasons);
+        assert_eq!(sample.state, SignalState::Unknown, "{sample:?}");
     }
 }

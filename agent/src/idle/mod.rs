@@ -334,8 +334,8 @@ fn sources(ctx: &TaskContext, idle: &Idle, settings: &Settings) -> Vec<sampler::
             judged_ports,
         )),
         Box::new(cpu::Cpu::new(
-            cpu::cgroup2_root(),
-            settings.links.min_uid,
+            settings.links.min_uid..=settings.links.max_uid,
+            config.cpu_services.clone(),
             config.cpu_percent,
             config.cpu_window,
             ctx.accounts.clone(),
@@ -378,7 +378,10 @@ async fn run(ctx: TaskContext, idle: Idle) -> TaskResult {
                     return Ok(());
                 }
                 let next = settings_rx.borrow_and_update().clone();
-                if next.idle != settings.idle || next.links.min_uid != settings.links.min_uid {
+                if next.idle != settings.idle
+                    || next.links.min_uid != settings.links.min_uid
+                    || next.links.max_uid != settings.links.max_uid
+                {
                     sources = self::sources(&ctx, &idle, &next);
                     machine.set_grace_until(booted + next.idle.boot_grace);
                     if next.idle.interval != settings.idle.interval {

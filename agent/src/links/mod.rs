@@ -27,7 +27,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::future::BoxFuture;
-use notify::Watcher;
 use reconcile::{FolderPlan, Step, UserPlan};
 use report::{LinkState, LinksReport, UserLink};
 use std::collections::{BTreeSet, HashMap};
@@ -388,22 +387,59 @@ fn publish(ctx: &TaskContext, report: &LinksReport, share_configured: bool) {
 /// inotify on the passwd file's directory (useradd replaces the file by
 /// rename) and on every directory that holds homes (pam_mkhomedir makes a
 /// home on first login): a change there starts a pass.
+///
+/// Only changes are asked of the kernel — entries made, removed, moved,
+/// their attributes changed, passwd or group written — never opens, reads or
+/// closes (notify's inotify backend always asks for opens, so every read of
+/// `/etc` by anyone, the agent included, woke it and started a pass). In the
+/// passwd file's directory only the passwd and group files count.
 struct DirWatcher {
     events: mpsc::Sender<()>,
-    watcher: Option<notify::RecommendedWatcher>,
-    watched: BTreeSet<PathBuf>,
+    watches: Option<inotify::Watches>,
+    /// Per watched directory: its watch.
+    watched: HashMap<PathBuf, inotify::WatchDescriptor>,
+    /// The passwd file's directory's watch: only these names count there.
+    passwd_dir: Arc<Mutex<Option<inotify::WatchDescriptor>>>,
+    reader: Option<tokio::task::JoinHandle<()>>,
 }
+
+/// The account files whose change in the passwd file's directory starts a pass.
+const ACCOUNT_FILES: [&str; 2] = ["passwd", "group"];
 
 impl DirWatcher {
     fn new(events: mpsc::Sender<()>) -> Self {
-        Self { events, watcher: None, watched: BTreeSet::new() }
+        Self { events, watches: None, watched: HashMap::new(), passwd_dir: Default::default(), reader: None }
+    }
+
+    fn start(&mut self) -> std::io::Result<inotify::Watches> {
+        if let Some(watches) = &self.watches {
+            return Ok(watches.clone());
+        }
+        use futures_util::StreamExt;
+        let inotify = inotify::Inotify::init()?;
+        let mut stream = inotify.into_event_stream(vec![0u8; 4096])?;
+        let watches = stream.watches();
+        let events = self.events.clone();
+        let passwd_dir = self.passwd_dir.clone();
+        self.reader = Some(tokio::spawn(async move {
+            while let Some(Ok(event)) = stream.next().await {
+                let in_passwd_dir = passwd_dir.lock().unwrap_or_else(|p| p.into_inner()).as_ref() == Some(&event.wd);
+                let counts = !in_passwd_dir
+                    || event.name.as_deref().is_some_and(|name| ACCOUNT_FILES.iter().any(|f| name == *f));
+                if counts {
+                    let _ = events.try_send(());
+                }
+            }
+        }));
+        self.watches = Some(watches.clone());
+        Ok(watches)
     }
 
     fn watch(&mut self, ctx: &TaskContext, settings: &Settings, report: &LinksReport) {
+        use inotify::WatchMask;
+        let passwd_dir = ctx.paths.passwd().parent().map(Path::to_path_buf);
         let mut wanted = BTreeSet::new();
-        if let Some(dir) = ctx.paths.passwd().parent() {
-            wanted.insert(dir.to_path_buf());
-        }
+        wanted.extend(passwd_dir.clone());
         wanted.insert(ctx.paths.resolve("/home"));
         for user in &report.users {
             if let Some(parent) = Path::new(&user.link).ancestors().nth(1 + settings.links.link.components().count()) {
@@ -411,17 +447,11 @@ impl DirWatcher {
             }
         }
         wanted.retain(|dir| dir.is_dir());
-        if wanted == self.watched && self.watcher.is_some() {
+        if wanted.iter().all(|dir| self.watched.contains_key(dir)) && self.watched.len() == wanted.len() {
             return;
         }
-        let events = self.events.clone();
-        let made = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
-                let _ = events.try_send(());
-            }
-        });
-        let mut watcher = match made {
-            Ok(watcher) => watcher,
+        let mut watches = match self.start() {
+            Ok(watches) => watches,
             Err(err) => {
                 tracing::warn!(
                     component = "links",
@@ -430,13 +460,41 @@ impl DirWatcher {
                 return;
             }
         };
-        for dir in &wanted {
-            if let Err(err) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
-                tracing::warn!(component = "links", "cannot watch {}: {err}", dir.display());
+        for (dir, wd) in std::mem::take(&mut self.watched) {
+            if wanted.contains(&dir) {
+                self.watched.insert(dir, wd);
+            } else {
+                let _ = watches.remove(wd);
             }
         }
-        self.watcher = Some(watcher);
-        self.watched = wanted;
+        let changes = WatchMask::CREATE
+            | WatchMask::DELETE
+            | WatchMask::MOVED_FROM
+            | WatchMask::MOVED_TO
+            | WatchMask::ATTRIB
+            | WatchMask::CLOSE_WRITE
+            | WatchMask::DONT_FOLLOW
+            | WatchMask::ONLYDIR;
+        let missing: Vec<PathBuf> = wanted.into_iter().filter(|dir| !self.watched.contains_key(dir)).collect();
+        for dir in missing {
+            match watches.add(&dir, changes) {
+                Ok(wd) => {
+                    if passwd_dir.as_ref() == Some(&dir) {
+                        *self.passwd_dir.lock().unwrap_or_else(|p| p.into_inner()) = Some(wd.clone());
+                    }
+                    self.watched.insert(dir, wd);
+                }
+                Err(err) => tracing::warn!(component = "links", "cannot watch {}: {err}", dir.display()),
+            }
+        }
+    }
+}
+
+impl Drop for DirWatcher {
+    fn drop(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            reader.abort();
+        }
     }
 }
 
