@@ -63,23 +63,23 @@ fn a_connection_counts_while_it_carries_traffic_and_not_while_it_is_merely_open(
     });
     let active = wait_signal(&sandbox, "connections", "active", Duration::from_secs(10));
     let reason = active["reasons"][0].as_str().unwrap();
-    assert!(reason.contains(&format!("-> :{port}")) && reason.contains("KiB/min"), "{active:#}");
-    // The same connection, open but silent: not activity.
+    assert!(reason.contains(&format!("-> :{port}")) && reason.contains("KiB in the last minute"), "{active:#}");
+    // The same connection, open but silent: not activity once its minute has passed.
     sending.store(false, Ordering::Relaxed);
     sender.join().unwrap();
-    let quiet = wait_signal(&sandbox, "connections", "idle", Duration::from_secs(10));
-    assert!(quiet["reasons"][0].as_str().unwrap().contains("1 connection(s) open, none carrying traffic"), "{quiet:#}");
+    let quiet = wait_signal(&sandbox, "connections", "idle", Duration::from_secs(75));
+    assert!(quiet["reasons"][0].as_str().unwrap().contains("1 connection(s) open, none moving"), "{quiet:#}");
     drop(client.shutdown(std::net::Shutdown::Both));
     reader.join().unwrap();
 }
 
-/// A user slice made by the test, as logind makes one at login.
-struct UserSlice {
+/// A cgroup made by the test, as systemd makes one for a unit.
+struct Unit {
     dir: PathBuf,
     burner: std::process::Child,
 }
 
-impl Drop for UserSlice {
+impl Drop for Unit {
     fn drop(&mut self) {
         let _ = self.burner.kill();
         let _ = self.burner.wait();
@@ -89,10 +89,12 @@ impl Drop for UserSlice {
 }
 
 #[test]
-fn a_process_burning_cpu_in_a_user_slice_keeps_the_vm_active_and_the_agent_s_own_cpu_does_not() {
-    let test = "a_process_burning_cpu_in_a_user_slice_keeps_the_vm_active_and_the_agent_s_own_cpu_does_not";
+fn a_user_s_process_burning_cpu_outside_user_slice_keeps_the_vm_active_and_the_agent_s_own_cpu_does_not() {
+    let test = "a_user_s_process_burning_cpu_outside_user_slice_keeps_the_vm_active_and_the_agent_s_own_cpu_does_not";
     if !nix_is_root() {
-        skip_note(&format!("SKIP {test}: needs root to make a cgroup (CI runs as root)"));
+        skip_note(&format!(
+            "SKIP {test}: needs root to make a cgroup and run a process as another uid (CI runs as root)"
+        ));
         return;
     }
     let Some(root) = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
@@ -103,10 +105,6 @@ fn a_process_burning_cpu_in_a_user_slice_keeps_the_vm_active_and_the_agent_s_own
         skip_note(&format!("SKIP {test}: no cgroup v2 hierarchy on this machine"));
         return;
     };
-    // user.slice as logind makes it at the first login (removed again if made here).
-    let users_slice = root.join("user.slice");
-    let made_users_slice = !users_slice.exists();
-    std::fs::create_dir_all(&users_slice).unwrap();
     let sandbox = Sandbox::new();
     sandbox.write_config(&config("cpu_percent = 20\n"));
     let _daemon = sandbox.start();
@@ -114,20 +112,29 @@ fn a_process_burning_cpu_in_a_user_slice_keeps_the_vm_active_and_the_agent_s_own
     for _ in 0..20 {
         let _ = sandbox.cli(&["status"]);
     }
-    let quiet = wait_signal(&sandbox, "cpu", "idle", Duration::from_secs(10));
-    assert!(quiet["reasons"][0].as_str().unwrap().contains("user slices"), "read from the user slices: {quiet:#}");
-    let dir = root.join("user.slice").join(format!("user-{CAROL_UID}.slice"));
+    wait_signal(&sandbox, "cpu", "idle", Duration::from_secs(10));
+    // carol's job in a system unit's cgroup (a `systemd-run --uid` job, a JupyterHub-spawned server).
+    let system = root.join("system.slice");
+    let made_system = !system.exists();
+    let unit = format!("pool-agent-test-{}.service", std::process::id());
+    let dir = system.join(&unit);
     std::fs::create_dir_all(&dir).unwrap();
-    let burner = std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap();
-    let slice = UserSlice { dir: dir.clone(), burner };
-    std::fs::write(dir.join("cgroup.procs"), slice.burner.id().to_string()).unwrap();
+    let burner = std::os::unix::process::CommandExt::uid(
+        std::process::Command::new("sh").args(["-c", "while :; do :; done"]),
+        CAROL_UID,
+    )
+    .spawn()
+    .unwrap();
+    let job = Unit { dir: dir.clone(), burner };
+    std::fs::write(dir.join("cgroup.procs"), job.burner.id().to_string()).unwrap();
     let active = wait_signal(&sandbox, "cpu", "active", Duration::from_secs(15));
-    assert!(active["reasons"][0].as_str().unwrap().starts_with(&format!("uid {CAROL_UID} at")), "{active:#}");
+    let reason = active["reasons"][0].as_str().unwrap();
+    assert!(reason.starts_with(&format!("uid {CAROL_UID} in {unit} at")), "{active:#}");
     assert_eq!(idle_json(&sandbox)["verdict"], "active");
-    drop(slice);
+    drop(job);
     wait_signal(&sandbox, "cpu", "idle", Duration::from_secs(15));
-    if made_users_slice {
-        let _ = std::fs::remove_dir(&users_slice);
+    if made_system {
+        let _ = std::fs::remove_dir(&system);
     }
 }
 
@@ -218,7 +225,12 @@ fn fake_jupyter(kernels: Arc<std::sync::Mutex<String>>) -> (u16, Arc<AtomicBool>
             let text = String::from_utf8_lossy(&request).to_string();
             let path = text.split_whitespace().nth(1).unwrap_or("").to_string();
             let authorized = text.lines().any(|l| l.eq_ignore_ascii_case("authorization: token hub-secret"));
-            let (status, body) = if !authorized {
+            let user_token = text.lines().any(|l| l.eq_ignore_ascii_case("authorization: token user-secret"));
+            let (status, body) = if path == "/api/kernels" && user_token {
+                ("200 OK", kernels.lock().unwrap().clone())
+            } else if path == "/api/terminals" && user_token {
+                ("200 OK", "[]".to_string())
+            } else if !authorized {
                 ("403 Forbidden", "{\"message\":\"no token\"}".to_string())
             } else if path == "/hub/api/users" {
                 ("200 OK", r#"[{"name":"alice","servers":{"":{"name":"","url":"/user/alice/","ready":true,"last_activity":"2026-01-01T00:00:00Z"}}}]"#.to_string())
@@ -253,13 +265,14 @@ fn a_busy_kernel_without_a_connection_keeps_the_vm_active_and_idle_kernels_do_no
         r#"[{"id":"k1","name":"python3","last_activity":"2026-01-01T00:00:00.000000Z","execution_state":"idle","connections":1}]"#.to_string();
     let quiet = wait_signal(&sandbox, "jupyter", "idle", Duration::from_secs(10));
     assert_eq!(quiet["last_activity"], "2026-01-01T00:00:00Z", "the kernel's own last execution: {quiet:#}");
-    // A server that stops answering may run someone's work: unknown, counted as active.
-    stop.store(true, Ordering::Relaxed);
+    // A rotated token: the hub may run someone's work, so unknown (counted as
+    // active), and a config error an admin sees in status.
     std::fs::write(sandbox.root().join("etc/pool-agent/hub-token"), "wrong\n").unwrap();
     let unknown =
         eventually(Duration::from_secs(10), || Some(signal(&sandbox, "jupyter")).filter(|s| s["state"] == "unknown"))
             .unwrap_or_else(|| panic!("never unknown: {:#}", idle_json(&sandbox)));
-    assert!(unknown["reasons"][0].as_str().unwrap().contains(&port.to_string()), "{unknown:#}");
+    let why = unknown["reasons"][0].as_str().unwrap();
+    assert!(why.starts_with("config error: ") && why.contains(&port.to_string()) && why.contains("403"), "{unknown:#}");
     assert!(idle_json(&sandbox)["reasons"]
         .as_array()
         .unwrap()
@@ -267,6 +280,122 @@ fn a_busy_kernel_without_a_connection_keeps_the_vm_active_and_idle_kernels_do_no
         .any(|r| r.as_str().unwrap().contains("unknown, counts as active")));
     let human = stdout(&sandbox.cli(&["idle"]));
     assert!(human.starts_with("verdict: active") && human.contains("jupyter"), "{human}");
+    let status = sandbox.status_json();
+    let row = status["components"].as_array().unwrap().iter().find(|c| c["name"] == "idle").cloned().unwrap();
+    assert_eq!(row["state"], "degraded", "{row:#}");
+    // The hub stops: nothing listens there any more, so no server, not unknown.
+    stop.store(true, Ordering::Relaxed);
+    let gone = wait_signal(&sandbox, "jupyter", "idle", Duration::from_secs(10));
+    assert!(gone["reasons"].to_string().contains("not running"), "{gone:#}");
+}
+
+#[test]
+fn a_jupyter_server_is_found_from_its_runtime_file_and_is_no_server_once_its_process_is_gone() {
+    let test = "a_jupyter_server_is_found_from_its_runtime_file_and_is_no_server_once_its_process_is_gone";
+    if !can_switch_uid(test) {
+        return;
+    }
+    let kernels = Arc::new(std::sync::Mutex::new(
+        r#"[{"id":"k1","name":"python3","last_activity":"2026-01-01T00:00:00.000000Z","execution_state":"busy","connections":0}]"#.to_string(),
+    ));
+    let (port, _stop) = fake_jupyter(kernels);
+    let sandbox = Sandbox::new();
+    sandbox.write_config(&config(""));
+    // bob's JupyterLab: a process of his, and the runtime file it wrote in his home.
+    let mut server = std::os::unix::process::CommandExt::uid(std::process::Command::new("sleep").arg("600"), USER_UID)
+        .spawn()
+        .unwrap();
+    let runtime = sandbox.root().join("home/bob/.local/share/jupyter/runtime");
+    std::fs::create_dir_all(&runtime).unwrap();
+    let file = runtime.join(format!("jpserver-{}.json", server.id()));
+    std::fs::write(
+        &file,
+        format!(
+            r#"{{"base_url": "/", "hostname": "localhost", "password": false, "pid": {}, "port": {port}, "root_dir": "/home/bob", "secure": false, "sock": "", "token": "user-secret", "url": "http://localhost:{port}/", "version": "2.14.2"}}"#,
+            server.id()
+        ),
+    )
+    .unwrap();
+    for dir in [".local", ".local/share", ".local/share/jupyter", ".local/share/jupyter/runtime"] {
+        std::os::unix::fs::chown(sandbox.root().join("home/bob").join(dir), Some(USER_UID), Some(USER_UID)).unwrap();
+    }
+    std::os::unix::fs::chown(&file, Some(USER_UID), Some(USER_UID)).unwrap();
+    let _daemon = sandbox.start();
+    let active = wait_signal(&sandbox, "jupyter", "active", Duration::from_secs(10));
+    assert_eq!(active["reasons"][0], "kernel busy python3 (bob)", "{active:#}");
+    let log_and_answers = format!("{active}{}", sandbox.cli_json(&["idle", "--json"]));
+    assert!(!log_and_answers.contains("user-secret"), "the token is never shown");
+    // The server dies and leaves its file behind: no server (not unknown).
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let gone = wait_signal(&sandbox, "jupyter", "absent", Duration::from_secs(10));
+    assert!(gone["reasons"][0].as_str().unwrap().starts_with("no Jupyter server found"), "{gone:#}");
+}
+
+#[test]
+fn a_source_stuck_in_the_kernel_leaves_the_api_answering_and_the_verdict_fresh_and_never_idle() {
+    let sandbox = Sandbox::new();
+    // utmp as a FIFO nobody writes: reading it blocks in open(2) for as long as it stays so.
+    let utmp = sandbox.root().join("run/utmp");
+    std::fs::create_dir_all(utmp.parent().unwrap()).unwrap();
+    let made = std::process::Command::new("mkfifo").arg(&utmp).status().unwrap();
+    assert!(made.success());
+    // A one-minute timeout: without the stuck source the VM would be idle by the end.
+    sandbox.write_config(
+        &config("")
+            .replace("timeout = \"30m\"", "timeout = \"1m\"")
+            .replace("[idle]\n", "[idle]\nboot_grace = \"0s\"\n"),
+    );
+    let _daemon = sandbox.start();
+    let stuck = wait_signal(&sandbox, "sessions", "unknown", Duration::from_secs(15));
+    let why = stuck["reasons"][0].as_str().unwrap();
+    assert!(why.starts_with("no answer within 5s") || why.contains("has not returned"), "{stuck:#}");
+    let until = Instant::now() + Duration::from_secs(75);
+    while Instant::now() < until {
+        let asked = Instant::now();
+        let out = sandbox.cli(&["status"]);
+        assert!(answered(&out), "status did not answer: {}", stderr(&out));
+        assert!(asked.elapsed() < Duration::from_secs(1), "status took {:?}", asked.elapsed());
+        let verdict = idle_json(&sandbox);
+        assert_ne!(verdict["verdict"], "idle", "{verdict:#}");
+        assert_ne!(verdict["verdict"], "stale", "sampling goes on around the stuck source: {verdict:#}");
+        assert!(verdict["verdict_age_seconds"].as_f64().unwrap_or(99.0) <= 3.0, "{verdict:#}");
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    // Freed (a writer comes and goes): the signal answers again.
+    let writer = std::fs::OpenOptions::new().write(true).open(&utmp).unwrap();
+    drop(writer);
+    std::fs::remove_file(&utmp).unwrap();
+    wait_signal(&sandbox, "sessions", "idle", Duration::from_secs(15));
+}
+
+#[test]
+fn only_users_and_admins_hold_the_vm_and_a_corrupt_holds_file_keeps_holds_unknown_until_an_admin_clears_it() {
+    if !can_switch_uid(
+        "only_users_and_admins_hold_the_vm_and_a_corrupt_holds_file_keeps_holds_unknown_until_an_admin_clears_it",
+    ) {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let state = sandbox.root().join("var/lib/pool-agent");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("holds.json"), "[{\"id\": \"0badc0de\", \"owner_u").unwrap();
+    sandbox.write_config(&config(""));
+    let daemon = sandbox.start();
+    let lost = wait_signal(&sandbox, "holds", "unknown", Duration::from_secs(10));
+    assert!(lost["reasons"][0].as_str().unwrap().contains("holds.json.bad-"), "{lost:#}");
+    let status = sandbox.status_json();
+    let row = status["components"].as_array().unwrap().iter().find(|c| c["name"] == "idle").cloned().unwrap();
+    assert_eq!(row["state"], "degraded", "named in status: {row:#}");
+    assert!(daemon.log().contains("is corrupt"), "and in the journal: {}", daemon.log());
+    let refused = sandbox.cli_as(65534, &["hold", "1h"]);
+    assert!(stderr(&refused).contains("[forbidden]"), "nobody holds no VM: {}", stderr(&refused));
+    let not_admin = sandbox.cli_as(USER_UID, &["hold", "release", "lost"]);
+    assert!(stderr(&not_admin).contains("[forbidden]"), "{}", stderr(&not_admin));
+    let cleared = sandbox.cli_as(ADMIN_UID, &["hold", "release", "lost"]);
+    assert!(cleared.status.success(), "{}", stderr(&cleared));
+    wait_signal(&sandbox, "holds", "idle", Duration::from_secs(10));
+    assert!(sandbox.cli_as(USER_UID, &["hold", "1h"]).status.success(), "a user still holds");
 }
 
 #[test]

@@ -23,7 +23,7 @@ pub struct HoldArgs {
 pub enum HoldAction {
     /// List keep-awake leases (yours; all of them for admins).
     List,
-    /// End a lease early.
+    /// End a lease early; `release lost` (admins) clears holds lost with a corrupt holds file.
     Release { id: String },
 }
 
@@ -72,6 +72,12 @@ pub fn summary(report: &IdleReport) -> String {
     out
 }
 
+/// `DELETE /v1/holds/lost`'s answer.
+#[derive(serde::Deserialize)]
+struct LostCleared {
+    cleared_files: usize,
+}
+
 fn holds_summary(holds: &[Hold]) -> String {
     if holds.is_empty() {
         return "no holds\n".to_string();
@@ -92,6 +98,12 @@ pub fn hold(hold: &HoldArgs) -> Result<Call, String> {
         })),
         (Some(HoldAction::Release { id }), _) => Ok(Call::delete(&format!("/v1/holds/{}", path_segment(id)?))
             .shown_by(|body| {
+                if let Ok(cleared) = serde_json::from_slice::<LostCleared>(body) {
+                    return Ok(format!(
+                        "lost holds cleared ({} file(s) kept as *.cleared); the holds signal counts again\n",
+                        cleared.cleared_files
+                    ));
+                }
                 serde_json::from_slice::<Hold>(body)
                     .map(|h| format!("released hold {} of {}\n", h.id, h.owner))
                     .map_err(|err| format!("unexpected answer: {err}"))
