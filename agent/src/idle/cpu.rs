@@ -72,7 +72,7 @@ pub fn classify(
     if let Some(allowed) = parts.iter().find(|p| services.iter().any(|s| s == *p)) {
         return Some((Owner::Service(allowed.to_string()), unit));
     }
-    users.contains(&uid).then(|| (Owner::User(uid), unit))
+    users.contains(&uid).then_some((Owner::User(uid), unit))
 }
 
 /// One process as `/proc` shows it.
