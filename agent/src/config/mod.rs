@@ -389,7 +389,16 @@ mod tests {
         assert_eq!(settings.idle.jupyterhub_url, "http://127.0.0.1:8000");
         assert_eq!(expect_invalid("[idle]\ntimeout = \"30s\"\n").1, "idle.timeout");
         assert_eq!(expect_invalid("[idle]\ntimeout = \"4d\"\n").1, "idle.timeout");
-        assert_eq!(expect_invalid("[idle]\njupyter_urls = [\"https://x\"]\n").1, "idle.jupyter_urls[0]");
+        assert_eq!(expect_invalid("[idle]\njupyter_urls = [\"ftp://x\"]\n").1, "idle.jupyter_urls[0]");
+        let (_, key, message) = expect_invalid("[idle]\njupyter_urls = [\"http://127.0.0.1:8888/?token=s3cret\"]\n");
+        assert_eq!(key, "idle.jupyter_urls[0]");
+        assert!(!message.contains("s3cret"), "the token is not echoed: {message}");
+        assert_eq!(
+            parse("[idle]\njupyter_urls = [\"https://127.0.0.1:8000\"]\n").unwrap().idle.jupyter_urls,
+            ["https://127.0.0.1:8000"]
+        );
+        assert_eq!(expect_invalid("[idle]\nmax_unknown = \"10m\"\n").1, "idle.max_unknown");
+        assert_eq!(expect_invalid("[idle]\ncpu_services = [\"rstudio\"]\n").1, "idle.cpu_services[0]");
         assert_eq!(expect_invalid("[idle]\naction = \"delete\"\n").1, "idle.action");
     }
 

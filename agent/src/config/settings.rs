@@ -971,13 +971,28 @@ fn validate_idle(section: Option<Sourced<IdleFragment>>) -> Result<IdleSettings,
     })
 }
 
-/// A plain `http://host:port[/path]` (the agent talks to local services only).
+/// An `http://` or `https://host:port[/path]` URL (https on loopback accepts
+/// the server's own certificate). Messages never echo a query (`?token=`).
 fn http_url(origin: &Origin, key: &str, url: &str) -> Result<String, ConfigError> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        invalid(origin, key, format!("{url:?}: use http://host:port (local services are reached over plain HTTP)"))
-    })?;
+    let shown = shown_url(url);
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| invalid(origin, key, format!("{shown:?}: use http://host:port or https://host:port")))?;
     if rest.is_empty() || rest.starts_with('/') {
-        return Err(invalid(origin, key, format!("{url:?} names no host")));
+        return Err(invalid(origin, key, format!("{shown:?} names no host")));
+    }
+    if url.contains('?') {
+        return Err(invalid(origin, key, format!("{shown:?}: put the token in the token file, not in the URL")));
     }
     Ok(url.trim_end_matches('/').to_string())
+}
+
+/// A URL as it may be shown: without its query (`?token=…`) or user info.
+pub fn shown_url(url: &str) -> String {
+    let without_query = url.split(['?', '#']).next().unwrap_or("");
+    let Some((scheme, rest)) = without_query.split_once("://") else { return without_query.to_string() };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    format!("{scheme}://{host}{path}")
 }

@@ -120,14 +120,7 @@ fn parse_time(text: &Option<String>) -> Option<SystemTime> {
     text.as_deref().and_then(|t| humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).ok())
 }
 
-/// A URL as it may be shown: without its query (`?token=…`) or user info.
-pub fn shown_url(url: &str) -> String {
-    let without_query = url.split(['?', '#']).next().unwrap_or("");
-    let Some((scheme, rest)) = without_query.split_once("://") else { return without_query.to_string() };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
-    format!("{scheme}://{host}{path}")
-}
+pub use crate::config::shown_url;
 
 fn is_loopback(url: &str) -> bool {
     let Some(rest) = url.split_once("://").map(|(_, rest)| rest) else { return false };
