@@ -32,6 +32,30 @@ enum Terminal {
     Unreadable(String),
 }
 
+impl Terminal {
+    /// Adds its reason; the (active, unknown) flags with it counted.
+    fn tally(self, active: bool, unknown: bool, reasons: &mut Vec<String>) -> (bool, bool) {
+        let (flags, reason) = match self {
+            Terminal::Recent(reason) => ((true, unknown), reason),
+            Terminal::Quiet(reason) => ((active, unknown), reason),
+            Terminal::Unreadable(reason) => ((active, true), reason),
+        };
+        reasons.push(reason);
+        (flags.0 || active, flags.1)
+    }
+}
+
+/// A signal's state from what its parts said: any active wins, then any unknown.
+fn state_of(active: bool, unknown: bool) -> SignalState {
+    if active {
+        SignalState::Active
+    } else if unknown {
+        SignalState::Unknown
+    } else {
+        SignalState::Idle
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     pub user: String,
@@ -228,17 +252,8 @@ impl Sessions {
                 if session.remote_host.is_empty() { String::new() } else { format!(" from {}", session.remote_host) };
             let what = if session.service.is_empty() { "session".to_string() } else { session.service.clone() };
             if !session.tty.is_empty() {
-                match self.terminal(&what, &session.user, &session.tty, &from, now, &mut latest) {
-                    Terminal::Recent(reason) => {
-                        active = true;
-                        reasons.push(reason);
-                    }
-                    Terminal::Quiet(reason) => reasons.push(reason),
-                    Terminal::Unreadable(reason) => {
-                        unknown = true;
-                        reasons.push(reason);
-                    }
-                }
+                let said = self.terminal(&what, &session.user, &session.tty, &from, now, &mut latest);
+                (active, unknown) = said.tally(active, unknown, &mut reasons);
                 continue;
             }
             // A desktop (xrdp): logind's idle hint follows its input, once the
@@ -298,14 +313,7 @@ impl Sessions {
         let sample = if sessions.is_empty() {
             Sample::idle("no sessions (logind)")
         } else {
-            let state = if active {
-                SignalState::Active
-            } else if unknown {
-                SignalState::Unknown
-            } else {
-                SignalState::Idle
-            };
-            Sample { state, last_activity: latest, reasons, figures: Default::default() }
+            Sample { state: state_of(active, unknown), last_activity: latest, reasons, figures: Default::default() }
         };
         let ttys = sessions.iter().filter(|s| !s.tty.is_empty()).map(|s| s.tty.clone()).collect();
         (sample.with_figure("sessions", sessions.len() as f64), ttys)
@@ -361,26 +369,10 @@ impl Sessions {
         for session in &sessions {
             let kind = if session.host.is_empty() { "local" } else { "ssh" };
             let from = if session.host.is_empty() { String::new() } else { format!(" from {}", session.host) };
-            match self.terminal(kind, &session.user, &session.line, &from, now, &mut latest) {
-                Terminal::Recent(reason) => {
-                    active = true;
-                    reasons.push(reason);
-                }
-                Terminal::Quiet(reason) => reasons.push(reason),
-                Terminal::Unreadable(reason) => {
-                    unknown = true;
-                    reasons.push(reason);
-                }
-            }
+            let said = self.terminal(kind, &session.user, &session.line, &from, now, &mut latest);
+            (active, unknown) = said.tally(active, unknown, &mut reasons);
         }
-        let state = if active {
-            SignalState::Active
-        } else if unknown {
-            SignalState::Unknown
-        } else {
-            SignalState::Idle
-        };
-        Sample { state, last_activity: latest, reasons, figures: Default::default() }
+        Sample { state: state_of(active, unknown), last_activity: latest, reasons, figures: Default::default() }
             .with_figure("sessions", sessions.len() as f64)
     }
 }
