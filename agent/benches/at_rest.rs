@@ -82,6 +82,7 @@ struct Window {
 fn at_rest(root: &Path, exporter: &Child, port: u16, settle: Duration, window: Duration) -> Window {
     let daemon = start_daemon(root);
     std::thread::sleep(settle);
+    assert!(std::path::Path::new(&format!("/proc/{}/stat", exporter.id())).exists(), "node_exporter is not running");
     let (agent_before, exporter_before) = (ticks(daemon.id()), ticks(exporter.id()));
     let started = Instant::now();
     while started.elapsed() < window {
@@ -128,6 +129,10 @@ fn main() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(1));
+    if let Ok(Some(status)) = exporter.try_wait() {
+        println!("SKIP at_rest bench: node_exporter exited at start ({status})");
+        return;
+    }
 
     println!("| measure | pool-agent | baseline | ratio |");
     println!("| --- | --- | --- | --- |");
