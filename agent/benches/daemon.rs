@@ -20,12 +20,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// One HTTP/1.1 request on a fresh connection; returns the time to the full answer.
 fn round_trip(socket: &Path, request: &[u8]) -> Duration {
     let started = Instant::now();

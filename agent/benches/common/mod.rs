@@ -20,6 +20,13 @@ pub fn median(mut samples: Vec<Duration>) -> Duration {
     samples[samples.len() / 2]
 }
 
+/// Resident memory of a process (KiB).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
 /// `pool-agentd --root ROOT`, quiet, not talking to systemd.
 pub fn spawn_daemon(root: &Path) -> Child {
     Command::new(DAEMON)

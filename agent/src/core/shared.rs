@@ -69,16 +69,20 @@ pub struct IdleNews {
 /// A verdict older than this many sampling intervals is not acted on.
 pub const STALE_AFTER_INTERVALS: u32 = 3;
 
-impl IdleNews {
-    /// How old the verdict is at `now` (None before the first one).
-    pub fn age(&self, now: std::time::SystemTime) -> Option<std::time::Duration> {
-        self.sampled_at.map(|at| now.duration_since(at).unwrap_or_default())
-    }
+/// Whether a verdict sampled at `sampled_at`, every `interval`, is too old at `now`.
+pub fn verdict_is_stale(
+    sampled_at: std::time::SystemTime,
+    interval: std::time::Duration,
+    now: std::time::SystemTime,
+) -> bool {
+    now.duration_since(sampled_at).unwrap_or_default() > interval * STALE_AFTER_INTERVALS
+}
 
+impl IdleNews {
     /// A verdict older than three sampling intervals: sampling stalled, so
     /// nobody may take it for idle.
     pub fn is_stale(&self, now: std::time::SystemTime) -> bool {
-        self.age(now).is_some_and(|age| age > self.interval * STALE_AFTER_INTERVALS)
+        self.sampled_at.is_some_and(|at| verdict_is_stale(at, self.interval, now))
     }
 
     /// The only verdict anyone may act on: made, idle, and fresh.

@@ -59,6 +59,9 @@ pub struct Holds {
     holds: Mutex<Vec<Hold>>,
     /// The holds file could not be read (the error), so saving would lose what it holds.
     unreadable: Mutex<Option<String>>,
+    /// Files moved aside and not cleared, with when they were moved: listed
+    /// once at load (only a load moves a file aside), emptied by an admin.
+    bad_files: Mutex<Vec<(PathBuf, SystemTime)>>,
 }
 
 /// Holds the agent may have lost: a file moved aside, and when the last hold it
@@ -112,7 +115,8 @@ impl Holds {
         if let Some(why) = &unreadable {
             tracing::warn!(component = "idle", "holds: {why}; holds count as unknown");
         }
-        Self { file, holds: Mutex::new(holds), unreadable: Mutex::new(unreadable) }
+        let bad_files = Mutex::new(bad_files(&file));
+        Self { file, holds: Mutex::new(holds), unreadable: Mutex::new(unreadable), bad_files }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Hold>> {
@@ -127,39 +131,30 @@ impl Holds {
     /// The newest corrupt file moved aside whose holds could still be running
     /// (moved less than `max_hold` ago) and that no admin cleared.
     pub fn lost(&self, max_hold: Duration, now: SystemTime) -> Option<Lost> {
-        self.bad_files()
-            .into_iter()
+        self.bad_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
             .filter_map(|(file, moved)| {
-                let until = moved + max_hold;
-                (until > now).then_some(Lost { file, until })
+                let until = *moved + max_hold;
+                (until > now).then(|| Lost { file: file.clone(), until })
             })
             .max_by_key(|lost| lost.until)
-    }
-
-    /// Files moved aside and not cleared, with when they were moved.
-    fn bad_files(&self) -> Vec<(PathBuf, SystemTime)> {
-        let (Some(dir), Some(name)) = (self.file.parent(), self.file.file_name()) else { return Vec::new() };
-        let prefix = format!("{}{BAD_SUFFIX}", name.to_string_lossy());
-        let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
-        entries
-            .flatten()
-            .filter_map(|entry| {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let seconds: u64 = name.strip_prefix(&prefix)?.parse().ok()?;
-                Some((entry.path(), SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)))
-            })
-            .collect()
     }
 
     /// An admin says the lost holds are over: the files moved aside are kept,
     /// renamed `….cleared`. How many were cleared.
     pub fn clear_lost(&self) -> Result<usize, HoldError> {
+        let mut bad = self.bad_files.lock().unwrap_or_else(|p| p.into_inner());
         let mut cleared = 0;
-        for (file, _) in self.bad_files() {
+        while let Some((file, moved)) = bad.pop() {
             let mut to = file.clone().into_os_string();
             to.push(CLEARED_SUFFIX);
-            fs::rename(&file, &to)
-                .map_err(|err| HoldError::Store(format!("cannot rename {}: {err}", file.display())))?;
+            if let Err(err) = fs::rename(&file, &to) {
+                let why = format!("cannot rename {}: {err}", file.display());
+                bad.push((file, moved));
+                return Err(HoldError::Store(why));
+            }
             cleared += 1;
         }
         Ok(cleared)
@@ -241,6 +236,21 @@ impl Holds {
         let body = serde_json::to_vec_pretty(holds).map_err(io::Error::other)?;
         crate::core::atomic::replace_file(&self.file, &body, 0o600)
     }
+}
+
+/// The files `file` was moved aside to and no admin cleared, with when they were moved.
+fn bad_files(file: &std::path::Path) -> Vec<(PathBuf, SystemTime)> {
+    let (Some(dir), Some(name)) = (file.parent(), file.file_name()) else { return Vec::new() };
+    let prefix = format!("{}{BAD_SUFFIX}", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let seconds: u64 = name.strip_prefix(&prefix)?.parse().ok()?;
+            Some((entry.path(), SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)))
+        })
+        .collect()
 }
 
 /// Eight hex digits from the kernel's random pool: short to type, not guessable.

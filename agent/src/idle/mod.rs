@@ -78,7 +78,7 @@ impl Idle {
         if let Some(at) = report.sampled_at {
             let age = now.duration_since(at).unwrap_or_default();
             report.verdict_age_seconds = Some(age.as_secs_f64().round());
-            if age.as_secs_f64() > report.stale_after_seconds {
+            if crate::core::shared::verdict_is_stale(at, report.interval, now) {
                 report.reasons.insert(
                     0,
                     format!(
@@ -176,21 +176,16 @@ async fn add_hold(
     }
     let reason = request.reason.unwrap_or_default();
     let now = idle.clock.now();
-    // The owner's name (NSS) and the file's fsync wait on the kernel: off the workers.
-    let idle_for_work = idle.clone();
-    let work = move || {
-        let started =
-            idle_for_work.started.get().ok_or_else(|| HoldError::Store("the idle task is starting".into()))?;
+    let added = on_holds(&idle, "saving the hold", move |started| {
         let owner = started.accounts.user_name(uid);
         started.holds.add(uid, &owner, duration, &reason, max_hold, now).map(|hold| (hold, owner, reason))
-    };
-    match crate::core::task::blocking("saving the hold", HOLD_DEADLINE, work).await {
-        Ok(Ok((hold, owner, reason))) => {
+    });
+    match added.await {
+        Ok((hold, owner, reason)) => {
             tracing::info!("hold {} by {owner} until {}: {reason}", hold.id, hold.expires);
             (StatusCode::CREATED, Json(hold)).into_response()
         }
-        Ok(Err(err)) => hold_error(err).into_response(),
-        Err(err) => ApiError::Internal(err.to_string()).into_response(),
+        Err(err) => err.into_response(),
     }
 }
 
@@ -207,32 +202,39 @@ async fn release_hold(
         if !caller.admin {
             return ApiError::Forbidden("only an admin may clear lost holds".into()).into_response();
         }
-        let idle_for_work = idle.clone();
-        let work = move || match idle_for_work.started.get() {
-            Some(started) => started.holds.clear_lost(),
-            None => Err(HoldError::Store("the idle task is starting".into())),
-        };
-        return match crate::core::task::blocking("clearing lost holds", HOLD_DEADLINE, work).await {
-            Ok(Ok(cleared)) => {
+        return match on_holds(&idle, "clearing lost holds", |started| started.holds.clear_lost()).await {
+            Ok(cleared) => {
                 tracing::warn!("lost holds cleared by uid {} ({cleared} file(s))", caller.peer.uid);
                 Json(serde_json::json!({"id": holds::LOST_ID, "cleared_files": cleared})).into_response()
             }
-            Ok(Err(err)) => hold_error(err).into_response(),
-            Err(err) => ApiError::Internal(err.to_string()).into_response(),
+            Err(err) => err.into_response(),
         };
     }
-    let idle_for_work = idle.clone();
-    let work = move || match idle_for_work.started.get() {
-        Some(started) => started.holds.release(&id, caller.peer.uid, caller.admin, now),
-        None => Err(HoldError::Store("the idle task is starting".into())),
-    };
-    match crate::core::task::blocking("saving the holds", HOLD_DEADLINE, work).await {
-        Ok(Ok(hold)) => {
-            tracing::info!("hold {} of {} released by uid {}", hold.id, hold.owner, caller.peer.uid);
+    let (uid, admin) = (caller.peer.uid, caller.admin);
+    match on_holds(&idle, "saving the holds", move |started| started.holds.release(&id, uid, admin, now)).await {
+        Ok(hold) => {
+            tracing::info!("hold {} of {} released by uid {}", hold.id, hold.owner, uid);
             Json(hold).into_response()
         }
-        Ok(Err(err)) => hold_error(err).into_response(),
-        Err(err) => ApiError::Internal(err.to_string()).into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+/// Runs `work` on the holds off the async workers (NSS names, a file
+/// written and fsynced), as the answer's error on failure.
+async fn on_holds<T: Send + 'static>(
+    idle: &Idle,
+    what: &str,
+    work: impl FnOnce(&Started) -> Result<T, HoldError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let idle = idle.clone();
+    let work = move || match idle.started.get() {
+        Some(started) => work(started),
+        None => Err(HoldError::Store("the idle task is starting".into())),
+    };
+    match crate::core::task::blocking(what, HOLD_DEADLINE, work).await {
+        Ok(done) => done.map_err(hold_error),
+        Err(err) => Err(ApiError::Internal(err.to_string())),
     }
 }
 
@@ -457,7 +459,8 @@ fn publish(
         }
         report.last_sample = Some(rfc3339(wall));
         report.sampled_at = Some(wall);
-        report.stale_after_seconds = settings.idle.interval.as_secs_f64() * f64::from(STALE_AFTER_INTERVALS);
+        report.interval = settings.idle.interval;
+        report.stale_after_seconds = (settings.idle.interval * STALE_AFTER_INTERVALS).as_secs_f64();
         report.reasons = verdict.reasons.clone();
         report.signals = samples
             .iter()
@@ -556,5 +559,34 @@ impl prometheus_client::collector::Collector for IdleMetrics {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::clock::fake::FakeClock;
+
+    #[test]
+    fn a_verdict_older_than_three_intervals_is_reported_stale_never_idle() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let clock = FakeClock::at(at);
+        let idle = Idle::new(clock.clone());
+        {
+            let mut report = idle.report.lock().unwrap();
+            report.verdict = "idle".into();
+            report.sampled_at = Some(at);
+            report.interval = Duration::from_secs(10);
+        }
+        clock.advance(Duration::from_secs(30));
+        let fresh = idle.report();
+        assert_eq!((fresh.verdict.as_str(), fresh.verdict_age_seconds), ("idle", Some(30.0)));
+        clock.advance(Duration::from_secs(1));
+        let stale = idle.report();
+        assert_eq!(stale.verdict, "stale");
+        assert!(
+            stale.reasons[0].starts_with("verdict stale since 2027-01-15T08:00:00Z: no sample for 31s"),
+            "{stale:?}"
+        );
     }
 }

@@ -39,9 +39,11 @@ pub struct IdleReport {
     /// Older than this, the verdict is `stale`.
     #[serde(default)]
     pub stale_after_seconds: f64,
-    /// `last_sample` as a time, for the age.
+    /// `last_sample` as a time, and the interval in force: for the age.
     #[serde(skip)]
     pub sampled_at: Option<std::time::SystemTime>,
+    #[serde(skip)]
+    pub interval: std::time::Duration,
     pub reasons: Vec<String>,
     pub signals: Vec<SignalReport>,
 }
