@@ -243,6 +243,12 @@ fn no_user_folder_is_made_under_the_mount_point_while_the_share_is_missing() {
 fn at_rest_the_links_watch_starts_no_pass_and_reads_of_etc_and_homes_do_not_count() {
     // No root needed: a user without a home yet is linked later; the pass count is what matters.
     let sandbox = Sandbox::new();
+    // Resyncs every second: with the same users they re-read the users and pass no more.
+    std::fs::write(
+        sandbox.root().join("etc/pool-agent/config.d/50-resync.toml"),
+        "[links]\nresync_interval = \"1s\"\n",
+    )
+    .unwrap();
     let _daemon = sandbox.start();
     let passes = |sandbox: &Sandbox| links_json(sandbox)["passes"].as_u64().unwrap_or(0);
     let settled = eventually(Duration::from_secs(10), || (passes(&sandbox) >= 1).then_some(()));

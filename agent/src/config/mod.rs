@@ -398,6 +398,7 @@ mod tests {
             ["https://127.0.0.1:8000"]
         );
         assert_eq!(expect_invalid("[idle]\nmax_unknown = \"10m\"\n").1, "idle.max_unknown");
+        assert_eq!(expect_invalid("[links]\nresync_interval = \"0s\"\n").1, "links.resync_interval");
         assert_eq!(expect_invalid("[idle]\ncpu_services = [\"rstudio\"]\n").1, "idle.cpu_services[0]");
         assert_eq!(expect_invalid("[idle]\naction = \"delete\"\n").1, "idle.action");
     }

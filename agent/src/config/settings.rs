@@ -778,7 +778,14 @@ fn validate_links(
         Some(max) => max.value,
         None => DEFAULT_MAX_UID,
     };
-    let resync_interval = links.resync_interval.map(|d| d.value.0).unwrap_or(DEFAULT_RESYNC_INTERVAL);
+    let resync_interval = match links.resync_interval {
+        // Zero would re-read the users without a pause.
+        Some(given) if given.value.0 < Duration::from_secs(1) => {
+            return Err(invalid(&given.origin, "links.resync_interval", "must be at least 1s"))
+        }
+        Some(given) => given.value.0,
+        None => DEFAULT_RESYNC_INTERVAL,
+    };
     Ok(LinksSettings {
         users,
         min_uid,

@@ -263,8 +263,11 @@ impl Jupyter {
     fn discover(&self) -> (Vec<Server>, Vec<String>) {
         let mut found = Vec::new();
         let mut problems = Vec::new();
+        // A server is a process of its user's: only users with a process now are looked at
+        // (a pool of thousands of accounts has a handful logged in).
+        let running = uids_with_processes();
         let snapshot = self.accounts.snapshot();
-        for user in snapshot.users.iter().filter(|u| self.uids.contains(&u.uid)) {
+        for user in snapshot.users.iter().filter(|u| self.uids.contains(&u.uid) && running.contains(&u.uid)) {
             let bases = [
                 (self.paths.resolve(&user.home), RUNTIME_DIRS[0]),
                 (self.paths.resolve(format!("/run/user/{}", user.uid)), RUNTIME_DIRS[1]),
@@ -387,6 +390,17 @@ impl Jupyter {
         };
         sample.with_figure("kernels", findings.kernels as f64).with_figure("jupyter_servers", servers.len() as f64)
     }
+}
+
+/// The owners of the processes running now.
+fn uids_with_processes() -> std::collections::HashSet<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Default::default() };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+        .filter_map(|e| e.metadata().ok().map(|m| m.uid()))
+        .collect()
 }
 
 /// Whether `pid` runs and belongs to `uid` (a runtime file left by a server

@@ -5,8 +5,9 @@
 //! user's folder on the share while the share is mounted, and each user's
 //! link whether it is or not ([`reconcile`], safe against users who plant
 //! symlinks). Passes run at start, within a second of a change to the passwd
-//! file's directory or to a home's parent (inotify), every
-//! `links.resync_interval` for NSS-only changes, when the share comes or
+//! file's directory or to a home's parent (inotify), when the users read
+//! again every `links.resync_interval` changed (NSS-only changes), every 15
+//! minutes at the latest (links changed by hand), when the share comes or
 //! goes, on a config change, and on `pool-agent links sync`.
 
 mod private;
@@ -129,6 +130,8 @@ async fn run(ctx: TaskContext, links: Links) -> TaskResult {
     // resync interval. After each pass the homes' parents are watched too.
     watcher.watch(&ctx, &ctx.settings.borrow().clone(), &links.report());
     let mut scope = Scope::Everyone;
+    let mut last_full_pass;
+    let mut known_users;
     loop {
         let settings = settings_rx.borrow_and_update().clone();
         let share = share_rx.borrow_and_update().clone();
@@ -145,29 +148,68 @@ async fn run(ctx: TaskContext, links: Links) -> TaskResult {
         for reply in waiting.drain(..) {
             let _ = reply.send(report.clone());
         }
-        tokio::select! {
-            _ = ctx.shutdown.cancelled() => return Ok(()),
-            changed = settings_rx.changed() => {
-                if changed.is_err() {
-                    ctx.idle_until_shutdown().await;
-                    return Ok(());
+        last_full_pass = ctx.clock.monotonic();
+        known_users = users_fingerprint(&ctx).await;
+        // Wait for a reason to pass again. The resync only re-reads the users
+        // (NSS-only changes); when they are the same, no pass runs, except a
+        // full one every FULL_PASS_EVERY to repair links changed by hand: a
+        // pass over thousands of users costs a fraction of a second of CPU,
+        // which every minute was most of what a VM at rest paid for the agent.
+        loop {
+            tokio::select! {
+                _ = ctx.shutdown.cancelled() => return Ok(()),
+                changed = settings_rx.changed() => {
+                    if changed.is_err() {
+                        ctx.idle_until_shutdown().await;
+                        return Ok(());
+                    }
+                }
+                _ = share_rx.changed() => {}
+                Some(()) = events.recv() => {
+                    // Let a burst (useradd writes passwd, group, shadow, the home) settle.
+                    tokio::time::sleep(SETTLE).await;
+                    while events.try_recv().is_ok() {}
+                    ctx.accounts.invalidate();
+                    scope = Scope::NewUsers;
+                }
+                Some(reply) = syncs.recv() => {
+                    ctx.accounts.invalidate();
+                    waiting.push(reply);
+                }
+                _ = tokio::time::sleep(settings.links.resync_interval) => {
+                    ctx.accounts.invalidate();
+                    let repair_due = ctx.clock.monotonic().duration_since(last_full_pass) >= FULL_PASS_EVERY;
+                    let users = users_fingerprint(&ctx).await;
+                    if !repair_due && users.is_some() && users == known_users {
+                        continue;
+                    }
                 }
             }
-            _ = share_rx.changed() => {}
-            Some(()) = events.recv() => {
-                // Let a burst (useradd writes passwd, group, shadow, the home) settle.
-                tokio::time::sleep(SETTLE).await;
-                while events.try_recv().is_ok() {}
-                ctx.accounts.invalidate();
-                scope = Scope::NewUsers;
-            }
-            Some(reply) = syncs.recv() => {
-                ctx.accounts.invalidate();
-                waiting.push(reply);
-            }
-            _ = tokio::time::sleep(settings.links.resync_interval) => ctx.accounts.invalidate(),
+            break;
         }
     }
+}
+
+/// NSS may wait on a directory service; a resync that cannot read the users in time passes anyway.
+const USERS_READ_WITHIN: Duration = Duration::from_secs(5);
+
+/// Links changed by hand (a user removed theirs) are repaired this often at
+/// the latest, when nothing else starts a pass.
+const FULL_PASS_EVERY: Duration = Duration::from_secs(15 * 60);
+
+/// What the accounts view lists now, as one number: a resync passes again
+/// only when it changed. None when the view could not be read in time.
+async fn users_fingerprint(ctx: &TaskContext) -> Option<u64> {
+    let accounts = ctx.accounts.clone();
+    let read = task::blocking("reading the users", USERS_READ_WITHIN, move || {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for user in &accounts.snapshot().users {
+            (&user.name, user.uid, user.gid, &user.home, &user.shell).hash(&mut hasher);
+        }
+        hasher.finish()
+    });
+    read.await.ok()
 }
 
 /// Whom a pass looks at.
