@@ -6,6 +6,7 @@ use pool_agent::daemon::{self, DaemonOptions};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    pool_agent::core::memory::few_arenas();
     let args = DaemonArgs::parse();
     daemon::init_logging();
     daemon::main(DaemonOptions {

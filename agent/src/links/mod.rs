@@ -207,6 +207,8 @@ async fn users_fingerprint(ctx: &TaskContext) -> Option<u64> {
         for user in &accounts.snapshot().users {
             (&user.name, user.uid, user.gid, &user.home, &user.shell).hash(&mut hasher);
         }
+        // After a pass or a reload of the users: what they freed goes back.
+        crate::core::memory::give_back_freed();
         hasher.finish()
     });
     read.await.ok()
