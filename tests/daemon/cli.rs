@@ -1,6 +1,7 @@
 //! The CLI as a user meets it.
 
 use crate::harness::*;
+use std::time::Duration;
 
 #[test]
 fn no_daemon_gives_one_line_naming_the_socket() {
@@ -60,8 +61,14 @@ fn routes_not_yet_built_say_so_with_a_json_error() {
 fn metrics_and_config_answer() {
     let sandbox = Sandbox::new();
     let _daemon = sandbox.start();
-    let metrics = stdout(&sandbox.cli(&["metrics"]));
-    assert!(metrics.contains("pool_agent_component_healthy{component=\"share\"} 1"), "{metrics}");
+    // The share mounts moments after the socket answers (longer on a loaded machine).
+    let healthy = "pool_agent_component_healthy{component=\"share\"} 1";
+    let mut metrics = String::new();
+    let _ = eventually(Duration::from_secs(10), || {
+        metrics = stdout(&sandbox.cli(&["metrics"]));
+        metrics.contains(healthy).then_some(())
+    });
+    assert!(metrics.contains(healthy), "{metrics}");
     let config: serde_json::Value = serde_json::from_slice(&sandbox.cli(&["config", "--json"]).stdout).unwrap();
     assert_eq!(config["share"]["kind"], "local");
 }
