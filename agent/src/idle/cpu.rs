@@ -13,7 +13,8 @@
 //! container and the unit: `alice in jupyterhub.service at 95% of a core`.
 //! A hand-written pass: one `stat` and one read of `/proc/<pid>/stat` per
 //! process, the cgroup read only for a process that used CPU and was not seen
-//! before.
+//! before. Measured against the sysinfo crate it is 1.2-1.3x faster and
+//! smaller (README, Performance), and sysinfo does not give cgroups.
 
 use super::signal::{Sample, Source};
 use crate::core::accounts::AccountsView;
