@@ -77,8 +77,14 @@ impl Gpu {
     fn look(&mut self) -> Sample {
         self.load();
         let Some(nvml) = &self.nvml else { return Sample::absent(self.why_absent.clone()) };
-        match read_gpus(nvml) {
-            Ok(readings) => self.judge(&readings, Instant::now()),
+        let read = read_gpus(nvml);
+        self.judge_read(read, Instant::now())
+    }
+
+    /// What NVML answered, judged: an error is unknown, never idle.
+    fn judge_read(&mut self, read: Result<Vec<GpuReading>, String>, now: Instant) -> Sample {
+        match read {
+            Ok(readings) => self.judge(&readings, now),
             Err(why) => Sample::unknown(why),
         }
     }
@@ -194,5 +200,16 @@ mod tests {
         // Busy again: counts again, and the grace starts over.
         assert_eq!(gpu.judge(&reading(40), start + Duration::from_secs(3800)).state, SignalState::Active);
         assert_eq!(gpu.judge(&reading(0), start + Duration::from_secs(4000)).state, SignalState::Active);
+    }
+
+    #[test]
+    fn an_nvml_error_on_a_gpu_that_is_there_is_unknown_not_idle() {
+        let tmp = tempfile::tempdir().unwrap();
+        let accounts = AccountsView::for_paths(&crate::core::paths::SystemPaths::under(tmp.path()));
+        let mut gpu = Gpu::new(accounts, Duration::from_secs(3600));
+        let now = gpu.started;
+        let sample = gpu.judge_read(Err("NVML: gpu 0: compute processes: GPU is lost".into()), now);
+        assert_eq!(sample.state, SignalState::Unknown, "{sample:?}");
+        assert_eq!(sample.reasons, vec!["NVML: gpu 0: compute processes: GPU is lost".to_string()]);
     }
 }

@@ -451,3 +451,77 @@ impl Source for Jupyter {
         Box::pin(self.look(now))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idle::signal::SignalState;
+    use std::io::{Read, Write};
+
+    /// A server answering `/api/kernels` with one idle kernel and `/api/terminals` with `terminals`.
+    fn server(terminals: &'static str) -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let mut stream = stream.unwrap();
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&request).to_string();
+                let (status, body) = if text.starts_with("GET /api/kernels ") {
+                    ("200 OK", r#"[{"name":"python3","execution_state":"idle"}]"#)
+                } else {
+                    (terminals, "[]")
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        port
+    }
+
+    fn source(url: String, root: &std::path::Path) -> Jupyter {
+        let paths = std::sync::Arc::new(SystemPaths::under(root));
+        Jupyter::new(
+            vec![url],
+            None,
+            String::new(),
+            None,
+            AccountsView::for_paths(&paths),
+            paths,
+            1000..=60000,
+            JudgedPorts::default(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_failed_terminals_call_is_unknown_and_a_missing_terminals_extension_is_no_terminals() {
+        let tmp = tempfile::tempdir().unwrap();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let broken = source(format!("http://127.0.0.1:{}", server("500 Internal Server Error")), tmp.path());
+        let sample = broken.look(now).await;
+        assert_eq!(sample.state, SignalState::Unknown, "{sample:?}");
+        assert!(sample.reasons[0].contains("/api/terminals answered 500"), "{sample:?}");
+        let without = source(format!("http://127.0.0.1:{}", server("404 Not Found")), tmp.path());
+        let sample = without.look(now).await;
+        assert_eq!(sample.state, SignalState::Idle, "{sample:?}");
+        assert_eq!(sample.reasons[0], "1 kernel(s), none busy or recent");
+    }
+
+    #[test]
+    fn urls_are_shown_without_their_query_or_user_info() {
+        assert_eq!(shown_url("https://127.0.0.1:8000/lab?token=s3cret"), "https://127.0.0.1:8000/lab");
+        assert_eq!(shown_url("http://user:pw@hub:8000/hub/api"), "http://hub:8000/hub/api");
+        assert!(is_loopback("https://[::1]:8888/") && is_loopback("http://localhost:8888"));
+        assert!(!is_loopback("https://jupyter.example:8888"));
+    }
+}
