@@ -27,14 +27,15 @@ pub struct Account {
     pub uid: u32,
     pub gid: u32,
     pub home: PathBuf,
-    pub shell: String,
+    /// Shared: a pool has a handful of shells and thousands of users.
+    pub shell: Arc<str>,
 }
 
 impl Account {
     /// A human who can log in: not a system account, not a nologin shell.
     pub fn is_login_user(&self, min_uid: u32) -> bool {
         const NO_LOGIN: &[&str] = &["/usr/sbin/nologin", "/sbin/nologin", "/bin/false", "/usr/bin/false"];
-        self.uid >= min_uid && self.uid != 65534 && !NO_LOGIN.contains(&self.shell.as_str())
+        self.uid >= min_uid && self.uid != 65534 && !NO_LOGIN.contains(&&*self.shell)
     }
 }
 
@@ -58,7 +59,7 @@ pub fn parse_passwd(text: &str) -> Vec<Account> {
                 uid: fields[2].parse().ok()?,
                 gid: fields[3].parse().ok()?,
                 home: PathBuf::from(fields[5]),
-                shell: fields[6].to_string(),
+                shell: fields[6].into(),
             })
         })
         .collect()
@@ -87,6 +88,19 @@ pub fn read_passwd(path: &Path) -> io::Result<Vec<Account>> {
 
 pub fn read_group(path: &Path) -> io::Result<Vec<Group>> {
     Ok(parse_group(&std::fs::read_to_string(path)?))
+}
+
+/// One allocation per distinct shell instead of one per user.
+fn share_shells(users: &mut [Account]) {
+    let mut seen: std::collections::HashSet<Arc<str>> = std::collections::HashSet::new();
+    for user in users {
+        match seen.get(&user.shell) {
+            Some(shared) => user.shell = shared.clone(),
+            None => {
+                seen.insert(user.shell.clone());
+            }
+        }
+    }
 }
 
 /// Where the view reads from.
@@ -229,13 +243,15 @@ impl AccountsView {
     }
 
     fn load(&self) -> Snapshot {
-        match &*self.source {
+        let mut snapshot = match &*self.source {
             AccountSource::Files { passwd, group } => Snapshot {
                 users: read_passwd(passwd).unwrap_or_default(),
                 groups: read_group(group).unwrap_or_default(),
             },
             AccountSource::Nss { .. } => nss::enumerate(),
-        }
+        };
+        share_shells(&mut snapshot.users);
+        snapshot
     }
 
     pub fn user_by_name(&self, name: &str) -> Option<Account> {
@@ -337,7 +353,7 @@ mod nss {
             uid: user.uid.as_raw(),
             gid: user.gid.as_raw(),
             home: user.dir,
-            shell: user.shell.display().to_string(),
+            shell: user.shell.display().to_string().into(),
         }
     }
 
@@ -364,7 +380,7 @@ mod nss {
                     uid: entry.pw_uid,
                     gid: entry.pw_gid,
                     home: PathBuf::from(text(entry.pw_dir)),
-                    shell: text(entry.pw_shell),
+                    shell: text(entry.pw_shell).into(),
                 });
             }
             libc::endpwent();
@@ -426,6 +442,16 @@ mod tests {
         assert_eq!(accounts[2].home, PathBuf::from("/home/alice"));
         let logins: Vec<_> = accounts.iter().filter(|a| a.is_login_user(1000)).map(|a| a.name.as_str()).collect();
         assert_eq!(logins, ["alice", "bob"]);
+    }
+
+    #[test]
+    fn users_of_one_shell_share_it() {
+        let mut accounts = parse_passwd(PASSWD);
+        share_shells(&mut accounts);
+        assert!(Arc::ptr_eq(&accounts[2].shell, &accounts[3].shell), "alice and bob: one /bin/bash");
+        assert!(Arc::ptr_eq(&accounts[0].shell, &accounts[2].shell));
+        assert!(!Arc::ptr_eq(&accounts[1].shell, &accounts[2].shell));
+        assert_eq!(&*accounts[1].shell, "/usr/sbin/nologin");
     }
 
     #[test]

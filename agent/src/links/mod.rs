@@ -17,7 +17,7 @@ pub mod select;
 
 use crate::config::{LinksSettings, Settings};
 use crate::core::capability::Capability;
-use crate::core::clock::rfc3339;
+use crate::core::clock::{rfc3339, Stamp};
 use crate::core::component::{ComponentId, ComponentState};
 use crate::core::http::{Access, Route};
 use crate::core::request::{Asked, Reply, Requests};
@@ -238,8 +238,13 @@ async fn pass(
     let private_for_pass = private_root.clone();
     let share_news = share.clone();
     let share = share.clone();
-    let previous: HashMap<String, UserLink> = links.report().users.into_iter().map(|u| (u.user.clone(), u)).collect();
-    let now = rfc3339(ctx.clock.now());
+    // Only what the pass carries over: who was there, and when they last changed.
+    let previous: HashMap<String, Option<Stamp>> = {
+        let report = links.report.lock().unwrap_or_else(|p| p.into_inner());
+        report.users.iter().map(|u| (u.user.clone(), u.last_change)).collect()
+    };
+    let changed_at = Stamp(ctx.clock.now());
+    let now = rfc3339(changed_at.0);
     let stamp: String = now.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
     let known: std::collections::HashSet<String> = previous.keys().cloned().collect();
     let users = task::blocking("linking users", PASS_DEADLINE, move || {
@@ -278,8 +283,7 @@ async fn pass(
     let users: Vec<UserLink> = users
         .into_iter()
         .map(|(mut user, changed, _)| {
-            user.last_change =
-                if changed { Some(now.clone()) } else { previous.get(&user.user).and_then(|p| p.last_change.clone()) };
+            user.last_change = if changed { Some(changed_at) } else { previous.get(&user.user).copied().flatten() };
             user
         })
         .collect();
@@ -355,8 +359,8 @@ fn link_one(
         uid: user.uid,
         gid: user.gid,
         state: LinkState::Ok,
-        link: link_path.display().to_string(),
-        target: String::new(),
+        link: link_path.display().to_string().into(),
+        target: Box::default(),
         reason: None,
         last_change: None,
     };
@@ -370,7 +374,7 @@ fn link_one(
         Some(private) => private.join(&user.name),
         None => root.join(&relative),
     };
-    entry.target = target.display().to_string();
+    entry.target = target.display().to_string().into();
     let mode = u32::from_str_radix(&config.folder_mode, 8).unwrap_or(0o700);
     // Only on a mounted share: never a folder on the local disk under the mount point.
     let folder = match share {
@@ -486,7 +490,7 @@ impl DirWatcher {
         wanted.extend(passwd_dir.clone());
         wanted.insert(ctx.paths.resolve("/home"));
         for user in &report.users {
-            if let Some(parent) = Path::new(&user.link).ancestors().nth(1 + settings.links.link.components().count()) {
+            if let Some(parent) = Path::new(&*user.link).ancestors().nth(1 + settings.links.link.components().count()) {
                 wanted.insert(parent.to_path_buf());
             }
         }

@@ -1,5 +1,6 @@
 //! What links report: `GET /v1/links`, shared by the daemon and the CLI.
 
+use crate::core::clock::Stamp;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -39,15 +40,15 @@ pub struct UserLink {
     #[serde(default)]
     pub gid: u32,
     pub state: LinkState,
-    /// `$HOME/notebooks/remote`.
-    pub link: String,
+    /// `$HOME/notebooks/remote`. Boxed: exact size, one per user.
+    pub link: Box<str>,
     /// The user's folder on the share, as the link points at it.
-    pub target: String,
+    pub target: Box<str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// RFC 3339: when the agent last changed something for this user.
+    /// When the agent last changed something for this user (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_change: Option<String>,
+    pub last_change: Option<Stamp>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -250,7 +250,7 @@ pub fn environment(script: &ScriptSettings, account: &Account, facts: &EnvFacts<
     set("HOME", account.home.display().to_string());
     set("USER", account.name.clone());
     set("LOGNAME", account.name.clone());
-    set("SHELL", if account.shell.is_empty() { "/bin/sh".into() } else { account.shell.clone() });
+    set("SHELL", if account.shell.is_empty() { "/bin/sh".into() } else { account.shell.to_string() });
     set("PATH", if account.uid == 0 { ROOT_PATH } else { USER_PATH }.to_string());
     set("LANG", facts.lang.clone());
     set("POOL_INSTANCE_NAME", facts.instance.to_string());
