@@ -2,6 +2,7 @@
 
 use crate::harness::*;
 use std::io::{Read, Write};
+use std::time::Duration;
 
 #[test]
 fn a_user_who_is_not_admin_is_refused_links_sync() {
@@ -161,4 +162,68 @@ fn one_user_cannot_take_every_connection() {
     assert!(answered(&root), "{}", stderr(&root));
     assert_eq!(bob.status.code(), Some(1), "{}", stderr(&bob));
     assert!(stderr(&bob).contains("[too_many_connections]"), "{}", stderr(&bob));
+}
+
+/// Holds `count` connections open as `uid` (for real, through setpriv) until
+/// killed; `loop_connects` then connects and closes as fast as it can.
+fn hold_connections(sandbox: &Sandbox, uid: u32, count: usize, loop_connects: bool) -> Option<std::process::Child> {
+    let script = format!(
+        "import socket,time\nss=[]\nfor i in range({count}):\n  s=socket.socket(socket.AF_UNIX); s.connect({socket:?}); ss.append(s)\nprint('held', flush=True)\nend=time.time()+30\nwhile time.time()<end:\n  if {looping}:\n    try:\n      s=socket.socket(socket.AF_UNIX); s.connect({socket:?}); s.close()\n    except OSError:\n      pass\n  else:\n    time.sleep(1)\n",
+        socket = sandbox.socket().display().to_string(),
+        looping = if loop_connects { "True" } else { "False" },
+    );
+    let mut child = std::process::Command::new("setpriv")
+        .args(["--reuid", &uid.to_string(), "--regid", &uid.to_string(), "--clear-groups", "/usr/bin/python3", "-c"])
+        .arg(script)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "held", "uid {uid} holds its connections");
+    Some(child)
+}
+
+#[test]
+fn users_holding_every_slot_and_a_connect_loop_leave_root_its_answer() {
+    if !can_switch_uid("users_holding_every_slot_and_a_connect_loop_leave_root_its_answer") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let daemon = sandbox.start();
+    // Eight users with eight connections each: every ordinary slot.
+    let mut holders = Vec::new();
+    for uid in 3001..=3008 {
+        let Some(holder) = hold_connections(&sandbox, uid, 8, uid == 3008) else {
+            skip_note("SKIP users_holding_every_slot…: /usr/bin/python3 is not installed");
+            return;
+        };
+        holders.push(holder);
+    }
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", daemon.pid())).unwrap().count();
+    let mut slowest = Duration::ZERO;
+    let mut most_fds = 0;
+    for _ in 0..10 {
+        let started = std::time::Instant::now();
+        let root = sandbox.cli(&["status", "--json"]);
+        slowest = slowest.max(started.elapsed());
+        assert!(answered(&root), "{}", stderr(&root));
+        most_fds = most_fds.max(fds());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Another user is refused at once with a JSON error, not left hanging.
+    let started = std::time::Instant::now();
+    let bob = sandbox.cli_as(USER_UID, &["status"]);
+    let bob_took = started.elapsed();
+    for mut holder in holders {
+        let _ = holder.kill();
+        let _ = holder.wait();
+    }
+    println!("root status under load: slowest {slowest:?}, daemon fds at most {most_fds}, bob refused in {bob_took:?}");
+    assert!(slowest < Duration::from_secs(1), "root waited {slowest:?}");
+    assert!(stderr(&bob).contains("[too_many_connections]"), "{}", stderr(&bob));
+    assert!(bob_took < Duration::from_secs(2), "bob waited {bob_took:?}");
+    // 64 ordinary + 16 reserve + 32 lingering refusals + the daemon's own files.
+    assert!(most_fds < 160, "the daemon held {most_fds} descriptors");
 }

@@ -96,7 +96,12 @@ pub async fn caller_is_admin(state: &AppState, peer: Peer, admin_group: &str) ->
     let group = admin_group.to_string();
     let lookup = tokio::task::spawn_blocking(move || accounts.is_admin(peer.uid, peer.gid, &group));
     match tokio::time::timeout(ADMIN_LOOKUP_DEADLINE, lookup).await {
-        Ok(Ok(admin)) => admin,
+        Ok(Ok(admin)) => {
+            if admin {
+                state.admins.confirm(peer.uid);
+            }
+            admin
+        }
         _ => {
             tracing::warn!(uid = peer.uid, "admin look-up did not answer in time; treating the caller as a user");
             false

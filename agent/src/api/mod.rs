@@ -45,4 +45,6 @@ pub struct AppState {
     pub private_config: Arc<Vec<PrivateKeys>>,
     pub started_at: SystemTime,
     pub instance: String,
+    /// Admins found by the access guard, for the accept loop's reserve.
+    pub admins: server::KnownAdmins,
 }

@@ -187,6 +187,7 @@ mod tests {
             private_config: Arc::new(vec![("share", &["key_file"]), ("setup", &["scripts.*.args"])]),
             started_at: clock.now(),
             instance: "vm-test".into(),
+            admins: Default::default(),
         };
         Fixture { _dir: dir, app: router(state, test_routes()) }
     }

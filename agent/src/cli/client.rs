@@ -73,6 +73,22 @@ impl Client {
         Err(ClientError::Api { status: reply.status, body })
     }
 
+    /// Connects; a full queue (EAGAIN) is waited out, as a blocking connect
+    /// would, until the caller's timeout ends the call.
+    async fn connect(&self) -> Result<UnixStream, ClientError> {
+        loop {
+            match UnixStream::connect(&self.socket).await {
+                Ok(stream) => return Ok(stream),
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(err) => {
+                    return Err(ClientError::Unreachable { socket: self.socket_name(), reason: err.to_string() })
+                }
+            }
+        }
+    }
+
     async fn exchange(
         &self,
         method: Method,
@@ -80,9 +96,7 @@ impl Client {
         body: Option<serde_json::Value>,
     ) -> Result<Reply, ClientError> {
         let protocol = |reason: String| ClientError::Protocol { socket: self.socket_name(), reason };
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|err| ClientError::Unreachable { socket: self.socket_name(), reason: err.to_string() })?;
+        let stream = self.connect().await?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|err| protocol(err.to_string()))?;

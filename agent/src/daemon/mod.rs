@@ -245,11 +245,13 @@ async fn run(
         private_config: Arc::new(private_config),
         started_at: clock.now(),
         instance: instance.clone(),
+        admins: api::server::KnownAdmins::default(),
     };
+    let admins = state.admins.clone();
     let app = api::routes::router(state, routes);
     let api_shutdown = shutdown.child_token();
     let api_task = tokio::spawn(async move {
-        api::server::serve(&socket.listener, app, api_shutdown).await;
+        api::server::serve(&socket.listener, app, api_shutdown, admins).await;
         socket
     });
     board.set(ComponentId::Api, ComponentState::Ready, Some(format!("listening on {}", paths.socket().display())));
