@@ -107,6 +107,18 @@ impl Mounter for SystemMounter {
     }
 }
 
+/// The mount table, read off the async workers: the kernel formats every
+/// mount's options as it is read, and a network filesystem's may wait on a
+/// server that hangs. A read that does not finish in time is an error.
+pub async fn table_off_workers(
+    mounter: std::sync::Arc<dyn Mounter>,
+) -> std::io::Result<Vec<crate::core::mountinfo::MountEntry>> {
+    const TABLE_DEADLINE: Duration = Duration::from_secs(5);
+    crate::core::task::blocking("reading the mount table", TABLE_DEADLINE, move || mounter.table())
+        .await
+        .map_err(|err| std::io::Error::new(std::io::ErrorKind::TimedOut, err.to_string()))?
+}
+
 /// True when `path` and `other` are the same directory (a bind mount of one on the other).
 pub fn same_directory(path: &Path, other: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;

@@ -51,6 +51,33 @@ pub struct Links {
     /// For per-user private SMB mounts.
     mounter: Arc<dyn crate::core::mount::Mounter>,
     syncs: Requests<LinksReport>,
+    /// Since when a pass has been running on its blocking thread; one stuck
+    /// in the kernel (a home on a share that hangs) is not started again on
+    /// every restart, each of which would leave one more thread stuck.
+    pass_running: RunningFlag,
+    /// The same for the watch on homes (it looks at each home's directory).
+    watch_running: RunningFlag,
+}
+
+/// Clears its flag when the blocking work it went with ends, however late.
+struct Running(RunningFlag);
+
+impl Running {
+    /// The flag set, or how long the work started earlier has been running.
+    fn start(flag: &RunningFlag) -> Result<Self, Duration> {
+        let mut running = flag.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(since) = *running {
+            return Err(since.elapsed());
+        }
+        *running = Some(std::time::Instant::now());
+        Ok(Self(flag.clone()))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
 }
 
 impl Default for Links {
@@ -65,6 +92,8 @@ impl Links {
             report: Arc::new(Mutex::new(LinksReport::default())),
             mounter: Arc::new(crate::core::mount::SystemMounter),
             syncs: Requests::new(8),
+            pass_running: Default::default(),
+            watch_running: Default::default(),
         }
     }
 
@@ -128,7 +157,8 @@ async fn run(ctx: TaskContext, links: Links) -> TaskResult {
     // Watch before the first pass: a user added while it runs (a second for
     // thousands of users) starts another pass instead of waiting for the
     // resync interval. After each pass the homes' parents are watched too.
-    watcher.watch(&ctx, &ctx.settings.borrow().clone(), &links.report());
+    let first_settings = ctx.settings.borrow().clone();
+    watcher.watch(&ctx, &first_settings, &links.report(), &links.watch_running).await;
     let mut scope = Scope::Everyone;
     let mut last_full_pass;
     let mut known_users;
@@ -144,7 +174,7 @@ async fn run(ctx: TaskContext, links: Links) -> TaskResult {
         }
         let report = pass(&ctx, &settings, &share, last_root.clone(), &links, Scope::Everyone).await?;
         scope = Scope::Everyone;
-        watcher.watch(&ctx, &settings, &report);
+        watcher.watch(&ctx, &settings, &report, &links.watch_running).await;
         for reply in waiting.drain(..) {
             let _ = reply.send(report.clone());
         }
@@ -247,7 +277,19 @@ async fn pass(
     let now = rfc3339(changed_at.0);
     let stamp: String = now.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
     let known: std::collections::HashSet<String> = previous.keys().cloned().collect();
+    let running = match Running::start(&links.pass_running) {
+        Ok(running) => running,
+        Err(stuck_for) => {
+            let why = format!(
+                "the pass started {}s ago has not returned (a home or the share does not answer); no other pass starts until it does",
+                stuck_for.as_secs()
+            );
+            ctx.set_error(ComponentState::Degraded, "links pass stuck in the kernel".to_string(), why);
+            return Ok(links.report());
+        }
+    };
     let users = task::blocking("linking users", PASS_DEADLINE, move || {
+        let _running = running;
         let mut chosen = select::users_to_link(&config, &accounts, &paths);
         if scope == Scope::NewUsers {
             chosen.retain(|account| !known.contains(&account.name));
@@ -333,7 +375,7 @@ async fn mount_private(
         None => Vec::new(),
     };
     let credentials_dir = ctx.paths.resolve(crate::core::credentials::PRIVATE_RUN_DIR);
-    let outcome = private::reconcile(links.mounter.as_ref(), smb, &root, &credentials_dir, &wanted).await;
+    let outcome = private::reconcile(links.mounter.clone(), smb, &root, &credentials_dir, &wanted).await;
     for (user, _, _) in users.iter_mut() {
         if let Some(Err(why)) = outcome.get(&user.user) {
             user.state = LinkState::Error;
@@ -483,8 +525,11 @@ impl DirWatcher {
         Ok(watches)
     }
 
-    fn watch(&mut self, ctx: &TaskContext, settings: &Settings, report: &LinksReport) {
-        use inotify::WatchMask;
+    /// Watches the passwd file's directory and every directory holding homes.
+    /// Looking at those directories may touch a home on a network share, so
+    /// it runs on a blocking thread; one that does not return in time is not
+    /// started again until it does.
+    async fn watch(&mut self, ctx: &TaskContext, settings: &Settings, report: &LinksReport, running: &RunningFlag) {
         let passwd_dir = ctx.paths.passwd().parent().map(Path::to_path_buf);
         let mut wanted = BTreeSet::new();
         wanted.extend(passwd_dir.clone());
@@ -494,11 +539,7 @@ impl DirWatcher {
                 wanted.insert(parent.to_path_buf());
             }
         }
-        wanted.retain(|dir| dir.is_dir());
-        if wanted.iter().all(|dir| self.watched.contains_key(dir)) && self.watched.len() == wanted.len() {
-            return;
-        }
-        let mut watches = match self.start() {
+        let watches = match self.start() {
             Ok(watches) => watches,
             Err(err) => {
                 tracing::warn!(
@@ -508,34 +549,69 @@ impl DirWatcher {
                 return;
             }
         };
-        for (dir, wd) in std::mem::take(&mut self.watched) {
-            if wanted.contains(&dir) {
-                self.watched.insert(dir, wd);
-            } else {
-                let _ = watches.remove(wd);
-            }
-        }
-        let changes = WatchMask::CREATE
-            | WatchMask::DELETE
-            | WatchMask::MOVED_FROM
-            | WatchMask::MOVED_TO
-            | WatchMask::ATTRIB
-            | WatchMask::CLOSE_WRITE
-            | WatchMask::DONT_FOLLOW
-            | WatchMask::ONLYDIR;
-        let missing: Vec<PathBuf> = wanted.into_iter().filter(|dir| !self.watched.contains_key(dir)).collect();
-        for dir in missing {
-            match watches.add(&dir, changes) {
-                Ok(wd) => {
-                    if passwd_dir.as_ref() == Some(&dir) {
-                        *self.passwd_dir.lock().unwrap_or_else(|p| p.into_inner()) = Some(wd.clone());
-                    }
-                    self.watched.insert(dir, wd);
-                }
-                Err(err) => tracing::warn!(component = "links", "cannot watch {}: {err}", dir.display()),
-            }
+        let Ok(guard) = Running::start(running) else {
+            tracing::debug!(component = "links", "the last look at the homes' directories has not returned");
+            return;
+        };
+        let watched = std::mem::take(&mut self.watched);
+        let passwd_wd = self.passwd_dir.clone();
+        let looked = task::blocking("watching the homes' directories", WATCH_DEADLINE, move || {
+            let _running = guard;
+            update_watches(watches, watched, wanted, passwd_dir, &passwd_wd)
+        });
+        match looked.await {
+            Ok(watched) => self.watched = watched,
+            Err(err) => tracing::warn!(component = "links", "{err}; new users are seen at the next resync"),
         }
     }
+}
+
+type RunningFlag = Arc<Mutex<Option<std::time::Instant>>>;
+
+/// Looking at the homes' directories does not take longer than this.
+const WATCH_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The watches made to match `wanted` (those of directories that exist).
+fn update_watches(
+    mut watches: inotify::Watches,
+    mut watched: HashMap<PathBuf, inotify::WatchDescriptor>,
+    mut wanted: BTreeSet<PathBuf>,
+    passwd_dir: Option<PathBuf>,
+    passwd_wd: &Mutex<Option<inotify::WatchDescriptor>>,
+) -> HashMap<PathBuf, inotify::WatchDescriptor> {
+    use inotify::WatchMask;
+    wanted.retain(|dir| dir.is_dir());
+    if wanted.iter().all(|dir| watched.contains_key(dir)) && watched.len() == wanted.len() {
+        return watched;
+    }
+    for (dir, wd) in std::mem::take(&mut watched) {
+        if wanted.contains(&dir) {
+            watched.insert(dir, wd);
+        } else {
+            let _ = watches.remove(wd);
+        }
+    }
+    let changes = WatchMask::CREATE
+        | WatchMask::DELETE
+        | WatchMask::MOVED_FROM
+        | WatchMask::MOVED_TO
+        | WatchMask::ATTRIB
+        | WatchMask::CLOSE_WRITE
+        | WatchMask::DONT_FOLLOW
+        | WatchMask::ONLYDIR;
+    let missing: Vec<PathBuf> = wanted.into_iter().filter(|dir| !watched.contains_key(dir)).collect();
+    for dir in missing {
+        match watches.add(&dir, changes) {
+            Ok(wd) => {
+                if passwd_dir.as_ref() == Some(&dir) {
+                    *passwd_wd.lock().unwrap_or_else(|p| p.into_inner()) = Some(wd.clone());
+                }
+                watched.insert(dir, wd);
+            }
+            Err(err) => tracing::warn!(component = "links", "cannot watch {}: {err}", dir.display()),
+        }
+    }
+    watched
 }
 
 impl Drop for DirWatcher {
@@ -573,5 +649,34 @@ impl prometheus_client::collector::Collector for LinksMetrics {
             took.metric_type(),
         )?)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn work_stuck_in_the_kernel_is_not_started_again_until_it_returns() {
+        let flag = RunningFlag::default();
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        let guard = Running::start(&flag).unwrap();
+        // The deadline passes; the thread stays (a stat on a hung share).
+        let late = task::blocking("linking users", Duration::from_millis(50), move || {
+            let _running = guard;
+            let _ = stuck.recv();
+        });
+        assert!(late.await.is_err(), "the caller is not held");
+        assert!(Running::start(&flag).is_err(), "no second thread while the first is stuck");
+        release.send(()).unwrap();
+        let freed = (0..200).any(|_| {
+            std::thread::yield_now();
+            let free = Running::start(&flag).is_ok();
+            if !free {
+                std::thread::park_timeout(Duration::from_millis(5));
+            }
+            free
+        });
+        assert!(freed, "once it returns, the next pass may start");
     }
 }

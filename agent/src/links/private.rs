@@ -15,6 +15,7 @@ use crate::core::shared::SmbMount;
 use crate::core::task;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -97,7 +98,7 @@ fn prepare_target(target: &Path) -> Result<(), String> {
 /// Mounts every wanted user's folder that is not mounted yet and unmounts the
 /// mounts of users no longer wanted. Returns, per wanted user, Ok or why not.
 pub async fn reconcile(
-    mounter: &dyn Mounter,
+    mounter: Arc<dyn Mounter>,
     smb: &SmbMount,
     root: &Path,
     credentials_dir: &Path,
@@ -116,7 +117,16 @@ pub async fn reconcile(
         }
         return outcome;
     }
-    let table = mounter.table().unwrap_or_default();
+    // Without the table nothing can be told apart: mount nothing, sweep nothing.
+    let table = match crate::core::mount::table_off_workers(mounter.clone()).await {
+        Ok(table) => table,
+        Err(err) => {
+            for user in wanted {
+                outcome.insert(user.user.clone(), Err(format!("cannot read the mount table: {err}")));
+            }
+            return outcome;
+        }
+    };
     let mut key: Option<Result<StorageKey, String>> = None;
     for user in wanted {
         let target = root.join(&user.user);
@@ -131,7 +141,7 @@ pub async fn reconcile(
             outcome.insert(user.user.clone(), result);
             continue;
         }
-        let result = mount_one(mounter, smb, &mut key, credentials_dir, user, &target, &source).await;
+        let result = mount_one(mounter.as_ref(), smb, &mut key, credentials_dir, user, &target, &source).await;
         outcome.insert(user.user.clone(), result);
     }
     // Users gone (or no longer wanted): their mounts go; nothing on the share does.
@@ -282,8 +292,8 @@ mod tests {
                 })
                 .collect()
         };
-        let fake = Fake::default();
-        let outcome = reconcile(&fake, &smb, &root, &run, &wanted(&[("alice", 1001), ("bob", 1002)])).await;
+        let fake = Arc::new(Fake::default());
+        let outcome = reconcile(fake.clone(), &smb, &root, &run, &wanted(&[("alice", 1001), ("bob", 1002)])).await;
         assert!(outcome.values().all(|r| r.is_ok()), "{outcome:?}");
         let calls = fake.calls.lock().unwrap().clone();
         assert_eq!(calls.len(), 2);
@@ -293,9 +303,9 @@ mod tests {
         assert_eq!(std::fs::metadata(&root).unwrap().permissions().mode() & 0o777, 0o711);
 
         // Again: nothing to do. Then bob is gone: only his mount goes.
-        reconcile(&fake, &smb, &root, &run, &wanted(&[("alice", 1001), ("bob", 1002)])).await;
+        reconcile(fake.clone(), &smb, &root, &run, &wanted(&[("alice", 1001), ("bob", 1002)])).await;
         assert_eq!(fake.calls.lock().unwrap().len(), 2, "mounted ones are left alone");
-        reconcile(&fake, &smb, &root, &run, &wanted(&[("alice", 1001)])).await;
+        reconcile(fake.clone(), &smb, &root, &run, &wanted(&[("alice", 1001)])).await;
         assert_eq!(fake.unmounts.lock().unwrap().clone(), [root.join("bob")]);
         assert!(!root.join("bob").exists(), "the empty mount point is removed");
         assert!(root.join("alice").is_dir());
@@ -307,9 +317,9 @@ mod tests {
         let root = dir.path().join("private");
         std::fs::create_dir_all(root.join("alice")).unwrap();
         std::fs::write(root.join("alice/left-behind"), "x").unwrap();
-        let fake = Fake::default();
+        let fake = Arc::new(Fake::default());
         let alice = Wanted { user: "alice".into(), uid: 1001, gid: 1001, relative: "notebooks/alice".into() };
-        let outcome = reconcile(&fake, &smb(), &root, dir.path(), &[alice]).await;
+        let outcome = reconcile(fake.clone(), &smb(), &root, dir.path(), &[alice]).await;
         assert!(matches!(outcome.get("alice"), Some(Err(why)) if why.contains("not empty")), "{outcome:?}");
         assert!(fake.calls.lock().unwrap().is_empty());
     }

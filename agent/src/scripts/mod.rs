@@ -358,10 +358,10 @@ impl Batch {
                         record.started
                     );
                     tracing::warn!(script = %item.script.name, "{why}");
-                    append_line(
-                        &self.log_path(&item.script.name),
-                        &stamp(self.ctx.clock.now()),
-                        &format!("[pool-agent] {why}"),
+                    append_line_detached(
+                        self.log_path(&item.script.name),
+                        stamp(self.ctx.clock.now()),
+                        format!("[pool-agent] {why}"),
                     );
                     row.reason = Some(why);
                     if forced.is_none() || is_forced {
@@ -525,10 +525,18 @@ impl Batch {
             self.runner.kind(),
             crate::config::duration::format(script.timeout)
         );
-        let log = match log::LogFile::open(&log_path) {
-            Ok(mut log) => {
-                let _ = log.line(&stamp(self.ctx.clock.now()), &header);
-                Some(log)
+        let opened = {
+            let (path, started, header) = (log_path.clone(), stamp(self.ctx.clock.now()), header.clone());
+            task::blocking("opening a script's log", LOG_WRITE_DEADLINE, move || {
+                log::LogFile::open(&path).and_then(|mut log| log.line(&started, &header).map(|_| log))
+            })
+            .await
+        };
+        let log = match opened {
+            Ok(Ok(log)) => Some(log),
+            Ok(Err(err)) => {
+                tracing::warn!(script = %name, "cannot write {}: {err}", log_path.display());
+                None
             }
             Err(err) => {
                 tracing::warn!(script = %name, "cannot write {}: {err}", log_path.display());
@@ -603,7 +611,7 @@ impl Batch {
                     crate::config::duration::format(grace)
                 );
                 tracing::warn!(script = %name, "{note}");
-                append_line(&log_path, &stamp(self.ctx.clock.now()), &note);
+                append_line(&log_path, stamp(self.ctx.clock.now()), &note).await;
                 self.stop_all(&handle, grace).await;
                 let _ = tokio::time::timeout(grace, child.wait()).await;
                 None
@@ -657,7 +665,7 @@ impl Batch {
         if leftovers {
             ending.push_str("; processes it left running were stopped");
         }
-        append_line(&log_path, &stamp(self.ctx.clock.now()), &ending);
+        append_line(&log_path, stamp(self.ctx.clock.now()), &ending).await;
         tracing::info!(script = %name, "{ending}");
         self.store(&name, &record).await;
         let state = match outcome {
@@ -683,7 +691,7 @@ impl Batch {
 
     async fn finish_unstarted(&self, name: &str, mut record: RunRecord, why: String) {
         tracing::error!(script = %name, "{why}");
-        append_line(&self.log_path(name), &stamp(self.ctx.clock.now()), &format!("[pool-agent] {why}"));
+        append_line(&self.log_path(name), stamp(self.ctx.clock.now()), &format!("[pool-agent] {why}")).await;
         record.outcome = Outcome::Failed;
         record.finished = Some(rfc3339(self.ctx.clock.now()));
         self.store(name, &record).await;
@@ -854,18 +862,29 @@ async fn pump_output(
 ) {
     let identifier = format!("pool-agent-script-{name}");
     let Ok(receiver) = tokio::net::unix::pipe::Receiver::from_owned_fd(output) else { return };
+    // The log file is written on a blocking thread fed by a bounded queue: a
+    // disk that stalls loses lines (counted), never an async worker.
+    let (lines, queued) = std::sync::mpsc::sync_channel::<(String, String)>(LOG_QUEUE);
+    let writer = log.take().map(|mut log| {
+        tokio::task::spawn_blocking(move || {
+            for (at, text) in queued {
+                let _ = log.line(&at, &text);
+            }
+        })
+    });
+    let mut dropped = 0u64;
     let mut reader = tokio::io::BufReader::new(receiver);
     let mut line = Vec::new();
     loop {
         line.clear();
         let read = (&mut reader).take(log::MAX_LINE_BYTES as u64).read_until(b'\n', &mut line).await;
         match read {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => break,
             Ok(_) => {
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim_end_matches(['\n', '\r']);
-                if let Some(log) = log.as_mut() {
-                    let _ = log.line(&stamp(clock.now()), text);
+                if writer.is_some() && lines.try_send((stamp(clock.now()), text.to_string())).is_err() {
+                    dropped += 1;
                 }
                 let fields = [
                     ("MESSAGE", text),
@@ -879,12 +898,39 @@ async fn pump_output(
             }
         }
     }
+    if dropped > 0 {
+        tracing::warn!(script = %name, dropped, "the script's log file could not keep up; lines are in the journal only");
+    }
+    drop(lines);
+    // Every line is in the file before the run's ending line is added.
+    if let Some(writer) = writer {
+        let _ = tokio::time::timeout(LOG_WRITE_DEADLINE, writer).await;
+    }
 }
 
-fn append_line(path: &std::path::Path, stamp: &str, text: &str) {
-    if let Ok(mut log) = log::LogFile::open(path) {
-        let _ = log.line(stamp, text);
+/// Lines of output waiting for the log file's writer.
+const LOG_QUEUE: usize = 4096;
+/// A write to a script's log (local disk) takes no longer than this.
+const LOG_WRITE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// One line added to a script's log, on a blocking thread.
+async fn append_line(path: &std::path::Path, stamp: String, text: &str) {
+    let (path, text) = (path.to_path_buf(), text.to_string());
+    let written = task::blocking("writing a script's log", LOG_WRITE_DEADLINE, move || {
+        log::LogFile::open(&path).and_then(|mut log| log.line(&stamp, &text))
+    });
+    if let Err(err) = written.await {
+        tracing::warn!("script log: {err}");
     }
+}
+
+/// The same where nothing can wait for it (inside a report update).
+fn append_line_detached(path: std::path::PathBuf, stamp: String, text: String) {
+    drop(tokio::task::spawn_blocking(move || {
+        if let Ok(mut log) = log::LogFile::open(&path) {
+            let _ = log.line(&stamp, &text);
+        }
+    }));
 }
 
 fn stamp(at: std::time::SystemTime) -> String {

@@ -506,7 +506,7 @@ impl Worker {
     }
 
     async fn existing_mount(&self, plan: &MountPlan) -> Existing {
-        let table = match self.share.mounter.table() {
+        let table = match mount::table_off_workers(self.share.mounter.clone()).await {
             Ok(table) => table,
             Err(err) => return Existing::Foreign(format!("(cannot read the mount table: {err})")),
         };
