@@ -181,6 +181,12 @@ fn a_hold_keeps_the_vm_active_until_released_or_expired_and_only_its_owner_or_an
         stdout(&sandbox.cli_as(CAROL_UID, &["hold", "list"])).contains("no holds"),
         "carol sees her own holds only"
     );
+    // The verdict says the VM is held, but whose hold and why only to its owner and admins.
+    let carol_sees = stdout(&sandbox.cli_as(CAROL_UID, &["idle", "--json"]));
+    assert!(carol_sees.contains("a hold by another user until"), "{carol_sees}");
+    assert!(!carol_sees.contains("training run") && !carol_sees.contains("by bob"), "{carol_sees}");
+    let bob_sees = stdout(&sandbox.cli_as(USER_UID, &["idle", "--json"]));
+    assert!(bob_sees.contains("by bob") && bob_sees.contains("training run"), "{bob_sees}");
     let released = sandbox.cli_as(USER_UID, &["hold", "release", &id]);
     assert!(released.status.success(), "{}", stderr(&released));
     wait_signal(&sandbox, "holds", "idle", Duration::from_secs(10));

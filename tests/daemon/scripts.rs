@@ -103,6 +103,12 @@ fn a_script_runs_as_a_real_user_with_its_groups_home_and_ci_names_and_nothing_of
     }
     let log = sandbox.cli(&["scripts", "log", "10-whoami"]);
     assert!(stdout(&log).lines().any(|l| l.ends_with(" hello world")), "{}", stdout(&log));
+    // Another user does not read what a script printed (tokens from `set -x`).
+    let bob = sandbox.cli_as(USER_UID, &["scripts", "log", "10-whoami"]);
+    assert!(!stdout(&bob).contains("hello world"), "{}", stdout(&bob));
+    assert!(stderr(&bob).contains("[forbidden]") && stderr(&bob).contains("for alice"), "{}", stderr(&bob));
+    let alice = sandbox.cli_as(ADMIN_UID, &["scripts", "log", "10-whoami"]);
+    assert!(stdout(&alice).contains("hello world"), "{}", stderr(&alice));
     let human = stdout(&sandbox.cli(&["scripts"]));
     assert!(human.contains("10-whoami") && human.contains("succeeded"), "{human}");
 }

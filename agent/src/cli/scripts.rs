@@ -116,6 +116,7 @@ mod tests {
             name: name.into(),
             path: format!("/etc/pool-agent/setup.d/{name}"),
             run_as: "azureuser".into(),
+            run_as_uid: None,
             when: "once".into(),
             blocking: true,
             state,

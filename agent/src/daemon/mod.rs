@@ -126,11 +126,12 @@ fn check_config(
 }
 
 /// Keeps the config just applied, so a later boot with a broken file (a bad
-/// drop-in from the scale set, say) still runs what last worked.
+/// drop-in from the scale set, say) still runs what last worked. Root only:
+/// it holds script arguments and environment values, which may carry tokens.
 fn save_last_good(paths: &SystemPaths, settings: &Settings) {
     let dir = paths.state_dir();
     let text = config::render_effective_toml(settings);
-    let written = crate::core::atomic::replace_file(&dir.join(LAST_GOOD_CONFIG), text.as_bytes(), 0o644);
+    let written = crate::core::atomic::replace_file(&dir.join(LAST_GOOD_CONFIG), text.as_bytes(), 0o600);
     if let Err(err) = written {
         tracing::warn!("cannot keep the last good config in {}: {err}", dir.display());
     }
@@ -357,6 +358,9 @@ mod tests {
         .unwrap();
         save_last_good(&paths, &kept);
         let text = std::fs::read_to_string(paths.state_dir().join(LAST_GOOD_CONFIG)).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(paths.state_dir().join(LAST_GOOD_CONFIG)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "script arguments may carry tokens: root only");
         config::load_str(std::path::Path::new("kept.toml"), &text).unwrap_or_else(|err| panic!("{err}\n{text}"));
         let (fallback, named) = fallback_settings(&paths);
         assert_eq!(fallback.share, kept.share);

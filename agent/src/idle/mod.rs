@@ -126,8 +126,44 @@ impl Capability for Idle {
     }
 }
 
-async fn idle_report(State(idle): State<Idle>) -> Json<IdleReport> {
-    Json(idle.report())
+/// The verdict for everyone; other users' holds (who, why) only for admins,
+/// as `/v1/holds` lists them: a hold's reason is its owner's business.
+async fn idle_report(State(idle): State<Idle>, caller: Option<Extension<Caller>>) -> Json<IdleReport> {
+    let mut report = idle.report();
+    let admin = caller.as_ref().is_some_and(|Extension(c)| c.admin);
+    if !admin {
+        let uid = caller.map(|Extension(c)| c.peer.uid);
+        let live = idle.started.get().map(|s| s.holds.live(idle.clock.now())).unwrap_or_default();
+        // The verdict's own reasons carry the signal's name first.
+        let shown = |reason: &mut String| {
+            let (prefix, text) = match reason.strip_prefix("holds: ") {
+                Some(text) => ("holds: ", text),
+                None => ("", reason.as_str()),
+            };
+            if !text.starts_with("hold ") {
+                return;
+            }
+            let mine = live.iter().any(|h| Some(h.owner_uid) == uid && text == hold_reason(h));
+            if !mine {
+                let other = match live.iter().find(|h| text == hold_reason(h)) {
+                    Some(h) => format!("a hold by another user until {}", h.expires),
+                    None => "a hold by another user".to_string(),
+                };
+                *reason = format!("{prefix}{other}");
+            }
+        };
+        report.reasons.iter_mut().for_each(shown);
+        for signal in report.signals.iter_mut().filter(|s| s.name == "holds") {
+            signal.reasons.iter_mut().for_each(shown);
+        }
+    }
+    Json(report)
+}
+
+/// How a live hold reads among the verdict's reasons.
+fn hold_reason(hold: &Hold) -> String {
+    let why = if hold.reason.is_empty() { String::new() } else { format!(": {}", hold.reason) };
+    format!("hold {} by {} until {}{why}", hold.id, hold.owner, hold.expires)
 }
 
 fn started_or_unavailable(idle: &Idle) -> Result<&Started, ApiError> {
@@ -281,14 +317,7 @@ impl Source for HoldsSource {
             } else if live.is_empty() {
                 Sample::idle("no holds")
             } else {
-                Sample::active(
-                    live.iter()
-                        .map(|h| {
-                            let why = if h.reason.is_empty() { String::new() } else { format!(": {}", h.reason) };
-                            format!("hold {} by {} until {}{why}", h.id, h.owner, h.expires)
-                        })
-                        .collect(),
-                )
+                Sample::active(live.iter().map(hold_reason).collect())
             };
             sample.with_figure("holds", live.len() as f64)
         })

@@ -17,14 +17,14 @@ use crate::config::{RunWhen, Settings};
 use crate::core::capability::Capability;
 use crate::core::clock::rfc3339;
 use crate::core::component::{ComponentId, ComponentState};
-use crate::core::http::{Access, ApiError, Route};
+use crate::core::http::{Access, ApiError, Caller, Route};
 use crate::core::journal::{self, Journal};
 use crate::core::shared::{ScriptsNews, ShareNews};
 use crate::core::task::{self, TaskContext, TaskResult};
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use futures_util::future::BoxFuture;
 use nix::sys::signal::Signal;
 use plan::{Planned, Vetted};
@@ -165,12 +165,22 @@ async fn script_log(
     State(scripts): State<Scripts>,
     UrlPath(name): UrlPath<String>,
     Query(query): Query<LogQuery>,
+    caller: Option<Extension<Caller>>,
 ) -> Response {
     let report = scripts.report();
     let Some(script) = report.scripts.iter().find(|s| s.name == name) else {
         return ApiError::NotFound(format!("no setup script {name:?}; `pool-agent scripts` lists them"))
             .into_response();
     };
+    // Output routinely holds tokens (`set -x`): admins and the user it ran as only.
+    let allowed = caller.is_some_and(|Extension(c)| c.admin || script.run_as_uid == Some(c.peer.uid));
+    if !allowed {
+        return ApiError::Forbidden(format!(
+            "the log of {name} is for admins and for {} (the user it runs as) only",
+            script.run_as
+        ))
+        .into_response();
+    }
     let path = PathBuf::from(&script.log);
     let running = script.state == ScriptState::Running;
     let read_path = path.clone();
@@ -438,6 +448,7 @@ impl Batch {
             name: script.name.clone(),
             path: script.path.display().to_string(),
             run_as: script.run_as.clone(),
+            run_as_uid: item.verdict.as_ref().ok().map(|v| v.account.uid),
             when: match script.when {
                 RunWhen::Once => "once".into(),
                 RunWhen::EveryBoot => "every-boot".into(),

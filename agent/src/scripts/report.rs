@@ -51,6 +51,10 @@ pub struct ScriptReport {
     pub name: String,
     pub path: String,
     pub run_as: String,
+    /// `run_as` resolved when the script was checked: who besides admins may
+    /// read its log. Not on the wire.
+    #[serde(skip)]
+    pub run_as_uid: Option<u32>,
     /// `once` or `every-boot`.
     pub when: String,
     pub blocking: bool,

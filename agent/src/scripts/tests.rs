@@ -296,3 +296,48 @@ async fn each_output_line_reaches_the_journal_under_the_script_s_own_identifier(
     let text = fs::read_to_string(&log_path).unwrap();
     assert!(text.contains(" Solving environment: done\n") && text.contains(" error: no space left\n"), "{text}");
 }
+
+#[tokio::test]
+async fn a_script_log_is_for_admins_and_the_user_it_ran_as() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("conda.log");
+    fs::write(&log_path, "t token=abc\n").unwrap();
+    let scripts = Scripts::new(crate::core::clock::system());
+    scripts.update(|report| {
+        report.scripts.push(ScriptReport {
+            name: "conda".into(),
+            path: "/opt/setup/conda.sh".into(),
+            run_as: "bob".into(),
+            run_as_uid: Some(1002),
+            when: "once".into(),
+            blocking: false,
+            state: ScriptState::Succeeded,
+            reason: None,
+            pid: None,
+            unit: None,
+            started: None,
+            finished: None,
+            duration_seconds: None,
+            timeout_seconds: 60,
+            exit_code: Some(0),
+            signal: None,
+            log: log_path.display().to_string(),
+            shared_log: None,
+            content_hash: String::new(),
+        })
+    });
+    let ask = |uid: u32, admin: bool| {
+        let caller = Caller { peer: crate::core::http::Peer { uid, gid: uid, pid: None }, admin };
+        script_log(
+            State(scripts.clone()),
+            UrlPath("conda".to_string()),
+            Query(LogQuery { offset: None }),
+            Some(Extension(caller)),
+        )
+    };
+    assert_eq!(ask(1002, false).await.status(), StatusCode::OK, "bob, whom it ran as");
+    assert_eq!(ask(1001, true).await.status(), StatusCode::OK, "an admin");
+    assert_eq!(ask(1003, false).await.status(), StatusCode::FORBIDDEN, "carol");
+    let anonymous = script_log(State(scripts.clone()), UrlPath("conda".into()), Query(LogQuery { offset: None }), None);
+    assert_eq!(anonymous.await.status(), StatusCode::FORBIDDEN, "no credentials");
+}
