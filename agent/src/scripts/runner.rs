@@ -200,12 +200,28 @@ impl SystemdRunner {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)?;
-        for (key, value) in &job.env {
+        for (key, value) in job.env.iter().chain(&arg_variables(job)) {
             writeln!(file, "{key}=\"{}\"", env_file_quote(value))?;
         }
         file.sync_all()?;
         Ok(path)
     }
+}
+
+/// The script's arguments as variables of its environment file: `ps` shows
+/// systemd-run's argv to every user, and arguments carry tokens as often as
+/// environment values do.
+fn arg_variables(job: &Job) -> Vec<(String, String)> {
+    job.args.iter().enumerate().map(|(i, arg)| (format!("POOL_AGENT_ARG_{}", i + 1), arg.clone())).collect()
+}
+
+/// What follows systemd-run's `--`: the script, then `${POOL_AGENT_ARG_n}`
+/// for each argument, which systemd replaces with the value as one word when
+/// it starts the unit (a `$` in the path is doubled so it stays a `$`).
+fn unit_command(job: &Job) -> Vec<String> {
+    let mut argv = vec![job.program.display().to_string().replace('$', "$$")];
+    argv.extend(arg_variables(job).into_iter().map(|(name, _)| format!("${{{name}}}")));
+    argv
 }
 
 /// Double-quoted for systemd's EnvironmentFile=: backslash and quote escaped.
@@ -223,7 +239,12 @@ impl ProcessRunner for SystemdRunner {
         // A unit of this name left failed by an earlier run would block the new one.
         let _ = systemctl(&["reset-failed", &unit]);
         let env_file = self.write_env_file(job)?;
-        let (output, stdout, stderr) = output_pipe()?;
+        // A launch that fails leaves no file of secrets behind.
+        let forget = |err: io::Error| {
+            let _ = std::fs::remove_file(&env_file);
+            err
+        };
+        let (output, stdout, stderr) = output_pipe().map_err(forget)?;
         let backstop = job.timeout + job.grace + Duration::from_secs(60);
         let mut command = tokio::process::Command::new("systemd-run");
         command
@@ -241,14 +262,13 @@ impl ProcessRunner for SystemdRunner {
         }
         command
             .arg("--")
-            .arg(&job.program)
-            .args(&job.args)
+            .args(unit_command(job))
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
-        let child = command.spawn()?;
+        let child = command.spawn().map_err(forget)?;
         Ok(Launched { child, output, handle: Handle::Unit(unit), pid: None, pid_start: None })
     }
 
@@ -294,5 +314,36 @@ mod tests {
     fn environment_file_values_cannot_break_out_of_their_quotes() {
         assert_eq!(env_file_quote(r#"a"b\c"#), r#"a\"b\\c"#);
         assert_eq!(env_file_quote("x\ny"), "x\\ny");
+    }
+
+    #[test]
+    fn arguments_reach_the_unit_through_the_root_only_file_not_the_command_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = SystemdRunner { private_dir: dir.path().join("private") };
+        let job = Job {
+            name: "fetch".into(),
+            program: "/opt/setup/fetch$1.sh".into(),
+            args: vec!["--token".into(), "s3cret value".into()],
+            workdir: "/".into(),
+            env: vec![("LANG".into(), "C.UTF-8".into())],
+            account: crate::core::accounts::Account {
+                name: "root".into(),
+                uid: 0,
+                gid: 0,
+                home: "/root".into(),
+                shell: "/bin/sh".into(),
+            },
+            groups: vec![0],
+            timeout: Duration::from_secs(60),
+            grace: Duration::from_secs(5),
+        };
+        let argv = unit_command(&job);
+        assert_eq!(argv, ["/opt/setup/fetch$$1.sh", "${POOL_AGENT_ARG_1}", "${POOL_AGENT_ARG_2}"]);
+        assert!(!argv.join(" ").contains("s3cret"));
+        let file = runner.write_env_file(&job).unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.lines().any(|l| l == "POOL_AGENT_ARG_2=\"s3cret value\""), "{text}");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
     }
 }

@@ -6,5 +6,6 @@ set -e
 mkdir -p /usr/local/lib/pool-agent-test
 echo installed >> /usr/local/lib/pool-agent-test/runs
 sysctl -w vm.swappiness=13
+printf '%s|' "$#" "$@" > /var/tmp/root-script.args
 { grep '^CapEff:' /proc/self/status; cat /proc/self/cgroup; id -un; } > /var/tmp/root-script.out
 echo "root setup done"
