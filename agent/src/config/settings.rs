@@ -183,6 +183,10 @@ pub struct SetupSettings {
     /// How long scripts wait for a configured share before running without it.
     #[serde(serialize_with = "duration::serialize")]
     pub share_wait: Duration,
+    /// Scripts stored on the share may run (as non-root users only). Off by
+    /// default: every user of the pool, on every VM, and anyone with the
+    /// storage key can change what is on the share.
+    pub trust_share: bool,
     pub scripts: Vec<ScriptSettings>,
 }
 
@@ -863,7 +867,8 @@ fn validate_setup(section: Option<Sourced<SetupFragment>>, local_user: &str) -> 
         });
     }
     let share_wait = setup.share_wait.as_ref().map(|w| w.value.0).unwrap_or(DEFAULT_SHARE_WAIT);
-    Ok(SetupSettings { dir, share_wait, scripts })
+    let trust_share = setup.trust_share.as_ref().is_some_and(|t| t.value);
+    Ok(SetupSettings { dir, share_wait, trust_share, scripts })
 }
 
 fn env_name_ok(name: &str) -> bool {

@@ -423,12 +423,14 @@ impl Batch {
         let (settings, paths, accounts) = (settings.clone(), self.ctx.paths.clone(), self.ctx.accounts.clone());
         let share_root = self.share_root(&settings);
         let runner = plan::Runner { euid: nix::unistd::geteuid().as_raw() };
+        let trust_share = settings.setup.trust_share;
         task::blocking("checking the setup scripts", PLAN_DEADLINE, move || {
             plan::scripts(&settings, &paths)
                 .into_iter()
                 .map(|(script, found)| {
-                    let verdict =
-                        found.and_then(|()| plan::vet(&script, &paths, &accounts, share_root.as_deref(), runner));
+                    let verdict = found.and_then(|()| {
+                        plan::vet(&script, &paths, &accounts, share_root.as_deref(), trust_share, runner)
+                    });
                     Planned { file: paths.resolve(&script.path), script, verdict }
                 })
                 .collect()
@@ -517,7 +519,7 @@ impl Batch {
         let facts = plan::EnvFacts { instance: &instance, share_path: share_path.as_deref(), settings, lang };
         let job = Job {
             name: name.clone(),
-            program: item.file.clone(),
+            program: vetted.program.clone(),
             args: script.args.clone(),
             workdir: vetted.workdir.clone(),
             env: plan::environment(script, &vetted.account, &facts),

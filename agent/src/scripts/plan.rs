@@ -35,6 +35,9 @@ pub struct Vetted {
     pub groups: Vec<u32>,
     pub content_hash: String,
     pub workdir: PathBuf,
+    /// The file that was checked, every link resolved: what runs. Its
+    /// directories were checked, so only trusted users could swap it.
+    pub program: PathBuf,
 }
 
 /// What the agent itself may do: root switches to anyone; another uid
@@ -113,6 +116,7 @@ pub fn vet(
     paths: &SystemPaths,
     accounts: &AccountsView,
     share_root: Option<&Path>,
+    trust_share: bool,
     runner: Runner,
 ) -> Result<Vetted, String> {
     let file = paths.resolve(&script.path);
@@ -132,43 +136,48 @@ pub fn vet(
     if meta.len() > MAX_SCRIPT_BYTES {
         return Err(format!("{} is larger than 16 MiB", script.path.display()));
     }
-    let on_share = share_root.is_some_and(|root| real.starts_with(root) || file.starts_with(root));
-    let as_root = script.run_as == "root";
-    if as_root && on_share {
-        return Err("a script stored on the share runs only as a non-root user (anyone who can write the share could change it)".into());
-    }
-    // Who may change the script decides who it may run as.
-    let trusted = |uid: u32| uid == 0 || uid == runner.euid;
-    if as_root {
-        if !trusted(meta.uid()) {
-            return Err(format!(
-                "{} belongs to uid {}; a root script must belong to root",
-                script.path.display(),
-                meta.uid()
-            ));
-        }
-        if meta.mode() & 0o022 != 0 {
-            return Err(format!(
-                "{} is writable by its group or others (mode {:o}); a root script must not be (chmod go-w)",
-                script.path.display(),
-                meta.mode() & 0o7777
-            ));
-        }
-        check_directories(&real, paths.root(), trusted)?;
-    } else if meta.mode() & 0o002 != 0 {
-        return Err(format!(
-            "{} is writable by everyone (mode {:o}); chmod o-w",
-            script.path.display(),
-            meta.mode() & 0o7777
-        ));
-    }
     let account = match accounts.user_by_name(&script.run_as) {
         Some(account) => account,
-        None if as_root => {
+        None if script.run_as == "root" => {
             Account { name: "root".into(), uid: 0, gid: 0, home: "/root".into(), shell: "/bin/sh".into() }
         }
         None => return Err(format!("run_as: no user {:?} on this VM", script.run_as)),
     };
+    // Root is a uid, not a name: an alias of uid 0 gets every root check.
+    let as_root = account.uid == 0;
+    let share = share_root.filter(|root| real.starts_with(root) || file.starts_with(root));
+    if share.is_some() && !trust_share {
+        return Err(format!(
+            "{} is on the share, and scripts there run only with setup.trust_share = true: every user of the pool, on every VM, and anyone with the storage key can change them",
+            script.path.display()
+        ));
+    }
+    if as_root && share.is_some() {
+        return Err("a script stored on the share runs only as a non-root user (anyone who can write the share could change it)".into());
+    }
+    // Who may change the script decides who it may run as: root, the user
+    // it runs as (who gains nothing), or the agent itself in a sandbox.
+    let trusted = |uid: u32| uid == 0 || uid == runner.euid || uid == account.uid;
+    let who = if as_root { "root".to_string() } else { format!("root or {}", account.name) };
+    if share.is_none() {
+        if !trusted(meta.uid()) {
+            return Err(format!(
+                "{} belongs to uid {}; a script run as {} must belong to {who}",
+                script.path.display(),
+                meta.uid(),
+                account.name
+            ));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(format!(
+                "{} is writable by its group or others (mode {:o}); a setup script must not be (chmod go-w)",
+                script.path.display(),
+                meta.mode() & 0o7777
+            ));
+        }
+    }
+    // The directories it is reached through (on a trusted share, those above it).
+    check_directories(&real, paths.root(), share, trusted, &who)?;
     if runner.euid != 0 && account.uid != runner.euid && !(as_root && paths.is_sandbox()) {
         return Err(format!(
             "the agent runs as uid {} and cannot run scripts as {} (uid {})",
@@ -181,25 +190,35 @@ pub fn vet(
         Some(dir) => paths.resolve(dir),
         None => file.parent().map(Path::to_path_buf).unwrap_or_else(|| paths.resolve("/")),
     };
-    Ok(Vetted { account, groups, content_hash, workdir })
+    Ok(Vetted { account, groups, content_hash, workdir, program: real })
 }
 
 /// Every directory from the script up to `/` (up to the sandbox's root)
-/// belongs to root and is not writable by group or others: else whoever can
-/// write there could swap the script for their own and run it as root.
-fn check_directories(real: &Path, stop_at: &Path, trusted: impl Fn(u32) -> bool) -> Result<(), String> {
+/// belongs to a trusted uid and is not writable by group or others: else
+/// whoever can write there could swap the script for their own. Directories
+/// inside a trusted share are the share's business (its modes are the mount's).
+fn check_directories(
+    real: &Path,
+    stop_at: &Path,
+    share: Option<&Path>,
+    trusted: impl Fn(u32) -> bool,
+    who: &str,
+) -> Result<(), String> {
     let mut dir = real.parent();
     while let Some(current) = dir {
-        let meta = fs::metadata(current).map_err(|err| format!("{}: {err}", current.display()))?;
-        if !trusted(meta.uid()) {
-            return Err(format!("its directory {} belongs to uid {}, not root", current.display(), meta.uid()));
-        }
-        if meta.mode() & 0o022 != 0 {
-            return Err(format!(
-                "its directory {} is writable by group or others (mode {:o})",
-                current.display(),
-                meta.mode() & 0o7777
-            ));
+        let inside_share = share.is_some_and(|root| current.starts_with(root));
+        if !inside_share {
+            let meta = fs::metadata(current).map_err(|err| format!("{}: {err}", current.display()))?;
+            if !trusted(meta.uid()) {
+                return Err(format!("its directory {} belongs to uid {}, not {who}", current.display(), meta.uid()));
+            }
+            if meta.mode() & 0o022 != 0 {
+                return Err(format!(
+                    "its directory {} is writable by group or others (mode {:o})",
+                    current.display(),
+                    meta.mode() & 0o7777
+                ));
+            }
         }
         if current == stop_at || current == Path::new("/") {
             break;
@@ -338,13 +357,14 @@ mod tests {
         fs::set_permissions(paths.resolve("/etc/pool-agent/setup.d"), fs::Permissions::from_mode(0o755)).unwrap();
         write(&paths, "10-ok", 0o755);
         write(&paths, "20-gw", 0o775);
-        assert!(vet(&script("10-ok", "root"), &paths, &accounts, None, runner()).is_ok());
-        let why = vet(&script("20-gw", "root"), &paths, &accounts, None, runner()).unwrap_err();
+        assert!(vet(&script("10-ok", "root"), &paths, &accounts, None, false, runner()).is_ok());
+        let why = vet(&script("20-gw", "root"), &paths, &accounts, None, false, runner()).unwrap_err();
         assert!(why.contains("writable by its group or others") && why.contains("775"), "{why}");
-        // The same file may run as a user: only root scripts need a root-only chain.
-        assert!(vet(&script("20-gw", "azureuser"), &paths, &accounts, None, runner()).is_ok());
+        // Nor as a user: anyone in its group could change what that user runs.
+        let why = vet(&script("20-gw", "azureuser"), &paths, &accounts, None, false, runner()).unwrap_err();
+        assert!(why.contains("writable by its group or others"), "{why}");
         fs::set_permissions(paths.resolve("/etc/pool-agent/setup.d"), fs::Permissions::from_mode(0o777)).unwrap();
-        let why = vet(&script("10-ok", "root"), &paths, &accounts, None, runner()).unwrap_err();
+        let why = vet(&script("10-ok", "root"), &paths, &accounts, None, false, runner()).unwrap_err();
         assert!(why.contains("setup.d is writable by group or others"), "{why}");
     }
 
@@ -353,23 +373,52 @@ mod tests {
         let (_tmp, paths, accounts) = sandbox();
         write(&paths, "10-ok", 0o755);
         let share = paths.resolve("/etc/pool-agent");
-        let why = vet(&script("10-ok", "root"), &paths, &accounts, Some(&share), runner()).unwrap_err();
+        let why = vet(&script("10-ok", "root"), &paths, &accounts, Some(&share), true, runner()).unwrap_err();
         assert!(why.contains("only as a non-root user"), "{why}");
-        assert!(vet(&script("10-ok", "azureuser"), &paths, &accounts, Some(&share), runner()).is_ok());
+        // bob (uid 4242) with the admin's opt-in; an agent that is not root cannot switch to him.
+        match vet(&script("10-ok", "bob"), &paths, &accounts, Some(&share), true, runner()) {
+            Ok(_) => {}
+            Err(why) => assert!(runner().euid != 0 && why.contains("cannot run scripts as bob"), "{why}"),
+        }
+        // Without the admin's opt-in, not even as a user.
+        let why = vet(&script("10-ok", "bob"), &paths, &accounts, Some(&share), false, runner()).unwrap_err();
+        assert!(why.contains("setup.trust_share = true"), "{why}");
+    }
+
+    #[test]
+    fn root_is_a_uid_and_the_script_that_runs_is_the_one_checked() {
+        let (_tmp, paths, accounts) = sandbox();
+        // toor is uid 0 by another name: the root checks apply to it.
+        let passwd = fs::read_to_string(paths.passwd()).unwrap();
+        fs::write(paths.passwd(), format!("{passwd}toor:x:0:0::/root:/bin/sh\n")).unwrap();
+        accounts.invalidate();
+        write(&paths, "20-gw", 0o775);
+        let why = vet(&script("20-gw", "toor"), &paths, &accounts, None, false, runner()).unwrap_err();
+        assert!(why.contains("writable by its group or others"), "{why}");
+        let share = paths.resolve("/etc/pool-agent");
+        write(&paths, "10-ok", 0o755);
+        let why = vet(&script("10-ok", "toor"), &paths, &accounts, Some(&share), true, runner()).unwrap_err();
+        assert!(why.contains("only as a non-root user"), "{why}");
+        // Configured through a link: what runs is the file the link led to when checked.
+        let target = paths.resolve("/etc/pool-agent/setup.d/10-ok");
+        let link = paths.resolve("/etc/pool-agent/setup.d/30-link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let vetted = vet(&script("30-link", "root"), &paths, &accounts, None, false, runner()).unwrap();
+        assert_eq!(vetted.program, fs::canonicalize(&target).unwrap());
     }
 
     #[test]
     fn the_hash_changes_with_content_arguments_and_user_and_groups_come_from_the_accounts() {
         let (_tmp, paths, accounts) = sandbox();
         write(&paths, "10-ok", 0o755);
-        let first = vet(&script("10-ok", "azureuser"), &paths, &accounts, None, runner()).unwrap();
+        let first = vet(&script("10-ok", "azureuser"), &paths, &accounts, None, false, runner()).unwrap();
         assert_eq!(first.groups[1..], [999], "supplementary groups from the group file");
         let mut with_args = script("10-ok", "azureuser");
         with_args.args = vec!["--fast".into()];
-        let second = vet(&with_args, &paths, &accounts, None, runner()).unwrap();
+        let second = vet(&with_args, &paths, &accounts, None, false, runner()).unwrap();
         assert_ne!(first.content_hash, second.content_hash);
         fs::write(paths.resolve("/etc/pool-agent/setup.d/10-ok"), "#!/bin/sh\necho changed\n").unwrap();
-        let third = vet(&script("10-ok", "azureuser"), &paths, &accounts, None, runner()).unwrap();
+        let third = vet(&script("10-ok", "azureuser"), &paths, &accounts, None, false, runner()).unwrap();
         assert_ne!(first.content_hash, third.content_hash);
         assert_eq!(third.workdir, paths.resolve("/etc/pool-agent/setup.d"));
     }
