@@ -343,6 +343,24 @@ mod tests {
     }
 
     #[test]
+    fn a_private_root_that_would_sweep_other_mounts_is_refused() {
+        let share = "[share]\nkind = \"local\"\npath = \"/srv/share\"\nmount_point = \"/data/notebooks\"\n";
+        for (root, why) in [
+            ("/", "system directory"),
+            ("/home", "system directory"),
+            ("/usr/local", "system directory"),
+            ("/data", "holds share.mount_point"),
+            ("/data/notebooks", "holds share.mount_point"),
+            ("/data/notebooks/private", "inside share.mount_point"),
+        ] {
+            let (line, key, message) = expect_invalid(&format!("{share}[links]\nprivate_root = \"{root}\"\n"));
+            assert_eq!((line, key.as_str()), (6, "links.private_root"), "{root}: {message}");
+            assert!(message.contains(why), "{root}: {message}");
+        }
+        parse(&format!("{share}[links]\nprivate_root = \"/data/notebooks-private\"\n")).unwrap();
+    }
+
+    #[test]
     fn users_is_all_or_a_list() {
         assert_eq!(
             parse("[links]\nusers = [\"alice\", \"bob\"]\n").unwrap().links.users,

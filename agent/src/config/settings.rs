@@ -381,7 +381,7 @@ pub(super) fn validate(merged: ConfigFragment, sources: Vec<PathBuf>) -> Result<
     };
 
     let share = merged.share.map(|section| validate_share(section, &mut origins)).transpose()?;
-    let links = validate_links(merged.links, share.as_ref().map(|s| s.kind))?;
+    let links = validate_links(merged.links, share.as_ref().map(|s| (s.kind, s.mount_point.as_path())))?;
     let setup = validate_setup(merged.setup, &instance.local_user)?;
     let idle = validate_idle(merged.idle)?;
 
@@ -470,6 +470,14 @@ fn duration_or(
     }
 }
 
+/// A system directory or one of the top directories that hold others: never
+/// a place for the agent's mounts.
+fn is_system_dir(path: &Path) -> bool {
+    let normalized: PathBuf = path.components().collect();
+    SYSTEM_TOP_DIRS.iter().any(|dir| normalized == Path::new(dir))
+        || SYSTEM_DIRS.iter().any(|dir| normalized.starts_with(dir))
+}
+
 /// Places a share must never be mounted over: the system itself.
 const SYSTEM_DIRS: &[&str] =
     &["/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/run", "/sbin", "/sys", "/usr"];
@@ -485,10 +493,7 @@ fn validate_share(section: Sourced<ShareFragment>, origins: &mut KeyOrigins) -> 
     let mount_point_value = or_default(&share.mount_point, DEFAULT_MOUNT_POINT);
     let mount_point = absolute_path("share.mount_point", &mount_point_value)?;
     origins.record("share.mount_point", &mount_point_value);
-    let normalized: PathBuf = mount_point.components().collect();
-    if SYSTEM_TOP_DIRS.iter().any(|dir| normalized == Path::new(dir))
-        || SYSTEM_DIRS.iter().any(|dir| normalized.starts_with(dir))
-    {
+    if is_system_dir(&mount_point) {
         return Err(invalid(
             &mount_point_value.origin,
             "share.mount_point",
@@ -734,8 +739,10 @@ fn validate_share(section: Sourced<ShareFragment>, origins: &mut KeyOrigins) -> 
 
 fn validate_links(
     section: Option<Sourced<LinksFragment>>,
-    share: Option<ShareKind>,
+    share: Option<(ShareKind, &Path)>,
 ) -> Result<LinksSettings, ConfigError> {
+    let mount_point = share.map(|(_, mount_point)| mount_point);
+    let share = share.map(|(kind, _)| kind);
     let links = section.map(|s| s.value).unwrap_or_default();
     let users = match links.users {
         Some(Sourced { value: UserSelection::Named(names), origin }) => {
@@ -769,7 +776,33 @@ fn validate_links(
         }
         None => false,
     };
-    let private_root = absolute_path("links.private_root", &or_default(&links.private_root, DEFAULT_PRIVATE_ROOT))?;
+    let private_root_value = or_default(&links.private_root, DEFAULT_PRIVATE_ROOT);
+    let private_root = absolute_path("links.private_root", &private_root_value)?;
+    // The sweep unmounts what is below it: it must hold nothing but the agent's own mounts.
+    let normalized_root: PathBuf = private_root.components().collect();
+    let clash = if is_system_dir(&private_root) {
+        Some("is a system directory".to_string())
+    } else {
+        mount_point.map(|m| m.components().collect::<PathBuf>()).and_then(|m| {
+            if m.starts_with(&normalized_root) {
+                Some(format!("holds share.mount_point ({})", m.display()))
+            } else if normalized_root.starts_with(&m) {
+                Some(format!("is inside share.mount_point ({})", m.display()))
+            } else {
+                None
+            }
+        })
+    };
+    if let Some(clash) = clash {
+        return Err(invalid(
+            &private_root_value.origin,
+            "links.private_root",
+            format!(
+                "{} {clash}; it must be a directory of its own, such as {DEFAULT_PRIVATE_ROOT}",
+                private_root.display()
+            ),
+        ));
+    }
     let min_uid = links.min_uid.map(|m| m.value).unwrap_or(DEFAULT_MIN_UID);
     let max_uid = match links.max_uid {
         Some(max) if max.value < min_uid => {

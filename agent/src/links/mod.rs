@@ -40,6 +40,8 @@ use tokio::sync::mpsc;
 const SETTLE: Duration = Duration::from_millis(100);
 /// A pass over thousands of users on a slow share still ends.
 const PASS_DEADLINE: Duration = Duration::from_secs(300);
+/// The private mounts the agent made (state directory).
+const PRIVATE_MOUNTS_MADE: &str = "private-mounts.json";
 /// How long the first pass waits for the share to say how it is.
 const FIRST_SHARE_NEWS: Duration = Duration::from_secs(5);
 /// `links sync` answers by then, inside the API's handler deadline.
@@ -375,7 +377,14 @@ async fn mount_private(
         None => Vec::new(),
     };
     let credentials_dir = ctx.paths.resolve(crate::core::credentials::PRIVATE_RUN_DIR);
-    let outcome = private::reconcile(links.mounter.clone(), smb, &root, &credentials_dir, &wanted).await;
+    // Everyone still a user keeps their mount, whatever this pass said of their folder.
+    let present: std::collections::HashSet<String> = match private_root {
+        Some(_) => users.iter().map(|(u, _, _)| u.user.clone()).collect(),
+        None => Default::default(),
+    };
+    let made_file = ctx.paths.state_dir().join(PRIVATE_MOUNTS_MADE);
+    let outcome =
+        private::reconcile(links.mounter.clone(), smb, &root, &credentials_dir, &wanted, &present, &made_file).await;
     for (user, _, _) in users.iter_mut() {
         if let Some(Err(why)) = outcome.get(&user.user) {
             user.state = LinkState::Error;

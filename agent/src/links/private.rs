@@ -13,7 +13,7 @@ use crate::core::mount::{MountCall, Mounter};
 use crate::core::mountinfo;
 use crate::core::shared::SmbMount;
 use crate::core::task;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,8 +103,11 @@ pub async fn reconcile(
     root: &Path,
     credentials_dir: &Path,
     wanted: &[Wanted],
+    present: &HashSet<String>,
+    made_file: &Path,
 ) -> HashMap<String, Result<(), String>> {
     let mut outcome = HashMap::new();
+    let mut made = MadeMounts::load(made_file).await;
     let prepared = if wanted.is_empty() {
         Ok(Ok(()))
     } else {
@@ -128,6 +131,7 @@ pub async fn reconcile(
         }
     };
     let mut key: Option<Result<StorageKey, String>> = None;
+    let mut mounted_now = BTreeSet::new();
     for user in wanted {
         let target = root.join(&user.user);
         let source = source_for(smb, user);
@@ -142,23 +146,66 @@ pub async fn reconcile(
             continue;
         }
         let result = mount_one(mounter.as_ref(), smb, &mut key, credentials_dir, user, &target, &source).await;
+        if result.is_ok() {
+            made.points.insert(target.clone());
+            mounted_now.insert(target.clone());
+        }
         outcome.insert(user.user.clone(), result);
     }
-    // Users gone (or no longer wanted): their mounts go; nothing on the share does.
-    for entry in table.iter().filter(|e| e.mount_point.parent() == Some(root)) {
+    // Users gone (or private mode off): their mounts go. Only CIFS mounts the
+    // agent made itself, right under the root; a user still there keeps
+    // theirs through a passing error on their folder.
+    // (Under an earlier private_root too: the list says where they were made.)
+    let ours: Vec<_> = table.iter().filter(|e| made.points.contains(&e.mount_point)).collect();
+    for entry in ours {
         let name = entry.mount_point.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if wanted.iter().any(|w| w.user == name) {
+        let still_wanted = entry.mount_point.parent() == Some(root) && present.contains(&name);
+        if !matches!(entry.fstype.as_str(), "cifs" | "smb3") || still_wanted {
             continue;
         }
         if let Err(err) = mounter.unmount_lazy(entry.mount_point.clone(), MOUNT_TIMEOUT).await {
             tracing::warn!(component = "links", "cannot unmount {}: {err}", entry.mount_point.display());
             continue;
         }
+        made.points.remove(&entry.mount_point);
         let point = entry.mount_point.clone();
         let _ =
             task::blocking("removing a private mount point", DISK_DEADLINE, move || std::fs::remove_dir(point)).await;
     }
+    // Mounts gone by other hands are forgotten too.
+    made.points.retain(|point| mounted_now.contains(point) || table.iter().any(|e| &e.mount_point == point));
+    made.save(made_file).await;
     outcome
+}
+
+/// The private mounts the agent made, kept in its state directory: the sweep
+/// never takes away a mount someone else made under the root.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct MadeMounts {
+    points: BTreeSet<PathBuf>,
+}
+
+impl MadeMounts {
+    async fn load(file: &Path) -> Self {
+        let file = file.to_path_buf();
+        let read = task::blocking("reading the private mounts made", DISK_DEADLINE, move || std::fs::read(file)).await;
+        match read {
+            Ok(Ok(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            _ => Self::default(),
+        }
+    }
+
+    async fn save(&self, file: &Path) {
+        let Ok(bytes) = serde_json::to_vec_pretty(self) else { return };
+        let file = file.to_path_buf();
+        let written = task::blocking("saving the private mounts made", DISK_DEADLINE, move || {
+            crate::core::atomic::replace_file(&file, &bytes, 0o600)
+        })
+        .await;
+        if !matches!(written, Ok(Ok(()))) {
+            tracing::warn!(component = "links", "cannot save the list of private mounts made: {written:?}");
+        }
+    }
 }
 
 async fn mount_one(
@@ -292,8 +339,20 @@ mod tests {
                 })
                 .collect()
         };
+        let made = dir.path().join("private-mounts.json");
+        let present = |names: &[&str]| -> HashSet<String> { names.iter().map(|n| n.to_string()).collect() };
         let fake = Arc::new(Fake::default());
-        let outcome = reconcile(fake.clone(), &smb, &root, &run, &wanted(&[("alice", 1001), ("bob", 1002)])).await;
+        // Someone else's CIFS mount under the root, made before the agent: never swept.
+        fake.table.lock().unwrap().push(MountEntry {
+            root: "/".into(),
+            mount_point: root.join("scratch"),
+            fstype: "cifs".into(),
+            source: "//other/scratch".into(),
+            super_options: String::new(),
+        });
+        let both = present(&["alice", "bob"]);
+        let outcome =
+            reconcile(fake.clone(), &smb, &root, &run, &wanted(&[("alice", 1001), ("bob", 1002)]), &both, &made).await;
         assert!(outcome.values().all(|r| r.is_ok()), "{outcome:?}");
         let calls = fake.calls.lock().unwrap().clone();
         assert_eq!(calls.len(), 2);
@@ -302,13 +361,24 @@ mod tests {
         assert!(!run.join("links.credentials").exists(), "and the file went away");
         assert_eq!(std::fs::metadata(&root).unwrap().permissions().mode() & 0o777, 0o711);
 
-        // Again: nothing to do. Then bob is gone: only his mount goes.
-        reconcile(fake.clone(), &smb, &root, &run, &wanted(&[("alice", 1001), ("bob", 1002)])).await;
+        // Again: nothing to do. bob's folder fails for a moment (not wanted
+        // this pass) but he is still a user: he keeps his mount.
+        reconcile(fake.clone(), &smb, &root, &run, &wanted(&[("alice", 1001), ("bob", 1002)]), &both, &made).await;
         assert_eq!(fake.calls.lock().unwrap().len(), 2, "mounted ones are left alone");
-        reconcile(fake.clone(), &smb, &root, &run, &wanted(&[("alice", 1001)])).await;
+        reconcile(fake.clone(), &smb, &root, &run, &wanted(&[("alice", 1001)]), &both, &made).await;
+        assert!(fake.unmounts.lock().unwrap().is_empty(), "a passing folder error unmounts nobody");
+        // bob is gone: only his mount goes, never the one the agent did not make.
+        reconcile(fake.clone(), &smb, &root, &run, &wanted(&[("alice", 1001)]), &present(&["alice"]), &made).await;
         assert_eq!(fake.unmounts.lock().unwrap().clone(), [root.join("bob")]);
         assert!(!root.join("bob").exists(), "the empty mount point is removed");
         assert!(root.join("alice").is_dir());
+        // Private mode off: the agent's own mounts go, the other one stays.
+        reconcile(fake.clone(), &smb, &root, &run, &[], &HashSet::new(), &made).await;
+        assert_eq!(fake.unmounts.lock().unwrap().clone(), [root.join("bob"), root.join("alice")]);
+        assert!(fake.table.lock().unwrap().iter().any(|e| e.mount_point == root.join("scratch")));
+        let kept: MadeMounts = serde_json::from_slice(&std::fs::read(&made).unwrap()).unwrap();
+        assert!(kept.points.is_empty(), "{kept:?}");
+        assert_eq!(std::fs::metadata(&made).unwrap().permissions().mode() & 0o777, 0o600);
     }
 
     #[tokio::test]
@@ -319,7 +389,9 @@ mod tests {
         std::fs::write(root.join("alice/left-behind"), "x").unwrap();
         let fake = Arc::new(Fake::default());
         let alice = Wanted { user: "alice".into(), uid: 1001, gid: 1001, relative: "notebooks/alice".into() };
-        let outcome = reconcile(fake.clone(), &smb(), &root, dir.path(), &[alice]).await;
+        let present: HashSet<String> = ["alice".to_string()].into();
+        let made = dir.path().join("made.json");
+        let outcome = reconcile(fake.clone(), &smb(), &root, dir.path(), &[alice], &present, &made).await;
         assert!(matches!(outcome.get("alice"), Some(Err(why)) if why.contains("not empty")), "{outcome:?}");
         assert!(fake.calls.lock().unwrap().is_empty());
     }
