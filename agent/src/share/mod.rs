@@ -336,9 +336,11 @@ impl Worker {
         // The accounts view may ask NSS and the parent of the mount point is
         // resolved on disk: both off the async workers.
         let (accounts, paths, config) = (self.ctx.accounts.clone(), self.ctx.paths.clone(), share.clone());
+        // Private links: users reach only their own mounts, never the main one.
+        let private = self.ctx.settings.borrow().links.private;
         let planned = task::blocking("planning the mount", DISK_DEADLINE, move || {
             let snapshot = accounts.snapshot();
-            spec::plan(&config, &paths, &snapshot.users, &snapshot.groups).map(|mut plan| {
+            spec::plan(&config, &paths, &snapshot.users, &snapshot.groups, private).map(|mut plan| {
                 // The mount table lists real paths: a symlink among the parents would
                 // hide an existing mount from the lookup and lead to stacking.
                 plan.target = real_mount_point(&plan.target);

@@ -81,11 +81,15 @@ fn resolve_id(name: &str, what: &str, ids: impl Iterator<Item = (String, u32)>) 
     })
 }
 
+/// `private`: links.private is on, so users reach only their own mounts and
+/// the main mount is root's alone (0700/0600, owner and group root), whatever
+/// `share.uid`, `gid` and modes say.
 pub fn plan(
     share: &ShareSettings,
     paths: &SystemPaths,
     accounts: &[Account],
     groups: &[Group],
+    private: bool,
 ) -> Result<MountPlan, String> {
     let target = paths.resolve(&share.mount_point);
     match &share.source {
@@ -101,8 +105,12 @@ pub fn plan(
             file_mode,
             ..
         } => {
-            let uid = resolve_id(uid, "uid", accounts.iter().map(|a| (a.name.clone(), a.uid)))?;
-            let gid = resolve_id(gid, "gid", groups.iter().map(|g| (g.name.clone(), g.gid)))?;
+            let mut uid = resolve_id(uid, "uid", accounts.iter().map(|a| (a.name.clone(), a.uid)))?;
+            let mut gid = resolve_id(gid, "gid", groups.iter().map(|g| (g.name.clone(), g.gid)))?;
+            let (mut dir_mode, mut file_mode) = (dir_mode.as_str(), file_mode.as_str());
+            if private {
+                (uid, gid, dir_mode, file_mode) = (0, 0, "0700", "0600");
+            }
             let base = vec![
                 format!("vers={vers}"),
                 format!("uid={uid}"),
@@ -153,7 +161,16 @@ mod tests {
     fn plan_of(text: &str) -> MountPlan {
         let accounts = parse_passwd("root:x:0:0::/root:/bin/bash\nazureuser:x:1000:1000::/home/azureuser:/bin/bash\n");
         let groups = parse_group("root:x:0:\nusers:x:100:\n");
-        plan(&share(text), &SystemPaths::system(), &accounts, &groups).unwrap()
+        plan(&share(text), &SystemPaths::system(), &accounts, &groups, false).unwrap()
+    }
+
+    #[test]
+    fn in_private_mode_the_main_mount_is_root_s_alone() {
+        let accounts = parse_passwd("root:x:0:0::/root:/bin/bash\n");
+        let groups = parse_group("root:x:0:\nusers:x:100:\n");
+        let text = "[share]\nkind = \"azure-files\"\naccount = \"mystorage\"\nshare = \"notebooks\"\n";
+        let private = plan(&share(text), &SystemPaths::system(), &accounts, &groups, true).unwrap();
+        assert_eq!(private.options[..5], ["vers=3.1.1", "uid=0", "gid=0", "dir_mode=0700", "file_mode=0600"]);
     }
 
     #[test]
@@ -217,6 +234,7 @@ mod tests {
             &SystemPaths::system(),
             &accounts,
             &[],
+            false,
         )
         .unwrap_err();
         assert!(err.contains("share.gid") && err.contains("users"), "{err}");
