@@ -157,23 +157,28 @@ async fn follow(client: &Client, call: &Call, next: FollowNext, json: bool) -> E
 fn show(call: &Call, reply: &Reply, json: bool) -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     let text = match (call.text, call.summary, json) {
-        (true, _, _) => String::from_utf8_lossy(&reply.body).into_owned(),
+        (true, _, _) => render::printable(&String::from_utf8_lossy(&reply.body)).into_owned(),
         (false, Some(summary), false) => match summary(&reply.body) {
-            Ok(text) => text,
+            Ok(text) => render::printable(&text).into_owned(),
             Err(message) => return fail(&message, 1),
         },
+        // JSON escapes control characters itself; bidi controls are escaped here.
         _ => match serde_json::from_slice::<serde_json::Value>(&reply.body) {
-            Ok(value) => format!("{}\n", serde_json::to_string_pretty(&value).unwrap_or_default()),
-            Err(_) => String::from_utf8_lossy(&reply.body).into_owned(),
+            Ok(value) => {
+                let pretty = serde_json::to_string_pretty(&value).unwrap_or_default();
+                format!("{}\n", render::json_for_terminal(&pretty))
+            }
+            Err(_) => render::printable(&String::from_utf8_lossy(&reply.body)).into_owned(),
         },
     };
+    // (What users wrote, script output and hold reasons, cannot steer the terminal.)
     // A closed pipe (`pool-agent status | head -1`) is not an error worth a panic.
     let _ = stdout.write_all(text.as_bytes());
     ExitCode::from(call.verdict.map_or(0, |verdict| verdict(&reply.body)))
 }
 
 fn fail(message: &str, code: u8) -> ExitCode {
-    eprintln!("pool-agent: {message}");
+    eprintln!("pool-agent: {}", render::printable(message));
     ExitCode::from(code)
 }
 

@@ -31,6 +31,18 @@ pub struct Account {
     pub shell: Arc<str>,
 }
 
+/// A user name as NSS gave it is usable in a path (a folder on the share, a
+/// private mount point) only as one plain component: directory services allow
+/// names local files would not (`alice@contoso.com`), but never a `/`, `.`,
+/// `..`, a control character or more than a file name's 255 bytes.
+pub fn name_fits_a_path(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && !name.chars().any(|c| c == '/' || c.is_control())
+}
+
 impl Account {
     /// A human who can log in: not a system account, not a nologin shell.
     pub fn is_login_user(&self, min_uid: u32) -> bool {
@@ -442,6 +454,16 @@ mod tests {
         assert_eq!(accounts[2].home, PathBuf::from("/home/alice"));
         let logins: Vec<_> = accounts.iter().filter(|a| a.is_login_user(1000)).map(|a| a.name.as_str()).collect();
         assert_eq!(logins, ["alice", "bob"]);
+    }
+
+    #[test]
+    fn only_names_that_are_one_plain_path_component_fit_a_path() {
+        for good in ["alice", "alice@contoso.com", "Bob.Smith", "svc_1"] {
+            assert!(name_fits_a_path(good), "{good}");
+        }
+        for bad in ["", ".", "..", "../etc", "a/b", "a\nb", "x\u{1b}[2J"] {
+            assert!(!name_fits_a_path(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -39,9 +39,32 @@ timeout = "5m"
 
 const DEMO_SCRIPT: &str = "#!/bin/sh\n# A sample setup script: prints who and where it runs.\necho \"hello from $(id -un 2>/dev/null || id -u) in $(pwd)\"\n";
 
-/// The default sandbox directory for this user.
-pub fn default_root() -> PathBuf {
-    std::env::temp_dir().join(format!("pool-agent-demo-{}", nix::unistd::getuid()))
+/// The default sandbox directory. Root gets a fresh private directory every
+/// time: a predictable path in `/tmp` could be made beforehand by any user
+/// (a symlink to `/etc`, say) and root would then build in it. Another user
+/// gets `pool-agent-demo-<uid>`, made 0700, reused only when it is a real
+/// directory of their own.
+pub fn default_root() -> io::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let uid = nix::unistd::geteuid();
+    if uid.is_root() {
+        let template = std::env::temp_dir().join("pool-agent-demo-XXXXXX");
+        return nix::unistd::mkdtemp(&template).map_err(io::Error::from);
+    }
+    let dir = std::env::temp_dir().join(format!("pool-agent-demo-{uid}"));
+    match fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => return Ok(dir),
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(err) => return Err(err),
+    }
+    let meta = fs::symlink_metadata(&dir)?;
+    if !meta.is_dir() || meta.uid() != uid.as_raw() {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{} exists and is not a directory of yours; remove it or pass --root DIR", dir.display()),
+        ));
+    }
+    Ok(dir)
 }
 
 /// Builds (or refreshes) the sandbox under `root`. A config the user edited is kept.
@@ -102,6 +125,23 @@ pub fn print_instructions(root: &Path, socket: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_sandbox_is_never_a_path_someone_else_prepared() {
+        use std::os::unix::fs::MetadataExt;
+        if nix::unistd::geteuid().is_root() {
+            let (first, second) = (default_root().unwrap(), default_root().unwrap());
+            assert_ne!(first, second, "root gets a fresh directory each time");
+            let meta = fs::symlink_metadata(&first).unwrap();
+            assert!(meta.is_dir() && meta.mode() & 0o777 == 0o700 && meta.uid() == 0);
+            fs::remove_dir(first).unwrap();
+            fs::remove_dir(second).unwrap();
+        } else {
+            let dir = default_root().unwrap();
+            let meta = fs::symlink_metadata(&dir).unwrap();
+            assert!(meta.is_dir() && meta.uid() == nix::unistd::geteuid().as_raw());
+        }
+    }
 
     #[test]
     fn the_sandbox_has_a_valid_config_users_and_a_share() {

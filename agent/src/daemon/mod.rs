@@ -49,7 +49,13 @@ const LAST_GOOD_CONFIG: &str = "last-good-config.toml";
 pub fn main(options: DaemonOptions) -> ExitCode {
     let root = match (options.demo, &options.root) {
         (true, root) => {
-            let root = root.clone().unwrap_or_else(demo::default_root);
+            let root = match root.clone().map(Ok).unwrap_or_else(demo::default_root) {
+                Ok(root) => root,
+                Err(err) => {
+                    eprintln!("pool-agentd: cannot make the demo sandbox's directory: {err}");
+                    return ExitCode::from(1);
+                }
+            };
             if let Err(err) = demo::prepare(&root) {
                 eprintln!("pool-agentd: cannot build the demo sandbox in {}: {err}", root.display());
                 return ExitCode::from(1);

@@ -18,6 +18,26 @@ use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
+/// Gives a symlink the agent just made to the user, through a descriptor of
+/// the entry itself: had the user swapped the name for a hard link to some
+/// file in between, that file is not chowned (only a symlink is).
+fn chown_symlink(dir: &OwnedFd, name: &str, user: &UserPlan) {
+    use nix::fcntl::{openat, OFlag};
+    let Ok(entry) = openat(dir, name, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty()) else {
+        return;
+    };
+    let is_symlink = fstat(&entry).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK);
+    if is_symlink {
+        let _ = fchownat(
+            &entry,
+            "",
+            Some(Uid::from_raw(user.uid)),
+            Some(Gid::from_raw(user.gid)),
+            AtFlags::AT_EMPTY_PATH | AtFlags::AT_SYMLINK_NOFOLLOW,
+        );
+    }
+}
+
 /// What the agent needs to know of one user.
 #[derive(Debug, Clone)]
 pub struct UserPlan {
@@ -117,17 +137,13 @@ pub fn ensure_link(user: &UserPlan, link: &Path, target: &Path, move_conflicts: 
             Ok(fd) => Ok(fd),
             Err(Errno::ENOENT) => match mkdirat(&dir, *part, Mode::from_bits_truncate(0o755)) {
                 Ok(()) | Err(Errno::EEXIST) => {
-                    // Owned by the user; NOFOLLOW: if it was swapped for a symlink meanwhile,
-                    // only that symlink is touched, and opening it below is refused.
-                    let _ = fchownat(
-                        &dir,
-                        *part,
-                        Some(Uid::from_raw(user.uid)),
-                        Some(Gid::from_raw(user.gid)),
-                        AtFlags::AT_SYMLINK_NOFOLLOW,
-                    );
+                    // Owned by the user, through the descriptor: if the entry was
+                    // swapped meanwhile (a symlink, a hard link to a file), opening
+                    // it as a directory without following fails and nothing is chowned.
                     step = Step::Changed;
-                    open_dir_beneath(&dir, part)
+                    open_dir_beneath(&dir, part).inspect(|fd| {
+                        let _ = fchown(fd, Some(Uid::from_raw(user.uid)), Some(Gid::from_raw(user.gid)));
+                    })
                 }
                 Err(err) => Err(err),
             },
@@ -197,13 +213,7 @@ fn place_link(
     if let Err(err) = symlinkat(target, dir, temporary.as_str()) {
         return Step::Failed(format!("cannot create a link beside {}: {err}", shown.display()));
     }
-    let _ = fchownat(
-        dir,
-        temporary.as_str(),
-        Some(Uid::from_raw(user.uid)),
-        Some(Gid::from_raw(user.gid)),
-        AtFlags::AT_SYMLINK_NOFOLLOW,
-    );
+    chown_symlink(dir, temporary.as_str(), user);
     // The user may change the link path while this runs: a new name never
     // replaces anything (NOREPLACE), and a wrong symlink is swapped out
     // (EXCHANGE) and removed only if it is still a symlink.
@@ -399,6 +409,26 @@ mod tests {
         let step = ensure_link(&user, Path::new(LINK), &folder.root.join(&folder.relative), true, "t");
         assert!(matches!(step, Step::Conflict(ref why) if why.contains("symlink")), "{step:?}");
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing was made in the symlink's target");
+    }
+
+    #[test]
+    fn only_a_symlink_is_given_to_the_user_never_a_file_swapped_in_for_it() {
+        use std::os::unix::fs::MetadataExt;
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP only_a_symlink_is_given_to_the_user…: needs root to chown (CI runs as root)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let user = UserPlan { name: "alice".into(), uid: 4242, gid: 4242, home: dir.path().into() };
+        std::fs::write(dir.path().join("precious"), "root's").unwrap();
+        // The user swapped the agent's temporary link for a hard link to a root file.
+        std::fs::hard_link(dir.path().join("precious"), dir.path().join(".remote.pool-agent")).unwrap();
+        std::os::unix::fs::symlink("/data/notebooks/alice", dir.path().join("link")).unwrap();
+        let fd = open_dir(dir.path()).unwrap();
+        chown_symlink(&fd, ".remote.pool-agent", &user);
+        chown_symlink(&fd, "link", &user);
+        assert_eq!(std::fs::metadata(dir.path().join("precious")).unwrap().uid(), 0, "the file stays root's");
+        assert_eq!(std::fs::symlink_metadata(dir.path().join("link")).unwrap().uid(), 4242, "the link is alice's");
     }
 
     #[test]

@@ -27,6 +27,21 @@ pub fn users_to_link(settings: &LinksSettings, accounts: &AccountsView, paths: &
         }
         UserSelection::Named(names) => names.iter().filter_map(|name| accounts.user_by_name(name)).collect(),
     };
+    // Names and homes from a directory service go into paths: one plain
+    // component and an absolute home, or the user is left out (and said so).
+    chosen.retain(|a| {
+        let fits = crate::core::accounts::name_fits_a_path(&a.name) && a.home.is_absolute();
+        if !fits {
+            tracing::warn!(
+                component = "links",
+                uid = a.uid,
+                "user {:?} (home {:?}) cannot name a folder; not linked",
+                a.name,
+                a.home
+            );
+        }
+        fits
+    });
     // A home made on first login (pam_mkhomedir) is linked once it appears.
     chosen.retain(|a| paths.resolve(&a.home).is_dir());
     chosen.sort_by(|a, b| a.name.cmp(&b.name));

@@ -178,7 +178,15 @@ pub fn unit_name(script: &str) -> String {
 }
 
 fn systemctl(args: &[&str]) -> Option<String> {
-    let out = StdCommand::new("systemctl").args(args).stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
+    // A clean environment: NOTIFY_SOCKET and the rest of the daemon's stay with it.
+    let out = StdCommand::new("systemctl")
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
     Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
