@@ -49,3 +49,15 @@ impl ConfigError {
         }
     }
 }
+
+impl ConfigError {
+    /// `key` is wrong where `origin` set it.
+    pub fn at(origin: &crate::config::source::Origin, key: &str, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            file: origin.file.to_path_buf(),
+            line: origin.line,
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}

@@ -10,10 +10,12 @@ pub mod error;
 pub mod fragment;
 pub mod settings;
 pub mod source;
+mod validate;
 
 pub use error::ConfigError;
 pub use fragment::{IdleAction, KeySourceKind, RunWhen, ShareKind, UserSelection};
 pub use settings::*;
+pub use validate::shown_url;
 
 use fragment::{ConfigFragment, MergeFrom};
 use source::LineIndex;
@@ -29,12 +31,12 @@ pub fn load(main_file: &Path) -> Result<Settings, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
         merged.merge_from(parse_fragment(file, &text)?);
     }
-    settings::validate(merged, files)
+    validate::validate(merged, files)
 }
 
 /// Parses and validates one text as if it were the whole config (tests, tools).
 pub fn load_str(file: &Path, text: &str) -> Result<Settings, ConfigError> {
-    settings::validate(parse_fragment(file, text)?, vec![file.to_path_buf()])
+    validate::validate(parse_fragment(file, text)?, vec![file.to_path_buf()])
 }
 
 /// The drop-in directory that belongs to a main config file:

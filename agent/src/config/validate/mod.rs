@@ -1,0 +1,70 @@
+//! From the merged fragments to [`Settings`]: each section validated in a
+//! file of its own, the shared checks in [`checks`].
+
+mod checks;
+mod idle;
+mod links;
+mod setup;
+mod share;
+
+pub use checks::shown_url;
+
+use crate::config::error::ConfigError;
+use crate::config::fragment::ConfigFragment;
+use crate::config::settings::*;
+use checks::{account_name, http_endpoint};
+use idle::validate_idle;
+use links::validate_links;
+use setup::validate_setup;
+use share::validate_share;
+use std::path::PathBuf;
+
+pub(super) fn validate(merged: ConfigFragment, sources: Vec<PathBuf>) -> Result<Settings, ConfigError> {
+    let mut origins = KeyOrigins::default();
+    let instance = match merged.instance {
+        Some(section) => {
+            let section = section.value;
+            InstanceSettings {
+                name: section.name.map(|n| n.value).unwrap_or_default(),
+                resource_group: section.resource_group.map(|n| n.value).unwrap_or_default(),
+                workspace: section.workspace.map(|n| n.value).unwrap_or_default(),
+                local_user: match section.local_user {
+                    Some(user) => {
+                        origins.record("instance.local_user", &user);
+                        account_name("instance.local_user", &user)?
+                    }
+                    None => DEFAULT_LOCAL_USER.to_string(),
+                },
+            }
+        }
+        None => InstanceSettings {
+            name: String::new(),
+            local_user: DEFAULT_LOCAL_USER.to_string(),
+            resource_group: String::new(),
+            workspace: String::new(),
+        },
+    };
+
+    let share = merged.share.map(|section| validate_share(section, &mut origins)).transpose()?;
+    let links = validate_links(merged.links, share.as_ref().map(|s| (s.kind, s.mount_point.as_path())))?;
+    let setup = validate_setup(merged.setup, &instance.local_user)?;
+    let idle = validate_idle(merged.idle)?;
+
+    let azure = AzureSettings {
+        imds_endpoint: match merged.azure.and_then(|a| a.value.imds_endpoint) {
+            Some(endpoint) => http_endpoint("azure.imds_endpoint", &endpoint)?,
+            None => DEFAULT_IMDS_ENDPOINT.to_string(),
+        },
+    };
+    let api = ApiSettings {
+        admin_group: match merged.api.and_then(|a| a.value.admin_group) {
+            Some(group) => {
+                origins.record("api.admin_group", &group);
+                account_name("api.admin_group", &group)?
+            }
+            None => DEFAULT_ADMIN_GROUP.to_string(),
+        },
+    };
+
+    Ok(Settings { sources, origins, instance, share, links, setup, idle, azure, api })
+}

@@ -1,0 +1,279 @@
+//! `[share]`: kind, source, mount point, options, probes.
+
+use super::checks::*;
+use crate::config::error::ConfigError;
+use crate::config::fragment::*;
+use crate::config::settings::*;
+use crate::config::source::{Origin, Sourced};
+
+/// Mount options that carry or point at a secret; the agent writes its own
+/// credentials file, so none of these may come from the config.
+const SECRET_MOUNT_OPTIONS: &[&str] = &["password", "pass", "password2", "credentials", "cred"];
+
+/// Mount options that have keys of their own in [share].
+/// Mount options the agent sets from other keys: (option, the key that sets it).
+const MANAGED_MOUNT_OPTIONS: &[(&str, &str)] = &[
+    ("vers", "share.vers"),
+    ("nfsvers", "share.vers"),
+    ("uid", "share.uid"),
+    ("gid", "share.gid"),
+    ("dir_mode", "share.dir_mode"),
+    ("file_mode", "share.file_mode"),
+    ("username", "share.account"),
+    ("user", "share.account"),
+];
+
+pub(super) fn validate_share(
+    section: Sourced<ShareFragment>,
+    origins: &mut KeyOrigins,
+) -> Result<ShareSettings, ConfigError> {
+    let origin = section.origin;
+    let share = section.value;
+    let kind = required(&share.kind, &origin, "share.kind", "in [share]: \"azure-files\", \"nfs\" or \"local\"")?;
+
+    let mount_point_value = or_default(&share.mount_point, DEFAULT_MOUNT_POINT);
+    let mount_point = absolute_path("share.mount_point", &mount_point_value)?;
+    origins.record("share.mount_point", &mount_point_value);
+    if is_system_dir(&mount_point) {
+        return Err(invalid(
+            &mount_point_value.origin,
+            "share.mount_point",
+            format!(
+                "{} is a system directory; mounting there would hide what the VM needs. Use a directory of its own such as {DEFAULT_MOUNT_POINT}",
+                mount_point.display()
+            ),
+        ));
+    }
+    let allow_mnt = share.allow_mnt.as_ref().is_some_and(|a| a.value);
+    if mount_point.starts_with("/mnt") && !allow_mnt {
+        return Err(invalid(
+            &mount_point_value.origin,
+            "share.mount_point",
+            format!(
+                "{} is on Azure's temporary resource disk (/mnt), which is wiped on redeploy; pick another place or set share.allow_mnt = true",
+                mount_point.display()
+            ),
+        ));
+    }
+
+    // Keys that belong to another kind are a mistake worth naming, not ignoring.
+    // Keys that belong to another kind are a mistake worth naming, not ignoring;
+    // the error stands where the key was set and names where the kind was.
+    fn at<T>(value: &Option<Sourced<T>>) -> Option<Origin> {
+        value.as_ref().map(|v| v.origin.clone())
+    }
+    let smb_only = [
+        ("account", at(&share.account)),
+        ("share", at(&share.share)),
+        ("endpoint_suffix", at(&share.endpoint_suffix)),
+        ("key_file", at(&share.key_file)),
+        ("key_source", at(&share.key_source)),
+        ("uid", at(&share.uid)),
+        ("gid", at(&share.gid)),
+        ("dir_mode", at(&share.dir_mode)),
+        ("file_mode", at(&share.file_mode)),
+    ];
+    let foreign: Vec<(&str, Option<Origin>)> = match kind.value {
+        ShareKind::AzureFiles => vec![("path", at(&share.path))],
+        ShareKind::Nfs => smb_only.iter().cloned().chain([("path", at(&share.path))]).collect(),
+        ShareKind::Local => smb_only
+            .iter()
+            .cloned()
+            .chain([
+                ("source", at(&share.source)),
+                ("vers", at(&share.vers)),
+                ("options", at(&share.options)),
+                ("default_options", at(&share.default_options)),
+            ])
+            .collect(),
+    };
+    if let Some((key, Some(set_at))) = foreign.iter().find(|(_, set_at)| set_at.is_some()) {
+        let kind_at = format!("{}:{}", kind.origin.file.display(), kind.origin.line);
+        return Err(invalid(
+            set_at,
+            &format!("share.{key}"),
+            format!(
+                "not used when share.kind = \"{}\" (set at {kind_at}); remove it from this file",
+                kind.value.as_str()
+            ),
+        ));
+    }
+
+    let source = match kind.value {
+        ShareKind::AzureFiles => {
+            let account = required(&share.account, &kind.origin, "share.account", "when share.kind = \"azure-files\"")?;
+            if !(3..=24).contains(&account.value.len())
+                || !account.value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            {
+                return Err(invalid(
+                    &account.origin,
+                    "share.account",
+                    format!("{:?} is not a storage account name (3-24 lowercase letters and digits)", account.value),
+                ));
+            }
+            let share_name = required(&share.share, &kind.origin, "share.share", "when share.kind = \"azure-files\"")?;
+            let name = &share_name.value;
+            if !(3..=63).contains(&name.len())
+                || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                || name.starts_with('-')
+                || name.ends_with('-')
+                || name.contains("--")
+            {
+                return Err(invalid(
+                    &share_name.origin,
+                    "share.share",
+                    format!("{name:?} is not a file share name (3-63 lowercase letters, digits and single hyphens)"),
+                ));
+            }
+            let key_source = share.key_source.as_ref().map(|k| k.value).unwrap_or(KeySourceKind::File);
+            let key_file = match key_source {
+                KeySourceKind::File => {
+                    let key_file = or_default(&share.key_file, DEFAULT_KEY_FILE);
+                    origins.record("share.key_file", &key_file);
+                    Some(absolute_path("share.key_file", &key_file)?)
+                }
+                KeySourceKind::ManagedIdentity => {
+                    // Not built yet: choosing it must fail the check, never look healthy.
+                    let chosen = share.key_source.as_ref().map(|k| k.origin.clone()).unwrap_or(kind.origin.clone());
+                    return Err(invalid(
+                        &chosen,
+                        "share.key_source",
+                        "\"managed-identity\" is not built in this version of pool-agent; use key_source = \"file\" with share.key_file",
+                    ));
+                }
+            };
+            let endpoint_suffix = or_default(&share.endpoint_suffix, DEFAULT_ENDPOINT_SUFFIX);
+            if endpoint_suffix.value.is_empty()
+                || !endpoint_suffix.value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+            {
+                return Err(invalid(
+                    &endpoint_suffix.origin,
+                    "share.endpoint_suffix",
+                    "must be a DNS suffix such as core.windows.net",
+                ));
+            }
+            let source = match &share.source {
+                Some(source) => {
+                    let rest = source.value.strip_prefix("//").unwrap_or_default();
+                    let well_formed = rest.split_once('/').is_some_and(|(host, path)| {
+                        is_host(host)
+                            && !path.is_empty()
+                            && !source.value.contains(char::is_whitespace)
+                            && !source.value.contains(',')
+                    });
+                    if !well_formed {
+                        return Err(invalid(
+                            &source.origin,
+                            "share.source",
+                            format!("{:?} is not //server/share", source.value),
+                        ));
+                    }
+                    Some(source.value.clone())
+                }
+                None => None,
+            };
+            ShareSource::AzureFiles {
+                account: account.value.clone(),
+                share: name.clone(),
+                endpoint_suffix: endpoint_suffix.value,
+                source,
+                key_source,
+                key_file,
+                vers: one_of("share.vers", &or_default(&share.vers, DEFAULT_SMB_VERSION), SMB_VERSIONS)?,
+                uid: {
+                    let uid = or_default(&share.uid, DEFAULT_SHARE_UID);
+                    origins.record("share.uid", &uid);
+                    owner("share.uid", &uid)?
+                },
+                gid: {
+                    let gid = or_default(&share.gid, DEFAULT_SHARE_GID);
+                    origins.record("share.gid", &gid);
+                    owner("share.gid", &gid)?
+                },
+                dir_mode: octal_mode("share.dir_mode", &or_default(&share.dir_mode, DEFAULT_DIR_MODE))?,
+                file_mode: octal_mode("share.file_mode", &or_default(&share.file_mode, DEFAULT_FILE_MODE))?,
+            }
+        }
+        ShareKind::Nfs => {
+            let source =
+                required(&share.source, &kind.origin, "share.source", "when share.kind = \"nfs\" (host:/export)")?;
+            // The host must look like a host: `-oremount:/x` would otherwise
+            // reach mount(8) as an option.
+            match source.value.split_once(":/") {
+                Some((host, _))
+                    if is_host(host) && !source.value.contains(char::is_whitespace) && !source.value.contains(',') => {}
+                _ => {
+                    return Err(invalid(
+                        &source.origin,
+                        "share.source",
+                        format!("{:?} is not host:/export", source.value),
+                    ));
+                }
+            }
+            ShareSource::Nfs {
+                source: source.value.clone(),
+                vers: one_of("share.vers", &or_default(&share.vers, DEFAULT_NFS_VERSION), NFS_VERSIONS)?,
+            }
+        }
+        ShareKind::Local => {
+            let path = required(&share.path, &kind.origin, "share.path", "when share.kind = \"local\"")?;
+            ShareSource::Local { path: absolute_path("share.path", path)? }
+        }
+    };
+
+    let options = match &share.options {
+        Some(options) => {
+            for option in &options.value {
+                // mount.cifs and mount.nfs read option names in any case.
+                let name = option.split('=').next().unwrap_or_default().to_ascii_lowercase();
+                let name = name.as_str();
+                if option.is_empty() || option.contains(',') || option.contains(char::is_whitespace) {
+                    return Err(invalid(
+                        &options.origin,
+                        "share.options",
+                        format!("{option:?}: give one mount option per list entry"),
+                    ));
+                }
+                if SECRET_MOUNT_OPTIONS.contains(&name) {
+                    return Err(invalid(
+                        &options.origin,
+                        "share.options",
+                        format!("`{name}=` does not belong in the config: the key is read from share.key_file"),
+                    ));
+                }
+                if let Some((_, key)) = MANAGED_MOUNT_OPTIONS.iter().find(|(option, _)| *option == name) {
+                    return Err(invalid(
+                        &options.origin,
+                        "share.options",
+                        format!("`{name}` is set by the agent from {key}, not in options"),
+                    ));
+                }
+            }
+            options.value.clone()
+        }
+        None => Vec::new(),
+    };
+
+    let probe_interval = duration_or(&share.probe_interval, DEFAULT_PROBE_INTERVAL, "share.probe_interval")?;
+    let probe_timeout = duration_or(&share.probe_timeout, DEFAULT_PROBE_TIMEOUT, "share.probe_timeout")?;
+    let mount_timeout = duration_or(&share.mount_timeout, DEFAULT_MOUNT_TIMEOUT, "share.mount_timeout")?;
+    if probe_timeout > probe_interval {
+        let at =
+            share.probe_timeout.as_ref().or(share.probe_interval.as_ref()).map(|v| v.origin.clone()).unwrap_or(origin);
+        return Err(invalid(&at, "share.probe_timeout", "must not be longer than share.probe_interval"));
+    }
+
+    Ok(ShareSettings {
+        kind: kind.value,
+        mount_point,
+        source,
+        options,
+        default_options: share.default_options.as_ref().is_none_or(|d| d.value),
+        probe_interval,
+        probe_timeout,
+        mount_timeout,
+        allow_mnt,
+        force: share.force.as_ref().is_some_and(|f| f.value),
+        unmount_on_stop: share.unmount_on_stop.as_ref().is_some_and(|u| u.value),
+    })
+}
