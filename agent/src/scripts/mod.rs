@@ -7,7 +7,15 @@
 //! group), [`record`] remembers what ran across restarts and reboots, and
 //! [`log`] keeps each script's output, locally and on the share.
 
+mod api;
 pub mod log;
+mod metrics;
+mod output;
+mod run;
+
+use api::{run_now, script_log, scripts_report};
+use metrics::ScriptsMetrics;
+use output::{append_line, append_line_detached, pump_output, stamp, LOG_WRITE_DEADLINE};
 pub mod plan;
 pub mod record;
 pub mod report;
@@ -17,24 +25,19 @@ use crate::config::{RunWhen, Settings};
 use crate::core::capability::Capability;
 use crate::core::clock::rfc3339;
 use crate::core::component::{ComponentId, ComponentState};
-use crate::core::http::{Access, ApiError, Caller, Route};
+use crate::core::http::{Access, Route};
 use crate::core::journal::{self, Journal};
 use crate::core::shared::{ScriptsNews, ShareNews};
 use crate::core::task::{self, TaskContext, TaskResult};
-use axum::extract::{Path as UrlPath, Query, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use futures_util::future::BoxFuture;
 use nix::sys::signal::Signal;
 use plan::{Planned, Vetted};
 use record::{boot_id, Outcome, Records, RunRecord};
-use report::{LogChunk, ScriptReport, ScriptState, ScriptsReport};
+use report::{ScriptReport, ScriptState, ScriptsReport};
 use runner::{DirectRunner, Handle, Job, Launched, ProcessRunner, SystemdRunner};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 use tokio::sync::mpsc;
 
 /// After a script exits, how long its output may still come (a daemon it
@@ -46,8 +49,6 @@ const MAX_GRACE: Duration = Duration::from_secs(10);
 const PLAN_DEADLINE: Duration = Duration::from_secs(60);
 /// Starting one run (systemd-run's connection to PID 1 included).
 const LAUNCH_DEADLINE: Duration = Duration::from_secs(30);
-/// Reading a piece of a log for the API.
-const LOG_CHUNK_BYTES: u64 = 256 * 1024;
 /// How long the first batch waits for the links' first pass.
 const LINKS_WAIT: Duration = Duration::from_secs(60);
 
@@ -119,82 +120,6 @@ impl Capability for Scripts {
     /// Arguments and environment values may carry tokens.
     fn private_config_keys(&self) -> &'static [&'static str] {
         &["scripts.*.args", "scripts.*.env"]
-    }
-}
-
-async fn scripts_report(State(scripts): State<Scripts>) -> Json<ScriptsReport> {
-    Json(with_elapsed(scripts.report(), scripts.clock.now()))
-}
-
-/// A running script's duration is the time so far.
-fn with_elapsed(mut report: ScriptsReport, now: std::time::SystemTime) -> ScriptsReport {
-    for script in &mut report.scripts {
-        if script.state == ScriptState::Running {
-            if let Some(started) = script.started.as_deref().and_then(|s| humantime::parse_rfc3339(s).ok()) {
-                let so_far = now.duration_since(started).unwrap_or_default();
-                script.duration_seconds = Some((so_far.as_secs_f64() * 10.0).round() / 10.0);
-            }
-        }
-    }
-    report
-}
-
-async fn run_now(State(scripts): State<Scripts>, UrlPath(name): UrlPath<String>) -> Response {
-    let report = scripts.report();
-    let Some(script) = report.scripts.iter().find(|s| s.name == name) else {
-        return ApiError::NotFound(format!("no setup script {name:?}; `pool-agent scripts` lists them"))
-            .into_response();
-    };
-    if script.state == ScriptState::Running {
-        return ApiError::Conflict(format!("{name} is running now")).into_response();
-    }
-    if scripts.runs.try_send(name.clone()).is_err() {
-        return ApiError::Unavailable("too many runs are queued; try again later".into()).into_response();
-    }
-    let mut queued = script.clone();
-    queued.reason = Some("queued: runs after the script running now, if any".into());
-    (StatusCode::ACCEPTED, Json(queued)).into_response()
-}
-
-#[derive(serde::Deserialize)]
-struct LogQuery {
-    offset: Option<u64>,
-}
-
-async fn script_log(
-    State(scripts): State<Scripts>,
-    UrlPath(name): UrlPath<String>,
-    Query(query): Query<LogQuery>,
-    caller: Option<Extension<Caller>>,
-) -> Response {
-    let report = scripts.report();
-    let Some(script) = report.scripts.iter().find(|s| s.name == name) else {
-        return ApiError::NotFound(format!("no setup script {name:?}; `pool-agent scripts` lists them"))
-            .into_response();
-    };
-    // Output routinely holds tokens (`set -x`): admins and the user it ran as only.
-    let allowed = caller.is_some_and(|Extension(c)| c.admin || script.run_as_uid == Some(c.peer.uid));
-    if !allowed {
-        return ApiError::Forbidden(format!(
-            "the log of {name} is for admins and for {} (the user it runs as) only",
-            script.run_as
-        ))
-        .into_response();
-    }
-    let path = PathBuf::from(&script.log);
-    let running = script.state == ScriptState::Running;
-    let read_path = path.clone();
-    match task::blocking("reading the log", Duration::from_secs(5), move || {
-        log::read_from(&read_path, query.offset, LOG_CHUNK_BYTES)
-    })
-    .await
-    {
-        Ok(Ok((offset, text, next_offset))) => {
-            Json(LogChunk { name, path: path.display().to_string(), offset, next_offset, text, running })
-                .into_response()
-        }
-        Ok(Err(err)) => ApiError::Unavailable(format!("cannot read {}: {err}", path.display())).into_response(),
-        Err(err) => ApiError::Timeout(err.to_string()).into_response(),
     }
 }
 
@@ -499,264 +424,6 @@ impl Batch {
         row
     }
 
-    /// Runs one script to its end: record first, then the processes, the
-    /// log, the record of how it ended, the log on the share.
-    async fn execute(&self, settings: &Arc<Settings>, item: &Planned) {
-        let Ok(vetted) = &item.verdict else { return };
-        let script = &item.script;
-        let name = script.name.clone();
-        let started_at = self.ctx.clock.now();
-        let started = rfc3339(started_at);
-        let began = Instant::now();
-        let grace = (script.timeout / 10).clamp(Duration::from_secs(1), MAX_GRACE);
-        // Where users reach the share (the mount point while it is down).
-        let share_path = match self.ctx.shared.share() {
-            ShareNews::Mounted { root, .. } => Some(root),
-            _ => self.share_root(settings),
-        };
-        let instance = self.ctx.shared.instance_name();
-        let lang = plan::system_lang(&self.ctx.paths);
-        let facts = plan::EnvFacts { instance: &instance, share_path: share_path.as_deref(), settings, lang };
-        let job = Job {
-            name: name.clone(),
-            program: vetted.program.clone(),
-            args: script.args.clone(),
-            workdir: vetted.workdir.clone(),
-            env: plan::environment(script, &vetted.account, &facts),
-            account: vetted.account.clone(),
-            groups: vetted.groups.clone(),
-            timeout: script.timeout,
-            grace,
-        };
-        let mut record = RunRecord::running(&vetted.content_hash, &self.boot, &started);
-        self.store(&name, &record).await;
-        let log_path = self.log_path(&name);
-        let header = format!(
-            "[pool-agent] run of {} as {} ({} runner, timeout {}) started",
-            script.path.display(),
-            vetted.account.name,
-            self.runner.kind(),
-            crate::config::duration::format(script.timeout)
-        );
-        let opened = {
-            let (path, started, header) = (log_path.clone(), stamp(self.ctx.clock.now()), header.clone());
-            task::blocking("opening a script's log", LOG_WRITE_DEADLINE, move || {
-                log::LogFile::open(&path).and_then(|mut log| log.line(&started, &header).map(|_| log))
-            })
-            .await
-        };
-        let log = match opened {
-            Ok(Ok(log)) => Some(log),
-            Ok(Err(err)) => {
-                tracing::warn!(script = %name, "cannot write {}: {err}", log_path.display());
-                None
-            }
-            Err(err) => {
-                tracing::warn!(script = %name, "cannot write {}: {err}", log_path.display());
-                None
-            }
-        };
-        tracing::info!(script = %name, "{header}");
-        let runner = self.runner.clone();
-        let launch_job = job.clone();
-        let launched = task::blocking("starting the script", LAUNCH_DEADLINE, move || runner.launch(&launch_job)).await;
-        let launched = match launched {
-            Ok(Ok(launched)) => launched,
-            Ok(Err(err)) => return self.finish_unstarted(&name, record, format!("cannot start: {err}")).await,
-            Err(err) => return self.finish_unstarted(&name, record, err.to_string()).await,
-        };
-        record.pid = launched.pid;
-        record.pid_start = launched.pid_start;
-        record.unit = match &launched.handle {
-            Handle::Unit(unit) => Some(unit.clone()),
-            Handle::ProcessGroup(_) => None,
-        };
-        self.store(&name, &record).await;
-        self.scripts.update_script(&name, |row| {
-            row.state = ScriptState::Running;
-            row.reason = None;
-            row.pid = launched.pid;
-            row.unit = record.unit.clone();
-            row.started = Some(started.clone());
-            row.finished = None;
-            row.exit_code = None;
-            row.signal = None;
-            row.duration_seconds = Some(0.0);
-            row.content_hash = vetted.content_hash.clone();
-        });
-        self.publish_running(Some(&name));
-        self.publish_board();
-        let Launched { mut child, output, handle, .. } = launched;
-        let pump = tokio::spawn(pump_output(output, log, name.clone(), self.ctx.clock.clone(), self.journal.clone()));
-        if let Handle::Unit(unit) = &handle {
-            let unit = unit.clone();
-            let (scripts, name) = (self.scripts.clone(), name.clone());
-            tokio::spawn(async move {
-                // The main pid is known once systemd started the unit.
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                if let Ok(Some(pid)) =
-                    task::blocking("asking systemd", Duration::from_secs(5), move || runner::unit_main_pid(&unit)).await
-                {
-                    scripts.update_script(&name, |row| {
-                        if row.state == ScriptState::Running {
-                            row.pid = Some(pid);
-                        }
-                    });
-                }
-            });
-        }
-        enum End {
-            Exited(std::io::Result<std::process::ExitStatus>),
-            TimedOut,
-            Shutdown,
-        }
-        let end = tokio::select! {
-            status = child.wait() => End::Exited(status),
-            _ = tokio::time::sleep(script.timeout) => End::TimedOut,
-            _ = self.ctx.shutdown.cancelled() => End::Shutdown,
-        };
-        let status = match end {
-            End::Exited(status) => Some(status),
-            End::TimedOut => {
-                let note = format!(
-                    "[pool-agent] timeout of {} reached: SIGTERM to every process of the script, SIGKILL after {}",
-                    crate::config::duration::format(script.timeout),
-                    crate::config::duration::format(grace)
-                );
-                tracing::warn!(script = %name, "{note}");
-                append_line(&log_path, stamp(self.ctx.clock.now()), &note).await;
-                self.stop_all(&handle, grace).await;
-                let _ = tokio::time::timeout(grace, child.wait()).await;
-                None
-            }
-            End::Shutdown => {
-                // The record stays `running`: the next start reports it interrupted and runs it again.
-                let runner = self.runner.clone();
-                let stop = handle.clone();
-                let _ = task::blocking("stopping the script", Duration::from_secs(2), move || {
-                    runner.signal_all(&stop, Signal::SIGKILL)
-                })
-                .await;
-                pump.abort();
-                self.runner.finished(&job);
-                return;
-            }
-        };
-        // Output still coming after the exit is a leftover holding stdout:
-        // stop what is left, so nothing outlives the run and the runner never hangs.
-        let mut pump = pump;
-        let drained = tokio::time::timeout(OUTPUT_DRAIN, &mut pump).await.is_ok();
-        let leftovers = self.any_left(&handle).await;
-        if leftovers {
-            self.stop_all(&handle, grace).await;
-        }
-        if !drained {
-            let _ = tokio::time::timeout(Duration::from_secs(1), &mut pump).await;
-            pump.abort();
-        }
-        self.runner.finished(&job);
-        let duration = began.elapsed();
-        let (outcome, exit_code, signal) = match status {
-            None => (Outcome::TimedOut, None, Some("SIGTERM".to_string())),
-            Some(Ok(status)) => exit_of(status),
-            Some(Err(err)) => {
-                tracing::warn!(script = %name, "cannot wait for the script: {err}");
-                (Outcome::Failed, None, None)
-            }
-        };
-        record.outcome = outcome;
-        record.exit_code = exit_code;
-        record.signal = signal.clone();
-        record.finished = Some(rfc3339(self.ctx.clock.now()));
-        record.duration_seconds = Some((duration.as_secs_f64() * 1000.0).round() / 1000.0);
-        let mut ending = format!(
-            "[pool-agent] run ended: {}{} after {:.1}s",
-            outcome_word(outcome),
-            failure_detail(&record),
-            duration.as_secs_f64()
-        );
-        if leftovers {
-            ending.push_str("; processes it left running were stopped");
-        }
-        append_line(&log_path, stamp(self.ctx.clock.now()), &ending).await;
-        tracing::info!(script = %name, "{ending}");
-        self.store(&name, &record).await;
-        let state = match outcome {
-            Outcome::Succeeded => ScriptState::Succeeded,
-            Outcome::Failed => ScriptState::Failed,
-            Outcome::TimedOut => ScriptState::TimedOut,
-            Outcome::Running => ScriptState::Interrupted,
-        };
-        self.scripts.update_script(&name, |row| {
-            row.state = state;
-            row.reason = (state != ScriptState::Succeeded).then(|| {
-                format!("{}{}; see `pool-agent scripts log {name}`", outcome_word(outcome), failure_detail(&record))
-            });
-            row.pid = None;
-            row.finished = record.finished.clone();
-            row.duration_seconds = record.duration_seconds;
-            row.exit_code = exit_code;
-            row.signal = signal;
-        });
-        self.publish_running(None);
-        self.copy_log(&name).await;
-    }
-
-    async fn finish_unstarted(&self, name: &str, mut record: RunRecord, why: String) {
-        tracing::error!(script = %name, "{why}");
-        append_line(&self.log_path(name), stamp(self.ctx.clock.now()), &format!("[pool-agent] {why}")).await;
-        record.outcome = Outcome::Failed;
-        record.finished = Some(rfc3339(self.ctx.clock.now()));
-        self.store(name, &record).await;
-        self.scripts.update_script(name, |row| {
-            row.state = ScriptState::Failed;
-            row.reason = Some(why);
-            row.finished = record.finished.clone();
-        });
-        self.publish_running(None);
-    }
-
-    async fn store(&self, name: &str, record: &RunRecord) {
-        let (records, name, record) = (self.records.clone(), name.to_string(), record.clone());
-        let what = format!("recording the run of {name}");
-        match task::blocking(&what, Duration::from_secs(10), move || records.store(&name, &record)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::error!("{what}: {err}"),
-            Err(err) => tracing::error!("{err}"),
-        }
-    }
-
-    async fn any_left(&self, handle: &Handle) -> bool {
-        let (runner, handle) = (self.runner.clone(), handle.clone());
-        task::blocking("looking for leftovers", Duration::from_secs(5), move || runner.any_left(&handle))
-            .await
-            .unwrap_or(true)
-    }
-
-    /// SIGTERM to every process of the run; SIGKILL to what is left after `grace`.
-    async fn stop_all(&self, handle: &Handle, grace: Duration) {
-        let signal = |signal: Signal| {
-            let (runner, handle) = (self.runner.clone(), handle.clone());
-            task::blocking("signalling the script", Duration::from_secs(5), move || runner.signal_all(&handle, signal))
-        };
-        let _ = signal(Signal::SIGTERM).await;
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if !self.any_left(handle).await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let _ = signal(Signal::SIGKILL).await;
-        // The kernel takes a moment to reap; wait so `any_left` is honest afterwards.
-        for _ in 0..50 {
-            if !self.any_left(handle).await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
     fn publish_running(&self, running: Option<&str>) {
         let news = match running {
             Some(name) => ScriptsNews { running: vec![name.to_string()] },
@@ -863,107 +530,6 @@ impl Batch {
     }
 }
 
-/// Reads the one pipe both stdout and stderr write to, line by line, into
-/// the log (each line with its time) and the journal (under the script's own
-/// identifier where journald is there, else in the agent's log).
-async fn pump_output(
-    output: std::os::fd::OwnedFd,
-    mut log: Option<log::LogFile>,
-    name: String,
-    clock: crate::core::clock::SharedClock,
-    journal: Option<Arc<Journal>>,
-) {
-    let identifier = format!("pool-agent-script-{name}");
-    let Ok(receiver) = tokio::net::unix::pipe::Receiver::from_owned_fd(output) else { return };
-    // The log file is written on a blocking thread fed by a bounded queue: a
-    // disk that stalls loses lines (counted), never an async worker.
-    let (lines, queued) = std::sync::mpsc::sync_channel::<(String, String)>(LOG_QUEUE);
-    let writer = log.take().map(|mut log| {
-        tokio::task::spawn_blocking(move || {
-            for (at, text) in queued {
-                let _ = log.line(&at, &text);
-            }
-        })
-    });
-    let mut dropped = 0u64;
-    let mut reader = tokio::io::BufReader::new(receiver);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let read = (&mut reader).take(log::MAX_LINE_BYTES as u64).read_until(b'\n', &mut line).await;
-        match read {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                let text = String::from_utf8_lossy(&line);
-                let text = text.trim_end_matches(['\n', '\r']);
-                if writer.is_some() && lines.try_send((stamp(clock.now()), text.to_string())).is_err() {
-                    dropped += 1;
-                }
-                let fields = [
-                    ("MESSAGE", text),
-                    ("SYSLOG_IDENTIFIER", identifier.as_str()),
-                    ("PRIORITY", journal::INFO),
-                    ("POOL_AGENT_SCRIPT", name.as_str()),
-                ];
-                if journal.as_ref().is_none_or(|j| j.send(&fields).is_err()) {
-                    tracing::info!(script = %name, "{text}");
-                }
-            }
-        }
-    }
-    if dropped > 0 {
-        tracing::warn!(script = %name, dropped, "the script's log file could not keep up; lines are in the journal only");
-    }
-    drop(lines);
-    // Every line is in the file before the run's ending line is added.
-    if let Some(writer) = writer {
-        let _ = tokio::time::timeout(LOG_WRITE_DEADLINE, writer).await;
-    }
-}
-
-/// Lines of output waiting for the log file's writer.
-const LOG_QUEUE: usize = 4096;
-/// A write to a script's log (local disk) takes no longer than this.
-const LOG_WRITE_DEADLINE: Duration = Duration::from_secs(5);
-
-/// One line added to a script's log, on a blocking thread.
-async fn append_line(path: &std::path::Path, stamp: String, text: &str) {
-    let (path, text) = (path.to_path_buf(), text.to_string());
-    let written = task::blocking("writing a script's log", LOG_WRITE_DEADLINE, move || {
-        log::LogFile::open(&path).and_then(|mut log| log.line(&stamp, &text))
-    });
-    if let Err(err) = written.await {
-        tracing::warn!("script log: {err}");
-    }
-}
-
-/// The same where nothing can wait for it (inside a report update).
-fn append_line_detached(path: std::path::PathBuf, stamp: String, text: String) {
-    drop(tokio::task::spawn_blocking(move || {
-        if let Ok(mut log) = log::LogFile::open(&path) {
-            let _ = log.line(&stamp, &text);
-        }
-    }));
-}
-
-fn stamp(at: std::time::SystemTime) -> String {
-    humantime::format_rfc3339_millis(at).to_string()
-}
-
-fn exit_of(status: std::process::ExitStatus) -> (Outcome, Option<i32>, Option<String>) {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(0), _) => (Outcome::Succeeded, Some(0), None),
-        (Some(code), _) => (Outcome::Failed, Some(code), None),
-        (None, Some(signal)) => (
-            Outcome::Failed,
-            None,
-            Some(Signal::try_from(signal).map(|s| s.as_str().to_string()).unwrap_or_else(|_| signal.to_string())),
-        ),
-        (None, None) => (Outcome::Failed, None, None),
-    }
-}
-
 fn outcome_word(outcome: Outcome) -> &'static str {
     match outcome {
         Outcome::Succeeded => "succeeded",
@@ -978,42 +544,6 @@ fn failure_detail(record: &RunRecord) -> String {
         (Outcome::Failed, Some(code), _) => format!(" (exit {code})"),
         (Outcome::Failed, None, Some(signal)) => format!(" (killed by {signal})"),
         _ => String::new(),
-    }
-}
-
-struct ScriptsMetrics(Scripts);
-
-impl std::fmt::Debug for ScriptsMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ScriptsMetrics")
-    }
-}
-
-impl prometheus_client::collector::Collector for ScriptsMetrics {
-    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        use prometheus_client::encoding::EncodeMetric;
-        use prometheus_client::metrics::gauge::ConstGauge;
-        let report = with_elapsed(self.0.report(), self.0.clock.now());
-        let scripts = ConstGauge::new(0i64);
-        let mut family =
-            encoder.encode_descriptor("setup_scripts", "Setup scripts by their state.", None, scripts.metric_type())?;
-        for state in ScriptState::ALL {
-            let count = report.scripts.iter().filter(|s| s.state == state).count() as i64;
-            ConstGauge::new(count).encode(family.encode_family(&[("state", state.as_str())])?)?;
-        }
-        let took = ConstGauge::new(0.0f64);
-        let mut family = encoder.encode_descriptor(
-            "setup_script_duration_seconds",
-            "How long each script's last run took (so far, while it runs).",
-            None,
-            took.metric_type(),
-        )?;
-        for script in &report.scripts {
-            if let Some(seconds) = script.duration_seconds {
-                ConstGauge::new(seconds).encode(family.encode_family(&[("script", script.name.as_str())])?)?;
-            }
-        }
-        Ok(())
     }
 }
 

@@ -2,10 +2,15 @@
 //! tests run as: order, records across restarts, timeouts, leftovers, logs.
 //! Running as another user with its groups is shown by the daemon tests as root.
 
+use super::api::{script_log, LogQuery};
 use super::*;
 use crate::config;
 use crate::core::board::StatusBoard;
+use crate::core::http::Caller;
 use crate::core::shared::SharedState;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::Extension;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
