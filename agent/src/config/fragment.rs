@@ -208,6 +208,7 @@ pub struct SetupFragment {
     pub dir: Value<String>,
     pub share_wait: Value<ConfigDuration>,
     pub trust_share: Value<bool>,
+    pub log_to_share: Value<bool>,
     pub scripts: Option<Vec<Sourced<ScriptFragment>>>,
 }
 
@@ -215,7 +216,7 @@ impl MergeFrom for SetupFragment {
     /// Scripts merge by name: a later file's script replaces the one of the
     /// same name in place, new names are appended in file order.
     fn merge_from(&mut self, later: Self) {
-        later_wins!(self, later; dir, share_wait, trust_share);
+        later_wins!(self, later; dir, share_wait, trust_share, log_to_share);
         let Some(later_scripts) = later.scripts else {
             return;
         };

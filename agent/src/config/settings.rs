@@ -170,6 +170,9 @@ pub struct SetupSettings {
     /// default: every user of the pool, on every VM, and anyone with the
     /// storage key can change what is on the share.
     pub trust_share: bool,
+    /// Copy each run's log to `Logs/<instance>/` on the share (0600 where the
+    /// share keeps modes). Off: logs stay on the VM only.
+    pub log_to_share: bool,
     pub scripts: Vec<ScriptSettings>,
 }
 

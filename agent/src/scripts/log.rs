@@ -108,16 +108,19 @@ pub fn copy_to_share(
 ) -> Result<PathBuf, String> {
     let relative = Path::new("Logs").join(instance);
     let root_fd = open_share_root(root, identity)?;
-    let dir = make_dirs_beneath(root_fd, &relative, 0o755).map_err(|why| format!("Logs/{instance}: {why}"))?;
+    // The tightest modes the share keeps (NFS keeps them; SMB shows its mount's):
+    // output often holds tokens, and every VM of the pool writes here.
+    let dir = make_dirs_beneath(root_fd, &relative, 0o700).map_err(|why| format!("Logs/{instance}: {why}"))?;
     let temporary = format!(".{name}.log.tmp");
     let _ = nix::unistd::unlinkat(&dir, temporary.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
     let fd = openat(
         &dir,
         temporary.as_str(),
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(0o644),
+        Mode::from_bits_truncate(0o600),
     )
     .map_err(|err| format!("cannot write Logs/{instance}/{name}.log on the share: {err}"))?;
+    let _ = nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(0o600));
     let mut out = fs::File::from(fd);
     let mut input = fs::File::open(local).map_err(|err| format!("{}: {err}", local.display()))?;
     io::copy(&mut input, &mut out).map_err(|err| format!("copying the log to the share: {err}"))?;

@@ -483,14 +483,17 @@ impl Batch {
     /// Copies a script's log to `Logs/<instance>/<name>.log` on the share,
     /// if it is mounted; else it is copied when the share comes.
     async fn copy_log(&self, name: &str) {
-        let ShareNews::Mounted { root, identity, .. } = self.ctx.shared.share() else { return };
-        let local = self.log_path(name);
-        if !local.exists() {
+        if !self.ctx.settings.borrow().setup.log_to_share {
             return;
         }
+        let ShareNews::Mounted { root, identity, .. } = self.ctx.shared.share() else { return };
+        let local = self.log_path(name);
         let instance = self.ctx.shared.instance_name();
         let who = name.to_string();
         let copied = task::blocking("copying a log to the share", Duration::from_secs(30), move || {
+            if !local.exists() {
+                return Err(format!("{} is not there", local.display()));
+            }
             log::copy_to_share(&local, &root, identity, &instance, &who)
         })
         .await;

@@ -252,6 +252,26 @@ async fn logs_reach_logs_instance_on_the_share_once_it_is_mounted() {
     rig.until("log on the share", Duration::from_secs(10), |r| r.scripts[0].shared_log.is_some()).await;
     let copied = fs::read_to_string(share.join("Logs/vm-test/10-a.log")).unwrap();
     assert!(copied.lines().any(|l| l.ends_with(" hello")), "{copied}");
+    // Output may hold tokens: the tightest modes the share keeps.
+    assert_eq!(fs::metadata(share.join("Logs/vm-test/10-a.log")).unwrap().mode() & 0o777, 0o600);
+    assert_eq!(fs::metadata(share.join("Logs/vm-test")).unwrap().mode() & 0o777, 0o700);
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_log_to_share_off_logs_stay_on_the_vm() {
+    let dir = sandbox();
+    script(dir.path(), "10-a", "echo hello");
+    let share = dir.path().join("share");
+    fs::create_dir_all(&share).unwrap();
+    let rig = start(dir.path(), "[setup]\nlog_to_share = false\n");
+    let meta = fs::metadata(&share).unwrap();
+    rig.shared.publish_share(ShareNews::Mounted { root: share.clone(), identity: (meta.dev(), meta.ino()), smb: None });
+    let report = rig.settled(Duration::from_secs(20)).await;
+    assert_eq!(report.scripts[0].state, ScriptState::Succeeded);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!share.join("Logs").exists(), "nothing copied to the share");
+    assert!(fs::read_to_string(dir.path().join("var/log/pool-agent/scripts/10-a.log")).unwrap().contains("hello"));
     rig.stop().await;
 }
 

@@ -74,7 +74,8 @@ pub(super) fn validate_setup(
     }
     let share_wait = setup.share_wait.as_ref().map(|w| w.value.0).unwrap_or(DEFAULT_SHARE_WAIT);
     let trust_share = setup.trust_share.as_ref().is_some_and(|t| t.value);
-    Ok(SetupSettings { dir, share_wait, trust_share, scripts })
+    let log_to_share = setup.log_to_share.as_ref().is_none_or(|l| l.value);
+    Ok(SetupSettings { dir, share_wait, trust_share, log_to_share, scripts })
 }
 
 fn env_name_ok(name: &str) -> bool {
