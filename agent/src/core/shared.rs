@@ -37,6 +37,47 @@ pub struct SmbMount {
     pub key_owner: u32,
 }
 
+/// A user whose folder links found or made on the share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserFolder {
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Relative to the share root (`notebooks/alice`).
+    pub relative: PathBuf,
+}
+
+/// Published by links after each pass over everyone, for the share's
+/// private mounts: whose folders are there, and who is still a user. Empty
+/// unless `links.private` is on (a pool of thousands pays nothing for it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FolderNews {
+    pub private: bool,
+    pub ready: Vec<UserFolder>,
+    pub present: std::collections::BTreeSet<String>,
+}
+
+/// Published by the share: the users whose private mount failed, and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrivateMountNews {
+    pub failed: std::collections::BTreeMap<String, String>,
+}
+
+/// Where a user reaches their folder: their own mount under
+/// `links.private_root` in private mode, else their folder on the share.
+pub fn user_folder(
+    links: &crate::config::LinksSettings,
+    paths: &crate::core::paths::SystemPaths,
+    share_root: &std::path::Path,
+    user: &str,
+) -> PathBuf {
+    if links.private {
+        paths.resolve(&links.private_root).join(user)
+    } else {
+        share_root.join(links.target.replace("{user}", user))
+    }
+}
+
 /// What idle and status need to know of setup scripts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScriptsNews {
@@ -98,6 +139,8 @@ pub struct SharedState {
     links_passes: Arc<watch::Sender<u64>>,
     scripts: Arc<watch::Sender<ScriptsNews>>,
     idle: Arc<watch::Sender<IdleNews>>,
+    folders: Arc<watch::Sender<FolderNews>>,
+    private_mounts: Arc<watch::Sender<PrivateMountNews>>,
     /// The instance's name (config, else IMDS, else the hostname).
     instance: Arc<std::sync::RwLock<String>>,
 }
@@ -114,7 +157,11 @@ impl SharedState {
         let (links_passes, _) = watch::channel(0);
         let (scripts, _) = watch::channel(ScriptsNews::default());
         let (idle, _) = watch::channel(IdleNews::default());
+        let (folders, _) = watch::channel(FolderNews::default());
+        let (private_mounts, _) = watch::channel(PrivateMountNews::default());
         Self {
+            folders: Arc::new(folders),
+            private_mounts: Arc::new(private_mounts),
             share: Arc::new(share),
             links_passes: Arc::new(links_passes),
             scripts: Arc::new(scripts),
@@ -129,6 +176,28 @@ impl SharedState {
 
     pub fn instance_name(&self) -> String {
         self.instance.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Published by links after each pass over everyone.
+    pub fn publish_folders(&self, news: FolderNews) {
+        publish_if_changed(&self.folders, news);
+    }
+
+    pub fn watch_folders(&self) -> watch::Receiver<FolderNews> {
+        self.folders.subscribe()
+    }
+
+    /// Published by the share after each round of private mounts.
+    pub fn publish_private_mounts(&self, news: PrivateMountNews) {
+        publish_if_changed(&self.private_mounts, news);
+    }
+
+    pub fn private_mounts(&self) -> PrivateMountNews {
+        self.private_mounts.borrow().clone()
+    }
+
+    pub fn watch_private_mounts(&self) -> watch::Receiver<PrivateMountNews> {
+        self.private_mounts.subscribe()
     }
 
     /// Published by links after every pass.
@@ -188,6 +257,16 @@ fn publish_if_changed<T: PartialEq>(sender: &watch::Sender<T>, news: T) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_user_reaches_their_folder_on_the_share_or_through_their_own_mount() {
+        let mut settings = crate::config::load_str(std::path::Path::new("c.toml"), "").unwrap().links;
+        let paths = crate::core::paths::SystemPaths::system();
+        let root = std::path::Path::new("/data/notebooks");
+        assert_eq!(user_folder(&settings, &paths, root, "alice"), PathBuf::from("/data/notebooks/notebooks/alice"));
+        settings.private = true;
+        assert_eq!(user_folder(&settings, &paths, root, "alice"), PathBuf::from("/data/notebooks-private/alice"));
+    }
 
     #[tokio::test]
     async fn readers_see_changes_only() {

@@ -10,7 +10,6 @@
 //! minutes at the latest (links changed by hand), when the share comes or
 //! goes, on a config change, and on `pool-agent links sync`.
 
-mod private;
 pub mod reconcile;
 pub mod report;
 pub mod select;
@@ -21,7 +20,7 @@ use crate::core::clock::{rfc3339, Stamp};
 use crate::core::component::{ComponentId, ComponentState};
 use crate::core::http::{Access, Route};
 use crate::core::request::{Asked, Reply, Requests};
-use crate::core::shared::ShareNews;
+use crate::core::shared::{FolderNews, PrivateMountNews, ShareNews, UserFolder};
 use crate::core::task::{self, TaskContext, TaskError, TaskResult};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -40,8 +39,6 @@ use tokio::sync::mpsc;
 const SETTLE: Duration = Duration::from_millis(100);
 /// A pass over thousands of users on a slow share still ends.
 const PASS_DEADLINE: Duration = Duration::from_secs(300);
-/// The private mounts the agent made (state directory).
-const PRIVATE_MOUNTS_MADE: &str = "private-mounts.json";
 /// How long the first pass waits for the share to say how it is.
 const FIRST_SHARE_NEWS: Duration = Duration::from_secs(5);
 /// `links sync` answers by then, inside the API's handler deadline.
@@ -50,8 +47,6 @@ const SYNC_ANSWER_WITHIN: Duration = Duration::from_secs(6);
 #[derive(Clone)]
 pub struct Links {
     report: Arc<Mutex<LinksReport>>,
-    /// For per-user private SMB mounts.
-    mounter: Arc<dyn crate::core::mount::Mounter>,
     syncs: Requests<LinksReport>,
     /// Since when a pass has been running on its blocking thread; one stuck
     /// in the kernel (a home on a share that hangs) is not started again on
@@ -92,7 +87,6 @@ impl Links {
     pub fn new() -> Self {
         Self {
             report: Arc::new(Mutex::new(LinksReport::default())),
-            mounter: Arc::new(crate::core::mount::SystemMounter),
             syncs: Requests::new(8),
             pass_running: Default::default(),
             watch_running: Default::default(),
@@ -146,6 +140,7 @@ async fn run(ctx: TaskContext, links: Links) -> TaskResult {
     let mut syncs = inbox.lock().await;
     let mut settings_rx = ctx.settings.clone();
     let mut share_rx = ctx.shared.watch_share();
+    let mut private_rx = ctx.shared.watch_private_mounts();
     let (events_tx, mut events) = mpsc::channel::<()>(1);
     let mut watcher = DirWatcher::new(events_tx);
     let mut waiting: Vec<Reply<LinksReport>> = Vec::new();
@@ -167,6 +162,7 @@ async fn run(ctx: TaskContext, links: Links) -> TaskResult {
     loop {
         let settings = settings_rx.borrow_and_update().clone();
         let share = share_rx.borrow_and_update().clone();
+        private_rx.borrow_and_update();
         if let ShareNews::Mounted { root, .. } = &share {
             last_root = Some(root.clone());
         }
@@ -197,6 +193,8 @@ async fn run(ctx: TaskContext, links: Links) -> TaskResult {
                     }
                 }
                 _ = share_rx.changed() => {}
+                // The share made (or failed) private mounts: show it per user.
+                Ok(()) = private_rx.changed() => {}
                 Some(()) = events.recv() => {
                     // Let a burst (useradd writes passwd, group, shadow, the home) settle.
                     tokio::time::sleep(SETTLE).await;
@@ -266,8 +264,6 @@ async fn pass(
     let started = ctx.clock.monotonic();
     let (accounts, paths, config) = (ctx.accounts.clone(), ctx.paths.clone(), settings.links.clone());
     let mount_point = settings.share.as_ref().map(|s| paths.resolve(&s.mount_point));
-    let private_root = config.private.then(|| paths.resolve(&config.private_root));
-    let private_for_pass = private_root.clone();
     let share_news = share.clone();
     let share = share.clone();
     // Only what the pass carries over: who was there, and when they last changed.
@@ -307,7 +303,7 @@ async fn pass(
                 gid: account.gid,
                 home: paths.resolve(&account.home),
             };
-            link_one(&plan, &config, &share, root.as_deref(), private_for_pass.as_deref(), &stamp)
+            link_one(&plan, &config, &paths, &share, root.as_deref(), &stamp)
         };
         // Thousands of users: spread over the cores (each step is a few syscalls).
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
@@ -320,10 +316,11 @@ async fn pass(
     })
     .await?;
     let mut users = users;
-    // Only a pass over everyone knows which mounts are no longer wanted.
-    if let (Scope::Everyone, ShareNews::Mounted { smb: Some(smb), .. }) = (scope, &share_news) {
-        mount_private(ctx, links, smb, settings, private_root.as_deref(), &mut users).await;
+    // Only a pass over everyone knows which private mounts are no longer wanted.
+    if let (Scope::Everyone, ShareNews::Mounted { smb: Some(_), .. }) = (scope, &share_news) {
+        ctx.shared.publish_folders(folder_news(&settings.links, &users));
     }
+    mark_private_failures(&mut users, &ctx.shared.private_mounts());
     let users: Vec<UserLink> = users
         .into_iter()
         .map(|(mut user, changed, _)| {
@@ -351,42 +348,37 @@ async fn pass(
     Ok(report)
 }
 
-/// Private mounts (links.private) for the users whose folder is there; the
-/// mounts of users gone, or of all when private is off, are taken away.
-async fn mount_private(
-    ctx: &TaskContext,
-    links: &Links,
-    smb: &crate::core::shared::SmbMount,
-    settings: &Settings,
-    private_root: Option<&Path>,
-    users: &mut [(UserLink, bool, bool)],
-) {
-    let root = private_root.map(Path::to_path_buf).unwrap_or_else(|| ctx.paths.resolve(&settings.links.private_root));
-    let wanted: Vec<private::Wanted> = match private_root {
-        Some(_) => users
+/// For the share's private mounts: every user whose folder is there, and
+/// everyone still a user (who keeps their mount through a passing folder
+/// error). Nothing when private mode is off, which tells the share to take
+/// its private mounts away.
+fn folder_news(config: &LinksSettings, users: &[(UserLink, bool, bool)]) -> FolderNews {
+    if !config.private {
+        return FolderNews::default();
+    }
+    FolderNews {
+        private: true,
+        ready: users
             .iter()
-            // Mounted for every user whose folder is there, whatever their home holds.
             .filter(|(_, _, folder_ok)| *folder_ok)
-            .map(|(u, _, _)| private::Wanted {
+            .map(|(u, _, _)| UserFolder {
                 user: u.user.clone(),
                 uid: u.uid,
                 gid: u.gid,
-                relative: PathBuf::from(settings.links.target.replace("{user}", &u.user)),
+                relative: PathBuf::from(config.target.replace("{user}", &u.user)),
             })
             .collect(),
-        None => Vec::new(),
-    };
-    let credentials_dir = ctx.paths.resolve(crate::core::credentials::PRIVATE_RUN_DIR);
-    // Everyone still a user keeps their mount, whatever this pass said of their folder.
-    let present: std::collections::HashSet<String> = match private_root {
-        Some(_) => users.iter().map(|(u, _, _)| u.user.clone()).collect(),
-        None => Default::default(),
-    };
-    let made_file = ctx.paths.state_dir().join(PRIVATE_MOUNTS_MADE);
-    let outcome =
-        private::reconcile(links.mounter.clone(), smb, &root, &credentials_dir, &wanted, &present, &made_file).await;
-    for (user, _, _) in users.iter_mut() {
-        if let Some(Err(why)) = outcome.get(&user.user) {
+        present: users.iter().map(|(u, _, _)| u.user.clone()).collect(),
+    }
+}
+
+/// A user whose private mount the share could not make is in error here too.
+fn mark_private_failures(users: &mut [(UserLink, bool, bool)], news: &PrivateMountNews) {
+    if news.failed.is_empty() {
+        return;
+    }
+    for (user, _, _) in users {
+        if let Some(why) = news.failed.get(&user.user) {
             user.state = LinkState::Error;
             user.reason = Some(format!("private mount: {why}"));
         }
@@ -398,9 +390,9 @@ async fn mount_private(
 fn link_one(
     user: &UserPlan,
     config: &LinksSettings,
+    paths: &crate::core::paths::SystemPaths,
     share: &ShareNews,
     root: Option<&Path>,
-    private_root: Option<&Path>,
     stamp: &str,
 ) -> (UserLink, bool, bool) {
     let relative = PathBuf::from(config.target.replace("{user}", &user.name));
@@ -420,11 +412,8 @@ fn link_one(
         entry.reason = Some("no [share] in the config: nothing to link to".to_string());
         return (entry, false, false);
     };
-    // With private mounts the link points at the user's own mount of their folder.
-    let target = match private_root {
-        Some(private) => private.join(&user.name),
-        None => root.join(&relative),
-    };
+    // Where the core says the user reaches their folder (their own mount in private mode).
+    let target = crate::core::shared::user_folder(config, paths, root, &user.name);
     entry.target = target.display().to_string().into();
     let mode = u32::from_str_radix(&config.folder_mode, 8).unwrap_or(0o700);
     // Only on a mounted share: never a folder on the local disk under the mount point.

@@ -8,6 +8,7 @@
 //! The storage key only ever travels through a 0600 credentials file.
 
 mod metrics;
+mod private;
 pub mod probe;
 pub mod report;
 mod routes;
@@ -149,6 +150,57 @@ enum Next {
     ProbeSoon,
 }
 
+/// Ends a task this one started when this one ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The private mounts made in earlier runs (state directory).
+const PRIVATE_MOUNTS_MADE: &str = "private-mounts.json";
+
+/// `links.private`: each user's folder mounted on its own, from what links
+/// says after each pass over everyone, while the share is mounted over SMB.
+/// Private mode off: the private mounts the agent made are taken away.
+async fn private_mounts(ctx: TaskContext, mounter: Arc<dyn Mounter>) {
+    let mut folders = ctx.shared.watch_folders();
+    let mut share_rx = ctx.shared.watch_share();
+    let credentials_dir = ctx.paths.resolve(credentials::PRIVATE_RUN_DIR);
+    let made_file = ctx.paths.state_dir().join(PRIVATE_MOUNTS_MADE);
+    loop {
+        let news = folders.borrow_and_update().clone();
+        let share = share_rx.borrow_and_update().clone();
+        let settings = ctx.settings.borrow().clone();
+        // In private mode, wait for links to say whose folders are there: acting
+        // before its first pass would take every user's mount away at each start.
+        let links_spoke = news.private || !settings.links.private;
+        if let (ShareNews::Mounted { smb: Some(smb), .. }, true) = (&share, links_spoke) {
+            let root = ctx.paths.resolve(&settings.links.private_root);
+            // Private mode off: nobody is wanted, every mount the agent made goes.
+            let on = settings.links.private && news.private;
+            let wanted: Vec<private::Wanted> = news
+                .ready
+                .iter()
+                .filter(|_| on)
+                .map(|f| private::Wanted { user: f.user.clone(), uid: f.uid, gid: f.gid, relative: f.relative.clone() })
+                .collect();
+            let present: std::collections::HashSet<String> = news.present.iter().filter(|_| on).cloned().collect();
+            let outcome =
+                private::reconcile(mounter.clone(), smb, &root, &credentials_dir, &wanted, &present, &made_file).await;
+            let failed = outcome.into_iter().filter_map(|(user, result)| result.err().map(|why| (user, why))).collect();
+            ctx.shared.publish_private_mounts(crate::core::shared::PrivateMountNews { failed });
+        }
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            Ok(()) = folders.changed() => {}
+            Ok(()) = share_rx.changed() => {}
+        }
+    }
+}
+
 struct Worker {
     ctx: TaskContext,
     share: ShareHandle,
@@ -165,6 +217,8 @@ struct Worker {
 }
 
 pub async fn run(ctx: TaskContext, share: ShareHandle) -> TaskResult {
+    // Private mounts go on beside the main mount's loop, and end with it.
+    let _private = AbortOnDrop(tokio::spawn(private_mounts(ctx.clone(), share.mounter.clone())));
     let inbox = share.remounts.inbox();
     let mut remounts = inbox.lock().await;
     let mut settings_rx = ctx.settings.clone();

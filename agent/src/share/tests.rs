@@ -99,6 +99,7 @@ struct Rig {
     board: Arc<StatusBoard>,
     shutdown: CancellationToken,
     settings: watch::Sender<Arc<crate::config::Settings>>,
+    shared: crate::core::shared::SharedState,
     task: Option<tokio::task::JoinHandle<TaskResult>>,
 }
 
@@ -131,9 +132,9 @@ impl Rig {
         );
         let settings = Arc::new(config::load_str(Path::new("c.toml"), config_text).unwrap());
         let (ctx, settings_tx) = TaskContext::for_test(ComponentId::Share, dir.path(), settings);
-        let (board, shutdown) = (ctx.board.clone(), ctx.shutdown.clone());
+        let (board, shutdown, shared) = (ctx.board.clone(), ctx.shutdown.clone(), ctx.shared.clone());
         let task = Some(tokio::spawn(run(ctx, handle.clone())));
-        Rig { dir, mounts, healthy, handle, board, shutdown, settings: settings_tx, task }
+        Rig { dir, mounts, healthy, handle, board, shutdown, settings: settings_tx, shared, task }
     }
 
     fn target(&self) -> PathBuf {
@@ -399,5 +400,37 @@ async fn a_symlink_as_mount_point_is_refused() {
     let report = rig.wait_for(ShareState::Unmounted, Duration::from_secs(5)).await;
     assert!(report.last_error.unwrap().contains("is a symlink"));
     assert!(rig.mounts.calls.lock().unwrap().is_empty());
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn private_mounts_follow_what_links_says_and_go_when_private_mode_ends() {
+    use crate::core::shared::{FolderNews, UserFolder};
+    let rig = Rig::new(&format!("{CIFS}[links]\nprivate = true\n"));
+    rig.wait_for(ShareState::Mounted, Duration::from_secs(5)).await;
+    let calls = || rig.mounts.calls.lock().unwrap().clone();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(calls().len(), 1, "before links' first pass nothing else is mounted");
+    assert!(calls()[0].join(" ").contains("uid=0,gid=0,dir_mode=0700,file_mode=0600"), "{:?}", calls()[0]);
+    let alice = UserFolder { user: "alice".into(), uid: 1001, gid: 1001, relative: "notebooks/alice".into() };
+    rig.shared.publish_folders(FolderNews { private: true, ready: vec![alice], present: ["alice".to_string()].into() });
+    let started = tokio::time::Instant::now();
+    while calls().len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(10), "alice's mount never came: {:?}", calls());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let argv = calls()[1].join(" ");
+    assert!(argv.contains("//poolstore.file.core.windows.net/notebooks/notebooks/alice"), "{argv}");
+    assert!(argv.contains("uid=1001") && argv.ends_with("data/notebooks-private/alice"), "{argv}");
+    assert!(rig.shared.private_mounts().failed.is_empty());
+    // Private mode off (a reload, then links' next pass says nothing): her mount goes.
+    rig.settings.send(Arc::new(config::load_str(Path::new("c.toml"), CIFS).unwrap())).unwrap();
+    rig.shared.publish_folders(FolderNews::default());
+    let private_alice = rig.dir.path().join("data/notebooks-private/alice");
+    let started = tokio::time::Instant::now();
+    while !rig.mounts.unmounts.lock().unwrap().contains(&private_alice) {
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", rig.mounts.unmounts.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     rig.stop().await;
 }
