@@ -176,6 +176,10 @@ async fn run(ctx: TaskContext, links: Links) -> TaskResult {
         for reply in waiting.drain(..) {
             let _ = reply.send(report.clone());
         }
+        // The report lives in `links`; this copy (a megabyte or two with
+        // thousands of users) goes before the wait, and the fingerprint's
+        // trim gives its memory back.
+        drop(report);
         last_full_pass = ctx.clock.monotonic();
         known_users = users_fingerprint(&ctx).await;
         // Wait for a reason to pass again. The resync only re-reads the users

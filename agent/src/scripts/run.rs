@@ -185,7 +185,8 @@ impl Batch {
         }
         append_line(&log_path, stamp(self.ctx.clock.now()), &ending).await;
         tracing::info!(script = %name, "{ending}");
-        self.store(&name, &record).await;
+        // The row before the record: whoever sees the run recorded as ended
+        // (the file) may ask for the next one, and must not be told it runs.
         let state = match outcome {
             Outcome::Succeeded => ScriptState::Succeeded,
             Outcome::Failed => ScriptState::Failed,
@@ -204,6 +205,7 @@ impl Batch {
             row.signal = signal;
         });
         self.publish_running(None);
+        self.store(&name, &record).await;
         self.copy_log(&name).await;
     }
 
