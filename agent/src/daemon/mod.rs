@@ -340,15 +340,80 @@ pub fn init_logging() {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
     let colors = std::io::IsTerminal::is_terminal(&std::io::stderr());
     if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().with_ansi(false).init();
+        let format = tracing_subscriber::fmt::format().without_time().with_ansi(false).with_target(false);
+        builder.with_ansi(false).event_format(WithPriority(format)).init();
     } else {
         builder.with_ansi(colors).init();
+    }
+}
+
+/// Under journald each line starts with its syslog priority (`<4>` for a
+/// warning). journald reads the prefix (`SyslogLevelPrefix=`, on by default)
+/// and drops it, so `journalctl -u pool-agentd -p warning` finds the agent's
+/// warnings instead of every line landing at info.
+struct WithPriority<F>(F);
+
+fn syslog_priority(level: &tracing::Level) -> u8 {
+    match *level {
+        tracing::Level::ERROR => 3,
+        tracing::Level::WARN => 4,
+        tracing::Level::INFO => 6,
+        _ => 7,
+    }
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithPriority<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        write!(writer, "<{}>", syslog_priority(event.metadata().level()))?;
+        self.0.format_event(ctx, writer, event)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn under_journald_each_line_carries_its_priority() {
+        #[derive(Clone, Default)]
+        struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let sink = lines.clone();
+        let format = tracing_subscriber::fmt::format().without_time().with_ansi(false).with_target(false);
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .event_format(WithPriority(format))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(component = "share", "the share went away");
+            tracing::error!("cannot bind");
+            tracing::info!("ready");
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let firsts: Vec<&str> = text.lines().map(|l| &l[..3]).collect();
+        assert_eq!(firsts, ["<4>", "<3>", "<6>"], "{text}");
+        assert!(text.lines().next().unwrap().contains("the share went away"), "{text}");
+    }
 
     #[test]
     fn the_built_in_defaults_validate_and_a_kept_config_is_preferred() {
