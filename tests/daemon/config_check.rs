@@ -202,12 +202,16 @@ fn the_check_refuses_what_would_fail_at_run_time_naming_file_line_key_and_fix() 
         assert_eq!(out.status.code(), Some(2), "{config}\n{}", stderr(&out));
         assert!(stderr(&out).contains(expected), "expected {expected:?} for:\n{config}\ngot: {}", stderr(&out));
     }
-    // A drop-in that would be silently skipped is named.
+    // A file config.d does not read (a dpkg leftover) is named as a warning; the config stays valid.
     sandbox.write_config(LOCAL_SHARE_CONFIG);
-    std::fs::write(sandbox.root().join("etc/pool-agent/config.d/50-share.conf"), "[share]\n").unwrap();
+    std::fs::write(sandbox.root().join("etc/pool-agent/config.d/50-share.toml.dpkg-old"), "[share\n").unwrap();
     let out = sandbox.daemon_command().arg("--check-config").output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("50-share.conf: not read: only *.toml"), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("warning: ") && stderr(&out).contains("50-share.toml.dpkg-old: not read"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -18,8 +18,6 @@ pub enum ConfigError {
     },
     #[error("{}:{line}: {message}", file.display())]
     Syntax { file: PathBuf, line: usize, message: String },
-    #[error("{}: not read: only *.toml files in config.d are; rename it to end in .toml, or move it out", file.display())]
-    NotADropIn { file: PathBuf },
     #[error("{}:{line}: {key}: {message}", file.display())]
     Invalid { file: PathBuf, line: usize, key: String, message: String },
 }
@@ -27,10 +25,9 @@ pub enum ConfigError {
 impl ConfigError {
     pub fn file(&self) -> &std::path::Path {
         match self {
-            ConfigError::Read { file, .. }
-            | ConfigError::Syntax { file, .. }
-            | ConfigError::Invalid { file, .. }
-            | ConfigError::NotADropIn { file } => file,
+            ConfigError::Read { file, .. } | ConfigError::Syntax { file, .. } | ConfigError::Invalid { file, .. } => {
+                file
+            }
             ConfigError::DropInDir { dir, .. } => dir,
         }
     }

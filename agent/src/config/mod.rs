@@ -25,13 +25,16 @@ use std::sync::Arc;
 /// Reads the main file and its drop-ins and returns the validated settings.
 pub fn load(main_file: &Path) -> Result<Settings, ConfigError> {
     let mut files = vec![main_file.to_path_buf()];
-    files.extend(drop_in_files(&drop_in_dir(main_file))?);
+    let (drop_ins, skipped) = drop_in_files(&drop_in_dir(main_file))?;
+    files.extend(drop_ins);
     let mut merged = ConfigFragment::default();
     for file in &files {
         let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
         merged.merge_from(parse_fragment(file, &text)?);
     }
-    validate::validate(merged, files)
+    let mut settings = validate::validate(merged, files)?;
+    settings.skipped = skipped;
+    Ok(settings)
 }
 
 /// Parses and validates one text as if it were the whole config (tests, tools).
@@ -46,29 +49,39 @@ pub fn drop_in_dir(config_file: &Path) -> PathBuf {
 }
 
 /// `config.d/*.toml` in byte order of their names; a missing directory is no drop-ins.
-fn drop_in_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+/// The drop-ins, in name order, and a warning for each file that is not one.
+/// Like every `.d` directory: only `*.toml` files count; an editor's backup
+/// (`50-x.toml~`, `.50-x.toml.swp`), a package's (`*.dpkg-old`, `*.dpkg-new`,
+/// `*.dpkg-dist`), a `*.bak`, a `*.disabled` or a README is skipped — and said
+/// so, since a file skipped in silence is a config the admin thinks is in force.
+fn drop_in_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<String>), ConfigError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
         Err(source) => return Err(ConfigError::DropInDir { dir: dir.to_path_buf(), source }),
     };
     let mut files = Vec::new();
+    let mut skipped = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|source| ConfigError::DropInDir { dir: dir.to_path_buf(), source })?;
         let path = entry.path();
-        let is_toml = path.extension().is_some_and(|ext| ext == "toml");
-        let hidden = entry.file_name().to_string_lossy().starts_with('.');
-        if hidden || !path.is_file() {
+        if !path.is_file() {
             continue;
         }
-        // A fragment that is silently skipped is a config the admin thinks is in force.
-        if !is_toml {
-            return Err(ConfigError::NotADropIn { file: path });
+        let hidden = entry.file_name().to_string_lossy().starts_with('.');
+        let is_toml = path.extension().is_some_and(|ext| ext == "toml");
+        if hidden || !is_toml {
+            skipped.push(format!(
+                "{}: not read (only *.toml files in config.d are; a backup or package file?)",
+                path.display()
+            ));
+            continue;
         }
         files.push(path);
     }
     files.sort();
-    Ok(files)
+    skipped.sort();
+    Ok((files, skipped))
 }
 
 fn parse_fragment(file: &Path, text: &str) -> Result<ConfigFragment, ConfigError> {
@@ -450,15 +463,35 @@ mod tests {
     }
 
     #[test]
-    fn a_drop_in_that_would_be_ignored_is_an_error() {
+    fn backup_and_package_files_in_config_d_are_skipped_with_a_warning_never_a_broken_config() {
         let dir = tempfile::tempdir().unwrap();
         let main = dir.path().join("config.toml");
-        std::fs::write(&main, "").unwrap();
-        std::fs::create_dir(dir.path().join("config.d")).unwrap();
-        std::fs::write(dir.path().join("config.d/50-share.conf"), "[share]\n").unwrap();
-        let err = load(&main).unwrap_err();
-        assert!(err.file().ends_with("config.d/50-share.conf"));
-        assert!(err.to_string().contains("only *.toml"), "{err}");
+        std::fs::write(&main, "[share]\nkind = \"local\"\npath = \"/srv/share\"\n").unwrap();
+        let drop_ins = dir.path().join("config.d");
+        std::fs::create_dir(&drop_ins).unwrap();
+        std::fs::write(drop_ins.join("50-idle.toml"), "[idle]\ntimeout = \"2h\"\n").unwrap();
+        // What editors, dpkg and admins leave beside it; some would not even parse.
+        let leftovers = [
+            "50-idle.toml~",
+            ".50-idle.toml.swp",
+            "50-idle.toml.bak",
+            "50-idle.toml.dpkg-old",
+            "50-idle.toml.dpkg-new",
+            "50-idle.toml.dpkg-dist",
+            "60-share.toml.disabled",
+            "50-share.conf",
+            "README",
+        ];
+        for name in leftovers {
+            std::fs::write(drop_ins.join(name), "[share\nbroken = ").unwrap();
+        }
+        let settings = load(&main).unwrap();
+        assert_eq!(settings.idle.timeout, std::time::Duration::from_secs(7200), "the real drop-in is read");
+        assert!(settings.share.is_some(), "the base file is in force");
+        assert_eq!(settings.skipped.len(), leftovers.len(), "{:#?}", settings.skipped);
+        for name in leftovers {
+            assert!(settings.skipped.iter().any(|w| w.contains(name) && w.contains("not read")), "{name}");
+        }
     }
 
     #[test]

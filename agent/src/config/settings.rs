@@ -59,6 +59,9 @@ pub struct Settings {
     /// The files read, main file first.
     #[serde(skip)]
     pub sources: Vec<PathBuf>,
+    /// Files in config.d that were not read, each with why (warnings).
+    #[serde(skip)]
+    pub skipped: Vec<String>,
     /// Where the keys that name things on the system (files, users, groups)
     /// were set, so a check against the system can name file and line too.
     #[serde(skip)]

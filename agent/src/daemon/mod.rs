@@ -76,6 +76,9 @@ pub fn main(options: DaemonOptions) -> ExitCode {
     }
     let (settings, boot_error) = match loaded {
         Ok(settings) => {
+            for skipped in &settings.skipped {
+                eprintln!("<4>pool-agentd: warning: {skipped}");
+            }
             save_last_good(&paths, &settings);
             (settings, None)
         }
@@ -118,7 +121,7 @@ fn check_config(
     };
     let accounts = AccountsView::for_paths(paths);
     let check = config_check::check_against_system(&settings, config_file, paths, &accounts);
-    for warning in &check.warnings {
+    for warning in settings.skipped.iter().chain(&check.warnings) {
         eprintln!("pool-agentd: warning: {warning}");
     }
     if !check.errors.is_empty() {
@@ -320,6 +323,9 @@ fn reload(
 ) {
     match config::load(config_file) {
         Ok(settings) => {
+            for skipped in &settings.skipped {
+                tracing::warn!("{skipped}");
+            }
             tracing::info!(files = settings.sources.len(), "config reloaded");
             save_last_good(paths, &settings);
             board.config_applied(&settings.sources);
