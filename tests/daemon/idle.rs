@@ -426,3 +426,22 @@ fn every_signal_is_reported_and_a_machine_without_a_gpu_driver_has_the_gpu_signa
     let reasons = verdict["reasons"].as_array().unwrap();
     assert!(reasons.iter().all(|r| !r.as_str().unwrap().starts_with("gpu")), "{verdict:#}");
 }
+
+#[test]
+fn a_hold_shows_in_the_verdict_at_once_not_an_interval_later() {
+    if !nix_is_root() {
+        skip_note("SKIP a_hold_shows_in_the_verdict_at_once_not_an_interval_later: a hold needs a user-range uid or an admin; root is one (CI runs as root)");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    // One sample a minute: without a fresh sample the hold would wait for the next.
+    sandbox.write_config(&LOCAL_SHARE_CONFIG.replace("interval = \"10s\"", "interval = \"1m\""));
+    let _daemon = sandbox.start();
+    wait_signal(&sandbox, "holds", "idle", Duration::from_secs(10));
+    let out = sandbox.cli(&["hold", "1h", "--reason", "demo at 3pm"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let started = std::time::Instant::now();
+    let held = wait_signal(&sandbox, "holds", "active", Duration::from_secs(3));
+    println!("hold in the verdict after {:?}", started.elapsed());
+    assert!(held["reasons"][0].as_str().unwrap().contains("demo at 3pm"), "{held}");
+}

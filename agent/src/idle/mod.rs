@@ -47,6 +47,9 @@ pub struct Idle {
     /// Set at the task's start: what the hold routes need of the task's context.
     started: Arc<OnceLock<Started>>,
     clock: crate::core::clock::SharedClock,
+    /// A hold taken or released: sample now, so `pool-agent idle` shows it at
+    /// once instead of up to an interval later.
+    resample: Arc<tokio::sync::Notify>,
 }
 
 /// The holds (their file is under the state directory the context names),
@@ -67,6 +70,7 @@ impl Idle {
             })),
             started: Arc::new(OnceLock::new()),
             clock,
+            resample: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -218,6 +222,7 @@ async fn add_hold(
     });
     match added.await {
         Ok((hold, owner, reason)) => {
+            idle.resample.notify_one();
             tracing::info!("hold {} by {owner} until {}: {reason}", hold.id, hold.expires);
             (StatusCode::CREATED, Json(hold)).into_response()
         }
@@ -249,6 +254,7 @@ async fn release_hold(
     let (uid, admin) = (caller.peer.uid, caller.admin);
     match on_holds(&idle, "saving the holds", move |started| started.holds.release(&id, uid, admin, now)).await {
         Ok(hold) => {
+            idle.resample.notify_one();
             tracing::info!("hold {} of {} released by uid {}", hold.id, hold.owner, uid);
             Json(hold).into_response()
         }
@@ -424,6 +430,7 @@ async fn run(ctx: TaskContext, idle: Idle) -> TaskResult {
                 continue;
             }
             _ = ticker.tick() => {}
+            _ = idle.resample.notified() => {}
         }
         let wall = ctx.clock.now();
         let samples = sampler::sample_all(&sources, wall, sampler::SOURCE_DEADLINE).await;
