@@ -246,3 +246,29 @@ fn only_an_admin_runs_a_script_on_demand_and_the_log_follows_it_to_its_end() {
     let unknown = sandbox.cli(&["scripts", "run", "nope"]);
     assert!(stderr(&unknown).contains("not_found"), "{}", stderr(&unknown));
 }
+
+#[test]
+fn run_then_follow_follows_the_new_run_to_its_end_every_time() {
+    if !needs_root("run_then_follow_follows_the_new_run_to_its_end_every_time") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let out = out_dir(&sandbox);
+    add_script(
+        &sandbox,
+        "10-again",
+        &format!("echo run >> {o}/count; echo \"pass $(wc -l < {o}/count)\"; sleep 0.3; echo end", o = out.display()),
+    );
+    sandbox.write_config(&config_with(""));
+    let _daemon = sandbox.start();
+    wait_state(&sandbox, "10-again", "succeeded", Duration::from_secs(15));
+    // The flow the CLI suggests, back to back: the follow must show each new run, not the last one's end.
+    for pass in 2..=11 {
+        let queued = sandbox.cli(&["scripts", "run", "10-again"]);
+        assert!(queued.status.success(), "{}", stderr(&queued));
+        let followed = stdout(&sandbox.cli(&["scripts", "log", "10-again", "--follow"]));
+        assert!(followed.contains(&format!(" pass {pass}")), "pass {pass} not followed: {followed}");
+        let tail = followed.rsplit(&format!(" pass {pass}")).next().unwrap_or_default();
+        assert!(tail.contains(" end") && tail.contains("run ended"), "pass {pass} not followed to its end: {followed}");
+    }
+}

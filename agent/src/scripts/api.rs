@@ -40,7 +40,9 @@ pub(super) async fn run_now(State(scripts): State<Scripts>, UrlPath(name): UrlPa
     if script.state == ScriptState::Running {
         return ApiError::Conflict(format!("{name} is running now")).into_response();
     }
+    scripts.set_queued(&name, true);
     if scripts.runs.try_send(name.clone()).is_err() {
+        scripts.set_queued(&name, false);
         return ApiError::Unavailable("too many runs are queued; try again later".into()).into_response();
     }
     let mut queued = script.clone();
@@ -74,7 +76,9 @@ pub(super) async fn script_log(
         .into_response();
     }
     let path = PathBuf::from(&script.log);
-    let running = script.state == ScriptState::Running;
+    // A run asked for and not started yet counts: `scripts run X` then
+    // `scripts log X --follow` follows the new run, not the last one's end.
+    let running = script.state == ScriptState::Running || scripts.is_queued(&name);
     let read_path = path.clone();
     match task::blocking("reading the log", Duration::from_secs(5), move || {
         log::read_from(&read_path, query.offset, LOG_CHUNK_BYTES)

@@ -58,6 +58,8 @@ pub struct Scripts {
     /// `scripts run NAME`: names queued for the task.
     runs: mpsc::Sender<String>,
     inbox: Arc<tokio::sync::Mutex<mpsc::Receiver<String>>>,
+    /// Asked to run and not run yet: a log follower waits for the new run.
+    queued: Arc<Mutex<std::collections::HashSet<String>>>,
     /// Set by tests; else chosen at start from the system.
     runner: Option<Arc<dyn ProcessRunner>>,
     clock: crate::core::clock::SharedClock,
@@ -70,6 +72,7 @@ impl Scripts {
             report: Arc::new(Mutex::new(ScriptsReport { phase: "starting".into(), ..Default::default() })),
             runs,
             inbox: Arc::new(tokio::sync::Mutex::new(inbox)),
+            queued: Default::default(),
             runner: None,
             clock,
         }
@@ -77,6 +80,19 @@ impl Scripts {
 
     pub fn report(&self) -> ScriptsReport {
         self.report.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_queued(&self, name: &str, queued: bool) {
+        let mut names = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+        if queued {
+            names.insert(name.to_string());
+        } else {
+            names.remove(name);
+        }
+    }
+
+    fn is_queued(&self, name: &str) -> bool {
+        self.queued.lock().unwrap_or_else(|p| p.into_inner()).contains(name)
     }
 
     fn update(&self, change: impl FnOnce(&mut ScriptsReport)) {
@@ -198,6 +214,7 @@ async fn run(ctx: TaskContext, scripts: Scripts) -> TaskResult {
                 Some(name) = asked.recv() => {
                     let settings = settings_rx.borrow().clone();
                     batch.run_batch(&settings, Some(&name)).await;
+                    batch.scripts.set_queued(&name, false);
                 }
                 changed = share_rx.changed() => {
                     if changed.is_err() {
