@@ -465,18 +465,11 @@ fn publish(ctx: &TaskContext, report: &LinksReport, share_configured: bool) {
             detail.push_str(&format!(", {} {what}", count(state)));
         }
     }
-    // An error, or something of a user's own where their link belongs: an
-    // admin has to look (`pool-agent links`), so the VM says so in status.
-    let first_of = |state| {
-        report
-            .users
-            .iter()
-            .find(|u| u.state == state)
-            .map(|u| format!("{}: {}", u.user, u.reason.clone().unwrap_or_default()))
-    };
     if !share_configured {
         ctx.set(ComponentState::Skipped, "no [share] in the config: nothing to link to".to_string());
-    } else if let Some(why) = first_of(LinkState::Error).or_else(|| first_of(LinkState::Conflict)) {
+    } else if count(LinkState::Error) > 0 {
+        let first = report.users.iter().find(|u| u.state == LinkState::Error);
+        let why = first.map(|u| format!("{}: {}", u.user, u.reason.clone().unwrap_or_default())).unwrap_or_default();
         ctx.set_error(ComponentState::Degraded, detail, why);
     } else {
         ctx.set(ComponentState::Ready, detail);
