@@ -136,22 +136,10 @@ fn one_user_cannot_take_every_connection() {
     let sandbox = Sandbox::new();
     let _daemon = sandbox.start();
     // The user holds connections open (as bob, for real, through setpriv).
-    let holder = std::process::Command::new("setpriv")
-        .args(["--reuid", &USER_UID.to_string(), "--regid", &USER_UID.to_string(), "--clear-groups", "/usr/bin/python3", "-c"])
-        .arg(format!(
-            "import socket,sys,time\nss=[]\nfor i in range(40):\n  s=socket.socket(socket.AF_UNIX); s.connect({:?}); ss.append(s)\nprint('held', flush=True)\ntime.sleep(30)\n",
-            sandbox.socket().display().to_string()
-        ))
-        .stdout(std::process::Stdio::piped())
-        .spawn();
-    let Ok(mut holder) = holder else {
+    let Some(mut holder) = hold_connections(&sandbox, USER_UID, 40, false) else {
         skip_note("SKIP one_user_cannot_take_every_connection: /usr/bin/python3 is not installed");
         return;
     };
-    let mut line = String::new();
-    let mut out = std::io::BufReader::new(holder.stdout.take().unwrap());
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    assert_eq!(line.trim(), "held");
     // Another user and root still get answers while bob holds 40 connections.
     let alice = sandbox.cli_as(ADMIN_UID, &["status", "--json"]);
     let root = sandbox.cli(&["status", "--json"]);

@@ -315,13 +315,11 @@ impl RefusalLog {
 /// True once the client's request head is in the socket (a peek, nothing
 /// consumed): the refusal may then be answered at once.
 fn request_head_arrived(stream: &tokio::net::UnixStream) -> bool {
+    use nix::sys::socket::{recv, MsgFlags};
     use std::os::fd::AsRawFd;
     let mut head = [0u8; 2048];
-    // SAFETY: recv into a buffer we own, with its length; MSG_PEEK|MSG_DONTWAIT never blocks or consumes.
-    let n = unsafe {
-        libc::recv(stream.as_raw_fd(), head.as_mut_ptr().cast(), head.len(), libc::MSG_PEEK | libc::MSG_DONTWAIT)
-    };
-    n > 0 && head[..n as usize].windows(4).any(|w| w == b"\r\n\r\n")
+    let peeked = recv(stream.as_raw_fd(), &mut head, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT);
+    peeked.is_ok_and(|n| n > 0 && head[..n].windows(4).any(|w| w == b"\r\n\r\n"))
 }
 
 /// Reads what the client sent (so the close is an end of file for it, not a

@@ -150,15 +150,6 @@ enum Next {
     ProbeSoon,
 }
 
-/// Ends a task this one started when this one ends, however it ends.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// The private mounts made in earlier runs (state directory).
 const PRIVATE_MOUNTS_MADE: &str = "private-mounts.json";
 
@@ -218,7 +209,8 @@ struct Worker {
 
 pub async fn run(ctx: TaskContext, share: ShareHandle) -> TaskResult {
     // Private mounts go on beside the main mount's loop, and end with it.
-    let _private = AbortOnDrop(tokio::spawn(private_mounts(ctx.clone(), share.mounter.clone())));
+    let _private =
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(private_mounts(ctx.clone(), share.mounter.clone())));
     let inbox = share.remounts.inbox();
     let mut remounts = inbox.lock().await;
     let mut settings_rx = ctx.settings.clone();
