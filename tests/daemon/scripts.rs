@@ -272,3 +272,90 @@ fn run_then_follow_follows_the_new_run_to_its_end_every_time() {
         assert!(tail.contains(" end") && tail.contains("run ended"), "pass {pass} not followed to its end: {followed}");
     }
 }
+
+fn set_machine_id(sandbox: &Sandbox, id: &str) {
+    fs::write(sandbox.root().join("etc/machine-id"), format!("{id}\n")).unwrap();
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    let copied = std::process::Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
+    assert!(copied.success(), "cp -a {} {}", from.display(), to.display());
+}
+
+#[test]
+fn once_records_copied_to_another_machine_do_not_count_there() {
+    if !needs_root("once_records_copied_to_another_machine_do_not_count_there") {
+        return;
+    }
+    let (build_vm, pool_vm) = (Sandbox::new(), Sandbox::new());
+    for (sandbox, id) in
+        [(&build_vm, "0123456789abcdef0123456789abcdef"), (&pool_vm, "fedcba9876543210fedcba9876543210")]
+    {
+        set_machine_id(sandbox, id);
+        out_dir(sandbox);
+        // The same bytes in both sandboxes (the same image): the output path is found from the script's own.
+        add_script(sandbox, "10-once", "echo ran >> \"$(dirname \"$0\")/../../../out/count\"");
+        sandbox.write_config(&config_with(""));
+    }
+    let mut daemon = build_vm.start();
+    wait_state(&build_vm, "10-once", "succeeded", Duration::from_secs(15));
+    daemon.signal("TERM");
+    daemon.wait_exit(Duration::from_secs(10));
+    // What capturing the build VM without preparing it carries: its whole state directory.
+    let pool_state = pool_vm.root().join("var/lib/pool-agent");
+    fs::create_dir_all(pool_state.parent().unwrap()).unwrap();
+    copy_tree(&build_vm.root().join("var/lib/pool-agent"), &pool_state);
+    let _daemon = pool_vm.start();
+    let row = wait_state(&pool_vm, "10-once", "succeeded", Duration::from_secs(15));
+    assert_eq!(fs::read_to_string(pool_vm.root().join("out/count")).unwrap(), "ran\n", "{row:#}");
+    // The same records on the machine that wrote them still count.
+    let _daemon = build_vm.start();
+    let row = wait_state(&build_vm, "10-once", "succeeded", Duration::from_secs(15));
+    assert!(row["reason"].as_str().unwrap_or_default().contains("not run again"), "{row:#}");
+    assert_eq!(fs::read_to_string(build_vm.root().join("out/count")).unwrap(), "ran\n");
+}
+
+#[test]
+fn prepare_image_refuses_while_the_agent_runs_then_clears_what_it_says() {
+    if !needs_root("prepare_image_refuses_while_the_agent_runs_then_clears_what_it_says") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    set_machine_id(&sandbox, "0123456789abcdef0123456789abcdef");
+    let out = out_dir(&sandbox);
+    add_script(&sandbox, "10-once", &format!("echo ran >> {o}/count", o = out.display()));
+    sandbox.write_config(&config_with(""));
+    let mut daemon = sandbox.start();
+    wait_state(&sandbox, "10-once", "succeeded", Duration::from_secs(15));
+    let held = sandbox.cli(&["hold", "2h", "--reason", "baking"]);
+    assert!(held.status.success(), "{}", stderr(&held));
+    let prepare = || {
+        std::process::Command::new(DAEMON).arg("--root").arg(sandbox.root()).arg("--prepare-image").output().unwrap()
+    };
+    let refused = prepare();
+    assert_eq!(refused.status.code(), Some(1), "{}", stdout(&refused));
+    assert!(stderr(&refused).contains("stop it first"), "{}", stderr(&refused));
+    assert!(sandbox.root().join("var/lib/pool-agent/scripts/10-once.json").exists(), "nothing cleared while it runs");
+    daemon.signal("TERM");
+    daemon.wait_exit(Duration::from_secs(10));
+
+    let prepared = prepare();
+    let said = stdout(&prepared);
+    assert!(prepared.status.success(), "{said}{}", stderr(&prepared));
+    for what in ["setup scripts' run records", "holds", "the last good config", "setup scripts' logs"] {
+        assert!(said.contains(&format!("cleared {what}")), "{what} not said: {said}");
+    }
+    assert_eq!(fs::read_dir(sandbox.root().join("var/lib/pool-agent")).unwrap().count(), 0, "{said}");
+    assert_eq!(fs::read_dir(sandbox.root().join("var/log/pool-agent/scripts")).unwrap().count(), 0, "{said}");
+    assert!(sandbox.config_file().exists(), "the config is kept");
+    let again = prepare();
+    assert!(stdout(&again).contains("nothing to clear"), "{}", stdout(&again));
+
+    // The image's first boot: the once script runs, no hold is carried.
+    let _daemon = sandbox.start();
+    wait_state(&sandbox, "10-once", "succeeded", Duration::from_secs(15));
+    assert_eq!(fs::read_to_string(out.join("count")).unwrap(), "ran\nran\n");
+    let idle = sandbox.cli_json(&["idle", "--json"]);
+    let holds = idle["signals"].as_array().unwrap().iter().find(|s| s["name"] == "holds").cloned().unwrap_or_default();
+    assert_eq!(holds["figures"]["holds"], 0.0, "{idle:#}");
+}

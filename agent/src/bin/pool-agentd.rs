@@ -14,5 +14,6 @@ fn main() -> ExitCode {
         root: args.root,
         check_config: args.check_config,
         demo: args.demo,
+        prepare_image: args.prepare_image,
     })
 }

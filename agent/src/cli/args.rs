@@ -82,8 +82,12 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
     /// Build a sandbox with a local share, users and a sample script, and run in it.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "prepare_image")]
     pub demo: bool,
+    /// Make this VM fit to capture as a pool's image: stop the agent, clear
+    /// its scripts' records, holds, last good config, logs and mounts, and exit.
+    #[arg(long, conflicts_with = "check_config")]
+    pub prepare_image: bool,
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod component;
 pub mod credentials;
 pub mod http;
 pub mod journal;
+pub mod machine;
 pub mod memory;
 pub mod mount;
 pub mod mountinfo;

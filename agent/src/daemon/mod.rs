@@ -5,6 +5,7 @@
 
 pub mod config_check;
 pub mod demo;
+pub mod prepare_image;
 pub mod registry;
 pub mod supervisor;
 pub mod systemd;
@@ -37,6 +38,7 @@ pub struct DaemonOptions {
     pub root: Option<PathBuf>,
     pub check_config: bool,
     pub demo: bool,
+    pub prepare_image: bool,
 }
 
 /// Where the last config that was valid is kept, for a boot whose config is not.
@@ -71,6 +73,10 @@ pub fn main(options: DaemonOptions) -> ExitCode {
     let config_file = options.config.clone().unwrap_or_else(|| paths.config_file());
 
     let loaded = config::load(&config_file);
+    if options.prepare_image {
+        // A broken config still gets its state cleared; only the unmounts need it.
+        return prepare_image::prepare(&paths, loaded.as_ref().ok());
+    }
     if options.check_config {
         return check_config(loaded, &config_file, &paths);
     }

@@ -32,7 +32,7 @@ use crate::core::task::{self, TaskContext, TaskResult};
 use futures_util::future::BoxFuture;
 use nix::sys::signal::Signal;
 use plan::{Planned, Vetted};
-use record::{boot_id, Outcome, Records, RunRecord};
+use record::{Host, Outcome, Records, RunRecord};
 use report::{ScriptReport, ScriptState, ScriptsReport};
 use runner::{DirectRunner, Handle, Job, Launched, ProcessRunner, SystemdRunner};
 use std::path::{Path, PathBuf};
@@ -174,7 +174,8 @@ struct Batch {
     scripts: Scripts,
     runner: Arc<dyn ProcessRunner>,
     records: Arc<Records>,
-    boot: String,
+    /// This boot and this machine, to read the records against.
+    host: Host,
     /// journald's socket on a real system: each script's lines under its own identifier.
     journal: Option<Arc<Journal>>,
 }
@@ -185,7 +186,7 @@ async fn run(ctx: TaskContext, scripts: Scripts) -> TaskResult {
     let mut asked = inbox.lock().await;
     let batch = Batch {
         records: Arc::new(Records::new(ctx.paths.state_dir().join("scripts"))),
-        boot: boot_id(),
+        host: Host::this(&ctx.paths),
         journal: script_journal(&ctx),
         runner,
         scripts,
@@ -355,10 +356,14 @@ impl Batch {
     /// ran to its end in this boot with this content.
     fn done(&self, item: &Planned, vetted: &Vetted, record: Option<&RunRecord>) -> bool {
         let Some(record) = record else { return false };
-        if record.content_hash != vetted.content_hash || record.outcome == Outcome::Running {
+        if record.content_hash != vetted.content_hash
+            || record.outcome == Outcome::Running
+            || self.host.is_other_machine(record)
+        {
             return false;
         }
-        (item.script.when == RunWhen::Once && record.outcome == Outcome::Succeeded) || record.boot_id == self.boot
+        (item.script.when == RunWhen::Once && record.outcome == Outcome::Succeeded)
+            || record.boot_id == self.host.boot_id
     }
 
     async fn plan(&self, settings: &Arc<Settings>) -> Result<Vec<Planned>, String> {
@@ -427,8 +432,11 @@ impl Batch {
             };
             row.state = state;
             let finished = record.finished.as_deref().unwrap_or(&record.started);
-            let this_boot = if record.boot_id == self.boot { "in this boot" } else { "in an earlier boot" };
+            let this_boot = if record.boot_id == self.host.boot_id { "in this boot" } else { "in an earlier boot" };
             row.reason = Some(match (&item.verdict, record.outcome) {
+                _ if self.host.is_other_machine(record) => {
+                    format!("{when} at {finished} on another machine (the image's build VM); runs on this one")
+                }
                 (Ok(v), _) if v.content_hash != record.content_hash => {
                     format!("{when} at {finished}; changed since, runs again")
                 }

@@ -24,6 +24,11 @@ pub struct RunRecord {
     pub outcome: Outcome,
     /// `/proc/sys/kernel/random/boot_id` of the boot it ran in.
     pub boot_id: String,
+    /// The machine it ran on ([`crate::core::machine`]): a record that came
+    /// with a captured image is another machine's, and counts for nothing
+    /// here. Records written before this field count as this machine's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<String>,
     pub started: String,
     #[serde(default)]
     pub finished: Option<String>,
@@ -50,11 +55,12 @@ pub struct RunRecord {
 
 impl RunRecord {
     /// What is written before a run starts: `running`, nothing known of its end.
-    pub fn running(content_hash: &str, boot_id: &str, started: &str) -> Self {
+    pub fn running(content_hash: &str, host: &Host, started: &str) -> Self {
         Self {
             content_hash: content_hash.to_string(),
             outcome: Outcome::Running,
-            boot_id: boot_id.to_string(),
+            boot_id: host.boot_id.clone(),
+            machine_id: host.machine_id.clone(),
             started: started.to_string(),
             finished: None,
             duration_seconds: None,
@@ -94,6 +100,28 @@ impl Records {
     }
 }
 
+/// Where and when a run happens: this boot and this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub boot_id: String,
+    pub machine_id: Option<String>,
+}
+
+impl Host {
+    pub fn this(paths: &crate::core::paths::SystemPaths) -> Self {
+        Self { boot_id: boot_id(), machine_id: crate::core::machine::machine_id(paths) }
+    }
+
+    /// Whether `record` ran on another machine: an image's build VM, whose
+    /// records were captured with its disk.
+    pub fn is_other_machine(&self, record: &RunRecord) -> bool {
+        match &record.machine_id {
+            Some(theirs) => self.machine_id.as_ref() != Some(theirs),
+            None => false,
+        }
+    }
+}
+
 /// This boot's id; records from another boot are of an earlier boot.
 pub fn boot_id() -> String {
     fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
@@ -120,11 +148,28 @@ mod tests {
         let record = RunRecord {
             pid: Some(std::process::id()),
             pid_start: process_start(std::process::id()),
-            ..RunRecord::running("abc", &boot_id(), "2026-11-23T10:00:00Z")
+            ..RunRecord::running("abc", &Host { boot_id: boot_id(), machine_id: None }, "2026-11-23T10:00:00Z")
         };
         records.store("10-a", &record).unwrap();
         fs::write(tmp.path().join("scripts/.10-a.json.tmp"), "{\"content_ha").unwrap();
         assert_eq!(records.load("10-a"), Some(record));
         assert!(process_start(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn a_record_of_another_machine_counts_for_nothing_and_one_from_before_machine_ids_does() {
+        let here = Host { boot_id: "b".into(), machine_id: Some("a".repeat(32)) };
+        let mine = RunRecord::running("h", &here, "2026-11-23T10:00:00Z");
+        assert!(!here.is_other_machine(&mine));
+        let build_vm = Host { machine_id: Some("b".repeat(32)), ..here.clone() };
+        assert!(here.is_other_machine(&RunRecord::running("h", &build_vm, "2026-11-23T10:00:00Z")));
+        let older: RunRecord = serde_json::from_str(
+            r#"{"content_hash":"h","outcome":"succeeded","boot_id":"x","started":"2026-11-23T10:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(older.machine_id, None);
+        assert!(!here.is_other_machine(&older), "an upgrade does not run every once script again");
+        let unknown_here = Host { machine_id: None, ..here.clone() };
+        assert!(unknown_here.is_other_machine(&mine), "a machine that cannot say who it is runs them");
     }
 }

@@ -33,7 +33,7 @@ impl Batch {
             timeout: script.timeout,
             grace,
         };
-        let mut record = RunRecord::running(&vetted.content_hash, &self.boot, &started);
+        let mut record = RunRecord::running(&vetted.content_hash, &self.host, &started);
         self.store(&name, &record).await;
         let log_path = self.log_path(&name);
         let header = format!(

@@ -224,7 +224,11 @@ async fn a_run_the_agent_lost_is_reported_interrupted_its_leftover_stopped_and_i
             &RunRecord {
                 pid: Some(pid),
                 pid_start: record::process_start(pid),
-                ..RunRecord::running("old", &boot_id(), "2026-11-23T10:00:00Z")
+                ..RunRecord::running(
+                    "old",
+                    &record::Host::this(&crate::core::paths::SystemPaths::under(dir.path())),
+                    "2026-11-23T10:00:00Z",
+                )
             },
         )
         .unwrap();
