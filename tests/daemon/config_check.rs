@@ -222,3 +222,135 @@ fn a_missing_config_file_is_named() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("config.toml: cannot read config"), "{}", stderr(&out));
 }
+
+/// An admin's script in the sandbox, root-owned like one from an image.
+fn admin_script(sandbox: &Sandbox, name: &str, body: &[u8], mode: u32) {
+    let dir = sandbox.root().join("opt/setup");
+    std::fs::create_dir_all(&dir).unwrap();
+    for d in [sandbox.root().join("opt"), dir.clone()] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::write(dir.join(name), body).unwrap();
+    std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn the_check_vets_every_script_as_boot_would_and_names_them_all_in_line_order() {
+    let sandbox = Sandbox::new();
+    admin_script(&sandbox, "good.sh", b"#!/bin/sh\necho ok\n", 0o755);
+    admin_script(&sandbox, "crlf.sh", b"#!/bin/sh\r\necho ok\r\n", 0o755);
+    admin_script(&sandbox, "plain.sh", b"#!/bin/sh\necho ok\n", 0o644);
+    let entry = |name: &str, path: &str, run_as: &str| {
+        format!("[[setup.scripts]]\nname = \"{name}\"\npath = \"{path}\"\nrun_as = \"{run_as}\"\n")
+    };
+    let me = if nix_is_root() { "root".to_string() } else { std::env::var("USER").unwrap_or_default() };
+    let config = [
+        LOCAL_SHARE_CONFIG.to_string(),
+        entry("missing", "/opt/setup/missing.sh", &me),
+        entry("crlf", "/opt/setup/crlf.sh", &me),
+        entry("plain", "/opt/setup/plain.sh", &me),
+        entry("stranger", "/opt/setup/good.sh", "nosuchuser"),
+        entry("good", "/opt/setup/good.sh", "alice"),
+    ]
+    .concat();
+    sandbox.write_config(&config);
+    let line_of = |needle: &str| config.lines().position(|l| l == needle).unwrap() + 1;
+    let out = sandbox.daemon_command().arg("--check-config").output().unwrap();
+    let said = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    let expected = [
+        format!(
+            "config.toml:{}: setup.scripts[0].path: /opt/setup/missing.sh",
+            line_of("path = \"/opt/setup/missing.sh\"")
+        ),
+        format!(
+            "config.toml:{}: setup.scripts[1].path: /opt/setup/crlf.sh has Windows line endings",
+            line_of("path = \"/opt/setup/crlf.sh\"")
+        ),
+        format!(
+            "config.toml:{}: setup.scripts[2].path: /opt/setup/plain.sh is not executable",
+            line_of("path = \"/opt/setup/plain.sh\"")
+        ),
+        format!("config.toml:{}: setup.scripts[3].run_as: no user \"nosuchuser\"", line_of("run_as = \"nosuchuser\"")),
+    ];
+    let mut at = 0;
+    for want in &expected {
+        let found =
+            said[at..].find(want.as_str()).unwrap_or_else(|| panic!("{want:?} not said (in order) in:\n{said}"));
+        at += found + want.len();
+    }
+    assert!(said.contains("run dos2unix"), "{said}");
+    assert!(!said.contains("os error") && !said.contains("scripts[4]"), "{said}");
+    assert_eq!(said.matches("invalid config:").count(), 4, "only the four broken scripts: {said}");
+}
+
+#[test]
+fn every_parse_and_type_error_of_every_file_is_named_at_once_with_a_suggestion() {
+    let sandbox = Sandbox::new();
+    std::fs::write(
+        sandbox.root().join("etc/pool-agent/config.d/10-idle.toml"),
+        "[idle]\ntimeout = 30\nintervall = \"1m\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        sandbox.root().join("etc/pool-agent/config.d/20-links.toml"),
+        "[links]\nmin_uid = \"1000\"\nprivate = \"yes\"\n",
+    )
+    .unwrap();
+    let out = sandbox.daemon_command().arg("--check-config").output().unwrap();
+    let said = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    let lines: Vec<&str> = said.lines().collect();
+    let expected = [
+        "10-idle.toml:2: idle.timeout: expected a quoted duration such as \"30s\"".to_string(),
+        "10-idle.toml:3: idle.intervall: unknown key `intervall`; did you mean `interval`?".to_string(),
+        "20-links.toml:2: links.min_uid: expected a whole number".to_string(),
+        "20-links.toml:3: links.private: expected true or false, without quotes".to_string(),
+    ];
+    assert_eq!(lines.len(), expected.len(), "{said}");
+    for (line, want) in lines.iter().zip(&expected) {
+        assert!(line.contains(want.as_str()), "{want:?} not in {line:?}\n{said}");
+    }
+    assert!(!said.contains("u32") && !said.contains("unknown field") && !said.contains("variant"), "{said}");
+}
+
+#[test]
+fn without_root_the_check_says_what_it_could_not_check_and_passes_a_valid_config() {
+    let test = "without_root_the_check_says_what_it_could_not_check_and_passes_a_valid_config";
+    if !can_switch_uid(test) {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let secrets = sandbox.root().join("etc/pool-agent/secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(secrets.join("storage-key"), "k3y\n").unwrap();
+    std::fs::set_permissions(secrets.join("storage-key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    for dir in ["etc", "etc/pool-agent"] {
+        std::fs::set_permissions(sandbox.root().join(dir), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    sandbox.write_config(
+        "[share]\nkind = \"azure-files\"\naccount = \"acct\"\nshare = \"notebooks\"\nkey_file = \"/etc/pool-agent/secrets/storage-key\"\nuid = \"1001\"\ngid = \"1001\"\n[instance]\nlocal_user = \"alice\"\n",
+    );
+    let check_as = |uid: Option<u32>| {
+        let mut command = match uid {
+            Some(uid) => {
+                let mut c = std::process::Command::new("setpriv");
+                c.args(["--reuid", &uid.to_string(), "--regid", &uid.to_string(), "--clear-groups", DAEMON]);
+                c
+            }
+            None => std::process::Command::new(DAEMON),
+        };
+        command.arg("--root").arg(sandbox.root()).arg("--check-config").output().unwrap()
+    };
+    let as_root = check_as(None);
+    assert_eq!(as_root.status.code(), Some(0), "{}", stderr(&as_root));
+    assert!(!stderr(&as_root).contains("need root"), "{}", stderr(&as_root));
+    let as_nobody = check_as(Some(65534));
+    let said = stderr(&as_nobody);
+    // In a sandbox the key belongs to the uid that runs the daemon: root's key is one nobody cannot read.
+    assert_eq!(as_nobody.status.code(), Some(0), "a valid config is not called invalid: {said}");
+    assert!(said.contains("not checked: share.key_file") && said.contains("need root"), "{said}");
+    assert!(said.contains("sudo pool-agentd --check-config"), "{said}");
+    assert!(!said.contains("k3y"), "{said}");
+}

@@ -36,8 +36,17 @@ pub fn format(duration: Duration) -> String {
 
 impl<'de> Deserialize<'de> for ConfigDuration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        parse(&text).map(ConfigDuration).map_err(serde::de::Error::custom)
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = ConfigDuration;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a quoted duration such as \"30s\", \"15m\" or \"2h\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<ConfigDuration, E> {
+                parse(text).map(ConfigDuration).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Text)
     }
 }
 

@@ -12,7 +12,7 @@ pub mod settings;
 pub mod source;
 mod validate;
 
-pub use error::ConfigError;
+pub use error::{io_text, ConfigError};
 pub use fragment::{IdleAction, KeySourceKind, RunWhen, ShareKind, UserSelection};
 pub use settings::*;
 pub use validate::shown_url;
@@ -28,9 +28,20 @@ pub fn load(main_file: &Path) -> Result<Settings, ConfigError> {
     let (drop_ins, skipped) = drop_in_files(&drop_in_dir(main_file))?;
     files.extend(drop_ins);
     let mut merged = ConfigFragment::default();
+    // Every file is read and parsed before any error is reported, so one
+    // check names every mistake of every file.
+    let mut errors = Vec::new();
     for file in &files {
-        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
-        merged.merge_from(parse_fragment(file, &text)?);
+        match std::fs::read_to_string(file) {
+            Ok(text) => match parse_fragment(file, &text) {
+                Ok(fragment) => merged.merge_from(fragment),
+                Err(err) => errors.extend(err.into_each()),
+            },
+            Err(source) => errors.push(ConfigError::Read { file: file.clone(), source }),
+        }
+    }
+    if let Some(err) = ConfigError::from_all(errors) {
+        return Err(err);
     }
     let mut settings = validate::validate(merged, files)?;
     settings.skipped = skipped;
@@ -84,7 +95,46 @@ fn drop_in_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<String>), ConfigError>
     Ok((files, skipped))
 }
 
+/// How many errors of one file are reported at most.
+const MAX_ERRORS_PER_FILE: usize = 20;
+
+/// Parses one file; on errors, all of them (up to [`MAX_ERRORS_PER_FILE`]) in
+/// line order. serde stops at the first wrong value, so after each one the
+/// line it named is blanked and the file parsed again; a blanked line that
+/// leaves the file unparsable (a value over several lines, a table header)
+/// ends the search, as what follows could be errors of the blanking's own.
 fn parse_fragment(file: &Path, text: &str) -> Result<ConfigFragment, ConfigError> {
+    let first = match parse_once(file, text) {
+        Ok(fragment) => return Ok(fragment),
+        Err(err) => err,
+    };
+    let mut errors = vec![first];
+    let mut lines: Vec<&str> = text.split_inclusive('\n').collect();
+    while errors.len() < MAX_ERRORS_PER_FILE {
+        let last = &errors[errors.len() - 1];
+        let ConfigError::Invalid { line, .. } = last else { break };
+        let Some(content) = lines.get(line.wrapping_sub(1)) else { break };
+        if *line == 0 || content.trim_start().starts_with('[') {
+            break;
+        }
+        lines[line - 1] = "\n";
+        match parse_once(file, &lines.concat()) {
+            Ok(_) => break,
+            // serde does not go in line order: any line not reported yet is progress.
+            Err(err @ ConfigError::Invalid { .. }) if errors.iter().all(|e| e.line() != err.line()) => errors.push(err),
+            Err(_) => break,
+        }
+    }
+    errors.sort_by_key(|e| e.line());
+    Err(ConfigError::from_all(errors).unwrap_or_else(|| unreachable_no_error(file)))
+}
+
+#[allow(clippy::panic)]
+fn unreachable_no_error(file: &Path) -> ConfigError {
+    panic!("no error kept for {}", file.display())
+}
+
+fn parse_once(file: &Path, text: &str) -> Result<ConfigFragment, ConfigError> {
     let index = Arc::new(LineIndex::new(file, text));
     let syntax_error = |err: &toml::de::Error| {
         let line = err.span().map(|span| index.line_of(span.start)).unwrap_or(0);
@@ -131,12 +181,16 @@ fn dotted_key(path: &serde_path_to_error::Path) -> String {
     key
 }
 
-/// serde speaks of fields and Rust types; admins write keys and values.
+/// serde speaks of fields, variants and Rust types; admins write keys and values.
 fn friendlier(message: &str) -> String {
-    if let Some(rest) = message.strip_prefix("invalid type: ") {
-        if let Some((found, expected)) = rest.split_once(", expected ") {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some((found, expected)) = message.strip_prefix(prefix).and_then(|rest| rest.split_once(", expected ")) {
             let wanted = match expected {
-                "u32" | "u64" | "i64" | "u16" | "u8" | "usize" => "a whole number, without quotes",
+                "u8" => "a whole number from 0 to 255, without quotes",
+                "u16" => "a whole number from 0 to 65535, without quotes",
+                "u32" | "u64" | "usize" => "a whole number of 0 or more, without quotes",
+                "i32" | "i64" => "a whole number, without quotes",
+                "f32" | "f64" => "a number, without quotes",
                 "a boolean" => "true or false, without quotes",
                 "a string" => "a quoted string",
                 "a sequence" => "a list, such as [\"a\", \"b\"]",
@@ -145,7 +199,31 @@ fn friendlier(message: &str) -> String {
             return format!("expected {wanted}, found {found}");
         }
     }
-    message.replacen("unknown field", "unknown key", 1)
+    for (prefix, what) in [("unknown field `", "key"), ("unknown variant `", "value")] {
+        if let Some((given, rest)) = message.strip_prefix(prefix).and_then(|rest| rest.split_once('`')) {
+            let choices: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+            return unknown_with_suggestion(what, given, &choices);
+        }
+    }
+    message.to_string()
+}
+
+/// "unknown key `mount_pont`; did you mean `mount_point`?", or the choices
+/// when none is close.
+fn unknown_with_suggestion(what: &str, given: &str, choices: &[&str]) -> String {
+    let closest = choices
+        .iter()
+        .map(|choice| (strsim::damerau_levenshtein(given, choice), *choice))
+        .min()
+        .filter(|(distance, choice)| *distance <= 2.max(choice.len() / 4));
+    match (closest, choices) {
+        (Some((_, choice)), _) => format!("unknown {what} `{given}`; did you mean `{choice}`?"),
+        (None, []) => format!("unknown {what} `{given}`: this table takes no keys"),
+        (None, _) => {
+            let listed: Vec<String> = choices.iter().map(|c| format!("`{c}`")).collect();
+            format!("unknown {what} `{given}`; expected one of {}", listed.join(", "))
+        }
+    }
 }
 
 /// The effective config as TOML, for `--check-config`. It holds no secret:
@@ -228,7 +306,7 @@ mod tests {
     fn type_errors_and_duplicates_speak_the_config_s_words() {
         let (_, key, message) = expect_invalid("[links]\nmin_uid = \"1000\"\n");
         assert_eq!(key, "links.min_uid");
-        assert_eq!(message, "expected a whole number, without quotes, found string \"1000\"");
+        assert_eq!(message, "expected a whole number of 0 or more, without quotes, found string \"1000\"");
         match parse("[links]\nmin_uid = 1000\nmin_uid = 1001\n") {
             Err(ConfigError::Syntax { line: 3, message, .. }) => assert!(message.contains("`min_uid`"), "{message}"),
             other => panic!("expected a duplicate key error, got {other:?}"),

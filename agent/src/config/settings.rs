@@ -194,6 +194,26 @@ pub struct ScriptSettings {
     pub env: BTreeMap<String, String>,
     /// While it runs the VM is not ready; when it fails the VM is unhealthy.
     pub blocking: bool,
+    /// Where a `[[setup.scripts]]` entry was written (none for a script found
+    /// in `setup.dir`), for errors that name file, line and key.
+    #[serde(skip)]
+    pub entry: Option<ScriptEntry>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScriptEntry {
+    /// Its place among `[[setup.scripts]]`: `setup.scripts[index]`.
+    pub index: usize,
+    pub path: crate::config::source::Origin,
+    pub run_as: Option<crate::config::source::Origin>,
+}
+
+/// Where a script was written says nothing of what it is: moving an entry
+/// to another line or file is no change of config.
+impl PartialEq for ScriptEntry {
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -34,6 +34,32 @@ pub trait Capability: Send + Sync + 'static {
     fn private_config_keys(&self) -> &'static [&'static str] {
         &[]
     }
+
+    /// `--check-config`: what would fail at run time in what the config names
+    /// on this system (files, users), as the daemon itself would find it.
+    fn check_system(&self, _check: &SystemCheckInput<'_>) -> Vec<SystemFinding> {
+        Vec::new()
+    }
+}
+
+/// What a capability's `--check-config` checks see.
+pub struct SystemCheckInput<'a> {
+    pub settings: &'a crate::config::Settings,
+    pub main_file: &'a std::path::Path,
+    pub paths: &'a super::paths::SystemPaths,
+    pub accounts: &'a super::accounts::AccountsView,
+    /// The uid the check runs as: only root sees all that the daemon sees.
+    pub euid: u32,
+}
+
+/// One thing a check found.
+#[derive(Debug)]
+pub enum SystemFinding {
+    /// The config would fail at run time.
+    Error(crate::config::ConfigError),
+    /// Worth saying, not a failure: a check that needs root, a share not
+    /// mounted while checking.
+    Warning(String),
 }
 
 /// Replaces each private key of `section` in a JSON rendering of the config

@@ -26,7 +26,7 @@ impl fmt::Debug for StorageKey {
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot read the storage key file {path}: {source}")]
+    #[error("cannot read the storage key file {path}: {}", crate::config::io_text(source))]
     Unreadable {
         path: String,
         #[source]
@@ -40,8 +40,10 @@ pub enum KeyError {
     TooOpen { path: String, mode: u32 },
     #[error("storage key file {path} is not a regular file")]
     NotAFile { path: String },
-    #[error("the storage key's directory {dir} is writable by others or owned by uid {owner} (mode {mode:04o}); chown root and chmod 700 it")]
-    OpenDirectory { dir: String, mode: u32, owner: u32 },
+    #[error("the storage key's directory {dir} is writable by group or others (mode {mode:04o}); run chmod 700 on it")]
+    OpenDirectory { dir: String, mode: u32 },
+    #[error("the storage key's directory {dir} is owned by uid {owner}, not by root; run chown root on it")]
+    ForeignDirectory { dir: String, owner: u32 },
     #[error("storage key file {path} is empty")]
     Empty { path: String },
     #[error("storage key file {path} must hold the key on one line and nothing else")]
@@ -57,12 +59,11 @@ pub fn read_key_file(path: &Path, expected_owner: u32) -> Result<StorageKey, Key
     let name = path.display().to_string();
     if let Some(dir) = path.parent() {
         let dir_meta = fs::metadata(dir).map_err(|source| KeyError::Unreadable { path: name.clone(), source })?;
-        if dir_meta.mode() & 0o022 != 0 || (dir_meta.uid() != expected_owner && dir_meta.uid() != 0) {
-            return Err(KeyError::OpenDirectory {
-                dir: dir.display().to_string(),
-                mode: dir_meta.mode() & 0o7777,
-                owner: dir_meta.uid(),
-            });
+        if dir_meta.uid() != expected_owner && dir_meta.uid() != 0 {
+            return Err(KeyError::ForeignDirectory { dir: dir.display().to_string(), owner: dir_meta.uid() });
+        }
+        if dir_meta.mode() & 0o022 != 0 {
+            return Err(KeyError::OpenDirectory { dir: dir.display().to_string(), mode: dir_meta.mode() & 0o7777 });
         }
     }
     let mut file = OpenOptions::new()
@@ -226,6 +227,14 @@ mod tests {
         let err = read_key_file(&path, me()).unwrap_err();
         assert!(matches!(err, KeyError::OpenDirectory { mode: 0o777, .. }), "{err}");
         assert!(err.to_string().contains("chmod 700"), "{err}");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        // Someone else's directory (only root can hand one over to test it).
+        if me() == 0 {
+            std::os::unix::fs::chown(dir.path(), Some(4321), None).unwrap();
+            let err = read_key_file(&path, me()).unwrap_err();
+            assert!(matches!(err, KeyError::ForeignDirectory { owner: 4321, .. }), "{err}");
+            assert!(err.to_string().contains("owned by uid 4321, not by root"), "{err}");
+        }
     }
 
     #[test]

@@ -4,8 +4,10 @@
 
 use crate::config::{ConfigError, Settings, ShareSource};
 use crate::core::accounts::AccountsView;
-use crate::core::credentials;
+use crate::core::capability::{SystemCheckInput, SystemFinding};
+use crate::core::credentials::{self, KeyError};
 use crate::core::paths::SystemPaths;
+use crate::daemon::registry;
 use std::path::Path;
 
 /// What the check found: errors fail it; warnings are keys left at a default
@@ -14,6 +16,8 @@ use std::path::Path;
 pub struct SystemCheck {
     pub errors: Vec<ConfigError>,
     pub warnings: Vec<String>,
+    /// Checks this uid could not make: they need root.
+    pub needs_root: Vec<String>,
 }
 
 pub fn check_against_system(
@@ -27,12 +31,22 @@ pub fn check_against_system(
     let mut found: Vec<(&str, bool, String)> = Vec::new();
     let is_set = |key: &str| origins.is_set(key);
 
+    let euid = nix::unistd::geteuid().as_raw();
+    let mut check = SystemCheck::default();
     if let Some(share) = &settings.share {
         if let ShareSource::AzureFiles { key_file: Some(key_file), uid, gid, .. } = &share.source {
-            let expected_owner = if paths.is_sandbox() { nix::unistd::geteuid().as_raw() } else { 0 };
-            if let Err(err) = credentials::read_key_file(&paths.resolve(key_file), expected_owner) {
+            let expected_owner = if paths.is_sandbox() { euid } else { 0 };
+            match credentials::read_key_file(&paths.resolve(key_file), expected_owner) {
+                Err(KeyError::Unreadable { source, .. })
+                    if euid != 0 && source.kind() == std::io::ErrorKind::PermissionDenied =>
+                {
+                    check
+                        .needs_root
+                        .push(format!("share.key_file: {} is root's alone; reading it needs root", key_file.display()));
+                }
                 // The key is needed whether the path was written or defaulted.
-                found.push(("share.key_file", true, err.to_string()));
+                Err(err) => found.push(("share.key_file", true, err.to_string())),
+                Ok(_) => {}
             }
             if uid.parse::<u32>().is_err() && accounts.user_by_name(uid).is_none() {
                 found.push(("share.uid", true, format!("no user `{uid}` on this system (checked through NSS)")));
@@ -58,7 +72,6 @@ pub fn check_against_system(
             format!("no user `{user}` on this system: setup scripts run as this user"),
         ));
     }
-    let mut check = SystemCheck::default();
     for (key, set, message) in found {
         let error = origins.error(main_file, key, message);
         if set {
@@ -67,6 +80,19 @@ pub fn check_against_system(
             check.warnings.push(error.to_string());
         }
     }
+    let input = SystemCheckInput { settings, main_file, paths, accounts, euid };
+    for capability in registry::capabilities(&crate::core::clock::system()) {
+        for finding in capability.check_system(&input) {
+            match finding {
+                SystemFinding::Error(error) => check.errors.push(error),
+                SystemFinding::Warning(text) if text.contains("needs root") => check.needs_root.push(text),
+                SystemFinding::Warning(text) => check.warnings.push(text),
+            }
+        }
+    }
+    // In the order an admin reads the files: file by file, line by line.
+    let file_rank = |error: &ConfigError| settings.sources.iter().position(|f| f == error.file()).unwrap_or(usize::MAX);
+    check.errors.sort_by_key(|error| (file_rank(error), error.line()));
     check
 }
 

@@ -121,7 +121,9 @@ fn check_config(
     let settings = match loaded {
         Ok(settings) => settings,
         Err(err) => {
-            eprintln!("pool-agentd: invalid config: {err}");
+            for each in err.each() {
+                eprintln!("pool-agentd: invalid config: {each}");
+            }
             return ExitCode::from(2);
         }
     };
@@ -129,6 +131,15 @@ fn check_config(
     let check = config_check::check_against_system(&settings, config_file, paths, &accounts);
     for warning in settings.skipped.iter().chain(&check.warnings) {
         eprintln!("pool-agentd: warning: {warning}");
+    }
+    for unchecked in &check.needs_root {
+        eprintln!("pool-agentd: not checked: {unchecked}");
+    }
+    if !check.needs_root.is_empty() {
+        eprintln!(
+            "pool-agentd: {} check(s) need root; run `sudo pool-agentd --check-config` for all of them",
+            check.needs_root.len()
+        );
     }
     if !check.errors.is_empty() {
         for error in &check.errors {

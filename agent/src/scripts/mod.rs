@@ -22,7 +22,7 @@ pub mod report;
 pub mod runner;
 
 use crate::config::{RunWhen, Settings};
-use crate::core::capability::Capability;
+use crate::core::capability::{Capability, SystemCheckInput, SystemFinding};
 use crate::core::clock::rfc3339;
 use crate::core::component::{ComponentId, ComponentState};
 use crate::core::http::{Access, Route};
@@ -137,6 +137,62 @@ impl Capability for Scripts {
     fn private_config_keys(&self) -> &'static [&'static str] {
         &["scripts.*.args", "scripts.*.env"]
     }
+
+    fn check_system(&self, check: &SystemCheckInput<'_>) -> Vec<SystemFinding> {
+        check_scripts(check)
+    }
+}
+
+/// Every script vetted as the daemon would at boot: a missing file, one not
+/// executable, Windows line endings, an unknown `run_as`, unsafe owners.
+fn check_scripts(check: &SystemCheckInput<'_>) -> Vec<SystemFinding> {
+    let settings = check.settings;
+    let share_root = settings.share.as_ref().map(|share| check.paths.resolve(&share.mount_point));
+    // In a sandbox the daemon runs as the caller; on the system, as root.
+    let runner = plan::Runner { euid: if check.paths.is_sandbox() { check.euid } else { 0 } };
+    let mut findings = Vec::new();
+    for (script, found) in plan::scripts(settings, check.paths) {
+        let verdict = found.and_then(|()| {
+            plan::vet(&script, check.paths, check.accounts, share_root.as_deref(), settings.setup.trust_share, runner)
+                .map(|_| ())
+        });
+        let Err(why) = verdict else { continue };
+        if why.contains("not mounted?") {
+            findings.push(SystemFinding::Warning(format!(
+                "{}: not checked: it is on the share, which is not mounted now",
+                script.path.display()
+            )));
+            continue;
+        }
+        if check.euid != 0 && why.contains("Permission denied") {
+            findings.push(SystemFinding::Warning(format!(
+                "{}: not checked: reading it needs root (run the check with sudo)",
+                script.path.display()
+            )));
+            continue;
+        }
+        let run_as_error = why.starts_with("run_as:");
+        let error = match &script.entry {
+            // A defaulted run_as is instance.local_user, which is checked on its own.
+            Some(entry) if run_as_error && entry.run_as.is_none() => continue,
+            None if run_as_error => continue,
+            Some(entry) => {
+                let (field, origin) = match (&entry.run_as, run_as_error) {
+                    (Some(origin), true) => ("run_as", origin),
+                    _ => ("path", &entry.path),
+                };
+                let message = why.strip_prefix("run_as: ").unwrap_or(&why).to_string();
+                crate::config::ConfigError::at(origin, &format!("setup.scripts[{}].{field}", entry.index), message)
+            }
+            None => settings.origins.error(
+                check.main_file,
+                "setup.dir",
+                format!("{} (found in the directory): {why}", script.name),
+            ),
+        };
+        findings.push(SystemFinding::Error(error));
+    }
+    findings
 }
 
 /// Transient units when systemd can make them; else direct children (and say why).

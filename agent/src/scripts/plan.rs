@@ -85,6 +85,7 @@ pub fn scripts(settings: &Settings, paths: &SystemPaths) -> Vec<(ScriptSettings,
                 timeout: DEFAULT_SCRIPT_TIMEOUT,
                 env: BTreeMap::new(),
                 blocking: true,
+                entry: None,
             };
             by_name.insert(name, (script, found));
         }
@@ -124,9 +125,10 @@ pub fn vet(
         std::io::ErrorKind::NotFound if share_root.is_some_and(|root| file.starts_with(root)) => {
             format!("{} is not there (the share is not mounted?)", script.path.display())
         }
-        _ => format!("{}: {err}", script.path.display()),
+        _ => format!("{}: {}", script.path.display(), crate::config::io_text(&err)),
     })?;
-    let meta = fs::metadata(&real).map_err(|err| format!("{}: {err}", script.path.display()))?;
+    let meta =
+        fs::metadata(&real).map_err(|err| format!("{}: {}", script.path.display(), crate::config::io_text(&err)))?;
     if !meta.is_file() {
         return Err(format!("{} is not a regular file", script.path.display()));
     }
@@ -136,6 +138,7 @@ pub fn vet(
     if meta.len() > MAX_SCRIPT_BYTES {
         return Err(format!("{} is larger than 16 MiB", script.path.display()));
     }
+    check_interpreter_line(&real).map_err(|why| format!("{} {why}", script.path.display()))?;
     let account = match accounts.user_by_name(&script.run_as) {
         Some(account) => account,
         None if script.run_as == "root" => {
@@ -193,6 +196,20 @@ pub fn vet(
     Ok(Vetted { account, groups, content_hash, workdir, program: real })
 }
 
+/// A `#!` line ending in `\r` names an interpreter that does not exist
+/// (`/bin/bash\r`): the run would fail with a puzzling "No such file".
+fn check_interpreter_line(real: &Path) -> Result<(), String> {
+    let mut first = [0u8; 256];
+    let read = fs::File::open(real)
+        .and_then(|mut f| f.read(&mut first))
+        .map_err(|err| format!(": {}", crate::config::io_text(&err)))?;
+    let line = first[..read].split(|b| *b == b'\n').next().unwrap_or_default();
+    if line.starts_with(b"#!") && line.ends_with(b"\r") {
+        return Err("has Windows line endings (its #! line ends in \\r): run dos2unix on it".to_string());
+    }
+    Ok(())
+}
+
 /// Every directory from the script up to `/` (up to the sandbox's root)
 /// belongs to a trusted uid and is not writable by group or others: else
 /// whoever can write there could swap the script for their own. Directories
@@ -208,7 +225,8 @@ fn check_directories(
     while let Some(current) = dir {
         let inside_share = share.is_some_and(|root| current.starts_with(root));
         if !inside_share {
-            let meta = fs::metadata(current).map_err(|err| format!("{}: {err}", current.display()))?;
+            let meta = fs::metadata(current)
+                .map_err(|err| format!("{}: {}", current.display(), crate::config::io_text(&err)))?;
             if !trusted(meta.uid()) {
                 return Err(format!("its directory {} belongs to uid {}, not {who}", current.display(), meta.uid()));
             }
@@ -231,11 +249,14 @@ fn check_directories(
 /// sha256 over the file, the arguments and the user: the identity of a
 /// `once` run.
 fn content_hash(real: &Path, script: &ScriptSettings) -> Result<String, String> {
-    let mut file = fs::File::open(real).map_err(|err| format!("{}: {err}", script.path.display()))?;
+    let mut file =
+        fs::File::open(real).map_err(|err| format!("{}: {}", script.path.display(), crate::config::io_text(&err)))?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
-        let read = file.read(&mut buffer).map_err(|err| format!("{}: {err}", script.path.display()))?;
+        let read = file
+            .read(&mut buffer)
+            .map_err(|err| format!("{}: {}", script.path.display(), crate::config::io_text(&err)))?;
         if read == 0 {
             break;
         }
@@ -338,6 +359,7 @@ mod tests {
             timeout: DEFAULT_SCRIPT_TIMEOUT,
             env: BTreeMap::new(),
             blocking: true,
+            entry: None,
         }
     }
 

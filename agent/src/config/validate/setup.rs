@@ -70,6 +70,11 @@ pub(super) fn validate_setup(
             timeout,
             env,
             blocking: script.blocking.as_ref().is_none_or(|b| b.value),
+            entry: Some(ScriptEntry {
+                index,
+                path: script.path.as_ref().map(|p| p.origin.clone()).unwrap_or(origin.clone()),
+                run_as: script.run_as.as_ref().map(|r| r.origin.clone()),
+            }),
         });
     }
     let share_wait = setup.share_wait.as_ref().map(|w| w.value.0).unwrap_or(DEFAULT_SHARE_WAIT);
