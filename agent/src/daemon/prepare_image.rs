@@ -55,6 +55,12 @@ pub fn prepare(paths: &SystemPaths, settings: Option<&Settings>) -> ExitCode {
     for failure in &failures {
         eprintln!("pool-agentd: --prepare-image: {failure}");
     }
+    if crate::core::machine::machine_id(paths).is_some() {
+        println!(
+            "note: {} is the OS's and is kept; image tools empty it (and remove /var/lib/dbus/machine-id) so each VM gets its own",
+            paths.resolve(crate::core::machine::MACHINE_ID_FILE).display()
+        );
+    }
     if failures.is_empty() {
         println!("ready for capture: the config in {} is kept, and {UNIT} starts at the image's first boot", {
             paths.resolve("/etc/pool-agent").display()
