@@ -354,3 +354,62 @@ fn without_root_the_check_says_what_it_could_not_check_and_passes_a_valid_config
     assert!(said.contains("sudo pool-agentd --check-config"), "{said}");
     assert!(!said.contains("k3y"), "{said}");
 }
+
+#[test]
+fn config_d_skips_backup_and_package_files_with_a_warning_and_runs_with_the_rest() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.root().join("etc/pool-agent/config.d");
+    std::fs::write(dir.join("20-idle.toml"), "[idle]\ntimeout = \"45m\"\n").unwrap();
+    // Each would break the config if read: broken TOML or a key that does not exist.
+    let leftovers = [
+        "20-idle.toml~",
+        "20-idle.toml.bak",
+        "20-idle.toml.dpkg-old",
+        "20-idle.toml.dpkg-new",
+        "20-idle.toml.dpkg-dist",
+        "20-idle.toml.disabled",
+        ".20-idle.toml.swp",
+        "README",
+    ];
+    for name in leftovers {
+        std::fs::write(dir.join(name), "[idle\nthis is not toml\n").unwrap();
+    }
+    let out = sandbox.daemon_command().arg("--check-config").output().unwrap();
+    let said = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    for name in leftovers {
+        assert!(said.contains(&format!("{name}: not read")), "{name} not named: {said}");
+    }
+    assert!(stdout(&out).contains("timeout = \"45m\""), "the real drop-in is in force: {}", stdout(&out));
+    // The daemon runs on it too, and says the same in its journal.
+    let daemon = sandbox.start();
+    assert!(answered(&sandbox.cli(&["status"])), "{}", daemon.log());
+    let idle = sandbox.cli_json(&["idle", "--json"]);
+    assert_eq!(idle["timeout_seconds"], 2700, "{idle:#}");
+    assert!(daemon.log().contains("20-idle.toml.dpkg-dist: not read"), "{}", daemon.log());
+}
+
+#[test]
+fn a_drop_in_switches_the_share_s_kind_and_the_earlier_kind_s_keys_are_dropped_with_a_note() {
+    let sandbox = Sandbox::new();
+    sandbox.write_config(
+        "[instance]\nname = \"vm-test-0\"\n[share]\nkind = \"azure-files\"\naccount = \"acct\"\nshare = \"notebooks\"\nkey_file = \"/etc/pool-agent/secrets/storage-key\"\nmount_point = \"/data/notebooks\"\n",
+    );
+    std::fs::write(
+        sandbox.root().join("etc/pool-agent/config.d/50-local.toml"),
+        "[share]\nkind = \"local\"\npath = \"/srv/share\"\n",
+    )
+    .unwrap();
+    let out = sandbox.daemon_command().arg("--check-config").output().unwrap();
+    let said = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("50-local.toml:2: share.kind = \"local\" replaces \"azure-files\" of"), "{said}");
+    assert!(said.contains("account, share, key_file are dropped"), "{said}");
+    let effective = stdout(&out);
+    assert!(effective.contains("kind = \"local\"") && !effective.contains("acct"), "{effective}");
+    let _daemon = sandbox.start();
+    let share = eventually(Duration::from_secs(10), || {
+        Some(sandbox.cli_json(&["share", "--json"])).filter(|s| s["state"] == "mounted")
+    });
+    assert!(share.is_some(), "{:#}", sandbox.cli_json(&["share", "--json"]));
+}

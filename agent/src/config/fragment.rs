@@ -42,11 +42,20 @@ pub struct ConfigFragment {
     pub idle: Value<IdleFragment>,
     pub azure: Value<AzureFragment>,
     pub api: Value<ApiFragment>,
+    /// What merging changed that an admin should hear of (printed as warnings).
+    #[serde(skip)]
+    pub notes: Vec<String>,
 }
 
 impl MergeFrom for ConfigFragment {
-    fn merge_from(&mut self, later: Self) {
+    fn merge_from(&mut self, mut later: Self) {
         merge_section(&mut self.instance, later.instance);
+        if let (Some(base), Some(next)) = (self.share.as_mut(), later.share.as_mut()) {
+            if let Some(note) = base.value.forget_other_kind(&next.value) {
+                self.notes.push(note);
+            }
+        }
+        self.notes.append(&mut later.notes);
         merge_section(&mut self.share, later.share);
         merge_section(&mut self.links, later.links);
         merge_section(&mut self.setup, later.setup);
@@ -122,6 +131,52 @@ pub struct ShareFragment {
     pub allow_mnt: Value<bool>,
     pub force: Value<bool>,
     pub unmount_on_stop: Value<bool>,
+}
+
+impl ShareFragment {
+    /// A later file that sets another `kind` switches the share: the keys
+    /// of the earlier kind are dropped (later files win), and said so.
+    fn forget_other_kind(&mut self, later: &ShareFragment) -> Option<String> {
+        let (Some(kind), Some(next)) = (&self.kind, &later.kind) else { return None };
+        if kind.value == next.value {
+            return None;
+        }
+        let mut dropped = Vec::new();
+        macro_rules! forget {
+            ($($field:ident),*) => {
+                $( if self.$field.take().is_some() { dropped.push(stringify!($field)); } )*
+            };
+        }
+        forget!(
+            account,
+            share,
+            endpoint_suffix,
+            key_file,
+            key_source,
+            source,
+            path,
+            vers,
+            uid,
+            gid,
+            dir_mode,
+            file_mode,
+            options,
+            default_options
+        );
+        let note = format!(
+            "{}:{}: share.kind = \"{}\" replaces \"{}\" of {}:{}",
+            next.origin.file.display(),
+            next.origin.line,
+            next.value.as_str(),
+            kind.value.as_str(),
+            kind.origin.file.display(),
+            kind.origin.line
+        );
+        Some(match dropped.is_empty() {
+            true => note,
+            false => format!("{note}; its keys {} are dropped", dropped.join(", ")),
+        })
+    }
 }
 
 impl MergeFrom for ShareFragment {

@@ -43,8 +43,9 @@ pub fn load(main_file: &Path) -> Result<Settings, ConfigError> {
     if let Some(err) = ConfigError::from_all(errors) {
         return Err(err);
     }
+    let notes = std::mem::take(&mut merged.notes);
     let mut settings = validate::validate(merged, files)?;
-    settings.skipped = skipped;
+    settings.skipped = skipped.into_iter().chain(notes).collect();
     Ok(settings)
 }
 
@@ -314,17 +315,59 @@ mod tests {
     }
 
     #[test]
-    fn a_drop_in_that_changes_the_kind_names_where_the_leftover_key_was_set() {
+    fn a_drop_in_that_changes_the_kind_drops_the_earlier_kind_s_keys_and_says_so() {
         let dir = tempfile::tempdir().unwrap();
         let main = dir.path().join("config.toml");
-        std::fs::write(&main, "[share]\nkind = \"azure-files\"\naccount = \"acct\"\nshare = \"notebooks\"\n").unwrap();
+        std::fs::write(
+            &main,
+            "[share]\nkind = \"azure-files\"\naccount = \"acct\"\nshare = \"notebooks\"\nprobe_interval = \"7s\"\n",
+        )
+        .unwrap();
         std::fs::create_dir(dir.path().join("config.d")).unwrap();
         std::fs::write(dir.path().join("config.d/50-nfs.toml"), "[share]\nkind = \"nfs\"\nsource = \"h:/x\"\n")
             .unwrap();
+        let settings = load(&main).unwrap();
+        let share = settings.share.unwrap();
+        assert_eq!(share.source, ShareSource::Nfs { source: "h:/x".into(), vers: "4.1".into() });
+        assert_eq!(share.probe_interval, std::time::Duration::from_secs(7), "keys of every kind are kept");
+        assert_eq!(settings.skipped.len(), 1, "{:?}", settings.skipped);
+        let note = &settings.skipped[0];
+        assert!(note.contains("50-nfs.toml:2: share.kind = \"nfs\" replaces \"azure-files\""), "{note}");
+        assert!(note.contains("config.toml:2") && note.contains("account, share are dropped"), "{note}");
+        // A key of another kind in the file that sets the kind is still a mistake.
+        std::fs::write(
+            dir.path().join("config.d/50-nfs.toml"),
+            "[share]\nkind = \"nfs\"\nsource = \"h:/x\"\naccount = \"acct\"\n",
+        )
+        .unwrap();
         let err = load(&main).unwrap_err();
-        assert!(err.file().ends_with("config.toml"), "{err}");
-        assert_eq!((err.line(), err.key()), (Some(3), Some("share.account")));
-        assert!(err.to_string().contains("50-nfs.toml:2"), "names where the kind was changed: {err}");
+        assert_eq!((err.line(), err.key()), (Some(4), Some("share.account")));
+    }
+
+    #[test]
+    fn a_samba_source_needs_no_azure_names_and_no_account_is_a_guest_mount() {
+        let settings = parse("[share]\nkind = \"azure-files\"\nsource = \"//files.corp/Team Share\"\n");
+        assert!(settings.is_err(), "a source with a space is refused");
+        let settings =
+            parse("[share]\nkind = \"azure-files\"\nsource = \"//files.corp/TeamShare\"\naccount = \"Pool_Store\"\n")
+                .unwrap();
+        match settings.share.unwrap().source {
+            ShareSource::AzureFiles { account, share, key_file, .. } => {
+                assert_eq!((account.as_deref(), share), (Some("Pool_Store"), None));
+                assert!(key_file.is_some(), "a user has a key");
+            }
+            other => panic!("{other:?}"),
+        }
+        let guest = parse("[share]\nkind = \"azure-files\"\nsource = \"//files.corp/pub\"\n").unwrap();
+        match guest.share.unwrap().source {
+            ShareSource::AzureFiles { account: None, key_file: None, .. } => {}
+            other => panic!("{other:?}"),
+        }
+        let (_, key, _) =
+            expect_invalid("[share]\nkind = \"azure-files\"\nsource = \"//files.corp/pub\"\nkey_file = \"/k\"\n");
+        assert_eq!(key, "share.key_file");
+        let (_, key, _) = expect_invalid("[share]\nkind = \"azure-files\"\nshare = \"notebooks\"\n");
+        assert_eq!(key, "share.account", "without a source it is Azure Files: the account is needed");
     }
 
     #[test]

@@ -118,8 +118,13 @@ pub struct ShareSettings {
 #[serde(untagged)]
 pub enum ShareSource {
     AzureFiles {
-        account: String,
-        share: String,
+        /// The user the key belongs to: the storage account on Azure; with
+        /// `source`, optional (none: a guest mount).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        account: Option<String>,
+        /// Optional with `source`, which names the share itself.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        share: Option<String>,
         endpoint_suffix: String,
         /// `//server/share` instead of `//<account>.file.<suffix>/<share>`.
         #[serde(skip_serializing_if = "Option::is_none")]

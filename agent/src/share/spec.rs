@@ -111,19 +111,30 @@ pub fn plan(
             if private {
                 (uid, gid, dir_mode, file_mode) = (0, 0, "0700", "0600");
             }
-            let base = vec![
+            let mut base = vec![
                 format!("vers={vers}"),
                 format!("uid={uid}"),
                 format!("gid={gid}"),
                 format!("dir_mode={dir_mode}"),
                 format!("file_mode={file_mode}"),
             ];
+            // Without an account (a server that lets guests in) nothing is sent but `guest`.
+            if account.is_none() {
+                base.push("guest".to_string());
+            }
+            let azure_source = || {
+                format!(
+                    "//{}.file.{endpoint_suffix}/{}",
+                    account.as_deref().unwrap_or_default(),
+                    name.as_deref().unwrap_or_default()
+                )
+            };
             Ok(MountPlan {
                 kind: MountKind::Cifs,
-                source: source.clone().unwrap_or_else(|| format!("//{account}.file.{endpoint_suffix}/{name}")),
+                source: source.clone().unwrap_or_else(azure_source),
                 target,
                 options: merge_options(base, SMB_DEFAULT_OPTIONS, share.default_options, &share.options),
-                username: Some(account.clone()),
+                username: account.clone(),
             })
         }
         ShareSource::Nfs { source, vers } => Ok(MountPlan {
@@ -171,6 +182,17 @@ mod tests {
         let text = "[share]\nkind = \"azure-files\"\naccount = \"mystorage\"\nshare = \"notebooks\"\n";
         let private = plan(&share(text), &SystemPaths::system(), &accounts, &groups, true).unwrap();
         assert_eq!(private.options[..5], ["vers=3.1.1", "uid=0", "gid=0", "dir_mode=0700", "file_mode=0600"]);
+    }
+
+    #[test]
+    fn a_samba_source_without_an_account_is_a_guest_mount_with_no_credentials() {
+        let plan = plan_of("[share]\nkind = \"azure-files\"\nsource = \"//files.corp/pub\"\n");
+        assert_eq!((plan.source.as_str(), plan.username.as_deref()), ("//files.corp/pub", None));
+        assert!(plan.options.iter().any(|o| o == "guest"), "{:?}", plan.options);
+        let plan =
+            plan_of("[share]\nkind = \"azure-files\"\nsource = \"//files.corp/pub\"\naccount = \"Pool_Store\"\n");
+        assert_eq!(plan.username.as_deref(), Some("Pool_Store"));
+        assert!(!plan.options.iter().any(|o| o == "guest"), "{:?}", plan.options);
     }
 
     #[test]

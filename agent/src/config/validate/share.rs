@@ -101,32 +101,93 @@ pub(super) fn validate_share(
 
     let source = match kind.value {
         ShareKind::AzureFiles => {
-            let account = required(&share.account, &kind.origin, "share.account", "when share.kind = \"azure-files\"")?;
-            if !(3..=24).contains(&account.value.len())
-                || !account.value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-            {
-                return Err(invalid(
-                    &account.origin,
-                    "share.account",
-                    format!("{:?} is not a storage account name (3-24 lowercase letters and digits)", account.value),
-                ));
-            }
-            let share_name = required(&share.share, &kind.origin, "share.share", "when share.kind = \"azure-files\"")?;
-            let name = &share_name.value;
-            if !(3..=63).contains(&name.len())
-                || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-                || name.starts_with('-')
-                || name.ends_with('-')
-                || name.contains("--")
-            {
-                return Err(invalid(
-                    &share_name.origin,
-                    "share.share",
-                    format!("{name:?} is not a file share name (3-63 lowercase letters, digits and single hyphens)"),
-                ));
+            // `source = "//server/share"`: any SMB server (Samba, Windows), whose
+            // user names and share names are not Azure's; account and share
+            // are then optional (no account: a guest mount, no key).
+            let source = match &share.source {
+                Some(source) => {
+                    let rest = source.value.strip_prefix("//").unwrap_or_default();
+                    let well_formed = rest.split_once('/').is_some_and(|(host, path)| {
+                        is_host(host)
+                            && !path.is_empty()
+                            && !source.value.contains(char::is_whitespace)
+                            && !source.value.contains(',')
+                    });
+                    if !well_formed {
+                        return Err(invalid(
+                            &source.origin,
+                            "share.source",
+                            format!("{:?} is not //server/share", source.value),
+                        ));
+                    }
+                    Some(source.value.clone())
+                }
+                None => None,
+            };
+            let (account, name) = if source.is_some() {
+                if let Some(account) = &share.account {
+                    let fits = !account.value.is_empty()
+                        && account.value.len() <= 64
+                        && !account.value.contains(|c: char| c.is_whitespace() || c.is_control() || c == ',');
+                    if !fits {
+                        return Err(invalid(
+                            &account.origin,
+                            "share.account",
+                            format!(
+                                "{:?} is not a user name the server could know (no spaces or commas)",
+                                account.value
+                            ),
+                        ));
+                    }
+                }
+                (share.account.as_ref().map(|a| a.value.clone()), share.share.as_ref().map(|s| s.value.clone()))
+            } else {
+                let account =
+                    required(&share.account, &kind.origin, "share.account", "when share.kind = \"azure-files\"")?;
+                if !(3..=24).contains(&account.value.len())
+                    || !account.value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                {
+                    return Err(invalid(
+                        &account.origin,
+                        "share.account",
+                        format!(
+                            "{:?} is not a storage account name (3-24 lowercase letters and digits)",
+                            account.value
+                        ),
+                    ));
+                }
+                let share_name =
+                    required(&share.share, &kind.origin, "share.share", "when share.kind = \"azure-files\"")?;
+                let name = &share_name.value;
+                if !(3..=63).contains(&name.len())
+                    || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    || name.starts_with('-')
+                    || name.ends_with('-')
+                    || name.contains("--")
+                {
+                    return Err(invalid(
+                        &share_name.origin,
+                        "share.share",
+                        format!(
+                            "{name:?} is not a file share name (3-63 lowercase letters, digits and single hyphens)"
+                        ),
+                    ));
+                }
+                (Some(account.value.clone()), Some(name.clone()))
+            };
+            if account.is_none() {
+                if let Some(key_file) = &share.key_file {
+                    return Err(invalid(
+                        &key_file.origin,
+                        "share.key_file",
+                        "needs share.account, the user the key belongs to (without one the mount is a guest's)",
+                    ));
+                }
             }
             let key_source = share.key_source.as_ref().map(|k| k.value).unwrap_or(KeySourceKind::File);
             let key_file = match key_source {
+                // A guest mount reads no key.
+                KeySourceKind::File if account.is_none() => None,
                 KeySourceKind::File => {
                     let key_file = or_default(&share.key_file, DEFAULT_KEY_FILE);
                     origins.record("share.key_file", &key_file);
@@ -152,29 +213,9 @@ pub(super) fn validate_share(
                     "must be a DNS suffix such as core.windows.net",
                 ));
             }
-            let source = match &share.source {
-                Some(source) => {
-                    let rest = source.value.strip_prefix("//").unwrap_or_default();
-                    let well_formed = rest.split_once('/').is_some_and(|(host, path)| {
-                        is_host(host)
-                            && !path.is_empty()
-                            && !source.value.contains(char::is_whitespace)
-                            && !source.value.contains(',')
-                    });
-                    if !well_formed {
-                        return Err(invalid(
-                            &source.origin,
-                            "share.source",
-                            format!("{:?} is not //server/share", source.value),
-                        ));
-                    }
-                    Some(source.value.clone())
-                }
-                None => None,
-            };
             ShareSource::AzureFiles {
-                account: account.value.clone(),
-                share: name.clone(),
+                account,
+                share: name,
                 endpoint_suffix: endpoint_suffix.value,
                 source,
                 key_source,
