@@ -211,3 +211,65 @@ fn demo_mode_builds_a_sandbox_and_says_how_to_query_it() {
     assert!(output.contains("pool-agent status"), "{output}");
     assert!(root.join("etc/passwd").exists() && root.join("srv/share").is_dir());
 }
+
+/// Runs the demo as `uid` (None: as this process), checks what README
+/// promises of it, and stops it.
+fn demo_shows_everything_working(uid: Option<u32>) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let root = dir.path().join("demo");
+    std::fs::create_dir(&root).unwrap();
+    if let Some(uid) = uid {
+        std::os::unix::fs::chown(&root, Some(uid), Some(uid)).unwrap();
+    }
+    let socket = root.join("run/pool-agent/agent.sock");
+    let mut command = match uid {
+        Some(uid) => {
+            let mut c = std::process::Command::new("setpriv");
+            c.args(["--reuid", &uid.to_string(), "--regid", &uid.to_string(), "--clear-groups", DAEMON]);
+            c
+        }
+        None => std::process::Command::new(DAEMON),
+    };
+    let mut child = command
+        .args(["--demo", "--root"])
+        .arg(&root)
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let cli =
+        |args: &[&str]| std::process::Command::new(CLI).args(args).env("POOL_AGENT_SOCKET", &socket).output().unwrap();
+    let ready = eventually(Duration::from_secs(20), || Some(()).filter(|_| cli(&["status"]).status.success()));
+    let links: serde_json::Value = serde_json::from_slice(&cli(&["links", "--json"]).stdout).unwrap_or_default();
+    let scripts: serde_json::Value = serde_json::from_slice(&cli(&["scripts", "--json"]).stdout).unwrap_or_default();
+    let status = String::from_utf8_lossy(&cli(&["status"]).stdout).into_owned();
+    let _ = std::process::Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    for mount_point in mounts_under(&root) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(mount_point).status();
+    }
+    let who = uid.map_or("this user".to_string(), |uid| format!("uid {uid}"));
+    assert!(ready.is_some(), "as {who}, status never exited 0:\n{status}");
+    let users = links["users"].as_array().cloned().unwrap_or_default();
+    assert!(!users.is_empty(), "as {who}, no user linked: {links:#}");
+    for user in &users {
+        assert!(matches!(user["state"].as_str(), Some("ok" | "created")), "as {who}: {user:#}");
+    }
+    let hello = scripts["scripts"].as_array().and_then(|s| s.iter().find(|s| s["name"] == "hello").cloned());
+    assert_eq!(hello.as_ref().map(|h| h["state"].clone()), Some("succeeded".into()), "as {who}: {scripts:#}");
+}
+
+#[test]
+fn the_demo_works_as_its_caller() {
+    demo_shows_everything_working(None);
+}
+
+#[test]
+fn the_demo_works_as_an_unprivileged_user_too() {
+    if !can_switch_uid("the_demo_works_as_an_unprivileged_user_too") {
+        return;
+    }
+    demo_shows_everything_working(Some(65534));
+}

@@ -10,10 +10,23 @@ use std::path::{Path, PathBuf};
 const DEMO_USERS: &[&str] = &["azureuser", "alice", "bob"];
 const FIRST_DEMO_UID: u32 = 2001;
 
-const DEMO_CONFIG: &str = r#"# pool-agent demo sandbox. Every path below resolves under the sandbox root.
+/// The demo's config. Root plays every user: each gets their link, and the
+/// script runs as `azureuser`. Anyone else can only act as themselves: the
+/// caller (`you` in the sandbox's passwd) is the one user linked and the
+/// script runs as them, so everything the demo shows works.
+fn demo_config(caller_uid: u32) -> String {
+    let (user, links) = if caller_uid == 0 {
+        ("azureuser", "users = \"all\"\n".to_string())
+    } else {
+        // The caller's uid may lie outside the login range (nobody is 65534).
+        let range = format!("min_uid = {}\nmax_uid = {}\n", caller_uid.min(1000), caller_uid.max(60000));
+        ("you", format!("users = [\"you\"]\n{range}"))
+    };
+    format!(
+        r#"# pool-agent demo sandbox. Every path below resolves under the sandbox root.
 [instance]
 name = "demo-vm"
-local_user = "azureuser"
+local_user = "{user}"
 
 [share]
 kind = "local"
@@ -23,19 +36,20 @@ mount_point = "/data/notebooks"
 unmount_on_stop = true
 
 [links]
-users = "all"
-
+{links}
 [[setup.scripts]]
 name = "hello"
 path = "/etc/pool-agent/setup.d/10-hello.sh"
-run_as = "azureuser"
+run_as = "{user}"
 when = "every-boot"
 timeout = "1m"
 
 [idle]
 interval = "5s"
 timeout = "5m"
-"#;
+"#
+    )
+}
 
 const DEMO_SCRIPT: &str = "#!/bin/sh\n# A sample setup script: prints who and where it runs.\necho \"hello from $(id -un 2>/dev/null || id -u) in $(pwd)\"\n";
 
@@ -91,12 +105,18 @@ pub fn prepare(root: &Path) -> io::Result<()> {
     if me != 0 {
         passwd.push_str(&format!("you:x:{me}:{me_gid}:the demo's caller:/home/you:/bin/bash\n"));
         admins.push("you");
+        fs::create_dir_all(root.join("home/you"))?;
     }
     let uids = (FIRST_DEMO_UID..).filter(|uid| *uid != me);
     for (name, uid) in DEMO_USERS.iter().zip(uids) {
         passwd.push_str(&format!("{name}:x:{uid}:{uid}::/home/{name}:/bin/bash\n"));
         group.push_str(&format!("{name}:x:{uid}:\n"));
-        fs::create_dir_all(root.join("home").join(name))?;
+        let home = root.join("home").join(name);
+        fs::create_dir_all(&home)?;
+        // As on a VM, each home is its user's (only root can arrange that).
+        if me == 0 {
+            std::os::unix::fs::chown(&home, Some(uid), Some(uid))?;
+        }
     }
     group.push_str(&format!("pool-agent-admin:x:990:{}\n", admins.join(",")));
     fs::write(root.join("etc/passwd"), passwd)?;
@@ -104,7 +124,7 @@ pub fn prepare(root: &Path) -> io::Result<()> {
 
     let config = root.join("etc/pool-agent/config.toml");
     if !config.exists() {
-        fs::write(&config, DEMO_CONFIG)?;
+        fs::write(&config, demo_config(me))?;
     }
     let script = root.join("etc/pool-agent/setup.d/10-hello.sh");
     fs::write(&script, DEMO_SCRIPT)?;
