@@ -444,4 +444,11 @@ fn a_hold_shows_in_the_verdict_at_once_not_an_interval_later() {
     let held = wait_signal(&sandbox, "holds", "active", Duration::from_secs(3));
     println!("hold in the verdict after {:?}", started.elapsed());
     assert!(held["reasons"][0].as_str().unwrap().contains("demo at 3pm"), "{held}");
+    // "idle at" counts the hold: not before it ends plus the 30 minute timeout.
+    let idle = idle_json(&sandbox);
+    let idle_at = humantime::parse_rfc3339(idle["idle_at"].as_str().unwrap()).unwrap();
+    let earliest = std::time::SystemTime::now() + Duration::from_secs(90 * 60 - 30);
+    assert!(idle_at >= earliest, "idle at {:?} is before the hold's end plus the timeout: {idle:#}", idle["idle_at"]);
+    let human = stdout(&sandbox.cli(&["idle"]));
+    assert!(human.contains(&format!("idle at: {}", idle["idle_at"].as_str().unwrap())), "{human}");
 }

@@ -359,3 +359,66 @@ fn prepare_image_refuses_while_the_agent_runs_then_clears_what_it_says() {
     let holds = idle["signals"].as_array().unwrap().iter().find(|s| s["name"] == "holds").cloned().unwrap_or_default();
     assert_eq!(holds["figures"]["holds"], 0.0, "{idle:#}");
 }
+
+#[test]
+fn on_the_built_in_defaults_no_script_runs_until_a_valid_config_is_reloaded() {
+    if !needs_root("on_the_built_in_defaults_no_script_runs_until_a_valid_config_is_reloaded") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    // The defaults' user exists here, so only the agent's restraint keeps the script from running.
+    let passwd = sandbox.root().join("etc/passwd");
+    let mut users = fs::read_to_string(&passwd).unwrap();
+    users.push_str("azureuser:x:1000:1000::/home/alice:/bin/bash\n");
+    fs::write(&passwd, users).unwrap();
+    let out = out_dir(&sandbox);
+    add_script(&sandbox, "10-from-dir", &format!("echo ran >> {o}/count", o = out.display()));
+    sandbox.write_config("[share]\nkind = \"local\"\npath = \"/srv/share\"\nmount_point = \"/data/notebooks\"\nprobe_intervall = \"5s\"\n");
+    let daemon = sandbox.start();
+    let held = eventually(Duration::from_secs(10), || {
+        Some(scripts_json(&sandbox)).filter(|s| s["phase"].as_str().unwrap_or_default().contains("built-in defaults"))
+    });
+    assert!(held.is_some(), "{:#}\n{}", scripts_json(&sandbox), daemon.log());
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!out.join("count").exists(), "a script ran on the built-in defaults");
+    let asked = sandbox.cli(&["scripts", "run", "10-from-dir"]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!out.join("count").exists(), "an on-demand run ran on the built-in defaults: {}", stderr(&asked));
+    sandbox.write_config(&config_with(""));
+    daemon.signal("HUP");
+    wait_state(&sandbox, "10-from-dir", "succeeded", Duration::from_secs(15));
+    assert_eq!(fs::read_to_string(out.join("count")).unwrap(), "ran\n");
+}
+
+#[test]
+fn after_a_reload_that_changes_the_share_scripts_wait_for_it_as_at_boot() {
+    if !needs_root("after_a_reload_that_changes_the_share_scripts_wait_for_it_as_at_boot") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let out = out_dir(&sandbox);
+    sandbox.write_config(&config_with(""));
+    let daemon = sandbox.start();
+    eventually(Duration::from_secs(10), || Some(()).filter(|_| sandbox.cli(&["status"]).status.success()))
+        .expect("ready");
+    // The new config moves the share to a server that is not there, and adds a script.
+    add_script(&sandbox, "20-new", &format!("echo ran >> {o}/count", o = out.display()));
+    sandbox.write_config(&config_with("[setup]\nshare_wait = \"4s\"\n").replace(
+        "kind = \"local\"\npath = \"/srv/share\"\n",
+        "kind = \"nfs\"\nsource = \"127.0.0.1:/nowhere\"\nmount_timeout = \"2s\"\n",
+    ));
+    let reloaded = std::time::Instant::now();
+    daemon.signal("HUP");
+    let waiting = eventually(Duration::from_secs(3), || {
+        Some(scripts_json(&sandbox))
+            .filter(|s| s["phase"].as_str().unwrap_or_default().contains("waiting for the share"))
+    });
+    assert!(waiting.is_some(), "{:#}", scripts_json(&sandbox));
+    assert!(!out.join("count").exists(), "ran before the new share was waited for");
+    wait_state(&sandbox, "20-new", "succeeded", Duration::from_secs(20));
+    assert!(
+        reloaded.elapsed() >= Duration::from_secs(4),
+        "ran {:?} after the reload, before share_wait",
+        reloaded.elapsed()
+    );
+}

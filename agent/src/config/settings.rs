@@ -66,6 +66,10 @@ pub struct Settings {
     /// were set, so a check against the system can name file and line too.
     #[serde(skip)]
     pub origins: KeyOrigins,
+    /// The built-in defaults stand in for a config that did not load (and
+    /// no valid one was kept): nothing that acts on the VM should run.
+    #[serde(skip)]
+    pub stand_in: bool,
     pub instance: InstanceSettings,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub share: Option<ShareSettings>,

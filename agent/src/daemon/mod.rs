@@ -174,7 +174,9 @@ fn fallback_settings(paths: &SystemPaths) -> (Settings, String) {
         }
     }
     match config::load_str(std::path::Path::new("<built-in defaults>"), "") {
-        Ok(settings) => (settings, "the built-in defaults (no share)".to_string()),
+        Ok(settings) => {
+            (Settings { stand_in: true, ..settings }, "the built-in defaults (no share, no setup scripts)".to_string())
+        }
         // The empty config is valid by construction; a test guards it.
         Err(err) => unreachable_defaults(err),
     }

@@ -33,7 +33,7 @@ pub struct Hold {
 }
 
 impl Hold {
-    fn expires_at(&self) -> Option<SystemTime> {
+    pub fn expires_at(&self) -> Option<SystemTime> {
         humantime::parse_rfc3339(&self.expires).ok()
     }
 

@@ -323,7 +323,8 @@ impl Source for HoldsSource {
             } else if live.is_empty() {
                 Sample::idle("no holds")
             } else {
-                Sample::active(live.iter().map(hold_reason).collect())
+                let until = live.iter().filter_map(|hold| hold.expires_at()).max();
+                Sample::active(live.iter().map(hold_reason).collect()).until(until)
             };
             sample.with_figure("holds", live.len() as f64)
         })

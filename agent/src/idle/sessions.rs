@@ -313,7 +313,13 @@ impl Sessions {
         let sample = if sessions.is_empty() {
             Sample::idle("no sessions (logind)")
         } else {
-            Sample { state: state_of(active, unknown), last_activity: latest, reasons, figures: Default::default() }
+            Sample {
+                state: state_of(active, unknown),
+                last_activity: latest,
+                reasons,
+                figures: Default::default(),
+                active_until: None,
+            }
         };
         let ttys = sessions.iter().filter(|s| !s.tty.is_empty()).map(|s| s.tty.clone()).collect();
         (sample.with_figure("sessions", sessions.len() as f64), ttys)
@@ -372,8 +378,14 @@ impl Sessions {
             let said = self.terminal(kind, &session.user, &session.line, &from, now, &mut latest);
             (active, unknown) = said.tally(active, unknown, &mut reasons);
         }
-        Sample { state: state_of(active, unknown), last_activity: latest, reasons, figures: Default::default() }
-            .with_figure("sessions", sessions.len() as f64)
+        Sample {
+            state: state_of(active, unknown),
+            last_activity: latest,
+            reasons,
+            figures: Default::default(),
+            active_until: None,
+        }
+        .with_figure("sessions", sessions.len() as f64)
     }
 }
 
@@ -401,7 +413,8 @@ fn merge(first: Sample, second: Sample) -> Sample {
     };
     let mut reasons = lead;
     reasons.extend(rest);
-    Sample { state, last_activity, reasons, figures: Default::default() }.with_figure("sessions", count)
+    Sample { state, last_activity, reasons, figures: Default::default(), active_until: None }
+        .with_figure("sessions", count)
 }
 
 impl Source for Sessions {

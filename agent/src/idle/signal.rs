@@ -49,27 +49,53 @@ pub struct Sample {
     pub reasons: Vec<String>,
     /// Figures for metrics and Azure: sessions, cpu_percent, ...
     pub figures: BTreeMap<String, f64>,
+    /// On an `Active` sample that knows when it ends (a hold): active until
+    /// then, so the VM can be idle no sooner than a timeout after it.
+    pub active_until: Option<SystemTime>,
 }
 
 impl Sample {
     pub fn idle(reason: impl Into<String>) -> Self {
-        Self { state: SignalState::Idle, last_activity: None, reasons: vec![reason.into()], figures: BTreeMap::new() }
+        Self {
+            state: SignalState::Idle,
+            last_activity: None,
+            reasons: vec![reason.into()],
+            figures: BTreeMap::new(),
+            active_until: None,
+        }
     }
 
     pub fn active(reasons: Vec<String>) -> Self {
-        Self { state: SignalState::Active, last_activity: None, reasons, figures: BTreeMap::new() }
+        Self { state: SignalState::Active, last_activity: None, reasons, figures: BTreeMap::new(), active_until: None }
     }
 
     pub fn unknown(why: impl Into<String>) -> Self {
-        Self { state: SignalState::Unknown, last_activity: None, reasons: vec![why.into()], figures: BTreeMap::new() }
+        Self {
+            state: SignalState::Unknown,
+            last_activity: None,
+            reasons: vec![why.into()],
+            figures: BTreeMap::new(),
+            active_until: None,
+        }
     }
 
     pub fn absent(why: impl Into<String>) -> Self {
-        Self { state: SignalState::Absent, last_activity: None, reasons: vec![why.into()], figures: BTreeMap::new() }
+        Self {
+            state: SignalState::Absent,
+            last_activity: None,
+            reasons: vec![why.into()],
+            figures: BTreeMap::new(),
+            active_until: None,
+        }
     }
 
     pub fn with_figure(mut self, name: &str, value: f64) -> Self {
         self.figures.insert(name.to_string(), value);
+        self
+    }
+
+    pub fn until(mut self, active_until: Option<SystemTime>) -> Self {
+        self.active_until = active_until;
         self
     }
 

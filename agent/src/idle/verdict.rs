@@ -92,9 +92,12 @@ impl VerdictMachine {
             let ago = wall.duration_since(at).unwrap_or_default();
             now.checked_sub(ago).unwrap_or(now)
         };
+        let to_mono_ahead = |at: SystemTime| now + at.duration_since(wall).unwrap_or_default();
         let mut reasons = Vec::new();
         let mut gave_up = Vec::new();
         let mut active_now = false;
+        // The latest end an active signal announces (a hold): never idle before it plus a timeout.
+        let mut known_active_until: Option<Instant> = None;
         let still_unknown = |name: &String| samples.iter().any(|(n, s)| n == name && s.state == SignalState::Unknown);
         self.unknown_since.retain(|name, _| still_unknown(name));
         self.warned.retain(still_unknown);
@@ -105,6 +108,9 @@ impl VerdictMachine {
                 // last typed in, next to a desktop in use).
                 SignalState::Active => {
                     active_now = true;
+                    if let Some(until) = sample.active_until {
+                        known_active_until = known_active_until.max(Some(to_mono_ahead(until)));
+                    }
                     reasons.extend(sample.reasons.iter().map(|r| format!("{name}: {r}")));
                     Some(now)
                 }
@@ -135,7 +141,8 @@ impl VerdictMachine {
             }
         }
         let quiet_from = self.last_active.max(self.floor);
-        let idle_at_mono = (quiet_from + self.timeout).max(self.grace_until);
+        let idle_at_mono =
+            (quiet_from.max(known_active_until.unwrap_or(quiet_from)) + self.timeout).max(self.grace_until);
         let in_grace = now < self.grace_until;
         let was_idle = self.idle;
         self.idle = !active_now && !in_grace && now >= idle_at_mono;
@@ -267,6 +274,21 @@ mod tests {
         assert!(rig.run(MIN + Duration::from_secs(10), 5 * MIN, &quiet()).idle);
         // Lengthening it makes the VM active again: the safe side.
         assert!(!rig.run(Duration::ZERO, 60 * MIN, &quiet()).idle);
+    }
+
+    #[test]
+    fn idle_at_counts_a_hold_s_end() {
+        let mut rig = Rig::new(Duration::ZERO, 30 * MIN);
+        let held = Sample::active(vec!["hold by alice".into()]).until(Some(rig.clock.now() + 120 * MIN));
+        let verdict = rig.step(30 * MIN, &[("holds", &held)]);
+        assert!(!verdict.idle);
+        assert_eq!(verdict.idle_at, rig.clock.now() + 150 * MIN, "the hold's end plus the timeout");
+        assert!(verdict.reasons.iter().any(|r| r.contains("hold by alice")), "{:?}", verdict.reasons);
+        // Released early: the count starts from the last sample that saw it.
+        rig.clock.advance(10 * MIN);
+        rig.step(30 * MIN, &[("holds", &held)]);
+        let verdict = rig.step(30 * MIN, &[("holds", &Sample::idle("no holds"))]);
+        assert_eq!(verdict.idle_at, rig.clock.now() + 30 * MIN);
     }
 
     #[test]

@@ -249,12 +249,17 @@ async fn run(ctx: TaskContext, scripts: Scripts) -> TaskResult {
         ctx,
     };
     batch.scripts.update(|r| r.runner = batch.runner.kind().to_string());
-    batch.wait_for_share_and_links().await;
+    batch.wait_for_share(false).await;
+    batch.wait_for_links().await;
     let mut settings_rx = batch.ctx.settings.clone();
     let mut share_rx = batch.ctx.shared.watch_share();
     loop {
         let settings = settings_rx.borrow_and_update().clone();
-        batch.run_batch(&settings, None).await;
+        if settings.stand_in {
+            batch.hold_off_on_stand_in();
+        } else {
+            batch.run_batch(&settings, None).await;
+        }
         if batch.ctx.shutdown.is_cancelled() {
             return Ok(());
         }
@@ -266,11 +271,19 @@ async fn run(ctx: TaskContext, scripts: Scripts) -> TaskResult {
                         return Ok(());
                     }
                     // A changed or new script runs now; the rest stay as they ran.
+                    // As at boot, it finds the share of the new config mounted.
+                    let mounted_where = |s: &Settings| s.share.as_ref().map(|share| (share.source.clone(), share.mount_point.clone()));
+                    let share_changed = mounted_where(&settings_rx.borrow()) != mounted_where(&settings);
+                    batch.wait_for_share(share_changed).await;
                     break;
                 }
                 Some(name) = asked.recv() => {
                     let settings = settings_rx.borrow().clone();
-                    batch.run_batch(&settings, Some(&name)).await;
+                    if settings.stand_in {
+                        tracing::warn!(script = %name, "not run: the agent runs on the built-in defaults until the config is fixed");
+                    } else {
+                        batch.run_batch(&settings, Some(&name)).await;
+                    }
                     batch.scripts.set_queued(&name, false);
                 }
                 changed = share_rx.changed() => {
@@ -285,43 +298,68 @@ async fn run(ctx: TaskContext, scripts: Scripts) -> TaskResult {
 }
 
 impl Batch {
-    /// Scripts come after the share (bounded by `setup.share_wait`) and the
-    /// links' first pass, so a script finds the VM as users will.
-    async fn wait_for_share_and_links(&self) {
+    /// Scripts come after the share (bounded by `setup.share_wait`), so a
+    /// script finds the VM as users will. After a reload that changed the
+    /// share, the share's news must change first: the old mount's news does
+    /// not stand for the new share.
+    async fn wait_for_share(&self, share_changed: bool) {
         let settings = self.ctx.settings.borrow().clone();
-        if settings.share.is_some() {
-            let bound = settings.setup.share_wait;
-            self.set_phase(&format!("waiting for the share (up to {})", crate::config::duration::format(bound)));
-            self.ctx.set(ComponentState::Starting, "waiting for the share before running setup scripts".to_string());
-            let mut share_rx = self.ctx.shared.watch_share();
-            let mounted = async {
-                loop {
-                    if matches!(*share_rx.borrow_and_update(), ShareNews::Mounted { .. } | ShareNews::NotConfigured) {
-                        return;
-                    }
-                    if share_rx.changed().await.is_err() {
-                        return;
-                    }
-                }
-            };
-            tokio::select! {
-                _ = tokio::time::timeout(bound, mounted) => {}
-                _ = self.ctx.shutdown.cancelled() => return,
-            }
-            self.set_phase("waiting for the links' first pass");
-            let mut passes = self.ctx.shared.watch_links_passes();
-            let first_pass = async {
-                while *passes.borrow_and_update() == 0 {
-                    if passes.changed().await.is_err() {
-                        return;
-                    }
-                }
-            };
-            tokio::select! {
-                _ = tokio::time::timeout(LINKS_WAIT, first_pass) => {}
-                _ = self.ctx.shutdown.cancelled() => {}
-            }
+        if settings.share.is_none() || settings.stand_in {
+            return;
         }
+        let bound = settings.setup.share_wait;
+        self.set_phase(&format!("waiting for the share (up to {})", crate::config::duration::format(bound)));
+        self.ctx.set(ComponentState::Starting, "waiting for the share before running setup scripts".to_string());
+        let mut share_rx = self.ctx.shared.watch_share();
+        if share_changed {
+            share_rx.borrow_and_update();
+        }
+        let mounted = async {
+            if share_changed && share_rx.changed().await.is_err() {
+                return;
+            }
+            loop {
+                if matches!(*share_rx.borrow_and_update(), ShareNews::Mounted { .. } | ShareNews::NotConfigured) {
+                    return;
+                }
+                if share_rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::timeout(bound, mounted) => {}
+            _ = self.ctx.shutdown.cancelled() => {}
+        }
+    }
+
+    /// At boot, after the share: the links' first pass, so users' links exist.
+    async fn wait_for_links(&self) {
+        if self.ctx.settings.borrow().share.is_none() {
+            return;
+        }
+        self.set_phase("waiting for the links' first pass");
+        let mut passes = self.ctx.shared.watch_links_passes();
+        let first_pass = async {
+            while *passes.borrow_and_update() == 0 {
+                if passes.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::timeout(LINKS_WAIT, first_pass) => {}
+            _ = self.ctx.shutdown.cancelled() => {}
+        }
+    }
+
+    /// A broken first config leaves the agent on its built-in defaults: no
+    /// share, and a setup.dir of the default's. Nothing runs until a valid
+    /// config is reloaded.
+    fn hold_off_on_stand_in(&self) {
+        let why = "not running setup scripts: the config is invalid and the agent runs on its built-in defaults; fix it and reload";
+        self.set_phase(why);
+        self.ctx.set(ComponentState::Starting, why.to_string());
     }
 
     fn set_phase(&self, phase: &str) {

@@ -7,18 +7,25 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
+/// What systemd-run says at the end of a `--wait` run whose main process a
+/// signal ended: systemd counts SIGTERM, SIGINT, SIGHUP and SIGPIPE as a
+/// clean end and exits 0, so this line is the only word of it.
+const SYSTEMD_KILLED: &str = "Main processes terminated with: code=killed/status=";
+
 /// Reads the one pipe both stdout and stderr write to, line by line, into
 /// the log (each line with its time) and the journal (under the script's own
-/// identifier where journald is there, else in the agent's log).
+/// identifier where journald is there, else in the agent's log). Returns the
+/// signal systemd-run said ended the run, if it said one (`TERM`).
 pub(super) async fn pump_output(
     output: std::os::fd::OwnedFd,
     mut log: Option<log::LogFile>,
     name: String,
     clock: crate::core::clock::SharedClock,
     journal: Option<Arc<Journal>>,
-) {
+) -> Option<String> {
+    let mut killed_by = None;
     let identifier = format!("pool-agent-script-{name}");
-    let Ok(receiver) = tokio::net::unix::pipe::Receiver::from_owned_fd(output) else { return };
+    let Ok(receiver) = tokio::net::unix::pipe::Receiver::from_owned_fd(output) else { return None };
     // The log file is written on a blocking thread fed by a bounded queue: a
     // disk that stalls loses lines (counted), never an async worker.
     let (lines, queued) = std::sync::mpsc::sync_channel::<(String, String)>(LOG_QUEUE);
@@ -40,6 +47,9 @@ pub(super) async fn pump_output(
             Ok(_) => {
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim_end_matches(['\n', '\r']);
+                if let Some(signal) = text.strip_prefix(SYSTEMD_KILLED) {
+                    killed_by = Some(signal.trim().to_string());
+                }
                 if writer.is_some() && lines.try_send((stamp(clock.now()), text.to_string())).is_err() {
                     dropped += 1;
                 }
@@ -63,6 +73,7 @@ pub(super) async fn pump_output(
     if let Some(writer) = writer {
         let _ = tokio::time::timeout(LOG_WRITE_DEADLINE, writer).await;
     }
+    killed_by
 }
 
 /// Lines of output waiting for the log file's writer.

@@ -150,7 +150,12 @@ impl Batch {
         // Output still coming after the exit is a leftover holding stdout:
         // stop what is left, so nothing outlives the run and the runner never hangs.
         let mut pump = pump;
-        let drained = tokio::time::timeout(OUTPUT_DRAIN, &mut pump).await.is_ok();
+        let drained = tokio::time::timeout(OUTPUT_DRAIN, &mut pump).await;
+        let killed_by = match &drained {
+            Ok(Ok(killed_by)) if self.runner.kind() == "systemd" => killed_by.clone(),
+            _ => None,
+        };
+        let drained = drained.is_ok();
         let leftovers = self.any_left(&handle).await;
         if leftovers {
             self.stop_all(&handle, grace).await;
@@ -163,6 +168,10 @@ impl Batch {
         let duration = began.elapsed();
         let (outcome, exit_code, signal) = match status {
             None => (Outcome::TimedOut, None, Some("SIGTERM".to_string())),
+            // systemd calls a SIGTERM'd run a success; it is not one.
+            Some(Ok(status)) if status.success() && killed_by.is_some() => {
+                (Outcome::Failed, None, killed_by.map(|name| format!("SIG{name}")))
+            }
             Some(Ok(status)) => exit_of(status),
             Some(Err(err)) => {
                 tracing::warn!(script = %name, "cannot wait for the script: {err}");

@@ -66,5 +66,17 @@ pub(super) fn validate(merged: ConfigFragment, sources: Vec<PathBuf>) -> Result<
         },
     };
 
-    Ok(Settings { sources, skipped: Vec::new(), origins, instance, share, links, setup, idle, azure, api })
+    Ok(Settings {
+        sources,
+        skipped: Vec::new(),
+        origins,
+        stand_in: false,
+        instance,
+        share,
+        links,
+        setup,
+        idle,
+        azure,
+        api,
+    })
 }
