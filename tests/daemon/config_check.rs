@@ -409,7 +409,9 @@ fn a_drop_in_switches_the_share_s_kind_and_the_earlier_kind_s_keys_are_dropped_w
     assert!(effective.contains("kind = \"local\"") && !effective.contains("acct"), "{effective}");
     let _daemon = sandbox.start();
     let share = eventually(Duration::from_secs(10), || {
-        Some(sandbox.cli_json(&["share", "--json"])).filter(|s| s["state"] == "mounted")
+        serde_json::from_slice::<serde_json::Value>(&sandbox.cli(&["share", "--json"]).stdout)
+            .ok()
+            .filter(|s| s["state"] == "mounted")
     });
-    assert!(share.is_some(), "{:#}", sandbox.cli_json(&["share", "--json"]));
+    assert!(share.is_some(), "{:#}", stdout(&sandbox.cli(&["share", "--json"])));
 }

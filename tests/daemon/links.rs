@@ -197,7 +197,7 @@ fn a_real_remote_directory_keeps_its_file_and_is_a_conflict() {
     for path in [remote.parent().unwrap(), &remote] {
         std::os::unix::fs::chown(path, Some(CAROL_UID), Some(CAROL_UID)).unwrap();
     }
-    let _daemon = sandbox.start();
+    let daemon = sandbox.start();
     let carol =
         eventually(Duration::from_secs(10), || user_entry(&sandbox, "carol").filter(|c| c["state"] == "conflict"))
             .unwrap_or_else(|| panic!("carol's directory not reported: {}", links_json(&sandbox)));
@@ -206,6 +206,18 @@ fn a_real_remote_directory_keeps_its_file_and_is_a_conflict() {
     assert!(remote.is_dir() && !std::fs::symlink_metadata(&remote).unwrap().file_type().is_symlink());
     let out = sandbox.cli(&["links"]);
     assert!(stdout(&out).contains("conflict"), "{}", stdout(&out));
+    // Status says links need a look, with the count and who.
+    let status = sandbox.cli(&["status", "--json"]);
+    assert_eq!(status.status.code(), Some(1), "a conflict leaves the VM not all ready");
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let links = status["components"].as_array().unwrap().iter().find(|c| c["name"] == "links").cloned().unwrap();
+    assert_eq!(links["state"], "degraded", "{links}");
+    assert!(links["detail"].as_str().unwrap().contains("1 conflict"), "{links}");
+    assert!(links["last_error"].as_str().unwrap_or_default().starts_with("carol: "), "{links}");
+    // And the journal has it as a warning, once (not at every pass).
+    let log = daemon.log();
+    let warned = log.lines().filter(|l| l.contains("WARN") && l.contains("carol") && l.contains("conflict")).count();
+    assert_eq!(warned, 1, "{log}");
 }
 
 #[test]

@@ -422,3 +422,30 @@ fn after_a_reload_that_changes_the_share_scripts_wait_for_it_as_at_boot() {
         reloaded.elapsed()
     );
 }
+
+#[test]
+fn refused_and_failed_scripts_reach_the_journal_as_warnings_once() {
+    let sandbox = Sandbox::new();
+    let refused = add_script(&sandbox, "10-open", "true");
+    fs::set_permissions(&refused, fs::Permissions::from_mode(0o777)).unwrap();
+    add_script(&sandbox, "20-fails", "exit 3");
+    let me = if nix_is_root() { "root".to_string() } else { std::env::var("USER").unwrap_or_default() };
+    sandbox.write_config(&config_with(&format!(
+        "[[setup.scripts]]\nname = \"10-open\"\npath = \"/etc/pool-agent/setup.d/10-open\"\nrun_as = \"{me}\"\n[[setup.scripts]]\nname = \"20-fails\"\npath = \"/etc/pool-agent/setup.d/20-fails\"\nrun_as = \"{me}\"\n"
+    )));
+    // Under systemd the agent's stderr is the journal's stream: each line carries its priority.
+    let mut command = sandbox.daemon_command();
+    command.env("JOURNAL_STREAM", "8:12345");
+    let daemon = sandbox.start_with(command);
+    wait_state(&sandbox, "10-open", "refused", Duration::from_secs(15));
+    wait_state(&sandbox, "20-fails", "failed", Duration::from_secs(15));
+    // A reload runs the batch again: the same refusal is not said again.
+    daemon.signal("HUP");
+    std::thread::sleep(Duration::from_secs(2));
+    let log = daemon.log();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.starts_with("<4>")).collect();
+    let refusals = warnings.iter().filter(|l| l.contains("10-open") && l.contains("refused")).count();
+    assert_eq!(refusals, 1, "one warning for the refusal: {log}");
+    assert!(warnings.iter().any(|l| l.contains("20-fails") && l.contains("failed (exit 3)")), "{log}");
+    assert!(!log.lines().any(|l| l.starts_with("<6>") && l.contains("failed (exit 3)")), "{log}");
+}

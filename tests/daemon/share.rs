@@ -23,8 +23,11 @@ fn needs_root(test: &str) -> bool {
     false
 }
 
+/// The share's report; `share` exits 1 while it is not mounted, with the report all the same.
 fn share_json(sandbox: &Sandbox) -> serde_json::Value {
-    sandbox.cli_json(&["share", "--json"])
+    let out = sandbox.cli(&["share", "--json"]);
+    assert!(answered(&out), "pool-agent share: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn wait_share_state(sandbox: &Sandbox, state: &str, limit: Duration) -> serde_json::Value {
@@ -265,4 +268,26 @@ fn share_shows_a_human_summary() {
     assert!(text.starts_with("share     mounted"), "{text}");
     // As root the local share is bind-mounted; otherwise it is used in place.
     assert!(text.contains("source    ") && text.contains("(local via "), "{text}");
+}
+
+#[test]
+fn share_exits_1_while_the_share_is_not_mounted_and_0_once_it_is() {
+    let sandbox = Sandbox::new();
+    sandbox.write_config(&LOCAL_SHARE_CONFIG.replace("path = \"/srv/share\"", "path = \"/srv/not-yet\""));
+    let daemon = sandbox.start();
+    let down = eventually(Duration::from_secs(10), || {
+        let out = sandbox.cli(&["share", "--json"]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (report["state"] != "mounted" && report["state"] != "mounting").then_some((out.status.code(), report))
+    });
+    let (code, report) = down.unwrap_or_else(|| panic!("{}", daemon.log()));
+    assert_eq!(code, Some(1), "not mounted: {report:#}");
+    assert_eq!(sandbox.cli(&["share"]).status.code(), Some(1), "the human form too");
+    std::fs::create_dir_all(sandbox.root().join("srv/not-yet")).unwrap();
+    sandbox.cli(&["share", "remount"]);
+    let mounted = eventually(Duration::from_secs(20), || {
+        let out = sandbox.cli(&["share", "--json"]);
+        Some(out.status.code()).filter(|code| *code == Some(0))
+    });
+    assert!(mounted.is_some(), "{:#}", share_json(&sandbox));
 }

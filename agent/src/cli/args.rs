@@ -35,7 +35,7 @@ pub struct Cli {
 pub enum Command {
     /// Every component's state, since when, and its last error.
     Status,
-    /// The shared workspace mount: state, source, health.
+    /// The shared workspace mount: state, source, health (exit 0 mounted or none configured, 1 not mounted).
     Share {
         #[command(subcommand)]
         action: Option<ShareAction>,

@@ -3,7 +3,7 @@
 use super::render::age;
 use super::Call;
 use crate::core::clock::{Clock, SystemClock};
-use crate::share::ShareReport;
+use crate::share::{ShareReport, ShareState};
 use clap::Subcommand;
 use std::fmt::Write;
 
@@ -15,7 +15,11 @@ pub enum ShareAction {
 
 pub fn call(action: &Option<ShareAction>) -> Call {
     let call = match action {
-        None => Call::get("/v1/share"),
+        // Like `status`: 0 when the share is mounted (or none is configured), else 1.
+        None => Call::get("/v1/share").exit_code_by(|body| match serde_json::from_slice::<ShareReport>(body) {
+            Ok(report) if matches!(report.state, ShareState::Mounted | ShareState::NotConfigured) => 0,
+            _ => 1,
+        }),
         Some(ShareAction::Remount) => Call::post("/v1/share/remount", None),
     };
     call.shown_by(|body| {

@@ -271,9 +271,9 @@ async fn pass(
     let share_news = share.clone();
     let share = share.clone();
     // Only what the pass carries over: who was there, and when they last changed.
-    let previous: HashMap<String, Option<Stamp>> = {
+    let previous: HashMap<String, (Option<Stamp>, LinkState)> = {
         let report = links.report.lock().unwrap_or_else(|p| p.into_inner());
-        report.users.iter().map(|u| (u.user.clone(), u.last_change)).collect()
+        report.users.iter().map(|u| (u.user.clone(), (u.last_change, u.state))).collect()
     };
     let changed_at = Stamp(ctx.clock.now());
     let now = rfc3339(changed_at.0);
@@ -328,10 +328,13 @@ async fn pass(
     let users: Vec<UserLink> = users
         .into_iter()
         .map(|(mut user, changed, _)| {
-            user.last_change = if changed { Some(changed_at) } else { previous.get(&user.user).copied().flatten() };
+            let before = previous.get(&user.user);
+            user.last_change = if changed { Some(changed_at) } else { before.and_then(|(at, _)| *at) };
             user
         })
         .collect();
+    warn_new_conflicts(&users, &previous);
+    drop(previous);
     let elapsed = ctx.clock.monotonic().duration_since(started);
     let report = {
         let mut report = links.report.lock().unwrap_or_else(|p| p.into_inner());
@@ -452,6 +455,28 @@ fn link_one(
     (entry, changed, folder_ok)
 }
 
+/// Conflicts and errors reach the journal as warnings when a user comes to
+/// have one, not at every pass; a few by name, the rest counted.
+fn warn_new_conflicts(users: &[UserLink], previous: &HashMap<String, (Option<Stamp>, LinkState)>) {
+    const NAMED: usize = 5;
+    let new: Vec<&UserLink> = users
+        .iter()
+        .filter(|u| matches!(u.state, LinkState::Conflict | LinkState::Error))
+        .filter(|u| previous.get(&u.user).is_none_or(|(_, before)| *before != u.state))
+        .collect();
+    for user in new.iter().take(NAMED) {
+        let what = if user.state == LinkState::Conflict { "conflict" } else { "error" };
+        tracing::warn!(component = "links", user = %user.user, "{what}: {}", user.reason.as_deref().unwrap_or_default());
+    }
+    if new.len() > NAMED {
+        tracing::warn!(
+            component = "links",
+            "{} more users have a new conflict or error; see `pool-agent links`",
+            new.len() - NAMED
+        );
+    }
+}
+
 fn publish(ctx: &TaskContext, report: &LinksReport, share_configured: bool) {
     let count = |state| report.count(state);
     let mut detail =
@@ -465,11 +490,25 @@ fn publish(ctx: &TaskContext, report: &LinksReport, share_configured: bool) {
             detail.push_str(&format!(", {} {what}", count(state)));
         }
     }
+    // An error, or something of a user's own where their link belongs: an
+    // admin has to look (`pool-agent links`), so the VM says so in status.
+    // An agent that is not root (a sandbox, a demo) cannot give users their
+    // homes' folders at all: its conflicts are the sandbox's, not the users'.
+    let first_of = |state| {
+        report
+            .users
+            .iter()
+            .find(|u| u.state == state)
+            .map(|u| format!("{}: {}", u.user, u.reason.clone().unwrap_or_default()))
+    };
+    let as_root = nix::unistd::geteuid().is_root();
+    let conflict = if as_root { first_of(LinkState::Conflict) } else { None };
+    if !as_root && count(LinkState::Conflict) > 0 {
+        detail.push_str(" (the agent is not root: it cannot give users their folders)");
+    }
     if !share_configured {
         ctx.set(ComponentState::Skipped, "no [share] in the config: nothing to link to".to_string());
-    } else if count(LinkState::Error) > 0 {
-        let first = report.users.iter().find(|u| u.state == LinkState::Error);
-        let why = first.map(|u| format!("{}: {}", u.user, u.reason.clone().unwrap_or_default())).unwrap_or_default();
+    } else if let Some(why) = first_of(LinkState::Error).or(conflict) {
         ctx.set_error(ComponentState::Degraded, detail, why);
     } else {
         ctx.set(ComponentState::Ready, detail);

@@ -388,6 +388,11 @@ impl Batch {
             let is_forced = forced == Some(item.script.name.as_str());
             match (&item.verdict, &record) {
                 (Err(why), _) => {
+                    // Said in the journal once per reason, not at every batch.
+                    let before = previous.scripts.iter().find(|s| s.name == item.script.name);
+                    if before.is_none_or(|b| b.state != ScriptState::Refused || b.reason.as_ref() != Some(why)) {
+                        tracing::warn!(script = %item.script.name, "refused: {why}");
+                    }
                     row.state = ScriptState::Refused;
                     row.reason = Some(why.clone());
                 }

@@ -193,7 +193,11 @@ impl Batch {
             ending.push_str("; processes it left running were stopped");
         }
         append_line(&log_path, stamp(self.ctx.clock.now()), &ending).await;
-        tracing::info!(script = %name, "{ending}");
+        if outcome == Outcome::Succeeded {
+            tracing::info!(script = %name, "{ending}");
+        } else {
+            tracing::warn!(script = %name, "{ending}");
+        }
         // The row before the record: whoever sees the run recorded as ended
         // (the file) may ask for the next one, and must not be told it runs.
         let state = match outcome {
