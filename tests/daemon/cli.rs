@@ -69,6 +69,19 @@ fn metrics_and_config_answer() {
         metrics.contains(healthy).then_some(())
     });
     assert!(metrics.contains(healthy), "{metrics}");
+    // Every read command has a JSON form; the metrics' is their parsed samples.
+    let parsed = sandbox.cli_json(&["metrics", "--json"]);
+    let share = parsed["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "pool_agent_component_healthy" && s["labels"]["component"] == "share")
+        .cloned();
+    assert_eq!(share.map(|s| s["value"].clone()), Some(1.0.into()), "{parsed:#}");
+    for read in [&["status"][..], &["share"], &["links"], &["scripts"], &["idle"], &["hold", "list"], &["config"]] {
+        let out = sandbox.cli(&[read, &["--json"]].concat());
+        assert!(serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok(), "{read:?} --json: {}", stdout(&out));
+    }
     let config: serde_json::Value = serde_json::from_slice(&sandbox.cli(&["config", "--json"]).stdout).unwrap();
     assert_eq!(config["share"]["kind"], "local");
 }

@@ -216,3 +216,19 @@ fn users_holding_every_slot_and_a_connect_loop_leave_root_its_answer() {
     // 64 ordinary + 16 reserve + 32 lingering refusals + the daemon's own files.
     assert!(most_fds < 160, "the daemon held {most_fds} descriptors");
 }
+
+#[test]
+fn a_socket_the_user_may_not_reach_names_the_admin_group() {
+    if !can_switch_uid("a_socket_the_user_may_not_reach_names_the_admin_group") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let _daemon = sandbox.start();
+    let run_dir = sandbox.socket().parent().unwrap().to_path_buf();
+    std::fs::set_permissions(&run_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let out = sandbox.cli_as(USER_UID, &["status"]);
+    let said = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(said.contains("permission denied") && said.contains("pool-agent-admin"), "{said}");
+    assert!(!said.contains("os error"), "{said}");
+}

@@ -108,7 +108,35 @@ async fn errors_as_json(request: Request, next: Next) -> Response {
         Ok(bytes) if !bytes.is_empty() => String::from_utf8_lossy(&bytes).trim().to_string(),
         _ => status.canonical_reason().unwrap_or("error").to_string(),
     };
-    json_error(status, code_for_status(status), text)
+    json_error(status, code_for_status(status), plain_rejection(&text))
+}
+
+/// axum's rejection texts speak of deserializing target types; say what was
+/// wrong with the request in the words of its fields.
+fn plain_rejection(text: &str) -> String {
+    for (prefix, what) in [
+        ("Failed to deserialize the JSON body into the target type: ", "the JSON body"),
+        ("Failed to parse the request body as JSON: ", "the body is not JSON"),
+        ("Failed to deserialize query string: ", "the query"),
+    ] {
+        if let Some(rest) = text.strip_prefix(prefix) {
+            // "field: message at line 1 column 14": the position says nothing in a one-line body.
+            let rest = rest.split(" at line ").next().unwrap_or(rest);
+            let rest = match rest.split_once(": ") {
+                Some((field, message)) if !field.contains(' ') => {
+                    format!("{field}: {}", crate::config::plain_serde_message(message))
+                }
+                _ => crate::config::plain_serde_message(rest),
+            };
+            return format!("{what}: {rest}");
+        }
+    }
+    match text {
+        "Expected request with `Content-Type: application/json`" => {
+            "send the body as JSON, with Content-Type: application/json".to_string()
+        }
+        other => other.to_string(),
+    }
 }
 
 /// Test helper: the body of a response as JSON.
@@ -196,6 +224,28 @@ mod tests {
         let mut request = Request::builder().method(method).uri(path).body(Body::empty()).unwrap();
         request.extensions_mut().insert(Peer { uid, gid: uid, pid: None });
         request
+    }
+
+    #[test]
+    fn rejections_speak_of_the_request_not_of_rust_types() {
+        let cases = [
+            (
+                "Failed to deserialize the JSON body into the target type: duration: invalid type: integer `5`, expected a string at line 1 column 14",
+                "the JSON body: duration: expected a quoted string, found integer `5`",
+            ),
+            (
+                "Failed to deserialize the JSON body into the target type: missing field `duration` at line 1 column 17",
+                "the JSON body: `duration` is missing",
+            ),
+            (
+                "Failed to deserialize the JSON body into the target type: unknown field `reson`, expected `duration` or `reason` at line 1 column 9",
+                "the JSON body: unknown key `reson`; did you mean `reason`?",
+            ),
+            ("Failed to deserialize query string: offset: invalid digit found in string", "the query: offset: expected a whole number"),
+        ];
+        for (axum_says, we_say) in cases {
+            assert_eq!(plain_rejection(axum_says), we_say);
+        }
     }
 
     #[tokio::test]

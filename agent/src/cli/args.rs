@@ -14,9 +14,29 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
     crate::config::duration::parse(text)
 }
 
+const CLI_DESCRIPTION: &str = "pool-agent talks to pool-agentd, the agent that makes every VM of a pool of \
+data-science VMs look the same: the team's share mounted, each user's notebooks/remote linked to their \
+folder on it, the admin's setup scripts run, and an honest idle verdict kept so the pool can shrink \
+without stopping anyone's work.\n\n\
+Every command asks the daemon over its unix socket (/run/pool-agent/agent.sock) and prints a summary, \
+or the API's JSON with --json. Any user may read; changing the VM (share remount, scripts run, links \
+sync, another user's hold) takes root or the pool-agent-admin group.\n\n\
+Exit status: 0 done (status: all ready; share: mounted), 1 not ready or refused, 2 a usage error, \
+3 the daemon did not answer.";
+
+const DAEMON_DESCRIPTION: &str = "pool-agentd runs on every VM of a pool, started by systemd at boot \
+(pool-agentd.service, Type=notify). It mounts the share named in /etc/pool-agent/config.toml and \
+config.d/*.toml (Azure Files over SMB, NFS, or a local directory) and keeps it mounted, links each \
+user's notebooks/remote to their folder on it, runs the admin's setup scripts (once or every boot, as \
+their users, under a timeout), and keeps the idle verdict from sessions, CPU, GPU, connections, Jupyter \
+kernels and holds. pool-agent(1) queries it over the socket.\n\n\
+SIGHUP reloads the config (a bad one is refused and the old one kept); SIGTERM stops it within 5 s. \
+--check-config checks a config as boot would; --prepare-image readies a VM for capture as an image; \
+--demo runs it in a throwaway sandbox.";
+
 /// Query and steer the pool-agent daemon on this VM.
 #[derive(Debug, Parser)]
-#[command(name = "pool-agent", version, about, long_about = None, propagate_version = true, disable_help_subcommand = true)]
+#[command(name = "pool-agent", version, about, long_about = CLI_DESCRIPTION, propagate_version = true, disable_help_subcommand = true)]
 pub struct Cli {
     /// The daemon's API socket.
     #[arg(long, global = true, env = "POOL_AGENT_SOCKET", default_value = SOCKET_FILE, value_name = "PATH")]
@@ -54,7 +74,8 @@ pub enum Command {
     Idle,
     /// Keep this VM awake for a while (a keep-awake lease), or list/release leases.
     Hold(HoldArgs),
-    /// Azure Scheduled Events seen and handled.
+    /// Azure Scheduled Events seen and handled (hidden until the Azure capability is built).
+    #[command(hide = true)]
     Events,
     /// The Prometheus metrics text.
     Metrics,
@@ -70,7 +91,7 @@ pub enum Command {
 
 /// The pool-agent daemon: share, links, setup scripts, idle verdict, local API.
 #[derive(Debug, Parser)]
-#[command(name = "pool-agentd", version, about, long_about = None)]
+#[command(name = "pool-agentd", version, about, long_about = DAEMON_DESCRIPTION)]
 pub struct DaemonArgs {
     /// Main config file [default: /etc/pool-agent/config.toml, under --root if given].
     #[arg(long, value_name = "PATH")]

@@ -16,7 +16,9 @@ const MAX_REPLY_BYTES: usize = 8 * 1024 * 1024;
 pub enum ClientError {
     #[error("cannot reach pool-agentd at {socket} ({reason}); start it with `sudo systemctl start pool-agentd`, or try `pool-agentd --demo`")]
     Unreachable { socket: String, reason: String },
-    #[error("pool-agentd at {socket} did not answer within {after:?}")]
+    #[error("permission denied on {socket}: run it with sudo, or ask an admin to add you to the {admin_group} group (sudo usermod -aG {admin_group} $USER, then log in again)")]
+    Denied { socket: String, admin_group: String },
+    #[error("pool-agentd at {socket} did not answer within {}", crate::config::duration::format_rounded(*after))]
     Timeout { socket: String, after: Duration },
     #[error("talking to pool-agentd at {socket}: {reason}")]
     Protocol { socket: String, reason: String },
@@ -28,7 +30,7 @@ impl ClientError {
     /// 3 when the daemon cannot be reached at all, 1 when it refused or failed.
     pub fn exit_code(&self) -> u8 {
         match self {
-            ClientError::Unreachable { .. } | ClientError::Timeout { .. } => 3,
+            ClientError::Unreachable { .. } | ClientError::Denied { .. } | ClientError::Timeout { .. } => 3,
             ClientError::Protocol { .. } | ClientError::Api { .. } => 1,
         }
     }
@@ -82,8 +84,13 @@ impl Client {
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 }
+                Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => {
+                    let admin_group = crate::config::DEFAULT_ADMIN_GROUP.to_string();
+                    return Err(ClientError::Denied { socket: self.socket_name(), admin_group });
+                }
                 Err(err) => {
-                    return Err(ClientError::Unreachable { socket: self.socket_name(), reason: err.to_string() })
+                    let reason = crate::config::io_text(&err);
+                    return Err(ClientError::Unreachable { socket: self.socket_name(), reason });
                 }
             }
         }

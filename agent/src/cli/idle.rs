@@ -38,8 +38,13 @@ pub fn idle() -> Call {
 /// The verdict, since when, then one line per signal with its last activity and reasons.
 pub fn summary(report: &IdleReport) -> String {
     let mut out = String::new();
-    let _ =
-        writeln!(out, "verdict: {} (timeout {}s, action {})", report.verdict, report.timeout_seconds, report.action);
+    let _ = writeln!(
+        out,
+        "verdict: {} (timeout {}, action {})",
+        report.verdict,
+        crate::config::duration::format(std::time::Duration::from_secs(report.timeout_seconds)),
+        report.action
+    );
     if let Some(since) = &report.idle_since {
         let _ = writeln!(out, "last activity: {since}");
     }

@@ -38,11 +38,22 @@ pub struct Call {
     verdict: Option<fn(&[u8]) -> u8>,
     /// Ask again (`?offset=`) while the answer says there is more: `scripts log --follow`.
     follow: Option<FollowNext>,
+    /// A text answer's JSON form for `--json` (metrics: the parsed samples).
+    json_of: Option<fn(&[u8]) -> serde_json::Value>,
 }
 
 impl Call {
     fn new(method: Method, path: &str, body: Option<serde_json::Value>) -> Self {
-        Self { method, path: path.to_string(), body, text: false, summary: None, verdict: None, follow: None }
+        Self {
+            method,
+            path: path.to_string(),
+            body,
+            text: false,
+            summary: None,
+            verdict: None,
+            follow: None,
+            json_of: None,
+        }
     }
     pub fn get(path: &str) -> Self {
         Self::new(Method::GET, path, None)
@@ -55,6 +66,10 @@ impl Call {
     }
     pub fn as_text(mut self) -> Self {
         self.text = true;
+        self
+    }
+    pub fn json_by(mut self, json_of: fn(&[u8]) -> serde_json::Value) -> Self {
+        self.json_of = Some(json_of);
         self
     }
     pub fn shown_by(mut self, summary: Summary) -> Self {
@@ -156,7 +171,12 @@ async fn follow(client: &Client, call: &Call, next: FollowNext, json: bool) -> E
 
 fn show(call: &Call, reply: &Reply, json: bool) -> ExitCode {
     let mut stdout = std::io::stdout().lock();
+    let as_json = |value: serde_json::Value| {
+        let pretty = serde_json::to_string_pretty(&value).unwrap_or_default();
+        format!("{}\n", render::json_for_terminal(&pretty))
+    };
     let text = match (call.text, call.summary, json) {
+        (true, _, true) if call.json_of.is_some() => as_json(call.json_of.map(|f| f(&reply.body)).unwrap_or_default()),
         (true, _, _) => render::printable(&String::from_utf8_lossy(&reply.body)).into_owned(),
         (false, Some(summary), false) => match summary(&reply.body) {
             Ok(text) => render::printable(&text).into_owned(),
@@ -164,10 +184,7 @@ fn show(call: &Call, reply: &Reply, json: bool) -> ExitCode {
         },
         // JSON escapes control characters itself; bidi controls are escaped here.
         _ => match serde_json::from_slice::<serde_json::Value>(&reply.body) {
-            Ok(value) => {
-                let pretty = serde_json::to_string_pretty(&value).unwrap_or_default();
-                format!("{}\n", render::json_for_terminal(&pretty))
-            }
+            Ok(value) => as_json(value),
             Err(_) => render::printable(&String::from_utf8_lossy(&reply.body)).into_owned(),
         },
     };
@@ -210,7 +227,8 @@ fn generate_assets(dir: &Path) -> std::io::Result<()> {
 fn completion_command() -> clap::Command {
     let full = Cli::command();
     let visible: Vec<clap::Command> = full.get_subcommands().filter(|s| !s.is_hide_set()).cloned().collect();
-    let mut command = clap::Command::new("pool-agent").subcommands(visible);
+    // The CLI has no `help` subcommand (`--help` serves): offer none.
+    let mut command = clap::Command::new("pool-agent").disable_help_subcommand(true).subcommands(visible);
     for argument in full.get_arguments().filter(|a| !matches!(a.get_id().as_str(), "help" | "version")) {
         command = command.arg(argument.clone());
     }
@@ -307,6 +325,15 @@ mod tests {
         let first = bash_completes(&script, &["pool-agent", ""]);
         assert!(first.contains(&"status".to_string()), "{first:?}");
         assert!(!first.iter().any(|w| w == "generate-assets"), "{first:?}");
+        // Nothing the CLI would reject: it has no `help` subcommand, and `events` waits for Azure.
+        for rejected in ["help", "events"] {
+            assert!(!first.iter().any(|w| w == rejected), "{rejected} offered: {first:?}");
+            for words in [&["pool-agent", "scripts", ""][..], &["pool-agent", "hold", ""], &["pool-agent", "share", ""]]
+            {
+                let offered = bash_completes(&script, words);
+                assert!(!offered.iter().any(|w| w == rejected), "{rejected} offered after {words:?}: {offered:?}");
+            }
+        }
         for file in ["completions/_pool-agent", "completions/pool-agent.fish"] {
             let text = std::fs::read_to_string(dir.path().join(file)).unwrap();
             assert!(!text.contains("generate-assets"), "{file}");

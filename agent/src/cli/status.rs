@@ -38,7 +38,78 @@ pub fn config() -> Call {
 }
 
 pub fn metrics() -> Call {
-    Call::get("/metrics").as_text()
+    Call::get("/metrics").as_text().json_by(|body| metrics_json(&String::from_utf8_lossy(body)))
+}
+
+/// The Prometheus text as JSON: `{"samples": [{"name", "labels", "value"}],
+/// "help": {name: text}}`. The agent's own exposition is simple (no
+/// timestamps, no exemplars); a line that is not a sample is left out.
+pub fn metrics_json(text: &str) -> serde_json::Value {
+    let mut samples = Vec::new();
+    let mut help = serde_json::Map::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            if let Some((name, what)) = rest.split_once(' ') {
+                help.insert(name.to_string(), what.into());
+            }
+            continue;
+        }
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        if let Some(sample) = parse_sample(line) {
+            samples.push(sample);
+        }
+    }
+    serde_json::json!({ "samples": samples, "help": help })
+}
+
+fn parse_sample(line: &str) -> Option<serde_json::Value> {
+    let (name, rest) = match line.find(['{', ' ']) {
+        Some(at) => line.split_at(at),
+        None => return None,
+    };
+    let mut labels = serde_json::Map::new();
+    let mut rest = rest;
+    if let Some(inside) = rest.strip_prefix('{') {
+        let mut chars = inside.char_indices();
+        let mut key = String::new();
+        let end = loop {
+            let (at, c) = chars.next()?;
+            match c {
+                '}' => break at,
+                ',' | ' ' => {}
+                '=' => {
+                    // A quoted value with \\, \" and \n escapes.
+                    if chars.next()?.1 != '"' {
+                        return None;
+                    }
+                    let mut value = String::new();
+                    loop {
+                        match chars.next()?.1 {
+                            '\\' => match chars.next()?.1 {
+                                'n' => value.push('\n'),
+                                other => value.push(other),
+                            },
+                            '"' => break,
+                            other => value.push(other),
+                        }
+                    }
+                    labels.insert(std::mem::take(&mut key), value.into());
+                }
+                other => key.push(other),
+            }
+        };
+        rest = &inside[end + 1..];
+    }
+    let value: f64 = match rest.trim() {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        number => number.split_whitespace().next()?.parse().ok()?,
+    };
+    // JSON has no NaN or infinity: such a value is null.
+    let value = serde_json::Number::from_f64(value).map(serde_json::Value::Number).unwrap_or_default();
+    Some(serde_json::json!({ "name": name, "labels": labels, "value": value }))
 }
 
 pub fn status_text(report: &StatusReport) -> String {
@@ -148,5 +219,27 @@ mod tests {
         let mut healthy = report.clone();
         healthy.components[0].state = ComponentState::Ready;
         assert_eq!(verdict(&healthy), ALL_READY);
+    }
+}
+
+#[cfg(test)]
+mod metrics_tests {
+    use super::*;
+
+    #[test]
+    fn metrics_text_becomes_samples_with_labels_and_help() {
+        let text = "# HELP pool_agent_up Up.\n# TYPE pool_agent_up gauge\npool_agent_up 1\n\
+                    pool_agent_component_healthy{component=\"share\",why=\"a \\\"b\\\" c\\\\d\"} 0\n\
+                    pool_agent_idle_seconds_total 12.5\nbucket{le=\"+Inf\"} +Inf\n";
+        let json = metrics_json(text);
+        let samples = json["samples"].as_array().unwrap();
+        assert_eq!(samples.len(), 4, "{json:#}");
+        assert_eq!(samples[0], serde_json::json!({"name": "pool_agent_up", "labels": {}, "value": 1.0}));
+        assert_eq!(samples[1]["labels"]["component"], "share");
+        assert_eq!(samples[1]["labels"]["why"], "a \"b\" c\\d");
+        assert_eq!(samples[1]["value"], 0.0);
+        assert_eq!(samples[2]["value"], 12.5);
+        assert_eq!(samples[3]["value"], serde_json::Value::Null, "infinity has no JSON form");
+        assert_eq!(json["help"]["pool_agent_up"], "Up.");
     }
 }

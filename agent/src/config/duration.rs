@@ -23,6 +23,15 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     count.checked_mul(seconds_per_unit).map(Duration::from_secs).ok_or_else(|| format!("duration {text:?} is too long"))
 }
 
+/// A duration as the config writes them, for messages: whole units, and
+/// below a second in milliseconds (`250ms`, `10s`, `5m`).
+pub fn format_rounded(duration: Duration) -> String {
+    if duration < Duration::from_secs(1) {
+        return format!("{}ms", duration.as_millis());
+    }
+    format(Duration::from_secs(duration.as_secs()))
+}
+
 /// The shortest exact text for a duration, the inverse of [`parse`].
 pub fn format(duration: Duration) -> String {
     let seconds = duration.as_secs();

@@ -183,6 +183,10 @@ fn dotted_key(path: &serde_path_to_error::Path) -> String {
 }
 
 /// serde speaks of fields, variants and Rust types; admins write keys and values.
+pub fn plain_serde_message(message: &str) -> String {
+    friendlier(message)
+}
+
 fn friendlier(message: &str) -> String {
     for prefix in ["invalid type: ", "invalid value: "] {
         if let Some((found, expected)) = message.strip_prefix(prefix).and_then(|rest| rest.split_once(", expected ")) {
@@ -206,7 +210,10 @@ fn friendlier(message: &str) -> String {
             return unknown_with_suggestion(what, given, &choices);
         }
     }
-    message.to_string()
+    match message.strip_prefix("missing field `") {
+        Some(rest) => format!("`{}` is missing", rest.trim_end_matches('`')),
+        None => message.replace("invalid digit found in string", "expected a whole number"),
+    }
 }
 
 /// "unknown key `mount_pont`; did you mean `mount_point`?", or the choices

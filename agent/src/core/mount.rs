@@ -39,7 +39,7 @@ impl MountCall {
 pub enum MountError {
     #[error("`{command}` failed ({status}): {output}")]
     Failed { command: String, status: String, output: String },
-    #[error("`{command}` did not finish within {after:?}")]
+    #[error("`{command}` did not finish within {}", crate::config::duration::format_rounded(*after))]
     TimedOut { command: String, after: Duration },
     #[error("cannot run `{command}`: {reason}")]
     Spawn { command: String, reason: String },

@@ -48,8 +48,9 @@ pub struct IdleReport {
     pub signals: Vec<SignalReport>,
 }
 
-/// `POST /v1/holds`.
+/// `POST /v1/holds`. A misspelt field is refused, not ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HoldRequest {
     /// `30m`, `4h`, `1d`.
     pub duration: String,

@@ -51,6 +51,7 @@ pub(super) async fn run_now(State(scripts): State<Scripts>, UrlPath(name): UrlPa
 }
 
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct LogQuery {
     pub(super) offset: Option<u64>,
 }

@@ -656,7 +656,11 @@ impl Worker {
                 format!("probe of {} failed: {error}", probed.display())
             }
             ProbeOutcome::TimedOut { after } => {
-                format!("probe of {} hung for more than {}s", probed.display(), after.as_secs())
+                format!(
+                    "probe of {} hung for more than {}",
+                    probed.display(),
+                    crate::config::duration::format_rounded(after)
+                )
             }
         };
         self.failed_in_a_row += 1;
