@@ -243,14 +243,14 @@ fn the_check_vets_every_script_as_boot_would_and_names_them_all_in_line_order() 
     let entry = |name: &str, path: &str, run_as: &str| {
         format!("[[setup.scripts]]\nname = \"{name}\"\npath = \"{path}\"\nrun_as = \"{run_as}\"\n")
     };
-    let me = if nix_is_root() { "root".to_string() } else { std::env::var("USER").unwrap_or_default() };
+    let me = sandbox.caller_name();
     let config = [
         LOCAL_SHARE_CONFIG.to_string(),
         entry("missing", "/opt/setup/missing.sh", &me),
         entry("crlf", "/opt/setup/crlf.sh", &me),
         entry("plain", "/opt/setup/plain.sh", &me),
         entry("stranger", "/opt/setup/good.sh", "nosuchuser"),
-        entry("good", "/opt/setup/good.sh", "alice"),
+        entry("good", "/opt/setup/good.sh", &me),
     ]
     .concat();
     sandbox.write_config(&config);

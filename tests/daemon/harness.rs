@@ -72,6 +72,22 @@ impl Sandbox {
         sandbox
     }
 
+    /// The sandbox's name for whoever runs the tests: `root`, or `me`, added
+    /// to its passwd (an agent that is not root runs scripts only as itself).
+    pub fn caller_name(&self) -> String {
+        if nix_is_root() {
+            return "root".to_string();
+        }
+        let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+        let passwd = self.root().join("etc/passwd");
+        let mut users = fs::read_to_string(&passwd).unwrap();
+        if !users.contains("\nme:") {
+            users.push_str(&format!("me:x:{uid}:{gid}::/tmp:/bin/sh\n"));
+            fs::write(&passwd, users).unwrap();
+        }
+        "me".to_string()
+    }
+
     pub fn root(&self) -> &Path {
         self.dir.path()
     }

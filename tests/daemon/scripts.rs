@@ -429,7 +429,7 @@ fn refused_and_failed_scripts_reach_the_journal_as_warnings_once() {
     let refused = add_script(&sandbox, "10-open", "true");
     fs::set_permissions(&refused, fs::Permissions::from_mode(0o777)).unwrap();
     add_script(&sandbox, "20-fails", "exit 3");
-    let me = if nix_is_root() { "root".to_string() } else { std::env::var("USER").unwrap_or_default() };
+    let me = sandbox.caller_name();
     sandbox.write_config(&config_with(&format!(
         "[[setup.scripts]]\nname = \"10-open\"\npath = \"/etc/pool-agent/setup.d/10-open\"\nrun_as = \"{me}\"\n[[setup.scripts]]\nname = \"20-fails\"\npath = \"/etc/pool-agent/setup.d/20-fails\"\nrun_as = \"{me}\"\n"
     )));
