@@ -51,6 +51,8 @@ const PLAN_DEADLINE: Duration = Duration::from_secs(60);
 const LAUNCH_DEADLINE: Duration = Duration::from_secs(30);
 /// How long the first batch waits for the links' first pass.
 const LINKS_WAIT: Duration = Duration::from_secs(60);
+/// After a reload that moved the share, how long its news may take to change.
+const SHARE_NEWS_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct Scripts {
@@ -315,8 +317,10 @@ impl Batch {
             share_rx.borrow_and_update();
         }
         let mounted = async {
-            if share_changed && share_rx.changed().await.is_err() {
-                return;
+            // The share task may have told of the new share already (then no
+            // change comes): a short wait for its news, then its state decides.
+            if share_changed {
+                let _ = tokio::time::timeout(SHARE_NEWS_WAIT, share_rx.changed()).await;
             }
             loop {
                 if matches!(*share_rx.borrow_and_update(), ShareNews::Mounted { .. } | ShareNews::NotConfigured) {
