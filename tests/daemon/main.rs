@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod azure;
 mod cli;
 mod config_check;
 mod idle;

@@ -1,16 +1,172 @@
-//! Azure reporting: custom metrics, scale-in protection, Scheduled Events and
-//! the health endpoint, fed by the idle verdict from the core's shared state.
+//! Azure: who this VM is (IMDS), tokens from its managed identity, the idle
+//! verdict published as Azure Monitor custom metrics for autoscale, and the
+//! Application Health endpoint. Fed by the idle verdict and the share's news
+//! from the core's shared state.
 //!
-//! Not built yet: the task says so in `pool-agent status`, and its API
-//! routes answer 501 with a JSON error.
+//! Off Azure (IMDS does not answer) with `azure.enabled = "auto"` the
+//! capability says `absent` and asks again every few minutes; nothing else
+//! changes. Scheduled Events and scale-in protection are not built yet:
+//! `/v1/events` answers 501.
 
+pub mod health;
+pub mod imds;
+pub mod monitor;
+pub mod token;
+
+use crate::config::{AzureEnabled, Settings};
+use crate::core::board::StatusBoard;
 use crate::core::capability::Capability;
-use crate::core::component::ComponentId;
+use crate::core::component::{ComponentId, ComponentState};
 use crate::core::http::{not_built, Access, Route};
+use crate::core::shared::SharedState;
 use crate::core::task::{TaskContext, TaskResult};
+use axum::extract::State;
+use axum::Json;
 use futures_util::future::BoxFuture;
+use imds::{Imds, ImdsCounters, ImdsError};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+use token::Tokens;
+use tokio::sync::watch;
 
-pub struct Azure;
+/// Off Azure, IMDS is asked again this often.
+const ABSENT_RETRY: Duration = Duration::from_secs(120);
+/// How long the first metadata read may take (a 410 storm lasts up to 70 s).
+const METADATA_DEADLINE: Duration = Duration::from_secs(80);
+
+/// What IMDS says of this VM (`compute`), as `pool-agent azure` shows it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Compute {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub vm_id: String,
+    #[serde(default)]
+    pub location: String,
+    #[serde(default)]
+    pub subscription_id: String,
+    #[serde(default)]
+    pub resource_group_name: String,
+    #[serde(default)]
+    pub vm_scale_set_name: String,
+    #[serde(default)]
+    pub resource_id: String,
+}
+
+impl Compute {
+    /// What the metrics describe: the scale set (autoscale reads its
+    /// metrics), or the VM itself outside one.
+    pub fn metrics_resource(&self) -> String {
+        if self.vm_scale_set_name.is_empty() {
+            return self.resource_id.clone();
+        }
+        format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachineScaleSets/{}",
+            self.subscription_id, self.resource_group_name, self.vm_scale_set_name
+        )
+    }
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct LastPost {
+    pub at: String,
+    /// The HTTP status, or 0 when none came back.
+    pub status: u16,
+    pub detail: String,
+}
+
+/// `GET /v1/azure`.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct AzureReport {
+    /// `on-azure`, `absent` (IMDS does not answer), `off` (azure.enabled = false), `starting`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute: Option<Compute>,
+    #[serde(default)]
+    pub identity: String,
+    #[serde(default)]
+    pub tokens: Vec<token::TokenView>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub metrics_url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_post: Option<LastPost>,
+    #[serde(default)]
+    pub buckets_posted: u64,
+    #[serde(default)]
+    pub backlog: usize,
+    #[serde(default)]
+    pub dropped_too_old: u64,
+    #[serde(default)]
+    pub dropped_rejected: u64,
+    #[serde(default)]
+    pub imds_requests: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<health::Health>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub health_listen: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What the health answer reads, set when the task starts.
+struct Inputs {
+    board: Arc<StatusBoard>,
+    shared: SharedState,
+    settings: watch::Receiver<Arc<Settings>>,
+}
+
+struct Inner {
+    clock: crate::core::clock::SharedClock,
+    report: Mutex<AzureReport>,
+    tokens: OnceLock<Arc<Tokens>>,
+    inputs: OnceLock<Inputs>,
+    imds: ImdsCounters,
+    posts: Family<Vec<(String, String)>, Counter>,
+    dropped: Family<Vec<(String, String)>, Counter>,
+}
+
+#[derive(Clone)]
+pub struct Azure(Arc<Inner>);
+
+impl Azure {
+    pub fn new(clock: crate::core::clock::SharedClock) -> Self {
+        Self(Arc::new(Inner {
+            clock,
+            report: Mutex::default(),
+            tokens: OnceLock::new(),
+            inputs: OnceLock::new(),
+            imds: ImdsCounters::default(),
+            posts: Family::default(),
+            dropped: Family::default(),
+        }))
+    }
+
+    fn now(&self) -> SystemTime {
+        self.0.clock.now()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut AzureReport)) {
+        let mut report = self.0.report.lock().unwrap_or_else(|p| p.into_inner());
+        change(&mut report);
+    }
+
+    fn health_now(&self) -> Option<health::Health> {
+        let inputs = self.0.inputs.get()?;
+        let unhealthy_after = inputs.settings.borrow().azure.unhealthy_after;
+        Some(health::judge(&inputs.shared.idle(), &inputs.board.components(), unhealthy_after, self.now()))
+    }
+
+    fn report(&self) -> AzureReport {
+        let mut report = self.0.report.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        report.tokens = self.0.tokens.get().map(|t| t.views()).unwrap_or_default();
+        report.imds_requests = self.0.imds.requests.get();
+        report.health = self.health_now();
+        report
+    }
+}
 
 impl Capability for Azure {
     fn id(&self) -> ComponentId {
@@ -18,14 +174,362 @@ impl Capability for Azure {
     }
 
     fn run(&self, ctx: TaskContext) -> BoxFuture<'static, TaskResult> {
-        Box::pin(ctx.not_built("Azure reporting"))
+        Box::pin(run(ctx, self.clone()))
     }
 
     fn routes(&self) -> Vec<Route> {
-        vec![Route::get("/v1/events", Access::Read, || not_built("GET /v1/events", "Azure reporting"))]
+        vec![
+            Route::get_with("/v1/azure", Access::Read, self.clone(), azure_report),
+            Route::get("/v1/events", Access::Read, || not_built("GET /v1/events", "Azure Scheduled Events")),
+        ]
+    }
+
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "azure_imds_requests",
+            "Requests to the Instance Metadata Service.",
+            self.0.imds.requests.clone(),
+        );
+        registry.register("azure_imds_retries", "IMDS requests that were retries.", self.0.imds.retries.clone());
+        registry.register(
+            "azure_metric_posts",
+            "Posts of metric buckets to Azure Monitor, by outcome.",
+            self.0.posts.clone(),
+        );
+        registry.register(
+            "azure_metric_points_dropped",
+            "Metric buckets given up, by reason (too_old: outside Azure's 20 minutes; rejected: a 400).",
+            self.0.dropped.clone(),
+        );
     }
 
     fn config_section(&self) -> &'static str {
         "azure"
+    }
+}
+
+async fn azure_report(State(azure): State<Azure>) -> Json<AzureReport> {
+    Json(azure.report())
+}
+
+async fn run(ctx: TaskContext, azure: Azure) -> TaskResult {
+    let _ = azure.0.inputs.set(Inputs {
+        board: ctx.board.clone(),
+        shared: ctx.shared.clone(),
+        settings: ctx.settings.clone(),
+    });
+    let settings = ctx.settings.borrow().clone();
+    let _health = health_server(&ctx, &azure, &settings).await;
+    if settings.azure.enabled == AzureEnabled::Off {
+        azure.update(|r| r.state = "off".into());
+        ctx.set(ComponentState::Skipped, "azure.enabled = false".to_string());
+        ctx.idle_until_shutdown().await;
+        return Ok(());
+    }
+    let imds = match Imds::new(&settings.azure.imds_endpoint, &azure.0.imds) {
+        Ok(imds) => Arc::new(imds),
+        Err(err) => return Err(crate::core::task::TaskError::Failed(err)),
+    };
+    let tokens = azure
+        .0
+        .tokens
+        .get_or_init(|| Arc::new(Tokens::new(imds.clone(), &settings.azure.client_id, ctx.clock.clone())))
+        .clone();
+    azure.update(|r| {
+        r.state = "starting".into();
+        r.identity = match settings.azure.client_id.as_str() {
+            "" => "system-assigned managed identity".into(),
+            id => format!("user-assigned managed identity {id}"),
+        };
+    });
+    let compute = loop {
+        // Not a reason to call the VM not ready: off Azure nothing else depends on it.
+        ctx.set(ComponentState::Skipped, "asking IMDS who this VM is".to_string());
+        match metadata(&imds).await {
+            Ok(compute) => break compute,
+            Err(err) => {
+                // With "auto", anything but instance metadata means not on Azure (a
+                // network that intercepts the link-local address answers too).
+                let absent = settings.azure.enabled == AzureEnabled::Auto;
+                let again = crate::config::duration::format(ABSENT_RETRY);
+                azure.update(|r| {
+                    r.state = if absent { "absent" } else { "starting" }.into();
+                    r.error = Some(err.to_string());
+                });
+                if absent {
+                    ctx.set(
+                        ComponentState::Skipped,
+                        format!("absent: not on Azure ({err}); asking again every {again}"),
+                    );
+                } else {
+                    ctx.set_error(
+                        ComponentState::Degraded,
+                        format!("IMDS failed; asking again in {again}"),
+                        err.to_string(),
+                    );
+                }
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(ABSENT_RETRY) => {}
+                }
+            }
+        }
+    };
+    if settings.instance.name.is_empty() && !compute.name.is_empty() {
+        ctx.shared.publish_instance_name(&compute.name);
+    }
+    let base = match settings.azure.monitoring_endpoint.as_str() {
+        "" => format!("https://{}.monitoring.azure.com", compute.location),
+        configured => configured.to_string(),
+    };
+    let url = format!("{base}{}/metrics", compute.metrics_resource());
+    azure.update(|r| {
+        r.state = "on-azure".into();
+        r.compute = Some(compute.clone());
+        r.metrics_url = url.clone();
+        r.error = None;
+    });
+    ctx.set(
+        ComponentState::Ready,
+        format!(
+            "on Azure: {} in {}; the verdict goes to Azure Monitor every {}",
+            compute.name,
+            compute.location,
+            crate::config::duration::format(settings.azure.metrics_interval)
+        ),
+    );
+    publish_metrics(&ctx, &azure, &tokens, &url, &compute).await
+}
+
+async fn metadata(imds: &Imds) -> Result<Compute, ImdsError> {
+    #[derive(serde::Deserialize)]
+    struct Instance {
+        compute: Compute,
+    }
+    let body = imds.get("/metadata/instance?api-version=2021-02-01", METADATA_DEADLINE).await?;
+    serde_json::from_slice::<Instance>(&body).map(|i| i.compute).map_err(|err| ImdsError::Refused {
+        status: 200,
+        path: "/metadata/instance".into(),
+        body: format!("not instance metadata: {err}"),
+    })
+}
+
+/// `azure.health_listen`: a plain HTTP answer for the Application Health
+/// extension, on loopback only.
+async fn health_server(ctx: &TaskContext, azure: &Azure, settings: &Settings) -> Option<tokio::task::JoinHandle<()>> {
+    let listen = settings.azure.health_listen.clone();
+    if listen.is_empty() {
+        return None;
+    }
+    azure.update(|r| r.health_listen = listen.clone());
+    let listener = match tokio::net::TcpListener::bind(&listen).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::warn!(
+                component = "azure",
+                "cannot answer health probes on {listen}: {}",
+                crate::config::io_text(&err)
+            );
+            azure.update(|r| r.error = Some(format!("health endpoint {listen}: {}", crate::config::io_text(&err))));
+            return None;
+        }
+    };
+    let app = axum::Router::new().route("/health", axum::routing::get(health_answer)).with_state(azure.clone());
+    let stop = ctx.shutdown.clone();
+    Some(tokio::spawn(async move {
+        let _ = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+    }))
+}
+
+async fn health_answer(State(azure): State<Azure>) -> Json<serde_json::Value> {
+    let healthy = azure.health_now().is_none_or(|h| h.healthy);
+    Json(serde_json::json!({ "ApplicationHealthState": if healthy { "Healthy" } else { "Unhealthy" } }))
+}
+
+/// One bucket per interval (after a per-VM random offset, so a pool does not
+/// post in step), and the backlog posted oldest first until Azure takes it.
+async fn publish_metrics(
+    ctx: &TaskContext,
+    azure: &Azure,
+    tokens: &Tokens,
+    url: &str,
+    compute: &Compute,
+) -> TaskResult {
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|err| crate::core::task::TaskError::Failed(format!("cannot build the HTTP client: {err}")))?;
+    let mut backlog = monitor::Backlog::default();
+    let interval = ctx.settings.borrow().azure.metrics_interval;
+    let offset = Duration::from_secs_f64(fastrand::f64() * (interval.as_secs_f64() / 2.0).min(30.0));
+    let mut boundary = next_boundary(ctx.clock.now(), interval);
+    let mut retry_at: Option<SystemTime> = None;
+    let mut failures = 0u32;
+    loop {
+        let due = boundary + offset;
+        let wake = retry_at.map_or(due, |at| at.min(due));
+        let wait = wake.duration_since(ctx.clock.now()).unwrap_or_default();
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let now = ctx.clock.now();
+        let settings = ctx.settings.borrow().clone();
+        if now >= due {
+            let bucket = monitor::bucket(boundary, now, &ctx.shared.idle(), &ctx.shared.share());
+            let capacity = (monitor::MAX_AGE.as_secs_f64() / interval.as_secs_f64()).ceil() as usize + 1;
+            backlog.push(bucket, capacity);
+            // A VM that slept (or a clock step) starts again from now, never a bucket ahead of it.
+            boundary = next_boundary(now, interval).max(boundary + interval);
+        }
+        let expired = backlog.expire(now);
+        if expired > 0 {
+            azure.0.dropped.get_or_create(&vec![("reason".into(), "too_old".into())]).inc_by(expired);
+            tracing::warn!(component = "azure", "{expired} metric bucket(s) older than Azure takes were dropped");
+        }
+        let instance = settings.azure.instance_dimension.then_some(compute.name.as_str());
+        match post_backlog(ctx, azure, &http, tokens, url, &settings.azure.metrics_namespace, instance, &mut backlog)
+            .await
+        {
+            Ok(()) => {
+                retry_at = None;
+                failures = 0;
+            }
+            Err(after) => {
+                failures += 1;
+                let backoff = Duration::from_secs(5).saturating_mul(1 << failures.min(4)).min(Duration::from_secs(60));
+                retry_at = Some(now + after.unwrap_or(backoff.mul_f64(0.5 + fastrand::f64() / 2.0)));
+            }
+        }
+        azure.update(|r| {
+            r.backlog = backlog.len();
+            r.dropped_too_old = backlog.dropped_too_old;
+            r.dropped_rejected = backlog.dropped_rejected;
+        });
+    }
+}
+
+/// The next interval boundary after `now` (whole minutes for 1m).
+fn next_boundary(now: SystemTime, interval: Duration) -> SystemTime {
+    let since = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
+    let step = interval.as_millis().max(1);
+    SystemTime::UNIX_EPOCH + Duration::from_millis(((since / step + 1) * step) as u64)
+}
+
+/// Posts the backlog oldest first. Err: stop and try again later (with the
+/// endpoint's `Retry-After` if it gave one).
+#[allow(clippy::too_many_arguments)]
+async fn post_backlog(
+    ctx: &TaskContext,
+    azure: &Azure,
+    http: &reqwest::Client,
+    tokens: &Tokens,
+    url: &str,
+    namespace: &str,
+    instance: Option<&str>,
+    backlog: &mut monitor::Backlog,
+) -> Result<(), Option<Duration>> {
+    while let Some(bucket) = backlog.oldest() {
+        let body = monitor::body(bucket, namespace, instance);
+        let mut forced = false;
+        let answer = loop {
+            let token = match tokens.get(token::MONITORING, forced).await {
+                Ok(token) => token,
+                Err(err) => {
+                    record(azure, 0, format!("no token for {}: {err}", token::MONITORING), "no_token");
+                    return Err(None);
+                }
+            };
+            let sent = http
+                .post(url)
+                .header(reqwest::header::AUTHORIZATION, token.bearer())
+                .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+                .body(body.clone())
+                .send()
+                .await;
+            match sent {
+                // One forced refresh and one retry after a 401: a token revoked or rotated early.
+                Ok(answer) if answer.status() == reqwest::StatusCode::UNAUTHORIZED && !forced => forced = true,
+                other => break other,
+            }
+        };
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(err) => {
+                record(azure, 0, imds::describe(&err), "unreachable");
+                return Err(None);
+            }
+        };
+        let status = answer.status();
+        let retry_after = answer
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let text: String = answer.text().await.unwrap_or_default().chars().take(500).collect();
+        match status.as_u16() {
+            200..=299 => {
+                backlog.accepted();
+                azure.update(|r| r.buckets_posted += 1);
+                record(azure, status.as_u16(), "accepted".into(), "accepted");
+                if ctx.board.state_of(ComponentId::Azure) != Some(ComponentState::Ready) {
+                    ctx.set(ComponentState::Ready, "posting the verdict to Azure Monitor".to_string());
+                }
+            }
+            400 => {
+                tracing::warn!(component = "azure", "Azure Monitor refused a metric bucket (400): {text}");
+                backlog.rejected();
+                azure.0.dropped.get_or_create(&vec![("reason".into(), "rejected".into())]).inc();
+                record(azure, 400, text, "rejected");
+            }
+            403 => {
+                let why = "the VM's identity may not publish metrics: give it the Monitoring Metrics Publisher role on the scale set";
+                ctx.set_error(
+                    ComponentState::Degraded,
+                    "Azure Monitor refused the post (403)".to_string(),
+                    why.to_string(),
+                );
+                record(azure, 403, format!("{why}: {text}"), "forbidden");
+                return Err(None);
+            }
+            code => {
+                record(azure, code, text, "retry");
+                return Err(retry_after);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn record(azure: &Azure, status: u16, detail: String, outcome: &str) {
+    azure.0.posts.get_or_create(&vec![("outcome".into(), outcome.into())]).inc();
+    let at = crate::core::clock::rfc3339(azure.now());
+    azure.update(|r| r.last_post = Some(LastPost { at, status, detail }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_go_to_the_scale_set_and_buckets_start_on_boundaries() {
+        let compute = Compute {
+            subscription_id: "sub".into(),
+            resource_group_name: "rg".into(),
+            vm_scale_set_name: "pool".into(),
+            resource_id: "/subscriptions/sub/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/pool/virtualMachines/3".into(),
+            ..Compute::default()
+        };
+        assert_eq!(
+            compute.metrics_resource(),
+            "/subscriptions/sub/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/pool"
+        );
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_030);
+        assert_eq!(
+            next_boundary(at, Duration::from_secs(60)),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_060)
+        );
     }
 }

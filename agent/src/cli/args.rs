@@ -74,7 +74,9 @@ pub enum Command {
     Idle,
     /// Keep this VM awake for a while (a keep-awake lease), or list/release leases.
     Hold(HoldArgs),
-    /// Azure Scheduled Events seen and handled (hidden until the Azure capability is built).
+    /// Azure: this VM's metadata, tokens cached (never shown), metric posts, health.
+    Azure,
+    /// Azure Scheduled Events seen and handled (hidden until they are built).
     #[command(hide = true)]
     Events,
     /// The Prometheus metrics text.

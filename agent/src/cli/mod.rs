@@ -3,6 +3,7 @@
 //! its answer reads to a human; this module sends it and shows the answer.
 
 pub mod args;
+pub mod azure;
 pub mod client;
 pub mod events;
 pub mod idle;
@@ -94,6 +95,7 @@ fn plan(command: &Command) -> Result<Call, String> {
         Command::Scripts { action } => scripts::call(action),
         Command::Idle => Ok(idle::idle()),
         Command::Hold(hold) => idle::hold(hold),
+        Command::Azure => Ok(azure::call()),
         Command::Events => Ok(events::call()),
         Command::Metrics => Ok(status::metrics()),
         Command::Config => Ok(status::config()),

@@ -343,12 +343,51 @@ pub enum IdleAction {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AzureFragment {
+    pub enabled: Value<AzureEnabled>,
     pub imds_endpoint: Value<String>,
+    pub client_id: Value<String>,
+    pub monitoring_endpoint: Value<String>,
+    pub metrics_namespace: Value<String>,
+    pub metrics_interval: Value<ConfigDuration>,
+    pub instance_dimension: Value<bool>,
+    pub health_listen: Value<String>,
+    pub unhealthy_after: Value<ConfigDuration>,
 }
 
 impl MergeFrom for AzureFragment {
     fn merge_from(&mut self, later: Self) {
-        later_wins!(self, later; imds_endpoint);
+        later_wins!(self, later; enabled, imds_endpoint, client_id, monitoring_endpoint, metrics_namespace,
+            metrics_interval, instance_dimension, health_listen, unhealthy_after);
+    }
+}
+
+/// `azure.enabled`: `"auto"` (on when IMDS answers), `true` or `false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum AzureEnabled {
+    Auto,
+    On,
+    Off,
+}
+
+impl<'de> Deserialize<'de> for AzureEnabled {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Either;
+        impl Visitor<'_> for Either {
+            type Value = AzureEnabled;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"auto\", true or false")
+            }
+            fn visit_bool<E: de::Error>(self, on: bool) -> Result<AzureEnabled, E> {
+                Ok(if on { AzureEnabled::On } else { AzureEnabled::Off })
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<AzureEnabled, E> {
+                match text {
+                    "auto" => Ok(AzureEnabled::Auto),
+                    other => Err(E::custom(format!("{other:?}: use \"auto\", true or false"))),
+                }
+            }
+        }
+        deserializer.deserialize_any(Either)
     }
 }
 

@@ -13,7 +13,7 @@ pub mod source;
 mod validate;
 
 pub use error::{io_text, ConfigError};
-pub use fragment::{IdleAction, KeySourceKind, RunWhen, ShareKind, UserSelection};
+pub use fragment::{AzureEnabled, IdleAction, KeySourceKind, RunWhen, ShareKind, UserSelection};
 pub use settings::*;
 pub use validate::shown_url;
 

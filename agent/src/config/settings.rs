@@ -53,6 +53,10 @@ pub const DEFAULT_MAX_UNKNOWN: Duration = Duration::from_secs(12 * 3600);
 /// GPU memory held at 0% utilisation counts this long after the last utilisation.
 pub const DEFAULT_GPU_MEMORY_GRACE: Duration = Duration::from_secs(3600);
 pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
+pub const DEFAULT_METRICS_NAMESPACE: &str = "pool-agent";
+pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(60);
+pub const DEFAULT_HEALTH_LISTEN: &str = "127.0.0.1:8765";
+pub const DEFAULT_UNHEALTHY_AFTER: Duration = Duration::from_secs(600);
 pub const DEFAULT_ADMIN_GROUP: &str = "pool-agent-admin";
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Settings {
@@ -267,7 +271,37 @@ pub struct IdleSettings {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AzureSettings {
+    #[serde(serialize_with = "serialize_enabled")]
+    pub enabled: crate::config::fragment::AzureEnabled,
     pub imds_endpoint: String,
+    /// A user-assigned identity's client id; empty: the system-assigned one.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub client_id: String,
+    /// Empty: `https://{location}.monitoring.azure.com`, from IMDS.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub monitoring_endpoint: String,
+    pub metrics_namespace: String,
+    /// How often the verdict is published (one bucket per interval).
+    #[serde(serialize_with = "duration::serialize")]
+    pub metrics_interval: Duration,
+    /// A per-instance dimension on every metric (under ~100 instances).
+    pub instance_dimension: bool,
+    /// `host:port` of the Application Health endpoint; empty: none.
+    pub health_listen: String,
+    #[serde(serialize_with = "duration::serialize")]
+    pub unhealthy_after: Duration,
+}
+
+fn serialize_enabled<S: serde::Serializer>(
+    enabled: &crate::config::fragment::AzureEnabled,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use crate::config::fragment::AzureEnabled;
+    match enabled {
+        AzureEnabled::Auto => serializer.serialize_str("auto"),
+        AzureEnabled::On => serializer.serialize_bool(true),
+        AzureEnabled::Off => serializer.serialize_bool(false),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -11,7 +11,7 @@ pub fn capabilities(clock: &SharedClock) -> Vec<Arc<dyn Capability>> {
         Arc::new(crate::links::Links::new()),
         Arc::new(crate::scripts::Scripts::new(clock.clone())),
         Arc::new(crate::idle::Idle::new(clock.clone())),
-        Arc::new(crate::azure::Azure),
+        Arc::new(crate::azure::Azure::new(clock.clone())),
     ]
 }
 

@@ -1,6 +1,7 @@
 //! From the merged fragments to [`Settings`]: each section validated in a
 //! file of its own, the shared checks in [`checks`].
 
+mod azure;
 mod checks;
 mod idle;
 mod links;
@@ -12,7 +13,8 @@ pub use checks::shown_url;
 use crate::config::error::ConfigError;
 use crate::config::fragment::ConfigFragment;
 use crate::config::settings::*;
-use checks::{account_name, http_endpoint};
+use azure::validate_azure;
+use checks::account_name;
 use idle::validate_idle;
 use links::validate_links;
 use setup::validate_setup;
@@ -50,12 +52,7 @@ pub(super) fn validate(merged: ConfigFragment, sources: Vec<PathBuf>) -> Result<
     let setup = validate_setup(merged.setup, &instance.local_user)?;
     let idle = validate_idle(merged.idle)?;
 
-    let azure = AzureSettings {
-        imds_endpoint: match merged.azure.and_then(|a| a.value.imds_endpoint) {
-            Some(endpoint) => http_endpoint("azure.imds_endpoint", &endpoint)?,
-            None => DEFAULT_IMDS_ENDPOINT.to_string(),
-        },
-    };
+    let azure = validate_azure(merged.azure.map(|a| a.value).unwrap_or_default())?;
     let api = ApiSettings {
         admin_group: match merged.api.and_then(|a| a.value.admin_group) {
             Some(group) => {

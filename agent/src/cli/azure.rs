@@ -1,0 +1,56 @@
+//! `pool-agent azure`: who this VM is to Azure, the tokens cached (never the
+//! tokens), the last metric post, the backlog and the health answer.
+
+use super::Call;
+use crate::azure::AzureReport;
+use std::fmt::Write;
+
+pub fn call() -> Call {
+    Call::get("/v1/azure").shown_by(|body| {
+        serde_json::from_slice::<AzureReport>(body)
+            .map(|report| summary(&report))
+            .map_err(|err| format!("unexpected azure answer: {err}"))
+    })
+}
+
+pub fn summary(report: &AzureReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "azure: {}", report.state);
+    if let Some(error) = &report.error {
+        let _ = writeln!(out, "  last error: {error}");
+    }
+    if let Some(compute) = &report.compute {
+        let _ = writeln!(out, "  vm: {} ({}) in {}", compute.name, compute.vm_id, compute.location);
+        if !compute.vm_scale_set_name.is_empty() {
+            let _ = writeln!(out, "  scale set: {} in {}", compute.vm_scale_set_name, compute.resource_group_name);
+        }
+    }
+    if !report.identity.is_empty() {
+        let _ = writeln!(out, "  identity: {}", report.identity);
+    }
+    for token in &report.tokens {
+        let _ = writeln!(out, "  token for {} until {}", token.audience, token.expires);
+    }
+    if !report.metrics_url.is_empty() {
+        let _ = writeln!(out, "  metrics to: {}", report.metrics_url);
+    }
+    match &report.last_post {
+        Some(post) => {
+            let _ = writeln!(out, "  last post: {} HTTP {} {}", post.at, post.status, post.detail);
+        }
+        None if report.state == "on-azure" => {
+            let _ = writeln!(out, "  last post: none yet");
+        }
+        None => {}
+    }
+    let _ = writeln!(
+        out,
+        "  buckets posted {}, waiting {}, dropped {} too old, {} refused; IMDS requests {}",
+        report.buckets_posted, report.backlog, report.dropped_too_old, report.dropped_rejected, report.imds_requests
+    );
+    if let Some(health) = &report.health {
+        let state = if health.healthy { "Healthy" } else { "Unhealthy" };
+        let _ = writeln!(out, "  health ({}): {state}: {}", report.health_listen, health.why);
+    }
+    out
+}

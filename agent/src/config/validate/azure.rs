@@ -1,0 +1,87 @@
+//! `[azure]`: where Azure is reached, and what is published there.
+
+use super::checks::*;
+use crate::config::error::ConfigError;
+use crate::config::fragment::*;
+use crate::config::settings::*;
+
+pub(super) fn validate_azure(azure: AzureFragment) -> Result<AzureSettings, ConfigError> {
+    let endpoint = |key: &str, value: &Value<String>, default: &str| match value {
+        Some(value) if !value.value.is_empty() => http_endpoint(key, value),
+        _ => Ok(default.to_string()),
+    };
+    let imds_endpoint = endpoint("azure.imds_endpoint", &azure.imds_endpoint, DEFAULT_IMDS_ENDPOINT)?;
+    let monitoring_endpoint = endpoint("azure.monitoring_endpoint", &azure.monitoring_endpoint, "")?;
+    if let Some(value) = &azure.monitoring_endpoint {
+        // The bearer token travels with every post: only TLS, or loopback (tests).
+        if monitoring_endpoint.starts_with("http://") && !is_loopback_url(&monitoring_endpoint) {
+            return Err(invalid(
+                &value.origin,
+                "azure.monitoring_endpoint",
+                "must be https:// (http:// only on loopback)",
+            ));
+        }
+    }
+    let client_id = match &azure.client_id {
+        Some(id) if !is_guid(&id.value) => {
+            return Err(invalid(&id.origin, "azure.client_id", format!("{:?} is not a client id (a GUID)", id.value)))
+        }
+        Some(id) => id.value.to_ascii_lowercase(),
+        None => String::new(),
+    };
+    let metrics_namespace = match &azure.metrics_namespace {
+        Some(ns) if ns.value.is_empty() || ns.value.len() > 256 || ns.value.contains(char::is_control) => {
+            return Err(invalid(&ns.origin, "azure.metrics_namespace", "must be 1 to 256 printable characters"))
+        }
+        Some(ns) => ns.value.clone(),
+        None => DEFAULT_METRICS_NAMESPACE.to_string(),
+    };
+    let metrics_interval = azure.metrics_interval.as_ref().map(|i| i.value.0).unwrap_or(DEFAULT_METRICS_INTERVAL);
+    if let Some(interval) = &azure.metrics_interval {
+        if interval.value.0 < std::time::Duration::from_secs(1) || interval.value.0 > DEFAULT_METRICS_INTERVAL {
+            return Err(invalid(&interval.origin, "azure.metrics_interval", "must be from 1s to 1m"));
+        }
+    }
+    let health_listen = match &azure.health_listen {
+        Some(listen) if listen.value.is_empty() => String::new(),
+        Some(listen) => match listen.value.parse::<std::net::SocketAddr>() {
+            Ok(addr) if addr.ip().is_loopback() => listen.value.clone(),
+            Ok(_) => {
+                return Err(invalid(
+                    &listen.origin,
+                    "azure.health_listen",
+                    "must be a loopback address (the Application Health extension asks from the VM itself)",
+                ))
+            }
+            Err(_) => {
+                return Err(invalid(
+                    &listen.origin,
+                    "azure.health_listen",
+                    format!("{:?} is not host:port", listen.value),
+                ))
+            }
+        },
+        None => DEFAULT_HEALTH_LISTEN.to_string(),
+    };
+    Ok(AzureSettings {
+        enabled: azure.enabled.map(|e| e.value).unwrap_or(AzureEnabled::Auto),
+        imds_endpoint,
+        client_id,
+        monitoring_endpoint,
+        metrics_namespace,
+        metrics_interval,
+        instance_dimension: azure.instance_dimension.is_some_and(|d| d.value),
+        health_listen,
+        unhealthy_after: azure.unhealthy_after.map(|u| u.value.0).unwrap_or(DEFAULT_UNHEALTHY_AFTER),
+    })
+}
+
+fn is_guid(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('-').collect();
+    parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12]) && parts.iter().all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+fn is_loopback_url(url: &str) -> bool {
+    let host = url.split("://").nth(1).unwrap_or_default().split(['/', ':']).next().unwrap_or_default();
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}

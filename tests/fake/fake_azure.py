@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""A strict local stand-in for the parts of Azure pool-agent talks to, for tests.
+
+IMDS (instance metadata, managed identity tokens) and Azure Monitor custom
+metrics ingestion, on one loopback port. It refuses what Azure refuses:
+IMDS requests without `Metadata: true`, with `X-Forwarded-For`, without a
+known `api-version`, or more than 5 in a second; tokens for an unknown
+audience or another client id; metric posts without a live token of the
+monitoring audience, with a body whose dimValues do not match dimNames, or a
+time outside 20 minutes back and 5 minutes ahead.
+
+Faults are injected and requests read back through /_fake/* routes:
+  POST /_fake/fault   {"path": prefix, "status": 410, "seconds": 60 | "count": 3,
+                       "retry_after": 3, "delay": 6, "drop": true}
+  POST /_fake/config  {"token_lifetime": 90, "client_id": "...", "compute": {...}}
+  GET  /_fake/requests  every request: time, method, path, query, status
+  GET  /_fake/points    every accepted metric point
+  GET  /_fake/violations  IMDS rate limit breaches seen
+Prints "PORT <n>" on its first line; stops on SIGTERM.
+"""
+import json
+import signal
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+AUDIENCES = {"https://monitoring.azure.com/", "https://management.azure.com/", "https://vault.azure.net"}
+IMDS_VERSIONS = {"2018-02-01", "2019-08-15", "2020-09-01", "2021-01-01", "2021-02-01", "2021-05-01", "2023-07-01"}
+MAX_BACK, MAX_AHEAD = 20 * 60, 5 * 60
+
+lock = threading.Lock()
+state = {
+    "compute": {
+        "name": "pool_3",
+        "vmId": "0f5c3a52-7d1e-4c7c-9b1a-6d2f00000003",
+        "location": "westeurope",
+        "subscriptionId": "11111111-2222-3333-4444-555555555555",
+        "resourceGroupName": "rg-pool",
+        "vmScaleSetName": "pool",
+        "resourceId": "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg-pool/providers/Microsoft.Compute/virtualMachineScaleSets/pool/virtualMachines/3",
+        "userData": "",
+    },
+    "token_lifetime": 3600,
+    "client_id": None,
+    "tokens": {},
+    "faults": [],
+    "requests": [],
+    "points": [],
+    "imds_times": [],
+    "violations": [],
+}
+
+
+def now():
+    return time.time()
+
+
+def take_fault(path):
+    """The first fault whose path prefix matches and that still applies."""
+    with lock:
+        for fault in state["faults"]:
+            if not path.startswith(fault["path"]):
+                continue
+            if "until" in fault and now() > fault["until"]:
+                continue
+            if "count" in fault:
+                if fault["count"] <= 0:
+                    continue
+                fault["count"] -= 1
+            return fault
+    return None
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, status, body=None, headers=None):
+        data = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, str(value))
+        self.end_headers()
+        self.wfile.write(data)
+        url = urlparse(self.path)
+        with lock:
+            state["requests"].append({
+                "time": now(), "method": self.command, "path": url.path,
+                "query": parse_qs(url.query), "status": status,
+            })
+
+    def body(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def do_GET(self):
+        self.route("GET")
+
+    def do_POST(self):
+        self.route("POST")
+
+    def route(self, method):
+        url = urlparse(self.path)
+        path, query = url.path, parse_qs(url.query)
+        if path.startswith("/_fake/"):
+            return self.control(method, path)
+        fault = take_fault(path)
+        if fault:
+            if fault.get("delay"):
+                time.sleep(fault["delay"])
+            if fault.get("drop"):
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
+            if fault.get("status"):
+                headers = {"Retry-After": fault["retry_after"]} if fault.get("retry_after") else {}
+                self.body()
+                return self.reply(fault["status"], {"error": "injected"}, headers)
+        if path.startswith("/metadata/"):
+            return self.imds(method, path, query)
+        if path.endswith("/metrics") and method == "POST":
+            return self.metrics(path)
+        return self.reply(404, {"error": "NotFound"})
+
+    def imds(self, method, path, query):
+        t = now()
+        with lock:
+            recent = [x for x in state["imds_times"] if t - x < 1.0]
+            recent.append(t)
+            state["imds_times"] = recent
+            if len(recent) > 5:
+                state["violations"].append({"time": t, "in_last_second": len(recent)})
+                too_many = True
+            else:
+                too_many = False
+        if self.headers.get("Metadata") != "true":
+            return self.reply(400, {"error": "Bad request. Required metadata header not specified"})
+        if self.headers.get("X-Forwarded-For"):
+            return self.reply(400, {"error": "Bad request. X-Forwarded-For header is not allowed"})
+        version = (query.get("api-version") or [None])[0]
+        if version not in IMDS_VERSIONS:
+            return self.reply(400, {"error": "Bad request. api-version is invalid or was not specified"})
+        if too_many:
+            return self.reply(429, {"error": "Too many requests"})
+        if path == "/metadata/instance" and method == "GET":
+            with lock:
+                compute = dict(state["compute"])
+            return self.reply(200, {"compute": compute, "network": {}})
+        if path == "/metadata/identity/oauth2/token" and method == "GET":
+            resource = (query.get("resource") or [None])[0]
+            if resource not in AUDIENCES:
+                return self.reply(400, {"error": "invalid_resource", "error_description": f"unknown resource {resource}"})
+            client_id = (query.get("client_id") or [None])[0]
+            with lock:
+                wanted = state["client_id"]
+                lifetime = state["token_lifetime"]
+            if wanted and client_id != wanted:
+                return self.reply(400, {"error": "invalid_request", "error_description": "Identity not found"})
+            token = "fake." + uuid.uuid4().hex
+            expires = now() + lifetime
+            with lock:
+                state["tokens"][token] = {"audience": resource, "expires": expires, "client_id": client_id}
+            return self.reply(200, {
+                "access_token": token, "expires_in": str(lifetime), "expires_on": str(int(expires)),
+                "resource": resource, "token_type": "Bearer",
+            })
+        return self.reply(404, {"error": "NotFound"})
+
+    def metrics(self, path):
+        data = self.body()
+        auth = self.headers.get("Authorization") or ""
+        token = auth[len("Bearer "):] if auth.startswith("Bearer ") else None
+        with lock:
+            issued = state["tokens"].get(token)
+        if not issued or issued["audience"] != "https://monitoring.azure.com/" or issued["expires"] < now():
+            return self.reply(401, {"error": {"code": "InvalidToken", "message": "missing, expired or of another audience"}})
+        kind = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+        if kind not in ("application/json", "application/x-ndjson"):
+            return self.reply(415, {"error": {"code": "UnsupportedMediaType"}})
+        lines = [l for l in data.decode().splitlines() if l.strip()] if kind == "application/x-ndjson" else [data.decode()]
+        points = []
+        for line in lines:
+            try:
+                doc = json.loads(line)
+                at = datetime.strptime(doc["time"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+                base = doc["data"]["baseData"]
+                if not (now() - MAX_BACK <= at <= now() + MAX_AHEAD):
+                    return self.reply(400, {"error": {"code": "BadRequest", "message": f"time {doc['time']} outside the window"}})
+                for series in base["series"]:
+                    if len(series["dimValues"]) != len(base["dimNames"]):
+                        return self.reply(400, {"error": {"code": "BadRequest", "message": "dimValues and dimNames differ"}})
+                    for field in ("min", "max", "sum", "count"):
+                        series[field]
+                    points.append({"time": doc["time"], "metric": base["metric"], "namespace": base["namespace"],
+                                   "dims": dict(zip(base["dimNames"], series["dimValues"])), "max": series["max"],
+                                   "min": series["min"], "resource": path[: -len("/metrics")]})
+            except (KeyError, ValueError, TypeError) as err:
+                return self.reply(400, {"error": {"code": "BadRequest", "message": f"malformed: {err}"}})
+        with lock:
+            state["points"].extend(points)
+        return self.reply(200, {})
+
+    def control(self, method, path):
+        if method == "POST":
+            payload = json.loads(self.body() or b"{}")
+            with lock:
+                if path == "/_fake/fault":
+                    if "seconds" in payload:
+                        payload["until"] = now() + payload.pop("seconds")
+                    state["faults"].append(payload)
+                elif path == "/_fake/config":
+                    if "compute" in payload:
+                        state["compute"].update(payload.pop("compute"))
+                    state.update(payload)
+            return self.reply(200, {"ok": True})
+        with lock:
+            key = path[len("/_fake/"):]
+            data = json.dumps(state.get(key, [])).encode()
+        return self.reply(200, data)
+
+
+def main():
+    server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 0), Handler)
+    server.daemon_threads = True
+    print(f"PORT {server.server_address[1]}", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
