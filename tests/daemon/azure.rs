@@ -221,3 +221,45 @@ fn off_azure_the_capability_says_absent_and_the_vm_is_ready() {
     let absent = eventually(Duration::from_secs(20), || Some(azure_json(&sandbox)).filter(|a| a["state"] == "absent"));
     assert!(absent.is_some(), "{:#}", azure_json(&sandbox));
 }
+
+fn config_source_files(sandbox: &Sandbox) -> Vec<String> {
+    let status = sandbox.status_json();
+    status["config"]["files"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn the_scale_set_s_user_data_is_the_last_drop_in_and_a_bad_one_is_refused() {
+    use base64::Engine;
+    let Some(fake) = FakeAzure::start() else { return };
+    let encode = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    fake.configure(serde_json::json!({"compute": {"userData": encode("[idle]\ntimeout = \"45m\"\n")}}));
+    let sandbox = Sandbox::new();
+    sandbox.write_config(&azure_config(&fake, ""));
+    let daemon = sandbox.start();
+    wait_on_azure(&sandbox, Duration::from_secs(20));
+    let applied = eventually(Duration::from_secs(10), || {
+        Some(sandbox.cli_json(&["idle", "--json"])).filter(|idle| idle["timeout_seconds"] == 2700)
+    });
+    assert!(applied.is_some(), "userData not applied: {:#}", sandbox.cli_json(&["idle", "--json"]));
+    assert!(
+        config_source_files(&sandbox).iter().any(|f| f == "<azure userData>"),
+        "{:?}",
+        config_source_files(&sandbox)
+    );
+
+    // A wrong type, then a secret-looking key: each refused at the reload, the last good config kept.
+    for (bad, said) in [
+        ("[idle]\ntimeout = 45\n", "<azure userData>:2: idle.timeout"),
+        ("[share]\npassword = \"hunter2\"\n", "<azure userData>:2: password"),
+    ] {
+        fake.configure(serde_json::json!({"compute": {"userData": encode(bad)}}));
+        daemon.signal("HUP");
+        let refused = eventually(Duration::from_secs(15), || {
+            let status = stdout(&sandbox.cli(&["status"]));
+            status.contains(said).then_some(status)
+        });
+        assert!(refused.is_some(), "{said:?} not in status: {}", stdout(&sandbox.cli(&["status"])));
+        assert_eq!(sandbox.cli_json(&["idle", "--json"])["timeout_seconds"], 2700, "the old config stays");
+        assert!(!daemon.log().contains("hunter2") && !stdout(&sandbox.cli(&["status"])).contains("hunter2"));
+    }
+}

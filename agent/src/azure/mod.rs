@@ -35,6 +35,8 @@ use tokio::sync::watch;
 const ABSENT_RETRY: Duration = Duration::from_secs(120);
 /// How long the first metadata read may take (a 410 storm lasts up to 70 s).
 const METADATA_DEADLINE: Duration = Duration::from_secs(80);
+/// The scale set's userData (a config fragment) is read again this often.
+const USER_DATA_EVERY: Duration = Duration::from_secs(300);
 
 /// What IMDS says of this VM (`compute`), as `pool-agent azure` shows it.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -54,6 +56,23 @@ pub struct Compute {
     pub vm_scale_set_name: String,
     #[serde(default)]
     pub resource_id: String,
+    /// Base64, as IMDS gives it; its text is a config fragment (or empty).
+    #[serde(default, skip_serializing)]
+    pub user_data: String,
+}
+
+impl Compute {
+    /// The userData as text: a TOML config fragment, or nothing.
+    pub fn user_data_text(&self) -> Result<String, String> {
+        use base64::Engine;
+        if self.user_data.trim().is_empty() {
+            return Ok(String::new());
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(self.user_data.trim())
+            .map_err(|err| format!("userData is not base64: {err}"))?;
+        String::from_utf8(bytes).map_err(|_| "userData is not UTF-8 text".to_string())
+    }
 }
 
 impl Compute {
@@ -278,6 +297,7 @@ async fn run(ctx: TaskContext, azure: Azure) -> TaskResult {
     if settings.instance.name.is_empty() && !compute.name.is_empty() {
         ctx.shared.publish_instance_name(&compute.name);
     }
+    publish_user_data(&ctx, &azure, &compute);
     let base = match settings.azure.monitoring_endpoint.as_str() {
         "" => format!("https://{}.monitoring.azure.com", compute.location),
         configured => configured.to_string(),
@@ -298,7 +318,19 @@ async fn run(ctx: TaskContext, azure: Azure) -> TaskResult {
             crate::config::duration::format(settings.azure.metrics_interval)
         ),
     );
-    publish_metrics(&ctx, &azure, &tokens, &url, &compute).await
+    publish_metrics(&ctx, &azure, &imds, &tokens, &url, &compute).await
+}
+
+/// Hands the userData fragment to the daemon, which applies it as the last
+/// drop-in (a bad one is refused like any bad drop-in).
+fn publish_user_data(ctx: &TaskContext, azure: &Azure, compute: &Compute) {
+    match compute.user_data_text() {
+        Ok(text) => ctx.shared.publish_user_data(&text),
+        Err(why) => {
+            tracing::warn!(component = "azure", "{why}; the scale set's config fragment is not applied");
+            azure.update(|r| r.error = Some(why));
+        }
+    }
 }
 
 async fn metadata(imds: &Imds) -> Result<Compute, ImdsError> {
@@ -351,6 +383,7 @@ async fn health_answer(State(azure): State<Azure>) -> Json<serde_json::Value> {
 async fn publish_metrics(
     ctx: &TaskContext,
     azure: &Azure,
+    imds: &Imds,
     tokens: &Tokens,
     url: &str,
     compute: &Compute,
@@ -366,13 +399,26 @@ async fn publish_metrics(
     let mut boundary = next_boundary(ctx.clock.now(), interval);
     let mut retry_at: Option<SystemTime> = None;
     let mut failures = 0u32;
+    let mut reloads = ctx.shared.watch_reloads();
+    let mut user_data_at = ctx.clock.now() + USER_DATA_EVERY;
     loop {
         let due = boundary + offset;
-        let wake = retry_at.map_or(due, |at| at.min(due));
+        let wake = retry_at.map_or(due, |at| at.min(due)).min(user_data_at);
         let wait = wake.duration_since(ctx.clock.now()).unwrap_or_default();
-        tokio::select! {
+        let reloaded = tokio::select! {
             _ = ctx.shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(wait) => false,
+            Ok(()) = reloads.changed() => true,
+        };
+        // Every few minutes, and at a reload: the scale set's fragment may have changed.
+        if reloaded || ctx.clock.now() >= user_data_at {
+            user_data_at = ctx.clock.now() + USER_DATA_EVERY;
+            if let Ok(fresh) = metadata(imds).await {
+                publish_user_data(ctx, azure, &fresh);
+            }
+            if reloaded {
+                continue;
+            }
         }
         let now = ctx.clock.now();
         let settings = ctx.settings.borrow().clone();

@@ -24,6 +24,25 @@ use std::sync::Arc;
 
 /// Reads the main file and its drop-ins and returns the validated settings.
 pub fn load(main_file: &Path) -> Result<Settings, ConfigError> {
+    load_with(main_file, None)
+}
+
+/// The name the scale set's userData fragment goes by in errors and status.
+pub const USER_DATA_SOURCE: &str = "<azure userData>";
+
+/// Keys a fragment anyone on the VM can read must not set: they would make
+/// the config lean on a secret that is not in a root-only file.
+fn secret_looking(text: &str) -> Option<String> {
+    let allowed = ["key_file", "key_source", "jupyter_token_file", "jupyterhub_token_file", "key_vault_secret"];
+    text.lines().enumerate().find_map(|(index, line)| {
+        let key = line.split('=').next()?.trim().trim_matches('"').to_ascii_lowercase();
+        let looks = ["password", "secret", "token", "key"].iter().any(|word| key.contains(word));
+        (line.contains('=') && looks && !allowed.contains(&key.as_str())).then(|| format!("{}:{key}", index + 1))
+    })
+}
+
+/// [`load`], plus the scale set's userData fragment as the last drop-in.
+pub fn load_with(main_file: &Path, user_data: Option<&str>) -> Result<Settings, ConfigError> {
     let mut files = vec![main_file.to_path_buf()];
     let (drop_ins, skipped) = drop_in_files(&drop_in_dir(main_file))?;
     files.extend(drop_ins);
@@ -38,6 +57,25 @@ pub fn load(main_file: &Path) -> Result<Settings, ConfigError> {
                 Err(err) => errors.extend(err.into_each()),
             },
             Err(source) => errors.push(ConfigError::Read { file: file.clone(), source }),
+        }
+    }
+    if let Some(text) = user_data.filter(|t| !t.trim().is_empty()) {
+        let name = Path::new(USER_DATA_SOURCE);
+        if let Some(at) = secret_looking(text) {
+            let (line, key) = at.split_once(':').unwrap_or(("0", ""));
+            errors.push(ConfigError::Invalid {
+                file: name.to_path_buf(),
+                line: line.parse().unwrap_or(0),
+                key: key.to_string(),
+                message: "userData is readable by every process on the VM: no key that names a secret belongs there"
+                    .to_string(),
+            });
+        } else {
+            match parse_fragment(name, text) {
+                Ok(fragment) => merged.merge_from(fragment),
+                Err(err) => errors.extend(err.into_each()),
+            }
+            files.push(name.to_path_buf());
         }
     }
     if let Some(err) = ConfigError::from_all(errors) {
@@ -349,6 +387,27 @@ mod tests {
         .unwrap();
         let err = load(&main).unwrap_err();
         assert_eq!((err.line(), err.key()), (Some(4), Some("share.account")));
+    }
+
+    #[test]
+    fn user_data_is_the_last_drop_in_and_may_name_no_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("config.toml");
+        std::fs::write(&main, "[idle]\ntimeout = \"30m\"\n").unwrap();
+        let settings = load_with(&main, Some("[idle]\ntimeout = \"45m\"\n")).unwrap();
+        assert_eq!(settings.idle.timeout, std::time::Duration::from_secs(2700));
+        assert_eq!(settings.sources.last().unwrap(), Path::new(USER_DATA_SOURCE));
+        assert!(load_with(&main, Some("")).unwrap().sources.len() == 1, "empty userData is no drop-in");
+        for secret in
+            ["[share]\npassword = \"x\"\n", "[azure]\nclient_secret = \"x\"\n", "[idle]\njupyter_token = \"x\"\n"]
+        {
+            let err = load_with(&main, Some(secret)).unwrap_err();
+            assert_eq!(err.file(), Path::new(USER_DATA_SOURCE), "{err}");
+            assert_eq!(err.line(), Some(2), "{err}");
+        }
+        // Paths to root-only files are not secrets.
+        let paths = "[idle]\njupyter_token_file = \"/etc/pool-agent/secrets/jupyter-token\"\n";
+        assert!(load_with(&main, Some(paths)).is_ok());
     }
 
     #[test]

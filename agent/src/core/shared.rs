@@ -143,6 +143,11 @@ pub struct SharedState {
     private_mounts: Arc<watch::Sender<PrivateMountNews>>,
     /// The instance's name (config, else IMDS, else the hostname).
     instance: Arc<std::sync::RwLock<String>>,
+    /// A config fragment from the scale set's userData (IMDS), for the
+    /// daemon to apply as the last drop-in; empty when there is none.
+    user_data: Arc<watch::Sender<Arc<str>>>,
+    /// Bumped at each reload an admin asks for (SIGHUP), valid or not.
+    reloads: Arc<watch::Sender<u64>>,
 }
 
 impl Default for SharedState {
@@ -159,7 +164,11 @@ impl SharedState {
         let (idle, _) = watch::channel(IdleNews::default());
         let (folders, _) = watch::channel(FolderNews::default());
         let (private_mounts, _) = watch::channel(PrivateMountNews::default());
+        let (user_data, _) = watch::channel(Arc::from(""));
+        let (reloads, _) = watch::channel(0);
         Self {
+            reloads: Arc::new(reloads),
+            user_data: Arc::new(user_data),
             folders: Arc::new(folders),
             private_mounts: Arc::new(private_mounts),
             share: Arc::new(share),
@@ -168,6 +177,33 @@ impl SharedState {
             idle: Arc::new(idle),
             instance: Arc::new(std::sync::RwLock::new(String::new())),
         }
+    }
+
+    pub fn publish_reload_asked(&self) {
+        self.reloads.send_modify(|count| *count += 1);
+    }
+
+    pub fn watch_reloads(&self) -> watch::Receiver<u64> {
+        self.reloads.subscribe()
+    }
+
+    /// Tells of the scale set's config fragment; only a change wakes the daemon.
+    pub fn publish_user_data(&self, text: &str) {
+        self.user_data.send_if_modified(|current| {
+            let changed = &**current != text;
+            if changed {
+                *current = Arc::from(text);
+            }
+            changed
+        });
+    }
+
+    pub fn user_data(&self) -> Arc<str> {
+        self.user_data.borrow().clone()
+    }
+
+    pub fn watch_user_data(&self) -> watch::Receiver<Arc<str>> {
+        self.user_data.subscribe()
     }
 
     pub fn publish_instance_name(&self, name: &str) {

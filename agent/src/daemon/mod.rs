@@ -303,15 +303,27 @@ async fn run(
     }
     let watchdog = tokio::spawn(systemd::watchdog(shutdown.clone()));
 
-    while let Some(signal) = signals.next().await {
-        match signal {
-            SIGHUP => {
-                accounts.invalidate();
-                reload(&paths, &config_file, &settings_tx, &board)
-            }
-            _ => {
-                tracing::info!("signal {signal}: stopping");
-                break;
+    // The scale set's userData fragment (from the Azure capability) is the
+    // last drop-in: a new one is applied like a reload.
+    let mut user_data = shared.watch_user_data();
+    loop {
+        tokio::select! {
+            signal = signals.next() => match signal {
+                Some(SIGHUP) => {
+                    accounts.invalidate();
+                    shared.publish_reload_asked();
+                    reload(&paths, &config_file, &shared.user_data(), &settings_tx, &board)
+                }
+                Some(signal) => {
+                    tracing::info!("signal {signal}: stopping");
+                    break;
+                }
+                None => break,
+            },
+            Ok(()) = user_data.changed() => {
+                let text = user_data.borrow_and_update().clone();
+                tracing::info!("the scale set's userData config changed; reloading");
+                reload(&paths, &config_file, &text, &settings_tx, &board)
             }
         }
     }
@@ -337,10 +349,11 @@ async fn run(
 fn reload(
     paths: &SystemPaths,
     config_file: &std::path::Path,
+    user_data: &str,
     settings_tx: &watch::Sender<Arc<Settings>>,
     board: &StatusBoard,
 ) {
-    match config::load(config_file) {
+    match config::load_with(config_file, Some(user_data)) {
         Ok(settings) => {
             for skipped in &settings.skipped {
                 tracing::warn!("{skipped}");
