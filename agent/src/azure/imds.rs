@@ -135,12 +135,7 @@ impl Imds {
                 Ok(answer) => {
                     ever_answered = true;
                     let status = answer.status();
-                    let retry_after = answer
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs);
+                    let retry_after = retry_after(&answer);
                     let body = answer.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
                     if status.is_success() {
                         return Ok(body);
@@ -183,6 +178,12 @@ impl Imds {
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+/// An answer's `Retry-After` in seconds (the form Azure sends), if any.
+pub fn retry_after(answer: &reqwest::Response) -> Option<Duration> {
+    let value = answer.headers().get(reqwest::header::RETRY_AFTER)?;
+    value.to_str().ok()?.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 /// A request's path without its query (which may carry a client id).

@@ -140,7 +140,7 @@ struct Inputs {
 struct Inner {
     clock: crate::core::clock::SharedClock,
     report: Mutex<AzureReport>,
-    tokens: OnceLock<Arc<Tokens>>,
+    tokens: Mutex<Option<Arc<Tokens>>>,
     inputs: OnceLock<Inputs>,
     imds: ImdsCounters,
     posts: Family<Vec<(String, String)>, Counter>,
@@ -155,7 +155,7 @@ impl Azure {
         Self(Arc::new(Inner {
             clock,
             report: Mutex::default(),
-            tokens: OnceLock::new(),
+            tokens: Mutex::new(None),
             inputs: OnceLock::new(),
             imds: ImdsCounters::default(),
             posts: Family::default(),
@@ -180,7 +180,8 @@ impl Azure {
 
     fn report(&self) -> AzureReport {
         let mut report = self.0.report.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        report.tokens = self.0.tokens.get().map(|t| t.views()).unwrap_or_default();
+        let tokens = self.0.tokens.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        report.tokens = tokens.map(|t| t.views()).unwrap_or_default();
         report.imds_requests = self.0.imds.requests.get();
         report.health = self.health_now();
         report
@@ -237,7 +238,33 @@ async fn run(ctx: TaskContext, azure: Azure) -> TaskResult {
         shared: ctx.shared.clone(),
         settings: ctx.settings.clone(),
     });
-    let settings = ctx.settings.borrow().clone();
+    let mut settings_rx = ctx.settings.clone();
+    loop {
+        let settings = settings_rx.borrow_and_update().clone();
+        let section = settings.azure.clone();
+        // A reload that changes [azure] (a userData fragment, say) starts it
+        // again with the new settings: endpoints, identity, health address.
+        let azure_changed = async {
+            loop {
+                if settings_rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                if settings_rx.borrow().azure != section {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            result = run_with(&ctx, &azure, settings) => return result,
+            _ = azure_changed => tracing::info!(component = "azure", "[azure] changed; starting again with it"),
+        }
+    }
+}
+
+async fn run_with(ctx: &TaskContext, azure: &Azure, settings: Arc<Settings>) -> TaskResult {
+    let ctx = ctx.clone();
+    let azure = azure.clone();
+    azure.update(|r| *r = AzureReport::default());
     let _health = health_server(&ctx, &azure, &settings).await;
     if settings.azure.enabled == AzureEnabled::Off {
         azure.update(|r| r.state = "off".into());
@@ -249,11 +276,8 @@ async fn run(ctx: TaskContext, azure: Azure) -> TaskResult {
         Ok(imds) => Arc::new(imds),
         Err(err) => return Err(crate::core::task::TaskError::Failed(err)),
     };
-    let tokens = azure
-        .0
-        .tokens
-        .get_or_init(|| Arc::new(Tokens::new(imds.clone(), &settings.azure.client_id, ctx.clock.clone())))
-        .clone();
+    let tokens = Arc::new(Tokens::new(imds.clone(), &settings.azure.client_id, ctx.clock.clone()));
+    *azure.0.tokens.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokens.clone());
     azure.update(|r| {
         r.state = "starting".into();
         r.identity = match settings.azure.client_id.as_str() {
@@ -348,7 +372,11 @@ async fn metadata(imds: &Imds) -> Result<Compute, ImdsError> {
 
 /// `azure.health_listen`: a plain HTTP answer for the Application Health
 /// extension, on loopback only.
-async fn health_server(ctx: &TaskContext, azure: &Azure, settings: &Settings) -> Option<tokio::task::JoinHandle<()>> {
+async fn health_server(
+    ctx: &TaskContext,
+    azure: &Azure,
+    settings: &Settings,
+) -> Option<tokio_util::task::AbortOnDropHandle<()>> {
     let listen = settings.azure.health_listen.clone();
     if listen.is_empty() {
         return None;
@@ -368,9 +396,10 @@ async fn health_server(ctx: &TaskContext, azure: &Azure, settings: &Settings) ->
     };
     let app = axum::Router::new().route("/health", axum::routing::get(health_answer)).with_state(azure.clone());
     let stop = ctx.shutdown.clone();
-    Some(tokio::spawn(async move {
+    // Dropped (a restart with new settings): the server stops and frees its port.
+    Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
         let _ = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
-    }))
+    })))
 }
 
 async fn health_answer(State(azure): State<Azure>) -> Json<serde_json::Value> {
@@ -508,12 +537,7 @@ async fn post_backlog(
             }
         };
         let status = answer.status();
-        let retry_after = answer
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = imds::retry_after(&answer);
         let text: String = answer.text().await.unwrap_or_default().chars().take(500).collect();
         match status.as_u16() {
             200..=299 => {
