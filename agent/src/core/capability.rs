@@ -57,9 +57,10 @@ pub struct SystemCheckInput<'a> {
 pub enum SystemFinding {
     /// The config would fail at run time.
     Error(crate::config::ConfigError),
-    /// Worth saying, not a failure: a check that needs root, a share not
-    /// mounted while checking.
+    /// Worth saying, not a failure: a share not mounted while checking.
     Warning(String),
+    /// A check this uid could not make: it needs root.
+    NeedsRoot(String),
 }
 
 /// Replaces each private key of `section` in a JSON rendering of the config

@@ -85,7 +85,7 @@ pub fn check_against_system(
         for finding in capability.check_system(&input) {
             match finding {
                 SystemFinding::Error(error) => check.errors.push(error),
-                SystemFinding::Warning(text) if text.contains("needs root") => check.needs_root.push(text),
+                SystemFinding::NeedsRoot(text) => check.needs_root.push(text),
                 SystemFinding::Warning(text) => check.warnings.push(text),
             }
         }

@@ -167,7 +167,7 @@ fn check_scripts(check: &SystemCheckInput<'_>) -> Vec<SystemFinding> {
             continue;
         }
         if check.euid != 0 && why.contains("Permission denied") {
-            findings.push(SystemFinding::Warning(format!(
+            findings.push(SystemFinding::NeedsRoot(format!(
                 "{}: not checked: reading it needs root (run the check with sudo)",
                 script.path.display()
             )));
