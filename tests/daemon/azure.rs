@@ -341,3 +341,120 @@ fn a_reload_that_changes_azure_settings_applies_them() {
     });
     assert!(moved.is_some(), "old {}: {}, new {}: {}", first, health_of(first), second, health_of(second));
 }
+
+/// An SMB share whose key comes from Azure; nothing serves SMB on the port,
+/// so mounting fails after the key was used (the image test mounts for real).
+fn key_from_azure_config(fake: &FakeAzure, key_lines: &str) -> String {
+    format!(
+        "[instance]\nname = \"vm-test-0\"\n\n[share]\nkind = \"azure-files\"\naccount = \"poolstore\"\nsource = \"//127.0.0.1/notebooks\"\nmount_point = \"/data/notebooks\"\nuid = \"0\"\ngid = \"0\"\nkey_fetch_spread = \"0s\"\n{key_lines}\n[azure]\nenabled = true\nimds_endpoint = \"{url}\"\nmonitoring_endpoint = \"{url}\"\narm_endpoint = \"{url}\"\nhealth_listen = \"\"\n",
+        url = fake.url()
+    )
+}
+
+fn share_error(sandbox: &Sandbox) -> String {
+    let out = sandbox.cli(&["share", "--json"]);
+    let share: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    share["last_error"].as_str().unwrap_or_default().to_string()
+}
+
+/// Everything a user or admin can read: the key appears in none of it.
+fn assert_key_never_shown(sandbox: &Sandbox, daemon_log: &str, key: &str) {
+    let shown = [
+        ("pool-agent azure", stdout(&sandbox.cli(&["azure", "--json"]))),
+        ("pool-agent status", stdout(&sandbox.cli(&["status", "--json"]))),
+        ("pool-agent share", stdout(&sandbox.cli(&["share", "--json"]))),
+        ("pool-agent config", stdout(&sandbox.cli(&["config", "--json"]))),
+        ("pool-agent metrics", stdout(&sandbox.cli(&["metrics"]))),
+        ("the daemon's log", daemon_log.to_string()),
+    ];
+    for (what, text) in shown {
+        assert!(!text.contains(key), "the storage key shows in {what}");
+        assert!(!text.contains("fake."), "a token shows in {what}");
+    }
+}
+
+#[test]
+fn the_share_key_comes_from_key_vault_with_the_vault_s_audience_and_never_shows() {
+    let Some(fake) = FakeAzure::start() else { return };
+    let key = "kv-Sto4ageKey/with+base64==";
+    fake.configure(serde_json::json!({"secrets": {"storage-key": key}, "forbidden": ["/secrets/"]}));
+    let sandbox = Sandbox::new();
+    let secret = format!("{}/secrets/storage-key", fake.url());
+    sandbox.write_config(&key_from_azure_config(
+        &fake,
+        &format!("key_source = \"key-vault\"\nkey_vault_secret = \"{secret}\"\n"),
+    ));
+    // First without the role on the vault: the role is named, the share waits for the key.
+    let daemon = sandbox.start();
+    let refused = eventually(Duration::from_secs(20), || {
+        let azure = azure_json(&sandbox);
+        Some(azure).filter(|a| a["storage_key"]["error"].as_str().is_some_and(|e| e.contains("Key Vault Secrets User")))
+    });
+    assert!(refused.is_some(), "{:#}", azure_json(&sandbox));
+    let waiting = eventually(Duration::from_secs(10), || {
+        Some(share_error(&sandbox)).filter(|e| e.contains("waiting for the storage key") && e.contains("Key Vault"))
+    });
+    assert!(waiting.is_some(), "share: {}", share_error(&sandbox));
+    drop(daemon);
+    // With the role, the key is read once, with the vault's exact audience and version 7.4.
+    fake.configure(serde_json::json!({"forbidden": []}));
+    let daemon = sandbox.start();
+    let fetched =
+        eventually(Duration::from_secs(20), || Some(azure_json(&sandbox)).filter(|a| a["storage_key"]["fetches"] == 1))
+            .unwrap_or_else(|| panic!("{:#}", azure_json(&sandbox)));
+    assert_eq!(fetched["storage_key"]["from"], format!("Key Vault secret {secret}"), "{fetched:#}");
+    let reads: Vec<_> = fake.requests_to("/secrets/storage-key").into_iter().filter(|r| r["status"] == 200).collect();
+    assert_eq!(reads.len(), 1, "{reads:?}");
+    assert_eq!(reads[0]["query"]["api-version"][0], "7.4");
+    let vault_tokens: Vec<_> = fake
+        .requests_to("/metadata/identity/oauth2/token")
+        .into_iter()
+        .filter(|r| r["query"]["resource"][0] == "https://vault.azure.net")
+        .collect();
+    assert!(!vault_tokens.is_empty(), "no token of the vault's audience was asked for");
+    // The share used it: it no longer waits for a key (mounting fails: nothing serves SMB here).
+    let used = eventually(Duration::from_secs(15), || {
+        Some(share_error(&sandbox)).filter(|e| !e.is_empty() && !e.contains("waiting for the storage key"))
+    });
+    assert!(used.is_some(), "share: {}", share_error(&sandbox));
+    println!("the share with the key from Key Vault: {}", used.unwrap_or_default());
+    assert_key_never_shown(&sandbox, &daemon.log(), key);
+}
+
+#[test]
+fn the_share_key_comes_from_the_storage_account_s_key1_through_arm() {
+    let Some(fake) = FakeAzure::start() else { return };
+    let (key1, key2) = ("acct-key-one==", "acct-key-two==");
+    fake.configure(serde_json::json!({"storage_keys": {"poolstore": [key1, key2]}}));
+    let sandbox = Sandbox::new();
+    sandbox.write_config(&key_from_azure_config(&fake, "key_source = \"storage-account\"\n"));
+    let daemon = sandbox.start();
+    let fetched =
+        eventually(Duration::from_secs(20), || Some(azure_json(&sandbox)).filter(|a| a["storage_key"]["fetches"] == 1))
+            .unwrap_or_else(|| panic!("{:#}", azure_json(&sandbox)));
+    assert_eq!(fetched["storage_key"]["from"], "key1 of storage account poolstore", "{fetched:#}");
+    let lists: Vec<_> =
+        fake.read("requests").into_iter().filter(|r| r["path"].as_str().unwrap().ends_with("/listKeys")).collect();
+    assert_eq!(lists.len(), 1, "{lists:?}");
+    assert_eq!(lists[0]["method"], "POST");
+    assert_eq!(lists[0]["status"], 200, "{lists:?}");
+    assert_eq!(lists[0]["query"]["api-version"][0], "2023-05-01");
+    assert_eq!(
+        lists[0]["path"],
+        "/subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/rg-pool/providers/Microsoft.Storage/storageAccounts/poolstore/listKeys",
+        "the account in the VM's own subscription and resource group"
+    );
+    let arm_tokens = fake
+        .requests_to("/metadata/identity/oauth2/token")
+        .into_iter()
+        .filter(|r| r["query"]["resource"][0] == "https://management.azure.com/")
+        .count();
+    assert!(arm_tokens >= 1, "no token of ARM's audience was asked for");
+    let used = eventually(Duration::from_secs(15), || {
+        Some(share_error(&sandbox)).filter(|e| !e.is_empty() && !e.contains("waiting for the storage key"))
+    });
+    assert!(used.is_some(), "share: {}", share_error(&sandbox));
+    let log = daemon.log();
+    assert_key_never_shown(&sandbox, &log, key1);
+    assert_key_never_shown(&sandbox, &log, key2);
+}

@@ -1,18 +1,24 @@
 #!/usr/bin/env python3
 """A strict local stand-in for the parts of Azure pool-agent talks to, for tests.
 
-IMDS (instance metadata, managed identity tokens) and Azure Monitor custom
-metrics ingestion, on one loopback port. It refuses what Azure refuses:
+IMDS (instance metadata, managed identity tokens), Azure Monitor custom
+metrics ingestion, Key Vault secrets and ARM's storage account listKeys, on
+one loopback port. It refuses what Azure refuses:
 IMDS requests without `Metadata: true`, with `X-Forwarded-For`, without a
 known `api-version`, or more than 5 in a second; tokens for an unknown
 audience or another client id; metric posts without a live token of the
 monitoring audience, with a body whose dimValues do not match dimNames, or a
-time outside 20 minutes back and 5 minutes ahead.
+time outside 20 minutes back and 5 minutes ahead; Key Vault reads without a
+live token of the vault audience (401 with a challenge, as Key Vault does) or
+of an unknown api-version; listKeys that is not a POST, lacks a management
+token, names another subscription or resource group, or an unknown account.
 
 Faults are injected and requests read back through /_fake/* routes:
   POST /_fake/fault   {"path": prefix, "status": 410, "seconds": 60 | "count": 3,
                        "retry_after": 3, "delay": 6, "drop": true}
-  POST /_fake/config  {"token_lifetime": 90, "client_id": "...", "compute": {...}}
+  POST /_fake/config  {"token_lifetime": 90, "client_id": "...", "compute": {...},
+                       "secrets": {"name": "value"}, "storage_keys": {"account": ["key1", "key2"]},
+                       "forbidden": ["/secrets/"]}
   GET  /_fake/requests  every request: time, method, path, query, status
   GET  /_fake/points    every accepted metric point
   GET  /_fake/violations  IMDS rate limit breaches seen
@@ -29,6 +35,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 AUDIENCES = {"https://monitoring.azure.com/", "https://management.azure.com/", "https://vault.azure.net"}
+VAULT_VERSIONS = {"7.0", "7.1", "7.2", "7.3", "7.4", "7.5"}
+STORAGE_VERSIONS = {"2022-09-01", "2023-01-01", "2023-05-01", "2024-01-01"}
 IMDS_VERSIONS = {"2018-02-01", "2019-08-15", "2020-09-01", "2021-01-01", "2021-02-01", "2021-05-01", "2023-07-01"}
 MAX_BACK, MAX_AHEAD = 20 * 60, 5 * 60
 
@@ -45,6 +53,9 @@ state = {
         "userData": "",
     },
     "token_lifetime": 3600,
+    "secrets": {},
+    "storage_keys": {},
+    "forbidden": [],
     "client_id": None,
     "tokens": {},
     "faults": [],
@@ -128,7 +139,72 @@ class Handler(BaseHTTPRequestHandler):
             return self.imds(method, path, query)
         if path.endswith("/metrics") and method == "POST":
             return self.metrics(path)
+        if path.startswith("/secrets/"):
+            return self.vault(method, path, query)
+        if path.lower().endswith("/listkeys"):
+            return self.list_keys(method, path, query)
         return self.reply(404, {"error": "NotFound"})
+
+    def bearer(self, audience):
+        """The live token of `audience` this request carries, else None."""
+        auth = self.headers.get("Authorization") or ""
+        token = auth[len("Bearer "):] if auth.startswith("Bearer ") else None
+        with lock:
+            issued = state["tokens"].get(token)
+        if not issued or issued["audience"] != audience or issued["expires"] < now():
+            return None
+        return token
+
+    def forbidden(self, path):
+        with lock:
+            return any(path.startswith(prefix) for prefix in state["forbidden"])
+
+    def vault(self, method, path, query):
+        version = (query.get("api-version") or [None])[0]
+        if version not in VAULT_VERSIONS:
+            return self.reply(400, {"error": {"code": "BadParameter", "message": "The specified version is not supported"}})
+        if method != "GET":
+            return self.reply(405, {"error": {"code": "MethodNotAllowed"}})
+        if not self.bearer("https://vault.azure.net"):
+            challenge = 'Bearer authorization="https://login.microsoftonline.com/tenant", resource="https://vault.azure.net"'
+            return self.reply(401, {"error": {"code": "Unauthorized", "message": "AKV10000: Request is missing a Bearer or PoP token."}},
+                              {"WWW-Authenticate": challenge})
+        if self.forbidden(path):
+            return self.reply(403, {"error": {"code": "Forbidden", "message": "Caller is not authorized to perform action on resource."}})
+        parts = path.split("/")
+        name = parts[2] if len(parts) > 2 else ""
+        with lock:
+            value = state["secrets"].get(name)
+        if value is None:
+            return self.reply(404, {"error": {"code": "SecretNotFound", "message": f"A secret with (name/id) {name} was not found in this key vault."}})
+        return self.reply(200, {"value": value, "id": f"https://fake.vault.azure.net/secrets/{name}/0001",
+                                "attributes": {"enabled": True}})
+
+    def list_keys(self, method, path, query):
+        version = (query.get("api-version") or [None])[0]
+        if version not in STORAGE_VERSIONS:
+            return self.reply(400, {"error": {"code": "InvalidApiVersionParameter", "message": f"api-version {version} is not supported"}})
+        if method != "POST":
+            return self.reply(405, {"error": {"code": "MethodNotAllowed"}})
+        self.body()
+        if not self.bearer("https://management.azure.com/"):
+            return self.reply(401, {"error": {"code": "AuthenticationFailed", "message": "missing, expired or of another audience"}})
+        if self.forbidden(path):
+            return self.reply(403, {"error": {"code": "AuthorizationFailed", "message": "does not have authorization to perform action 'Microsoft.Storage/storageAccounts/listKeys/action'"}})
+        parts = path.split("/")
+        with lock:
+            compute = dict(state["compute"])
+            accounts = dict(state["storage_keys"])
+        shape = (len(parts) == 10 and parts[1].lower() == "subscriptions" and parts[3].lower() == "resourcegroups"
+                 and parts[6].lower() == "microsoft.storage" and parts[7].lower() == "storageaccounts")
+        if not shape:
+            return self.reply(400, {"error": {"code": "InvalidResourceId"}})
+        if parts[2] != compute["subscriptionId"] or parts[4].lower() != compute["resourceGroupName"].lower() \
+                or parts[8] not in accounts:
+            return self.reply(404, {"error": {"code": "ResourceNotFound", "message": f"storage account {parts[8]} not found"}})
+        keys = [{"keyName": f"key{i + 1}", "value": value, "permissions": "FULL"}
+                for i, value in enumerate(accounts[parts[8]])]
+        return self.reply(200, {"keys": keys})
 
     def imds(self, method, path, query):
         t = now()

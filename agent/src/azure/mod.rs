@@ -10,6 +10,7 @@
 
 pub mod health;
 pub mod imds;
+pub mod key;
 pub mod monitor;
 pub mod token;
 
@@ -124,6 +125,9 @@ pub struct AzureReport {
     pub imds_requests: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<health::Health>,
+    /// The share's storage key when it comes from Azure (never the key itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_key: Option<key::KeyView>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub health_listen: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -141,6 +145,8 @@ struct Inner {
     clock: crate::core::clock::SharedClock,
     report: Mutex<AzureReport>,
     tokens: Mutex<Option<Arc<Tokens>>>,
+    /// Shown while the share's key comes from Azure (`source` set).
+    key_view: Arc<Mutex<key::KeyView>>,
     inputs: OnceLock<Inputs>,
     imds: ImdsCounters,
     posts: Family<Vec<(String, String)>, Counter>,
@@ -156,6 +162,7 @@ impl Azure {
             clock,
             report: Mutex::default(),
             tokens: Mutex::new(None),
+            key_view: Arc::default(),
             inputs: OnceLock::new(),
             imds: ImdsCounters::default(),
             posts: Family::default(),
@@ -184,6 +191,8 @@ impl Azure {
         report.tokens = tokens.map(|t| t.views()).unwrap_or_default();
         report.imds_requests = self.0.imds.requests.get();
         report.health = self.health_now();
+        let key_view = self.0.key_view.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        report.storage_key = (!key_view.source.is_empty()).then_some(key_view);
         report
     }
 }
@@ -242,6 +251,7 @@ async fn run(ctx: TaskContext, azure: Azure) -> TaskResult {
     loop {
         let settings = settings_rx.borrow_and_update().clone();
         let section = settings.azure.clone();
+        let key_spec = key::spec(&settings);
         // A reload that changes [azure] (a userData fragment, say) starts it
         // again with the new settings: endpoints, identity, health address.
         let azure_changed = async {
@@ -249,14 +259,15 @@ async fn run(ctx: TaskContext, azure: Azure) -> TaskResult {
                 if settings_rx.changed().await.is_err() {
                     std::future::pending::<()>().await;
                 }
-                if settings_rx.borrow().azure != section {
+                let now = settings_rx.borrow().clone();
+                if now.azure != section || key::spec(&now) != key_spec {
                     return;
                 }
             }
         };
         tokio::select! {
             result = run_with(&ctx, &azure, settings) => return result,
-            _ = azure_changed => tracing::info!(component = "azure", "[azure] changed; starting again with it"),
+            _ = azure_changed => tracing::info!(component = "azure", "[azure] or the share's key source changed; starting again with it"),
         }
     }
 }
@@ -265,6 +276,7 @@ async fn run_with(ctx: &TaskContext, azure: &Azure, settings: Arc<Settings>) -> 
     let ctx = ctx.clone();
     let azure = azure.clone();
     azure.update(|r| *r = AzureReport::default());
+    *azure.0.key_view.lock().unwrap_or_else(|p| p.into_inner()) = key::KeyView::default();
     let _health = health_server(&ctx, &azure, &settings).await;
     if settings.azure.enabled == AzureEnabled::Off {
         azure.update(|r| r.state = "off".into());
@@ -299,6 +311,11 @@ async fn run_with(ctx: &TaskContext, azure: &Azure, settings: Arc<Settings>) -> 
                     r.state = if absent { "absent" } else { "starting" }.into();
                     r.error = Some(err.to_string());
                 });
+                if key::spec(&settings).is_some() {
+                    let mut news = ctx.shared.storage_key();
+                    news.error = Some(format!("the key comes from Azure, but IMDS does not answer ({err})"));
+                    ctx.shared.publish_storage_key(news);
+                }
                 if absent {
                     ctx.set(
                         ComponentState::Skipped,
@@ -333,6 +350,25 @@ async fn run_with(ctx: &TaskContext, azure: &Azure, settings: Arc<Settings>) -> 
         r.metrics_url = url.clone();
         r.error = None;
     });
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|err| crate::core::task::TaskError::Failed(format!("cannot build the HTTP client: {err}")))?;
+    let _key_keeper = key::spec(&settings).map(|spec| {
+        *azure.0.key_view.lock().unwrap_or_else(|p| p.into_inner()) =
+            key::KeyView { source: spec.source.as_str().to_string(), ..Default::default() };
+        let keeper = key::keep(
+            ctx.clone(),
+            azure.0.key_view.clone(),
+            http.clone(),
+            tokens.clone(),
+            spec,
+            compute.clone(),
+            settings.azure.arm_endpoint.clone(),
+        );
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(keeper))
+    });
     ctx.set(
         ComponentState::Ready,
         format!(
@@ -342,7 +378,7 @@ async fn run_with(ctx: &TaskContext, azure: &Azure, settings: Arc<Settings>) -> 
             crate::config::duration::format(settings.azure.metrics_interval)
         ),
     );
-    publish_metrics(&ctx, &azure, &imds, &tokens, &url, &compute).await
+    publish_metrics(&ctx, &azure, &http, &imds, &tokens, &url, &compute).await
 }
 
 /// Hands the userData fragment to the daemon, which applies it as the last
@@ -409,19 +445,16 @@ async fn health_answer(State(azure): State<Azure>) -> Json<serde_json::Value> {
 
 /// One bucket per interval (after a per-VM random offset, so a pool does not
 /// post in step), and the backlog posted oldest first until Azure takes it.
+#[allow(clippy::too_many_arguments)]
 async fn publish_metrics(
     ctx: &TaskContext,
     azure: &Azure,
+    http: &reqwest::Client,
     imds: &Imds,
     tokens: &Tokens,
     url: &str,
     compute: &Compute,
 ) -> TaskResult {
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|err| crate::core::task::TaskError::Failed(format!("cannot build the HTTP client: {err}")))?;
     let mut backlog = monitor::Backlog::default();
     let interval = ctx.settings.borrow().azure.metrics_interval;
     let offset = Duration::from_secs_f64(fastrand::f64() * (interval.as_secs_f64() / 2.0).min(30.0));
@@ -464,7 +497,7 @@ async fn publish_metrics(
             tracing::warn!(component = "azure", "{expired} metric bucket(s) older than Azure takes were dropped");
         }
         let instance = settings.azure.instance_dimension.then_some(compute.name.as_str());
-        match post_backlog(ctx, azure, &http, tokens, url, &settings.azure.metrics_namespace, instance, &mut backlog)
+        match post_backlog(ctx, azure, http, tokens, url, &settings.azure.metrics_namespace, instance, &mut backlog)
             .await
         {
             Ok(()) => {

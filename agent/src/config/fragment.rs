@@ -102,8 +102,22 @@ impl ShareKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeySourceKind {
+    /// `share.key_file`, a root-only file baked or dropped on the VM.
     File,
-    ManagedIdentity,
+    /// A Key Vault secret (`share.key_vault_secret`), read with the VM's identity.
+    KeyVault,
+    /// The storage account's own keys (ARM `listKeys`), read with the VM's identity.
+    StorageAccount,
+}
+
+impl KeySourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeySourceKind::File => "file",
+            KeySourceKind::KeyVault => "key-vault",
+            KeySourceKind::StorageAccount => "storage-account",
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -116,6 +130,9 @@ pub struct ShareFragment {
     pub endpoint_suffix: Value<String>,
     pub key_file: Value<String>,
     pub key_source: Value<KeySourceKind>,
+    pub key_vault_secret: Value<String>,
+    pub storage_account_id: Value<String>,
+    pub key_fetch_spread: Value<ConfigDuration>,
     pub source: Value<String>,
     pub path: Value<String>,
     pub vers: Value<String>,
@@ -153,6 +170,9 @@ impl ShareFragment {
             endpoint_suffix,
             key_file,
             key_source,
+            key_vault_secret,
+            storage_account_id,
+            key_fetch_spread,
             source,
             path,
             vers,
@@ -182,7 +202,7 @@ impl ShareFragment {
 impl MergeFrom for ShareFragment {
     fn merge_from(&mut self, later: Self) {
         later_wins!(self, later; kind, mount_point, account, share, endpoint_suffix,
-            key_file, key_source, source, path, vers, uid, gid, dir_mode, file_mode, options,
+            key_file, key_source, key_vault_secret, storage_account_id, key_fetch_spread, source, path, vers, uid, gid, dir_mode, file_mode, options,
             default_options, probe_interval, probe_timeout, mount_timeout, allow_mnt, force,
             unmount_on_stop);
     }
@@ -352,12 +372,13 @@ pub struct AzureFragment {
     pub instance_dimension: Value<bool>,
     pub health_listen: Value<String>,
     pub unhealthy_after: Value<ConfigDuration>,
+    pub arm_endpoint: Value<String>,
 }
 
 impl MergeFrom for AzureFragment {
     fn merge_from(&mut self, later: Self) {
         later_wins!(self, later; enabled, imds_endpoint, client_id, monitoring_endpoint, metrics_namespace,
-            metrics_interval, instance_dimension, health_listen, unhealthy_after);
+            metrics_interval, instance_dimension, health_listen, unhealthy_after, arm_endpoint);
     }
 }
 

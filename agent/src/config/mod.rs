@@ -33,7 +33,14 @@ pub const USER_DATA_SOURCE: &str = "<azure userData>";
 /// Keys a fragment anyone on the VM can read must not set: they would make
 /// the config lean on a secret that is not in a root-only file.
 fn secret_looking(text: &str) -> Option<String> {
-    let allowed = ["key_file", "key_source", "jupyter_token_file", "jupyterhub_token_file", "key_vault_secret"];
+    let allowed = [
+        "key_file",
+        "key_source",
+        "jupyter_token_file",
+        "jupyterhub_token_file",
+        "key_vault_secret",
+        "key_fetch_spread",
+    ];
     text.lines().enumerate().find_map(|(index, line)| {
         let key = line.split('=').next()?.trim().trim_matches('"').to_ascii_lowercase();
         let looks = ["password", "secret", "token", "key"].iter().any(|word| key.contains(word));
@@ -696,16 +703,65 @@ mod tests {
     }
 
     #[test]
-    fn secret_options_are_refused_in_any_case_and_managed_identity_is_not_offered() {
+    fn secret_options_are_refused_in_any_case() {
         let (_, key, message) =
             expect_invalid("[share]\nkind = \"nfs\"\nsource = \"h:/x\"\noptions = [\"PASSWORD=x\"]\n");
         assert_eq!(key, "share.options");
         assert!(message.contains("password"), "{message}");
-        let (line, key, message) = expect_invalid(
-            "[share]\nkind = \"azure-files\"\naccount = \"acct\"\nshare = \"notebooks\"\nkey_source = \"managed-identity\"\n",
-        );
-        assert_eq!((line, key.as_str()), (5, "share.key_source"));
-        assert!(message.contains("not built") && message.contains("key_file"), "{message}");
+    }
+
+    #[test]
+    fn a_key_from_azure_needs_its_url_over_tls_and_no_key_file() {
+        const SMB: &str = "[share]\nkind = \"azure-files\"\naccount = \"poolstore\"\nshare = \"notebooks\"\n";
+        let vault = parse(&format!(
+            "{SMB}key_source = \"key-vault\"\nkey_vault_secret = \"https://team-kv.vault.azure.net/secrets/storage-key\"\n"
+        ))
+        .unwrap();
+        match vault.share.unwrap().source {
+            ShareSource::AzureFiles { key_source, key_file, key_vault_secret, key_fetch_spread, .. } => {
+                assert_eq!(key_source, KeySourceKind::KeyVault);
+                assert_eq!(key_file, None, "no key file is read");
+                assert_eq!(key_vault_secret.as_deref(), Some("https://team-kv.vault.azure.net/secrets/storage-key"));
+                assert_eq!(key_fetch_spread, settings::DEFAULT_KEY_FETCH_SPREAD);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Loopback may be plain http (tests); nothing else may.
+        let local = "http://127.0.0.1:8080/secrets/k";
+        assert!(parse(&format!("{SMB}key_source = \"key-vault\"\nkey_vault_secret = \"{local}\"\n")).is_ok());
+        let (line, key, message) = expect_invalid(&format!(
+            "{SMB}key_source = \"key-vault\"\nkey_vault_secret = \"http://team-kv.vault.azure.net/secrets/k\"\n"
+        ));
+        assert_eq!((line, key.as_str()), (6, "share.key_vault_secret"));
+        assert!(message.contains("https://"), "{message}");
+        let (_, key, message) = expect_invalid(&format!(
+            "{SMB}key_source = \"key-vault\"\nkey_vault_secret = \"https://team-kv.vault.azure.net/keys/k\"\n"
+        ));
+        assert_eq!(key, "share.key_vault_secret");
+        assert!(message.contains("/secrets/<name>"), "{message}");
+        let (_, key, _) = expect_invalid(&format!("{SMB}key_source = \"key-vault\"\n"));
+        assert_eq!(key, "share.key_vault_secret", "key-vault without a secret");
+        // A key file beside another source would be ignored: refused, where it stands.
+        let (line, key, message) =
+            expect_invalid(&format!("{SMB}key_source = \"storage-account\"\nkey_file = \"/etc/k\"\n"));
+        assert_eq!((line, key.as_str()), (6, "share.key_file"));
+        assert!(message.contains("key_source = \"file\""), "{message}");
+        let (_, key, message) = expect_invalid(&format!(
+            "{SMB}key_source = \"storage-account\"\nstorage_account_id = \"/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/disks/d\"\n"
+        ));
+        assert_eq!(key, "share.storage_account_id");
+        assert!(message.contains("storageAccounts"), "{message}");
+        let account = parse(&format!(
+            "{SMB}key_source = \"storage-account\"\nstorage_account_id = \"/subscriptions/s/resourceGroups/g/providers/Microsoft.Storage/storageAccounts/other\"\n"
+        ));
+        assert!(account.is_ok(), "{account:?}");
+        // The key comes with the VM's identity: Azure may not be switched off.
+        let (line, key, _) =
+            expect_invalid(&format!("{SMB}key_source = \"storage-account\"\n[azure]\nenabled = false\n"));
+        assert_eq!((line, key.as_str()), (7, "azure.enabled"));
+        let (line, key, message) = expect_invalid("[azure]\narm_endpoint = \"http://management.example\"\n");
+        assert_eq!((line, key.as_str()), (2, "azure.arm_endpoint"));
+        assert!(message.contains("https://"), "{message}");
     }
 
     #[test]

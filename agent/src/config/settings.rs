@@ -53,6 +53,10 @@ pub const DEFAULT_MAX_UNKNOWN: Duration = Duration::from_secs(12 * 3600);
 /// GPU memory held at 0% utilisation counts this long after the last utilisation.
 pub const DEFAULT_GPU_MEMORY_GRACE: Duration = Duration::from_secs(3600);
 pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
+pub const DEFAULT_ARM_ENDPOINT: &str = "https://management.azure.com";
+/// `share.key_fetch_spread`: 200 VMs booting at once ask listKeys about
+/// 3 times a second, well under the storage provider's 800 reads in 5 minutes.
+pub const DEFAULT_KEY_FETCH_SPREAD: Duration = Duration::from_secs(60);
 pub const DEFAULT_METRICS_NAMESPACE: &str = "pool-agent";
 pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_HEALTH_LISTEN: &str = "127.0.0.1:8765";
@@ -122,6 +126,8 @@ pub struct ShareSettings {
     pub unmount_on_stop: bool,
 }
 
+// One value per config: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum ShareSource {
@@ -140,6 +146,17 @@ pub enum ShareSource {
         key_source: KeySourceKind,
         #[serde(skip_serializing_if = "Option::is_none")]
         key_file: Option<PathBuf>,
+        /// `key-vault`: `https://<vault>.vault.azure.net/secrets/<name>`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key_vault_secret: Option<String>,
+        /// `storage-account`: the account's resource id; none: the account
+        /// in the VM's own subscription and resource group.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        storage_account_id: Option<String>,
+        /// The first fetch from Azure waits a random part of this, so a pool
+        /// booting at once does not ask all in the same second.
+        #[serde(serialize_with = "duration::serialize")]
+        key_fetch_spread: Duration,
         vers: String,
         uid: String,
         gid: String,
@@ -290,6 +307,8 @@ pub struct AzureSettings {
     pub health_listen: String,
     #[serde(serialize_with = "duration::serialize")]
     pub unhealthy_after: Duration,
+    /// Azure Resource Manager (`https://management.azure.com`).
+    pub arm_endpoint: String,
 }
 
 fn serialize_enabled<S: serde::Serializer>(

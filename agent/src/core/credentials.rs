@@ -9,12 +9,30 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
-/// A storage key. Its `Debug` says nothing, and its bytes are wiped on drop.
+/// A storage key. Its `Debug` says nothing, and its bytes (of every copy) are wiped on drop.
+#[derive(Clone)]
 pub struct StorageKey(Zeroizing<String>);
 
 impl StorageKey {
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// A key fetched from a service. One line and nothing else: it goes into
+    /// a credentials file, where a line break would add a line of its own.
+    pub fn fetched(text: Zeroizing<String>) -> Result<StorageKey, &'static str> {
+        if text.trim().is_empty() {
+            return Err("the key is empty");
+        }
+        if text.contains(['\n', '\r', '\0']) {
+            return Err("the key is not one line");
+        }
+        Ok(StorageKey(text))
+    }
+
+    /// Whether two keys are the same (a rotated key differs).
+    pub fn same_as(&self, other: &StorageKey) -> bool {
+        *self.0 == *other.0
     }
 }
 

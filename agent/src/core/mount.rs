@@ -45,6 +45,14 @@ pub enum MountError {
     Spawn { command: String, reason: String },
 }
 
+impl MountError {
+    /// The server refused the credentials: mount.cifs reports the kernel's
+    /// EACCES as `mount error(13)`.
+    pub fn is_authentication_failure(&self) -> bool {
+        matches!(self, MountError::Failed { output, .. } if output.contains("mount error(13)"))
+    }
+}
+
 pub trait Mounter: Send + Sync + 'static {
     fn mount(&self, call: MountCall, timeout: Duration) -> BoxFuture<'static, Result<(), MountError>>;
     /// Detaches the mount now; open files keep working on the detached tree.

@@ -2,6 +2,7 @@
 //! another: the share says here whether it is mounted, and links, setup
 //! scripts and idle read it from here.
 
+use crate::core::credentials::StorageKey;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -23,7 +24,7 @@ pub enum ShareNews {
 }
 
 /// How an SMB share is mounted, for capabilities that mount parts of it on
-/// their own (per-user private mounts). Holds no secret: the key stays in its file.
+/// their own (per-user private mounts). Holds no secret: it says where the key is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SmbMount {
     /// `//server/share`.
@@ -32,9 +33,31 @@ pub struct SmbMount {
     pub options: Vec<String>,
     /// The account name for the credentials file.
     pub username: String,
-    /// The storage key's file (resolved under the root), and the uid that must own it.
-    pub key_file: PathBuf,
-    pub key_owner: u32,
+    pub key: KeyRef,
+}
+
+/// Where the SMB share's key comes from, for the private mounts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyRef {
+    /// A root-only file (resolved under the root), and the uid that must own it.
+    File { path: PathBuf, owner: u32 },
+    /// Fetched from Azure by the Azure capability: [`SharedState::storage_key`].
+    Fetched,
+}
+
+/// The storage key the Azure capability fetched for the share
+/// (`share.key_source` = `key-vault` or `storage-account`). The key stays in
+/// memory only (wiped on drop); its `Debug` says nothing of it.
+#[derive(Debug, Clone, Default)]
+pub struct KeyNews {
+    /// Bumped for each key fetched; 0 while there is none.
+    pub generation: u64,
+    pub key: Option<StorageKey>,
+    /// Where it came from, for status lines.
+    pub from: String,
+    pub fetched_at: Option<std::time::SystemTime>,
+    /// Why there is no key yet, or why the last fetch failed.
+    pub error: Option<String>,
 }
 
 /// A user whose folder links found or made on the share.
@@ -148,6 +171,10 @@ pub struct SharedState {
     user_data: Arc<watch::Sender<Arc<str>>>,
     /// Bumped at each reload an admin asks for (SIGHUP), valid or not.
     reloads: Arc<watch::Sender<u64>>,
+    storage_key: Arc<watch::Sender<KeyNews>>,
+    /// The generation of the fetched key a mount refused (authentication):
+    /// the Azure capability fetches again.
+    fresh_key_wanted: Arc<watch::Sender<u64>>,
 }
 
 impl Default for SharedState {
@@ -166,7 +193,11 @@ impl SharedState {
         let (private_mounts, _) = watch::channel(PrivateMountNews::default());
         let (user_data, _) = watch::channel(Arc::from(""));
         let (reloads, _) = watch::channel(0);
+        let (storage_key, _) = watch::channel(KeyNews::default());
+        let (fresh_key_wanted, _) = watch::channel(0);
         Self {
+            storage_key: Arc::new(storage_key),
+            fresh_key_wanted: Arc::new(fresh_key_wanted),
             reloads: Arc::new(reloads),
             user_data: Arc::new(user_data),
             folders: Arc::new(folders),
@@ -177,6 +208,33 @@ impl SharedState {
             idle: Arc::new(idle),
             instance: Arc::new(std::sync::RwLock::new(String::new())),
         }
+    }
+
+    pub fn publish_storage_key(&self, news: KeyNews) {
+        self.storage_key.send_replace(news);
+    }
+
+    pub fn storage_key(&self) -> KeyNews {
+        self.storage_key.borrow().clone()
+    }
+
+    pub fn watch_storage_key(&self) -> watch::Receiver<KeyNews> {
+        self.storage_key.subscribe()
+    }
+
+    /// A mount refused the key of this generation: ask for a fresh one.
+    pub fn ask_fresh_key(&self, refused_generation: u64) {
+        self.fresh_key_wanted.send_if_modified(|wanted| {
+            let newer = refused_generation > *wanted;
+            if newer {
+                *wanted = refused_generation;
+            }
+            newer
+        });
+    }
+
+    pub fn watch_fresh_key_wanted(&self) -> watch::Receiver<u64> {
+        self.fresh_key_wanted.subscribe()
     }
 
     pub fn publish_reload_asked(&self) {

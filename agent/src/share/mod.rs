@@ -14,6 +14,7 @@ pub mod report;
 mod routes;
 pub mod spec;
 
+use crate::config::KeySourceKind;
 use crate::config::{duration, ShareSettings, ShareSource};
 use crate::core::backoff::Backoff;
 use crate::core::capability::Capability;
@@ -24,7 +25,7 @@ use crate::core::http::Route;
 use crate::core::mount::{self, MountCall, Mounter};
 use crate::core::mountinfo;
 use crate::core::request::{Asked, Requests};
-use crate::core::shared::ShareNews;
+use crate::core::shared::{KeyRef, ShareNews};
 use crate::core::task::{self, TaskContext, TaskResult};
 use futures_util::future::BoxFuture;
 use probe::{ProbeOutcome, Prober};
@@ -159,6 +160,7 @@ const PRIVATE_MOUNTS_MADE: &str = "private-mounts.json";
 async fn private_mounts(ctx: TaskContext, mounter: Arc<dyn Mounter>) {
     let mut folders = ctx.shared.watch_folders();
     let mut share_rx = ctx.shared.watch_share();
+    let mut key_rx = ctx.shared.watch_storage_key();
     let credentials_dir = ctx.paths.resolve(credentials::PRIVATE_RUN_DIR);
     let made_file = ctx.paths.state_dir().join(PRIVATE_MOUNTS_MADE);
     loop {
@@ -179,8 +181,18 @@ async fn private_mounts(ctx: TaskContext, mounter: Arc<dyn Mounter>) {
                 .map(|f| private::Wanted { user: f.user.clone(), uid: f.uid, gid: f.gid, relative: f.relative.clone() })
                 .collect();
             let present: std::collections::HashSet<String> = news.present.iter().filter(|_| on).cloned().collect();
-            let outcome =
-                private::reconcile(mounter.clone(), smb, &root, &credentials_dir, &wanted, &present, &made_file).await;
+            let fetched_key = ctx.shared.storage_key().key;
+            let outcome = private::reconcile(
+                mounter.clone(),
+                smb,
+                &root,
+                &credentials_dir,
+                &wanted,
+                &present,
+                &made_file,
+                fetched_key,
+            )
+            .await;
             let failed = outcome.into_iter().filter_map(|(user, result)| result.err().map(|why| (user, why))).collect();
             ctx.shared.publish_private_mounts(crate::core::shared::PrivateMountNews { failed });
         }
@@ -188,6 +200,8 @@ async fn private_mounts(ctx: TaskContext, mounter: Arc<dyn Mounter>) {
             _ = ctx.shutdown.cancelled() => return,
             Ok(()) = folders.changed() => {}
             Ok(()) = share_rx.changed() => {}
+            // A key fetched again (rotated): mounts that failed may work now.
+            Ok(()) = key_rx.changed() => {}
         }
     }
 }
@@ -225,6 +239,7 @@ pub async fn run(ctx: TaskContext, share: ShareHandle) -> TaskResult {
         smb: None,
     };
     let mut config_live = true;
+    let mut key_rx = ctx.shared.watch_storage_key();
     loop {
         let settings = settings_rx.borrow_and_update().clone();
         let config = settings.share.clone();
@@ -255,6 +270,12 @@ pub async fn run(ctx: TaskContext, share: ShareHandle) -> TaskResult {
                     }
                     break;
                 }
+                // A key fetched from Azure (first, or again after a refusal): try it now.
+                Ok(()) = key_rx.changed() => {
+                    if matches!(next, Next::Retry(_)) {
+                        next = worker.ensure(config.as_ref()).await;
+                    }
+                }
                 Some(reply) = remounts.recv() => {
                     worker.remount().await;
                     next = worker.ensure(config.as_ref()).await;
@@ -272,6 +293,14 @@ pub async fn run(ctx: TaskContext, share: ShareHandle) -> TaskResult {
             }
         }
     }
+}
+
+/// The key a mount call uses, gathered before the blocking part.
+enum KeyInHand {
+    None,
+    /// A key file and the uid that must own it.
+    File(PathBuf, u32),
+    Fetched(credentials::StorageKey),
 }
 
 async fn sleep_or_forever(pause: Option<Duration>) {
@@ -422,13 +451,20 @@ impl Worker {
             .collect();
         self.describe(share, &plan, &shown_options);
         self.smb = match (&plan.username, &share.source) {
-            (Some(username), ShareSource::AzureFiles { key_file: Some(key_file), .. }) => {
-                Some(crate::core::shared::SmbMount {
+            (Some(username), ShareSource::AzureFiles { key_file, key_source, .. }) => {
+                let key = match (key_source, key_file) {
+                    (KeySourceKind::File, Some(key_file)) => Some(KeyRef::File {
+                        path: self.ctx.paths.resolve(key_file),
+                        owner: if self.ctx.paths.is_sandbox() { nix::unistd::geteuid().as_raw() } else { 0 },
+                    }),
+                    (KeySourceKind::File, None) => None,
+                    _ => Some(KeyRef::Fetched),
+                };
+                key.map(|key| crate::core::shared::SmbMount {
                     source: plan.source.clone(),
                     options: plan.options.clone(),
                     username: username.clone(),
-                    key_file: self.ctx.paths.resolve(key_file),
-                    key_owner: if self.ctx.paths.is_sandbox() { nix::unistd::geteuid().as_raw() } else { 0 },
+                    key,
                 })
             }
             _ => None,
@@ -584,21 +620,50 @@ impl Worker {
         let mut options = plan.options.clone();
         // Held until the mount call returns, then removed.
         let mut _credentials = None;
-        if let (Some(username), ShareSource::AzureFiles { key_file: Some(key_file), .. }) =
-            (&plan.username, &share.source)
+        let mut fetched_generation = None;
+        if let (Some(username), ShareSource::AzureFiles { key_file, key_source, .. }) = (&plan.username, &share.source)
         {
-            let expected_owner = if self.ctx.paths.is_sandbox() { nix::unistd::geteuid().as_raw() } else { 0 };
-            let key_path = self.ctx.paths.resolve(key_file);
             let (dir, username) = (self.credentials_dir(), username.clone());
-            let file = task::blocking("reading the storage key", DISK_DEADLINE, move || {
-                let key = credentials::read_key_file(&key_path, expected_owner).map_err(|err| err.to_string())?;
-                credentials::CredentialsFile::write(&dir, &username, &key)
-                    .map_err(|err| format!("cannot write the credentials file in {}: {err}", dir.display()))
-            })
-            .await
-            .map_err(|err| err.to_string())??;
-            options.push(format!("credentials={}", file.path().display()));
-            _credentials = Some(file);
+            let key = match (key_source, key_file) {
+                (KeySourceKind::File, Some(key_file)) => {
+                    let expected_owner = if self.ctx.paths.is_sandbox() { nix::unistd::geteuid().as_raw() } else { 0 };
+                    KeyInHand::File(self.ctx.paths.resolve(key_file), expected_owner)
+                }
+                (KeySourceKind::File, None) => KeyInHand::None,
+                (source, _) => {
+                    let news = self.ctx.shared.storage_key();
+                    match news.key {
+                        Some(key) => {
+                            fetched_generation = Some(news.generation);
+                            KeyInHand::Fetched(key)
+                        }
+                        None => {
+                            return Err(format!(
+                                "waiting for the storage key from Azure (share.key_source = \"{}\"): {}",
+                                source.as_str(),
+                                news.error.unwrap_or_else(|| "not fetched yet".to_string())
+                            ))
+                        }
+                    }
+                }
+            };
+            if !matches!(key, KeyInHand::None) {
+                let file = task::blocking("writing the credentials file", DISK_DEADLINE, move || {
+                    let key = match key {
+                        KeyInHand::File(path, owner) => {
+                            credentials::read_key_file(&path, owner).map_err(|err| err.to_string())?
+                        }
+                        KeyInHand::Fetched(key) => key,
+                        KeyInHand::None => return Err("no key".to_string()),
+                    };
+                    credentials::CredentialsFile::write(&dir, &username, &key)
+                        .map_err(|err| format!("cannot write the credentials file in {}: {err}", dir.display()))
+                })
+                .await
+                .map_err(|err| err.to_string())??;
+                options.push(format!("credentials={}", file.path().display()));
+                _credentials = Some(file);
+            }
         }
         let call = MountCall {
             fstype: match plan.kind {
@@ -609,7 +674,17 @@ impl Worker {
             target: plan.target.clone(),
             options,
         };
-        self.share.mounter.mount(call, share.mount_timeout).await.map_err(|err| err.to_string())
+        match self.share.mounter.mount(call, share.mount_timeout).await {
+            Ok(()) => Ok(()),
+            // Keys get rotated: a fetched key the server refuses is fetched again.
+            Err(err) => match fetched_generation {
+                Some(generation) if err.is_authentication_failure() => {
+                    self.ctx.shared.ask_fresh_key(generation);
+                    Err(format!("{err}; the key from Azure was refused, so it is fetched again"))
+                }
+                _ => Err(err.to_string()),
+            },
+        }
     }
 
     async fn unmount(&self, plan: &MountPlan) {

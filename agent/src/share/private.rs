@@ -11,7 +11,7 @@
 use crate::core::credentials::{self, CredentialsFile, StorageKey};
 use crate::core::mount::{MountCall, Mounter};
 use crate::core::mountinfo;
-use crate::core::shared::SmbMount;
+use crate::core::shared::{KeyRef, SmbMount};
 use crate::core::task;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -97,6 +97,7 @@ fn prepare_target(target: &Path) -> Result<(), String> {
 
 /// Mounts every wanted user's folder that is not mounted yet and unmounts the
 /// mounts of users no longer wanted. Returns, per wanted user, Ok or why not.
+#[allow(clippy::too_many_arguments)]
 pub async fn reconcile(
     mounter: Arc<dyn Mounter>,
     smb: &SmbMount,
@@ -105,6 +106,7 @@ pub async fn reconcile(
     wanted: &[Wanted],
     present: &HashSet<String>,
     made_file: &Path,
+    fetched_key: Option<StorageKey>,
 ) -> HashMap<String, Result<(), String>> {
     let mut outcome = HashMap::new();
     let mut made = MadeMounts::load(made_file).await;
@@ -130,7 +132,11 @@ pub async fn reconcile(
             return outcome;
         }
     };
-    let mut key: Option<Result<StorageKey, String>> = None;
+    // A key fetched from Azure is handed in; a key file is read at the first mount.
+    let mut key: Option<Result<StorageKey, String>> = match &smb.key {
+        KeyRef::Fetched => Some(fetched_key.ok_or_else(|| "no storage key fetched from Azure yet".to_string())),
+        KeyRef::File { .. } => None,
+    };
     let mut mounted_now = BTreeSet::new();
     for user in wanted {
         let target = root.join(&user.user);
@@ -221,8 +227,8 @@ async fn mount_one(
     task::blocking("preparing a private mount point", DISK_DEADLINE, move || prepare_target(&point))
         .await
         .map_err(|e| e.to_string())??;
-    if key.is_none() {
-        let (file, owner) = (smb.key_file.clone(), smb.key_owner);
+    if let (None, KeyRef::File { path, owner }) = (&key, &smb.key) {
+        let (file, owner) = (path.clone(), *owner);
         let read = task::blocking("reading the storage key", DISK_DEADLINE, move || {
             credentials::read_key_file(&file, owner).map_err(|err| err.to_string())
         })
@@ -263,8 +269,7 @@ mod tests {
                 .map(String::from)
                 .to_vec(),
             username: "acct".into(),
-            key_file: "/etc/pool-agent/secrets/storage-key".into(),
-            key_owner: 0,
+            key: KeyRef::File { path: "/etc/pool-agent/secrets/storage-key".into(), owner: 0 },
         }
     }
 
@@ -325,7 +330,7 @@ mod tests {
         let key_file = dir.path().join("storage-key");
         std::fs::write(&key_file, "s3cret\n").unwrap();
         std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let smb = SmbMount { key_file, key_owner: nix::unistd::geteuid().as_raw(), ..smb() };
+        let smb = SmbMount { key: KeyRef::File { path: key_file, owner: nix::unistd::geteuid().as_raw() }, ..smb() };
         let root = dir.path().join("private");
         let run = dir.path().join("run");
         let wanted = |names: &[(&str, u32)]| -> Vec<Wanted> {
@@ -352,7 +357,8 @@ mod tests {
         });
         let both = present(&["alice", "bob"]);
         let outcome =
-            reconcile(fake.clone(), &smb, &root, &run, &wanted(&[("alice", 1001), ("bob", 1002)]), &both, &made).await;
+            reconcile(fake.clone(), &smb, &root, &run, &wanted(&[("alice", 1001), ("bob", 1002)]), &both, &made, None)
+                .await;
         assert!(outcome.values().all(|r| r.is_ok()), "{outcome:?}");
         let calls = fake.calls.lock().unwrap().clone();
         assert_eq!(calls.len(), 2);
@@ -363,17 +369,19 @@ mod tests {
 
         // Again: nothing to do. bob's folder fails for a moment (not wanted
         // this pass) but he is still a user: he keeps his mount.
-        reconcile(fake.clone(), &smb, &root, &run, &wanted(&[("alice", 1001), ("bob", 1002)]), &both, &made).await;
+        reconcile(fake.clone(), &smb, &root, &run, &wanted(&[("alice", 1001), ("bob", 1002)]), &both, &made, None)
+            .await;
         assert_eq!(fake.calls.lock().unwrap().len(), 2, "mounted ones are left alone");
-        reconcile(fake.clone(), &smb, &root, &run, &wanted(&[("alice", 1001)]), &both, &made).await;
+        reconcile(fake.clone(), &smb, &root, &run, &wanted(&[("alice", 1001)]), &both, &made, None).await;
         assert!(fake.unmounts.lock().unwrap().is_empty(), "a passing folder error unmounts nobody");
         // bob is gone: only his mount goes, never the one the agent did not make.
-        reconcile(fake.clone(), &smb, &root, &run, &wanted(&[("alice", 1001)]), &present(&["alice"]), &made).await;
+        reconcile(fake.clone(), &smb, &root, &run, &wanted(&[("alice", 1001)]), &present(&["alice"]), &made, None)
+            .await;
         assert_eq!(fake.unmounts.lock().unwrap().clone(), [root.join("bob")]);
         assert!(!root.join("bob").exists(), "the empty mount point is removed");
         assert!(root.join("alice").is_dir());
         // Private mode off: the agent's own mounts go, the other one stays.
-        reconcile(fake.clone(), &smb, &root, &run, &[], &HashSet::new(), &made).await;
+        reconcile(fake.clone(), &smb, &root, &run, &[], &HashSet::new(), &made, None).await;
         assert_eq!(fake.unmounts.lock().unwrap().clone(), [root.join("bob"), root.join("alice")]);
         assert!(fake.table.lock().unwrap().iter().any(|e| e.mount_point == root.join("scratch")));
         let kept: MadeMounts = serde_json::from_slice(&std::fs::read(&made).unwrap()).unwrap();
@@ -391,7 +399,7 @@ mod tests {
         let alice = Wanted { user: "alice".into(), uid: 1001, gid: 1001, relative: "notebooks/alice".into() };
         let present: HashSet<String> = ["alice".to_string()].into();
         let made = dir.path().join("made.json");
-        let outcome = reconcile(fake.clone(), &smb(), &root, dir.path(), &[alice], &present, &made).await;
+        let outcome = reconcile(fake.clone(), &smb(), &root, dir.path(), &[alice], &present, &made, None).await;
         assert!(matches!(outcome.get("alice"), Some(Err(why)) if why.contains("not empty")), "{outcome:?}");
         assert!(fake.calls.lock().unwrap().is_empty());
     }

@@ -434,3 +434,42 @@ async fn private_mounts_follow_what_links_says_and_go_when_private_mode_ends() {
     }
     rig.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_key_from_azure_is_awaited_used_and_asked_for_again_when_the_server_refuses_it() {
+    use crate::core::credentials::StorageKey;
+    use crate::core::shared::KeyNews;
+    let config =
+        format!("{CIFS}key_source = \"key-vault\"\nkey_vault_secret = \"https://kv.vault.azure.net/secrets/k\"\n");
+    let rig = Rig::new(&config);
+    // No key yet: no mount call, and status says what it waits for.
+    let waiting = rig.wait_for(ShareState::Unmounted, Duration::from_secs(5)).await;
+    assert!(
+        waiting.last_error.as_deref().unwrap_or_default().contains("waiting for the storage key from Azure"),
+        "{waiting:#?}"
+    );
+    assert!(rig.mounts.calls.lock().unwrap().is_empty());
+    let news = |generation: u64, key: &str| KeyNews {
+        generation,
+        key: Some(StorageKey::fetched(zeroize::Zeroizing::new(key.to_string())).unwrap()),
+        from: "Key Vault secret https://kv.vault.azure.net/secrets/k".into(),
+        fetched_at: None,
+        error: None,
+    };
+    // The server knows only the rotated key: the first one is refused.
+    *rig.mounts.fail_with.lock().unwrap() = Some("mount error(13): Permission denied".into());
+    let mut wanted = rig.shared.watch_fresh_key_wanted();
+    rig.shared.publish_storage_key(news(1, "old-key"));
+    tokio::time::timeout(Duration::from_secs(5), wanted.changed()).await.unwrap().unwrap();
+    assert_eq!(*wanted.borrow(), 1, "the refused generation is asked to be fetched again");
+    assert_eq!(rig.mounts.credentials_seen.lock().unwrap()[0], "username=poolstore\npassword=old-key\n");
+    let refused = rig.handle.report();
+    assert!(refused.last_error.as_deref().unwrap_or_default().contains("fetched again"), "{refused:#?}");
+    // The fresh key is tried at once, not after the backoff.
+    *rig.mounts.fail_with.lock().unwrap() = None;
+    rig.shared.publish_storage_key(news(2, "rotated-key"));
+    rig.wait_for(ShareState::Mounted, Duration::from_millis(500)).await;
+    let seen = rig.mounts.credentials_seen.lock().unwrap().clone();
+    assert_eq!(seen.last().unwrap(), "username=poolstore\npassword=rotated-key\n");
+    rig.stop().await;
+}

@@ -12,14 +12,16 @@ pub(super) fn validate_azure(azure: AzureFragment) -> Result<AzureSettings, Conf
     };
     let imds_endpoint = endpoint("azure.imds_endpoint", &azure.imds_endpoint, DEFAULT_IMDS_ENDPOINT)?;
     let monitoring_endpoint = endpoint("azure.monitoring_endpoint", &azure.monitoring_endpoint, "")?;
-    if let Some(value) = &azure.monitoring_endpoint {
-        // The bearer token travels with every post: only TLS, or loopback (tests).
-        if monitoring_endpoint.starts_with("http://") && !is_loopback_url(&monitoring_endpoint) {
-            return Err(invalid(
-                &value.origin,
-                "azure.monitoring_endpoint",
-                "must be https:// (http:// only on loopback)",
-            ));
+    let arm_endpoint = endpoint("azure.arm_endpoint", &azure.arm_endpoint, DEFAULT_ARM_ENDPOINT)?;
+    // A bearer token travels with every request to these: only TLS, or loopback (tests).
+    for (key, value, url) in [
+        ("azure.monitoring_endpoint", &azure.monitoring_endpoint, &monitoring_endpoint),
+        ("azure.arm_endpoint", &azure.arm_endpoint, &arm_endpoint),
+    ] {
+        if let Some(value) = value {
+            if url.starts_with("http://") && !is_loopback_url(url) {
+                return Err(invalid(&value.origin, key, "must be https:// (http:// only on loopback)"));
+            }
         }
     }
     let client_id = match &azure.client_id {
@@ -73,15 +75,11 @@ pub(super) fn validate_azure(azure: AzureFragment) -> Result<AzureSettings, Conf
         instance_dimension: azure.instance_dimension.is_some_and(|d| d.value),
         health_listen,
         unhealthy_after: azure.unhealthy_after.map(|u| u.value.0).unwrap_or(DEFAULT_UNHEALTHY_AFTER),
+        arm_endpoint,
     })
 }
 
 fn is_guid(text: &str) -> bool {
     let parts: Vec<&str> = text.split('-').collect();
     parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12]) && parts.iter().all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
-}
-
-fn is_loopback_url(url: &str) -> bool {
-    let host = url.split("://").nth(1).unwrap_or_default().split(['/', ':']).next().unwrap_or_default();
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }

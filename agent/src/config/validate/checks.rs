@@ -169,3 +169,22 @@ pub fn shown_url(url: &str) -> String {
     let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
     format!("{scheme}://{host}{path}")
 }
+
+/// An Azure storage account name: 3-24 lowercase letters and digits.
+pub(super) fn is_storage_account_name(name: &str) -> bool {
+    (3..=24).contains(&name.len()) && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+}
+
+/// `localhost` or a loopback address (with or without a port).
+pub(super) fn is_loopback_host(host_and_port: &str) -> bool {
+    let host = match host_and_port.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host_and_port.split(':').next().unwrap_or_default(),
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// An http(s) URL whose host is loopback.
+pub(super) fn is_loopback_url(url: &str) -> bool {
+    is_loopback_host(url.split("://").nth(1).unwrap_or_default().split('/').next().unwrap_or_default())
+}

@@ -11,10 +11,10 @@ mod share;
 pub use checks::shown_url;
 
 use crate::config::error::ConfigError;
-use crate::config::fragment::ConfigFragment;
+use crate::config::fragment::{AzureEnabled, ConfigFragment, KeySourceKind};
 use crate::config::settings::*;
 use azure::validate_azure;
-use checks::account_name;
+use checks::{account_name, invalid};
 use idle::validate_idle;
 use links::validate_links;
 use setup::validate_setup;
@@ -52,7 +52,23 @@ pub(super) fn validate(merged: ConfigFragment, sources: Vec<PathBuf>) -> Result<
     let setup = validate_setup(merged.setup, &instance.local_user)?;
     let idle = validate_idle(merged.idle)?;
 
+    let enabled_at = merged.azure.as_ref().and_then(|a| a.value.enabled.as_ref().map(|e| e.origin.clone()));
     let azure = validate_azure(merged.azure.map(|a| a.value).unwrap_or_default())?;
+    // A key fetched with the VM's identity needs the Azure capability.
+    if let (Some(ShareSource::AzureFiles { key_source, .. }), Some(enabled_at)) =
+        (share.as_ref().map(|s| &s.source), enabled_at)
+    {
+        if *key_source != KeySourceKind::File && azure.enabled == AzureEnabled::Off {
+            return Err(invalid(
+                &enabled_at,
+                "azure.enabled",
+                format!(
+                    "is false, but share.key_source = \"{}\" fetches the key from Azure with the VM's identity",
+                    key_source.as_str()
+                ),
+            ));
+        }
+    }
     let api = ApiSettings {
         admin_group: match merged.api.and_then(|a| a.value.admin_group) {
             Some(group) => {

@@ -68,6 +68,9 @@ pub(super) fn validate_share(
         ("endpoint_suffix", at(&share.endpoint_suffix)),
         ("key_file", at(&share.key_file)),
         ("key_source", at(&share.key_source)),
+        ("key_vault_secret", at(&share.key_vault_secret)),
+        ("storage_account_id", at(&share.storage_account_id)),
+        ("key_fetch_spread", at(&share.key_fetch_spread)),
         ("uid", at(&share.uid)),
         ("gid", at(&share.gid)),
         ("dir_mode", at(&share.dir_mode)),
@@ -144,9 +147,7 @@ pub(super) fn validate_share(
             } else {
                 let account =
                     required(&share.account, &kind.origin, "share.account", "when share.kind = \"azure-files\"")?;
-                if !(3..=24).contains(&account.value.len())
-                    || !account.value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-                {
+                if !is_storage_account_name(&account.value) {
                     return Err(invalid(
                         &account.origin,
                         "share.account",
@@ -185,6 +186,33 @@ pub(super) fn validate_share(
                 }
             }
             let key_source = share.key_source.as_ref().map(|k| k.value).unwrap_or(KeySourceKind::File);
+            // Each key source has its keys; one set for another source is a mistake.
+            let belongs = [
+                ("share.key_file", at(&share.key_file), KeySourceKind::File),
+                ("share.key_vault_secret", at(&share.key_vault_secret), KeySourceKind::KeyVault),
+                ("share.storage_account_id", at(&share.storage_account_id), KeySourceKind::StorageAccount),
+            ];
+            for (key, set_at, wanted) in belongs {
+                if let (Some(set_at), true) = (set_at, key_source != wanted) {
+                    return Err(invalid(
+                        &set_at,
+                        key,
+                        format!(
+                            "is read only with share.key_source = \"{}\" (this share's key comes from \"{}\")",
+                            wanted.as_str(),
+                            key_source.as_str()
+                        ),
+                    ));
+                }
+            }
+            let chosen = share.key_source.as_ref().map(|k| k.origin.clone()).unwrap_or(kind.origin.clone());
+            if key_source != KeySourceKind::File && account.is_none() {
+                return Err(invalid(
+                    &chosen,
+                    "share.key_source",
+                    "needs share.account, the storage account the key belongs to",
+                ));
+            }
             let key_file = match key_source {
                 // A guest mount reads no key.
                 KeySourceKind::File if account.is_none() => None,
@@ -193,16 +221,40 @@ pub(super) fn validate_share(
                     origins.record("share.key_file", &key_file);
                     Some(absolute_path("share.key_file", &key_file)?)
                 }
-                KeySourceKind::ManagedIdentity => {
-                    // Not built yet: choosing it must fail the check, never look healthy.
-                    let chosen = share.key_source.as_ref().map(|k| k.origin.clone()).unwrap_or(kind.origin.clone());
+                KeySourceKind::KeyVault | KeySourceKind::StorageAccount => None,
+            };
+            let key_vault_secret = match (key_source, &share.key_vault_secret) {
+                (KeySourceKind::KeyVault, None) => {
                     return Err(invalid(
                         &chosen,
-                        "share.key_source",
-                        "\"managed-identity\" is not built in this version of pool-agent; use key_source = \"file\" with share.key_file",
+                        "share.key_vault_secret",
+                        "is needed with key_source = \"key-vault\": https://<vault>.vault.azure.net/secrets/<name>",
+                    ))
+                }
+                (_, Some(url)) => Some(key_vault_secret_url(url)?),
+                (_, None) => None,
+            };
+            let storage_account_id = match &share.storage_account_id {
+                Some(id) => Some(storage_account_resource_id(id)?),
+                None => None,
+            };
+            // listKeys without an id asks for the account of that name in the VM's resource group.
+            if let (KeySourceKind::StorageAccount, None, Some(name)) = (key_source, &storage_account_id, &account) {
+                if !is_storage_account_name(name) {
+                    return Err(invalid(
+                        &chosen,
+                        "share.storage_account_id",
+                        format!("is needed: share.account {name:?} is not a storage account name to look up"),
                     ));
                 }
-            };
+            }
+            let key_fetch_spread =
+                share.key_fetch_spread.as_ref().map(|s| s.value.0).unwrap_or(DEFAULT_KEY_FETCH_SPREAD);
+            if let Some(spread) = &share.key_fetch_spread {
+                if spread.value.0 > std::time::Duration::from_secs(900) {
+                    return Err(invalid(&spread.origin, "share.key_fetch_spread", "must be from 0s to 15m"));
+                }
+            }
             let endpoint_suffix = or_default(&share.endpoint_suffix, DEFAULT_ENDPOINT_SUFFIX);
             if endpoint_suffix.value.is_empty()
                 || !endpoint_suffix.value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
@@ -220,6 +272,9 @@ pub(super) fn validate_share(
                 source,
                 key_source,
                 key_file,
+                key_vault_secret,
+                storage_account_id,
+                key_fetch_spread,
                 vers: one_of("share.vers", &or_default(&share.vers, DEFAULT_SMB_VERSION), SMB_VERSIONS)?,
                 uid: {
                     let uid = or_default(&share.uid, DEFAULT_SHARE_UID);
@@ -317,4 +372,56 @@ pub(super) fn validate_share(
         force: share.force.as_ref().is_some_and(|f| f.value),
         unmount_on_stop: share.unmount_on_stop.as_ref().is_some_and(|u| u.value),
     })
+}
+
+/// `share.key_vault_secret`: `https://<vault>.vault.azure.net/secrets/<name>`
+/// (a version may follow). The bearer token travels with the request: only
+/// TLS, or plain http on loopback (tests).
+fn key_vault_secret_url(value: &Sourced<String>) -> Result<String, ConfigError> {
+    let text = value.value.trim_end_matches('/');
+    let wrong = |why: &str| invalid(&value.origin, "share.key_vault_secret", format!("{text:?} {why}"));
+    let (scheme, rest) = text.split_once("://").ok_or_else(|| wrong("is not a URL"))?;
+    let (host, path) = rest.split_once('/').ok_or_else(|| wrong("names no secret (…/secrets/<name>)"))?;
+    match scheme {
+        "https" => {}
+        "http" if is_loopback_host(host) => {}
+        "http" => return Err(wrong("must be https:// (http:// only on loopback)")),
+        _ => return Err(wrong("is not an https:// URL")),
+    }
+    let parts: Vec<&str> = path.split('/').collect();
+    let name_ok =
+        |name: &str| (1..=127).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    match parts.as_slice() {
+        ["secrets", name] | ["secrets", name, _] if name_ok(name) && !host.is_empty() => Ok(text.to_string()),
+        _ => Err(wrong("is not a Key Vault secret URL: https://<vault>.vault.azure.net/secrets/<name>")),
+    }
+}
+
+/// `share.storage_account_id`: the account's ARM resource id.
+fn storage_account_resource_id(value: &Sourced<String>) -> Result<String, ConfigError> {
+    let parts: Vec<&str> = value.value.trim_end_matches('/').split('/').collect();
+    let shape_ok = match parts.as_slice() {
+        ["", subscriptions, _, groups, _, providers, namespace, accounts, name] => {
+            subscriptions.eq_ignore_ascii_case("subscriptions")
+                && groups.eq_ignore_ascii_case("resourceGroups")
+                && providers.eq_ignore_ascii_case("providers")
+                && namespace.eq_ignore_ascii_case("Microsoft.Storage")
+                && accounts.eq_ignore_ascii_case("storageAccounts")
+                && is_storage_account_name(name)
+                && parts.iter().skip(1).all(|p| !p.is_empty() && !p.contains(['?', '#', ' ']))
+        }
+        _ => false,
+    };
+    if shape_ok {
+        Ok(value.value.trim_end_matches('/').to_string())
+    } else {
+        Err(invalid(
+            &value.origin,
+            "share.storage_account_id",
+            format!(
+                "{:?} is not a storage account's resource id (/subscriptions/<id>/resourceGroups/<group>/providers/Microsoft.Storage/storageAccounts/<name>)",
+                value.value
+            ),
+        ))
+    }
 }
