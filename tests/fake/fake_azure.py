@@ -22,6 +22,7 @@ Faults are injected and requests read back through /_fake/* routes:
   GET  /_fake/requests  every request: time, method, path, query, status
   GET  /_fake/points    every accepted metric point
   GET  /_fake/violations  IMDS rate limit breaches seen
+Usage: fake_azure.py [PORT [CONFIG.json]] (CONFIG holds what /_fake/config takes).
 Prints "PORT <n>" on its first line; stops on SIGTERM.
 """
 import json
@@ -292,10 +293,8 @@ class Handler(BaseHTTPRequestHandler):
                     if "seconds" in payload:
                         payload["until"] = now() + payload.pop("seconds")
                     state["faults"].append(payload)
-                elif path == "/_fake/config":
-                    if "compute" in payload:
-                        state["compute"].update(payload.pop("compute"))
-                    state.update(payload)
+            if path == "/_fake/config":
+                configure(payload)
             return self.reply(200, {"ok": True})
         with lock:
             key = path[len("/_fake/"):]
@@ -303,7 +302,17 @@ class Handler(BaseHTTPRequestHandler):
         return self.reply(200, data)
 
 
+def configure(payload):
+    with lock:
+        if "compute" in payload:
+            state["compute"].update(payload.pop("compute"))
+        state.update(payload)
+
+
 def main():
+    if len(sys.argv) > 2:
+        with open(sys.argv[2]) as file:
+            configure(json.load(file))
     server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 0), Handler)
     server.daemon_threads = True
     print(f"PORT {server.server_address[1]}", flush=True)

@@ -297,6 +297,9 @@ async fn run_with(ctx: &TaskContext, azure: &Azure, settings: Arc<Settings>) -> 
             id => format!("user-assigned managed identity {id}"),
         };
     });
+    // azure.enabled = true says this is Azure: IMDS not answering yet (the
+    // network still coming up) is asked again soon, then less often.
+    let mut on_azure_backoff = crate::core::backoff::Backoff::new(Duration::from_secs(5), ABSENT_RETRY);
     let compute = loop {
         // Not a reason to call the VM not ready: off Azure nothing else depends on it.
         ctx.set(ComponentState::Skipped, "asking IMDS who this VM is".to_string());
@@ -304,9 +307,11 @@ async fn run_with(ctx: &TaskContext, azure: &Azure, settings: Arc<Settings>) -> 
             Ok(compute) => break compute,
             Err(err) => {
                 // With "auto", anything but instance metadata means not on Azure (a
-                // network that intercepts the link-local address answers too).
-                let absent = settings.azure.enabled == AzureEnabled::Auto;
-                let again = crate::config::duration::format(ABSENT_RETRY);
+                // network that intercepts the link-local address answers too) —
+                // unless the share's key comes from Azure, which says it is.
+                let absent = settings.azure.enabled == AzureEnabled::Auto && key::spec(&settings).is_none();
+                let wait = if absent { ABSENT_RETRY } else { on_azure_backoff.next_delay() };
+                let again = crate::config::duration::format_rounded(wait);
                 azure.update(|r| {
                     r.state = if absent { "absent" } else { "starting" }.into();
                     r.error = Some(err.to_string());
@@ -330,7 +335,7 @@ async fn run_with(ctx: &TaskContext, azure: &Azure, settings: Arc<Settings>) -> 
                 }
                 tokio::select! {
                     _ = ctx.shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(ABSENT_RETRY) => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
             }
         }

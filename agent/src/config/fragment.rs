@@ -54,6 +54,9 @@ impl MergeFrom for ConfigFragment {
             if let Some(note) = base.value.forget_other_kind(&next.value) {
                 self.notes.push(note);
             }
+            if let Some(note) = base.value.forget_other_key_source(&next.value) {
+                self.notes.push(note);
+            }
         }
         self.notes.append(&mut later.notes);
         merge_section(&mut self.share, later.share);
@@ -195,6 +198,34 @@ impl ShareFragment {
         Some(match dropped.is_empty() {
             true => note,
             false => format!("{note}; its keys {} are dropped", dropped.join(", ")),
+        })
+    }
+}
+
+impl ShareFragment {
+    /// A later file that sets `key_source` (a userData fragment moving a
+    /// pool to Key Vault, say) drops the earlier files' keys of the other
+    /// sources, and says so; within one file they stay an error.
+    fn forget_other_key_source(&mut self, later: &ShareFragment) -> Option<String> {
+        let next = later.key_source.as_ref()?;
+        let mut dropped = Vec::new();
+        if next.value != KeySourceKind::File && self.key_file.take().is_some() {
+            dropped.push("key_file");
+        }
+        if next.value != KeySourceKind::KeyVault && self.key_vault_secret.take().is_some() {
+            dropped.push("key_vault_secret");
+        }
+        if next.value != KeySourceKind::StorageAccount && self.storage_account_id.take().is_some() {
+            dropped.push("storage_account_id");
+        }
+        (!dropped.is_empty()).then(|| {
+            format!(
+                "{}:{}: share.key_source = \"{}\" drops the earlier {}",
+                next.origin.file.display(),
+                next.origin.line,
+                next.value.as_str(),
+                dropped.join(", ")
+            )
         })
     }
 }

@@ -397,6 +397,35 @@ mod tests {
     }
 
     #[test]
+    fn a_drop_in_that_moves_the_key_to_key_vault_drops_the_key_file_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("config.toml");
+        std::fs::write(
+            &main,
+            "[share]\nkind = \"azure-files\"\naccount = \"acct\"\nshare = \"notebooks\"\nkey_file = \"/etc/k\"\n",
+        )
+        .unwrap();
+        std::fs::create_dir(dir.path().join("config.d")).unwrap();
+        std::fs::write(
+            dir.path().join("config.d/50-vault.toml"),
+            "[share]\nkey_source = \"key-vault\"\nkey_vault_secret = \"https://kv.vault.azure.net/secrets/k\"\n",
+        )
+        .unwrap();
+        let settings = load(&main).unwrap();
+        match settings.share.unwrap().source {
+            ShareSource::AzureFiles { key_source, key_file, .. } => {
+                assert_eq!((key_source, key_file), (KeySourceKind::KeyVault, None));
+            }
+            other => panic!("{other:?}"),
+        }
+        let note = settings.skipped.join("\n");
+        assert!(
+            note.contains("50-vault.toml:2: share.key_source = \"key-vault\" drops the earlier key_file"),
+            "{note}"
+        );
+    }
+
+    #[test]
     fn user_data_is_the_last_drop_in_and_may_name_no_secret() {
         let dir = tempfile::tempdir().unwrap();
         let main = dir.path().join("config.toml");
