@@ -15,10 +15,13 @@ token, names another subscription or resource group, or an unknown account.
 
 Faults are injected and requests read back through /_fake/* routes:
   POST /_fake/fault   {"path": prefix, "status": 410, "seconds": 60 | "count": 3,
-                       "retry_after": 3, "delay": 6, "drop": true}
+                       "retry_after": 3, "delay": 6, "drop": true, "body": {...}, "method": "PUT"}
   POST /_fake/config  {"token_lifetime": 90, "client_id": "...", "compute": {...},
                        "secrets": {"name": "value"}, "storage_keys": {"account": ["key1", "key2"]},
-                       "forbidden": ["/secrets/"]}
+                       "forbidden": ["/secrets/"], "instances": {"3": {...}},
+                       "scheduled_events": {"DocumentIncarnation": 2, "Events": [...]}}
+  GET  /_fake/instance_writes  protection writes that changed an instance
+  GET  /_fake/approvals        Scheduled Events approvals
   GET  /_fake/requests  every request: time, method, path, query, status
   GET  /_fake/points    every accepted metric point
   GET  /_fake/violations  IMDS rate limit breaches seen
@@ -37,8 +40,11 @@ from urllib.parse import parse_qs, urlparse
 
 AUDIENCES = {"https://monitoring.azure.com/", "https://management.azure.com/", "https://vault.azure.net"}
 VAULT_VERSIONS = {"7.0", "7.1", "7.2", "7.3", "7.4", "7.5"}
+COMPUTE_VERSIONS = {"2023-09-01", "2024-03-01", "2024-07-01", "2024-11-01"}
+# Compute's budget for writes to one instance: a burst of 12, then 4 a minute.
+WRITE_BURST, WRITES_PER_MINUTE = 12, 4
 STORAGE_VERSIONS = {"2022-09-01", "2023-01-01", "2023-05-01", "2024-01-01"}
-IMDS_VERSIONS = {"2018-02-01", "2019-08-15", "2020-09-01", "2021-01-01", "2021-02-01", "2021-05-01", "2023-07-01"}
+IMDS_VERSIONS = {"2018-02-01", "2019-08-01", "2020-07-01", "2019-08-15", "2020-09-01", "2021-01-01", "2021-02-01", "2021-05-01", "2023-07-01"}
 MAX_BACK, MAX_AHEAD = 20 * 60, 5 * 60
 
 lock = threading.Lock()
@@ -57,6 +63,13 @@ state = {
     "secrets": {},
     "storage_keys": {},
     "forbidden": [],
+    # Scale set instances by instance id: protection, and the writes each got.
+    "instances": {"3": {"protectFromScaleIn": False, "protectFromScaleSetActions": False}},
+    "instance_writes": [],
+    # Scheduled Events: the document served, and the approvals received.
+    "scheduled_events": {"DocumentIncarnation": 0, "Events": []},
+    "approvals": [],
+    "write_tokens": {},
     "client_id": None,
     "tokens": {},
     "faults": [],
@@ -71,11 +84,11 @@ def now():
     return time.time()
 
 
-def take_fault(path):
-    """The first fault whose path prefix matches and that still applies."""
+def take_fault(path, method):
+    """The first fault whose path prefix (and method, if it names one) matches and that still applies."""
     with lock:
         for fault in state["faults"]:
-            if not path.startswith(fault["path"]):
+            if not path.startswith(fault["path"]) or fault.get("method", method) != method:
                 continue
             if "until" in fault and now() > fault["until"]:
                 continue
@@ -119,12 +132,15 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         self.route("POST")
 
+    def do_PUT(self):
+        self.route("PUT")
+
     def route(self, method):
         url = urlparse(self.path)
         path, query = url.path, parse_qs(url.query)
         if path.startswith("/_fake/"):
             return self.control(method, path)
-        fault = take_fault(path)
+        fault = take_fault(path, method)
         if fault:
             if fault.get("delay"):
                 time.sleep(fault["delay"])
@@ -135,7 +151,7 @@ class Handler(BaseHTTPRequestHandler):
             if fault.get("status"):
                 headers = {"Retry-After": fault["retry_after"]} if fault.get("retry_after") else {}
                 self.body()
-                return self.reply(fault["status"], {"error": "injected"}, headers)
+                return self.reply(fault["status"], fault.get("body") or {"error": "injected"}, headers)
         if path.startswith("/metadata/"):
             return self.imds(method, path, query)
         if path.endswith("/metrics") and method == "POST":
@@ -144,6 +160,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.vault(method, path, query)
         if path.lower().endswith("/listkeys"):
             return self.list_keys(method, path, query)
+        if "/virtualMachineScaleSets/" in path and "/virtualMachines/" in path:
+            return self.instance(method, path, query)
         return self.reply(404, {"error": "NotFound"})
 
     def bearer(self, audience):
@@ -180,6 +198,87 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(404, {"error": {"code": "SecretNotFound", "message": f"A secret with (name/id) {name} was not found in this key vault."}})
         return self.reply(200, {"value": value, "id": f"https://fake.vault.azure.net/secrets/{name}/0001",
                                 "attributes": {"enabled": True}})
+
+    def scheduled_events(self, method, query):
+        if (query.get("api-version") or [None])[0] not in ("2019-08-01", "2020-07-01"):
+            return self.reply(400, {"error": "Bad request. api-version is invalid for scheduled events"})
+        if method == "GET":
+            with lock:
+                document = json.loads(json.dumps(state["scheduled_events"]))
+            return self.reply(200, document)
+        try:
+            requests = json.loads(self.body())["StartRequests"]
+            ids = [r["EventId"] for r in requests]
+        except (KeyError, ValueError, TypeError) as err:
+            return self.reply(400, {"error": f"Bad request: {err}"})
+        with lock:
+            known = {e["EventId"]: e for e in state["scheduled_events"]["Events"]}
+            # Azure takes an approval only for a scheduled event it knows.
+            if any(i not in known or known[i]["EventStatus"] != "Scheduled" for i in ids):
+                bad = True
+            else:
+                bad = False
+                state["approvals"].append({"time": now(), "ids": ids})
+        if bad:
+            return self.reply(400, {"error": "Bad request: unknown or already started event"})
+        return self.reply(200, b"")
+
+    def instance(self, method, path, query):
+        """GET or PUT a scale set instance (only its protection policy is modelled)."""
+        version = (query.get("api-version") or [None])[0]
+        if version not in COMPUTE_VERSIONS:
+            return self.reply(400, {"error": {"code": "InvalidApiVersionParameter", "message": f"api-version {version} is not supported"}})
+        data = self.body() if method == "PUT" else b""
+        if not self.bearer("https://management.azure.com/"):
+            return self.reply(401, {"error": {"code": "AuthenticationFailed", "message": "missing, expired or of another audience"}})
+        if self.forbidden(path):
+            return self.reply(403, {"error": {"code": "AuthorizationFailed", "message": "does not have authorization to perform action 'Microsoft.Compute/virtualMachineScaleSets/virtualMachines/write'"}})
+        parts = path.split("/")
+        with lock:
+            compute = dict(state["compute"])
+        shape = (len(parts) == 11 and parts[1].lower() == "subscriptions" and parts[3].lower() == "resourcegroups"
+                 and parts[6].lower() == "microsoft.compute" and parts[7].lower() == "virtualmachinescalesets"
+                 and parts[9].lower() == "virtualmachines")
+        if not shape or parts[2] != compute["subscriptionId"] or parts[4].lower() != compute["resourceGroupName"].lower() \
+                or parts[8] != compute["vmScaleSetName"]:
+            return self.reply(404, {"error": {"code": "ResourceNotFound", "message": "scale set not found"}})
+        instance_id = parts[10]
+        with lock:
+            known = state["instances"].get(instance_id)
+        if known is None:
+            return self.reply(404, {"error": {"code": "NotFound", "message": f"instance {instance_id} not found"}})
+        if method == "PUT":
+            try:
+                doc = json.loads(data)
+                policy = doc["properties"]["protectionPolicy"]
+                if doc["location"] != compute["location"]:
+                    return self.reply(400, {"error": {"code": "LocationRequired", "message": "location does not match the scale set's"}})
+                if not isinstance(policy["protectFromScaleIn"], bool) or not isinstance(policy.get("protectFromScaleSetActions", False), bool):
+                    raise ValueError("protection flags must be booleans")
+            except (KeyError, ValueError, TypeError) as err:
+                return self.reply(400, {"error": {"code": "InvalidRequestContent", "message": f"malformed: {err}"}})
+            t = now()
+            with lock:
+                bucket = state["write_tokens"].setdefault(instance_id, {"tokens": WRITE_BURST, "at": t})
+                bucket["tokens"] = min(WRITE_BURST, bucket["tokens"] + (t - bucket["at"]) * WRITES_PER_MINUTE / 60)
+                bucket["at"] = t
+                if bucket["tokens"] < 1:
+                    wait = int((1 - bucket["tokens"]) * 60 / WRITES_PER_MINUTE) + 1
+                    throttled = True
+                else:
+                    bucket["tokens"] -= 1
+                    throttled = False
+                    known.update({"protectFromScaleIn": policy["protectFromScaleIn"],
+                                  "protectFromScaleSetActions": policy.get("protectFromScaleSetActions", False)})
+                    state["instance_writes"].append({"time": t, "instance": instance_id, "body": doc})
+            if throttled:
+                return self.reply(429, {"error": {"code": "OperationNotAllowed", "message": "too many requests for this instance"}},
+                                  {"Retry-After": wait})
+        with lock:
+            policy = dict(state["instances"][instance_id])
+        return self.reply(200, {"name": f"{compute['vmScaleSetName']}_{instance_id}", "instanceId": instance_id,
+                                "location": compute["location"],
+                                "properties": {"protectionPolicy": policy, "provisioningState": "Succeeded"}})
 
     def list_keys(self, method, path, query):
         version = (query.get("api-version") or [None])[0]
@@ -231,6 +330,8 @@ class Handler(BaseHTTPRequestHandler):
             with lock:
                 compute = dict(state["compute"])
             return self.reply(200, {"compute": compute, "network": {}})
+        if path == "/metadata/scheduledevents":
+            return self.scheduled_events(method, query)
         if path == "/metadata/identity/oauth2/token" and method == "GET":
             resource = (query.get("resource") or [None])[0]
             if resource not in AUDIENCES:

@@ -180,6 +180,43 @@ impl Imds {
     }
 }
 
+impl Imds {
+    /// One POST with `Metadata: true` (a Scheduled Events approval), inside
+    /// the same rate limit; tried again once after a 429 or 5xx.
+    pub async fn post(&self, path_and_query: &str, body: &serde_json::Value) -> Result<(), ImdsError> {
+        let mut last = String::new();
+        for attempt in 0..2 {
+            self.take_a_slot().await;
+            self.requests.inc();
+            let url = format!("{}{path_and_query}", self.base);
+            match self.http.post(&url).header("Metadata", "true").json(body).send().await {
+                Ok(answer) if answer.status().is_success() => return Ok(()),
+                Ok(answer) => {
+                    let status = answer.status();
+                    let wait = retry_after(&answer).unwrap_or(Duration::from_secs(1));
+                    let text: String = answer.text().await.unwrap_or_default().chars().take(300).collect();
+                    if !(status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()) || attempt == 1 {
+                        return Err(ImdsError::Refused {
+                            status: status.as_u16(),
+                            path: strip_query(path_and_query),
+                            body: text,
+                        });
+                    }
+                    last = format!("HTTP {}", status.as_u16());
+                    self.retries.inc();
+                    tokio::time::sleep(wait.min(Duration::from_secs(10))).await;
+                }
+                Err(err) => {
+                    last = describe(&err);
+                    self.retries.inc();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        Err(ImdsError::Unreachable(self.base.clone(), last))
+    }
+}
+
 /// An answer's `Retry-After` in seconds (the form Azure sends), if any.
 pub fn retry_after(answer: &reqwest::Response) -> Option<Duration> {
     let value = answer.headers().get(reqwest::header::RETRY_AFTER)?;

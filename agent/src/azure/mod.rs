@@ -5,20 +5,23 @@
 //!
 //! Off Azure (IMDS does not answer) with `azure.enabled = "auto"` the
 //! capability says `absent` and asks again every few minutes; nothing else
-//! changes. Scheduled Events and scale-in protection are not built yet:
-//! `/v1/events` answers 501.
+//! changes. On a scale set's VM it also keeps scale-in protection in step
+//! with the verdict ([`protect`]), handles Scheduled Events ([`events`]) and
+//! fetches the share's key when it comes from Azure ([`key`]).
 
+pub mod events;
 pub mod health;
 pub mod imds;
 pub mod key;
 pub mod monitor;
+pub mod protect;
 pub mod token;
 
 use crate::config::{AzureEnabled, Settings};
 use crate::core::board::StatusBoard;
 use crate::core::capability::Capability;
 use crate::core::component::{ComponentId, ComponentState};
-use crate::core::http::{not_built, Access, Route};
+use crate::core::http::{Access, Route};
 use crate::core::shared::SharedState;
 use crate::core::task::{TaskContext, TaskResult};
 use axum::extract::State;
@@ -128,6 +131,9 @@ pub struct AzureReport {
     /// The share's storage key when it comes from Azure (never the key itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_key: Option<key::KeyView>,
+    /// Scale-in protection (`azure.protect`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protection: Option<protect::ProtectionView>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub health_listen: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -147,6 +153,9 @@ struct Inner {
     tokens: Mutex<Option<Arc<Tokens>>>,
     /// Shown while the share's key comes from Azure (`source` set).
     key_view: Arc<Mutex<key::KeyView>>,
+    /// Shown while protection is kept (`protected` set).
+    protection: Arc<Mutex<protect::ProtectionView>>,
+    events: Arc<Mutex<events::EventsReport>>,
     inputs: OnceLock<Inputs>,
     imds: ImdsCounters,
     posts: Family<Vec<(String, String)>, Counter>,
@@ -163,6 +172,8 @@ impl Azure {
             report: Mutex::default(),
             tokens: Mutex::new(None),
             key_view: Arc::default(),
+            protection: Arc::default(),
+            events: Arc::default(),
             inputs: OnceLock::new(),
             imds: ImdsCounters::default(),
             posts: Family::default(),
@@ -193,6 +204,8 @@ impl Azure {
         report.health = self.health_now();
         let key_view = self.0.key_view.lock().unwrap_or_else(|p| p.into_inner()).clone();
         report.storage_key = (!key_view.source.is_empty()).then_some(key_view);
+        let protection = self.0.protection.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        report.protection = (!protection.protected.is_empty()).then_some(protection);
         report
     }
 }
@@ -209,7 +222,7 @@ impl Capability for Azure {
     fn routes(&self) -> Vec<Route> {
         vec![
             Route::get_with("/v1/azure", Access::Read, self.clone(), azure_report),
-            Route::get("/v1/events", Access::Read, || not_built("GET /v1/events", "Azure Scheduled Events")),
+            Route::get_with("/v1/events", Access::Read, self.clone(), events_report),
         ]
     }
 
@@ -235,6 +248,14 @@ impl Capability for Azure {
     fn config_section(&self) -> &'static str {
         "azure"
     }
+}
+
+async fn events_report(State(azure): State<Azure>) -> Json<events::EventsReport> {
+    let mut report = azure.0.events.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if report.state.is_empty() {
+        report.state = azure.0.report.lock().unwrap_or_else(|p| p.into_inner()).state.clone();
+    }
+    Json(report)
 }
 
 async fn azure_report(State(azure): State<Azure>) -> Json<AzureReport> {
@@ -269,6 +290,15 @@ async fn run(ctx: TaskContext, azure: Azure) -> TaskResult {
             result = run_with(&ctx, &azure, settings) => return result,
             _ = azure_changed => tracing::info!(component = "azure", "[azure] or the share's key source changed; starting again with it"),
         }
+        // A key fetched for another source (or secret, or account) is not this one's.
+        if key::spec(&settings_rx.borrow()) != key_spec {
+            let stale = ctx.shared.storage_key();
+            ctx.shared.publish_storage_key(crate::core::shared::KeyNews {
+                generation: stale.generation,
+                error: Some("the share's key source changed; fetching the key again".to_string()),
+                ..Default::default()
+            });
+        }
     }
 }
 
@@ -277,6 +307,8 @@ async fn run_with(ctx: &TaskContext, azure: &Azure, settings: Arc<Settings>) -> 
     let azure = azure.clone();
     azure.update(|r| *r = AzureReport::default());
     *azure.0.key_view.lock().unwrap_or_else(|p| p.into_inner()) = key::KeyView::default();
+    *azure.0.protection.lock().unwrap_or_else(|p| p.into_inner()) = protect::ProtectionView::default();
+    *azure.0.events.lock().unwrap_or_else(|p| p.into_inner()) = events::EventsReport::default();
     let _health = health_server(&ctx, &azure, &settings).await;
     if settings.azure.enabled == AzureEnabled::Off {
         azure.update(|r| r.state = "off".into());
@@ -371,6 +403,29 @@ async fn run_with(ctx: &TaskContext, azure: &Azure, settings: Arc<Settings>) -> 
             spec,
             compute.clone(),
             settings.azure.arm_endpoint.clone(),
+        );
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(keeper))
+    });
+    let _events = settings.azure.scheduled_events.then(|| {
+        let watcher = events::watch(
+            ctx.clone(),
+            azure.0.events.clone(),
+            imds.clone(),
+            compute.name.clone(),
+            settings.azure.approve.clone(),
+        );
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(watcher))
+    });
+    let _protection = settings.azure.protect.then(|| {
+        let keeper = protect::keep(
+            ctx.clone(),
+            azure.0.protection.clone(),
+            http.clone(),
+            tokens.clone(),
+            compute.clone(),
+            settings.azure.arm_endpoint.clone(),
+            settings.azure.release_after,
+            settings.azure.max_releases_per_hour,
         );
         tokio_util::task::AbortOnDropHandle::new(tokio::spawn(keeper))
     });
@@ -490,7 +545,13 @@ async fn publish_metrics(
         let now = ctx.clock.now();
         let settings = ctx.settings.borrow().clone();
         if now >= due {
-            let bucket = monitor::bucket(boundary, now, &ctx.shared.idle(), &ctx.shared.share());
+            let protected = match azure.0.protection.lock().unwrap_or_else(|p| p.into_inner()).protected.as_str() {
+                "" | "off" | "gone" => None,
+                "no" => Some(false),
+                // Yes, pending or unknown: not removable until a release is confirmed.
+                _ => Some(true),
+            };
+            let bucket = monitor::bucket(boundary, now, &ctx.shared.idle(), &ctx.shared.share(), protected);
             let capacity = (monitor::MAX_AGE.as_secs_f64() / interval.as_secs_f64()).ceil() as usize + 1;
             backlog.push(bucket, capacity);
             // A VM that slept (or a clock step) starts again from now, never a bucket ahead of it.

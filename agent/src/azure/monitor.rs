@@ -19,7 +19,15 @@ pub struct Bucket {
 }
 
 /// The metrics of one interval, from the verdict and the share as they are now.
-pub fn bucket(time: SystemTime, now: SystemTime, idle: &IdleNews, share: &ShareNews) -> Bucket {
+/// `protected`: whether scale-in protection holds the instance (`None`:
+/// protection is not kept by the agent). A protected VM is never removable.
+pub fn bucket(
+    time: SystemTime,
+    now: SystemTime,
+    idle: &IdleNews,
+    share: &ShareNews,
+    protected: Option<bool>,
+) -> Bucket {
     let idle_now = idle.known && idle.idle_now(now);
     let figure = |name: &str| idle.figures.get(name).copied().unwrap_or(0.0);
     let idle_minutes = match (idle_now, idle.idle_since) {
@@ -36,7 +44,7 @@ pub fn bucket(time: SystemTime, now: SystemTime, idle: &IdleNews, share: &ShareN
             // Active, unknown, stale or not yet known: busy, the safe side.
             ("Busy", flag(!idle_now)),
             // Scale-in protection comes with the next part; until then an idle VM is removable.
-            ("Removable", flag(idle_now)),
+            ("Removable", flag(idle_now && protected != Some(true))),
             ("ActiveUsers", figure("sessions")),
             ("IdleMinutes", (idle_minutes * 10.0).round() / 10.0),
             ("CpuPercent", figure("cpu_percent")),
@@ -140,22 +148,25 @@ mod tests {
     fn a_bucket_says_busy_unless_the_verdict_is_idle_and_fresh() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let value = |b: &Bucket, name: &str| b.values.iter().find(|(n, _)| *n == name).map(|(_, v)| *v).unwrap();
-        let idle = bucket(now, now, &news(true, now), &ShareNews::NotConfigured);
+        let idle = bucket(now, now, &news(true, now), &ShareNews::NotConfigured, None);
         assert_eq!((value(&idle, "Idle"), value(&idle, "Busy"), value(&idle, "Removable")), (1.0, 0.0, 1.0));
+        // Idle but still protected (release_after not over): not removable yet.
+        let protected = bucket(now, now, &news(true, now), &ShareNews::NotConfigured, Some(true));
+        assert_eq!((value(&protected, "Idle"), value(&protected, "Removable")), (1.0, 0.0));
         assert_eq!(value(&idle, "IdleMinutes"), 10.0);
         assert_eq!(value(&idle, "VerdictAgeSeconds"), 3.0);
-        let active = bucket(now, now, &news(false, now), &ShareNews::Down { why: "x".into() });
+        let active = bucket(now, now, &news(false, now), &ShareNews::Down { why: "x".into() }, None);
         assert_eq!((value(&active, "Idle"), value(&active, "Busy"), value(&active, "ShareHealthy")), (0.0, 1.0, 0.0));
-        let stale = bucket(now, now + Duration::from_secs(3600), &news(true, now), &ShareNews::NotConfigured);
+        let stale = bucket(now, now + Duration::from_secs(3600), &news(true, now), &ShareNews::NotConfigured, None);
         assert_eq!(value(&stale, "Busy"), 1.0, "a stale verdict is not idle");
-        let unknown = bucket(now, now, &IdleNews::default(), &ShareNews::NotYetKnown);
+        let unknown = bucket(now, now, &IdleNews::default(), &ShareNews::NotYetKnown, None);
         assert_eq!(value(&unknown, "Busy"), 1.0);
     }
 
     #[test]
     fn the_body_has_one_line_per_metric_with_matching_dimensions() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let b = bucket(now, now, &news(true, now), &ShareNews::NotConfigured);
+        let b = bucket(now, now, &news(true, now), &ShareNews::NotConfigured, None);
         let text = body(&b, "pool-agent", Some("vm-3"));
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 9);

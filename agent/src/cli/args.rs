@@ -76,8 +76,7 @@ pub enum Command {
     Hold(HoldArgs),
     /// Azure: this VM's metadata, tokens cached (never shown), metric posts, health.
     Azure,
-    /// Azure Scheduled Events seen and handled (hidden until they are built).
-    #[command(hide = true)]
+    /// Azure Scheduled Events seen and handled: drained, approved, or not this VM's.
     Events,
     /// The Prometheus metrics text.
     Metrics,

@@ -404,12 +404,17 @@ pub struct AzureFragment {
     pub health_listen: Value<String>,
     pub unhealthy_after: Value<ConfigDuration>,
     pub arm_endpoint: Value<String>,
+    pub protect: Value<bool>,
+    pub release_after: Value<ConfigDuration>,
+    pub max_releases_per_hour: Value<u32>,
+    pub scheduled_events: Value<bool>,
+    pub approve: Value<Vec<String>>,
 }
 
 impl MergeFrom for AzureFragment {
     fn merge_from(&mut self, later: Self) {
         later_wins!(self, later; enabled, imds_endpoint, client_id, monitoring_endpoint, metrics_namespace,
-            metrics_interval, instance_dimension, health_listen, unhealthy_after, arm_endpoint);
+            metrics_interval, instance_dimension, health_listen, unhealthy_after, arm_endpoint, protect, release_after, max_releases_per_hour, scheduled_events, approve);
     }
 }
 

@@ -54,6 +54,8 @@ pub const DEFAULT_MAX_UNKNOWN: Duration = Duration::from_secs(12 * 3600);
 pub const DEFAULT_GPU_MEMORY_GRACE: Duration = Duration::from_secs(3600);
 pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
 pub const DEFAULT_ARM_ENDPOINT: &str = "https://management.azure.com";
+pub const DEFAULT_RELEASE_AFTER: Duration = Duration::from_secs(15 * 60);
+pub const DEFAULT_MAX_RELEASES_PER_HOUR: u32 = 4;
 /// `share.key_fetch_spread`: 200 VMs booting at once ask listKeys about
 /// 3 times a second, well under the storage provider's 800 reads in 5 minutes.
 pub const DEFAULT_KEY_FETCH_SPREAD: Duration = Duration::from_secs(60);
@@ -309,6 +311,16 @@ pub struct AzureSettings {
     pub unhealthy_after: Duration,
     /// Azure Resource Manager (`https://management.azure.com`).
     pub arm_endpoint: String,
+    /// Scale-in protection follows the verdict.
+    pub protect: bool,
+    /// Continuous idle before protection is released.
+    #[serde(serialize_with = "duration::serialize")]
+    pub release_after: Duration,
+    pub max_releases_per_hour: u32,
+    /// Scheduled Events are watched and handled.
+    pub scheduled_events: bool,
+    /// Event types approved early besides Terminate and Preempt (which are drained, then approved).
+    pub approve: Vec<String>,
 }
 
 fn serialize_enabled<S: serde::Serializer>(

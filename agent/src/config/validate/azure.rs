@@ -65,6 +65,36 @@ pub(super) fn validate_azure(azure: AzureFragment) -> Result<AzureSettings, Conf
         },
         None => DEFAULT_HEALTH_LISTEN.to_string(),
     };
+    let release_after = azure.release_after.as_ref().map(|r| r.value.0).unwrap_or(DEFAULT_RELEASE_AFTER);
+    if let Some(given) = &azure.release_after {
+        // Under 10 s the verdict's own sampling decides; over a day protection never ends.
+        if !(std::time::Duration::from_secs(10)..=std::time::Duration::from_secs(86_400)).contains(&given.value.0) {
+            return Err(invalid(&given.origin, "azure.release_after", "must be from 10s to 1d"));
+        }
+    }
+    let max_releases_per_hour =
+        azure.max_releases_per_hour.as_ref().map(|m| m.value).unwrap_or(DEFAULT_MAX_RELEASES_PER_HOUR);
+    if let Some(given) = &azure.max_releases_per_hour {
+        // Compute allows a few instance writes a minute; each release may cost two.
+        if !(1..=12).contains(&given.value) {
+            return Err(invalid(&given.origin, "azure.max_releases_per_hour", "must be from 1 to 12"));
+        }
+    }
+    let approve = match &azure.approve {
+        Some(list) => {
+            for kind in &list.value {
+                if !["Freeze", "Reboot", "Redeploy"].contains(&kind.as_str()) {
+                    return Err(invalid(
+                        &list.origin,
+                        "azure.approve",
+                        format!("{kind:?} is not one of Freeze, Reboot, Redeploy (Terminate and Preempt are always drained, then approved)"),
+                    ));
+                }
+            }
+            list.value.clone()
+        }
+        None => vec!["Freeze".to_string()],
+    };
     Ok(AzureSettings {
         enabled: azure.enabled.map(|e| e.value).unwrap_or(AzureEnabled::Auto),
         imds_endpoint,
@@ -76,6 +106,11 @@ pub(super) fn validate_azure(azure: AzureFragment) -> Result<AzureSettings, Conf
         health_listen,
         unhealthy_after: azure.unhealthy_after.map(|u| u.value.0).unwrap_or(DEFAULT_UNHEALTHY_AFTER),
         arm_endpoint,
+        protect: azure.protect.as_ref().is_none_or(|p| p.value),
+        release_after,
+        max_releases_per_hour,
+        scheduled_events: azure.scheduled_events.as_ref().is_none_or(|e| e.value),
+        approve,
     })
 }
 

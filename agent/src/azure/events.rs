@@ -1,0 +1,348 @@
+//! Azure Scheduled Events: what the platform is about to do to this VM.
+//!
+//! IMDS is asked once a second (inside the one IMDS rate limiter); a changed
+//! `DocumentIncarnation` is acted on. Only events that name this VM
+//! (`compute.name`) in `Resources` and are still `Scheduled` are handled:
+//! events reach every VM of a placement group, and an approval covers every
+//! name listed, so an event naming another VM, or one already `Started`, is
+//! never approved. `Terminate` and `Preempt` are drained — users told
+//! (`wall`), new logins refused (`/run/nologin`), script logs copied to the
+//! share, disks synced — then approved, at the latest 30 s before
+//! `NotBefore` even if the drain is not done. Other types are approved when
+//! `azure.approve` lists them. Handled event ids are kept in a state file, so
+//! a restart never approves twice.
+
+use super::imds::Imds;
+use crate::core::clock::rfc3339;
+use crate::core::shared::ShareNews;
+use crate::core::task::TaskContext;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+pub const EVENTS_API: &str = "2020-07-01";
+const PATH: &str = "/metadata/scheduledevents";
+/// The first call can take up to 2 minutes while the service starts for this VM.
+const FIRST_CALL: Duration = Duration::from_secs(150);
+const POLL_EVERY: Duration = Duration::from_secs(1);
+/// Approved at the latest this long before `NotBefore`.
+const APPROVE_BEFORE: Duration = Duration::from_secs(30);
+pub const STATE_FILE: &str = "scheduled-events.json";
+/// Where the drain tells users (beside `wall`).
+pub const NOLOGIN: &str = "/run/nologin";
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Document {
+    #[serde(default)]
+    document_incarnation: u64,
+    #[serde(default)]
+    events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Event {
+    event_id: String,
+    #[serde(default)]
+    event_type: String,
+    #[serde(default)]
+    event_status: String,
+    #[serde(default)]
+    resources: Vec<String>,
+    /// RFC 1123 (`Mon, 19 Sep 2016 18:29:47 GMT`), empty once started.
+    #[serde(default)]
+    not_before: String,
+}
+
+/// One event as `pool-agent events` shows it.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct EventView {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+    pub resources: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub not_before: String,
+    /// What the agent did: `approved`, `draining`, `waiting for NotBefore`,
+    /// `not ours (names …)`, `already started`.
+    pub handling: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+}
+
+/// `GET /v1/events`.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct EventsReport {
+    /// `watching`, `off`, `not on Azure`, `starting`.
+    pub state: String,
+    #[serde(default)]
+    pub incarnation: u64,
+    #[serde(default)]
+    pub events: Vec<EventView>,
+    #[serde(default)]
+    pub approvals: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_drain: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The report `GET /v1/events` reads, updated in place.
+struct Shown(Arc<Mutex<EventsReport>>);
+
+impl Shown {
+    fn update(&self, change: impl FnOnce(&mut EventsReport)) {
+        change(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+/// What was done with each event, kept across restarts.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Handled {
+    /// Event id to what was done (`approved`, `draining`).
+    #[serde(default)]
+    events: BTreeMap<String, String>,
+}
+
+fn load(file: &Path) -> Handled {
+    std::fs::read(file).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default()
+}
+
+fn save(file: &Path, handled: &Handled) {
+    let bytes = serde_json::to_vec(handled).unwrap_or_default();
+    if let Err(err) = crate::core::atomic::replace_file(file, &bytes, 0o644) {
+        tracing::warn!(component = "azure", "cannot keep the handled events in {}: {err}", file.display());
+    }
+}
+
+/// Watches the events until shutdown.
+pub async fn watch(
+    ctx: TaskContext,
+    report: Arc<Mutex<EventsReport>>,
+    imds: Arc<Imds>,
+    vm_name: String,
+    approve: Vec<String>,
+) {
+    let shown = Shown(report);
+    let set = &shown;
+    let file = ctx.paths.state_dir().join(STATE_FILE);
+    let mut handled = load(&file);
+    let mut seen_incarnation: Option<u64> = None;
+    let mut deadline = FIRST_CALL;
+    set.update(|r| r.state = "starting".into());
+    loop {
+        let document = match imds.get(&format!("{PATH}?api-version={EVENTS_API}"), deadline).await {
+            Ok(body) => serde_json::from_slice::<Document>(&body)
+                .map_err(|err| format!("not a Scheduled Events document: {err}")),
+            Err(err) => Err(err.to_string()),
+        };
+        deadline = Duration::from_secs(5);
+        match document {
+            Ok(document) => {
+                set.update(|r| {
+                    r.state = "watching".into();
+                    r.error = None;
+                });
+                if seen_incarnation != Some(document.document_incarnation) {
+                    seen_incarnation = Some(document.document_incarnation);
+                    act(&ctx, &imds, &document, &vm_name, &approve, &mut handled, &file, set).await;
+                }
+            }
+            Err(why) => set.update(|r| r.error = Some(why.clone())),
+        }
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(POLL_EVERY) => {}
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn act(
+    ctx: &TaskContext,
+    imds: &Imds,
+    document: &Document,
+    vm_name: &str,
+    approve: &[String],
+    handled: &mut Handled,
+    file: &Path,
+    set: &Shown,
+) {
+    let now = ctx.clock.now();
+    let mut views = Vec::new();
+    for event in &document.events {
+        let ours = event.resources.iter().any(|r| r == vm_name);
+        // An approval covers every VM an event names: one naming others too is never approved here.
+        let others: Vec<&str> = event.resources.iter().map(String::as_str).filter(|r| *r != vm_name).collect();
+        let done = handled.events.get(&event.event_id).cloned();
+        let handling = if !ours {
+            format!("not ours (names {})", event.resources.join(", "))
+        } else if matches!(done.as_deref(), Some("approved") | Some("drained, not approved")) {
+            done.unwrap_or_default()
+        } else if event.event_status != "Scheduled" {
+            // Started (or anything else): approving it would mean nothing, or worse.
+            "already started".to_string()
+        } else {
+            let drains = matches!(event.event_type.as_str(), "Terminate" | "Preempt");
+            if drains {
+                handled.events.insert(event.event_id.clone(), "draining".into());
+                save(file, handled);
+                let not_before = parse_not_before(&event.not_before);
+                let drain_until = not_before.map(|at| at.checked_sub(APPROVE_BEFORE).unwrap_or(at));
+                let budget = drain_until.and_then(|at| at.duration_since(now).ok()).unwrap_or_default();
+                let summary = match tokio::time::timeout(budget, drain(ctx, &event.event_type, &event.not_before)).await
+                {
+                    Ok(summary) => summary,
+                    Err(_) => "the drain ran out of time; approved anyway before NotBefore".to_string(),
+                };
+                set.update(|r| r.last_drain = Some(summary.clone()));
+            }
+            if !others.is_empty() {
+                handled.events.insert(event.event_id.clone(), "drained, not approved".into());
+                save(file, handled);
+                format!("not approved: it names other VMs too ({}); Azure proceeds at NotBefore", others.join(", "))
+            } else if drains || approve.iter().any(|a| a == &event.event_type) {
+                approve_event(imds, event, handled, file, set).await
+            } else {
+                "waiting for NotBefore (not in azure.approve)".to_string()
+            }
+        };
+        views.push(EventView {
+            id: event.event_id.clone(),
+            kind: event.event_type.clone(),
+            status: event.event_status.clone(),
+            resources: event.resources.clone(),
+            not_before: event.not_before.clone(),
+            handling,
+            at: Some(rfc3339(now)),
+        });
+    }
+    let incarnation = document.document_incarnation;
+    set.update(|r| {
+        r.incarnation = incarnation;
+        r.events = views.clone();
+    });
+}
+
+/// Approves one event (recorded first: a restart never approves it again).
+async fn approve_event(imds: &Imds, event: &Event, handled: &mut Handled, file: &Path, set: &Shown) -> String {
+    handled.events.insert(event.event_id.clone(), "approved".into());
+    save(file, handled);
+    let body = serde_json::json!({"StartRequests": [{"EventId": event.event_id}]});
+    match imds.post(&format!("{PATH}?api-version={EVENTS_API}"), &body).await {
+        Ok(()) => {
+            tracing::warn!(component = "azure", "approved {} {} for this VM", event.event_type, event.event_id);
+            set.update(|r| r.approvals += 1);
+            "approved".to_string()
+        }
+        Err(err) => {
+            // Azure goes ahead at NotBefore anyway; asking again could approve twice.
+            tracing::warn!(component = "azure", "approving {} failed: {err}", event.event_id);
+            format!("approval failed ({err}); Azure proceeds at NotBefore")
+        }
+    }
+}
+
+fn parse_not_before(text: &str) -> Option<SystemTime> {
+    httpdate::parse_http_date(text).ok()
+}
+
+/// Tells users, refuses new logins, copies script logs to the share and
+/// syncs. Returns what was done, for `pool-agent events`.
+async fn drain(ctx: &TaskContext, kind: &str, not_before: &str) -> String {
+    let message = format!(
+        "This VM is being removed by Azure ({kind}, not before {not_before}). Save your work to the share now; new logins are refused."
+    );
+    let mut done = Vec::new();
+    let nologin = ctx.paths.resolve(NOLOGIN);
+    match std::fs::write(&nologin, format!("{message}\n")) {
+        Ok(()) => done.push(format!("{} written", nologin.display())),
+        Err(err) => done.push(format!("{} not written: {}", nologin.display(), crate::config::io_text(&err))),
+    }
+    // A sandbox (tests) has no users of its own to tell.
+    if !ctx.paths.is_sandbox() {
+        done.push(tell_everyone(&message).await);
+    }
+    let logs = ctx.paths.script_log_dir();
+    let share = ctx.shared.share();
+    let instance = ctx.shared.instance_name();
+    let copied = crate::core::task::blocking("copying script logs to the share", Duration::from_secs(20), move || {
+        copy_logs(&logs, &share, &instance)
+    })
+    .await;
+    done.push(match copied {
+        Ok(text) => text,
+        Err(err) => format!("script logs not copied: {err}"),
+    });
+    let synced = crate::core::task::blocking("syncing disks", Duration::from_secs(20), nix::unistd::sync).await;
+    done.push(if synced.is_ok() { "synced".to_string() } else { "sync did not finish in 20 s".to_string() });
+    tracing::warn!(component = "azure", "drained for {kind}: {}", done.join("; "));
+    done.join("; ")
+}
+
+async fn tell_everyone(message: &str) -> String {
+    use tokio::io::AsyncWriteExt;
+    let child = tokio::process::Command::new("wall")
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn();
+    let Ok(mut child) = child else { return "wall could not run".to_string() };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(message.as_bytes()).await;
+    }
+    match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+        Ok(Ok(status)) if status.success() => "users told (wall)".to_string(),
+        _ => "wall failed".to_string(),
+    }
+}
+
+/// Copies the local script logs under `Logs/<instance>/` on the share.
+fn copy_logs(logs: &Path, share: &ShareNews, instance: &str) -> String {
+    let ShareNews::Mounted { root, .. } = share else {
+        return "script logs not copied: the share is not mounted".to_string();
+    };
+    let target: PathBuf = root.join("Logs").join(instance).join("drain");
+    if let Err(err) = std::fs::create_dir_all(&target) {
+        return format!("script logs not copied: {}: {}", target.display(), crate::config::io_text(&err));
+    }
+    let mut copied = 0;
+    for entry in std::fs::read_dir(logs).into_iter().flatten().flatten() {
+        // Regular files only: a symlink planted among the logs is not followed.
+        if entry.file_type().is_ok_and(|t| t.is_file())
+            && std::fs::copy(entry.path(), target.join(entry.file_name())).is_ok()
+        {
+            copied += 1;
+        }
+    }
+    format!("{copied} script log(s) copied to {}", target.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_before_is_read_in_the_form_imds_gives() {
+        let at = parse_not_before("Mon, 19 Sep 2016 18:29:47 GMT").unwrap();
+        assert_eq!(rfc3339(at), "2016-09-19T18:29:47Z");
+        assert_eq!(parse_not_before(""), None);
+    }
+
+    #[test]
+    fn the_document_is_read_with_azure_s_field_names() {
+        let text = r#"{"DocumentIncarnation": 3, "Events": [{"EventId": "A1", "EventType": "Terminate",
+            "ResourceType": "VirtualMachine", "Resources": ["pool_3"], "EventStatus": "Scheduled",
+            "NotBefore": "Mon, 19 Sep 2016 18:29:47 GMT", "Description": "", "EventSource": "Platform", "DurationInSeconds": -1}]}"#;
+        let document: Document = serde_json::from_str(text).unwrap();
+        assert_eq!(document.document_incarnation, 3);
+        assert_eq!(document.events[0].resources, ["pool_3"]);
+        assert_eq!(document.events[0].event_status, "Scheduled");
+    }
+}
