@@ -641,3 +641,75 @@ fn a_terminate_for_this_vm_is_drained_then_approved_once_and_no_other_vm_s_event
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(approved_ids(&fake).len(), 2, "approved again after a restart: {:?}", approved_ids(&fake));
 }
+
+/// A VM idle a minute after start, protection released 10 s later, and
+/// `delete-self` keeping 2 instances.
+fn delete_self_config(fake: &FakeAzure) -> String {
+    protection_config(fake, "10s")
+        .replace("boot_grace = \"0s\"", "boot_grace = \"0s\"\naction = \"delete-self\"\nmin_instances = 2")
+        + "delete_wait = \"3s\"\n"
+}
+
+#[test]
+fn self_delete_fires_once_and_never_while_active_updating_at_the_floor_or_with_a_terminate_pending() {
+    // Four VMs side by side, each against its own fake scale set.
+    let not_before = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(900));
+    let cases: [(&str, serde_json::Value); 4] = [
+        ("goes", serde_json::json!({"scale_set": {"capacity": 3, "provisioningState": "Succeeded"}})),
+        ("updating", serde_json::json!({"scale_set": {"capacity": 3, "provisioningState": "Updating"}})),
+        ("at the floor", serde_json::json!({"scale_set": {"capacity": 2, "provisioningState": "Succeeded"}})),
+        (
+            "terminate pending",
+            serde_json::json!({"scale_set": {"capacity": 3, "provisioningState": "Succeeded"},
+                "scheduled_events": {"DocumentIncarnation": 1, "Events": [
+                    event("T-1", "Terminate", "Scheduled", &["pool_3", "pool_4"], &not_before)]}}),
+        ),
+    ];
+    let mut running = Vec::new();
+    for (name, setup) in cases {
+        let Some(fake) = FakeAzure::start() else { return };
+        fake.configure(setup);
+        let sandbox = Sandbox::new();
+        sandbox.write_config(&delete_self_config(&fake));
+        let daemon = sandbox.start();
+        running.push((name, fake, sandbox, daemon));
+    }
+    // In use at first (the idle timeout has not passed): no VM goes, and each says why.
+    std::thread::sleep(Duration::from_secs(5));
+    for (name, fake, sandbox, _) in &running {
+        let view = azure_json(sandbox);
+        let why = view["self_delete"]["why"].as_str().unwrap_or_default().to_string();
+        assert!(why.starts_with("not idle") || why.contains("protection not confirmed off"), "{name}: {view:#}");
+        assert!(fake.read("deletes").is_empty(), "{name}");
+    }
+    // Idle after a minute, released 10 s later and confirmed 30-60 s after that.
+    let goes = &running[0];
+    let deleted = eventually(Duration::from_secs(180), || Some(goes.1.read("deletes")).filter(|d| !d.is_empty()))
+        .unwrap_or_else(|| panic!("never deleted: {:#}", azure_json(&goes.2)));
+    assert_eq!(deleted[0]["instanceIds"], serde_json::json!(["3"]));
+    let requested = azure_json(&goes.2);
+    assert_eq!(requested["self_delete"]["state"], "requested", "{requested:#}");
+    assert_eq!(requested["protection"]["protected"], "no", "deleted only with protection confirmed off");
+    // The others were just as idle and released, and stayed.
+    for (name, fake, sandbox, _) in &running[1..] {
+        let expected = match *name {
+            "updating" => "Updating",
+            "at the floor" => "min_instances = 2",
+            _ => "a Terminate is pending",
+        };
+        // Each got past protection (its read-back comes 30-60 s after the release) to its own reason.
+        let held = eventually(Duration::from_secs(90), || {
+            let view = azure_json(sandbox);
+            view["self_delete"]["why"].as_str().is_some_and(|why| why.contains(expected)).then_some(view)
+        });
+        assert!(held.is_some(), "{name}: {:#}", azure_json(sandbox));
+        assert!(fake.read("deletes").is_empty(), "{name} was deleted: {:#}", azure_json(sandbox));
+    }
+    // Asked once: a restart does not ask again.
+    let (_, fake, sandbox, daemon) = running.swap_remove(0);
+    drop(daemon);
+    let _daemon = sandbox.start();
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(fake.read("deletes").len(), 1, "{:#}", azure_json(&sandbox));
+    assert_eq!(azure_json(&sandbox)["self_delete"]["state"], "requested");
+}

@@ -22,6 +22,7 @@ Faults are injected and requests read back through /_fake/* routes:
                        "scheduled_events": {"DocumentIncarnation": 2, "Events": [...]}}
   GET  /_fake/instance_writes  protection writes that changed an instance
   GET  /_fake/approvals        Scheduled Events approvals
+  GET  /_fake/deletes          scale set deletes asked for
   GET  /_fake/requests  every request: time, method, path, query, status
   GET  /_fake/points    every accepted metric point
   GET  /_fake/violations  IMDS rate limit breaches seen
@@ -69,6 +70,9 @@ state = {
     # Scheduled Events: the document served, and the approvals received.
     "scheduled_events": {"DocumentIncarnation": 0, "Events": []},
     "approvals": [],
+    # The scale set: its capacity and state, and the deletes it was asked for.
+    "scale_set": {"capacity": 3, "provisioningState": "Succeeded"},
+    "deletes": [],
     "write_tokens": {},
     "client_id": None,
     "tokens": {},
@@ -162,6 +166,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.list_keys(method, path, query)
         if "/virtualMachineScaleSets/" in path and "/virtualMachines/" in path:
             return self.instance(method, path, query)
+        if "/virtualMachineScaleSets/" in path:
+            return self.scale_set(method, path, query)
         return self.reply(404, {"error": "NotFound"})
 
     def bearer(self, audience):
@@ -222,6 +228,44 @@ class Handler(BaseHTTPRequestHandler):
         if bad:
             return self.reply(400, {"error": "Bad request: unknown or already started event"})
         return self.reply(200, b"")
+
+    def scale_set(self, method, path, query):
+        """GET the scale set, or POST …/delete with {"instanceIds": [...]}."""
+        version = (query.get("api-version") or [None])[0]
+        if version not in COMPUTE_VERSIONS:
+            return self.reply(400, {"error": {"code": "InvalidApiVersionParameter", "message": f"api-version {version} is not supported"}})
+        data = self.body() if method == "POST" else b""
+        if not self.bearer("https://management.azure.com/"):
+            return self.reply(401, {"error": {"code": "AuthenticationFailed", "message": "missing, expired or of another audience"}})
+        if self.forbidden(path):
+            return self.reply(403, {"error": {"code": "AuthorizationFailed", "message": "no authorization for this action"}})
+        parts = path.split("/")
+        with lock:
+            compute = dict(state["compute"])
+            scale_set = dict(state["scale_set"])
+        if len(parts) < 9 or parts[2] != compute["subscriptionId"] or parts[8] != compute["vmScaleSetName"] \
+                or parts[4].lower() != compute["resourceGroupName"].lower():
+            return self.reply(404, {"error": {"code": "ResourceNotFound", "message": "scale set not found"}})
+        if len(parts) == 9 and method == "GET":
+            return self.reply(200, {"name": compute["vmScaleSetName"], "location": compute["location"],
+                                    "sku": {"name": "Standard_D4s_v5", "tier": "Standard", "capacity": scale_set["capacity"]},
+                                    "properties": {"provisioningState": scale_set["provisioningState"],
+                                                   "orchestrationMode": "Uniform"}})
+        if len(parts) == 10 and parts[9] == "delete" and method == "POST":
+            try:
+                ids = json.loads(data)["instanceIds"]
+                assert isinstance(ids, list) and ids
+            except (KeyError, ValueError, TypeError, AssertionError):
+                return self.reply(400, {"error": {"code": "InvalidRequestContent", "message": "instanceIds is required"}})
+            with lock:
+                unknown = [i for i in ids if i not in state["instances"]]
+                if not unknown:
+                    state["deletes"].append({"time": now(), "instanceIds": ids})
+                    state["scale_set"]["capacity"] -= len(ids)
+            if unknown:
+                return self.reply(404, {"error": {"code": "NotFound", "message": f"instances {unknown} not found"}})
+            return self.reply(202, b"")
+        return self.reply(405, {"error": {"code": "MethodNotAllowed"}})
 
     def instance(self, method, path, query):
         """GET or PUT a scale set instance (only its protection policy is modelled)."""

@@ -173,50 +173,28 @@ async fn call(
     url: &str,
     service: &str,
 ) -> Result<Zeroizing<Vec<u8>>, FetchError> {
-    let mut forced = false;
-    loop {
-        let token = tokens
-            .get(audience, forced)
-            .await
-            .map_err(|err| FetchError::now(format!("no token for {audience}: {err}")))?;
-        let mut request = http.request(method.clone(), url).header(reqwest::header::AUTHORIZATION, token.bearer());
-        if method == reqwest::Method::POST {
-            request = request.header(reqwest::header::CONTENT_LENGTH, "0");
-        }
-        let answer = request
-            .send()
-            .await
-            .map_err(|err| FetchError::now(format!("{service} did not answer: {}", super::imds::describe(&err))))?;
-        let status = answer.status().as_u16();
-        if status == 401 && !forced {
-            forced = true;
-            continue;
-        }
-        let retry_after = super::imds::retry_after(&answer);
-        if (200..300).contains(&status) {
-            let body = answer.bytes().await.map_err(|err| {
-                FetchError::now(format!("{service}'s answer broke off: {}", super::imds::describe(&err)))
-            })?;
-            return Ok(Zeroizing::new(body.to_vec()));
-        }
-        // An error body names the problem (its code and message), never a key.
-        let text: String = answer.text().await.unwrap_or_default().chars().take(300).collect();
-        let why = match (status, audience) {
-            (403, token::KEY_VAULT) => {
-                "the VM's identity may not read the secret: give it the Key Vault Secrets User role on the vault"
-                    .to_string()
-            }
-            (403, _) => "the VM's identity may not list the account's keys: give it a role with Microsoft.Storage/storageAccounts/listkeys/action (Storage Account Key Operator Service Role) on the account".to_string(),
-            (404, _) => format!("{service} has no such resource (404): {text}"),
-            _ => format!("{service} answered {status}: {text}"),
-        };
-        // Waiting will not fix a missing role or resource soon: ask again rarely.
-        let retry_after = match status {
-            403 | 404 => Some(REFETCH_EVERY),
-            _ => retry_after,
-        };
-        return Err(FetchError { why, retry_after });
+    let answer = super::arm::send(http, tokens, audience, method, url, None)
+        .await
+        .map_err(|why| FetchError::now(format!("{service}: {why}")))?;
+    if answer.success() {
+        return Ok(answer.body);
     }
+    // An error body names the problem (its code and message), never a key.
+    let (status, text) = (answer.status, answer.text());
+    let why = match (status, audience) {
+        (403, token::KEY_VAULT) => {
+            "the VM's identity may not read the secret: give it the Key Vault Secrets User role on the vault".to_string()
+        }
+        (403, _) => "the VM's identity may not list the account's keys: give it a role with Microsoft.Storage/storageAccounts/listkeys/action (Storage Account Key Operator Service Role) on the account".to_string(),
+        (404, _) => format!("{service} has no such resource (404): {text}"),
+        _ => format!("{service} answered {status}: {text}"),
+    };
+    // Waiting will not fix a missing role or resource soon: ask again rarely.
+    let retry_after = match status {
+        403 | 404 => Some(REFETCH_EVERY),
+        _ => answer.retry_after,
+    };
+    Err(FetchError { why, retry_after })
 }
 
 /// Fetches the key once the spread has passed, publishes it, and fetches

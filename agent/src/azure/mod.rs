@@ -9,6 +9,8 @@
 //! with the verdict ([`protect`]), handles Scheduled Events ([`events`]) and
 //! fetches the share's key when it comes from Azure ([`key`]).
 
+pub mod arm;
+pub mod delete;
 pub mod events;
 pub mod health;
 pub mod imds;
@@ -134,6 +136,9 @@ pub struct AzureReport {
     /// Scale-in protection (`azure.protect`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protection: Option<protect::ProtectionView>,
+    /// `idle.action = "delete-self"`: whether, and why not yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_delete: Option<delete::DeleteView>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub health_listen: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -156,6 +161,7 @@ struct Inner {
     /// Shown while protection is kept (`protected` set).
     protection: Arc<Mutex<protect::ProtectionView>>,
     events: Arc<Mutex<events::EventsReport>>,
+    self_delete: Arc<Mutex<delete::DeleteView>>,
     inputs: OnceLock<Inputs>,
     imds: ImdsCounters,
     posts: Family<Vec<(String, String)>, Counter>,
@@ -174,6 +180,7 @@ impl Azure {
             key_view: Arc::default(),
             protection: Arc::default(),
             events: Arc::default(),
+            self_delete: Arc::default(),
             inputs: OnceLock::new(),
             imds: ImdsCounters::default(),
             posts: Family::default(),
@@ -206,6 +213,8 @@ impl Azure {
         report.storage_key = (!key_view.source.is_empty()).then_some(key_view);
         let protection = self.0.protection.lock().unwrap_or_else(|p| p.into_inner()).clone();
         report.protection = (!protection.protected.is_empty()).then_some(protection);
+        let self_delete = self.0.self_delete.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        report.self_delete = (!self_delete.state.is_empty()).then_some(self_delete);
         report
     }
 }
@@ -273,6 +282,7 @@ async fn run(ctx: TaskContext, azure: Azure) -> TaskResult {
         let settings = settings_rx.borrow_and_update().clone();
         let section = settings.azure.clone();
         let key_spec = key::spec(&settings);
+        let idle_action = (settings.idle.action, settings.idle.min_instances);
         // A reload that changes [azure] (a userData fragment, say) starts it
         // again with the new settings: endpoints, identity, health address.
         let azure_changed = async {
@@ -281,7 +291,10 @@ async fn run(ctx: TaskContext, azure: Azure) -> TaskResult {
                     std::future::pending::<()>().await;
                 }
                 let now = settings_rx.borrow().clone();
-                if now.azure != section || key::spec(&now) != key_spec {
+                if now.azure != section
+                    || key::spec(&now) != key_spec
+                    || (now.idle.action, now.idle.min_instances) != idle_action
+                {
                     return;
                 }
             }
@@ -309,6 +322,7 @@ async fn run_with(ctx: &TaskContext, azure: &Azure, settings: Arc<Settings>) -> 
     *azure.0.key_view.lock().unwrap_or_else(|p| p.into_inner()) = key::KeyView::default();
     *azure.0.protection.lock().unwrap_or_else(|p| p.into_inner()) = protect::ProtectionView::default();
     *azure.0.events.lock().unwrap_or_else(|p| p.into_inner()) = events::EventsReport::default();
+    *azure.0.self_delete.lock().unwrap_or_else(|p| p.into_inner()) = delete::DeleteView::default();
     let _health = health_server(&ctx, &azure, &settings).await;
     if settings.azure.enabled == AzureEnabled::Off {
         azure.update(|r| r.state = "off".into());
@@ -415,6 +429,21 @@ async fn run_with(ctx: &TaskContext, azure: &Azure, settings: Arc<Settings>) -> 
             settings.azure.approve.clone(),
         );
         tokio_util::task::AbortOnDropHandle::new(tokio::spawn(watcher))
+    });
+    let _self_delete = (settings.idle.action == crate::config::IdleAction::DeleteSelf).then(|| {
+        let inputs = delete::Inputs {
+            http: http.clone(),
+            tokens: tokens.clone(),
+            compute: compute.clone(),
+            arm_endpoint: settings.azure.arm_endpoint.clone(),
+            protection: azure.0.protection.clone(),
+            protect: settings.azure.protect,
+            events: azure.0.events.clone(),
+            min_instances: settings.idle.min_instances,
+            wait: settings.azure.delete_wait,
+        };
+        let keeper = delete::keep(ctx.clone(), azure.0.self_delete.clone(), inputs);
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(keeper))
     });
     let _protection = settings.azure.protect.then(|| {
         let keeper = protect::keep(

@@ -181,47 +181,30 @@ struct Arm {
 impl Arm {
     async fn call(&self, write: Option<serde_json::Value>) -> Outcome {
         let url = format!("{}?api-version={COMPUTE_API}", self.url);
-        let mut forced = false;
-        loop {
-            let token = match self.tokens.get(token::MANAGEMENT, forced).await {
-                Ok(token) => token,
-                Err(err) => return Outcome::Later(FIRST_RETRY, format!("no token for ARM: {err}")),
-            };
-            let request = match &write {
-                Some(body) => self.http.put(&url).json(body),
-                None => self.http.get(&url),
-            };
-            let answer = match request.header(reqwest::header::AUTHORIZATION, token.bearer()).send().await {
+        let method = if write.is_some() { reqwest::Method::PUT } else { reqwest::Method::GET };
+        let answer =
+            match super::arm::send(&self.http, &self.tokens, token::MANAGEMENT, method, &url, write.as_ref()).await {
                 Ok(answer) => answer,
-                Err(err) => {
-                    return Outcome::Later(FIRST_RETRY, format!("ARM did not answer: {}", super::imds::describe(&err)))
-                }
+                Err(why) => return Outcome::Later(FIRST_RETRY, format!("ARM: {why}")),
             };
-            let status = answer.status().as_u16();
-            if status == 401 && !forced {
-                forced = true;
-                continue;
+        let (status, text) = (answer.status, answer.text());
+        match status {
+            200..=299 => match protected_in(&String::from_utf8_lossy(&answer.body)) {
+                Some(protected) => Outcome::Done(protected),
+                // A 202 without the model: read it back to know.
+                None => Outcome::Later(Duration::from_secs(5), "accepted; reading the instance back".into()),
+            },
+            404 => Outcome::Gone(format!("the instance is gone (404): {text}")),
+            400 if text.to_ascii_lowercase().contains("not active") => {
+                Outcome::Gone(format!("the instance is no longer active: {text}"))
             }
-            let retry_after = super::imds::retry_after(&answer);
-            let text: String = answer.text().await.unwrap_or_default().chars().take(400).collect();
-            return match status {
-                200..=299 => match protected_in(&text) {
-                    Some(protected) => Outcome::Done(protected),
-                    // A 202 without the model: read it back to know.
-                    None => Outcome::Later(Duration::from_secs(5), "accepted; reading the instance back".into()),
-                },
-                404 => Outcome::Gone(format!("the instance is gone (404): {text}")),
-                400 if text.to_ascii_lowercase().contains("not active") => {
-                    Outcome::Gone(format!("the instance is no longer active: {text}"))
-                }
-                400 => Outcome::Refused(format!("ARM refused the write (400): {text}")),
-                403 => Outcome::Refused(format!(
-                    "the VM's identity may not change its instance: give it Microsoft.Compute/virtualMachineScaleSets/virtualMachines/write on the scale set: {text}"
-                )),
-                409 => Outcome::Later(between(CONFLICT_RETRY), format!("a concurrent request on the instance (409): {text}")),
-                429 => Outcome::Later(retry_after.unwrap_or(Duration::from_secs(30)), format!("ARM throttled (429): {text}")),
-                _ => Outcome::Later(retry_after.unwrap_or(FIRST_RETRY), format!("ARM answered {status}: {text}")),
-            };
+            400 => Outcome::Refused(format!("ARM refused the write (400): {text}")),
+            403 => Outcome::Refused(format!(
+                "the VM's identity may not change its instance: give it Microsoft.Compute/virtualMachineScaleSets/virtualMachines/write on the scale set: {text}"
+            )),
+            409 => Outcome::Later(between(CONFLICT_RETRY), format!("a concurrent request on the instance (409): {text}")),
+            429 => Outcome::Later(answer.retry_after.unwrap_or(Duration::from_secs(30)), format!("ARM throttled (429): {text}")),
+            _ => Outcome::Later(answer.retry_after.unwrap_or(FIRST_RETRY), format!("ARM answered {status}: {text}")),
         }
     }
 }

@@ -373,13 +373,14 @@ pub struct IdleFragment {
     pub max_unknown: Value<ConfigDuration>,
     pub gpu_memory_grace: Value<ConfigDuration>,
     pub cpu_services: Value<Vec<String>>,
+    pub min_instances: Value<u32>,
 }
 
 impl MergeFrom for IdleFragment {
     fn merge_from(&mut self, later: Self) {
         later_wins!(self, later; interval, timeout, boot_grace, action, max_hold, watch_ports,
             connection_bytes_per_minute, cpu_percent, cpu_window, jupyter_urls, jupyter_token_file,
-            jupyterhub_url, jupyterhub_token_file, max_unknown, gpu_memory_grace, cpu_services);
+            jupyterhub_url, jupyterhub_token_file, max_unknown, gpu_memory_grace, cpu_services, min_instances);
     }
 }
 
@@ -389,6 +390,9 @@ impl MergeFrom for IdleFragment {
 pub enum IdleAction {
     /// Shadow mode: compute and record "would have scaled in at T", nothing more.
     Report,
+    /// For pools without autoscale: the VM asks its scale set to delete it
+    /// (guarded: see the Azure capability).
+    DeleteSelf,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -409,12 +413,13 @@ pub struct AzureFragment {
     pub max_releases_per_hour: Value<u32>,
     pub scheduled_events: Value<bool>,
     pub approve: Value<Vec<String>>,
+    pub delete_wait: Value<ConfigDuration>,
 }
 
 impl MergeFrom for AzureFragment {
     fn merge_from(&mut self, later: Self) {
         later_wins!(self, later; enabled, imds_endpoint, client_id, monitoring_endpoint, metrics_namespace,
-            metrics_interval, instance_dimension, health_listen, unhealthy_after, arm_endpoint, protect, release_after, max_releases_per_hour, scheduled_events, approve);
+            metrics_interval, instance_dimension, health_listen, unhealthy_after, arm_endpoint, protect, release_after, max_releases_per_hour, scheduled_events, approve, delete_wait);
     }
 }
 

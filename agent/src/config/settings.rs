@@ -258,6 +258,8 @@ pub struct IdleSettings {
     #[serde(serialize_with = "duration::serialize")]
     pub boot_grace: Duration,
     pub action: IdleAction,
+    /// `delete-self` leaves at least this many instances in the scale set.
+    pub min_instances: u32,
     /// The longest keep-awake hold a user may take.
     #[serde(serialize_with = "duration::serialize")]
     pub max_hold: Duration,
@@ -321,6 +323,9 @@ pub struct AzureSettings {
     pub scheduled_events: bool,
     /// Event types approved early besides Terminate and Preempt (which are drained, then approved).
     pub approve: Vec<String>,
+    /// `idle.action = "delete-self"` waits a random part of this, then checks again, before deleting.
+    #[serde(serialize_with = "duration::serialize")]
+    pub delete_wait: Duration,
 }
 
 fn serialize_enabled<S: serde::Serializer>(

@@ -474,6 +474,7 @@ fn publish(
     }
     let action = match settings.idle.action {
         IdleAction::Report => "report",
+        IdleAction::DeleteSelf => "delete-self",
     };
     if verdict.turned_idle {
         // Shadow mode: say what would have happened, do nothing else.

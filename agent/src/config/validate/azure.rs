@@ -95,6 +95,12 @@ pub(super) fn validate_azure(azure: AzureFragment) -> Result<AzureSettings, Conf
         }
         None => vec!["Freeze".to_string()],
     };
+    let delete_wait = azure.delete_wait.as_ref().map(|d| d.value.0).unwrap_or(std::time::Duration::from_secs(120));
+    if let Some(given) = &azure.delete_wait {
+        if given.value.0 > std::time::Duration::from_secs(600) {
+            return Err(invalid(&given.origin, "azure.delete_wait", "must be from 0s to 10m"));
+        }
+    }
     Ok(AzureSettings {
         enabled: azure.enabled.map(|e| e.value).unwrap_or(AzureEnabled::Auto),
         imds_endpoint,
@@ -111,6 +117,7 @@ pub(super) fn validate_azure(azure: AzureFragment) -> Result<AzureSettings, Conf
         max_releases_per_hour,
         scheduled_events: azure.scheduled_events.as_ref().is_none_or(|e| e.value),
         approve,
+        delete_wait,
     })
 }
 

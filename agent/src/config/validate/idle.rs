@@ -97,6 +97,7 @@ pub(super) fn validate_idle(section: Option<Sourced<IdleFragment>>) -> Result<Id
         timeout,
         boot_grace: duration_or(&idle.boot_grace, DEFAULT_BOOT_GRACE),
         action: idle.action.as_ref().map(|a| a.value).unwrap_or(IdleAction::Report),
+        min_instances: idle.min_instances.as_ref().map(|m| m.value).unwrap_or(0),
         max_hold,
         watch_ports: idle.watch_ports.as_ref().map(|p| p.value.clone()).unwrap_or_else(|| DEFAULT_WATCH_PORTS.to_vec()),
         connection_bytes_per_minute: idle
