@@ -18,6 +18,19 @@ pub struct Bucket {
     pub values: Vec<(&'static str, f64)>,
 }
 
+/// Every metric a bucket carries, in its order.
+pub const METRIC_NAMES: [&str; 9] = [
+    "Idle",
+    "Busy",
+    "Removable",
+    "ActiveUsers",
+    "IdleMinutes",
+    "CpuPercent",
+    "GpuPercent",
+    "ShareHealthy",
+    "VerdictAgeSeconds",
+];
+
 /// The metrics of one interval, from the verdict and the share as they are now.
 /// `protected`: whether scale-in protection holds the instance (`None`:
 /// protection is not kept by the agent). A protected VM is never removable.
@@ -43,7 +56,7 @@ pub fn bucket(
             ("Idle", flag(idle_now)),
             // Active, unknown, stale or not yet known: busy, the safe side.
             ("Busy", flag(!idle_now)),
-            // Scale-in protection comes with the next part; until then an idle VM is removable.
+            // Idle and not held by scale-in protection (a release confirmed, or none kept).
             ("Removable", flag(idle_now && protected != Some(true))),
             ("ActiveUsers", figure("sessions")),
             ("IdleMinutes", (idle_minutes * 10.0).round() / 10.0),
@@ -170,6 +183,8 @@ mod tests {
         let text = body(&b, "pool-agent", Some("vm-3"));
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 9);
+        let names: Vec<&str> = lines.iter().map(|l| l["data"]["baseData"]["metric"].as_str().unwrap()).collect();
+        assert_eq!(names, METRIC_NAMES);
         let base = &lines[0]["data"]["baseData"];
         assert_eq!(base["metric"], "Idle");
         assert_eq!(base["dimNames"], serde_json::json!(["Instance"]));
