@@ -731,7 +731,10 @@ mod tests {
             for rule in profile["rules"].as_array().unwrap() {
                 let trigger = &rule["metricTrigger"];
                 let name = trigger["metricName"].as_str().unwrap();
-                assert!(monitor::METRIC_NAMES.contains(&name), "the template scales on {name}, which the agent never posts");
+                assert!(
+                    monitor::METRIC_NAMES.contains(&name),
+                    "the template scales on {name}, which the agent never posts"
+                );
                 assert_eq!(trigger["metricNamespace"], crate::config::settings::DEFAULT_METRICS_NAMESPACE);
                 used.insert(name);
             }
@@ -778,7 +781,10 @@ mod tests {
         ] {
             assert!(actions.iter().any(|a| a == needed), "{needed}");
         }
-        assert_eq!(template["variables"]["deleteActions"][0], "Microsoft.Compute/virtualMachineScaleSets/delete/action");
+        assert_eq!(
+            template["variables"]["deleteActions"][0],
+            "Microsoft.Compute/virtualMachineScaleSets/delete/action"
+        );
         assert!(role["properties"]["permissions"][0]["actions"].as_str().unwrap().contains("selfDelete"));
         let assigned: Vec<&str> = resource(&template, "Microsoft.Authorization/roleAssignments")
             .iter()
