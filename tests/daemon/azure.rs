@@ -604,6 +604,8 @@ fn a_terminate_for_this_vm_is_drained_then_approved_once_and_no_other_vm_s_event
         ]}})
     };
     fake.configure(events(1));
+    // A scale set without a terminate notification profile: said in the report.
+    fake.configure(serde_json::json!({"scale_set": {"capacity": 3, "provisioningState": "Succeeded", "terminateNotification": false}}));
     let sandbox = Sandbox::new();
     sandbox.write_config(&azure_config(&fake, ""));
     let daemon = sandbox.start();
@@ -628,6 +630,7 @@ fn a_terminate_for_this_vm_is_drained_then_approved_once_and_no_other_vm_s_event
     assert_eq!(handling("R-STARTED"), "already started");
     assert!(handling("D-OURS").starts_with("waiting for NotBefore"), "Redeploy is not in azure.approve: {report:#}");
     assert!(report["last_drain"].as_str().unwrap_or_default().contains("synced"), "{report:#}");
+    assert!(report["warning"].as_str().unwrap_or_default().contains("no terminate notification profile"), "{report:#}");
     let human = stdout(&sandbox.cli(&["events"]));
     assert!(human.contains("Terminate T-OURS [Scheduled] for pool_3") && human.contains("approved"), "{human}");
     // A restart and a new incarnation of the same events: nothing is approved twice.

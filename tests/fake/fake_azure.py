@@ -71,7 +71,7 @@ state = {
     "scheduled_events": {"DocumentIncarnation": 0, "Events": []},
     "approvals": [],
     # The scale set: its capacity and state, and the deletes it was asked for.
-    "scale_set": {"capacity": 3, "provisioningState": "Succeeded"},
+    "scale_set": {"capacity": 3, "provisioningState": "Succeeded", "terminateNotification": True},
     "deletes": [],
     "write_tokens": {},
     "client_id": None,
@@ -229,16 +229,23 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(400, {"error": "Bad request: unknown or already started event"})
         return self.reply(200, b"")
 
+    def arm_refusal(self, path, query, versions):
+        """What ARM answers before looking at the resource: (status, body), or None."""
+        version = (query.get("api-version") or [None])[0]
+        if version not in versions:
+            return 400, {"error": {"code": "InvalidApiVersionParameter", "message": f"api-version {version} is not supported"}}
+        if not self.bearer("https://management.azure.com/"):
+            return 401, {"error": {"code": "AuthenticationFailed", "message": "missing, expired or of another audience"}}
+        if self.forbidden(path):
+            return 403, {"error": {"code": "AuthorizationFailed", "message": f"the client has no authorization to perform this action on {path}"}}
+        return None
+
     def scale_set(self, method, path, query):
         """GET the scale set, or POST …/delete with {"instanceIds": [...]}."""
-        version = (query.get("api-version") or [None])[0]
-        if version not in COMPUTE_VERSIONS:
-            return self.reply(400, {"error": {"code": "InvalidApiVersionParameter", "message": f"api-version {version} is not supported"}})
         data = self.body() if method == "POST" else b""
-        if not self.bearer("https://management.azure.com/"):
-            return self.reply(401, {"error": {"code": "AuthenticationFailed", "message": "missing, expired or of another audience"}})
-        if self.forbidden(path):
-            return self.reply(403, {"error": {"code": "AuthorizationFailed", "message": "no authorization for this action"}})
+        refused = self.arm_refusal(path, query, COMPUTE_VERSIONS)
+        if refused:
+            return self.reply(*refused)
         parts = path.split("/")
         with lock:
             compute = dict(state["compute"])
@@ -250,7 +257,11 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(200, {"name": compute["vmScaleSetName"], "location": compute["location"],
                                     "sku": {"name": "Standard_D4s_v5", "tier": "Standard", "capacity": scale_set["capacity"]},
                                     "properties": {"provisioningState": scale_set["provisioningState"],
-                                                   "orchestrationMode": "Uniform"}})
+                                                   "orchestrationMode": "Uniform",
+                                                   "virtualMachineProfile": {"scheduledEventsProfile": {
+                                                       "terminateNotificationProfile": {
+                                                           "enable": scale_set.get("terminateNotification", True),
+                                                           "notBeforeTimeout": "PT10M"}}}}})
         if len(parts) == 10 and parts[9] == "delete" and method == "POST":
             try:
                 ids = json.loads(data)["instanceIds"]
@@ -269,14 +280,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def instance(self, method, path, query):
         """GET or PUT a scale set instance (only its protection policy is modelled)."""
-        version = (query.get("api-version") or [None])[0]
-        if version not in COMPUTE_VERSIONS:
-            return self.reply(400, {"error": {"code": "InvalidApiVersionParameter", "message": f"api-version {version} is not supported"}})
         data = self.body() if method == "PUT" else b""
-        if not self.bearer("https://management.azure.com/"):
-            return self.reply(401, {"error": {"code": "AuthenticationFailed", "message": "missing, expired or of another audience"}})
-        if self.forbidden(path):
-            return self.reply(403, {"error": {"code": "AuthorizationFailed", "message": "does not have authorization to perform action 'Microsoft.Compute/virtualMachineScaleSets/virtualMachines/write'"}})
+        refused = self.arm_refusal(path, query, COMPUTE_VERSIONS)
+        if refused:
+            return self.reply(*refused)
         parts = path.split("/")
         with lock:
             compute = dict(state["compute"])
@@ -325,16 +332,12 @@ class Handler(BaseHTTPRequestHandler):
                                 "properties": {"protectionPolicy": policy, "provisioningState": "Succeeded"}})
 
     def list_keys(self, method, path, query):
-        version = (query.get("api-version") or [None])[0]
-        if version not in STORAGE_VERSIONS:
-            return self.reply(400, {"error": {"code": "InvalidApiVersionParameter", "message": f"api-version {version} is not supported"}})
         if method != "POST":
             return self.reply(405, {"error": {"code": "MethodNotAllowed"}})
         self.body()
-        if not self.bearer("https://management.azure.com/"):
-            return self.reply(401, {"error": {"code": "AuthenticationFailed", "message": "missing, expired or of another audience"}})
-        if self.forbidden(path):
-            return self.reply(403, {"error": {"code": "AuthorizationFailed", "message": "does not have authorization to perform action 'Microsoft.Storage/storageAccounts/listKeys/action'"}})
+        refused = self.arm_refusal(path, query, STORAGE_VERSIONS)
+        if refused:
+            return self.reply(*refused)
         parts = path.split("/")
         with lock:
             compute = dict(state["compute"])

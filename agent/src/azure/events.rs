@@ -86,6 +86,9 @@ pub struct EventsReport {
     pub approvals: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_drain: Option<String>,
+    /// Something about the scale set that keeps events from coming (no terminate notification profile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -322,6 +325,32 @@ fn copy_logs(logs: &Path, share: &ShareNews, instance: &str) -> String {
         }
     }
     format!("{copied} script log(s) copied to {}", target.display())
+}
+
+/// Reads the scale set's model once: without a terminate notification
+/// profile a VM removed by autoscale gets no Terminate event, and no drain.
+pub async fn check_terminate_profile(
+    report: Arc<Mutex<EventsReport>>,
+    http: reqwest::Client,
+    tokens: Arc<super::token::Tokens>,
+    scale_set_url: String,
+) {
+    let url = format!("{scale_set_url}?api-version={}", super::protect::COMPUTE_API);
+    let answer = super::arm::send(&http, &tokens, super::token::MANAGEMENT, reqwest::Method::GET, &url, None).await;
+    let Ok(answer) = answer else { return };
+    if !answer.success() {
+        return;
+    }
+    let Ok(model) = serde_json::from_slice::<serde_json::Value>(&answer.body) else { return };
+    let enabled = model
+        .pointer("/properties/virtualMachineProfile/scheduledEventsProfile/terminateNotificationProfile/enable")
+        .and_then(|e| e.as_bool())
+        == Some(true);
+    if !enabled {
+        let why = "the scale set has no terminate notification profile: a VM that autoscale removes gets no Terminate event, so users are not warned (README: Scale to zero on Azure)";
+        tracing::warn!(component = "azure", "{why}");
+        Shown(report).update(|r| r.warning = Some(why.to_string()));
+    }
 }
 
 #[cfg(test)]

@@ -420,6 +420,11 @@ async fn run_with(ctx: &TaskContext, azure: &Azure, settings: Arc<Settings>) -> 
         );
         tokio_util::task::AbortOnDropHandle::new(tokio::spawn(keeper))
     });
+    let _profile_check = (settings.azure.scheduled_events && !compute.vm_scale_set_name.is_empty()).then(|| {
+        let url = format!("{}{}", settings.azure.arm_endpoint, compute.metrics_resource());
+        let check = events::check_terminate_profile(azure.0.events.clone(), http.clone(), tokens.clone(), url);
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(check))
+    });
     let _events = settings.azure.scheduled_events.then(|| {
         let watcher = events::watch(
             ctx.clone(),

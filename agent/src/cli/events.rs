@@ -18,6 +18,9 @@ pub fn summary(report: &EventsReport) -> String {
     if let Some(error) = &report.error {
         let _ = writeln!(out, "  last error: {error}");
     }
+    if let Some(warning) = &report.warning {
+        let _ = writeln!(out, "  warning: {warning}");
+    }
     if report.events.is_empty() {
         let _ = writeln!(out, "  none scheduled");
     }
