@@ -608,6 +608,10 @@ fn a_terminate_for_this_vm_is_drained_then_approved_once_and_no_other_vm_s_event
     fake.configure(serde_json::json!({"scale_set": {"capacity": 3, "provisioningState": "Succeeded", "terminateNotification": false}}));
     let sandbox = Sandbox::new();
     sandbox.write_config(&azure_config(&fake, ""));
+    // As a crash in the middle of draining T-OURS leaves it: drained again, approved once.
+    let state = sandbox.root().join("var/lib/pool-agent");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("scheduled-events.json"), r#"{"events": {"T-OURS": "draining"}}"#).unwrap();
     let daemon = sandbox.start();
     let approved = eventually(Duration::from_secs(30), || Some(approved_ids(&fake)).filter(|ids| ids.len() >= 2))
         .unwrap_or_else(|| panic!("not approved: {:#}", sandbox.cli_json(&["events", "--json"])));
@@ -615,6 +619,9 @@ fn a_terminate_for_this_vm_is_drained_then_approved_once_and_no_other_vm_s_event
     let mut approved_sorted = approved_ids(&fake);
     approved_sorted.sort();
     assert_eq!(approved_sorted, ["F-OURS", "T-OURS"], "first seen: {approved:?}");
+    let kept: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("scheduled-events.json")).unwrap()).unwrap();
+    assert_eq!(kept["events"]["T-OURS"], "approved", "the record a restart reads: {kept}");
     // Drained before it was approved: new logins refused with a message that says why.
     let nologin = std::fs::read_to_string(sandbox.root().join("run/nologin")).unwrap_or_default();
     assert!(nologin.contains("Terminate") && nologin.contains("Save your work"), "{nologin:?}");
