@@ -254,6 +254,8 @@ pub async fn keep(
     let mut retry_at: Option<SystemTime> = None;
     let mut retry = FIRST_RETRY;
     let mut gone = false;
+    // The release being written was counted already (its retries are not counted again).
+    let mut release_counted = false;
     loop {
         let now = ctx.clock.now();
         let due = |at: Option<SystemTime>| at.is_none_or(|at| now >= at);
@@ -267,10 +269,18 @@ pub async fn keep(
                 _ => Some(policy.decide(idle_now, protected, now)),
             };
             let write = match want {
-                Some(Want::Protect) => Some(true),
+                Some(Want::Protect) => {
+                    // A release given up for a protect was not made: the next one counts.
+                    release_counted = false;
+                    Some(true)
+                }
                 Some(Want::Release) => {
-                    policy.count_release(now);
-                    save(&file, &policy);
+                    // A release retried after a 409 or 429 is still the same release.
+                    if !release_counted {
+                        policy.count_release(now);
+                        save(&file, &policy);
+                        release_counted = true;
+                    }
                     Some(false)
                 }
                 Some(Want::Nothing) => None,
@@ -311,6 +321,7 @@ pub async fn keep(
                         tracing::info!(component = "azure", "scale-in protection {what}");
                         // What was written counts until the read-back says otherwise.
                         protected = Some(protect);
+                        release_counted = false;
                         confirm = Some((protect, now + between(CONFIRM_AFTER)));
                         retry = FIRST_RETRY;
                         set_view.update(|v| v.error = None);
