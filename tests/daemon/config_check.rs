@@ -166,10 +166,10 @@ fn the_check_refuses_what_would_fail_at_run_time_naming_file_line_key_and_fix() 
             "config.toml:4: share.options: `password=` does not belong in the config",
         ),
         (
-            format!("{azure}key_source = \"managed-identity\"\n")
+            format!("{azure}key_source = \"key-vault\"\n")
                 .replace("key_file = \"/etc/pool-agent/secrets/storage-key\"\n", ""),
             Box::new(|| {}),
-            "config.toml:5: share.key_source: \"managed-identity\" is not built",
+            "config.toml:5: share.key_vault_secret: is needed with key_source = \"key-vault\"",
         ),
         (
             "[instance]\nlocal_user = \"nosuchuser\"\n".to_string(),
