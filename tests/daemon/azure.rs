@@ -726,3 +726,28 @@ fn self_delete_fires_once_and_never_while_active_updating_at_the_floor_or_with_a
     assert_eq!(fake.read("deletes").len(), 1, "{:#}", azure_json(&sandbox));
     assert_eq!(azure_json(&sandbox)["self_delete"]["state"], "requested");
 }
+
+#[test]
+fn self_delete_triggered_again_during_its_wait_still_asks_once() {
+    let Some(fake) = FakeAzure::start() else { return };
+    let sandbox = Sandbox::new();
+    // No floor: a second request would not be held back by the capacity the first one took.
+    let config = delete_self_config(&fake)
+        .replace("delete_wait = \"3s\"", "delete_wait = \"20s\"")
+        .replace("min_instances = 2", "min_instances = 0");
+    sandbox.write_config(&config);
+    let daemon = sandbox.start();
+    // Every check passed: the VM is in its random wait before deleting.
+    let deciding = eventually(Duration::from_secs(180), || {
+        Some(azure_json(&sandbox)).filter(|a| a["self_delete"]["state"] == "deciding")
+    });
+    assert!(deciding.is_some(), "{:#}", azure_json(&sandbox));
+    // A reload that changes [azure] starts the capability again: a second trigger, racing the first.
+    sandbox.write_config(&config.replace("delete_wait = \"20s\"", "delete_wait = \"2s\""));
+    daemon.signal("HUP");
+    let deleted = eventually(Duration::from_secs(150), || Some(fake.read("deletes")).filter(|d| !d.is_empty()));
+    assert!(deleted.is_some(), "never deleted: {:#}", azure_json(&sandbox));
+    // The first trigger's wait (up to 20 s) has passed too: still one request.
+    std::thread::sleep(Duration::from_secs(22));
+    assert_eq!(fake.read("deletes").len(), 1, "{:?}", fake.read("deletes"));
+}

@@ -216,12 +216,24 @@ pub async fn keep(ctx: TaskContext, view: Arc<Mutex<DeleteView>>, inputs: Inputs
 async fn request(ctx: &TaskContext, shown: &Shown, inputs: &Inputs, file: &std::path::Path, instance_id: &str) {
     let at = rfc3339(ctx.clock.now());
     let record = serde_json::json!({"at": at, "instance": instance_id});
-    if let Err(err) = crate::core::atomic::replace_file(file, record.to_string().as_bytes(), 0o644) {
-        // Without the record a restart could ask again: do not ask at all.
-        let why = format!("cannot record the delete request in {}: {err}; not deleting", file.display());
+    // Created, never replaced: of two triggers racing, only the one that makes the file asks.
+    let parent_made = file.parent().map_or(Ok(()), std::fs::create_dir_all);
+    let recorded = parent_made
+        .and_then(|()| std::fs::OpenOptions::new().write(true).create_new(true).open(file))
+        .and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(record.to_string().as_bytes())?;
+            f.sync_all()
+        });
+    if let Err(err) = recorded {
+        let why = match err.kind() {
+            std::io::ErrorKind::AlreadyExists => "the delete was already asked for; it is asked only once".to_string(),
+            // Without the record a restart could ask again: do not ask at all.
+            _ => format!("cannot record the delete request in {}: {err}; not deleting", file.display()),
+        };
         tracing::warn!(component = "azure", "{why}");
         shown.update(|v| {
-            v.state = "failed".into();
+            v.state = if err.kind() == std::io::ErrorKind::AlreadyExists { "requested" } else { "failed" }.into();
             v.why = why;
         });
         return;
