@@ -127,8 +127,8 @@ class Handler(BaseHTTPRequestHandler):
             })
 
     def body(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+        """The request's body, read once when the request arrives (see route)."""
+        return self._body
 
     def do_GET(self):
         self.route("GET")
@@ -140,6 +140,10 @@ class Handler(BaseHTTPRequestHandler):
         self.route("PUT")
 
     def route(self, method):
+        # Read the body before any answer: one left unread on a kept-alive
+        # connection would be taken for the next request's first line.
+        length = int(self.headers.get("Content-Length") or 0)
+        self._body = self.rfile.read(length) if length else b""
         url = urlparse(self.path)
         path, query = url.path, parse_qs(url.query)
         if path.startswith("/_fake/"):
