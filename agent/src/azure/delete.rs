@@ -11,7 +11,7 @@
 use super::events::EventsReport;
 use super::protect::{self, ProtectionView};
 use super::token::{self, Tokens};
-use super::Compute;
+use super::{Compute, Shown};
 use crate::core::clock::rfc3339;
 use crate::core::task::TaskContext;
 use std::sync::{Arc, Mutex};
@@ -32,14 +32,6 @@ pub struct DeleteView {
     pub why: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_at: Option<String>,
-}
-
-struct Shown(Arc<Mutex<DeleteView>>);
-
-impl Shown {
-    fn update(&self, change: impl FnOnce(&mut DeleteView)) {
-        change(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
-    }
 }
 
 /// What the checks read besides the verdict.
@@ -213,7 +205,13 @@ pub async fn keep(ctx: TaskContext, view: Arc<Mutex<DeleteView>>, inputs: Inputs
 }
 
 /// Records the request, then sends it: a crash in between never sends a second.
-async fn request(ctx: &TaskContext, shown: &Shown, inputs: &Inputs, file: &std::path::Path, instance_id: &str) {
+async fn request(
+    ctx: &TaskContext,
+    shown: &Shown<DeleteView>,
+    inputs: &Inputs,
+    file: &std::path::Path,
+    instance_id: &str,
+) {
     let at = rfc3339(ctx.clock.now());
     let record = serde_json::json!({"at": at, "instance": instance_id});
     // Created, never replaced: of two triggers racing, only the one that makes the file asks.

@@ -13,6 +13,7 @@
 //! a restart never approves twice.
 
 use super::imds::Imds;
+use super::Shown;
 use crate::core::clock::rfc3339;
 use crate::core::shared::ShareNews;
 use crate::core::task::TaskContext;
@@ -93,15 +94,6 @@ pub struct EventsReport {
     pub error: Option<String>,
 }
 
-/// The report `GET /v1/events` reads, updated in place.
-struct Shown(Arc<Mutex<EventsReport>>);
-
-impl Shown {
-    fn update(&self, change: impl FnOnce(&mut EventsReport)) {
-        change(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
-    }
-}
-
 /// What was done with each event, kept across restarts.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Handled {
@@ -172,7 +164,7 @@ async fn act(
     approve: &[String],
     handled: &mut Handled,
     file: &Path,
-    set: &Shown,
+    set: &Shown<EventsReport>,
 ) {
     let now = ctx.clock.now();
     let mut views = Vec::new();
@@ -231,7 +223,13 @@ async fn act(
 }
 
 /// Approves one event (recorded first: a restart never approves it again).
-async fn approve_event(imds: &Imds, event: &Event, handled: &mut Handled, file: &Path, set: &Shown) -> String {
+async fn approve_event(
+    imds: &Imds,
+    event: &Event,
+    handled: &mut Handled,
+    file: &Path,
+    set: &Shown<EventsReport>,
+) -> String {
     handled.events.insert(event.event_id.clone(), "approved".into());
     save(file, handled);
     let body = serde_json::json!({"StartRequests": [{"EventId": event.event_id}]});

@@ -208,17 +208,14 @@ pub async fn keep(
     compute: Compute,
     arm_endpoint: String,
 ) {
-    let set_view = |change: &dyn Fn(&mut KeyView)| {
-        let mut view = view.lock().unwrap_or_else(|p| p.into_inner());
-        change(&mut view);
-    };
+    let set_view = super::Shown(view);
     let first = spec.spread.mul_f64(fastrand::f64());
     let previous = ctx.shared.storage_key();
     let mut generation = previous.generation;
     let mut current = previous.key.clone();
     if current.is_none() {
         let at = crate::core::clock::rfc3339(ctx.clock.now() + first);
-        set_view(&|v| v.next_fetch = Some(at.clone()));
+        set_view.update(|v| v.next_fetch = Some(at.clone()));
         ctx.shared.publish_storage_key(KeyNews {
             error: Some(format!(
                 "first fetch at {at} (a random point within share.key_fetch_spread, so a pool does not ask at once)"
@@ -241,7 +238,7 @@ pub async fn keep(
                     generation += 1;
                     let at = ctx.clock.now();
                     tracing::info!(component = "azure", "fetched the storage key ({from}), generation {generation}");
-                    set_view(&|v| {
+                    set_view.update(|v| {
                         v.from = from.clone();
                         v.fetched_at = Some(crate::core::clock::rfc3339(at));
                         v.fetches += 1;
@@ -263,7 +260,7 @@ pub async fn keep(
                     retry = (retry * 2).min(REFETCH_EVERY);
                     let next = crate::core::clock::rfc3339(ctx.clock.now() + wait);
                     tracing::warn!(component = "azure", "cannot fetch the storage key: {}; again at {next}", err.why);
-                    set_view(&|v| {
+                    set_view.update(|v| {
                         v.error = Some(err.why.clone());
                         v.next_fetch = Some(next.clone());
                     });
@@ -294,7 +291,7 @@ pub async fn keep(
         if let Some(wait) = last_refetch.and_then(|at| (at + REFETCH_EVERY).duration_since(now).ok()) {
             let at = crate::core::clock::rfc3339(now + wait);
             tracing::warn!(component = "azure", "the storage key was refused; fetching it again at {at}");
-            set_view(&|v| v.next_fetch = Some(at.clone()));
+            set_view.update(|v| v.next_fetch = Some(at.clone()));
             tokio::select! {
                 _ = ctx.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}

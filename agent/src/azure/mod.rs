@@ -145,6 +145,16 @@ pub struct AzureReport {
     pub error: Option<String>,
 }
 
+/// A view a background task keeps and `pool-agent azure` reads: one lock,
+/// changed in place (poisoning is ignored: a view is only ever overwritten).
+pub struct Shown<T>(pub Arc<Mutex<T>>);
+
+impl<T> Shown<T> {
+    pub fn update(&self, change: impl FnOnce(&mut T)) {
+        change(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
 /// What the health answer reads, set when the task starts.
 struct Inputs {
     board: Arc<StatusBoard>,

@@ -8,7 +8,7 @@
 //! 2 × releases + 1.
 
 use super::token::{self, Tokens};
-use super::Compute;
+use super::{Compute, Shown};
 use crate::core::clock::rfc3339;
 use crate::core::task::TaskContext;
 use std::collections::VecDeque;
@@ -117,15 +117,6 @@ pub struct ProtectionView {
     pub next_release: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-}
-
-/// The view `pool-agent azure` reads, updated in place.
-pub struct Shown(Arc<Mutex<ProtectionView>>);
-
-impl Shown {
-    fn update(&self, change: impl FnOnce(&mut ProtectionView)) {
-        change(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
-    }
 }
 
 #[derive(serde::Serialize, serde::Deserialize, Default)]
@@ -370,7 +361,7 @@ fn handle_failure(
     retry: &mut Duration,
     gone: &mut bool,
     now: SystemTime,
-    set_view: &Shown,
+    set_view: &Shown<ProtectionView>,
 ) {
     match outcome {
         Outcome::Done(_) => {}
