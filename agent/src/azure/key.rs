@@ -199,9 +199,11 @@ async fn call(
 
 /// Fetches the key once the spread has passed, publishes it, and fetches
 /// again when a mount says the server refused it.
+#[allow(clippy::too_many_arguments)]
 pub async fn keep(
     ctx: TaskContext,
     view: std::sync::Arc<std::sync::Mutex<KeyView>>,
+    problems: super::Problems,
     http: reqwest::Client,
     tokens: std::sync::Arc<Tokens>,
     spec: KeySpec,
@@ -245,6 +247,7 @@ pub async fn keep(
                         v.next_fetch = None;
                         v.error = None;
                     });
+                    problems.set("share key", None);
                     ctx.shared.publish_storage_key(KeyNews {
                         generation,
                         key: Some(key.clone()),
@@ -256,9 +259,15 @@ pub async fn keep(
                     retry = FIRST_RETRY;
                 }
                 Err(err) => {
-                    let wait = err.retry_after.unwrap_or_else(|| retry.mul_f64(0.5 + fastrand::f64() / 2.0));
+                    // A server may ask for any delay: an hour at most, and no arithmetic that can overflow.
+                    let wait = err
+                        .retry_after
+                        .unwrap_or_else(|| retry.mul_f64(0.5 + fastrand::f64() / 2.0))
+                        .min(Duration::from_secs(3600));
                     retry = (retry * 2).min(REFETCH_EVERY);
-                    let next = crate::core::clock::rfc3339(ctx.clock.now() + wait);
+                    let now = ctx.clock.now();
+                    let next = crate::core::clock::rfc3339(now.checked_add(wait).unwrap_or(now));
+                    problems.set("share key", Some(err.why.clone()));
                     tracing::warn!(component = "azure", "cannot fetch the storage key: {}; again at {next}", err.why);
                     set_view.update(|v| {
                         v.error = Some(err.why.clone());

@@ -16,8 +16,12 @@ pub mod health;
 pub mod imds;
 pub mod key;
 pub mod monitor;
+pub mod problems;
 pub mod protect;
+mod publish;
 pub mod token;
+
+pub use problems::Problems;
 
 use crate::config::{AzureEnabled, Settings};
 use crate::core::board::StatusBoard;
@@ -155,6 +159,10 @@ impl<T> Shown<T> {
     }
 }
 
+/// A keeper's task, made again each time the supervisor starts it.
+type Keeper = futures_util::future::BoxFuture<'static, ()>;
+type MakeKeeper = Box<dyn Fn() -> Keeper + Send + Sync>;
+
 /// What the health answer reads, set when the task starts.
 struct Inputs {
     board: Arc<StatusBoard>,
@@ -173,6 +181,8 @@ struct Inner {
     events: Arc<Mutex<events::EventsReport>>,
     self_delete: Arc<Mutex<delete::DeleteView>>,
     inputs: OnceLock<Inputs>,
+    /// What the keepers cannot do, for the status board.
+    problems: Problems,
     imds: ImdsCounters,
     posts: Family<Vec<(String, String)>, Counter>,
     dropped: Family<Vec<(String, String)>, Counter>,
@@ -192,6 +202,7 @@ impl Azure {
             events: Arc::default(),
             self_delete: Arc::default(),
             inputs: OnceLock::new(),
+            problems: Problems::default(),
             imds: ImdsCounters::default(),
             posts: Family::default(),
             dropped: Family::default(),
@@ -282,6 +293,7 @@ async fn azure_report(State(azure): State<Azure>) -> Json<AzureReport> {
 }
 
 async fn run(ctx: TaskContext, azure: Azure) -> TaskResult {
+    azure.0.problems.attach(ctx.board.clone());
     let _ = azure.0.inputs.set(Inputs {
         board: ctx.board.clone(),
         shared: ctx.shared.clone(),
@@ -333,6 +345,8 @@ async fn run_with(ctx: &TaskContext, azure: &Azure, settings: Arc<Settings>) -> 
     *azure.0.protection.lock().unwrap_or_else(|p| p.into_inner()) = protect::ProtectionView::default();
     *azure.0.events.lock().unwrap_or_else(|p| p.into_inner()) = events::EventsReport::default();
     *azure.0.self_delete.lock().unwrap_or_else(|p| p.into_inner()) = delete::DeleteView::default();
+    azure.0.problems.clear();
+    ctx.shared.publish_protection(crate::core::shared::ProtectionNews::NotKept);
     let _health = health_server(&ctx, &azure, &settings).await;
     if settings.azure.enabled == AzureEnabled::Off {
         azure.update(|r| r.state = "off".into());
@@ -416,19 +430,37 @@ async fn run_with(ctx: &TaskContext, azure: &Azure, settings: Arc<Settings>) -> 
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(|err| crate::core::task::TaskError::Failed(format!("cannot build the HTTP client: {err}")))?;
+    let supervised = |name: &'static str, keeper| {
+        let run = problems::supervise(name, azure.0.problems.clone(), ctx.shutdown.clone(), keeper);
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(run))
+    };
     let _key_keeper = key::spec(&settings).map(|spec| {
         *azure.0.key_view.lock().unwrap_or_else(|p| p.into_inner()) =
             key::KeyView { source: spec.source.as_str().to_string(), ..Default::default() };
-        let keeper = key::keep(
+        let (ctx, view, problems, http, tokens, compute) = (
             ctx.clone(),
             azure.0.key_view.clone(),
+            azure.0.problems.clone(),
             http.clone(),
             tokens.clone(),
-            spec,
             compute.clone(),
-            settings.azure.arm_endpoint.clone(),
         );
-        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(keeper))
+        let arm_endpoint = settings.azure.arm_endpoint.clone();
+        supervised(
+            "key",
+            Box::new(move || -> Keeper {
+                Box::pin(key::keep(
+                    ctx.clone(),
+                    view.clone(),
+                    problems.clone(),
+                    http.clone(),
+                    tokens.clone(),
+                    spec.clone(),
+                    compute.clone(),
+                    arm_endpoint.clone(),
+                ))
+            }) as MakeKeeper,
+        )
     });
     let _profile_check = (settings.azure.scheduled_events && !compute.vm_scale_set_name.is_empty()).then(|| {
         let url = format!("{}{}", settings.azure.arm_endpoint, compute.metrics_resource());
@@ -436,14 +468,14 @@ async fn run_with(ctx: &TaskContext, azure: &Azure, settings: Arc<Settings>) -> 
         tokio_util::task::AbortOnDropHandle::new(tokio::spawn(check))
     });
     let _events = settings.azure.scheduled_events.then(|| {
-        let watcher = events::watch(
-            ctx.clone(),
-            azure.0.events.clone(),
-            imds.clone(),
-            compute.name.clone(),
-            settings.azure.approve.clone(),
-        );
-        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(watcher))
+        let (ctx, view, imds, name) = (ctx.clone(), azure.0.events.clone(), imds.clone(), compute.name.clone());
+        let approve = settings.azure.approve.clone();
+        supervised(
+            "events",
+            Box::new(move || -> Keeper {
+                Box::pin(events::watch(ctx.clone(), view.clone(), imds.clone(), name.clone(), approve.clone()))
+            }) as MakeKeeper,
+        )
     });
     let _self_delete = (settings.idle.action == crate::config::IdleAction::DeleteSelf).then(|| {
         let inputs = delete::Inputs {
@@ -460,29 +492,36 @@ async fn run_with(ctx: &TaskContext, azure: &Azure, settings: Arc<Settings>) -> 
         let keeper = delete::keep(ctx.clone(), azure.0.self_delete.clone(), inputs);
         tokio_util::task::AbortOnDropHandle::new(tokio::spawn(keeper))
     });
+    if settings.azure.protect {
+        ctx.shared.publish_protection(crate::core::shared::ProtectionNews::Unknown);
+    }
     let _protection = settings.azure.protect.then(|| {
-        let keeper = protect::keep(
-            ctx.clone(),
-            azure.0.protection.clone(),
-            http.clone(),
-            tokens.clone(),
-            compute.clone(),
-            settings.azure.arm_endpoint.clone(),
-            settings.azure.release_after,
-            settings.azure.max_releases_per_hour,
-        );
-        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(keeper))
+        let (ctx, view, problems, compute) =
+            (ctx.clone(), azure.0.protection.clone(), azure.0.problems.clone(), compute.clone());
+        let arm = (http.clone(), tokens.clone(), settings.azure.arm_endpoint.clone());
+        let (release_after, budget) = (settings.azure.release_after, settings.azure.max_releases_per_hour);
+        supervised(
+            "protection",
+            Box::new(move || -> Keeper {
+                Box::pin(protect::keep(
+                    ctx.clone(),
+                    view.clone(),
+                    problems.clone(),
+                    arm.clone(),
+                    compute.clone(),
+                    release_after,
+                    budget,
+                ))
+            }) as MakeKeeper,
+        )
     });
-    ctx.set(
-        ComponentState::Ready,
-        format!(
-            "on Azure: {} in {}; the verdict goes to Azure Monitor every {}",
-            compute.name,
-            compute.location,
-            crate::config::duration::format(settings.azure.metrics_interval)
-        ),
-    );
-    publish_metrics(&ctx, &azure, &http, &imds, &tokens, &url, &compute).await
+    azure.0.problems.ready(format!(
+        "on Azure: {} in {}; the verdict goes to Azure Monitor every {}",
+        compute.name,
+        compute.location,
+        crate::config::duration::format(settings.azure.metrics_interval)
+    ));
+    publish::publish_metrics(&ctx, &azure, &http, &imds, &tokens, &url, &compute).await
 }
 
 /// Hands the userData fragment to the daemon, which applies it as the last
@@ -545,181 +584,6 @@ async fn health_server(
 async fn health_answer(State(azure): State<Azure>) -> Json<serde_json::Value> {
     let healthy = azure.health_now().is_none_or(|h| h.healthy);
     Json(serde_json::json!({ "ApplicationHealthState": if healthy { "Healthy" } else { "Unhealthy" } }))
-}
-
-/// One bucket per interval (after a per-VM random offset, so a pool does not
-/// post in step), and the backlog posted oldest first until Azure takes it.
-#[allow(clippy::too_many_arguments)]
-async fn publish_metrics(
-    ctx: &TaskContext,
-    azure: &Azure,
-    http: &reqwest::Client,
-    imds: &Imds,
-    tokens: &Tokens,
-    url: &str,
-    compute: &Compute,
-) -> TaskResult {
-    let mut backlog = monitor::Backlog::default();
-    let interval = ctx.settings.borrow().azure.metrics_interval;
-    let offset = Duration::from_secs_f64(fastrand::f64() * (interval.as_secs_f64() / 2.0).min(30.0));
-    let mut boundary = next_boundary(ctx.clock.now(), interval);
-    let mut retry_at: Option<SystemTime> = None;
-    let mut failures = 0u32;
-    let mut reloads = ctx.shared.watch_reloads();
-    let mut user_data_at = ctx.clock.now() + USER_DATA_EVERY;
-    loop {
-        let due = boundary + offset;
-        let wake = retry_at.map_or(due, |at| at.min(due)).min(user_data_at);
-        let wait = wake.duration_since(ctx.clock.now()).unwrap_or_default();
-        let reloaded = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(wait) => false,
-            Ok(()) = reloads.changed() => true,
-        };
-        // Every few minutes, and at a reload: the scale set's fragment may have changed.
-        if reloaded || ctx.clock.now() >= user_data_at {
-            user_data_at = ctx.clock.now() + USER_DATA_EVERY;
-            if let Ok(fresh) = metadata(imds).await {
-                publish_user_data(ctx, azure, &fresh);
-            }
-            if reloaded {
-                continue;
-            }
-        }
-        let now = ctx.clock.now();
-        let settings = ctx.settings.borrow().clone();
-        if now >= due {
-            let protected = match azure.0.protection.lock().unwrap_or_else(|p| p.into_inner()).protected.as_str() {
-                "" | "off" | "gone" => None,
-                "no" => Some(false),
-                // Yes, pending or unknown: not removable until a release is confirmed.
-                _ => Some(true),
-            };
-            let bucket = monitor::bucket(boundary, now, &ctx.shared.idle(), &ctx.shared.share(), protected);
-            let capacity = (monitor::MAX_AGE.as_secs_f64() / interval.as_secs_f64()).ceil() as usize + 1;
-            backlog.push(bucket, capacity);
-            // A VM that slept (or a clock step) starts again from now, never a bucket ahead of it.
-            boundary = next_boundary(now, interval).max(boundary + interval);
-        }
-        let expired = backlog.expire(now);
-        if expired > 0 {
-            azure.0.dropped.get_or_create(&vec![("reason".into(), "too_old".into())]).inc_by(expired);
-            tracing::warn!(component = "azure", "{expired} metric bucket(s) older than Azure takes were dropped");
-        }
-        let instance = settings.azure.instance_dimension.then_some(compute.name.as_str());
-        match post_backlog(ctx, azure, http, tokens, url, &settings.azure.metrics_namespace, instance, &mut backlog)
-            .await
-        {
-            Ok(()) => {
-                retry_at = None;
-                failures = 0;
-            }
-            Err(after) => {
-                failures += 1;
-                let backoff = Duration::from_secs(5).saturating_mul(1 << failures.min(4)).min(Duration::from_secs(60));
-                retry_at = Some(now + after.unwrap_or(backoff.mul_f64(0.5 + fastrand::f64() / 2.0)));
-            }
-        }
-        azure.update(|r| {
-            r.backlog = backlog.len();
-            r.dropped_too_old = backlog.dropped_too_old;
-            r.dropped_rejected = backlog.dropped_rejected;
-        });
-    }
-}
-
-/// The next interval boundary after `now` (whole minutes for 1m).
-fn next_boundary(now: SystemTime, interval: Duration) -> SystemTime {
-    let since = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
-    let step = interval.as_millis().max(1);
-    SystemTime::UNIX_EPOCH + Duration::from_millis(((since / step + 1) * step) as u64)
-}
-
-/// Posts the backlog oldest first. Err: stop and try again later (with the
-/// endpoint's `Retry-After` if it gave one).
-#[allow(clippy::too_many_arguments)]
-async fn post_backlog(
-    ctx: &TaskContext,
-    azure: &Azure,
-    http: &reqwest::Client,
-    tokens: &Tokens,
-    url: &str,
-    namespace: &str,
-    instance: Option<&str>,
-    backlog: &mut monitor::Backlog,
-) -> Result<(), Option<Duration>> {
-    while let Some(bucket) = backlog.oldest() {
-        let body = monitor::body(bucket, namespace, instance);
-        let mut forced = false;
-        let answer = loop {
-            let token = match tokens.get(token::MONITORING, forced).await {
-                Ok(token) => token,
-                Err(err) => {
-                    record(azure, 0, format!("no token for {}: {err}", token::MONITORING), "no_token");
-                    return Err(None);
-                }
-            };
-            let sent = http
-                .post(url)
-                .header(reqwest::header::AUTHORIZATION, token.bearer())
-                .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
-                .body(body.clone())
-                .send()
-                .await;
-            match sent {
-                // One forced refresh and one retry after a 401: a token revoked or rotated early.
-                Ok(answer) if answer.status() == reqwest::StatusCode::UNAUTHORIZED && !forced => forced = true,
-                other => break other,
-            }
-        };
-        let answer = match answer {
-            Ok(answer) => answer,
-            Err(err) => {
-                record(azure, 0, imds::describe(&err), "unreachable");
-                return Err(None);
-            }
-        };
-        let status = answer.status();
-        let retry_after = imds::retry_after(&answer);
-        let text: String = answer.text().await.unwrap_or_default().chars().take(500).collect();
-        match status.as_u16() {
-            200..=299 => {
-                backlog.accepted();
-                azure.update(|r| r.buckets_posted += 1);
-                record(azure, status.as_u16(), "accepted".into(), "accepted");
-                if ctx.board.state_of(ComponentId::Azure) != Some(ComponentState::Ready) {
-                    ctx.set(ComponentState::Ready, "posting the verdict to Azure Monitor".to_string());
-                }
-            }
-            400 => {
-                tracing::warn!(component = "azure", "Azure Monitor refused a metric bucket (400): {text}");
-                backlog.rejected();
-                azure.0.dropped.get_or_create(&vec![("reason".into(), "rejected".into())]).inc();
-                record(azure, 400, text, "rejected");
-            }
-            403 => {
-                let why = "the VM's identity may not publish metrics: give it the Monitoring Metrics Publisher role on the scale set";
-                ctx.set_error(
-                    ComponentState::Degraded,
-                    "Azure Monitor refused the post (403)".to_string(),
-                    why.to_string(),
-                );
-                record(azure, 403, format!("{why}: {text}"), "forbidden");
-                return Err(None);
-            }
-            code => {
-                record(azure, code, text, "retry");
-                return Err(retry_after);
-            }
-        }
-    }
-    Ok(())
-}
-
-fn record(azure: &Azure, status: u16, detail: String, outcome: &str) {
-    azure.0.posts.get_or_create(&vec![("outcome".into(), outcome.into())]).inc();
-    let at = crate::core::clock::rfc3339(azure.now());
-    azure.update(|r| r.last_post = Some(LastPost { at, status, detail }));
 }
 
 #[cfg(test)]
@@ -812,7 +676,7 @@ mod tests {
     }
 
     #[test]
-    fn metrics_go_to_the_scale_set_and_buckets_start_on_boundaries() {
+    fn metrics_go_to_the_scale_set() {
         let compute = Compute {
             subscription_id: "sub".into(),
             resource_group_name: "rg".into(),
@@ -823,11 +687,6 @@ mod tests {
         assert_eq!(
             compute.metrics_resource(),
             "/subscriptions/sub/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/pool"
-        );
-        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_030);
-        assert_eq!(
-            next_boundary(at, Duration::from_secs(60)),
-            SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_060)
         );
     }
 }

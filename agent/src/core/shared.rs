@@ -149,10 +149,32 @@ impl IdleNews {
         self.sampled_at.is_some_and(|at| verdict_is_stale(at, self.interval, now))
     }
 
+    /// When this verdict turns stale if no new one comes (just past three intervals).
+    pub fn stale_at(&self) -> Option<std::time::SystemTime> {
+        let age = self.interval.checked_mul(STALE_AFTER_INTERVALS)? + std::time::Duration::from_millis(1);
+        self.sampled_at?.checked_add(age)
+    }
+
     /// The only verdict anyone may act on: made, idle, and fresh.
     pub fn idle_now(&self, now: std::time::SystemTime) -> bool {
         self.known && self.idle && !self.is_stale(now)
     }
+}
+
+/// Scale-in protection as the Azure capability believes it, for the
+/// metrics and self-delete to read as a type (never a display string).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ProtectionNews {
+    /// The agent keeps no protection (`azure.protect = false`, off Azure, not a scale set's VM).
+    #[default]
+    NotKept,
+    /// Not read yet, or an answer was lost.
+    Unknown,
+    Protected,
+    /// Released, as a read or a write's answer showed.
+    Released,
+    /// Absent on repeated reads: being deleted.
+    Gone,
 }
 
 #[derive(Clone)]
@@ -175,6 +197,7 @@ pub struct SharedState {
     /// The generation of the fetched key a mount refused (authentication):
     /// the Azure capability fetches again.
     fresh_key_wanted: Arc<watch::Sender<u64>>,
+    protection: Arc<watch::Sender<ProtectionNews>>,
 }
 
 impl Default for SharedState {
@@ -195,7 +218,9 @@ impl SharedState {
         let (reloads, _) = watch::channel(0);
         let (storage_key, _) = watch::channel(KeyNews::default());
         let (fresh_key_wanted, _) = watch::channel(0);
+        let (protection, _) = watch::channel(ProtectionNews::default());
         Self {
+            protection: Arc::new(protection),
             storage_key: Arc::new(storage_key),
             fresh_key_wanted: Arc::new(fresh_key_wanted),
             reloads: Arc::new(reloads),
@@ -208,6 +233,14 @@ impl SharedState {
             idle: Arc::new(idle),
             instance: Arc::new(std::sync::RwLock::new(String::new())),
         }
+    }
+
+    pub fn publish_protection(&self, news: ProtectionNews) {
+        self.protection.send_if_modified(|current| std::mem::replace(current, news) != news);
+    }
+
+    pub fn protection(&self) -> ProtectionNews {
+        *self.protection.borrow()
     }
 
     pub fn publish_storage_key(&self, news: KeyNews) {
