@@ -559,24 +559,118 @@ fn protection_writes_honour_retry_after_retry_a_conflict_and_stop_for_an_instanc
     assert_eq!(puts.iter().map(|p| p["status"].as_u64().unwrap()).collect::<Vec<_>>(), [429, 409, 200]);
     let time = |i: usize| puts[i]["time"].as_f64().unwrap();
     assert!(time(1) - time(0) >= 3.0, "asked again {:.1} s after Retry-After: 3", time(1) - time(0));
-    assert!(time(2) - time(1) >= 10.0, "a 409 retried after {:.1} s (10-30 s)", time(2) - time(1));
-    // The instance is being deleted: a 400 saying it is not active ends the work, no more writes.
-    fake.fault(serde_json::json!({"path": INSTANCE, "status": 400,
-        "body": {"error": {"code": "OperationNotAllowed", "message": "The operation is not allowed because the VM instance is not active."}}}));
+    assert!(time(2) - time(1) >= 5.0, "a 409 retried after {:.1} s (5-15 s)", time(2) - time(1));
+    // The instance is deleted: ARM answers the write 400 InvalidParameter
+    // "not an active … instanceId" and the read 404. Gone only after three
+    // absent reads with backoff; then nothing more is asked for an hour.
+    fake.configure(serde_json::json!({"instances": {}}));
     sandbox
         .write_config(&protection_config(&fake, "10s").replace("release_after = \"10s\"", "release_after = \"11s\""));
     daemon.signal("HUP");
-    let gone = eventually(Duration::from_secs(30), || {
+    std::thread::sleep(Duration::from_secs(3));
+    assert_ne!(azure_json(&sandbox)["protection"]["protected"], "gone", "one absent answer is not gone");
+    let gone = eventually(Duration::from_secs(90), || {
         Some(azure_json(&sandbox)).filter(|a| a["protection"]["protected"] == "gone")
     });
     assert!(gone.is_some(), "{:#}", azure_json(&sandbox));
+    let reads = fake.requests_to(INSTANCE).into_iter().filter(|r| r["method"] == "GET" && r["status"] == 404).count();
+    assert!(reads >= 3, "gone after {reads} absent reads");
     let before = fake.requests_to(INSTANCE).len();
     std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(fake.requests_to(INSTANCE).len(), before, "nothing more is asked of an instance that is gone");
     assert_eq!(
-        fake.requests_to(INSTANCE).len(),
-        before,
-        "nothing more is asked of an instance that is no longer active"
+        sandbox.status_json()["components"].as_array().unwrap().iter().find(|c| c["name"] == "azure").unwrap()["state"],
+        "ready",
+        "a gone instance is no failure"
     );
+}
+
+fn protection_of(sandbox: &Sandbox) -> String {
+    azure_json(sandbox)["protection"]["protected"].as_str().unwrap_or("").to_string()
+}
+
+fn protect_puts(fake: &FakeAzure) -> Vec<serde_json::Value> {
+    fake.requests_to(INSTANCE).into_iter().filter(|r| r["method"] == "PUT").collect()
+}
+
+fn now_unix() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+#[test]
+fn a_release_whose_answer_is_lost_is_read_again_and_a_login_behind_a_throttled_read_is_protected_at_once() {
+    if !nix_is_root() {
+        skip_note("SKIP a_release_whose_answer_is_lost…: a hold needs a user-range uid or an admin; root is one (CI runs as root)");
+        return;
+    }
+    let Some(fake) = FakeAzure::start() else { return };
+    let sandbox = Sandbox::new();
+    sandbox.write_config(&protection_config(&fake, "10s"));
+    let _daemon = sandbox.start();
+    // Not idle yet at start: read, then protected.
+    eventually(Duration::from_secs(15), || Some(instance_writes(&fake)).filter(|w| w.len() == 1))
+        .unwrap_or_else(|| panic!("not protected: {:#}", azure_json(&sandbox)));
+    // The release is applied, but its answer is lost (the connection drops).
+    fake.fault(serde_json::json!({"path": INSTANCE, "method": "PUT", "after": true, "drop": true, "count": 1}));
+    let released = eventually(Duration::from_secs(120), || Some(instance_writes(&fake)).filter(|w| w.len() == 2))
+        .unwrap_or_else(|| panic!("never released: {:#}", azure_json(&sandbox)));
+    assert_eq!(released[1]["body"]["properties"]["protectionPolicy"]["protectFromScaleIn"], false);
+    // Not believed released until a read says so.
+    let shown = eventually(Duration::from_secs(5), || Some(protection_of(&sandbox)).filter(|p| p != "yes"));
+    assert_eq!(shown.as_deref(), Some("unknown"), "{:#}", azure_json(&sandbox));
+    eventually(Duration::from_secs(30), || Some(protection_of(&sandbox)).filter(|p| p == "no"))
+        .unwrap_or_else(|| panic!("the instance was never read back: {:#}", azure_json(&sandbox)));
+    // Reads are throttled for two minutes; someone logs in: the protect goes at once.
+    fake.fault(
+        serde_json::json!({"path": INSTANCE, "method": "GET", "status": 429, "retry_after": 120, "seconds": 130,
+        "body": {"error": {"code": "TooManyRequests", "message": "The request is being throttled."}}}),
+    );
+    let login = now_unix();
+    sandbox.cli_json(&["--json", "hold", "10m", "--reason", "back at it"]);
+    let again = eventually(Duration::from_secs(15), || Some(instance_writes(&fake)).filter(|w| w.len() == 3))
+        .unwrap_or_else(|| panic!("not protected again: {:#}", azure_json(&sandbox)));
+    assert_eq!(again[2]["body"]["properties"]["protectionPolicy"]["protectFromScaleIn"], true);
+    let after = again[2]["time"].as_f64().unwrap() - login;
+    println!("protected {after:.1} s after the login, with reads throttled");
+    assert!(after <= 5.0, "protected {after:.1} s after the login (one sample is 2 s)");
+    assert_eq!(protection_of(&sandbox), "yes");
+}
+
+#[test]
+fn an_absent_read_once_does_not_end_protection_and_a_refused_write_names_the_role_in_status() {
+    if !nix_is_root() {
+        skip_note(
+            "SKIP an_absent_read_once…: a hold needs a user-range uid or an admin; root is one (CI runs as root)",
+        );
+        return;
+    }
+    let Some(fake) = FakeAzure::start() else { return };
+    // The first read finds nothing (a lagging replica), the next finds the instance.
+    fake.fault(serde_json::json!({"path": INSTANCE, "method": "GET", "status": 404, "count": 1,
+        "body": {"error": {"code": "ResourceNotFound", "message": "The Resource 'Microsoft.Compute/virtualMachineScaleSets/pool/virtualMachines/3' under resource group 'rg-pool' was not found."}}}));
+    // And the identity may not write the instance.
+    fake.fault(serde_json::json!({"path": INSTANCE, "method": "PUT", "status": 403, "count": 2,
+        "body": {"error": {"code": "AuthorizationFailed", "message": "The client does not have authorization to perform action 'Microsoft.Compute/virtualMachineScaleSets/virtualMachines/write'."}}}));
+    let sandbox = Sandbox::new();
+    sandbox.write_config(&protection_config(&fake, "10s"));
+    let _daemon = sandbox.start();
+    sandbox.cli_json(&["--json", "hold", "10m"]);
+    let degraded = eventually(Duration::from_secs(20), || {
+        let out = sandbox.cli(&["status"]);
+        Some(out).filter(|o| o.status.code() == Some(1) && stdout(o).contains("azure degraded"))
+    })
+    .unwrap_or_else(|| panic!("status never said azure degraded: {}", stdout(&sandbox.cli(&["status"]))));
+    let text = stdout(&degraded);
+    assert!(text.contains("needs the role"), "{text}");
+    assert!(stdout(&sandbox.cli(&["azure"])).contains("needs the role"), "pool-agent azure shows the error");
+    // The refusal ends; protection follows, and the 404 did not end it.
+    let written = eventually(Duration::from_secs(60), || Some(instance_writes(&fake)).filter(|w| !w.is_empty()))
+        .unwrap_or_else(|| panic!("never protected after the refusals: {:#}", azure_json(&sandbox)));
+    assert_eq!(written[0]["body"]["properties"]["protectionPolicy"]["protectFromScaleIn"], true);
+    assert_eq!(protection_of(&sandbox), "yes");
+    let status = eventually(Duration::from_secs(10), || Some(sandbox.cli(&["status"])).filter(|o| o.status.success()));
+    assert!(status.is_some(), "azure still degraded: {}", stdout(&sandbox.cli(&["status"])));
+    assert!(protect_puts(&fake).len() >= 3, "two refused and one done");
 }
 
 fn event(id: &str, kind: &str, status: &str, resources: &[&str], not_before: &str) -> serde_json::Value {

@@ -15,7 +15,9 @@ token, names another subscription or resource group, or an unknown account.
 
 Faults are injected and requests read back through /_fake/* routes:
   POST /_fake/fault   {"path": prefix, "status": 410, "seconds": 60 | "count": 3,
-                       "retry_after": 3, "delay": 6, "drop": true, "body": {...}, "method": "PUT"}
+                       "retry_after": 3, "delay": 6, "drop": true, "body": {...}, "method": "PUT",
+                       "after": true (the request is applied first, then its answer replaced:
+                       dropped, delayed or given that status)}
   POST /_fake/config  {"token_lifetime": 90, "client_id": "...", "compute": {...},
                        "secrets": {"name": "value"}, "storage_keys": {"account": ["key1", "key2"]},
                        "forbidden": ["/secrets/"], "instances": {"3": {...}},
@@ -110,7 +112,18 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    _lose = None
+
     def reply(self, status, body=None, headers=None):
+        lose, self._lose = self._lose, None
+        if lose and lose.get("delay"):
+            time.sleep(lose["delay"])
+        if lose and lose.get("drop"):
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        if lose and lose.get("status"):
+            status, body, headers = lose["status"], lose.get("body") or {"error": "injected"}, {}
         data = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -149,6 +162,11 @@ class Handler(BaseHTTPRequestHandler):
         if path.startswith("/_fake/"):
             return self.control(method, path)
         fault = take_fault(path, method)
+        if fault and fault.get("after"):
+            # Applied, then the answer is lost (a reset, a timeout, a 5xx from
+            # the front door): the handler runs and its reply is replaced.
+            self._lose = fault
+            fault = None
         if fault:
             if fault.get("delay"):
                 time.sleep(fault["delay"])
@@ -301,7 +319,15 @@ class Handler(BaseHTTPRequestHandler):
         with lock:
             known = state["instances"].get(instance_id)
         if known is None:
-            return self.reply(404, {"error": {"code": "NotFound", "message": f"instance {instance_id} not found"}})
+            # A deleted instance, as ARM answers it: a GET gets ARM's
+            # ResourceNotFound (https://github.com/Azure/azure-cli/issues/15064
+            # shows its text); a PUT gets Compute's 400 InvalidParameter
+            # (https://github.com/microsoft/onefuzz/issues/2547).
+            if method == "PUT":
+                return self.reply(400, {"error": {"code": "InvalidParameter", "target": "instanceIds",
+                                                  "message": f"The provided instanceId {instance_id} is not an active Virtual Machine Scale Set VM instanceId."}})
+            return self.reply(404, {"error": {"code": "ResourceNotFound",
+                                              "message": f"The Resource 'Microsoft.Compute/virtualMachineScaleSets/{parts[8]}/virtualMachines/{instance_id}' under resource group '{parts[4]}' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix"}})
         if method == "PUT":
             try:
                 doc = json.loads(data)

@@ -48,6 +48,39 @@ pub fn summary(report: &AzureReport) -> String {
         "  buckets posted {}, waiting {}, dropped {} too old, {} refused; IMDS requests {}",
         report.buckets_posted, report.backlog, report.dropped_too_old, report.dropped_rejected, report.imds_requests
     );
+    if let Some(p) = &report.protection {
+        let _ = write!(out, "  scale-in protection: {}", p.protected);
+        if let Some(since) = &p.since {
+            let _ = write!(out, " since {since}");
+        }
+        let _ = writeln!(
+            out,
+            " (instance {}; {} writes, {} releases in the last hour)",
+            p.instance, p.writes, p.releases_last_hour
+        );
+        if let Some(next) = &p.next_release {
+            let _ = writeln!(out, "    next release if still idle: {next}");
+        }
+        if let Some(error) = &p.error {
+            let _ = writeln!(out, "    error: {error}");
+        }
+    }
+    if let Some(d) = &report.self_delete {
+        let _ = writeln!(out, "  self-delete: {}: {}", d.state, d.why);
+        if let Some(at) = &d.requested_at {
+            let _ = writeln!(out, "    requested at {at}");
+        }
+    }
+    if let Some(k) = &report.storage_key {
+        let _ = write!(out, "  share key from {}: {} fetch(es)", k.source, k.fetches);
+        if let Some(at) = &k.fetched_at {
+            let _ = write!(out, ", last at {at} ({})", k.from);
+        }
+        let _ = writeln!(out);
+        if let Some(error) = &k.error {
+            let _ = writeln!(out, "    error: {error}");
+        }
+    }
     if let Some(health) = &report.health {
         let state = if health.healthy { "Healthy" } else { "Unhealthy" };
         let _ = writeln!(out, "  health ({}): {state}: {}", report.health_listen, health.why);
