@@ -70,6 +70,10 @@ fn metrics_and_config_answer() {
         metrics.contains(healthy).then_some(())
     });
     assert!(metrics.contains(healthy), "{metrics}");
+    // Each `# HELP` reads as one sentence (the encoder adds the full stop).
+    for help in metrics.lines().filter(|l| l.starts_with("# HELP")) {
+        assert!(!help.ends_with(".."), "{help}");
+    }
     // Every read command has a JSON form; the metrics' is their parsed samples.
     let parsed = sandbox.cli_json(&["metrics", "--json"]);
     let share = parsed["samples"]

@@ -259,18 +259,18 @@ impl Capability for Azure {
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         registry.register(
             "azure_imds_requests",
-            "Requests to the Instance Metadata Service.",
+            "Requests to the Instance Metadata Service",
             self.0.imds.requests.clone(),
         );
-        registry.register("azure_imds_retries", "IMDS requests that were retries.", self.0.imds.retries.clone());
+        registry.register("azure_imds_retries", "IMDS requests that were retries", self.0.imds.retries.clone());
         registry.register(
             "azure_metric_posts",
-            "Posts of metric buckets to Azure Monitor, by outcome.",
+            "Posts of metric buckets to Azure Monitor, by outcome",
             self.0.posts.clone(),
         );
         registry.register(
             "azure_metric_points_dropped",
-            "Metric buckets given up, by reason (too_old: outside Azure's 20 minutes; rejected: a 400).",
+            "Metric buckets given up, by reason (too_old: outside Azure's 20 minutes; rejected: a 400)",
             self.0.dropped.clone(),
         );
     }
