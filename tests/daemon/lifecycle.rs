@@ -212,6 +212,47 @@ fn demo_mode_builds_a_sandbox_and_says_how_to_query_it() {
     assert!(root.join("etc/passwd").exists() && root.join("srv/share").is_dir());
 }
 
+#[test]
+fn the_root_demo_s_export_line_works_from_another_shell_and_its_sandbox_goes_with_it() {
+    if !nix_is_root() {
+        skip_note("SKIP the_root_demo_s_export_line…: only root's demo makes a fresh sandbox each run");
+        return;
+    }
+    let mut child = std::process::Command::new(DAEMON)
+        .arg("--demo")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let mut printed = Vec::new();
+    // What README tells people to copy: the line the demo prints.
+    let export = loop {
+        let Some(Ok(line)) = lines.next() else { panic!("no export line in {printed:?}") };
+        printed.push(line.clone());
+        if let Some(socket) = line.trim().strip_prefix("export POOL_AGENT_SOCKET=") {
+            break socket.to_string();
+        }
+    };
+    let shell = format!("export POOL_AGENT_SOCKET={export}; {CLI} status");
+    let answered = eventually(Duration::from_secs(20), || {
+        let out = std::process::Command::new("sh").args(["-c", &shell]).output().unwrap();
+        Some(out).filter(|o| o.status.success())
+    });
+    let root = std::path::PathBuf::from(&export).ancestors().nth(3).unwrap().to_path_buf();
+    let _ = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let _ = child.wait();
+    assert!(answered.is_some(), "the printed export line did not reach the demo: {printed:?}");
+    let gone = eventually(Duration::from_secs(5), || Some(()).filter(|_| !root.exists()));
+    if gone.is_none() {
+        for mount_point in mounts_under(&root) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(mount_point).status();
+        }
+    }
+    assert!(gone.is_some(), "the demo left {} behind", root.display());
+}
+
 /// Runs the demo as `uid` (None: as this process), checks what README
 /// promises of it, and stops it.
 fn demo_shows_everything_working(uid: Option<u32>) {

@@ -142,6 +142,24 @@ pub fn print_instructions(root: &Path, socket: &Path) {
     println!("  Ctrl-C stops it.");
 }
 
+/// Removes a demo sandbox once the demo stopped — unless something is
+/// still mounted under it (its share would go with it): then says so.
+pub fn remove_sandbox(root: &Path) {
+    let mounted = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|line| line.split(' ').nth(4).is_some_and(|point| Path::new(point).starts_with(root)));
+    if mounted {
+        eprintln!("pool-agentd: the demo sandbox {} still has a mount under it; left in place", root.display());
+        return;
+    }
+    // remove_dir_all never follows a symlink out of the tree.
+    match fs::remove_dir_all(root) {
+        Ok(()) => println!("pool-agent demo: removed the sandbox {}", root.display()),
+        Err(err) => eprintln!("pool-agentd: cannot remove the demo sandbox {}: {err}", root.display()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

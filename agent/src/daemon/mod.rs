@@ -103,13 +103,20 @@ pub fn main(options: DaemonOptions) -> ExitCode {
 
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("pool-agentd").enable_all().build();
-    match runtime {
-        Ok(runtime) => run_then_abandon_stuck_threads(runtime, run(paths, config_file, settings, boot_error)),
+    // Root's demo sandbox is a fresh directory each run: removed when the demo stops.
+    let throwaway = (options.demo && options.root.is_none() && nix::unistd::geteuid().is_root())
+        .then(|| paths.root().to_path_buf());
+    let code = match runtime {
+        Ok(runtime) => run_then_abandon_stuck_threads(runtime, run(paths.clone(), config_file, settings, boot_error)),
         Err(err) => {
             eprintln!("pool-agentd: cannot start the runtime: {err}");
             ExitCode::from(1)
         }
+    };
+    if let Some(root) = throwaway {
+        demo::remove_sandbox(&root);
     }
+    code
 }
 
 /// `--check-config`: the files, then what they name on this system.
