@@ -289,6 +289,72 @@ fn health_of(port: u16) -> String {
         .unwrap_or(answer)
 }
 
+/// Listening TCP sockets of process `pid`, as `ss` shows them.
+fn tcp_listeners_of(pid: i32) -> Vec<String> {
+    let out = Command::new("ss").args(["-ltnpH"]).output().expect("ss (iproute2)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("pid={pid},")))
+        .map(str::to_string)
+        .collect()
+}
+
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn five_thousand_connections_held_to_the_health_port_cost_the_agent_nothing_and_off_azure_nothing_listens() {
+    if !nix_is_root() {
+        skip_note("SKIP five_thousand_connections…: ss names a root daemon's sockets only to root (CI runs as root)");
+        return;
+    }
+    // Off Azure (enabled = false) the agent listens on nothing but its socket.
+    let sandbox = Sandbox::new();
+    sandbox.write_config(&format!("{LOCAL_SHARE_CONFIG}\n[azure]\nenabled = false\nhealth_listen = \"127.0.0.1:0\"\n"));
+    let daemon = sandbox.start();
+    eventually(Duration::from_secs(10), || Some(()).filter(|_| sandbox.cli(&["status"]).status.success()));
+    assert_eq!(tcp_listeners_of(daemon.pid()), Vec::<String>::new());
+    drop(daemon);
+
+    let Some(fake) = FakeAzure::start() else { return };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let sandbox = Sandbox::new();
+    sandbox.write_config(&format!(
+        "{LOCAL_SHARE_CONFIG}\n[azure]\nenabled = true\nimds_endpoint = \"{url}\"\nmonitoring_endpoint = \"{url}\"\narm_endpoint = \"{url}\"\nprotect = false\nscheduled_events = false\nhealth_listen = \"127.0.0.1:{port}\"\n",
+        url = fake.url()
+    ));
+    let daemon = sandbox.start();
+    wait_on_azure(&sandbox, Duration::from_secs(20));
+    assert_eq!(health_of(port), "Healthy");
+    // This test holds 5,000 sockets: raise its own descriptor limit.
+    let limit = libc::rlimit { rlim_cur: 16384, rlim_max: 16384 };
+    // SAFETY: setrlimit reads the struct it is given; no memory is shared.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0, "cannot raise the test's fd limit");
+    let mut held = Vec::new();
+    for _ in 0..5000 {
+        match std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)) {
+            Ok(stream) => held.push(stream),
+            Err(_) => break,
+        }
+    }
+    println!("holding {} connections to the health port", held.len());
+    assert!(held.len() >= 4000, "only {} connections made", held.len());
+    let started = Instant::now();
+    let status = sandbox.cli(&["status"]);
+    let took = started.elapsed();
+    assert!(answered(&status) && took < Duration::from_secs(1), "status took {took:?}: {}", stdout(&status));
+    let share = sandbox.cli_json(&["share", "--json"]);
+    assert!(share.to_string().contains("mounted"), "{share:#}");
+    let fds = open_fds(daemon.pid());
+    println!("agent fds with the connections held: {fds}");
+    assert!(fds < 200, "the agent holds {fds} descriptors");
+    // A probe still gets through while they are held.
+    let probed = eventually(Duration::from_secs(10), || Some(health_of(port)).filter(|h| h == "Healthy"));
+    assert!(probed.is_some(), "no health answer while the connections were held");
+    drop(held);
+}
+
 #[test]
 fn health_stays_healthy_while_anyone_works_and_turns_unhealthy_only_when_idle_with_the_share_failed() {
     if !nix_is_root() {
@@ -297,6 +363,7 @@ fn health_stays_healthy_while_anyone_works_and_turns_unhealthy_only_when_idle_wi
         );
         return;
     }
+    let Some(fake) = FakeAzure::start() else { return };
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let sandbox = Sandbox::new();
     // The share's directory is missing: the share fails from the start.
@@ -304,9 +371,11 @@ fn health_stays_healthy_while_anyone_works_and_turns_unhealthy_only_when_idle_wi
         .replace("path = \"/srv/share\"", "path = \"/srv/missing\"")
         .replace("interval = \"10s\"\ntimeout = \"30m\"", "interval = \"2s\"\ntimeout = \"1m\"\nboot_grace = \"0s\"");
     sandbox.write_config(&format!(
-        "{config}\n[azure]\nenabled = false\nhealth_listen = \"127.0.0.1:{port}\"\nunhealthy_after = \"3s\"\n"
+        "{config}\n[azure]\nenabled = true\nimds_endpoint = \"{url}\"\nmonitoring_endpoint = \"{url}\"\narm_endpoint = \"{url}\"\nprotect = false\nscheduled_events = false\nhealth_listen = \"127.0.0.1:{port}\"\nunhealthy_after = \"3s\"\n",
+        url = fake.url()
     ));
     let _daemon = sandbox.start();
+    wait_on_azure(&sandbox, Duration::from_secs(20));
     let held = sandbox.cli_json(&["--json", "hold", "10m", "--reason", "training run"]);
     let id = held["id"].as_str().unwrap().to_string();
     // Past unhealthy_after with the share down, but someone works: Healthy.

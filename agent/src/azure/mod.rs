@@ -15,6 +15,7 @@ pub mod events;
 pub mod health;
 pub mod imds;
 pub mod key;
+pub mod listener;
 pub mod monitor;
 pub mod problems;
 pub mod protect;
@@ -183,6 +184,8 @@ struct Inner {
     inputs: OnceLock<Inputs>,
     /// What the keepers cannot do, for the status board.
     problems: Problems,
+    /// The health probe's listener: kept across restarts that keep its address.
+    health: tokio::sync::Mutex<Option<listener::ProbeListener>>,
     imds: ImdsCounters,
     posts: Family<Vec<(String, String)>, Counter>,
     dropped: Family<Vec<(String, String)>, Counter>,
@@ -203,6 +206,7 @@ impl Azure {
             self_delete: Arc::default(),
             inputs: OnceLock::new(),
             problems: Problems::default(),
+            health: tokio::sync::Mutex::new(None),
             imds: ImdsCounters::default(),
             posts: Family::default(),
             dropped: Family::default(),
@@ -347,8 +351,9 @@ async fn run_with(ctx: &TaskContext, azure: &Azure, settings: Arc<Settings>) -> 
     *azure.0.self_delete.lock().unwrap_or_else(|p| p.into_inner()) = delete::DeleteView::default();
     azure.0.problems.clear();
     ctx.shared.publish_protection(crate::core::shared::ProtectionNews::NotKept);
-    let _health = health_server(&ctx, &azure, &settings).await;
     if settings.azure.enabled == AzureEnabled::Off {
+        // The agent listens on nothing but its socket off Azure.
+        *azure.0.health.lock().await = None;
         azure.update(|r| r.state = "off".into());
         ctx.set(ComponentState::Skipped, "azure.enabled = false".to_string());
         ctx.idle_until_shutdown().await;
@@ -392,6 +397,7 @@ async fn run_with(ctx: &TaskContext, azure: &Azure, settings: Arc<Settings>) -> 
                     ctx.shared.publish_storage_key(news);
                 }
                 if absent {
+                    *azure.0.health.lock().await = None;
                     ctx.set(
                         ComponentState::Skipped,
                         format!("absent: not on Azure ({err}); asking again every {again}"),
@@ -410,6 +416,7 @@ async fn run_with(ctx: &TaskContext, azure: &Azure, settings: Arc<Settings>) -> 
             }
         }
     };
+    health_server(&ctx, &azure, &settings).await;
     if settings.instance.name.is_empty() && !compute.name.is_empty() {
         ctx.shared.publish_instance_name(&compute.name);
     }
@@ -551,39 +558,35 @@ async fn metadata(imds: &Imds) -> Result<Compute, ImdsError> {
 
 /// `azure.health_listen`: a plain HTTP answer for the Application Health
 /// extension, on loopback only.
-async fn health_server(
-    ctx: &TaskContext,
-    azure: &Azure,
-    settings: &Settings,
-) -> Option<tokio_util::task::AbortOnDropHandle<()>> {
+/// Answers the Application Health extension on `azure.health_listen` once
+/// on Azure; a restart that keeps the address keeps the listener (no gap).
+async fn health_server(ctx: &TaskContext, azure: &Azure, settings: &Settings) {
     let listen = settings.azure.health_listen.clone();
+    let mut health = azure.0.health.lock().await;
+    if health.as_ref().is_some_and(|h| h.addr() == listen) {
+        azure.update(|r| r.health_listen = listen.clone());
+        return;
+    }
+    // Another address (or none): the old one stops and frees its port first.
+    *health = None;
     if listen.is_empty() {
-        return None;
+        return;
     }
     azure.update(|r| r.health_listen = listen.clone());
-    let listener = match tokio::net::TcpListener::bind(&listen).await {
-        Ok(listener) => listener,
+    let answer_from = azure.clone();
+    let answer: listener::Answer = std::sync::Arc::new(move || {
+        let healthy = answer_from.health_now().is_none_or(|h| h.healthy);
+        serde_json::json!({ "ApplicationHealthState": if healthy { "Healthy" } else { "Unhealthy" } }).to_string()
+    });
+    match listener::ProbeListener::bind(&listen, "/health", answer, ctx.shutdown.clone()).await {
+        Ok(listening) => *health = Some(listening),
         Err(err) => {
-            tracing::warn!(
-                component = "azure",
-                "cannot answer health probes on {listen}: {}",
-                crate::config::io_text(&err)
-            );
-            azure.update(|r| r.error = Some(format!("health endpoint {listen}: {}", crate::config::io_text(&err))));
-            return None;
+            let why = format!("health endpoint {listen}: {}", crate::config::io_text(&err));
+            tracing::warn!(component = "azure", "cannot answer health probes: {why}");
+            azure.update(|r| r.error = Some(why.clone()));
+            azure.0.problems.set("health", Some(why));
         }
-    };
-    let app = axum::Router::new().route("/health", axum::routing::get(health_answer)).with_state(azure.clone());
-    let stop = ctx.shutdown.clone();
-    // Dropped (a restart with new settings): the server stops and frees its port.
-    Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
-        let _ = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
-    })))
-}
-
-async fn health_answer(State(azure): State<Azure>) -> Json<serde_json::Value> {
-    let healthy = azure.health_now().is_none_or(|h| h.healthy);
-    Json(serde_json::json!({ "ApplicationHealthState": if healthy { "Healthy" } else { "Unhealthy" } }))
+    }
 }
 
 #[cfg(test)]
