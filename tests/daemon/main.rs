@@ -7,6 +7,7 @@ mod azure;
 mod cli;
 mod config_check;
 mod idle;
+mod imds_firewall;
 mod lifecycle;
 mod links;
 mod permissions;

@@ -28,10 +28,12 @@ Faults are injected and requests read back through /_fake/* routes:
   GET  /_fake/requests  every request: time, method, path, query, status
   GET  /_fake/points    every accepted metric point
   GET  /_fake/violations  IMDS rate limit breaches seen
-Usage: fake_azure.py [PORT [CONFIG.json]] (CONFIG holds what /_fake/config takes).
+Usage: fake_azure.py [PORT [CONFIG.json]] (CONFIG holds what /_fake/config takes);
+FAKE_AZURE_HOST binds another address than 127.0.0.1.
 Prints "PORT <n>" on its first line; stops on SIGTERM.
 """
 import json
+import os
 import signal
 import sys
 import threading
@@ -491,7 +493,9 @@ def main():
     if len(sys.argv) > 2:
         with open(sys.argv[2]) as file:
             configure(json.load(file))
-    server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 0), Handler)
+    # FAKE_AZURE_HOST: another loopback address (169.254.169.254 inside a test's network namespace).
+    host = os.environ.get("FAKE_AZURE_HOST", "127.0.0.1")
+    server = ThreadingHTTPServer((host, int(sys.argv[1]) if len(sys.argv) > 1 else 0), Handler)
     server.daemon_threads = True
     print(f"PORT {server.server_address[1]}", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())

@@ -12,6 +12,7 @@
 pub mod arm;
 pub mod delete;
 pub mod events;
+pub mod firewall;
 pub mod health;
 pub mod imds;
 pub mod key;
@@ -146,6 +147,9 @@ pub struct AzureReport {
     pub self_delete: Option<delete::DeleteView>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub health_listen: String,
+    /// Who may reach IMDS (`azure.imds_access`), as enforced.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub imds_access: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -186,6 +190,8 @@ struct Inner {
     problems: Problems,
     /// The health probe's listener: kept across restarts that keep its address.
     health: tokio::sync::Mutex<Option<listener::ProbeListener>>,
+    /// The agent's nftables table closing IMDS to users is in place.
+    imds_closed: std::sync::atomic::AtomicBool,
     imds: ImdsCounters,
     posts: Family<Vec<(String, String)>, Counter>,
     dropped: Family<Vec<(String, String)>, Counter>,
@@ -207,6 +213,7 @@ impl Azure {
             inputs: OnceLock::new(),
             problems: Problems::default(),
             health: tokio::sync::Mutex::new(None),
+            imds_closed: std::sync::atomic::AtomicBool::new(false),
             imds: ImdsCounters::default(),
             posts: Family::default(),
             dropped: Family::default(),
@@ -326,7 +333,11 @@ async fn run(ctx: TaskContext, azure: Azure) -> TaskResult {
             }
         };
         tokio::select! {
-            result = run_with(&ctx, &azure, settings) => return result,
+            result = run_with(&ctx, &azure, settings) => {
+                // Stopping: IMDS is opened again (the table is the running agent's).
+                open_imds(&azure).await;
+                return result;
+            }
             _ = azure_changed => tracing::info!(component = "azure", "[azure] or the share's key source changed; starting again with it"),
         }
         // A key fetched for another source (or secret, or account) is not this one's.
@@ -352,8 +363,9 @@ async fn run_with(ctx: &TaskContext, azure: &Azure, settings: Arc<Settings>) -> 
     azure.0.problems.clear();
     ctx.shared.publish_protection(crate::core::shared::ProtectionNews::NotKept);
     if settings.azure.enabled == AzureEnabled::Off {
-        // The agent listens on nothing but its socket off Azure.
+        // The agent listens on nothing but its socket off Azure, and leaves no firewall table.
         *azure.0.health.lock().await = None;
+        open_imds(&azure).await;
         azure.update(|r| r.state = "off".into());
         ctx.set(ComponentState::Skipped, "azure.enabled = false".to_string());
         ctx.idle_until_shutdown().await;
@@ -417,6 +429,11 @@ async fn run_with(ctx: &TaskContext, azure: &Azure, settings: Arc<Settings>) -> 
         }
     };
     health_server(&ctx, &azure, &settings).await;
+    // Only the real IMDS is guarded (a test's fake on loopback is not).
+    let _imds_guard = settings.azure.imds_endpoint.trim_end_matches('/').ends_with(firewall::IMDS_ADDRESS).then(|| {
+        let guard = guard_imds(ctx.clone(), azure.clone(), settings.azure.imds_access.clone());
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(guard))
+    });
     if settings.instance.name.is_empty() && !compute.name.is_empty() {
         ctx.shared.publish_instance_name(&compute.name);
     }
@@ -558,6 +575,65 @@ async fn metadata(imds: &Imds) -> Result<Compute, ImdsError> {
 
 /// `azure.health_listen`: a plain HTTP answer for the Application Health
 /// extension, on loopback only.
+/// How often group members are looked up again for `azure.imds_access`.
+const IMDS_GROUPS_EVERY: Duration = Duration::from_secs(300);
+
+/// Keeps the nftables table that closes IMDS to everyone but root (and the
+/// groups `azure.imds_access` names) until shutdown, then removes it.
+async fn guard_imds(ctx: TaskContext, azure: Azure, access: crate::config::fragment::ImdsAccess) {
+    let mut installed: Option<String> = None;
+    loop {
+        let (accounts, asked) = (ctx.accounts.clone(), access.clone());
+        let resolved = crate::core::task::blocking("imds access groups", Duration::from_secs(10), move || {
+            firewall::allowed(&asked, &accounts)
+        })
+        .await;
+        match resolved {
+            Ok(allowed) => {
+                let script = allowed.as_ref().map_or_else(firewall::removal, firewall::ruleset);
+                if installed.as_ref() != Some(&script) {
+                    match firewall::nft(&script).await {
+                        Ok(()) => {
+                            azure.update(|r| r.imds_access = firewall::describe(&access, allowed.as_ref()));
+                            tracing::info!(
+                                component = "azure",
+                                "IMDS: {}",
+                                firewall::describe(&access, allowed.as_ref())
+                            );
+                            azure.0.imds_closed.store(allowed.is_some(), std::sync::atomic::Ordering::SeqCst);
+                            azure.0.problems.set("imds access", None);
+                            installed = Some(script);
+                        }
+                        Err(why) => {
+                            let why = format!("IMDS stays open to every local user: {why}");
+                            tracing::warn!(component = "azure", "{why}");
+                            azure.update(|r| r.imds_access = why.clone());
+                            azure.0.problems.set("imds access", Some(why));
+                        }
+                    }
+                }
+            }
+            Err(err) => {
+                azure.0.problems.set("imds access", Some(format!("cannot look up azure.imds_access's groups: {err}")))
+            }
+        }
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => break,
+            _ = tokio::time::sleep(IMDS_GROUPS_EVERY) => {}
+        }
+    }
+    open_imds(&azure).await;
+}
+
+/// Removes the agent's table, if it put one in place.
+async fn open_imds(azure: &Azure) {
+    if azure.0.imds_closed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        if let Err(why) = firewall::nft(&firewall::removal()).await {
+            tracing::warn!(component = "azure", "cannot remove the IMDS table: {why}");
+        }
+    }
+}
+
 /// Answers the Application Health extension on `azure.health_listen` once
 /// on Azure; a restart that keeps the address keeps the listener (no gap).
 async fn health_server(ctx: &TaskContext, azure: &Azure, settings: &Settings) {

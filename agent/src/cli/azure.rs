@@ -28,6 +28,9 @@ pub fn summary(report: &AzureReport) -> String {
     if !report.identity.is_empty() {
         let _ = writeln!(out, "  identity: {}", report.identity);
     }
+    if !report.imds_access.is_empty() {
+        let _ = writeln!(out, "  IMDS reachable by: {}", report.imds_access);
+    }
     for token in &report.tokens {
         let _ = writeln!(out, "  token for {} until {}", token.audience, token.expires);
     }

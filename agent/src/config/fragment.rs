@@ -414,12 +414,13 @@ pub struct AzureFragment {
     pub scheduled_events: Value<bool>,
     pub approve: Value<Vec<String>>,
     pub delete_wait: Value<ConfigDuration>,
+    pub imds_access: Value<ImdsAccess>,
 }
 
 impl MergeFrom for AzureFragment {
     fn merge_from(&mut self, later: Self) {
         later_wins!(self, later; enabled, imds_endpoint, client_id, monitoring_endpoint, metrics_namespace,
-            metrics_interval, instance_dimension, health_listen, unhealthy_after, arm_endpoint, protect, release_after, max_releases_per_hour, scheduled_events, approve, delete_wait);
+            metrics_interval, instance_dimension, health_listen, unhealthy_after, arm_endpoint, protect, release_after, max_releases_per_hour, scheduled_events, approve, delete_wait, imds_access);
     }
 }
 
@@ -447,6 +448,54 @@ impl<'de> Deserialize<'de> for AzureEnabled {
                     "auto" => Ok(AzureEnabled::Auto),
                     other => Err(E::custom(format!("{other:?}: use \"auto\", true or false"))),
                 }
+            }
+        }
+        deserializer.deserialize_any(Either)
+    }
+}
+
+/// `azure.imds_access`: who may reach IMDS (the VM's managed identity):
+/// `"root"`, `"everyone"`, or a list of groups (root always may).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImdsAccess {
+    Root,
+    Everyone,
+    Groups(Vec<String>),
+}
+
+impl serde::Serialize for ImdsAccess {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ImdsAccess::Root => serializer.serialize_str("root"),
+            ImdsAccess::Everyone => serializer.serialize_str("everyone"),
+            ImdsAccess::Groups(groups) => groups.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ImdsAccess {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Either;
+        impl<'de> Visitor<'de> for Either {
+            type Value = ImdsAccess;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"root\", \"everyone\" or a list of group names")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<ImdsAccess, E> {
+                match text {
+                    "root" => Ok(ImdsAccess::Root),
+                    "everyone" => Ok(ImdsAccess::Everyone),
+                    other => Err(E::custom(format!(
+                        "{other:?}: use \"root\", \"everyone\" or a list of groups such as [\"datasci\"]"
+                    ))),
+                }
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<ImdsAccess, A::Error> {
+                let mut groups = Vec::new();
+                while let Some(group) = seq.next_element::<String>()? {
+                    groups.push(group);
+                }
+                Ok(ImdsAccess::Groups(groups))
             }
         }
         deserializer.deserialize_any(Either)

@@ -326,6 +326,8 @@ pub struct AzureSettings {
     /// `idle.action = "delete-self"` waits a random part of this, then checks again, before deleting.
     #[serde(serialize_with = "duration::serialize")]
     pub delete_wait: Duration,
+    /// Who may reach IMDS (the managed identity): root by default.
+    pub imds_access: crate::config::fragment::ImdsAccess,
 }
 
 fn serialize_enabled<S: serde::Serializer>(

@@ -101,7 +101,23 @@ pub(super) fn validate_azure(azure: AzureFragment) -> Result<AzureSettings, Conf
             return Err(invalid(&given.origin, "azure.delete_wait", "must be from 0s to 10m"));
         }
     }
+    let imds_access = match &azure.imds_access {
+        Some(given) => {
+            if let ImdsAccess::Groups(groups) = &given.value {
+                if groups.is_empty() || groups.iter().any(|g| g.trim().is_empty()) {
+                    return Err(invalid(
+                        &given.origin,
+                        "azure.imds_access",
+                        "a list of group names must name at least one group, none empty (or say \"root\" or \"everyone\")",
+                    ));
+                }
+            }
+            given.value.clone()
+        }
+        None => ImdsAccess::Root,
+    };
     Ok(AzureSettings {
+        imds_access,
         enabled: azure.enabled.map(|e| e.value).unwrap_or(AzureEnabled::Auto),
         imds_endpoint,
         client_id,
