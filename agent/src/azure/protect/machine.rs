@@ -120,15 +120,17 @@ pub struct Machine {
     read_at: Option<SystemTime>,
     /// The value a pending read is to confirm.
     confirm: Option<bool>,
-    /// No write before this (the write's own 429 or backoff).
-    write_after: Option<SystemTime>,
-    /// No release before this (a write the instance ignored).
+    /// No protect before this: a protect's own failure (backoff), or a 429 on any write.
+    protect_after: Option<SystemTime>,
+    /// No release before this: a release's own failure, a release the
+    /// instance ignored, or a 429 on any write. Never holds back a protect.
     release_after: Option<SystemTime>,
     /// The release being retried was counted already.
     release_counted: bool,
     absent_reads: u32,
     read_failures: u32,
-    write_failures: u32,
+    protect_failures: u32,
+    release_failures: u32,
     /// The writes' and the reads' failures, apart: a read that works does
     /// not hide a write ARM refuses.
     write_failure: Option<Failure>,
@@ -146,12 +148,13 @@ impl Machine {
             started: false,
             read_at: None,
             confirm: None,
-            write_after: None,
+            protect_after: None,
             release_after: None,
             release_counted: false,
             absent_reads: 0,
             read_failures: 0,
-            write_failures: 0,
+            protect_failures: 0,
+            release_failures: 0,
             write_failure: None,
             read_failure: None,
             writes: 0,
@@ -182,7 +185,7 @@ impl Machine {
             return Step::Read;
         }
         let protected = matches!(self.belief, Belief::Protected { .. });
-        if !verdict.idle_now && !protected && due(self.write_after) {
+        if !verdict.idle_now && !protected && due(self.protect_after) {
             // A release that was retried is given up: the next one counts.
             self.release_counted = false;
             return self.write(true);
@@ -190,7 +193,7 @@ impl Machine {
         if self.read_at.is_some_and(|at| now >= at) {
             return Step::Read;
         }
-        let release_due = verdict.idle_now && protected && due(self.write_after) && due(self.release_after);
+        let release_due = verdict.idle_now && protected && due(self.release_after);
         if release_due && self.policy.may_release(now) {
             if !self.release_counted {
                 self.policy.count_release(now);
@@ -211,13 +214,13 @@ impl Machine {
         let protected = matches!(self.belief, Belief::Protected { .. });
         let mut at = [self.read_at].into_iter().flatten().collect::<Vec<_>>();
         if !verdict.idle_now && !protected {
-            at.extend(self.write_after);
+            at.extend(self.protect_after);
         }
         if verdict.idle_now {
             at.extend(verdict.stale_at);
             if protected {
                 if let Some(release) = self.policy.next_release(now) {
-                    at.push([Some(release), self.write_after, self.release_after].into_iter().flatten().max()?);
+                    at.push(self.release_after.map_or(release, |guard| guard.max(release)));
                 }
             }
         }
@@ -230,7 +233,7 @@ impl Machine {
             Outcome::Model { scale_in, scale_set_actions } => {
                 self.scale_set_actions = scale_set_actions;
                 self.believe(scale_in, now);
-                self.write_failures = 0;
+                self.reset_backoff(protect);
                 self.confirm = Some(protect);
                 self.read_at = Some(later(now, self.between(CONFIRM_AFTER)));
                 self.write_failure = None;
@@ -243,36 +246,58 @@ impl Machine {
             }
             Outcome::Accepted => {
                 self.belief = Belief::Unknown;
-                self.write_failures = 0;
+                self.reset_backoff(protect);
                 self.read_at = Some(later(now, FIRST_RETRY));
             }
             Outcome::Absent(why) => {
                 // Read to know: an instance that is gone needs no protection,
                 // one that is not must not be given up on one answer.
                 self.write_failed(why, false, now);
-                self.write_after = Some(later(now, self.backoff_write()));
+                let wait = self.backoff_write(protect);
+                self.hold(protect, later(now, wait));
                 self.read_at = Some(later(now, FIRST_RETRY));
             }
             Outcome::Throttled(after, why) => {
+                // The server's budget is for every write: both kinds wait.
                 self.write_failed(why, false, now);
-                self.write_after = Some(later(now, after.unwrap_or(THROTTLE_DEFAULT)));
+                let until = later(now, after.unwrap_or(THROTTLE_DEFAULT));
+                self.hold(true, until);
+                self.hold(false, until);
             }
             Outcome::Conflict(why) => {
                 self.write_failed(why, false, now);
-                self.write_after = Some(later(now, self.between(CONFLICT_RETRY)));
+                let wait = self.between(CONFLICT_RETRY);
+                self.hold(protect, later(now, wait));
             }
             Outcome::Refused(why) => {
                 self.write_failed(why, true, now);
-                self.write_after = Some(later(now, self.backoff_write()));
+                let wait = self.backoff_write(protect);
+                self.hold(protect, later(now, wait));
             }
             Outcome::NoAnswer(why) => {
-                // It may have been applied: believe nothing until a read.
+                // It may have been applied: believe nothing until a read. A
+                // lost release holds back the next release only: a user who
+                // comes now is protected at once.
                 self.belief = Belief::Unknown;
                 self.write_failed(why, false, now);
-                self.write_after = Some(later(now, self.backoff_write()));
+                let wait = self.backoff_write(protect);
+                self.hold(protect, later(now, wait));
                 let read = later(now, self.backoff_read_soon());
                 self.read_at = Some(self.read_at.map_or(read, |at| at.min(read)));
             }
+        }
+    }
+
+    /// No write of this kind (protect or release) before `until`.
+    fn hold(&mut self, protect: bool, until: SystemTime) {
+        let gate = if protect { &mut self.protect_after } else { &mut self.release_after };
+        *gate = Some(gate.map_or(until, |at| at.max(until)));
+    }
+
+    fn reset_backoff(&mut self, protect: bool) {
+        match protect {
+            true => self.protect_failures = 0,
+            false => self.release_failures = 0,
         }
     }
 
@@ -351,7 +376,8 @@ impl Machine {
         );
         self.write_failed(why, false, now);
         if wrote {
-            self.write_after = Some(later(now, self.backoff_write()));
+            let wait = self.backoff_write(true);
+            self.hold(true, later(now, wait));
         } else {
             // Not at once: a release the instance ignores must not loop.
             self.release_after = Some(later(now, IGNORED_WRITE_GUARD));
@@ -368,9 +394,11 @@ impl Machine {
         self.read_failure = Some(Failure { why, refused, since });
     }
 
-    fn backoff_write(&mut self) -> Duration {
-        self.write_failures = self.write_failures.saturating_add(1);
-        self.backoff(self.write_failures)
+    fn backoff_write(&mut self, protect: bool) -> Duration {
+        let failures = if protect { &mut self.protect_failures } else { &mut self.release_failures };
+        *failures = failures.saturating_add(1);
+        let failures = *failures;
+        self.backoff(failures)
     }
 
     fn backoff_read(&mut self) -> Duration {

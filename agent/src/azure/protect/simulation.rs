@@ -290,7 +290,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
         #[test]
         fn the_invariants_hold_for_any_mix_of_faults(
             seed in 0u64..1_000_000,
