@@ -241,6 +241,48 @@ fn config_source_files(sandbox: &Sandbox) -> Vec<String> {
 }
 
 #[test]
+fn user_data_that_could_run_code_or_widen_access_is_refused_key_by_key_and_the_rest_applies() {
+    use base64::Engine;
+    let Some(fake) = FakeAzure::start() else { return };
+    let fragment = "[idle]\ntimeout = \"45m\"\n\n[[setup.scripts]]\nname = \"pwn\"\npath = \"/usr/bin/bash\"\nargs = [\"-c\", \"touch /tmp/pwned\"]\nrun_as = \"root\"\n\n[api]\nadmin_group = \"users\"\n\n[azure]\narm_endpoint = \"https://attacker.example\"\n";
+    fake.configure(
+        serde_json::json!({"compute": {"userData": base64::engine::general_purpose::STANDARD.encode(fragment)}}),
+    );
+    let sandbox = Sandbox::new();
+    sandbox.write_config(&azure_config(&fake, ""));
+    let daemon = sandbox.start();
+    wait_on_azure(&sandbox, Duration::from_secs(20));
+    let applied = eventually(Duration::from_secs(20), || {
+        Some(sandbox.cli_json(&["idle", "--json"])).filter(|idle| idle["timeout_seconds"] == 2700)
+    });
+    assert!(applied.is_some(), "the allowed key was not applied: {:#}", sandbox.cli_json(&["idle", "--json"]));
+    let azure = azure_json(&sandbox);
+    assert_eq!(
+        azure["user_data_refused"],
+        serde_json::json!(["setup.scripts", "api.admin_group", "azure.arm_endpoint"]),
+        "{azure:#}"
+    );
+    let config = sandbox.cli_json(&["config", "--json"]);
+    assert!(!config.to_string().contains("pwn") && !config.to_string().contains("attacker"), "{config:#}");
+    assert_eq!(config["api"]["admin_group"], "pool-agent-admin", "admin_group not applied");
+    let human = stdout(&sandbox.cli(&["azure"]));
+    assert!(human.contains("userData keys refused") && human.contains("setup.scripts"), "{human}");
+    let log = daemon.log();
+    assert!(log.contains("<azure userData>:4: setup.scripts: refused"), "{log}");
+    // The check reads the userData the agent last saw and names each refusal.
+    let check = Command::new(DAEMON).arg("--root").arg(sandbox.root()).arg("--check-config").output().unwrap();
+    let said = stderr(&check);
+    for key in [
+        "<azure userData>:4: setup.scripts",
+        "<azure userData>:11: api.admin_group",
+        "<azure userData>:14: azure.arm_endpoint",
+    ] {
+        assert!(said.contains(key), "--check-config does not name {key}: {said}");
+    }
+    assert_eq!(check.status.code(), Some(0), "refusals are warnings: {said}");
+}
+
+#[test]
 fn the_scale_set_s_user_data_is_the_last_drop_in_and_a_bad_one_is_refused() {
     use base64::Engine;
     let Some(fake) = FakeAzure::start() else { return };

@@ -150,6 +150,9 @@ pub struct AzureReport {
     /// Who may reach IMDS (`azure.imds_access`), as enforced.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub imds_access: String,
+    /// Keys of the scale set's userData refused (they could run code or widen access).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_data_refused: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -241,6 +244,9 @@ impl Azure {
         report.tokens = tokens.map(|t| t.views()).unwrap_or_default();
         report.imds_requests = self.0.imds.requests.get();
         report.health = self.health_now();
+        if let Some(inputs) = self.0.inputs.get() {
+            report.user_data_refused = inputs.settings.borrow().user_data_refused.clone();
+        }
         let key_view = self.0.key_view.lock().unwrap_or_else(|p| p.into_inner()).clone();
         report.storage_key = (!key_view.source.is_empty()).then_some(key_view);
         let protection = self.0.protection.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -725,10 +731,20 @@ mod tests {
     fn the_shipped_template_s_config_fragment_loads_and_its_roles_cover_what_the_agent_calls() {
         let template = template();
         let fragment = template["parameters"]["configFragment"]["defaultValue"].as_str().unwrap();
+        // The pool's config is a root-owned drop-in written by cloud-init from
+        // customData; never userData, which the VM's own identity can rewrite.
+        let set = resource(&template, "Microsoft.Compute/virtualMachineScaleSets")[0];
+        let profile = &set["properties"]["virtualMachineProfile"];
+        assert!(profile.get("userData").is_none(), "the pool's config must not come from userData");
+        let custom = profile["osProfile"]["customData"].as_str().unwrap();
+        assert!(custom.contains("path: /etc/pool-agent/config.d/50-pool.toml") && custom.contains("owner: root:root"));
+        assert!(custom.contains("base64(parameters('configFragment'))"), "{custom}");
         let dir = tempfile::tempdir().unwrap();
         let main = dir.path().join("config.toml");
         std::fs::write(&main, "").unwrap();
-        let settings = crate::config::load_with(&main, Some(fragment)).unwrap();
+        std::fs::create_dir(dir.path().join("config.d")).unwrap();
+        std::fs::write(dir.path().join("config.d/50-pool.toml"), fragment).unwrap();
+        let settings = crate::config::load(&main).unwrap();
         assert!(key::spec(&settings).is_some(), "the fragment takes the key from Key Vault");
         let role = resource(&template, "Microsoft.Authorization/roleDefinitions")[0];
         let actions = template["variables"]["instanceActions"].as_array().unwrap();

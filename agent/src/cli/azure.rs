@@ -28,6 +28,13 @@ pub fn summary(report: &AzureReport) -> String {
     if !report.identity.is_empty() {
         let _ = writeln!(out, "  identity: {}", report.identity);
     }
+    if !report.user_data_refused.is_empty() {
+        let _ = writeln!(
+            out,
+            "  userData keys refused (they could run code or widen access): {}",
+            report.user_data_refused.join(", ")
+        );
+    }
     if !report.imds_access.is_empty() {
         let _ = writeln!(out, "  IMDS reachable by: {}", report.imds_access);
     }

@@ -415,12 +415,14 @@ pub struct AzureFragment {
     pub approve: Value<Vec<String>>,
     pub delete_wait: Value<ConfigDuration>,
     pub imds_access: Value<ImdsAccess>,
+    /// userData keys (`section.key`) or sections a root-owned file allows on purpose.
+    pub user_data_keys: Value<Vec<String>>,
 }
 
 impl MergeFrom for AzureFragment {
     fn merge_from(&mut self, later: Self) {
         later_wins!(self, later; enabled, imds_endpoint, client_id, monitoring_endpoint, metrics_namespace,
-            metrics_interval, instance_dimension, health_listen, unhealthy_after, arm_endpoint, protect, release_after, max_releases_per_hour, scheduled_events, approve, delete_wait, imds_access);
+            metrics_interval, instance_dimension, health_listen, unhealthy_after, arm_endpoint, protect, release_after, max_releases_per_hour, scheduled_events, approve, delete_wait, imds_access, user_data_keys);
     }
 }
 

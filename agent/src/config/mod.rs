@@ -10,6 +10,7 @@ pub mod error;
 pub mod fragment;
 pub mod settings;
 pub mod source;
+pub mod user_data;
 mod validate;
 
 pub use error::{io_text, ConfigError};
@@ -66,6 +67,7 @@ pub fn load_with(main_file: &Path, user_data: Option<&str>) -> Result<Settings, 
             Err(source) => errors.push(ConfigError::Read { file: file.clone(), source }),
         }
     }
+    let mut user_data_refused = Vec::new();
     if let Some(text) = user_data.filter(|t| !t.trim().is_empty()) {
         let name = Path::new(USER_DATA_SOURCE);
         if let Some(at) = secret_looking(text) {
@@ -78,7 +80,23 @@ pub fn load_with(main_file: &Path, user_data: Option<&str>) -> Result<Settings, 
                     .to_string(),
             });
         } else {
-            match parse_fragment(name, text) {
+            // Only what neither runs code nor widens access is applied.
+            let widened = merged
+                .azure
+                .as_ref()
+                .and_then(|a| a.value.user_data_keys.as_ref())
+                .map(|k| k.value.clone())
+                .unwrap_or_default();
+            let (kept, refused) = match user_data::allow(text, &widened) {
+                // Nothing refused: the text as written, so errors name its own lines.
+                Ok((_, refused)) if refused.is_empty() => (text.to_string(), refused),
+                Ok(filtered) => filtered,
+                // Not TOML: parsed as is below, for the parse error.
+                Err(()) => (text.to_string(), Vec::new()),
+            };
+            user_data_refused = refused.iter().map(|r| r.key.clone()).collect();
+            merged.notes.extend(refused.iter().map(ToString::to_string));
+            match parse_fragment(name, &kept) {
                 Ok(fragment) => merged.merge_from(fragment),
                 Err(err) => errors.extend(err.into_each()),
             }
@@ -91,6 +109,7 @@ pub fn load_with(main_file: &Path, user_data: Option<&str>) -> Result<Settings, 
     let notes = std::mem::take(&mut merged.notes);
     let mut settings = validate::validate(merged, files)?;
     settings.skipped = skipped.into_iter().chain(notes).collect();
+    settings.user_data_refused = user_data_refused;
     Ok(settings)
 }
 

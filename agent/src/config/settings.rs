@@ -72,6 +72,9 @@ pub struct Settings {
     /// Files in config.d that were not read, each with why (warnings).
     #[serde(skip)]
     pub skipped: Vec<String>,
+    /// Keys of the scale set's userData that were refused (warnings, also in `pool-agent azure`).
+    #[serde(skip)]
+    pub user_data_refused: Vec<String>,
     /// Where the keys that name things on the system (files, users, groups)
     /// were set, so a check against the system can name file and line too.
     #[serde(skip)]

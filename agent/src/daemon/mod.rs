@@ -41,6 +41,9 @@ pub struct DaemonOptions {
     pub prepare_image: bool,
 }
 
+/// The scale set's userData as the agent last saw it (for `--check-config`).
+const USER_DATA_SEEN: &str = "user-data.toml";
+
 /// Where the last config that was valid is kept, for a boot whose config is not.
 const LAST_GOOD_CONFIG: &str = "last-good-config.toml";
 
@@ -72,7 +75,18 @@ pub fn main(options: DaemonOptions) -> ExitCode {
     };
     let config_file = options.config.clone().unwrap_or_else(|| paths.config_file());
 
-    let loaded = config::load(&config_file);
+    // The check reads the scale set's userData as the agent last saw it, so
+    // it names what the agent refused of it too.
+    let saved_user_data =
+        options.check_config.then(|| std::fs::read_to_string(paths.state_dir().join(USER_DATA_SEEN)).ok()).flatten();
+    if let Some(seen) = saved_user_data.as_ref().filter(|t| !t.trim().is_empty()) {
+        eprintln!(
+            "pool-agentd: also checking the scale set's userData as last seen ({}, {} bytes)",
+            paths.state_dir().join(USER_DATA_SEEN).display(),
+            seen.len()
+        );
+    }
+    let loaded = config::load_with(&config_file, saved_user_data.as_deref());
     if options.prepare_image {
         // A broken config still gets its state cleared; only the unmounts need it.
         return prepare_image::prepare(&paths, loaded.as_ref().ok());
@@ -330,6 +344,11 @@ async fn run(
             Ok(()) = user_data.changed() => {
                 let text = user_data.borrow_and_update().clone();
                 tracing::info!("the scale set's userData config changed; reloading");
+                // Anyone on the VM can read userData from IMDS; kept for --check-config.
+                let seen = paths.state_dir().join(USER_DATA_SEEN);
+                if let Err(err) = crate::core::atomic::replace_file(&seen, text.as_bytes(), 0o644) {
+                    tracing::warn!("cannot keep the userData in {}: {err}", seen.display());
+                }
                 reload(&paths, &config_file, &text, &settings_tx, &board)
             }
         }

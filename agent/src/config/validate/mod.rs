@@ -82,6 +82,7 @@ pub(super) fn validate(merged: ConfigFragment, sources: Vec<PathBuf>) -> Result<
     Ok(Settings {
         sources,
         skipped: Vec::new(),
+        user_data_refused: Vec::new(),
         origins,
         stand_in: false,
         instance,
