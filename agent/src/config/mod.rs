@@ -89,10 +89,10 @@ pub fn load_with(main_file: &Path, user_data: Option<&str>) -> Result<Settings, 
                 .unwrap_or_default();
             let (kept, refused) = match user_data::allow(text, &widened) {
                 // Nothing refused: the text as written, so errors name its own lines.
-                Ok((_, refused)) if refused.is_empty() => (text.to_string(), refused),
-                Ok(filtered) => filtered,
+                Some((_, refused)) if refused.is_empty() => (text.to_string(), refused),
+                Some(filtered) => filtered,
                 // Not TOML: parsed as is below, for the parse error.
-                Err(()) => (text.to_string(), Vec::new()),
+                None => (text.to_string(), Vec::new()),
             };
             user_data_refused = refused.iter().map(|r| r.key.clone()).collect();
             merged.notes.extend(refused.iter().map(ToString::to_string));

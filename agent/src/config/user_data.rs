@@ -67,10 +67,10 @@ fn allowed(key: &str, widened: &[String]) -> bool {
     ALLOWED.contains(&key) || widened.iter().any(|w| w == key || w == section)
 }
 
-/// Keeps what the fragment may set. Ok: the text to apply and the keys
-/// refused; Err: the fragment is not TOML (the caller reports the parse error).
-pub fn allow(text: &str, widened: &[String]) -> Result<(String, Vec<Refused>), ()> {
-    let table: toml::Table = text.parse().map_err(|_| ())?;
+/// Keeps what the fragment may set: the text to apply and the keys
+/// refused; None when the fragment is not TOML (the caller reports the parse error).
+pub fn allow(text: &str, widened: &[String]) -> Option<(String, Vec<Refused>)> {
+    let table: toml::Table = text.parse().ok()?;
     let mut kept = toml::Table::new();
     let mut refused = Vec::new();
     for (section, value) in table {
@@ -92,8 +92,8 @@ pub fn allow(text: &str, widened: &[String]) -> Result<(String, Vec<Refused>), (
         }
     }
     refused.sort_by_key(|r| r.line);
-    let text = toml::to_string(&kept).map_err(|_| ())?;
-    Ok((text, refused))
+    let text = toml::to_string(&kept).ok()?;
+    Some((text, refused))
 }
 
 /// The line (1-based) where `key` is set under `[section]` (or a
@@ -149,6 +149,6 @@ mod tests {
         let (kept, refused) = allow(text, &["share".into(), "idle.action".into()]).unwrap();
         assert!(refused.is_empty(), "{refused:?}");
         assert!(kept.contains("account") && kept.contains("delete-self"), "{kept}");
-        assert!(allow("not [ toml", &[]).is_err());
+        assert!(allow("not [ toml", &[]).is_none());
     }
 }
