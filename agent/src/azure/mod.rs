@@ -11,6 +11,9 @@
 
 pub mod arm;
 pub mod delete;
+pub mod delete_arm;
+pub mod delete_lease;
+pub mod drain;
 pub mod events;
 pub mod health;
 pub mod imds;
