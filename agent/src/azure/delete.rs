@@ -114,7 +114,9 @@ impl Inputs {
         body: Option<&serde_json::Value>,
         if_match: Option<&str>,
     ) -> Result<Reply, String> {
-        delete_arm::call(&self.http, &self.tokens, method, url, body, if_match).await.map_err(|why| format!("ARM: {why}"))
+        delete_arm::call(&self.http, &self.tokens, method, url, body, if_match)
+            .await
+            .map_err(|why| format!("ARM: {why}"))
     }
 
     async fn read_scale_set(&self) -> Result<ScaleSet, String> {
@@ -127,12 +129,14 @@ impl Inputs {
     }
 
     async fn read_instance(&self, url: &str) -> Result<(InstanceIs, serde_json::Value), String> {
-        let reply = self.call(reqwest::Method::GET, &format!("{url}?api-version={}", protect::COMPUTE_API), None, None).await?;
+        let reply =
+            self.call(reqwest::Method::GET, &format!("{url}?api-version={}", protect::COMPUTE_API), None, None).await?;
         match reply.status {
             404 => Ok((InstanceIs::Gone, serde_json::Value::Null)),
             200..=299 => {
                 let model = reply.json();
-                let deleting = model.pointer("/properties/provisioningState").and_then(|s| s.as_str()) == Some("Deleting");
+                let deleting =
+                    model.pointer("/properties/provisioningState").and_then(|s| s.as_str()) == Some("Deleting");
                 Ok((if deleting { InstanceIs::Deleting } else { InstanceIs::Present }, model))
             }
             status => Err(format!("reading the instance: ARM answered {status}: {}", reply.text())),
@@ -196,7 +200,8 @@ impl Inputs {
         lease::set_allows(&set, self.min_instances, me, ctx.clock.now())?;
         if !self.protect {
             let (_, model) = self.read_instance(instance).await?;
-            if model.pointer("/properties/protectionPolicy/protectFromScaleIn").and_then(|p| p.as_bool()) == Some(true) {
+            if model.pointer("/properties/protectionPolicy/protectFromScaleIn").and_then(|p| p.as_bool()) == Some(true)
+            {
                 return Err("the instance is protected from scale-in".into());
             }
         }
@@ -206,7 +211,11 @@ impl Inputs {
     }
 
     /// Writes `tags` with If-Match: Ok(the set after), Err(pass to take).
-    async fn write_tags(&self, set: &ScaleSet, tags: std::collections::BTreeMap<String, String>) -> Result<ScaleSet, Pass> {
+    async fn write_tags(
+        &self,
+        set: &ScaleSet,
+        tags: std::collections::BTreeMap<String, String>,
+    ) -> Result<ScaleSet, Pass> {
         let url = format!("{}?api-version={}", self.scale_set_url(), protect::COMPUTE_API);
         // Only the tags: resending virtualMachineProfile would mark instances outdated.
         let body = serde_json::json!({ "tags": tags });
@@ -254,14 +263,12 @@ pub async fn keep(ctx: TaskContext, view: Arc<Mutex<DeleteView>>, inputs: Inputs
         return;
     };
     let me = instance.rsplit('/').next().unwrap_or_default().to_string();
-    if let Some(pass) = resume(&ctx, &shown, &inputs, &file, &instance, &me).await {
-        if let Pass::Done(why) = pass {
-            shown.update(|v| {
-                v.state = "deleted".into();
-                v.why = why;
-            });
-            return;
-        }
+    if let Some(why) = resume(&ctx, &shown, &inputs, &file, &instance, &me).await {
+        shown.update(|v| {
+            v.state = "deleted".into();
+            v.why = why;
+        });
+        return;
     }
     let mut idle_rx = ctx.shared.watch_idle();
     let mut cached = None;
@@ -319,7 +326,7 @@ pub async fn keep(ctx: TaskContext, view: Arc<Mutex<DeleteView>>, inputs: Inputs
 
 /// A record left by an earlier run: ours means a request was in flight
 /// when the agent stopped, so the instance is read; another VM's (an image
-/// baked with one) is ignored. `Some(Done)`: the instance is going.
+/// baked with one) is ignored. `Some(why)`: the instance is going.
 async fn resume(
     ctx: &TaskContext,
     shown: &Shown<DeleteView>,
@@ -327,7 +334,7 @@ async fn resume(
     file: &Path,
     instance: &str,
     me: &str,
-) -> Option<Pass> {
+) -> Option<String> {
     let bytes = std::fs::read(file).ok()?;
     let record = serde_json::from_slice::<Record>(&bytes).ok();
     let ours = record.as_ref().is_some_and(|r| r.instance == me && r.vm_id == inputs.compute.vm_id);
@@ -347,7 +354,7 @@ async fn resume(
         v.requested_at = record.map(|r| r.at);
     });
     match follow(ctx, inputs, None, instance).await {
-        Ok(why) => Some(Pass::Done(why)),
+        Ok(why) => Some(why),
         Err(why) => {
             tracing::warn!(component = "azure", "the delete asked before did not happen ({why}); checking again");
             let _ = std::fs::remove_file(file);
@@ -412,7 +419,10 @@ async fn attempt(
                 Some(pass) => pass,
                 None => {
                     let _ = std::fs::remove_file(file);
-                    Pass::Retry { why: format!("the delete got no answer ({why}) and the instance is not going"), after: None }
+                    Pass::Retry {
+                        why: format!("the delete got no answer ({why}) and the instance is not going"),
+                        after: None,
+                    }
                 }
             };
         }
@@ -455,13 +465,13 @@ fn record(file: &Path, at: &str, me: &str, vm_id: &str) -> Result<(), String> {
     let record = Record { at: at.to_string(), instance: me.to_string(), vm_id: vm_id.to_string() };
     let bytes = serde_json::to_vec(&record).unwrap_or_default();
     let parent_made = file.parent().map_or(Ok(()), std::fs::create_dir_all);
-    let made = parent_made
-        .and_then(|()| std::fs::OpenOptions::new().write(true).create_new(true).open(file))
-        .and_then(|mut f| {
+    let made = parent_made.and_then(|()| std::fs::OpenOptions::new().write(true).create_new(true).open(file)).and_then(
+        |mut f| {
             use std::io::Write;
             f.write_all(&bytes)?;
             f.sync_all()
-        });
+        },
+    );
     made.map_err(|err| match err.kind() {
         std::io::ErrorKind::AlreadyExists => "a delete request is already in flight".to_string(),
         _ => format!("cannot record the delete request in {}: {err}; not deleting", file.display()),

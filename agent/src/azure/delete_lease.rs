@@ -58,8 +58,13 @@ impl ScaleSet {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lease {
     Free,
-    Ours { until: SystemTime },
-    Other { holder: String, until: SystemTime },
+    Ours {
+        until: SystemTime,
+    },
+    Other {
+        holder: String,
+        until: SystemTime,
+    },
     /// A tag that does not read as a lease: held (fail safe) until an admin removes it.
     Unreadable(String),
 }
@@ -106,10 +111,7 @@ pub fn set_allows(set: &ScaleSet, min_instances: u32, me: &str, now: SystemTime)
     }
     // Capacity 0 while this VM runs is a read to distrust, not a floor of 0.
     if set.capacity == 0 || set.capacity - 1 < u64::from(min_instances) {
-        return Err(format!(
-            "capacity {} - 1 would go below idle.min_instances = {min_instances}",
-            set.capacity
-        ));
+        return Err(format!("capacity {} - 1 would go below idle.min_instances = {min_instances}", set.capacity));
     }
     match lease_of(&set.tags, me, now) {
         Lease::Free | Lease::Ours { .. } => {}

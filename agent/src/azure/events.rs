@@ -232,12 +232,17 @@ async fn act(
                     drain::Step::Approve { why } => approve_event(imds, event, &why, state, set).await,
                     drain::Step::Wait { deadline, why } => match deadline {
                         Some(at) => format!("draining: {why}; approved when idle, at the latest {}", rfc3339(at)),
-                        None => format!("draining: {why}; approved when idle (no NotBefore: Azure proceeds on its own)"),
+                        None => {
+                            format!("draining: {why}; approved when idle (no NotBefore: Azure proceeds on its own)")
+                        }
                     },
                     drain::Step::DrainOnly { others } => {
                         state.handled.events.insert(event.event_id.clone(), "drained, not approved".into());
                         save(&state.file, &state.handled);
-                        format!("not approved: it names other VMs too ({}); Azure proceeds at NotBefore", others.join(", "))
+                        format!(
+                            "not approved: it names other VMs too ({}); Azure proceeds at NotBefore",
+                            others.join(", ")
+                        )
                     }
                     // The event changed under the drain (cannot: the same facts): say so.
                     other => format!("{other:?}"),
@@ -261,9 +266,10 @@ async fn act(
     }
     // The event left the document and this VM still runs: it was cancelled
     // or is over, so new logins are welcome again.
-    let ours_pending = document.events.iter().any(|e| {
-        e.resources.iter().any(|r| r == vm_name) && matches!(e.event_type.as_str(), "Terminate" | "Preempt")
-    });
+    let ours_pending = document
+        .events
+        .iter()
+        .any(|e| e.resources.iter().any(|r| r == vm_name) && matches!(e.event_type.as_str(), "Terminate" | "Preempt"));
     if !ours_pending {
         remove_our_nologin(ctx);
     }
@@ -284,8 +290,12 @@ fn remove_our_nologin(ctx: &TaskContext) {
         return;
     }
     match std::fs::remove_file(&nologin) {
-        Ok(()) => tracing::warn!(component = "azure", "the event left; {} removed, logins welcome again", nologin.display()),
-        Err(err) => tracing::warn!(component = "azure", "cannot remove {}: {}", nologin.display(), crate::config::io_text(&err)),
+        Ok(()) => {
+            tracing::warn!(component = "azure", "the event left; {} removed, logins welcome again", nologin.display())
+        }
+        Err(err) => {
+            tracing::warn!(component = "azure", "cannot remove {}: {}", nologin.display(), crate::config::io_text(&err))
+        }
     }
 }
 
