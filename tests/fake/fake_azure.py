@@ -116,6 +116,21 @@ def take_fault(path, method):
     return None
 
 
+def settle_operations():
+    """Delete operations end on their own time, polled or not (as Azure's do)."""
+    with lock:
+        for op in state["operations"].values():
+            if op.get("finished") or now() < op["started"] + op["seconds"]:
+                continue
+            op["finished"] = True
+            if op["outcome"] == "Succeeded":
+                for i in op["instanceIds"]:
+                    state["instances"].pop(i, None)
+            else:
+                state["scale_set"]["capacity"] += len(op["instanceIds"])
+                state["scale_set_etag"] += 1
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -169,6 +184,7 @@ class Handler(BaseHTTPRequestHandler):
             parts = path.split("/", 3)
             if len(parts) == 4 and parts[3].startswith("metadata/"):
                 self.vm, path = parts[2], "/" + parts[3]
+        settle_operations()
         fault = take_fault(path, method)
         if fault:
             if fault.get("delay"):
@@ -381,19 +397,8 @@ class Handler(BaseHTTPRequestHandler):
         operation_id = path.rsplit("/", 1)[-1]
         with lock:
             op = state["operations"].get(operation_id)
-            if op is None:
-                done, outcome = None, None
-            else:
-                done = now() >= op["started"] + op["seconds"]
-                outcome = op["outcome"]
-                if done and not op.get("finished"):
-                    op["finished"] = True
-                    if outcome == "Succeeded":
-                        for i in op["instanceIds"]:
-                            state["instances"].pop(i, None)
-                    else:
-                        state["scale_set"]["capacity"] += len(op["instanceIds"])
-                        state["scale_set_etag"] += 1
+            done = op is not None and op.get("finished", False)
+            outcome = op["outcome"] if op else None
         if op is None:
             return self.reply(404, {"error": {"code": "NotFound", "message": "operation not found"}})
         monitor = (query.get("monitor") or [""])[0] == "true"
