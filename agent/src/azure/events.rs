@@ -128,7 +128,9 @@ pub async fn watch(
 ) {
     let shown = Shown(report);
     let file = ctx.paths.state_dir().join(STATE_FILE);
-    let mut state = Watching { handled: load(&file), file, drained: BTreeSet::new(), views: Vec::new() };
+    // A nologin left by an earlier run is looked at once too.
+    let mut state =
+        Watching { handled: load(&file), file, drained: BTreeSet::new(), views: Vec::new(), nologin_maybe: true };
     let mut deadline = FIRST_CALL;
     shown.update(|r| r.state = "starting".into());
     loop {
@@ -164,6 +166,8 @@ struct Watching {
     /// Events drained by this process (a restart drains a `draining` one again).
     drained: BTreeSet<String>,
     views: Vec<EventView>,
+    /// Whether a nologin of ours may be there (not read every second otherwise).
+    nologin_maybe: bool,
 }
 
 /// What a record kept across restarts settles: `Some(handling)` when the
@@ -224,6 +228,7 @@ async fn act(
                             Err(_) => format!("the drain ran out of its {} s", budget.as_secs()),
                         };
                     state.drained.insert(event.event_id.clone());
+                    state.nologin_maybe = true;
                     set.update(|r| r.last_drain = Some(summary.clone()));
                 }
                 // The drain took time: decide on the verdict and clock as they are now.
@@ -270,8 +275,9 @@ async fn act(
         .events
         .iter()
         .any(|e| e.resources.iter().any(|r| r == vm_name) && matches!(e.event_type.as_str(), "Terminate" | "Preempt"));
-    if !ours_pending {
+    if !ours_pending && state.nologin_maybe {
         remove_our_nologin(ctx);
+        state.nologin_maybe = false;
     }
     state.views = views.clone();
     let incarnation = document.document_incarnation;
