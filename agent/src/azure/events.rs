@@ -170,6 +170,16 @@ struct Watching {
     nologin_maybe: bool,
 }
 
+/// How long the drain may take: until `NotBefore - 30 s` (at least 5 s, at
+/// most [`DRAIN_AT_MOST`]); without a `NotBefore`, the most.
+fn drain_budget(not_before: Option<SystemTime>, now: SystemTime) -> Duration {
+    let until_deadline = match not_before.map(|at| at.checked_sub(drain::APPROVE_BEFORE).unwrap_or(at)) {
+        Some(deadline) => deadline.duration_since(now).unwrap_or_default(),
+        None => DRAIN_AT_MOST,
+    };
+    until_deadline.clamp(Duration::from_secs(5), DRAIN_AT_MOST)
+}
+
 /// What a record kept across restarts settles: `Some(handling)` when the
 /// event is done with, `None` when it is still to drain or decide (no
 /// record, or `draining`: a crash mid-drain drains again and decides again).
@@ -217,11 +227,7 @@ async fn act(
                 if !state.drained.contains(&event.event_id) {
                     state.handled.events.insert(event.event_id.clone(), "draining".into());
                     save(&state.file, &state.handled);
-                    let budget = not_before
-                        .map(|at| at.checked_sub(drain::APPROVE_BEFORE).unwrap_or(at))
-                        .and_then(|at| at.duration_since(now).ok())
-                        .unwrap_or_default()
-                        .clamp(Duration::from_secs(5), DRAIN_AT_MOST);
+                    let budget = drain_budget(not_before, now);
                     let summary =
                         match tokio::time::timeout(budget, drain(ctx, &event.event_type, &event.not_before)).await {
                             Ok(summary) => summary,
@@ -467,5 +473,14 @@ mod tests {
         assert_eq!(settled(Some("drained, not approved")).as_deref(), Some("drained, not approved"));
         let failed = "approval failed (IMDS answered 400); Azure proceeds at NotBefore";
         assert_eq!(settled(Some(failed)).as_deref(), Some(failed), "a failed approval is not sent twice");
+    }
+
+    #[test]
+    fn the_drain_gets_the_time_until_the_deadline_within_bounds() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(drain_budget(Some(now + Duration::from_secs(90)), now), Duration::from_secs(60));
+        assert_eq!(drain_budget(Some(now + Duration::from_secs(600)), now), DRAIN_AT_MOST);
+        assert_eq!(drain_budget(Some(now), now), Duration::from_secs(5), "a deadline past still drains a little");
+        assert_eq!(drain_budget(None, now), DRAIN_AT_MOST, "no NotBefore is no reason to cut the drain short");
     }
 }
