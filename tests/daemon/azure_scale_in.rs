@@ -96,6 +96,46 @@ fn a_terminate_waits_for_a_user_at_work_until_not_before_minus_30_s_and_nologin_
 }
 
 #[test]
+fn a_terminate_waiting_for_a_user_is_approved_when_the_verdict_turns_idle_not_at_the_deadline() {
+    if !nix_is_root() {
+        skip_note("SKIP a_terminate_waiting_for_a_user…: a hold needs a user-range uid or an admin; root is one");
+        return;
+    }
+    let Some(fake) = FakeAzure::start() else { return };
+    let sandbox = Sandbox::new();
+    sandbox.write_config(&quick_idle(&azure_config(&fake, "")));
+    let _daemon = sandbox.start();
+    let held = sandbox.cli_json(&["--json", "hold", "1h", "--reason", "training"]);
+    let id = held["id"].as_str().unwrap().to_string();
+    let not_before = SystemTime::now() + Duration::from_secs(240);
+    fake.configure(one_terminate(1, "T-LEAVES", "pool_3", not_before));
+    let waiting = eventually(Duration::from_secs(15), || {
+        Some(events_json(&sandbox)).filter(|r| handling_of(r, "T-LEAVES").starts_with("draining: in use"))
+    });
+    assert!(waiting.is_some(), "{:#}", events_json(&sandbox));
+    // She is done: the hold goes, the verdict turns idle a minute later, and the approval follows it.
+    assert!(sandbox.cli(&["hold", "release", &id]).status.success());
+    let mut idle_at = None;
+    let approved = eventually(Duration::from_secs(120), || {
+        if idle_at.is_none() && sandbox.cli_json(&["idle", "--json"])["verdict"] == "idle" {
+            idle_at = Some(unix_now());
+        }
+        Some(fake.read("approvals")).filter(|a| !a.is_empty())
+    })
+    .unwrap_or_else(|| panic!("never approved: {:#}", events_json(&sandbox)));
+    let at = approved[0]["time"].as_f64().unwrap();
+    let idle_at = idle_at.expect("the verdict turned idle before the approval");
+    let deadline = not_before.duration_since(UNIX_EPOCH).unwrap().as_secs_f64() - 30.0;
+    println!(
+        "approved {:.1} s after the verdict turned idle, {:.0} s before the deadline",
+        at - idle_at,
+        deadline - at
+    );
+    assert!(at - idle_at <= 5.0, "approved {:.1} s after the verdict turned idle", at - idle_at);
+    assert!(deadline - at > 60.0, "approved at the deadline, not when she left");
+}
+
+#[test]
 fn a_terminate_on_a_vm_nobody_uses_is_approved_within_one_sample() {
     let Some(fake) = FakeAzure::start() else { return };
     let sandbox = Sandbox::new();
