@@ -418,13 +418,15 @@ fn five_idle_vms_at_the_floor_plus_one_delete_exactly_one() {
 }
 
 #[test]
-fn a_delete_answered_429_is_sent_again_after_retry_after_and_followed_and_a_baked_record_is_ignored() {
+fn a_delete_unanswered_then_answered_429_is_sent_again_and_its_202_followed_and_a_baked_record_is_ignored() {
     let Some(fake) = FakeAzure::start() else { return };
     let delete_path = format!("{SCALE_SET}/delete");
     fake.configure(serde_json::json!({
         "instances": unprotected(&["3"]),
         "scale_set": {"capacity": 3, "provisioningState": "Succeeded", "delete_seconds": 3},
     }));
+    // First no answer at all (the connection dropped after the request), then a 429, then the 202.
+    fake.fault(serde_json::json!({"path": delete_path, "method": "POST", "drop": true, "count": 1}));
     fake.fault(serde_json::json!({"path": delete_path, "method": "POST", "status": 429, "count": 1, "retry_after": 4,
         "body": {"error": {"code": "TooManyRequests", "message": "The request is being throttled."}}}));
     let sandbox = Sandbox::new();
@@ -454,7 +456,8 @@ fn a_delete_answered_429_is_sent_again_after_retry_after_and_followed_and_a_bake
     assert!(polls.len() >= 2, "the operation was not followed: {polls:?}");
     assert!(polls.iter().all(|p| p["time"].as_f64() > asked[1]["time"].as_f64()));
     assert!(deleted["self_delete"]["why"].as_str().unwrap_or_default().contains("succeeded"), "{deleted:#}");
-    assert_eq!(deleted["self_delete"]["attempts"], 2, "{deleted:#}");
+    // The unanswered one, the 429 and the 202: each after every check again.
+    assert_eq!(deleted["self_delete"]["attempts"], 3, "{deleted:#}");
     assert_eq!(fake.read("deletes").len(), 1);
     // The record now names this VM (its vmId), not the baked one.
     let record = std::fs::read_to_string(state.join("delete-requested.json")).unwrap();
