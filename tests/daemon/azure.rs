@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 
 const FAKE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fake/fake_azure.py");
 
-struct FakeAzure {
+pub(crate) struct FakeAzure {
     child: Child,
     port: u16,
 }
 
 impl FakeAzure {
-    fn start() -> Option<Self> {
+    pub(crate) fn start() -> Option<Self> {
         let spawned = Command::new("python3").arg(FAKE).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn();
         let Ok(mut child) = spawned else {
             skip_note("SKIP: python3 is not installed (the fake Azure needs it)");
@@ -30,7 +30,7 @@ impl FakeAzure {
         Some(Self { child, port })
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
@@ -47,19 +47,19 @@ impl FakeAzure {
         answer.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
     }
 
-    fn fault(&self, fault: serde_json::Value) {
+    pub(crate) fn fault(&self, fault: serde_json::Value) {
         self.call("POST", "/_fake/fault", &fault.to_string());
     }
 
-    fn configure(&self, config: serde_json::Value) {
+    pub(crate) fn configure(&self, config: serde_json::Value) {
         self.call("POST", "/_fake/config", &config.to_string());
     }
 
-    fn read(&self, what: &str) -> Vec<serde_json::Value> {
+    pub(crate) fn read(&self, what: &str) -> Vec<serde_json::Value> {
         serde_json::from_str(&self.call("GET", &format!("/_fake/{what}"), "")).unwrap_or_default()
     }
 
-    fn requests_to(&self, path: &str) -> Vec<serde_json::Value> {
+    pub(crate) fn requests_to(&self, path: &str) -> Vec<serde_json::Value> {
         self.read("requests").into_iter().filter(|r| r["path"] == path).collect()
     }
 }
@@ -71,14 +71,14 @@ impl Drop for FakeAzure {
     }
 }
 
-fn azure_config(fake: &FakeAzure, extra: &str) -> String {
+pub(crate) fn azure_config(fake: &FakeAzure, extra: &str) -> String {
     format!(
         "{LOCAL_SHARE_CONFIG}\n[azure]\nenabled = true\nimds_endpoint = \"{url}\"\nmonitoring_endpoint = \"{url}\"\narm_endpoint = \"{url}\"\nprotect = false\nmetrics_interval = \"2s\"\nhealth_listen = \"\"\n{extra}",
         url = fake.url()
     )
 }
 
-fn azure_json(sandbox: &Sandbox) -> serde_json::Value {
+pub(crate) fn azure_json(sandbox: &Sandbox) -> serde_json::Value {
     sandbox.cli_json(&["azure", "--json"])
 }
 
@@ -577,7 +577,7 @@ const INSTANCE: &str = "/subscriptions/11111111-2222-3333-4444-555555555555/reso
 
 /// The agent on a local share, idle a minute after the last activity, with
 /// protection released `release_after` after that.
-fn protection_config(fake: &FakeAzure, release_after: &str) -> String {
+pub(crate) fn protection_config(fake: &FakeAzure, release_after: &str) -> String {
     let config = LOCAL_SHARE_CONFIG
         .replace("interval = \"10s\"\ntimeout = \"30m\"", "interval = \"2s\"\ntimeout = \"1m\"\nboot_grace = \"0s\"");
     format!(
@@ -784,175 +784,4 @@ fn an_absent_read_once_does_not_end_protection_and_a_refused_write_names_the_rol
     assert!(protect_puts(&fake).len() >= 3, "two refused and one done");
 }
 
-fn event(id: &str, kind: &str, status: &str, resources: &[&str], not_before: &str) -> serde_json::Value {
-    serde_json::json!({"EventId": id, "EventType": kind, "ResourceType": "VirtualMachine", "Resources": resources,
-        "EventStatus": status, "NotBefore": not_before, "Description": "", "EventSource": "Platform", "DurationInSeconds": -1})
-}
-
-fn approved_ids(fake: &FakeAzure) -> Vec<String> {
-    fake.read("approvals")
-        .iter()
-        .flat_map(|a| a["ids"].as_array().unwrap().iter().map(|i| i.as_str().unwrap().to_string()).collect::<Vec<_>>())
-        .collect()
-}
-
-#[test]
-fn a_terminate_for_this_vm_is_drained_then_approved_once_and_no_other_vm_s_event_is_ever_approved() {
-    let Some(fake) = FakeAzure::start() else { return };
-    let not_before = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(300));
-    let events = |incarnation: u64| {
-        serde_json::json!({"scheduled_events": {"DocumentIncarnation": incarnation, "Events": [
-            event("T-OURS", "Terminate", "Scheduled", &["pool_3"], &not_before),
-            // Events reach every VM of a placement group; an approval covers every name listed.
-            event("T-OTHER", "Terminate", "Scheduled", &["pool_7"], &not_before),
-            event("T-BOTH", "Terminate", "Scheduled", &["pool_3", "pool_7"], &not_before),
-            event("R-STARTED", "Reboot", "Started", &["pool_3"], ""),
-            event("F-OURS", "Freeze", "Scheduled", &["pool_3"], &not_before),
-            event("D-OURS", "Redeploy", "Scheduled", &["pool_3"], &not_before),
-        ]}})
-    };
-    fake.configure(events(1));
-    // A scale set without a terminate notification profile: said in the report.
-    fake.configure(serde_json::json!({"scale_set": {"capacity": 3, "provisioningState": "Succeeded", "terminateNotification": false}}));
-    let sandbox = Sandbox::new();
-    sandbox.write_config(&azure_config(&fake, ""));
-    // As a crash in the middle of draining T-OURS leaves it: drained again, approved once.
-    let state = sandbox.root().join("var/lib/pool-agent");
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::write(state.join("scheduled-events.json"), r#"{"events": {"T-OURS": "draining"}}"#).unwrap();
-    let daemon = sandbox.start();
-    let approved = eventually(Duration::from_secs(30), || Some(approved_ids(&fake)).filter(|ids| ids.len() >= 2))
-        .unwrap_or_else(|| panic!("not approved: {:#}", sandbox.cli_json(&["events", "--json"])));
-    std::thread::sleep(Duration::from_secs(3));
-    let mut approved_sorted = approved_ids(&fake);
-    approved_sorted.sort();
-    assert_eq!(approved_sorted, ["F-OURS", "T-OURS"], "first seen: {approved:?}");
-    let kept: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(state.join("scheduled-events.json")).unwrap()).unwrap();
-    assert_eq!(kept["events"]["T-OURS"], "approved", "the record a restart reads: {kept}");
-    // Drained before it was approved: new logins refused with a message that says why.
-    let nologin = std::fs::read_to_string(sandbox.root().join("run/nologin")).unwrap_or_default();
-    assert!(nologin.contains("Terminate") && nologin.contains("Save your work"), "{nologin:?}");
-    let report = sandbox.cli_json(&["events", "--json"]);
-    let handling = |id: &str| {
-        report["events"].as_array().unwrap().iter().find(|e| e["id"] == id).unwrap()["handling"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    assert!(handling("T-OTHER").starts_with("not ours"), "{report:#}");
-    assert!(handling("T-BOTH").contains("names other VMs too (pool_7)"), "{report:#}");
-    assert_eq!(handling("R-STARTED"), "already started");
-    assert!(handling("D-OURS").starts_with("waiting for NotBefore"), "Redeploy is not in azure.approve: {report:#}");
-    assert!(report["last_drain"].as_str().unwrap_or_default().contains("synced"), "{report:#}");
-    assert!(report["warning"].as_str().unwrap_or_default().contains("no terminate notification profile"), "{report:#}");
-    let human = stdout(&sandbox.cli(&["events"]));
-    assert!(human.contains("Terminate T-OURS [Scheduled] for pool_3") && human.contains("approved"), "{human}");
-    // A restart and a new incarnation of the same events: nothing is approved twice.
-    drop(daemon);
-    fake.configure(events(2));
-    let _daemon = sandbox.start();
-    let seen = eventually(Duration::from_secs(20), || {
-        Some(sandbox.cli_json(&["events", "--json"])).filter(|r| r["incarnation"] == 2)
-    });
-    assert!(seen.is_some(), "{:#}", sandbox.cli_json(&["events", "--json"]));
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(approved_ids(&fake).len(), 2, "approved again after a restart: {:?}", approved_ids(&fake));
-}
-
-/// A VM idle a minute after start, protection released 10 s later, and
-/// `delete-self` keeping 2 instances.
-fn delete_self_config(fake: &FakeAzure) -> String {
-    protection_config(fake, "10s")
-        .replace("boot_grace = \"0s\"", "boot_grace = \"0s\"\naction = \"delete-self\"\nmin_instances = 2")
-        + "delete_wait = \"3s\"\n"
-}
-
-#[test]
-fn self_delete_fires_once_and_never_while_active_updating_at_the_floor_or_with_a_terminate_pending() {
-    // Four VMs side by side, each against its own fake scale set.
-    let not_before = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(900));
-    let cases: [(&str, serde_json::Value); 4] = [
-        ("goes", serde_json::json!({"scale_set": {"capacity": 3, "provisioningState": "Succeeded"}})),
-        ("updating", serde_json::json!({"scale_set": {"capacity": 3, "provisioningState": "Updating"}})),
-        ("at the floor", serde_json::json!({"scale_set": {"capacity": 2, "provisioningState": "Succeeded"}})),
-        (
-            "terminate pending",
-            serde_json::json!({"scale_set": {"capacity": 3, "provisioningState": "Succeeded"},
-                "scheduled_events": {"DocumentIncarnation": 1, "Events": [
-                    event("T-1", "Terminate", "Scheduled", &["pool_3", "pool_4"], &not_before)]}}),
-        ),
-    ];
-    let mut running = Vec::new();
-    for (name, setup) in cases {
-        let Some(fake) = FakeAzure::start() else { return };
-        fake.configure(setup);
-        let sandbox = Sandbox::new();
-        sandbox.write_config(&delete_self_config(&fake));
-        let daemon = sandbox.start();
-        running.push((name, fake, sandbox, daemon));
-    }
-    // In use at first (the idle timeout has not passed): no VM goes, and each says why.
-    std::thread::sleep(Duration::from_secs(5));
-    for (name, fake, sandbox, _) in &running {
-        let view = azure_json(sandbox);
-        let why = view["self_delete"]["why"].as_str().unwrap_or_default().to_string();
-        assert!(why.starts_with("not idle") || why.contains("protection not confirmed off"), "{name}: {view:#}");
-        assert!(fake.read("deletes").is_empty(), "{name}");
-    }
-    // Idle after a minute, released 10 s later and confirmed 30-60 s after that.
-    let goes = &running[0];
-    let deleted = eventually(Duration::from_secs(180), || Some(goes.1.read("deletes")).filter(|d| !d.is_empty()))
-        .unwrap_or_else(|| panic!("never deleted: {:#}", azure_json(&goes.2)));
-    assert_eq!(deleted[0]["instanceIds"], serde_json::json!(["3"]));
-    let requested = azure_json(&goes.2);
-    assert_eq!(requested["self_delete"]["state"], "requested", "{requested:#}");
-    assert_eq!(requested["protection"]["protected"], "no", "deleted only with protection confirmed off");
-    // The others were just as idle and released, and stayed.
-    for (name, fake, sandbox, _) in &running[1..] {
-        let expected = match *name {
-            "updating" => "Updating",
-            "at the floor" => "min_instances = 2",
-            _ => "a Terminate is pending",
-        };
-        // Each got past protection (its read-back comes 30-60 s after the release) to its own reason.
-        let held = eventually(Duration::from_secs(90), || {
-            let view = azure_json(sandbox);
-            view["self_delete"]["why"].as_str().is_some_and(|why| why.contains(expected)).then_some(view)
-        });
-        assert!(held.is_some(), "{name}: {:#}", azure_json(sandbox));
-        assert!(fake.read("deletes").is_empty(), "{name} was deleted: {:#}", azure_json(sandbox));
-    }
-    // Asked once: a restart does not ask again.
-    let (_, fake, sandbox, daemon) = running.swap_remove(0);
-    drop(daemon);
-    let _daemon = sandbox.start();
-    std::thread::sleep(Duration::from_secs(8));
-    assert_eq!(fake.read("deletes").len(), 1, "{:#}", azure_json(&sandbox));
-    assert_eq!(azure_json(&sandbox)["self_delete"]["state"], "requested");
-}
-
-#[test]
-fn self_delete_triggered_again_during_its_wait_still_asks_once() {
-    let Some(fake) = FakeAzure::start() else { return };
-    let sandbox = Sandbox::new();
-    // No floor: a second request would not be held back by the capacity the first one took.
-    let config = delete_self_config(&fake)
-        .replace("delete_wait = \"3s\"", "delete_wait = \"20s\"")
-        .replace("min_instances = 2", "min_instances = 0");
-    sandbox.write_config(&config);
-    let daemon = sandbox.start();
-    // Every check passed: the VM is in its random wait before deleting.
-    let deciding = eventually(Duration::from_secs(180), || {
-        Some(azure_json(&sandbox)).filter(|a| a["self_delete"]["state"] == "deciding")
-    });
-    assert!(deciding.is_some(), "{:#}", azure_json(&sandbox));
-    // A reload that changes [azure] starts the capability again: a second trigger, racing the first.
-    sandbox.write_config(&config.replace("delete_wait = \"20s\"", "delete_wait = \"2s\""));
-    daemon.signal("HUP");
-    let deleted = eventually(Duration::from_secs(150), || Some(fake.read("deletes")).filter(|d| !d.is_empty()));
-    assert!(deleted.is_some(), "never deleted: {:#}", azure_json(&sandbox));
-    // The first trigger's wait (up to 20 s) has passed too: still one request.
-    std::thread::sleep(Duration::from_secs(22));
-    assert_eq!(fake.read("deletes").len(), 1, "{:?}", fake.read("deletes"));
-}
+// Scheduled Events and self-delete: tests/daemon/azure_scale_in.rs.

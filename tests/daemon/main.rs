@@ -4,6 +4,7 @@
 mod harness;
 
 mod azure;
+mod azure_scale_in;
 mod cli;
 mod config_check;
 mod idle;

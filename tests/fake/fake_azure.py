@@ -24,7 +24,15 @@ Faults are injected and requests read back through /_fake/* routes:
                        "scheduled_events": {"DocumentIncarnation": 2, "Events": [...]}}
   GET  /_fake/instance_writes  protection writes that changed an instance
   GET  /_fake/approvals        Scheduled Events approvals
-  GET  /_fake/deletes          scale set deletes asked for
+  GET  /_fake/deletes          scale set deletes accepted (202)
+  GET  /_fake/scale_set_writes PATCHes of the scale set that were applied (tags)
+One fake can be five VMs of one scale set: IMDS under /vm/<instance id>/metadata/...
+answers as that instance (its name pool_<id>, vmId, resourceId, its own IMDS rate limit).
+The scale set has an etag that changes at every write; a PATCH with If-Match
+that does not match is refused 412 PreconditionFailed; a delete lowers the
+capacity at once, answers 202 with an operation to poll (scale_set.delete_seconds,
+default 2, then scale_set.delete_outcome, default "Succeeded"), and the
+instance is gone when the operation succeeds.
   GET  /_fake/requests  every request: time, method, path, query, status
   GET  /_fake/points    every accepted metric point
   GET  /_fake/violations  IMDS rate limit breaches seen
@@ -76,7 +84,11 @@ state = {
     "approvals": [],
     # The scale set: its capacity and state, and the deletes it was asked for.
     "scale_set": {"capacity": 3, "provisioningState": "Succeeded", "terminateNotification": True},
+    "scale_set_etag": 1,
+    "scale_set_tags": {},
+    "scale_set_writes": [],
     "deletes": [],
+    "operations": {},
     "write_tokens": {},
     "client_id": None,
     "tokens": {},
@@ -106,6 +118,21 @@ def take_fault(path, method):
                 fault["count"] -= 1
             return fault
     return None
+
+
+def settle_operations():
+    """Delete operations end on their own time, polled or not (as Azure's do)."""
+    with lock:
+        for op in state["operations"].values():
+            if op.get("finished") or now() < op["started"] + op["seconds"]:
+                continue
+            op["finished"] = True
+            if op["outcome"] == "Succeeded":
+                for i in op["instanceIds"]:
+                    state["instances"].pop(i, None)
+            else:
+                state["scale_set"]["capacity"] += len(op["instanceIds"])
+                state["scale_set_etag"] += 1
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -154,6 +181,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_PUT(self):
         self.route("PUT")
 
+    def do_PATCH(self):
+        self.route("PATCH")
+
     def route(self, method):
         # Read the body before any answer: one left unread on a kept-alive
         # connection would be taken for the next request's first line.
@@ -163,6 +193,13 @@ class Handler(BaseHTTPRequestHandler):
         path, query = url.path, parse_qs(url.query)
         if path.startswith("/_fake/"):
             return self.control(method, path)
+        # /vm/<id>/metadata/...: IMDS as scale set instance <id> (one fake, many VMs).
+        self.vm = None
+        if path.startswith("/vm/"):
+            parts = path.split("/", 3)
+            if len(parts) == 4 and parts[3].startswith("metadata/"):
+                self.vm, path = parts[2], "/" + parts[3]
+        settle_operations()
         fault = take_fault(path, method)
         if fault and fault.get("after"):
             # Applied, then the answer is lost (a reset, a timeout, a 5xx from
@@ -188,6 +225,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.vault(method, path, query)
         if path.lower().endswith("/listkeys"):
             return self.list_keys(method, path, query)
+        if "/providers/Microsoft.Compute/locations/" in path and "/operations/" in path:
+            return self.operation(method, path, query)
         if "/virtualMachineScaleSets/" in path and "/virtualMachines/" in path:
             return self.instance(method, path, query)
         if "/virtualMachineScaleSets/" in path:
@@ -264,43 +303,133 @@ class Handler(BaseHTTPRequestHandler):
             return 403, {"error": {"code": "AuthorizationFailed", "message": f"the client has no authorization to perform this action on {path}"}}
         return None
 
+    def identity(self):
+        """IMDS compute of the VM asking: the configured one, or instance <id> of /vm/<id>."""
+        with lock:
+            compute = dict(state["compute"])
+        if self.vm is not None:
+            base = compute["resourceId"].rsplit("/", 1)[0]
+            compute.update({"name": f"{compute['vmScaleSetName']}_{self.vm}", "resourceId": f"{base}/{self.vm}",
+                            "vmId": f"0f5c3a52-7d1e-4c7c-9b1a-{int(self.vm):012d}"})
+        return compute
+
+    def scale_set_model(self, compute):
+        """The scale set as ARM's GET shows it; call with the lock held."""
+        scale_set = state["scale_set"]
+        return {"name": compute["vmScaleSetName"], "location": compute["location"],
+                "etag": f'"{state["scale_set_etag"]}"', "tags": dict(state["scale_set_tags"]),
+                "sku": {"name": "Standard_D4s_v5", "tier": "Standard", "capacity": scale_set["capacity"]},
+                "properties": {"provisioningState": scale_set["provisioningState"],
+                               "orchestrationMode": "Uniform",
+                               "virtualMachineProfile": {"scheduledEventsProfile": {
+                                   "terminateNotificationProfile": {
+                                       "enable": scale_set.get("terminateNotification", True),
+                                       "notBeforeTimeout": "PT10M"}}}}}
+
     def scale_set(self, method, path, query):
-        """GET the scale set, or POST …/delete with {"instanceIds": [...]}."""
-        data = self.body() if method == "POST" else b""
+        """GET or PATCH the scale set, or POST …/delete with {"instanceIds": [...]}."""
+        data = self.body() if method in ("POST", "PATCH") else b""
         refused = self.arm_refusal(path, query, COMPUTE_VERSIONS)
         if refused:
             return self.reply(*refused)
         parts = path.split("/")
         with lock:
             compute = dict(state["compute"])
-            scale_set = dict(state["scale_set"])
         if len(parts) < 9 or parts[2] != compute["subscriptionId"] or parts[8] != compute["vmScaleSetName"] \
                 or parts[4].lower() != compute["resourceGroupName"].lower():
             return self.reply(404, {"error": {"code": "ResourceNotFound", "message": "scale set not found"}})
         if len(parts) == 9 and method == "GET":
-            return self.reply(200, {"name": compute["vmScaleSetName"], "location": compute["location"],
-                                    "sku": {"name": "Standard_D4s_v5", "tier": "Standard", "capacity": scale_set["capacity"]},
-                                    "properties": {"provisioningState": scale_set["provisioningState"],
-                                                   "orchestrationMode": "Uniform",
-                                                   "virtualMachineProfile": {"scheduledEventsProfile": {
-                                                       "terminateNotificationProfile": {
-                                                           "enable": scale_set.get("terminateNotification", True),
-                                                           "notBeforeTimeout": "PT10M"}}}}})
+            with lock:
+                model = self.scale_set_model(compute)
+            return self.reply(200, model)
+        if len(parts) == 9 and method == "PATCH":
+            return self.patch_scale_set(compute, data)
         if len(parts) == 10 and parts[9] == "delete" and method == "POST":
             try:
                 ids = json.loads(data)["instanceIds"]
                 assert isinstance(ids, list) and ids
             except (KeyError, ValueError, TypeError, AssertionError):
                 return self.reply(400, {"error": {"code": "InvalidRequestContent", "message": "instanceIds is required"}})
+            operation = uuid.uuid4().hex
             with lock:
+                # ARM's text for an instance id the scale set does not have:
+                # https://github.com/Azure/azure-cli/issues/25476, https://github.com/microsoft/onefuzz/issues/2547
                 unknown = [i for i in ids if i not in state["instances"]]
                 if not unknown:
                     state["deletes"].append({"time": now(), "instanceIds": ids})
                     state["scale_set"]["capacity"] -= len(ids)
+                    state["scale_set_etag"] += 1
+                    state["operations"][operation] = {
+                        "started": now(), "instanceIds": ids,
+                        "seconds": state["scale_set"].get("delete_seconds", 2),
+                        "outcome": state["scale_set"].get("delete_outcome", "Succeeded")}
             if unknown:
-                return self.reply(404, {"error": {"code": "NotFound", "message": f"instances {unknown} not found"}})
-            return self.reply(202, b"")
+                return self.reply(400, {"error": {"code": "InvalidParameter", "target": "instanceIds",
+                                                  "message": f"The provided instanceId {unknown[0]} is not an active Virtual Machine Scale Set VM instanceId."}})
+            # Azure's long-running operation: poll Azure-AsyncOperation (or Location), after Retry-After.
+            # https://learn.microsoft.com/en-us/azure/azure-resource-manager/management/async-operations
+            host = self.headers.get("Host") or "127.0.0.1"
+            base = f"http://{host}/subscriptions/{compute['subscriptionId']}/providers/Microsoft.Compute/locations/{compute['location']}/operations/{operation}"
+            version = (query.get("api-version") or [""])[0]
+            return self.reply(202, b"", {"Azure-AsyncOperation": f"{base}?api-version={version}",
+                                         "Location": f"{base}?monitor=true&api-version={version}",
+                                         "Retry-After": 1})
         return self.reply(405, {"error": {"code": "MethodNotAllowed"}})
+
+    def patch_scale_set(self, compute, data):
+        """A PATCH (only tags are modelled), honouring If-Match against the scale set's etag."""
+        try:
+            doc = json.loads(data)
+            assert isinstance(doc, dict)
+            tags = doc.get("tags")
+            if tags is not None and not (isinstance(tags, dict) and all(
+                    isinstance(k, str) and isinstance(v, str) and len(k) <= 512 and len(v) <= 256 for k, v in tags.items())):
+                raise ValueError("tags must map names to strings (names up to 512, values up to 256 characters)")
+        except (ValueError, TypeError, AssertionError) as err:
+            return self.reply(400, {"error": {"code": "InvalidRequestContent", "message": f"malformed: {err}"}})
+        if_match = self.headers.get("If-Match")
+        with lock:
+            current = f'"{state["scale_set_etag"]}"'
+            if if_match is not None and if_match != "*" and if_match != current:
+                mismatch = True
+            else:
+                mismatch = False
+                if tags is not None:
+                    # Tags replace as a whole: read-modify-write is the caller's.
+                    state["scale_set_tags"] = dict(tags)
+                state["scale_set_etag"] += 1
+                state["scale_set_writes"].append({"time": now(), "body": doc, "if_match": if_match})
+                model = self.scale_set_model(compute)
+        if mismatch:
+            # ARM's answer to a stale If-Match, as seen from real scale sets:
+            # https://github.com/kubernetes-sigs/cloud-provider-azure/issues/9728
+            return self.reply(412, {"error": {"code": "PreconditionFailed",
+                                              "message": f"Etag provided in if-match header {if_match} does not match etag {current} of resource."}})
+        return self.reply(200, model)
+
+    def operation(self, method, path, query):
+        """A delete's long-running operation: InProgress, then its outcome (the instances gone on success)."""
+        refused = self.arm_refusal(path, query, COMPUTE_VERSIONS)
+        if refused:
+            return self.reply(*refused)
+        if method != "GET":
+            return self.reply(405, {"error": {"code": "MethodNotAllowed"}})
+        operation_id = path.rsplit("/", 1)[-1]
+        with lock:
+            op = state["operations"].get(operation_id)
+            done = op is not None and op.get("finished", False)
+            outcome = op["outcome"] if op else None
+        if op is None:
+            return self.reply(404, {"error": {"code": "NotFound", "message": "operation not found"}})
+        monitor = (query.get("monitor") or [""])[0] == "true"
+        if not done:
+            return self.reply(202, b"", {"Retry-After": 1}) if monitor else \
+                self.reply(200, {"name": operation_id, "status": "InProgress"}, {"Retry-After": 1})
+        if outcome == "Succeeded":
+            return self.reply(200, b"") if monitor else self.reply(200, {"name": operation_id, "status": "Succeeded"})
+        error = {"code": "InternalExecutionError", "message": "An internal execution error occurred."}
+        return self.reply(500, {"error": error}) if monitor else \
+            self.reply(200, {"name": operation_id, "status": outcome, "error": error})
 
     def instance(self, method, path, query):
         """GET or PUT a scale set instance (only its protection policy is modelled)."""
@@ -387,10 +516,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def imds(self, method, path, query):
         t = now()
+        # IMDS's limit is per VM: each /vm/<id> identity has its own.
+        times_key = "imds_times" if self.vm is None else f"imds_times_{self.vm}"
         with lock:
-            recent = [x for x in state["imds_times"] if t - x < 1.0]
+            recent = [x for x in state.get(times_key, []) if t - x < 1.0]
             recent.append(t)
-            state["imds_times"] = recent
+            state[times_key] = recent
             if len(recent) > 5:
                 state["violations"].append({"time": t, "in_last_second": len(recent)})
                 too_many = True
@@ -406,9 +537,7 @@ class Handler(BaseHTTPRequestHandler):
         if too_many:
             return self.reply(429, {"error": "Too many requests"})
         if path == "/metadata/instance" and method == "GET":
-            with lock:
-                compute = dict(state["compute"])
-            return self.reply(200, {"compute": compute, "network": {}})
+            return self.reply(200, {"compute": self.identity(), "network": {}})
         if path == "/metadata/scheduledevents":
             return self.scheduled_events(method, query)
         if path == "/metadata/identity/oauth2/token" and method == "GET":

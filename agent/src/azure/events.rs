@@ -7,17 +7,20 @@
 //! name listed, so an event naming another VM, or one already `Started`, is
 //! never approved. `Terminate` and `Preempt` are drained — users told
 //! (`wall`), new logins refused (`/run/nologin`), script logs copied to the
-//! share, disks synced — then approved, at the latest 30 s before
-//! `NotBefore` even if the drain is not done. Other types are approved when
-//! `azure.approve` lists them. Handled event ids are kept in a state file, so
-//! a restart never approves twice.
+//! share, disks synced — and approved early only when the verdict is fresh
+//! idle; with users at work the approval waits until the verdict turns idle
+//! or `NotBefore - 30 s`, whichever comes first ([`drain::decide`]). When the
+//! event leaves the document and the VM still runs, the agent's
+//! `/run/nologin` is removed. Other types are approved when `azure.approve`
+//! lists them. Handled event ids are kept in a state file, so a restart never
+//! approves twice.
 
 use super::imds::Imds;
-use super::Shown;
+use super::{drain, Shown};
 use crate::core::clock::rfc3339;
 use crate::core::shared::ShareNews;
 use crate::core::task::TaskContext;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -27,11 +30,13 @@ const PATH: &str = "/metadata/scheduledevents";
 /// The first call can take up to 2 minutes while the service starts for this VM.
 const FIRST_CALL: Duration = Duration::from_secs(150);
 const POLL_EVERY: Duration = Duration::from_secs(1);
-/// Approved at the latest this long before `NotBefore`.
-const APPROVE_BEFORE: Duration = Duration::from_secs(30);
+/// A drain (wall, logs, sync) is given at most this long.
+const DRAIN_AT_MOST: Duration = Duration::from_secs(90);
 pub const STATE_FILE: &str = "scheduled-events.json";
 /// Where the drain tells users (beside `wall`).
 pub const NOLOGIN: &str = "/run/nologin";
+/// How the agent's nologin starts: only such a file is removed when the event leaves.
+const NOLOGIN_WORDS: &str = "This VM is being removed by Azure";
 
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -122,12 +127,12 @@ pub async fn watch(
     approve: Vec<String>,
 ) {
     let shown = Shown(report);
-    let set = &shown;
     let file = ctx.paths.state_dir().join(STATE_FILE);
-    let mut handled = load(&file);
-    let mut seen_incarnation: Option<u64> = None;
+    // A nologin left by an earlier run is looked at once too.
+    let mut state =
+        Watching { handled: load(&file), file, drained: BTreeSet::new(), views: Vec::new(), nologin_maybe: true };
     let mut deadline = FIRST_CALL;
-    set.update(|r| r.state = "starting".into());
+    shown.update(|r| r.state = "starting".into());
     loop {
         let document = match imds.get(&format!("{PATH}?api-version={EVENTS_API}"), deadline).await {
             Ok(body) => serde_json::from_slice::<Document>(&body)
@@ -137,16 +142,15 @@ pub async fn watch(
         deadline = Duration::from_secs(5);
         match document {
             Ok(document) => {
-                set.update(|r| {
+                shown.update(|r| {
                     r.state = "watching".into();
                     r.error = None;
                 });
-                if seen_incarnation != Some(document.document_incarnation) {
-                    seen_incarnation = Some(document.document_incarnation);
-                    act(&ctx, &imds, &document, &vm_name, &approve, &mut handled, &file, set).await;
-                }
+                // Every poll, not only a new incarnation: a waiting drain is
+                // approved when the verdict turns idle or its deadline comes.
+                act(&ctx, &imds, &document, &vm_name, &approve, &mut state, &shown).await;
             }
-            Err(why) => set.update(|r| r.error = Some(why.clone())),
+            Err(why) => shown.update(|r| r.error = Some(why.clone())),
         }
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
@@ -155,55 +159,111 @@ pub async fn watch(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the watcher keeps between polls.
+struct Watching {
+    handled: Handled,
+    file: PathBuf,
+    /// Events drained by this process (a restart drains a `draining` one again).
+    drained: BTreeSet<String>,
+    views: Vec<EventView>,
+    /// Whether a nologin of ours may be there (not read every second otherwise).
+    nologin_maybe: bool,
+}
+
+/// How long the drain may take: until `NotBefore - 30 s` (at least 5 s, at
+/// most [`DRAIN_AT_MOST`]); without a `NotBefore`, the most.
+fn drain_budget(not_before: Option<SystemTime>, now: SystemTime) -> Duration {
+    let until_deadline = match not_before.map(|at| at.checked_sub(drain::APPROVE_BEFORE).unwrap_or(at)) {
+        Some(deadline) => deadline.duration_since(now).unwrap_or_default(),
+        None => DRAIN_AT_MOST,
+    };
+    until_deadline.clamp(Duration::from_secs(5), DRAIN_AT_MOST)
+}
+
+/// What a record kept across restarts settles: `Some(handling)` when the
+/// event is done with, `None` when it is still to drain or decide (no
+/// record, or `draining`: a crash mid-drain drains again and decides again).
+fn settled(record: Option<&str>) -> Option<String> {
+    match record {
+        Some(done @ ("approved" | "drained, not approved")) => Some(done.to_string()),
+        Some(failed) if failed.starts_with("approval failed") => Some(failed.to_string()),
+        _ => None,
+    }
+}
+
 async fn act(
     ctx: &TaskContext,
     imds: &Imds,
     document: &Document,
     vm_name: &str,
     approve: &[String],
-    handled: &mut Handled,
-    file: &Path,
+    state: &mut Watching,
     set: &Shown<EventsReport>,
 ) {
-    let now = ctx.clock.now();
     let mut views = Vec::new();
     for event in &document.events {
-        let ours = event.resources.iter().any(|r| r == vm_name);
-        // An approval covers every VM an event names: one naming others too is never approved here.
-        let others: Vec<&str> = event.resources.iter().map(String::as_str).filter(|r| *r != vm_name).collect();
-        let done = handled.events.get(&event.event_id).cloned();
-        let handling = if !ours {
-            format!("not ours (names {})", event.resources.join(", "))
-        } else if matches!(done.as_deref(), Some("approved") | Some("drained, not approved")) {
-            done.unwrap_or_default()
-        } else if event.event_status != "Scheduled" {
-            // Started (or anything else): approving it would mean nothing, or worse.
-            "already started".to_string()
-        } else {
-            let drains = matches!(event.event_type.as_str(), "Terminate" | "Preempt");
-            if drains {
-                handled.events.insert(event.event_id.clone(), "draining".into());
-                save(file, handled);
-                let not_before = parse_not_before(&event.not_before);
-                let drain_until = not_before.map(|at| at.checked_sub(APPROVE_BEFORE).unwrap_or(at));
-                let budget = drain_until.and_then(|at| at.duration_since(now).ok()).unwrap_or_default();
-                let summary = match tokio::time::timeout(budget, drain(ctx, &event.event_type, &event.not_before)).await
-                {
-                    Ok(summary) => summary,
-                    Err(_) => "the drain ran out of time; approved anyway before NotBefore".to_string(),
-                };
-                set.update(|r| r.last_drain = Some(summary.clone()));
-            }
-            if !others.is_empty() {
-                handled.events.insert(event.event_id.clone(), "drained, not approved".into());
-                save(file, handled);
+        let now = ctx.clock.now();
+        let not_before = parse_not_before(&event.not_before);
+        let facts = drain::EventFacts {
+            kind: &event.event_type,
+            status: &event.event_status,
+            resources: &event.resources,
+            not_before,
+        };
+        let step = drain::decide(&facts, vm_name, &ctx.shared.idle(), now);
+        let record = state.handled.events.get(&event.event_id).cloned();
+        let handling = match (settled(record.as_deref()), step) {
+            (_, drain::Step::NotOurs) => format!("not ours (names {})", event.resources.join(", ")),
+            (Some(done), drain::Step::DrainOnly { others }) if done == "drained, not approved" => {
                 format!("not approved: it names other VMs too ({}); Azure proceeds at NotBefore", others.join(", "))
-            } else if drains || approve.iter().any(|a| a == &event.event_type) {
-                approve_event(imds, event, handled, file, set).await
-            } else {
-                "waiting for NotBefore (not in azure.approve)".to_string()
             }
+            (Some(done), _) => done,
+            (None, drain::Step::Started) => "already started".to_string(),
+            (None, drain::Step::NoDrain) if approve.iter().any(|a| a == &event.event_type) => {
+                approve_event(imds, event, "listed in azure.approve", state, set).await
+            }
+            (None, drain::Step::NoDrain) => "waiting for NotBefore (not in azure.approve)".to_string(),
+            (None, _) => {
+                if !state.drained.contains(&event.event_id) {
+                    state.handled.events.insert(event.event_id.clone(), "draining".into());
+                    save(&state.file, &state.handled);
+                    let budget = drain_budget(not_before, now);
+                    let summary =
+                        match tokio::time::timeout(budget, drain(ctx, &event.event_type, &event.not_before)).await {
+                            Ok(summary) => summary,
+                            Err(_) => format!("the drain ran out of its {} s", budget.as_secs()),
+                        };
+                    state.drained.insert(event.event_id.clone());
+                    state.nologin_maybe = true;
+                    set.update(|r| r.last_drain = Some(summary.clone()));
+                }
+                // The drain took time: decide on the verdict and clock as they are now.
+                let now = ctx.clock.now();
+                match drain::decide(&facts, vm_name, &ctx.shared.idle(), now) {
+                    drain::Step::Approve { why } => approve_event(imds, event, &why, state, set).await,
+                    drain::Step::Wait { deadline, why } => match deadline {
+                        Some(at) => format!("draining: {why}; approved when idle, at the latest {}", rfc3339(at)),
+                        None => {
+                            format!("draining: {why}; approved when idle (no NotBefore: Azure proceeds on its own)")
+                        }
+                    },
+                    drain::Step::DrainOnly { others } => {
+                        state.handled.events.insert(event.event_id.clone(), "drained, not approved".into());
+                        save(&state.file, &state.handled);
+                        format!(
+                            "not approved: it names other VMs too ({}); Azure proceeds at NotBefore",
+                            others.join(", ")
+                        )
+                    }
+                    // The event changed under the drain (cannot: the same facts): say so.
+                    other => format!("{other:?}"),
+                }
+            }
+        };
+        // The moment shown is when the handling last changed.
+        let at = match state.views.iter().find(|v| v.id == event.event_id && v.handling == handling) {
+            Some(before) => before.at.clone(),
+            None => Some(rfc3339(now)),
         };
         views.push(EventView {
             id: event.event_id.clone(),
@@ -212,37 +272,69 @@ async fn act(
             resources: event.resources.clone(),
             not_before: event.not_before.clone(),
             handling,
-            at: Some(rfc3339(now)),
+            at,
         });
     }
+    // The event left the document and this VM still runs: it was cancelled
+    // or is over, so new logins are welcome again.
+    let ours_pending = document
+        .events
+        .iter()
+        .any(|e| e.resources.iter().any(|r| r == vm_name) && matches!(e.event_type.as_str(), "Terminate" | "Preempt"));
+    if !ours_pending && state.nologin_maybe {
+        remove_our_nologin(ctx);
+        state.nologin_maybe = false;
+    }
+    state.views = views.clone();
     let incarnation = document.document_incarnation;
     set.update(|r| {
         r.incarnation = incarnation;
-        r.events = views.clone();
+        r.events = views;
     });
+}
+
+/// Removes `/run/nologin` only when the agent wrote it (its text starts with
+/// the drain's words): an admin's own nologin stays.
+fn remove_our_nologin(ctx: &TaskContext) {
+    let nologin = ctx.paths.resolve(NOLOGIN);
+    let Ok(text) = std::fs::read_to_string(&nologin) else { return };
+    if !text.starts_with(NOLOGIN_WORDS) {
+        return;
+    }
+    match std::fs::remove_file(&nologin) {
+        Ok(()) => {
+            tracing::warn!(component = "azure", "the event left; {} removed, logins welcome again", nologin.display())
+        }
+        Err(err) => {
+            tracing::warn!(component = "azure", "cannot remove {}: {}", nologin.display(), crate::config::io_text(&err))
+        }
+    }
 }
 
 /// Approves one event (recorded first: a restart never approves it again).
 async fn approve_event(
     imds: &Imds,
     event: &Event,
-    handled: &mut Handled,
-    file: &Path,
+    why: &str,
+    state: &mut Watching,
     set: &Shown<EventsReport>,
 ) -> String {
-    handled.events.insert(event.event_id.clone(), "approved".into());
-    save(file, handled);
+    state.handled.events.insert(event.event_id.clone(), "approved".into());
+    save(&state.file, &state.handled);
     let body = serde_json::json!({"StartRequests": [{"EventId": event.event_id}]});
     match imds.post(&format!("{PATH}?api-version={EVENTS_API}"), &body).await {
         Ok(()) => {
-            tracing::warn!(component = "azure", "approved {} {} for this VM", event.event_type, event.event_id);
+            tracing::warn!(component = "azure", "approved {} {} for this VM: {why}", event.event_type, event.event_id);
             set.update(|r| r.approvals += 1);
             "approved".to_string()
         }
         Err(err) => {
             // Azure goes ahead at NotBefore anyway; asking again could approve twice.
             tracing::warn!(component = "azure", "approving {} failed: {err}", event.event_id);
-            format!("approval failed ({err}); Azure proceeds at NotBefore")
+            let failed = format!("approval failed ({err}); Azure proceeds at NotBefore");
+            state.handled.events.insert(event.event_id.clone(), failed.clone());
+            save(&state.file, &state.handled);
+            failed
         }
     }
 }
@@ -255,7 +347,7 @@ fn parse_not_before(text: &str) -> Option<SystemTime> {
 /// syncs. Returns what was done, for `pool-agent events`.
 async fn drain(ctx: &TaskContext, kind: &str, not_before: &str) -> String {
     let message = format!(
-        "This VM is being removed by Azure ({kind}, not before {not_before}). Save your work to the share now; new logins are refused."
+        "{NOLOGIN_WORDS} ({kind}, not before {not_before}). Save your work to the share now; new logins are refused."
     );
     let mut done = Vec::new();
     let nologin = ctx.paths.resolve(NOLOGIN);
@@ -371,5 +463,24 @@ mod tests {
         assert_eq!(document.document_incarnation, 3);
         assert_eq!(document.events[0].resources, ["pool_3"]);
         assert_eq!(document.events[0].event_status, "Scheduled");
+    }
+
+    #[test]
+    fn a_record_left_draining_by_a_crash_is_drained_and_decided_again_and_a_settled_one_never() {
+        assert_eq!(settled(Some("draining")), None);
+        assert_eq!(settled(None), None);
+        assert_eq!(settled(Some("approved")).as_deref(), Some("approved"));
+        assert_eq!(settled(Some("drained, not approved")).as_deref(), Some("drained, not approved"));
+        let failed = "approval failed (IMDS answered 400); Azure proceeds at NotBefore";
+        assert_eq!(settled(Some(failed)).as_deref(), Some(failed), "a failed approval is not sent twice");
+    }
+
+    #[test]
+    fn the_drain_gets_the_time_until_the_deadline_within_bounds() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(drain_budget(Some(now + Duration::from_secs(90)), now), Duration::from_secs(60));
+        assert_eq!(drain_budget(Some(now + Duration::from_secs(600)), now), DRAIN_AT_MOST);
+        assert_eq!(drain_budget(Some(now), now), Duration::from_secs(5), "a deadline past still drains a little");
+        assert_eq!(drain_budget(None, now), DRAIN_AT_MOST, "no NotBefore is no reason to cut the drain short");
     }
 }

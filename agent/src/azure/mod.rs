@@ -11,6 +11,9 @@
 
 pub mod arm;
 pub mod delete;
+pub mod delete_arm;
+pub mod delete_lease;
+pub mod drain;
 pub mod events;
 pub mod firewall;
 pub mod health;
@@ -513,14 +516,18 @@ async fn run_with(ctx: &TaskContext, azure: &Azure, settings: Arc<Settings>) -> 
             tokens: tokens.clone(),
             compute: compute.clone(),
             arm_endpoint: settings.azure.arm_endpoint.clone(),
-            protection: azure.0.protection.clone(),
+            problems: azure.0.problems.clone(),
             protect: settings.azure.protect,
             events: azure.0.events.clone(),
             min_instances: settings.idle.min_instances,
             wait: settings.azure.delete_wait,
         };
-        let keeper = delete::keep(ctx.clone(), azure.0.self_delete.clone(), inputs);
-        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(keeper))
+        let (ctx, view) = (ctx.clone(), azure.0.self_delete.clone());
+        supervised(
+            "self-delete",
+            Box::new(move || -> Keeper { Box::pin(delete::keep(ctx.clone(), view.clone(), inputs.clone())) })
+                as MakeKeeper,
+        )
     });
     if settings.azure.protect {
         ctx.shared.publish_protection(crate::core::shared::ProtectionNews::Unknown);

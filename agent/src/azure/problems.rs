@@ -1,8 +1,9 @@
 //! What the Azure keepers (metrics, protection, self-delete, the share's
 //! key) cannot do, on the status board's azure row: a failure that persists
 //! makes the row `degraded` with its reason, so `pool-agent status` exits 1
-//! and says why. And the keepers themselves run supervised: one that ends or
-//! panics is shown and started again.
+//! and says why. And the keepers themselves run supervised: one that
+//! panics (or is cancelled) is shown and started again; one that returns has
+//! finished its work.
 
 use crate::core::board::SharedBoard;
 use crate::core::component::{ComponentId, ComponentState};
@@ -84,9 +85,9 @@ impl Problems {
     }
 }
 
-/// Runs `keeper` until shutdown; one that ends early or panics is a
-/// problem on the board and is started again (a panic's message is not
-/// shown: it may hold anything).
+/// Runs `keeper` until shutdown or until it returns (its work is over);
+/// one that panics is a problem on the board and is started again (a
+/// panic's message is not shown: it may hold anything).
 pub async fn supervise<F, Fut>(name: &'static str, problems: Problems, shutdown: CancellationToken, keeper: F)
 where
     F: Fn() -> Fut,
@@ -102,7 +103,8 @@ where
             return;
         }
         let why = match ended {
-            Ok(()) => format!("the {name} keeper ended; starting it again"),
+            // A keeper returns when its work is over (self-delete done, not a scale set's VM).
+            Ok(()) => return,
             Err(err) if err.is_panic() => format!("the {name} keeper panicked; starting it again"),
             Err(_) => format!("the {name} keeper was stopped; starting it again"),
         };
