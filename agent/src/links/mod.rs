@@ -21,6 +21,7 @@ use crate::core::component::{ComponentId, ComponentState};
 use crate::core::http::{Access, Route};
 use crate::core::request::{Asked, Reply, Requests};
 use crate::core::shared::{FolderNews, PrivateMountNews, ShareNews, UserFolder};
+use crate::core::stuck::StuckWork;
 use crate::core::task::{self, TaskContext, TaskError, TaskResult};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -51,30 +52,9 @@ pub struct Links {
     /// Since when a pass has been running on its blocking thread; one stuck
     /// in the kernel (a home on a share that hangs) is not started again on
     /// every restart, each of which would leave one more thread stuck.
-    pass_running: RunningFlag,
+    pass_running: StuckWork,
     /// The same for the watch on homes (it looks at each home's directory).
-    watch_running: RunningFlag,
-}
-
-/// Clears its flag when the blocking work it went with ends, however late.
-struct Running(RunningFlag);
-
-impl Running {
-    /// The flag set, or how long the work started earlier has been running.
-    fn start(flag: &RunningFlag) -> Result<Self, Duration> {
-        let mut running = flag.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(since) = *running {
-            return Err(since.elapsed());
-        }
-        *running = Some(std::time::Instant::now());
-        Ok(Self(flag.clone()))
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    }
+    watch_running: StuckWork,
 }
 
 impl Default for Links {
@@ -88,8 +68,8 @@ impl Links {
         Self {
             report: Arc::new(Mutex::new(LinksReport::default())),
             syncs: Requests::new(8),
-            pass_running: Default::default(),
-            watch_running: Default::default(),
+            pass_running: StuckWork::new("links passes", 1),
+            watch_running: StuckWork::new("looks at the homes' directories", 1),
         }
     }
 
@@ -279,9 +259,10 @@ async fn pass(
     let now = rfc3339(changed_at.0);
     let stamp: String = now.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
     let known: std::collections::HashSet<String> = previous.keys().cloned().collect();
-    let running = match Running::start(&links.pass_running) {
+    let running = match links.pass_running.try_start() {
         Ok(running) => running,
-        Err(stuck_for) => {
+        Err(_) => {
+            let stuck_for = links.pass_running.in_flight().oldest.unwrap_or_default();
             let why = format!(
                 "the pass started {}s ago has not returned (a home or the share does not answer); no other pass starts until it does",
                 stuck_for.as_secs()
@@ -570,7 +551,7 @@ impl DirWatcher {
     /// Looking at those directories may touch a home on a network share, so
     /// it runs on a blocking thread; one that does not return in time is not
     /// started again until it does.
-    async fn watch(&mut self, ctx: &TaskContext, settings: &Settings, report: &LinksReport, running: &RunningFlag) {
+    async fn watch(&mut self, ctx: &TaskContext, settings: &Settings, report: &LinksReport, running: &StuckWork) {
         let passwd_dir = ctx.paths.passwd().parent().map(Path::to_path_buf);
         let mut wanted = BTreeSet::new();
         wanted.extend(passwd_dir.clone());
@@ -590,7 +571,7 @@ impl DirWatcher {
                 return;
             }
         };
-        let Ok(guard) = Running::start(running) else {
+        let Ok(guard) = running.try_start() else {
             tracing::debug!(component = "links", "the last look at the homes' directories has not returned");
             return;
         };
@@ -606,8 +587,6 @@ impl DirWatcher {
         }
     }
 }
-
-type RunningFlag = Arc<Mutex<Option<std::time::Instant>>>;
 
 /// Looking at the homes' directories does not take longer than this.
 const WATCH_DEADLINE: Duration = Duration::from_secs(10);
@@ -699,25 +678,26 @@ mod tests {
 
     #[tokio::test]
     async fn work_stuck_in_the_kernel_is_not_started_again_until_it_returns() {
-        let flag = RunningFlag::default();
+        let links = Links::default();
         let (release, stuck) = std::sync::mpsc::channel::<()>();
-        let guard = Running::start(&flag).unwrap();
+        let guard = links.pass_running.try_start().unwrap();
         // The deadline passes; the thread stays (a stat on a hung share).
         let late = task::blocking("linking users", Duration::from_millis(50), move || {
             let _running = guard;
             let _ = stuck.recv();
         });
         assert!(late.await.is_err(), "the caller is not held");
-        assert!(Running::start(&flag).is_err(), "no second thread while the first is stuck");
+        assert!(links.pass_running.try_start().is_err(), "no second thread while the first is stuck");
+        assert_eq!(links.pass_running.in_flight().count, 1, "status can tell one is stuck");
         release.send(()).unwrap();
-        let freed = (0..200).any(|_| {
-            std::thread::yield_now();
-            let free = Running::start(&flag).is_ok();
-            if !free {
-                std::thread::park_timeout(Duration::from_millis(5));
+        let mut freed = false;
+        for _ in 0..200 {
+            if links.pass_running.try_start().is_ok() {
+                freed = true;
+                break;
             }
-            free
-        });
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert!(freed, "once it returns, the next pass may start");
     }
 }
