@@ -448,4 +448,39 @@ mod tests {
         assert_eq!(root.status(), StatusCode::OK);
         drop(release);
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_nss_slow_a_read_answers_as_a_user_at_once_and_the_next_sees_the_admin() {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = calls.clone();
+        // A directory service that answers "admin", but only after a second.
+        let lookups = AdminLookups::new(Arc::new(move |_, _, _| {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (_keep, wait) = std::sync::mpsc::channel::<()>();
+            let _ = wait.recv_timeout(Duration::from_secs(1));
+            true
+        }));
+        let f = fixture_with(|state| router_with(state, test_routes(), lookups));
+        let started = std::time::Instant::now();
+        let first = f.app.clone().oneshot(request(Method::GET, "/v1/config", 1001)).await.unwrap();
+        assert!(started.elapsed() < Duration::from_millis(900), "the read waited {:?}", started.elapsed());
+        assert_eq!(body_json(first).await["setup"]["scripts"][0]["args"], "<redacted>", "shown as to a user");
+        // The look-up went on without the read; once done it is remembered.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let second = f.app.clone().oneshot(request(Method::GET, "/v1/config", 1001)).await.unwrap();
+        assert_eq!(body_json(second).await["setup"]["scripts"][0]["args"][1], "t0p", "now shown as to an admin");
+        let write = f.app.clone().oneshot(request(Method::POST, "/v1/test/change", 1001)).await.unwrap();
+        assert_eq!(write.status(), StatusCode::OK);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1, "one look-up for all three requests");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_nss_hung_a_self_service_request_acts_for_the_caller_alone() {
+        let (f, release) = hung_directory_service();
+        let response = f.app.clone().oneshot(request(Method::POST, "/v1/test/mine", 1001)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = body_json(response).await;
+        assert_eq!((body["uid"].as_u64(), body["admin"].as_bool()), (Some(1001), Some(false)));
+        drop(release);
+    }
 }
