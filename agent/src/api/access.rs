@@ -4,6 +4,7 @@
 //! a [`Caller`]. Browser requests are refused, bodies bounded, and every
 //! handler answers within [`super::HANDLER_DEADLINE`].
 
+use super::admin::AdminLookups;
 use super::{AppState, MAX_BODY_BYTES};
 use crate::core::http::{Access, ApiError, Caller, Peer};
 use axum::body::Body;
@@ -13,8 +14,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::time::Duration;
 
-/// An NSS look-up (sssd, LDAP) that takes longer than this counts as "not an admin".
-const ADMIN_LOOKUP_DEADLINE: Duration = Duration::from_secs(2);
+/// A read anyone may do waits no longer than this for the admin answer (it
+/// only decides whether private details are shown), so reads stay quick
+/// while a directory service hangs.
+pub const READ_WAITS_FOR_ADMIN: Duration = Duration::from_millis(300);
 
 /// Refuses browser-originated requests: a web page cannot reach a unix socket
 /// directly, but a local proxy could forward one, and browsers always send these.
@@ -63,7 +66,11 @@ pub async fn answer_within_deadline(request: Request, next: Next) -> Response {
 }
 
 /// The per-route guard: decides who the caller is and whether they may call.
-pub async fn guard(State((state, access)): State<(AppState, Access)>, mut request: Request, next: Next) -> Response {
+pub async fn guard(
+    State((state, access, lookups)): State<(AppState, Access, AdminLookups)>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     // No credentials means we cannot tell who is asking: reads only.
     let Some(peer) = request.extensions().get::<Peer>().copied() else {
         if access == Access::Read {
@@ -72,7 +79,10 @@ pub async fn guard(State((state, access)): State<(AppState, Access)>, mut reques
         return ApiError::Forbidden("caller credentials unavailable".to_string()).into_response();
     };
     let admin_group = state.settings.borrow().api.admin_group.clone();
-    let admin = caller_is_admin(&state, peer, &admin_group).await;
+    let admin = match caller_is_admin(&state, &lookups, peer, &admin_group, access).await {
+        Ok(admin) => admin,
+        Err(refusal) => return refusal.into_response(),
+    };
     if access == Access::Admin && !admin {
         return ApiError::Forbidden(format!(
             "{} {} changes this VM: only root and members of group `{admin_group}` may do that (you are uid {})",
@@ -86,25 +96,45 @@ pub async fn guard(State((state, access)): State<(AppState, Access)>, mut reques
     next.run(request).await
 }
 
-/// Root, or a member of the admin group by any of the caller's groups. The
-/// look-up may go to NSS, so it runs off the async workers, under a deadline.
-pub async fn caller_is_admin(state: &AppState, peer: Peer, admin_group: &str) -> bool {
-    if peer.uid == 0 {
-        return true;
-    }
-    let accounts = state.accounts.clone();
-    let group = admin_group.to_string();
-    let lookup = tokio::task::spawn_blocking(move || accounts.is_admin(peer.uid, peer.gid, &group));
-    match tokio::time::timeout(ADMIN_LOOKUP_DEADLINE, lookup).await {
-        Ok(Ok(admin)) => {
+/// Root, or a member of the admin group by any of the caller's groups.
+///
+/// How long it waits depends on what the route needs: a read anyone may do
+/// never waits on NSS longer than [`READ_WAITS_FOR_ADMIN`] and is answered
+/// as for a user without an answer; a self-service route falls back the same
+/// way (a user may still act on their own things); only an admin route
+/// needs the answer, and without one it is refused as `unavailable`.
+async fn caller_is_admin(
+    state: &AppState,
+    lookups: &AdminLookups,
+    peer: Peer,
+    admin_group: &str,
+    access: Access,
+) -> Result<bool, ApiError> {
+    let asked = lookups.is_admin(peer.uid, peer.gid, admin_group);
+    let answer = match access {
+        Access::Read => match tokio::time::timeout(READ_WAITS_FOR_ADMIN, asked).await {
+            Ok(answer) => answer,
+            // The look-up goes on and is remembered for the next request.
+            Err(_) => return Ok(false),
+        },
+        Access::SelfService | Access::Admin => asked.await,
+    };
+    match answer {
+        Ok(admin) => {
             if admin {
                 state.admins.confirm(peer.uid);
             }
-            admin
+            Ok(admin)
         }
-        _ => {
-            tracing::warn!(uid = peer.uid, "admin look-up did not answer in time; treating the caller as a user");
-            false
+        Err(why) => {
+            tracing::warn!(uid = peer.uid, "cannot tell whether the caller is an admin: {why}");
+            if access != Access::Admin {
+                return Ok(false);
+            }
+            Err(ApiError::Unavailable(format!(
+                "cannot tell whether uid {} is in group `{admin_group}`: {why} (the directory service, e.g. sssd or LDAP, is not answering); retry shortly, or run the command as root",
+                peer.uid
+            )))
         }
     }
 }

@@ -7,6 +7,7 @@
 //! API names no capability.
 
 pub mod access;
+pub mod admin;
 pub mod routes;
 pub mod server;
 pub mod types;

@@ -2,6 +2,7 @@
 //! route the capabilities hand in, each behind the access guard it declares.
 
 use super::access;
+use super::admin::AdminLookups;
 use super::types::{AgentInfo, StatusReport};
 use super::AppState;
 use crate::core::capability::redact;
@@ -12,6 +13,7 @@ use axum::http::{header, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json, Router};
+use std::sync::Arc;
 
 /// The API's own routes.
 fn own_routes(state: &AppState) -> Vec<Route> {
@@ -24,9 +26,16 @@ fn own_routes(state: &AppState) -> Vec<Route> {
 
 /// Builds the router from the API's own routes and the capabilities' routes.
 pub fn router(state: AppState, capability_routes: Vec<Route>) -> Router {
+    let accounts = state.accounts.clone();
+    let lookups = AdminLookups::new(Arc::new(move |uid, gid, group: &str| accounts.is_admin(uid, gid, group)));
+    router_with(state, capability_routes, lookups)
+}
+
+/// The router with the admin look-up given (tests hand in one that hangs).
+fn router_with(state: AppState, capability_routes: Vec<Route>, lookups: AdminLookups) -> Router {
     let mut router = Router::new();
     for route in own_routes(&state).into_iter().chain(capability_routes) {
-        let guard = middleware::from_fn_with_state((state.clone(), route.access), access::guard);
+        let guard = middleware::from_fn_with_state((state.clone(), route.access, lookups.clone()), access::guard);
         router = router.route(route.path, route.handler.route_layer(guard));
     }
     router
@@ -158,7 +167,7 @@ mod tests {
     use axum::body::Body;
     use axum::extract::Path;
     use axum::http::{Method, StatusCode};
-    use std::sync::Arc;
+    use std::time::Duration;
     use tower::ServiceExt;
 
     struct Fixture {
@@ -188,6 +197,10 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
+        fixture_with(|state| router(state, test_routes()))
+    }
+
+    fn fixture_with(build: impl FnOnce(AppState) -> Router) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("etc")).unwrap();
         std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/bash\nalice:x:1001:1001::/home/alice:/bin/bash\nbob:x:1002:1002::/home/bob:/bin/bash\n").unwrap();
@@ -217,7 +230,7 @@ mod tests {
             instance: "vm-test".into(),
             admins: Default::default(),
         };
-        Fixture { _dir: dir, app: router(state, test_routes()) }
+        Fixture { _dir: dir, app: build(state) }
     }
 
     fn request(method: Method, path: &str, uid: u32) -> Request {
@@ -390,5 +403,84 @@ mod tests {
         assert!(matches!(healthy.value, prometheus_parse::Value::Gauge(_)), "{:?}", healthy.value);
         assert!(scrape.samples.iter().any(|s| s.metric == "pool_agent_config_reloads_total"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    /// sssd hung: every admin look-up blocks its thread until the test ends.
+    fn hung_directory_service() -> (Fixture, std::sync::mpsc::Sender<()>) {
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let wait = Arc::new(std::sync::Mutex::new(wait));
+        let lookups = AdminLookups::new(Arc::new(move |_, _, _| {
+            let _ = wait.lock().unwrap().recv();
+            true
+        }));
+        (fixture_with(|state| router_with(state, test_routes(), lookups)), release)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_nss_hung_writes_get_a_json_error_in_time_and_reads_still_answer() {
+        let (f, release) = hung_directory_service();
+        let started = std::time::Instant::now();
+        let refused = f.app.clone().oneshot(request(Method::POST, "/v1/test/change", 1001)).await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = body_json(refused).await;
+        assert_eq!(body["error"], "unavailable");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains("uid 1001") && message.contains("pool-agent-admin"), "{message}");
+        assert!(took < crate::api::admin::LOOKUP_DEADLINE + Duration::from_secs(1), "took {took:?}");
+
+        // Many more writes: each answered at once past the bound, no thread added.
+        for _ in 0..20 {
+            let started = std::time::Instant::now();
+            let again = f.app.clone().oneshot(request(Method::POST, "/v1/test/change", 1002)).await.unwrap();
+            assert_eq!(again.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert!(started.elapsed() < crate::api::admin::LOOKUP_DEADLINE + Duration::from_secs(1));
+        }
+        // Reads anyone may do answer within a second, as for a user.
+        for path in ["/v1/status", "/v1/config"] {
+            let started = std::time::Instant::now();
+            let read = f.app.clone().oneshot(request(Method::GET, path, 1003)).await.unwrap();
+            assert_eq!(read.status(), StatusCode::OK, "{path}");
+            assert!(started.elapsed() < Duration::from_secs(1), "{path} took {:?}", started.elapsed());
+        }
+        // Root never needs the directory service.
+        let root = f.app.clone().oneshot(request(Method::POST, "/v1/test/change", 0)).await.unwrap();
+        assert_eq!(root.status(), StatusCode::OK);
+        drop(release);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_nss_slow_a_read_answers_as_a_user_at_once_and_the_next_sees_the_admin() {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = calls.clone();
+        // A directory service that answers "admin", but only after a second.
+        let lookups = AdminLookups::new(Arc::new(move |_, _, _| {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (_keep, wait) = std::sync::mpsc::channel::<()>();
+            let _ = wait.recv_timeout(Duration::from_secs(1));
+            true
+        }));
+        let f = fixture_with(|state| router_with(state, test_routes(), lookups));
+        let started = std::time::Instant::now();
+        let first = f.app.clone().oneshot(request(Method::GET, "/v1/config", 1001)).await.unwrap();
+        assert!(started.elapsed() < Duration::from_millis(900), "the read waited {:?}", started.elapsed());
+        assert_eq!(body_json(first).await["setup"]["scripts"][0]["args"], "<redacted>", "shown as to a user");
+        // The look-up went on without the read; once done it is remembered.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let second = f.app.clone().oneshot(request(Method::GET, "/v1/config", 1001)).await.unwrap();
+        assert_eq!(body_json(second).await["setup"]["scripts"][0]["args"][1], "t0p", "now shown as to an admin");
+        let write = f.app.clone().oneshot(request(Method::POST, "/v1/test/change", 1001)).await.unwrap();
+        assert_eq!(write.status(), StatusCode::OK);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1, "one look-up for all three requests");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_nss_hung_a_self_service_request_acts_for_the_caller_alone() {
+        let (f, release) = hung_directory_service();
+        let response = f.app.clone().oneshot(request(Method::POST, "/v1/test/mine", 1001)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = body_json(response).await;
+        assert_eq!((body["uid"].as_u64(), body["admin"].as_bool()), (Some(1001), Some(false)));
+        drop(release);
     }
 }

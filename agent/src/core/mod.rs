@@ -22,6 +22,7 @@ pub mod mountinfo;
 pub mod paths;
 pub mod request;
 pub mod shared;
+pub mod stuck;
 pub mod task;
 
 #[cfg(test)]

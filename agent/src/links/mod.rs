@@ -10,9 +10,11 @@
 //! minutes at the latest (links changed by hand), when the share comes or
 //! goes, on a config change, and on `pool-agent links sync`.
 
+mod metrics;
 pub mod reconcile;
 pub mod report;
 pub mod select;
+mod watch;
 
 use crate::config::{LinksSettings, Settings};
 use crate::core::capability::Capability;
@@ -21,19 +23,22 @@ use crate::core::component::{ComponentId, ComponentState};
 use crate::core::http::{Access, Route};
 use crate::core::request::{Asked, Reply, Requests};
 use crate::core::shared::{FolderNews, PrivateMountNews, ShareNews, UserFolder};
+use crate::core::stuck::StuckWork;
 use crate::core::task::{self, TaskContext, TaskError, TaskResult};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::future::BoxFuture;
+use metrics::LinksMetrics;
 use reconcile::{FolderPlan, Step, UserPlan};
 use report::{LinkState, LinksReport, UserLink};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
+use watch::DirWatcher;
 
 /// Events within this window make one pass.
 const SETTLE: Duration = Duration::from_millis(100);
@@ -51,30 +56,9 @@ pub struct Links {
     /// Since when a pass has been running on its blocking thread; one stuck
     /// in the kernel (a home on a share that hangs) is not started again on
     /// every restart, each of which would leave one more thread stuck.
-    pass_running: RunningFlag,
+    pass_running: StuckWork,
     /// The same for the watch on homes (it looks at each home's directory).
-    watch_running: RunningFlag,
-}
-
-/// Clears its flag when the blocking work it went with ends, however late.
-struct Running(RunningFlag);
-
-impl Running {
-    /// The flag set, or how long the work started earlier has been running.
-    fn start(flag: &RunningFlag) -> Result<Self, Duration> {
-        let mut running = flag.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(since) = *running {
-            return Err(since.elapsed());
-        }
-        *running = Some(std::time::Instant::now());
-        Ok(Self(flag.clone()))
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    }
+    watch_running: StuckWork,
 }
 
 impl Default for Links {
@@ -88,8 +72,8 @@ impl Links {
         Self {
             report: Arc::new(Mutex::new(LinksReport::default())),
             syncs: Requests::new(8),
-            pass_running: Default::default(),
-            watch_running: Default::default(),
+            pass_running: StuckWork::new("links passes", 1),
+            watch_running: StuckWork::new("looks at the homes' directories", 1),
         }
     }
 
@@ -279,9 +263,10 @@ async fn pass(
     let now = rfc3339(changed_at.0);
     let stamp: String = now.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
     let known: std::collections::HashSet<String> = previous.keys().cloned().collect();
-    let running = match Running::start(&links.pass_running) {
+    let running = match links.pass_running.try_start() {
         Ok(running) => running,
-        Err(stuck_for) => {
+        Err(_) => {
+            let stuck_for = links.pass_running.in_flight().oldest.unwrap_or_default();
             let why = format!(
                 "the pass started {}s ago has not returned (a home or the share does not answer); no other pass starts until it does",
                 stuck_for.as_secs()
@@ -515,209 +500,32 @@ fn publish(ctx: &TaskContext, report: &LinksReport, share_configured: bool) {
     }
 }
 
-/// inotify on the passwd file's directory (useradd replaces the file by
-/// rename) and on every directory that holds homes (pam_mkhomedir makes a
-/// home on first login): a change there starts a pass.
-///
-/// Only changes are asked of the kernel — entries made, removed, moved,
-/// their attributes changed, passwd or group written — never opens, reads or
-/// closes (notify's inotify backend always asks for opens, so every read of
-/// `/etc` by anyone, the agent included, woke it and started a pass). In the
-/// passwd file's directory only the passwd and group files count.
-struct DirWatcher {
-    events: mpsc::Sender<()>,
-    watches: Option<inotify::Watches>,
-    /// Per watched directory: its watch.
-    watched: HashMap<PathBuf, inotify::WatchDescriptor>,
-    /// The passwd file's directory's watch: only these names count there.
-    passwd_dir: Arc<Mutex<Option<inotify::WatchDescriptor>>>,
-    reader: Option<tokio::task::JoinHandle<()>>,
-}
-
-/// The account files whose change in the passwd file's directory starts a pass.
-const ACCOUNT_FILES: [&str; 2] = ["passwd", "group"];
-
-impl DirWatcher {
-    fn new(events: mpsc::Sender<()>) -> Self {
-        Self { events, watches: None, watched: HashMap::new(), passwd_dir: Default::default(), reader: None }
-    }
-
-    fn start(&mut self) -> std::io::Result<inotify::Watches> {
-        if let Some(watches) = &self.watches {
-            return Ok(watches.clone());
-        }
-        use futures_util::StreamExt;
-        let inotify = inotify::Inotify::init()?;
-        let mut stream = inotify.into_event_stream(vec![0u8; 4096])?;
-        let watches = stream.watches();
-        let events = self.events.clone();
-        let passwd_dir = self.passwd_dir.clone();
-        self.reader = Some(tokio::spawn(async move {
-            while let Some(Ok(event)) = stream.next().await {
-                let in_passwd_dir = passwd_dir.lock().unwrap_or_else(|p| p.into_inner()).as_ref() == Some(&event.wd);
-                let counts = !in_passwd_dir
-                    || event.name.as_deref().is_some_and(|name| ACCOUNT_FILES.iter().any(|f| name == *f));
-                if counts {
-                    let _ = events.try_send(());
-                }
-            }
-        }));
-        self.watches = Some(watches.clone());
-        Ok(watches)
-    }
-
-    /// Watches the passwd file's directory and every directory holding homes.
-    /// Looking at those directories may touch a home on a network share, so
-    /// it runs on a blocking thread; one that does not return in time is not
-    /// started again until it does.
-    async fn watch(&mut self, ctx: &TaskContext, settings: &Settings, report: &LinksReport, running: &RunningFlag) {
-        let passwd_dir = ctx.paths.passwd().parent().map(Path::to_path_buf);
-        let mut wanted = BTreeSet::new();
-        wanted.extend(passwd_dir.clone());
-        wanted.insert(ctx.paths.resolve("/home"));
-        for user in &report.users {
-            if let Some(parent) = Path::new(&*user.link).ancestors().nth(1 + settings.links.link.components().count()) {
-                wanted.insert(parent.to_path_buf());
-            }
-        }
-        let watches = match self.start() {
-            Ok(watches) => watches,
-            Err(err) => {
-                tracing::warn!(
-                    component = "links",
-                    "cannot watch for new users ({err}); resyncing every interval only"
-                );
-                return;
-            }
-        };
-        let Ok(guard) = Running::start(running) else {
-            tracing::debug!(component = "links", "the last look at the homes' directories has not returned");
-            return;
-        };
-        let watched = std::mem::take(&mut self.watched);
-        let passwd_wd = self.passwd_dir.clone();
-        let looked = task::blocking("watching the homes' directories", WATCH_DEADLINE, move || {
-            let _running = guard;
-            update_watches(watches, watched, wanted, passwd_dir, &passwd_wd)
-        });
-        match looked.await {
-            Ok(watched) => self.watched = watched,
-            Err(err) => tracing::warn!(component = "links", "{err}; new users are seen at the next resync"),
-        }
-    }
-}
-
-type RunningFlag = Arc<Mutex<Option<std::time::Instant>>>;
-
-/// Looking at the homes' directories does not take longer than this.
-const WATCH_DEADLINE: Duration = Duration::from_secs(10);
-
-/// The watches made to match `wanted` (those of directories that exist).
-fn update_watches(
-    mut watches: inotify::Watches,
-    mut watched: HashMap<PathBuf, inotify::WatchDescriptor>,
-    mut wanted: BTreeSet<PathBuf>,
-    passwd_dir: Option<PathBuf>,
-    passwd_wd: &Mutex<Option<inotify::WatchDescriptor>>,
-) -> HashMap<PathBuf, inotify::WatchDescriptor> {
-    use inotify::WatchMask;
-    wanted.retain(|dir| dir.is_dir());
-    if wanted.iter().all(|dir| watched.contains_key(dir)) && watched.len() == wanted.len() {
-        return watched;
-    }
-    for (dir, wd) in std::mem::take(&mut watched) {
-        if wanted.contains(&dir) {
-            watched.insert(dir, wd);
-        } else {
-            let _ = watches.remove(wd);
-        }
-    }
-    let changes = WatchMask::CREATE
-        | WatchMask::DELETE
-        | WatchMask::MOVED_FROM
-        | WatchMask::MOVED_TO
-        | WatchMask::ATTRIB
-        | WatchMask::CLOSE_WRITE
-        | WatchMask::DONT_FOLLOW
-        | WatchMask::ONLYDIR;
-    let missing: Vec<PathBuf> = wanted.into_iter().filter(|dir| !watched.contains_key(dir)).collect();
-    for dir in missing {
-        match watches.add(&dir, changes) {
-            Ok(wd) => {
-                if passwd_dir.as_ref() == Some(&dir) {
-                    *passwd_wd.lock().unwrap_or_else(|p| p.into_inner()) = Some(wd.clone());
-                }
-                watched.insert(dir, wd);
-            }
-            Err(err) => tracing::warn!(component = "links", "cannot watch {}: {err}", dir.display()),
-        }
-    }
-    watched
-}
-
-impl Drop for DirWatcher {
-    fn drop(&mut self) {
-        if let Some(reader) = self.reader.take() {
-            reader.abort();
-        }
-    }
-}
-
-struct LinksMetrics(Links);
-
-impl std::fmt::Debug for LinksMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LinksMetrics")
-    }
-}
-
-impl prometheus_client::collector::Collector for LinksMetrics {
-    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        use prometheus_client::encoding::EncodeMetric;
-        use prometheus_client::metrics::gauge::ConstGauge;
-        let report = self.0.report();
-        let users = ConstGauge::new(0i64);
-        let mut family =
-            encoder.encode_descriptor("links_users", "Users by the state of their link.", None, users.metric_type())?;
-        for state in LinkState::ALL {
-            ConstGauge::new(report.count(state) as i64).encode(family.encode_family(&[("state", state.as_str())])?)?;
-        }
-        let took = ConstGauge::new(report.last_sync_ms / 1000.0);
-        took.encode(encoder.encode_descriptor(
-            "links_last_sync_duration_seconds",
-            "How long the last pass over every user took.",
-            None,
-            took.metric_type(),
-        )?)?;
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test]
     async fn work_stuck_in_the_kernel_is_not_started_again_until_it_returns() {
-        let flag = RunningFlag::default();
+        let links = Links::default();
         let (release, stuck) = std::sync::mpsc::channel::<()>();
-        let guard = Running::start(&flag).unwrap();
+        let guard = links.pass_running.try_start().unwrap();
         // The deadline passes; the thread stays (a stat on a hung share).
         let late = task::blocking("linking users", Duration::from_millis(50), move || {
             let _running = guard;
             let _ = stuck.recv();
         });
         assert!(late.await.is_err(), "the caller is not held");
-        assert!(Running::start(&flag).is_err(), "no second thread while the first is stuck");
+        assert!(links.pass_running.try_start().is_err(), "no second thread while the first is stuck");
+        assert_eq!(links.pass_running.in_flight().count, 1, "status can tell one is stuck");
         release.send(()).unwrap();
-        let freed = (0..200).any(|_| {
-            std::thread::yield_now();
-            let free = Running::start(&flag).is_ok();
-            if !free {
-                std::thread::park_timeout(Duration::from_millis(5));
+        let mut freed = false;
+        for _ in 0..200 {
+            if links.pass_running.try_start().is_ok() {
+                freed = true;
+                break;
             }
-            free
-        });
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert!(freed, "once it returns, the next pass may start");
     }
 }

@@ -11,11 +11,13 @@ mod api;
 pub mod log;
 mod metrics;
 mod output;
+mod publish;
 mod run;
 
 use api::{run_now, script_log, scripts_report};
 use metrics::ScriptsMetrics;
 use output::{append_line, append_line_detached, pump_output, stamp, LOG_WRITE_DEADLINE};
+use publish::{failure_detail, outcome_word};
 pub mod plan;
 pub mod record;
 pub mod report;
@@ -27,7 +29,7 @@ use crate::core::clock::rfc3339;
 use crate::core::component::{ComponentId, ComponentState};
 use crate::core::http::{Access, Route};
 use crate::core::journal::{self, Journal};
-use crate::core::shared::{ScriptsNews, ShareNews};
+use crate::core::shared::ShareNews;
 use crate::core::task::{self, TaskContext, TaskResult};
 use futures_util::future::BoxFuture;
 use nix::sys::signal::Signal;
@@ -493,121 +495,6 @@ impl Batch {
         self.ctx.paths.script_log_dir().join(format!("{name}.log"))
     }
 
-    /// A script's row from its record (what ran before) and the last report.
-    fn row(&self, item: &Planned, record: Option<&RunRecord>, previous: Option<&ScriptReport>) -> ScriptReport {
-        let script = &item.script;
-        let mut row = ScriptReport {
-            name: script.name.clone(),
-            path: script.path.display().to_string(),
-            run_as: script.run_as.clone(),
-            run_as_uid: item.verdict.as_ref().ok().map(|v| v.account.uid),
-            when: match script.when {
-                RunWhen::Once => "once".into(),
-                RunWhen::EveryBoot => "every-boot".into(),
-            },
-            blocking: script.blocking,
-            state: ScriptState::Pending,
-            reason: None,
-            pid: None,
-            unit: None,
-            started: None,
-            finished: None,
-            duration_seconds: None,
-            timeout_seconds: script.timeout.as_secs(),
-            exit_code: None,
-            signal: None,
-            log: self.log_path(&script.name).display().to_string(),
-            shared_log: previous.and_then(|p| p.shared_log.clone()),
-            content_hash: item.verdict.as_ref().map(|v| v.content_hash.clone()).unwrap_or_default(),
-        };
-        if let Some(record) = record {
-            row.started = Some(record.started.clone());
-            row.finished = record.finished.clone();
-            row.duration_seconds = record.duration_seconds;
-            row.exit_code = record.exit_code;
-            row.signal = record.signal.clone();
-            row.unit = record.unit.clone();
-            let (state, when) = match record.outcome {
-                Outcome::Succeeded => (ScriptState::Succeeded, "succeeded"),
-                Outcome::Failed => (ScriptState::Failed, "failed"),
-                Outcome::TimedOut => (ScriptState::TimedOut, "timed out"),
-                Outcome::Running => (ScriptState::Interrupted, "was interrupted"),
-            };
-            row.state = state;
-            let finished = record.finished.as_deref().unwrap_or(&record.started);
-            let this_boot = if record.boot_id == self.host.boot_id { "in this boot" } else { "in an earlier boot" };
-            row.reason = Some(match (&item.verdict, record.outcome) {
-                _ if self.host.is_other_machine(record) => {
-                    format!("{when} at {finished} on another machine (the image's build VM); runs on this one")
-                }
-                (Ok(v), _) if v.content_hash != record.content_hash => {
-                    format!("{when} at {finished}; changed since, runs again")
-                }
-                (_, Outcome::Succeeded) if script.when == RunWhen::Once => {
-                    format!("ran once at {finished} ({this_boot}); unchanged since, not run again")
-                }
-                _ => format!("{when} at {finished} ({this_boot}){}", failure_detail(record)),
-            });
-        }
-        row
-    }
-
-    fn publish_running(&self, running: Option<&str>) {
-        let news = match running {
-            Some(name) => ScriptsNews { running: vec![name.to_string()] },
-            None => ScriptsNews::default(),
-        };
-        self.ctx.shared.publish_scripts(news);
-    }
-
-    /// The board row: not ready while a blocking script runs or waits,
-    /// failed (the VM unhealthy) when a blocking script did not succeed.
-    fn publish_board(&self) {
-        let report = self.scripts.report();
-        let count = |state: ScriptState| report.scripts.iter().filter(|s| s.state == state).count();
-        if let Some(running) = report.scripts.iter().find(|s| s.state == ScriptState::Running) {
-            let detail = format!(
-                "running {} (timeout {}){}",
-                running.name,
-                crate::config::duration::format(Duration::from_secs(running.timeout_seconds)),
-                if running.blocking { "; the VM is not ready until it ends" } else { " in the background" }
-            );
-            let state = if running.blocking { ComponentState::Starting } else { ComponentState::Ready };
-            self.ctx.set(state, detail);
-            return;
-        }
-        let waiting = report
-            .scripts
-            .iter()
-            .any(|s| s.blocking && matches!(s.state, ScriptState::Pending | ScriptState::Interrupted));
-        if waiting && report.phase != "done" {
-            self.ctx.set(ComponentState::Starting, format!("{} setup script(s) to run", report.scripts.len()));
-            return;
-        }
-        if report.scripts.is_empty() {
-            self.ctx.set(ComponentState::Ready, "no setup scripts".to_string());
-            return;
-        }
-        let mut detail = format!("{} script(s): {} succeeded", report.scripts.len(), count(ScriptState::Succeeded));
-        for state in [ScriptState::Failed, ScriptState::TimedOut, ScriptState::Refused, ScriptState::Interrupted] {
-            if count(state) > 0 {
-                detail.push_str(&format!(", {} {}", count(state), state.as_str()));
-            }
-        }
-        match report.scripts.iter().find(|s| s.blocking && s.state.is_failure()) {
-            Some(failed) => self.ctx.set_error(
-                ComponentState::Failed,
-                detail,
-                format!(
-                    "{}: {}",
-                    failed.name,
-                    failed.reason.clone().unwrap_or_else(|| failed.state.as_str().to_string())
-                ),
-            ),
-            None => self.ctx.set(ComponentState::Ready, detail),
-        }
-    }
-
     /// Copies a script's log to `Logs/<instance>/<name>.log` on the share,
     /// if it is mounted; else it is copied when the share comes.
     async fn copy_log(&self, name: &str) {
@@ -658,23 +545,6 @@ impl Batch {
                 self.copy_log(&name).await;
             }
         }
-    }
-}
-
-fn outcome_word(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Succeeded => "succeeded",
-        Outcome::Failed => "failed",
-        Outcome::TimedOut => "timed out",
-        Outcome::Running => "interrupted",
-    }
-}
-
-fn failure_detail(record: &RunRecord) -> String {
-    match (record.outcome, record.exit_code, &record.signal) {
-        (Outcome::Failed, Some(code), _) => format!(" (exit {code})"),
-        (Outcome::Failed, None, Some(signal)) => format!(" (killed by {signal})"),
-        _ => String::new(),
     }
 }
 

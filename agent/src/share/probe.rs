@@ -1,10 +1,9 @@
 //! The health probe: stat the share root and read one entry, in a blocking
 //! thread under a deadline, so a hung mount never blocks the runtime or the API.
 
+use crate::core::stuck::{StuckError, StuckWork};
 use futures_util::future::BoxFuture;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -25,35 +24,35 @@ pub trait Prober: Send + Sync + 'static {
 const MAX_STUCK_PROBES: usize = 4;
 
 /// Probes with real syscalls, each in a blocking thread under a deadline.
-#[derive(Debug, Default, Clone)]
+#[derive(Clone)]
 pub struct SystemProber {
-    in_flight: Arc<AtomicUsize>,
+    in_flight: StuckWork,
+}
+
+impl Default for SystemProber {
+    fn default() -> Self {
+        Self { in_flight: StuckWork::new("share probes", MAX_STUCK_PROBES) }
+    }
 }
 
 impl Prober for SystemProber {
     fn probe(&self, root: PathBuf, deadline: Duration) -> BoxFuture<'static, ProbeOutcome> {
         let in_flight = self.in_flight.clone();
         Box::pin(async move {
-            if in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_STUCK_PROBES {
-                in_flight.fetch_sub(1, Ordering::SeqCst);
-                let error = format!("{MAX_STUCK_PROBES} earlier probes are still hung in the kernel");
-                return ProbeOutcome::Failed { error };
-            }
-            let flag = in_flight.clone();
             let started = Instant::now();
-            let task = tokio::task::spawn_blocking(move || {
-                let result = std::fs::metadata(&root).and_then(|_| std::fs::read_dir(&root)).and_then(|mut entries| {
-                    // One entry forces a round trip to the server, not just the cached root.
-                    entries.next().transpose().map(|_| ())
-                });
-                flag.fetch_sub(1, Ordering::SeqCst);
-                result
-            });
-            match tokio::time::timeout(deadline, task).await {
-                Ok(Ok(Ok(()))) => ProbeOutcome::Healthy { latency: started.elapsed() },
-                Ok(Ok(Err(err))) => ProbeOutcome::Failed { error: err.to_string() },
-                Ok(Err(join)) => ProbeOutcome::Failed { error: format!("probe thread failed: {join}") },
-                Err(_) => ProbeOutcome::TimedOut { after: deadline },
+            let result = in_flight
+                .run(deadline, move || {
+                    std::fs::metadata(&root).and_then(|_| std::fs::read_dir(&root)).and_then(|mut entries| {
+                        // One entry forces a round trip to the server, not just the cached root.
+                        entries.next().transpose().map(|_| ())
+                    })
+                })
+                .await;
+            match result {
+                Ok(Ok(())) => ProbeOutcome::Healthy { latency: started.elapsed() },
+                Ok(Err(err)) => ProbeOutcome::Failed { error: err.to_string() },
+                Err(StuckError::TimedOut { .. }) => ProbeOutcome::TimedOut { after: deadline },
+                Err(err) => ProbeOutcome::Failed { error: err.to_string() },
             }
         })
     }

@@ -9,7 +9,7 @@ use crate::core::mount::{MountCall, MountError, Mounter};
 use crate::core::mountinfo::MountEntry;
 use futures_util::future::BoxFuture;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
