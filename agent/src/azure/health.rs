@@ -4,8 +4,10 @@
 //! fresh), and a blocking part — the share, a blocking setup script — has
 //! been failing for longer than `azure.unhealthy_after`. Never during boot.
 
+use crate::config::Settings;
 use crate::core::component::{ComponentId, ComponentState, ComponentStatus};
 use crate::core::shared::IdleNews;
+use crate::core::task::TaskContext;
 use std::time::{Duration, SystemTime};
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -45,6 +47,37 @@ pub fn judge(idle: &IdleNews, components: &[ComponentStatus], unhealthy_after: D
         }
     }
     healthy("idle, and the share and setup scripts are well".into())
+}
+
+/// Answers the Application Health extension on `azure.health_listen` once
+/// on Azure; a restart that keeps the address keeps the listener (no gap).
+pub(super) async fn health_server(ctx: &TaskContext, azure: &super::Azure, settings: &Settings) {
+    let listen = settings.azure.health_listen.clone();
+    let mut health = azure.0.health.lock().await;
+    if health.as_ref().is_some_and(|h| h.addr() == listen) {
+        azure.update(|r| r.health_listen = listen.clone());
+        return;
+    }
+    // Another address (or none): the old one stops and frees its port first.
+    *health = None;
+    if listen.is_empty() {
+        return;
+    }
+    azure.update(|r| r.health_listen = listen.clone());
+    let answer_from = azure.clone();
+    let answer: super::listener::Answer = std::sync::Arc::new(move || {
+        let healthy = answer_from.health_now().is_none_or(|h| h.healthy);
+        serde_json::json!({ "ApplicationHealthState": if healthy { "Healthy" } else { "Unhealthy" } }).to_string()
+    });
+    match super::listener::ProbeListener::bind(&listen, "/health", answer, ctx.shutdown.clone()).await {
+        Ok(listening) => *health = Some(listening),
+        Err(err) => {
+            let why = format!("health endpoint {listen}: {}", crate::config::io_text(&err));
+            tracing::warn!(component = "azure", "cannot answer health probes: {why}");
+            azure.update(|r| r.error = Some(why.clone()));
+            azure.0.problems.set("health", Some(why));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -18,15 +18,18 @@ pub mod events;
 pub mod firewall;
 pub mod health;
 pub mod imds;
+mod imds_guard;
 pub mod key;
 pub mod listener;
 pub mod monitor;
 pub mod problems;
 pub mod protect;
 mod publish;
+mod report;
 pub mod token;
 
 pub use problems::Problems;
+pub use report::{AzureReport, Compute, LastPost};
 
 use crate::config::{AzureEnabled, Settings};
 use crate::core::board::StatusBoard;
@@ -38,7 +41,9 @@ use crate::core::task::{TaskContext, TaskResult};
 use axum::extract::State;
 use axum::Json;
 use futures_util::future::BoxFuture;
+use health::health_server;
 use imds::{Imds, ImdsCounters, ImdsError};
+use imds_guard::{guard_imds, open_imds};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -52,113 +57,6 @@ const ABSENT_RETRY: Duration = Duration::from_secs(120);
 const METADATA_DEADLINE: Duration = Duration::from_secs(80);
 /// The scale set's userData (a config fragment) is read again this often.
 const USER_DATA_EVERY: Duration = Duration::from_secs(300);
-
-/// What IMDS says of this VM (`compute`), as `pool-agent azure` shows it.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Compute {
-    #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub vm_id: String,
-    #[serde(default)]
-    pub location: String,
-    #[serde(default)]
-    pub subscription_id: String,
-    #[serde(default)]
-    pub resource_group_name: String,
-    #[serde(default)]
-    pub vm_scale_set_name: String,
-    #[serde(default)]
-    pub resource_id: String,
-    /// Base64, as IMDS gives it; its text is a config fragment (or empty).
-    #[serde(default, skip_serializing)]
-    pub user_data: String,
-}
-
-impl Compute {
-    /// The userData as text: a TOML config fragment, or nothing.
-    pub fn user_data_text(&self) -> Result<String, String> {
-        use base64::Engine;
-        if self.user_data.trim().is_empty() {
-            return Ok(String::new());
-        }
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(self.user_data.trim())
-            .map_err(|err| format!("userData is not base64: {err}"))?;
-        String::from_utf8(bytes).map_err(|_| "userData is not UTF-8 text".to_string())
-    }
-}
-
-impl Compute {
-    /// What the metrics describe: the scale set (autoscale reads its
-    /// metrics), or the VM itself outside one.
-    pub fn metrics_resource(&self) -> String {
-        if self.vm_scale_set_name.is_empty() {
-            return self.resource_id.clone();
-        }
-        format!(
-            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachineScaleSets/{}",
-            self.subscription_id, self.resource_group_name, self.vm_scale_set_name
-        )
-    }
-}
-
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct LastPost {
-    pub at: String,
-    /// The HTTP status, or 0 when none came back.
-    pub status: u16,
-    pub detail: String,
-}
-
-/// `GET /v1/azure`.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct AzureReport {
-    /// `on-azure`, `absent` (IMDS does not answer), `off` (azure.enabled = false), `starting`.
-    pub state: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compute: Option<Compute>,
-    #[serde(default)]
-    pub identity: String,
-    #[serde(default)]
-    pub tokens: Vec<token::TokenView>,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub metrics_url: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_post: Option<LastPost>,
-    #[serde(default)]
-    pub buckets_posted: u64,
-    #[serde(default)]
-    pub backlog: usize,
-    #[serde(default)]
-    pub dropped_too_old: u64,
-    #[serde(default)]
-    pub dropped_rejected: u64,
-    #[serde(default)]
-    pub imds_requests: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health: Option<health::Health>,
-    /// The share's storage key when it comes from Azure (never the key itself).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub storage_key: Option<key::KeyView>,
-    /// Scale-in protection (`azure.protect`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub protection: Option<protect::ProtectionView>,
-    /// `idle.action = "delete-self"`: whether, and why not yet.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub self_delete: Option<delete::DeleteView>,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub health_listen: String,
-    /// Who may reach IMDS (`azure.imds_access`), as enforced.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub imds_access: String,
-    /// Keys of the scale set's userData refused (they could run code or widen access).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub user_data_refused: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
 
 /// A view a background task keeps and `pool-agent azure` reads: one lock,
 /// changed in place (poisoning is ignored: a view is only ever overwritten).
@@ -586,209 +484,5 @@ async fn metadata(imds: &Imds) -> Result<Compute, ImdsError> {
     })
 }
 
-/// `azure.health_listen`: a plain HTTP answer for the Application Health
-/// extension, on loopback only.
-/// How often group members are looked up again for `azure.imds_access`.
-const IMDS_GROUPS_EVERY: Duration = Duration::from_secs(300);
-
-/// Keeps the nftables table that closes IMDS to everyone but root (and the
-/// groups `azure.imds_access` names) until shutdown, then removes it.
-async fn guard_imds(ctx: TaskContext, azure: Azure, access: crate::config::fragment::ImdsAccess) {
-    let mut installed: Option<String> = None;
-    loop {
-        let (accounts, asked) = (ctx.accounts.clone(), access.clone());
-        let resolved = crate::core::task::blocking("imds access groups", Duration::from_secs(10), move || {
-            firewall::allowed(&asked, &accounts)
-        })
-        .await;
-        match resolved {
-            Ok(allowed) => {
-                let script = allowed.as_ref().map_or_else(firewall::removal, firewall::ruleset);
-                if installed.as_ref() != Some(&script) {
-                    match firewall::nft(&script).await {
-                        Ok(()) => {
-                            azure.update(|r| r.imds_access = firewall::describe(&access, allowed.as_ref()));
-                            tracing::info!(
-                                component = "azure",
-                                "IMDS: {}",
-                                firewall::describe(&access, allowed.as_ref())
-                            );
-                            azure.0.imds_closed.store(allowed.is_some(), std::sync::atomic::Ordering::SeqCst);
-                            azure.0.problems.set("imds access", None);
-                            installed = Some(script);
-                        }
-                        Err(why) => {
-                            let why = format!("IMDS stays open to every local user: {why}");
-                            tracing::warn!(component = "azure", "{why}");
-                            azure.update(|r| r.imds_access = why.clone());
-                            azure.0.problems.set("imds access", Some(why));
-                        }
-                    }
-                }
-            }
-            Err(err) => {
-                azure.0.problems.set("imds access", Some(format!("cannot look up azure.imds_access's groups: {err}")))
-            }
-        }
-        tokio::select! {
-            _ = ctx.shutdown.cancelled() => break,
-            _ = tokio::time::sleep(IMDS_GROUPS_EVERY) => {}
-        }
-    }
-    open_imds(&azure).await;
-}
-
-/// Removes the agent's table, if it put one in place.
-async fn open_imds(azure: &Azure) {
-    if azure.0.imds_closed.swap(false, std::sync::atomic::Ordering::SeqCst) {
-        if let Err(why) = firewall::nft(&firewall::removal()).await {
-            tracing::warn!(component = "azure", "cannot remove the IMDS table: {why}");
-        }
-    }
-}
-
-/// Answers the Application Health extension on `azure.health_listen` once
-/// on Azure; a restart that keeps the address keeps the listener (no gap).
-async fn health_server(ctx: &TaskContext, azure: &Azure, settings: &Settings) {
-    let listen = settings.azure.health_listen.clone();
-    let mut health = azure.0.health.lock().await;
-    if health.as_ref().is_some_and(|h| h.addr() == listen) {
-        azure.update(|r| r.health_listen = listen.clone());
-        return;
-    }
-    // Another address (or none): the old one stops and frees its port first.
-    *health = None;
-    if listen.is_empty() {
-        return;
-    }
-    azure.update(|r| r.health_listen = listen.clone());
-    let answer_from = azure.clone();
-    let answer: listener::Answer = std::sync::Arc::new(move || {
-        let healthy = answer_from.health_now().is_none_or(|h| h.healthy);
-        serde_json::json!({ "ApplicationHealthState": if healthy { "Healthy" } else { "Unhealthy" } }).to_string()
-    });
-    match listener::ProbeListener::bind(&listen, "/health", answer, ctx.shutdown.clone()).await {
-        Ok(listening) => *health = Some(listening),
-        Err(err) => {
-            let why = format!("health endpoint {listen}: {}", crate::config::io_text(&err));
-            tracing::warn!(component = "azure", "cannot answer health probes: {why}");
-            azure.update(|r| r.error = Some(why.clone()));
-            azure.0.problems.set("health", Some(why));
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The ARM template shipped for the pool, read as an admin deploys it.
-    fn template() -> serde_json::Value {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/azure/pool.json");
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-    }
-
-    fn resource<'a>(template: &'a serde_json::Value, kind: &str) -> Vec<&'a serde_json::Value> {
-        template["resources"].as_array().unwrap().iter().filter(|r| r["type"] == kind).collect()
-    }
-
-    #[test]
-    fn the_shipped_template_uses_the_metrics_namespace_and_health_endpoint_the_agent_serves() {
-        let template = template();
-        let autoscale = resource(&template, "Microsoft.Insights/autoscalesettings")[0];
-        let profiles = autoscale["properties"]["profiles"].as_array().unwrap();
-        let mut used = std::collections::BTreeSet::new();
-        for profile in profiles {
-            for rule in profile["rules"].as_array().unwrap() {
-                let trigger = &rule["metricTrigger"];
-                let name = trigger["metricName"].as_str().unwrap();
-                assert!(
-                    monitor::METRIC_NAMES.contains(&name),
-                    "the template scales on {name}, which the agent never posts"
-                );
-                assert_eq!(trigger["metricNamespace"], crate::config::settings::DEFAULT_METRICS_NAMESPACE);
-                used.insert(name);
-            }
-            // Scale to zero: no profile keeps a VM outside working hours.
-            if profile["name"] != "working hours" {
-                assert_eq!(profile["capacity"]["minimum"], "0", "{profile}");
-            }
-        }
-        assert_eq!(used.into_iter().collect::<Vec<_>>(), ["Busy", "Removable"]);
-        let set = resource(&template, "Microsoft.Compute/virtualMachineScaleSets")[0];
-        let profile = &set["properties"]["virtualMachineProfile"];
-        let health = &profile["extensionProfile"]["extensions"][0]["properties"];
-        assert_eq!(health["type"], "ApplicationHealthLinux");
-        let (host, port) = crate::config::settings::DEFAULT_HEALTH_LISTEN.rsplit_once(':').unwrap();
-        assert_eq!(host, "127.0.0.1");
-        assert_eq!(health["settings"]["port"], port.parse::<u16>().unwrap());
-        assert_eq!(health["settings"]["requestPath"], "/health");
-        assert_eq!(health["settings"]["protocol"], "http");
-        // Health must not count before boot and the share wait are over.
-        let grace = template["parameters"]["healthGracePeriod"]["defaultValue"].as_u64().unwrap();
-        assert!(grace >= 300 + crate::config::settings::DEFAULT_SHARE_WAIT.as_secs(), "grace period {grace} s");
-        let terminate = &profile["scheduledEventsProfile"]["terminateNotificationProfile"];
-        assert_eq!(terminate["enable"], true);
-        assert!(["PT5M", "PT10M", "PT15M"].contains(&terminate["notBeforeTimeout"].as_str().unwrap()));
-        assert_eq!(set["identity"]["type"], "SystemAssigned");
-        assert_eq!(set["sku"]["capacity"], 0);
-    }
-
-    #[test]
-    fn the_shipped_template_s_config_fragment_loads_and_its_roles_cover_what_the_agent_calls() {
-        let template = template();
-        let fragment = template["parameters"]["configFragment"]["defaultValue"].as_str().unwrap();
-        // The pool's config is a root-owned drop-in written by cloud-init from
-        // customData; never userData, which the VM's own identity can rewrite.
-        let set = resource(&template, "Microsoft.Compute/virtualMachineScaleSets")[0];
-        let profile = &set["properties"]["virtualMachineProfile"];
-        assert!(profile.get("userData").is_none(), "the pool's config must not come from userData");
-        let custom = profile["osProfile"]["customData"].as_str().unwrap();
-        assert!(custom.contains("path: /etc/pool-agent/config.d/50-pool.toml") && custom.contains("owner: root:root"));
-        assert!(custom.contains("base64(parameters('configFragment'))"), "{custom}");
-        let dir = tempfile::tempdir().unwrap();
-        let main = dir.path().join("config.toml");
-        std::fs::write(&main, "").unwrap();
-        std::fs::create_dir(dir.path().join("config.d")).unwrap();
-        std::fs::write(dir.path().join("config.d/50-pool.toml"), fragment).unwrap();
-        let settings = crate::config::load(&main).unwrap();
-        assert!(key::spec(&settings).is_some(), "the fragment takes the key from Key Vault");
-        let role = resource(&template, "Microsoft.Authorization/roleDefinitions")[0];
-        let actions = template["variables"]["instanceActions"].as_array().unwrap();
-        for needed in [
-            "Microsoft.Compute/virtualMachineScaleSets/read",
-            "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/read",
-            "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/write",
-        ] {
-            assert!(actions.iter().any(|a| a == needed), "{needed}");
-        }
-        assert_eq!(
-            template["variables"]["deleteActions"][0],
-            "Microsoft.Compute/virtualMachineScaleSets/delete/action"
-        );
-        assert!(role["properties"]["permissions"][0]["actions"].as_str().unwrap().contains("selfDelete"));
-        let assigned: Vec<&str> = resource(&template, "Microsoft.Authorization/roleAssignments")
-            .iter()
-            .map(|a| a["properties"]["roleDefinitionId"].as_str().unwrap())
-            .collect();
-        assert!(assigned.iter().any(|r| r.contains("monitoringMetricsPublisher")));
-        assert!(assigned.iter().any(|r| r.contains("keyVaultSecretsUser")));
-        assert!(assigned.iter().any(|r| r.contains("instanceRoleName")));
-        assert_eq!(template["variables"]["monitoringMetricsPublisher"], "3913510d-42f4-4e42-8a64-420c390055eb");
-    }
-
-    #[test]
-    fn metrics_go_to_the_scale_set() {
-        let compute = Compute {
-            subscription_id: "sub".into(),
-            resource_group_name: "rg".into(),
-            vm_scale_set_name: "pool".into(),
-            resource_id: "/subscriptions/sub/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/pool/virtualMachines/3".into(),
-            ..Compute::default()
-        };
-        assert_eq!(
-            compute.metrics_resource(),
-            "/subscriptions/sub/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/pool"
-        );
-    }
-}
+mod template_tests;

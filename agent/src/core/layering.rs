@@ -148,8 +148,6 @@ const MAX_LINES: usize = 650;
 
 /// Files others are splitting right now (#26); each goes from here when split.
 const LONG_FILES_BEING_SPLIT: &[&str] = &[
-    // Being split by the Azure work (#26 items 1-5).
-    "azure/mod.rs",
     // Being split with the idle circle's removal (#26 item 7, idle's owner).
     "idle/sessions.rs",
 ];
