@@ -452,3 +452,37 @@ fn a_hold_shows_in_the_verdict_at_once_not_an_interval_later() {
     let human = stdout(&sandbox.cli(&["idle"]));
     assert!(human.contains(&format!("idle at: {}", idle["idle_at"].as_str().unwrap())), "{human}");
 }
+
+/// What a user does: take a hold and ask for the verdict at once, with the
+/// default `idle.interval`; then release it and ask again. Each answer must
+/// already say so, every time (it once waited for the next sample).
+#[test]
+fn a_hold_taken_or_released_shows_in_the_very_next_idle_answer_twenty_times_in_a_row() {
+    if !nix_is_root() {
+        skip_note("SKIP a_hold_taken_or_released_shows_in_the_very_next_idle_answer_twenty_times_in_a_row: a hold needs a user-range uid or an admin; root is one (CI runs as root)");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    sandbox.write_config(&LOCAL_SHARE_CONFIG.replace("interval = \"10s\"\n", ""));
+    let _daemon = sandbox.start();
+    wait_signal(&sandbox, "holds", "idle", Duration::from_secs(15));
+    let names = |verdict: &serde_json::Value, id: &str| {
+        let top = verdict["reasons"].as_array().unwrap().iter().any(|r| r.as_str().unwrap().contains(id));
+        let holds = verdict["signals"].as_array().unwrap().iter().find(|s| s["name"] == "holds").cloned().unwrap();
+        let row = holds["reasons"].as_array().unwrap().iter().any(|r| r.as_str().unwrap().contains(id));
+        (top, row, holds["state"].as_str().unwrap().to_string())
+    };
+    for round in 0..20 {
+        let reason = format!("x{round}");
+        let out = sandbox.cli(&["hold", "1h", "--reason", &reason, "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"].as_str().unwrap().to_string();
+        let held = idle_json(&sandbox);
+        assert_eq!(names(&held, &id), (true, true, "active".into()), "round {round}: {held:#}");
+        assert_eq!(held["verdict"], "active", "round {round}: {held:#}");
+        let out = sandbox.cli(&["hold", "release", &id]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let released = idle_json(&sandbox);
+        assert_eq!(names(&released, &id), (false, false, "idle".into()), "round {round}: {released:#}");
+    }
+}
