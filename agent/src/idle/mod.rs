@@ -22,6 +22,7 @@ mod routes;
 pub mod sampler;
 pub mod sessions;
 pub mod signal;
+pub mod utmp;
 pub mod verdict;
 
 use crate::config::{IdleAction, Settings};
