@@ -12,3 +12,4 @@ mod links;
 mod permissions;
 mod scripts;
 mod share;
+mod writes;

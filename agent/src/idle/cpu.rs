@@ -120,7 +120,7 @@ pub fn processes(proc_root: &std::path::Path) -> std::io::Result<Vec<ProcessCpu>
     Ok(found)
 }
 
-fn cgroup_of(proc_root: &std::path::Path, pid: u32) -> Option<String> {
+pub fn cgroup_of(proc_root: &std::path::Path, pid: u32) -> Option<String> {
     let text = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
     // cgroup v2's line (`0::/path`); on a hybrid system the systemd (name=) one.
     text.lines()

@@ -46,7 +46,7 @@ impl prometheus_client::collector::Collector for IdleMetrics {
         let figure = ConstGauge::new(0.0f64);
         let mut family = encoder.encode_descriptor(
             "idle_signal_value",
-            "Each signal's figures: sessions, connections, kernels, cpu_percent, holds.",
+            "Each signal's figures: sessions, connections, kernels, cpu_percent, holds, writers.",
             None,
             figure.metric_type(),
         )?;

@@ -3,7 +3,8 @@
 //!
 //! Each signal is a [`signal::Source`]: [`sessions`] (utmp, terminal input),
 //! [`connections`] (inbound TCP traffic on the watched ports), [`jupyter`]
-//! (kernels and terminals), [`cpu`] (users' slices), [`gpu`] (NVML), running setup scripts
+//! (kernels and terminals), [`cpu`] (users' slices), [`gpu`] (NVML), [`writes`]
+//! (users' writes under homes and the share, by fanotify), running setup scripts
 //! (from the core's shared state) and [`holds`]. [`verdict`] turns the
 //! samples into active or idle, failing safe: a signal that cannot tell
 //! counts as active. The verdict goes to the core's shared state for Azure
@@ -11,6 +12,7 @@
 
 pub mod connections;
 pub mod cpu;
+pub mod fanotify;
 pub mod gpu;
 pub mod holds;
 pub mod jupyter;
@@ -24,6 +26,7 @@ pub mod sessions;
 pub mod signal;
 pub mod utmp;
 pub mod verdict;
+pub mod writes;
 
 use crate::config::{IdleAction, Settings};
 use crate::core::capability::Capability;
@@ -167,10 +170,36 @@ fn sources(ctx: &TaskContext, idle: &Idle, settings: &Settings) -> Vec<sampler::
             ctx.accounts.clone(),
         )),
         Box::new(gpu::Gpu::new(ctx.accounts.clone(), config.gpu_memory_grace)),
+        Box::new(writes::Writes::new(
+            config.writes,
+            write_roots(ctx, settings),
+            settings.links.min_uid..=settings.links.max_uid,
+            writes::Bounds { gap: config.timeout, max: config.writes_max },
+            ctx.accounts.clone(),
+        )),
         Box::new(own::ScriptsSource(ctx.shared.clone())),
         Box::new(own::HoldsSource(idle.clone())),
     ];
     sources.into_iter().map(sampler::Slot::new).collect()
+}
+
+/// Where users' writes count: the share (its mount point, and a local
+/// share's directory) and the homes of users in the user range.
+fn write_roots(ctx: &TaskContext, settings: &Settings) -> fanotify::Roots {
+    let (paths, accounts) = (ctx.paths.clone(), ctx.accounts.clone());
+    let users = settings.links.min_uid..=settings.links.max_uid;
+    let mut share = Vec::new();
+    if let Some(config) = &settings.share {
+        share.push(paths.resolve(&config.mount_point));
+        if let crate::config::ShareSource::Local { path } = &config.source {
+            share.push(paths.resolve(path));
+        }
+    }
+    Arc::new(move || {
+        let homes = accounts.snapshot();
+        let homes = homes.users.iter().filter(|a| users.contains(&a.uid) && a.home.parent().is_some());
+        share.iter().cloned().chain(homes.map(|a| paths.resolve(&a.home))).collect()
+    })
 }
 
 /// When the machine booted, on the monotonic clock (from /proc/uptime).
