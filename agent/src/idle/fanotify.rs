@@ -10,13 +10,15 @@
 //!
 //! A mount mark sees every write on that mount (on a VM, `/home` shares the
 //! root file system with journald): writes elsewhere cost one event each and
-//! are dropped by path before any other look-up.
+//! are dropped by path before any other look-up, and a file outside the roots
+//! written a second time gets an ignore mark, so the kernel stops reporting
+//! it (a log, the journal) — at rest that leaves nearly no events at all.
 
 use super::writes::{Ledger, Write};
 use std::collections::HashSet;
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -27,7 +29,14 @@ pub type Roots = Arc<dyn Fn() -> Vec<PathBuf> + Send + Sync>;
 
 /// Roots are marked again this often: a remounted share, a new user's home.
 const REMARK: Duration = Duration::from_secs(60);
-const EVENTS: u64 = libc::FAN_MODIFY | libc::FAN_CLOSE_WRITE;
+/// Every write and truncation; a close after writing adds nothing a write did not say.
+const EVENTS: u64 = libc::FAN_MODIFY;
+/// Files outside the roots written again are silenced in the kernel (an
+/// ignore mark: journald's files, a log), at most this many: each mark
+/// holds its inode in memory until the file is deleted.
+const IGNORE_AT_MOST: usize = 1024;
+/// Files outside the roots seen written once, forgotten past this many.
+const SEEN_AT_MOST: usize = 4096;
 
 /// A running watch; dropping it stops both threads.
 pub struct Watcher {
@@ -43,7 +52,8 @@ struct Shared {
     problems: Mutex<Vec<String>>,
     /// The reader's end: its writes go unseen from then on.
     failed: Mutex<Option<String>>,
-    roots: RwLock<HashSet<PathBuf>>,
+    /// The roots as bytes: looked up by each prefix of a path (cheap to hash).
+    roots: RwLock<HashSet<Vec<u8>>>,
 }
 
 fn os_error(what: &str) -> String {
@@ -123,6 +133,43 @@ fn mark(group: &OwnedFd, root: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Asks the kernel to stop reporting writes to this file, for good.
+fn ignore(group: &OwnedFd, file: BorrowedFd<'_>) -> std::io::Result<()> {
+    let flags = libc::FAN_MARK_ADD | libc::FAN_MARK_IGNORED_MASK | libc::FAN_MARK_IGNORED_SURV_MODIFY;
+    // SAFETY: a null path marks the object `file` refers to.
+    let done = unsafe { libc::fanotify_mark(group.as_raw_fd(), flags, EVENTS, file.as_raw_fd(), std::ptr::null()) };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Files outside the roots: seen once, then silenced (bounded).
+#[derive(Default)]
+struct Outside {
+    seen: HashSet<Vec<u8>>,
+    ignored: usize,
+}
+
+impl Outside {
+    fn written(&mut self, group: &OwnedFd, file: BorrowedFd<'_>, path: Vec<u8>) {
+        if self.ignored >= IGNORE_AT_MOST {
+            return;
+        }
+        if self.seen.remove(&path) {
+            if ignore(group, file).is_ok() {
+                self.ignored += 1;
+            }
+            return;
+        }
+        if self.seen.len() >= SEEN_AT_MOST {
+            self.seen.clear();
+        }
+        self.seen.insert(path);
+    }
+}
+
 fn mark_until_stopped(group: &OwnedFd, roots: &Roots, state: &Shared, stopped: &std::sync::mpsc::Receiver<()>) {
     loop {
         let list = roots();
@@ -134,7 +181,8 @@ fn mark_until_stopped(group: &OwnedFd, roots: &Roots, state: &Shared, stopped: &
                 Err(err) => problems.push(format!("cannot watch {}: {err}", root.display())),
             }
         }
-        *state.roots.write().unwrap_or_else(|p| p.into_inner()) = list.into_iter().collect();
+        let list = list.into_iter().map(|root| root.into_os_string().into_vec());
+        *state.roots.write().unwrap_or_else(|p| p.into_inner()) = list.collect();
         *state.problems.lock().unwrap_or_else(|p| p.into_inner()) = problems;
         match stopped.recv_timeout(REMARK) {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
@@ -153,6 +201,7 @@ fn read_until_stopped(
     ledger: &Mutex<Ledger>,
 ) -> Option<String> {
     let me = std::process::id() as i32;
+    let mut outside = Outside::default();
     // Aligned for the kernel's records (u64 fields).
     let mut buffer = vec![0u64; 4096];
     loop {
@@ -182,7 +231,8 @@ fn read_until_stopped(
         }
         // SAFETY: the kernel wrote `read` bytes; viewed as bytes for parsing.
         let bytes = unsafe { std::slice::from_raw_parts(buffer.as_ptr().cast::<u8>(), read as usize) };
-        let roots = state.roots.read().unwrap_or_else(|p| p.into_inner()).clone();
+        // Held while the batch is read (the marker writes once a minute): no copy per batch.
+        let roots = state.roots.read().unwrap_or_else(|p| p.into_inner());
         for event in events(bytes) {
             // The event's descriptor is ours to close, whatever the event.
             let file = (event.fd >= 0).then(|| {
@@ -198,7 +248,8 @@ fn read_until_stopped(
                 continue;
             }
             let Ok(path) = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())) else { continue };
-            if !path.ancestors().any(|dir| roots.contains(dir)) {
+            if !under(&roots, path.as_os_str().as_bytes()) {
+                outside.written(group, file.as_fd(), path.into_os_string().into_vec());
                 continue;
             }
             let Some((uid, comm)) = owner(event.pid, file.as_fd(), users) else { continue };
@@ -206,6 +257,12 @@ fn read_until_stopped(
             ledger.lock().unwrap_or_else(|p| p.into_inner()).record(write, gap);
         }
     }
+}
+
+/// Whether `path` is one of the roots or below one.
+fn under(roots: &HashSet<Vec<u8>>, path: &[u8]) -> bool {
+    let parents = path.iter().enumerate().filter(|(at, byte)| **byte == b'/' && *at > 0).map(|(at, _)| &path[..at]);
+    roots.contains(path) || parents.into_iter().any(|dir| roots.contains(dir))
 }
 
 /// The kernel's event records in a buffer it filled (fanotify(7)).
@@ -248,5 +305,71 @@ fn owner(pid: i32, file: BorrowedFd<'_>, users: &std::ops::RangeInclusive<u32>) 
             let uid = file.metadata().ok()?.uid();
             users.contains(&uid).then(|| (uid, "a process since ended".to_string()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idle::signal::SignalState;
+    use crate::idle::writes::Bounds;
+
+    #[test]
+    fn a_path_is_under_a_root_only_by_whole_components() {
+        let roots: HashSet<Vec<u8>> = [b"/home/alice".to_vec(), b"/data/notebooks".to_vec()].into();
+        assert!(under(&roots, b"/home/alice/notes.ipynb"));
+        assert!(under(&roots, b"/data/notebooks/notebooks/bob/x/y.csv"));
+        assert!(under(&roots, b"/home/alice"));
+        assert!(!under(&roots, b"/home/alicette/notes"), "a sibling with a longer name");
+        assert!(!under(&roots, b"/var/log/journal/system.journal"));
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a real process writes; the kernel's events take real time
+    fn a_process_writing_under_a_root_is_recorded_writes_elsewhere_are_not_and_dropping_stops_the_threads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (home, elsewhere) = (tmp.path().join("home"), tmp.path().join("elsewhere"));
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        // SAFETY: getuid has no preconditions.
+        let me = unsafe { libc::getuid() };
+        let listed = vec![home.clone()];
+        let roots: Roots = Arc::new(move || listed.clone());
+        let watcher = match Watcher::start(roots, me..=me, Duration::from_secs(60), ledger.clone()) {
+            Ok(watcher) => watcher,
+            Err(why) => {
+                assert!(me != 0, "root has fanotify: {why}");
+                eprintln!("SKIP: {why}");
+                return;
+            }
+        };
+        let marked = || !watcher.state.roots.read().unwrap().is_empty();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !marked() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let script = format!("echo a >> '{}/log'; echo b >> '{}/notes'", elsewhere.display(), home.display());
+        assert!(std::process::Command::new("sh").args(["-c", &script]).status().unwrap().success());
+        let wall = std::time::SystemTime::UNIX_EPOCH;
+        let bounds = Bounds { gap: Duration::from_secs(60), max: Duration::from_secs(3600) };
+        let mut sample = None;
+        while Instant::now() < deadline + Duration::from_secs(5) {
+            let judged = ledger.lock().unwrap().judge(Instant::now(), wall, bounds, &|uid| uid.to_string());
+            if judged.state == SignalState::Active {
+                sample = Some(judged);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let sample = sample.expect("the write under the root was recorded");
+        assert_eq!(sample.reasons.len(), 1, "{sample:?}");
+        assert!(sample.reasons[0].contains("/home/notes ("), "{sample:?}");
+        drop(watcher);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&ledger) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(Arc::strong_count(&ledger), 1, "the reader thread ended with its watcher");
     }
 }
