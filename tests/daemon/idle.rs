@@ -414,7 +414,11 @@ fn every_signal_is_reported_and_a_machine_without_a_gpu_driver_has_the_gpu_signa
     })
     .expect("a first sample");
     let names: Vec<&str> = verdict["signals"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["sessions", "connections", "jupyter", "cpu", "gpu", "scripts", "holds"], "{verdict:#}");
+    assert_eq!(
+        names,
+        ["sessions", "connections", "jupyter", "cpu", "gpu", "writes", "scripts", "holds"],
+        "{verdict:#}"
+    );
     if std::path::Path::new("/dev/nvidiactl").exists() {
         skip_note("SKIP gpu half of every_signal_is_reported...: this machine has an NVIDIA driver");
         return;

@@ -52,6 +52,9 @@ struct Shared {
     problems: Mutex<Vec<String>>,
     /// The reader's end: its writes go unseen from then on.
     failed: Mutex<Option<String>>,
+    /// Set while the reader handles a batch: a look-up stuck in the kernel
+    /// (a file on a hung NFS server) shows as a batch that does not end.
+    busy_since: Mutex<Option<Instant>>,
     /// The roots as bytes: looked up by each prefix of a path (cheap to hash).
     roots: RwLock<HashSet<Vec<u8>>>,
 }
@@ -115,10 +118,20 @@ impl Watcher {
         self.state.problems.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Why writes are no longer read, if they are not.
-    pub fn failed(&self) -> Option<String> {
-        self.state.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    /// Why writes are not read now, if they are not: the reader ended, or
+    /// has been stuck on one batch longer than `patience`.
+    pub fn failed(&self, patience: Duration) -> Option<String> {
+        if let Some(why) = self.state.failed.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Some(why);
+        }
+        stuck(*self.state.busy_since.lock().unwrap_or_else(|p| p.into_inner()), Instant::now(), patience)
     }
+}
+
+/// A batch begun at `busy_since` and not ended by `now`, past `patience`.
+fn stuck(busy_since: Option<Instant>, now: Instant, patience: Duration) -> Option<String> {
+    let stuck = now.saturating_duration_since(busy_since?);
+    (stuck > patience).then(|| format!("the reader has been stuck on one batch of writes for {}s", stuck.as_secs()))
 }
 
 fn mark(group: &OwnedFd, root: &Path) -> std::io::Result<()> {
@@ -231,6 +244,7 @@ fn read_until_stopped(
         }
         // SAFETY: the kernel wrote `read` bytes; viewed as bytes for parsing.
         let bytes = unsafe { std::slice::from_raw_parts(buffer.as_ptr().cast::<u8>(), read as usize) };
+        *state.busy_since.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         // Held while the batch is read (the marker writes once a minute): no copy per batch.
         let roots = state.roots.read().unwrap_or_else(|p| p.into_inner());
         for event in events(bytes) {
@@ -256,6 +270,8 @@ fn read_until_stopped(
             let write = Write { pid: event.pid.max(0) as u32, uid, comm, path, at: Instant::now() };
             ledger.lock().unwrap_or_else(|p| p.into_inner()).record(write, gap);
         }
+        drop(roots);
+        *state.busy_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
 
@@ -315,6 +331,16 @@ mod tests {
     use crate::idle::writes::Bounds;
 
     #[test]
+    fn a_batch_that_does_not_end_is_said_once_past_the_patience() {
+        let start = Instant::now();
+        let patience = Duration::from_secs(5);
+        assert_eq!(stuck(None, start + Duration::from_secs(60), patience), None, "not busy");
+        assert_eq!(stuck(Some(start), start + Duration::from_secs(5), patience), None);
+        let said = stuck(Some(start), start + Duration::from_secs(9), patience);
+        assert_eq!(said.as_deref(), Some("the reader has been stuck on one batch of writes for 9s"));
+    }
+
+    #[test]
     fn a_path_is_under_a_root_only_by_whole_components() {
         let roots: HashSet<Vec<u8>> = [b"/home/alice".to_vec(), b"/data/notebooks".to_vec()].into();
         assert!(under(&roots, b"/home/alice/notes.ipynb"));
@@ -365,6 +391,7 @@ mod tests {
         let sample = sample.expect("the write under the root was recorded");
         assert_eq!(sample.reasons.len(), 1, "{sample:?}");
         assert!(sample.reasons[0].contains("/home/notes ("), "{sample:?}");
+        assert_eq!(watcher.failed(Duration::from_secs(5)), None);
         drop(watcher);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Arc::strong_count(&ledger) > 1 && Instant::now() < deadline {

@@ -183,21 +183,21 @@ impl Source for Writes {
     fn sample(&mut self, now: SystemTime) -> BoxFuture<'_, Sample> {
         let sample = match &self.watch {
             Err(why) => Sample::absent(format!("unavailable: {why}")),
-            Ok(watch) if watch.failed().is_some() => {
-                Sample::unknown(format!("writes are no longer read: {}", watch.failed().unwrap_or_default()))
-            }
-            Ok(watch) => {
-                let accounts = &self.accounts;
-                let name = |uid: u32| accounts.user_name(uid);
-                let mut sample = self.ledger.lock().unwrap_or_else(|p| p.into_inner()).judge(
-                    Instant::now(),
-                    now,
-                    self.bounds,
-                    &name,
-                );
-                sample.reasons.extend(watch.problems());
-                sample
-            }
+            Ok(watch) => match watch.failed(super::sampler::SOURCE_DEADLINE) {
+                Some(why) => Sample::unknown(format!("writes are not read: {why}")),
+                None => {
+                    let accounts = &self.accounts;
+                    let name = |uid: u32| accounts.user_name(uid);
+                    let mut sample = self.ledger.lock().unwrap_or_else(|p| p.into_inner()).judge(
+                        Instant::now(),
+                        now,
+                        self.bounds,
+                        &name,
+                    );
+                    sample.reasons.extend(watch.problems());
+                    sample
+                }
+            },
         };
         Box::pin(async move { sample })
     }
