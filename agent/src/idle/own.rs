@@ -49,10 +49,9 @@ pub(super) fn show_holds_now(report: &mut IdleReport, now_holds: &Sample, timeou
     if now_holds.state == SignalState::Unknown || was == Some(SignalState::Unknown) {
         return;
     }
-    let fresh = SignalReport::of(HOLDS, now_holds, now);
-    match row {
-        Some(i) => report.signals[i] = fresh,
-        None => report.signals.push(fresh),
+    // Before the first sample there are no rows: a live hold shows in the reasons only.
+    if let Some(i) = row {
+        report.signals[i] = SignalReport::of(HOLDS, now_holds, now);
     }
     let prefix = format!("{HOLDS}: ");
     report.reasons.retain(|r| !r.strip_prefix(&prefix).is_some_and(|r| r.starts_with("hold ")));
