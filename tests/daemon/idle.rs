@@ -414,7 +414,11 @@ fn every_signal_is_reported_and_a_machine_without_a_gpu_driver_has_the_gpu_signa
     })
     .expect("a first sample");
     let names: Vec<&str> = verdict["signals"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["sessions", "connections", "jupyter", "cpu", "gpu", "scripts", "holds"], "{verdict:#}");
+    assert_eq!(
+        names,
+        ["sessions", "connections", "jupyter", "cpu", "gpu", "writes", "scripts", "holds"],
+        "{verdict:#}"
+    );
     if std::path::Path::new("/dev/nvidiactl").exists() {
         skip_note("SKIP gpu half of every_signal_is_reported...: this machine has an NVIDIA driver");
         return;
@@ -451,4 +455,38 @@ fn a_hold_shows_in_the_verdict_at_once_not_an_interval_later() {
     assert!(idle_at >= earliest, "idle at {:?} is before the hold's end plus the timeout: {idle:#}", idle["idle_at"]);
     let human = stdout(&sandbox.cli(&["idle"]));
     assert!(human.contains(&format!("idle at: {}", idle["idle_at"].as_str().unwrap())), "{human}");
+}
+
+/// What a user does: take a hold and ask for the verdict at once, with the
+/// default `idle.interval`; then release it and ask again. Each answer must
+/// already say so, every time (it once waited for the next sample).
+#[test]
+fn a_hold_taken_or_released_shows_in_the_very_next_idle_answer_twenty_times_in_a_row() {
+    if !nix_is_root() {
+        skip_note("SKIP a_hold_taken_or_released_shows_in_the_very_next_idle_answer_twenty_times_in_a_row: a hold needs a user-range uid or an admin; root is one (CI runs as root)");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    sandbox.write_config(&LOCAL_SHARE_CONFIG.replace("interval = \"10s\"\n", ""));
+    let _daemon = sandbox.start();
+    wait_signal(&sandbox, "holds", "idle", Duration::from_secs(15));
+    let names = |verdict: &serde_json::Value, id: &str| {
+        let top = verdict["reasons"].as_array().unwrap().iter().any(|r| r.as_str().unwrap().contains(id));
+        let holds = verdict["signals"].as_array().unwrap().iter().find(|s| s["name"] == "holds").cloned().unwrap();
+        let row = holds["reasons"].as_array().unwrap().iter().any(|r| r.as_str().unwrap().contains(id));
+        (top, row, holds["state"].as_str().unwrap().to_string())
+    };
+    for round in 0..20 {
+        let reason = format!("x{round}");
+        let out = sandbox.cli(&["hold", "1h", "--reason", &reason, "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"].as_str().unwrap().to_string();
+        let held = idle_json(&sandbox);
+        assert_eq!(names(&held, &id), (true, true, "active".into()), "round {round}: {held:#}");
+        assert_eq!(held["verdict"], "active", "round {round}: {held:#}");
+        let out = sandbox.cli(&["hold", "release", &id]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let released = idle_json(&sandbox);
+        assert_eq!(names(&released, &id), (false, false, "idle".into()), "round {round}: {released:#}");
+    }
 }

@@ -14,3 +14,4 @@ mod links;
 mod permissions;
 mod scripts;
 mod share;
+mod writes;

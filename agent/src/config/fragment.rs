@@ -374,13 +374,16 @@ pub struct IdleFragment {
     pub gpu_memory_grace: Value<ConfigDuration>,
     pub cpu_services: Value<Vec<String>>,
     pub min_instances: Value<u32>,
+    pub writes: Value<bool>,
+    pub writes_max: Value<ConfigDuration>,
 }
 
 impl MergeFrom for IdleFragment {
     fn merge_from(&mut self, later: Self) {
         later_wins!(self, later; interval, timeout, boot_grace, action, max_hold, watch_ports,
             connection_bytes_per_minute, cpu_percent, cpu_window, jupyter_urls, jupyter_token_file,
-            jupyterhub_url, jupyterhub_token_file, max_unknown, gpu_memory_grace, cpu_services, min_instances);
+            jupyterhub_url, jupyterhub_token_file, max_unknown, gpu_memory_grace, cpu_services, min_instances,
+            writes, writes_max);
     }
 }
 

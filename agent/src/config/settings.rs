@@ -52,6 +52,8 @@ pub const DEFAULT_CPU_WINDOW: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_UNKNOWN: Duration = Duration::from_secs(12 * 3600);
 /// GPU memory held at 0% utilisation counts this long after the last utilisation.
 pub const DEFAULT_GPU_MEMORY_GRACE: Duration = Duration::from_secs(3600);
+/// The longest one process writing without a pause keeps a VM awake by its writes alone.
+pub const DEFAULT_WRITES_MAX: Duration = Duration::from_secs(2 * 3600);
 pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
 pub const DEFAULT_ARM_ENDPOINT: &str = "https://management.azure.com";
 pub const DEFAULT_RELEASE_AFTER: Duration = Duration::from_secs(15 * 60);
@@ -291,6 +293,11 @@ pub struct IdleSettings {
     pub gpu_memory_grace: Duration,
     /// System units whose CPU counts whatever the uid (`rstudio-server.service`).
     pub cpu_services: Vec<String>,
+    /// Users' writes under their homes and the share count (fanotify; needs CAP_SYS_ADMIN).
+    pub writes: bool,
+    /// One process writing without a pause of `timeout` counts this long, then no more.
+    #[serde(serialize_with = "duration::serialize")]
+    pub writes_max: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -1,5 +1,7 @@
 //! CPU wherever users work: every process is read from `/proc` (its owner,
 //! its CPU time, its cgroup), and its CPU counts for
+//! - the user whose slice (`user.slice/user-<uid>.slice`) it runs in,
+//!   whatever its own uid (`sudo python train.py` in alice's session);
 //! - its user, when its uid is in the user range (`links.min_uid` to
 //!   `links.max_uid`), wherever its cgroup is: a login session, a job cron
 //!   started, a JupyterHub-spawned server inside `jupyterhub.service`, a
@@ -65,6 +67,13 @@ pub fn classify(
             return Some((Owner::Container { runtime: "docker", id }, parts[index + 1].to_string()));
         }
     }
+    // A process inside a user's slice is that user's work whatever its own
+    // uid: `sudo python train.py` runs as root in alice's session scope.
+    let slice_uid = parts.iter().find_map(|p| p.strip_prefix("user-")?.strip_suffix(".slice")?.parse::<u32>().ok());
+    let uid = match slice_uid {
+        Some(owner) if users.contains(&owner) => owner,
+        _ => uid,
+    };
     let unit = parts
         .iter()
         .rev()
@@ -111,7 +120,7 @@ pub fn processes(proc_root: &std::path::Path) -> std::io::Result<Vec<ProcessCpu>
     Ok(found)
 }
 
-fn cgroup_of(proc_root: &std::path::Path, pid: u32) -> Option<String> {
+pub fn cgroup_of(proc_root: &std::path::Path, pid: u32) -> Option<String> {
     let text = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
     // cgroup v2's line (`0::/path`); on a hybrid system the systemd (name=) one.
     text.lines()
@@ -306,6 +315,12 @@ mod tests {
         assert_eq!(classify("/system.slice/ssh.service", 1001, &users, &[]), user("ssh.service"));
         assert_eq!(classify("/system.slice/run-u42.service", 1001, &users, &[]), user("run-u42.service"));
         assert_eq!(classify("/system.slice/ssh.service", 0, &users, &[]), None, "root's own work does not count");
+        assert_eq!(
+            classify("/user.slice/user-1001.slice/session-3.scope", 0, &users, &[]),
+            user("session-3.scope"),
+            "sudo in alice's session is alice's work"
+        );
+        assert_eq!(classify("/user.slice/user-0.slice/session-9.scope", 0, &users, &[]), None, "root's own login");
         assert_eq!(classify("/system.slice/pool-agentd.service", 0, &users, &[]), None);
         let docker = classify("/system.slice/docker-3f2a9c81d0e4b6a7c5d2e1f0.scope", 0, &users, &[]);
         assert_eq!(docker.map(|d| d.0), Some(Owner::Container { runtime: "docker", id: "3f2a9c81d0e4".into() }));
@@ -356,5 +371,37 @@ mod tests {
         cpu.proc_root = tmp.path().join("no-proc");
         let sample = cpu.look();
         assert_eq!(sample.state, SignalState::Unknown, "{sample:?}");
+    }
+
+    /// A fake `/proc` entry: `pid` with `used` clock ticks of CPU in cgroup `path`.
+    fn fake_process(proc_root: &std::path::Path, pid: u32, used: u64, path: &str) {
+        let dir = proc_root.join(pid.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let stat = format!("{pid} (python3) R 1 1 1 0 -1 0 0 0 0 0 {used} 0 0 0 20 0 1 0 777 0 0");
+        std::fs::write(dir.join("stat"), stat).unwrap();
+        std::fs::write(dir.join("cgroup"), format!("0::{path}\n")).unwrap();
+    }
+
+    #[test]
+    fn a_process_of_another_uid_in_a_user_s_slice_counts_for_that_user() {
+        let tmp = tempfile::tempdir().unwrap();
+        let passwd = tmp.path().join("passwd");
+        std::fs::write(&passwd, "alice:x:100001:100001::/home/alice:/bin/bash\n").unwrap();
+        let accounts = AccountsView::new(AccountSource::Files { passwd, group: tmp.path().join("group") });
+        // The fake /proc's entries belong to whoever runs the test (root in CI), never a user-range uid here.
+        let mut cpu = Cpu::new(100000..=100010, vec![], 10.0, Duration::from_secs(60), accounts);
+        cpu.proc_root = tmp.path().join("proc");
+        let scope = "/user.slice/user-100001.slice/session-4.scope";
+        fake_process(&cpu.proc_root, 4242, 100, scope);
+        fake_process(&cpu.proc_root, 4243, 100, "/system.slice/cron.service");
+        assert_eq!(cpu.look().state, SignalState::Idle, "the first pass is the baseline");
+        // Root's cron job works too: it is nobody's, only the sudo job in alice's session counts.
+        fake_process(&cpu.proc_root, 4243, 100_000, "/system.slice/cron.service");
+        let sample = cpu.look();
+        assert_eq!(sample.state, SignalState::Idle, "root outside users' slices: {sample:?}");
+        fake_process(&cpu.proc_root, 4242, 100_000, scope);
+        let sample = cpu.look();
+        assert_eq!(sample.state, SignalState::Active, "{sample:?}");
+        assert!(sample.reasons[0].starts_with("alice in session-4.scope at "), "{:?}", sample.reasons);
     }
 }

@@ -1,9 +1,8 @@
 //! systemd-logind's sessions over the D-Bus system bus, as `loginctl` asks
 //! for them: `ListSessions` on the manager, then each session's properties.
 
-use super::sessions::LogindSession;
 use std::collections::HashMap;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 
 const LOGIN1: &str = "org.freedesktop.login1";
@@ -17,6 +16,48 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(2);
 /// After a failure, the bus is left alone this long (a hung bus would cost
 /// every sample its patience).
 const ASK_AGAIN_AFTER: Duration = Duration::from_secs(60);
+
+/// One logind session record (`/run/systemd/sessions/<id>`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogindSession {
+    pub id: String,
+    pub uid: u32,
+    pub user: String,
+    pub tty: String,
+    pub remote_host: String,
+    pub service: String,
+    pub class: String,
+    pub scope: String,
+    /// `tty`, `x11`, `wayland`, `unspecified`, ...
+    pub kind: String,
+    /// logind's idle hint (over D-Bus only; the records do not keep it).
+    pub idle_hint: Option<bool>,
+    pub idle_since: Option<SystemTime>,
+    /// `online`, `active` or `closing` (its login is over, its scope still
+    /// runs: tmux or nohup kept it after ssh disconnected).
+    pub state: String,
+}
+
+pub fn parse_logind(id: &str, text: &str) -> LogindSession {
+    let mut session = LogindSession { id: id.to_string(), ..Default::default() };
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once('=') else { continue };
+        let value = value.to_string();
+        match key {
+            "UID" => session.uid = value.parse().unwrap_or(0),
+            "USER" => session.user = value,
+            "TTY" => session.tty = value,
+            "REMOTE_HOST" => session.remote_host = value,
+            "SERVICE" => session.service = value,
+            "CLASS" => session.class = value,
+            "SCOPE" => session.scope = value,
+            "TYPE" => session.kind = value,
+            "STATE" => session.state = value,
+            _ => {}
+        }
+    }
+    session
+}
 
 /// One `ListSessions` entry: id, uid, user name, seat, object path.
 type Listed = (String, u32, String, String, OwnedObjectPath);
@@ -131,6 +172,7 @@ pub fn session_from_properties(
         class: text(properties, "Class"),
         scope: text(properties, "Scope"),
         kind: text(properties, "Type"),
+        state: text(properties, "State"),
         idle_hint,
         idle_since,
     }
@@ -143,4 +185,39 @@ pub fn properties(pairs: &[(&str, zbus::zvariant::Value<'static>)]) -> HashMap<S
         .iter()
         .map(|(name, value)| (name.to_string(), OwnedValue::try_from(value.clone()).unwrap_or_else(|_| unreachable!())))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_is_read_from_logind_s_d_bus_properties() {
+        use zbus::zvariant::Value;
+        let since = 1_700_000_000_000_000u64;
+        let given = properties(&[
+            ("TTY", Value::from("pts/2")),
+            ("RemoteHost", Value::from("10.0.0.8")),
+            ("Service", Value::from("sshd")),
+            ("Class", Value::from("user")),
+            ("Scope", Value::from("session-7.scope")),
+            ("Type", Value::from("tty")),
+            ("IdleHint", Value::from(true)),
+            ("IdleSinceHint", Value::from(since)),
+            ("Leader", Value::from(4242u32)),
+            ("State", Value::from("closing")),
+        ]);
+        let session = session_from_properties("7".into(), 1001, "alice".into(), &given);
+        assert_eq!((session.id.as_str(), session.uid, session.user.as_str()), ("7", 1001, "alice"));
+        assert_eq!((session.tty.as_str(), session.remote_host.as_str()), ("pts/2", "10.0.0.8"));
+        assert_eq!((session.service.as_str(), session.class.as_str(), session.kind.as_str()), ("sshd", "user", "tty"));
+        assert_eq!((session.scope.as_str(), session.state.as_str()), ("session-7.scope", "closing"));
+        assert_eq!(parse_logind("7", "STATE=closing\nTTY=pts/2\n").state, "closing");
+        assert_eq!(session.idle_hint, Some(true));
+        assert_eq!(session.idle_since, Some(UNIX_EPOCH + Duration::from_micros(since)));
+        // Never idle: logind says 0.
+        let fresh = properties(&[("IdleHint", Value::from(false)), ("IdleSinceHint", Value::from(0u64))]);
+        let session = session_from_properties("8".into(), 1002, "bob".into(), &fresh);
+        assert_eq!((session.idle_hint, session.idle_since, session.tty.as_str()), (Some(false), None, ""));
+    }
 }

@@ -3,7 +3,8 @@
 //!
 //! Each signal is a [`signal::Source`]: [`sessions`] (utmp, terminal input),
 //! [`connections`] (inbound TCP traffic on the watched ports), [`jupyter`]
-//! (kernels and terminals), [`cpu`] (users' slices), [`gpu`] (NVML), running setup scripts
+//! (kernels and terminals), [`cpu`] (users' slices), [`gpu`] (NVML), [`writes`]
+//! (users' writes under homes and the share, by fanotify), running setup scripts
 //! (from the core's shared state) and [`holds`]. [`verdict`] turns the
 //! samples into active or idle, failing safe: a signal that cannot tell
 //! counts as active. The verdict goes to the core's shared state for Azure
@@ -11,30 +12,32 @@
 
 pub mod connections;
 pub mod cpu;
+pub mod fanotify;
 pub mod gpu;
 pub mod holds;
 pub mod jupyter;
 pub mod logind;
+mod metrics;
+mod own;
 pub mod report;
+mod routes;
 pub mod sampler;
 pub mod sessions;
 pub mod signal;
+pub mod utmp;
 pub mod verdict;
+pub mod writes;
 
 use crate::config::{IdleAction, Settings};
 use crate::core::capability::Capability;
 use crate::core::clock::rfc3339;
 use crate::core::component::{ComponentId, ComponentState};
-use crate::core::http::{Access, ApiError, Caller, Route};
+use crate::core::http::{Access, Route};
 use crate::core::shared::{IdleNews, STALE_AFTER_INTERVALS};
 use crate::core::task::{TaskContext, TaskResult};
-use axum::extract::{Path as UrlPath, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use futures_util::future::BoxFuture;
-use holds::{Hold, HoldError, Holds};
-use report::{HoldRequest, IdleReport, SignalReport};
+use holds::Holds;
+use report::{IdleReport, SignalReport};
 use signal::{Sample, SignalState, Source};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -79,6 +82,10 @@ impl Idle {
     pub fn report(&self) -> IdleReport {
         let mut report = self.report.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let now = self.clock.now();
+        if let Some(started) = self.started.get() {
+            let timeout = started.settings.borrow().idle.timeout;
+            own::show_holds_now(&mut report, &own::holds_sample(started, now), timeout, now);
+        }
         if let Some(at) = report.sampled_at {
             let age = now.duration_since(at).unwrap_or_default();
             report.verdict_age_seconds = Some(age.as_secs_f64().round());
@@ -109,16 +116,16 @@ impl Capability for Idle {
 
     fn routes(&self) -> Vec<Route> {
         vec![
-            Route::get_with("/v1/idle", Access::Read, self.clone(), idle_report),
-            Route::get_with("/v1/holds", Access::Read, self.clone(), list_holds),
+            Route::get_with("/v1/idle", Access::Read, self.clone(), routes::idle_report),
+            Route::get_with("/v1/holds", Access::Read, self.clone(), routes::list_holds),
             // Any user holds the VM for themselves; the handler checks ownership.
-            Route::post_with("/v1/holds", Access::SelfService, self.clone(), add_hold),
-            Route::delete_with("/v1/holds/{id}", Access::SelfService, self.clone(), release_hold),
+            Route::post_with("/v1/holds", Access::SelfService, self.clone(), routes::add_hold),
+            Route::delete_with("/v1/holds/{id}", Access::SelfService, self.clone(), routes::release_hold),
         ]
     }
 
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
-        registry.register_collector(Box::new(IdleMetrics(self.clone())));
+        registry.register_collector(Box::new(metrics::IdleMetrics(self.clone())));
     }
 
     fn config_section(&self) -> &'static str {
@@ -130,224 +137,8 @@ impl Capability for Idle {
     }
 }
 
-/// The verdict for everyone; other users' holds (who, why) only for admins,
-/// as `/v1/holds` lists them: a hold's reason is its owner's business.
-async fn idle_report(State(idle): State<Idle>, caller: Option<Extension<Caller>>) -> Json<IdleReport> {
-    let mut report = idle.report();
-    let admin = caller.as_ref().is_some_and(|Extension(c)| c.admin);
-    if !admin {
-        let uid = caller.map(|Extension(c)| c.peer.uid);
-        let live = idle.started.get().map(|s| s.holds.live(idle.clock.now())).unwrap_or_default();
-        // The verdict's own reasons carry the signal's name first.
-        let shown = |reason: &mut String| {
-            let (prefix, text) = match reason.strip_prefix("holds: ") {
-                Some(text) => ("holds: ", text),
-                None => ("", reason.as_str()),
-            };
-            if !text.starts_with("hold ") {
-                return;
-            }
-            let mine = live.iter().any(|h| Some(h.owner_uid) == uid && text == hold_reason(h));
-            if !mine {
-                let other = match live.iter().find(|h| text == hold_reason(h)) {
-                    Some(h) => format!("a hold by another user until {}", h.expires),
-                    None => "a hold by another user".to_string(),
-                };
-                *reason = format!("{prefix}{other}");
-            }
-        };
-        report.reasons.iter_mut().for_each(shown);
-        for signal in report.signals.iter_mut().filter(|s| s.name == "holds") {
-            signal.reasons.iter_mut().for_each(shown);
-        }
-    }
-    Json(report)
-}
-
-/// How a live hold reads among the verdict's reasons.
-fn hold_reason(hold: &Hold) -> String {
-    let why = if hold.reason.is_empty() { String::new() } else { format!(": {}", hold.reason) };
-    format!("hold {} by {} until {}{why}", hold.id, hold.owner, hold.expires)
-}
-
-fn started_or_unavailable(idle: &Idle) -> Result<&Started, ApiError> {
-    idle.started.get().ok_or_else(|| ApiError::Unavailable("the idle task is starting; try again in a moment".into()))
-}
-
-async fn list_holds(State(idle): State<Idle>, Extension(caller): Extension<Caller>) -> Response {
-    match started_or_unavailable(&idle) {
-        Ok(started) => {
-            let live: Vec<Hold> = started
-                .holds
-                .live(idle.clock.now())
-                .into_iter()
-                .filter(|h| caller.admin || h.owner_uid == caller.peer.uid)
-                .collect();
-            Json(live).into_response()
-        }
-        Err(err) => err.into_response(),
-    }
-}
-
-async fn add_hold(
-    State(idle): State<Idle>,
-    Extension(caller): Extension<Caller>,
-    Json(request): Json<HoldRequest>,
-) -> Response {
-    let started = match started_or_unavailable(&idle) {
-        Ok(started) => started,
-        Err(err) => return err.into_response(),
-    };
-    let duration = match crate::config::duration::parse(&request.duration) {
-        Ok(duration) => duration,
-        Err(why) => return ApiError::BadRequest(format!("duration {:?}: {why}", request.duration)).into_response(),
-    };
-    let (max_hold, min_uid, max_uid) = {
-        let settings = started.settings.borrow();
-        (settings.idle.max_hold, settings.links.min_uid, settings.links.max_uid)
-    };
-    let uid = caller.peer.uid;
-    // System accounts (nobody, a service, a cron job) do not keep a VM billed.
-    if !caller.admin && !(min_uid..=max_uid).contains(&uid) {
-        return ApiError::Forbidden(format!(
-            "uid {uid} is not a user (links.min_uid {min_uid} to links.max_uid {max_uid}) nor an admin; only users and admins may hold the VM"
-        ))
-        .into_response();
-    }
-    let reason = request.reason.unwrap_or_default();
-    let now = idle.clock.now();
-    let added = on_holds(&idle, "saving the hold", move |started| {
-        let owner = started.accounts.user_name(uid);
-        started.holds.add(uid, &owner, duration, &reason, max_hold, now).map(|hold| (hold, owner, reason))
-    });
-    match added.await {
-        Ok((hold, owner, reason)) => {
-            idle.resample.notify_one();
-            tracing::info!("hold {} by {owner} until {}: {reason}", hold.id, hold.expires);
-            (StatusCode::CREATED, Json(hold)).into_response()
-        }
-        Err(err) => err.into_response(),
-    }
-}
-
-async fn release_hold(
-    State(idle): State<Idle>,
-    Extension(caller): Extension<Caller>,
-    UrlPath(id): UrlPath<String>,
-) -> Response {
-    if let Err(err) = started_or_unavailable(&idle) {
-        return err.into_response();
-    }
-    let now = idle.clock.now();
-    if id == holds::LOST_ID {
-        if !caller.admin {
-            return ApiError::Forbidden("only an admin may clear lost holds".into()).into_response();
-        }
-        return match on_holds(&idle, "clearing lost holds", |started| started.holds.clear_lost()).await {
-            Ok(cleared) => {
-                tracing::warn!("lost holds cleared by uid {} ({cleared} file(s))", caller.peer.uid);
-                Json(serde_json::json!({"id": holds::LOST_ID, "cleared_files": cleared})).into_response()
-            }
-            Err(err) => err.into_response(),
-        };
-    }
-    let (uid, admin) = (caller.peer.uid, caller.admin);
-    match on_holds(&idle, "saving the holds", move |started| started.holds.release(&id, uid, admin, now)).await {
-        Ok(hold) => {
-            idle.resample.notify_one();
-            tracing::info!("hold {} of {} released by uid {}", hold.id, hold.owner, uid);
-            Json(hold).into_response()
-        }
-        Err(err) => err.into_response(),
-    }
-}
-
-/// Runs `work` on the holds off the async workers (NSS names, a file
-/// written and fsynced), as the answer's error on failure.
-async fn on_holds<T: Send + 'static>(
-    idle: &Idle,
-    what: &str,
-    work: impl FnOnce(&Started) -> Result<T, HoldError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let idle = idle.clone();
-    let work = move || match idle.started.get() {
-        Some(started) => work(started),
-        None => Err(HoldError::Store("the idle task is starting".into())),
-    };
-    match crate::core::task::blocking(what, HOLD_DEADLINE, work).await {
-        Ok(done) => done.map_err(hold_error),
-        Err(err) => Err(ApiError::Internal(err.to_string())),
-    }
-}
-
 /// Sources start a reason with this for what only an admin can mend.
 pub const CONFIG_ERROR: &str = "config error: ";
-
-/// Saving holds writes and fsyncs a small file on local disk.
-const HOLD_DEADLINE: Duration = Duration::from_secs(5);
-
-fn hold_error(err: HoldError) -> ApiError {
-    match err {
-        HoldError::Refused(_) => ApiError::BadRequest(err.to_string()),
-        HoldError::NotFound(_) => ApiError::NotFound(err.to_string()),
-        HoldError::NotYours { .. } => ApiError::Forbidden(err.to_string()),
-        HoldError::Store(_) => ApiError::Internal(err.to_string()),
-    }
-}
-
-/// Holds and running setup scripts: signals read from the agent's own state.
-struct HoldsSource(Idle);
-
-impl Source for HoldsSource {
-    fn name(&self) -> &'static str {
-        "holds"
-    }
-    fn sample(&mut self, now: SystemTime) -> BoxFuture<'_, Sample> {
-        let Some(started) = self.0.started.get() else {
-            return Box::pin(async { Sample::unknown("the holds are not loaded yet") });
-        };
-        let live = started.holds.live(now);
-        let max_hold = started.settings.borrow().idle.max_hold;
-        let problem = started.holds.unreadable().or_else(|| {
-            started.holds.lost(max_hold, now).map(|lost| {
-                format!(
-                    "the holds file was corrupt and was moved to {}; a hold it held may run until {}; an admin clears this with `pool-agent hold release lost`",
-                    lost.file.display(),
-                    rfc3339(lost.until)
-                )
-            })
-        });
-        Box::pin(async move {
-            let sample = if let Some(problem) = problem {
-                Sample::unknown(problem)
-            } else if live.is_empty() {
-                Sample::idle("no holds")
-            } else {
-                let until = live.iter().filter_map(|hold| hold.expires_at()).max();
-                Sample::active(live.iter().map(hold_reason).collect()).until(until)
-            };
-            sample.with_figure("holds", live.len() as f64)
-        })
-    }
-}
-
-struct ScriptsSource(crate::core::shared::SharedState);
-
-impl Source for ScriptsSource {
-    fn name(&self) -> &'static str {
-        "scripts"
-    }
-    fn sample(&mut self, _now: SystemTime) -> BoxFuture<'_, Sample> {
-        let running = self.0.scripts().running;
-        Box::pin(async move {
-            if running.is_empty() {
-                Sample::idle("no setup script running")
-            } else {
-                Sample::active(running.iter().map(|name| format!("setup script {name} running")).collect())
-            }
-        })
-    }
-}
 
 fn sources(ctx: &TaskContext, idle: &Idle, settings: &Settings) -> Vec<sampler::Slot> {
     let config = &settings.idle;
@@ -379,10 +170,36 @@ fn sources(ctx: &TaskContext, idle: &Idle, settings: &Settings) -> Vec<sampler::
             ctx.accounts.clone(),
         )),
         Box::new(gpu::Gpu::new(ctx.accounts.clone(), config.gpu_memory_grace)),
-        Box::new(ScriptsSource(ctx.shared.clone())),
-        Box::new(HoldsSource(idle.clone())),
+        Box::new(writes::Writes::new(
+            config.writes,
+            write_roots(ctx, settings),
+            settings.links.min_uid..=settings.links.max_uid,
+            writes::Bounds { gap: config.timeout, max: config.writes_max },
+            ctx.accounts.clone(),
+        )),
+        Box::new(own::ScriptsSource(ctx.shared.clone())),
+        Box::new(own::HoldsSource(idle.clone())),
     ];
     sources.into_iter().map(sampler::Slot::new).collect()
+}
+
+/// Where users' writes count: the share (its mount point, and a local
+/// share's directory) and the homes of users in the user range.
+fn write_roots(ctx: &TaskContext, settings: &Settings) -> fanotify::Roots {
+    let (paths, accounts) = (ctx.paths.clone(), ctx.accounts.clone());
+    let users = settings.links.min_uid..=settings.links.max_uid;
+    let mut share = Vec::new();
+    if let Some(config) = &settings.share {
+        share.push(paths.resolve(&config.mount_point));
+        if let crate::config::ShareSource::Local { path } = &config.source {
+            share.push(paths.resolve(path));
+        }
+    }
+    Arc::new(move || {
+        let homes = accounts.snapshot();
+        let homes = homes.users.iter().filter(|a| users.contains(&a.uid) && a.home.parent().is_some());
+        share.iter().cloned().chain(homes.map(|a| paths.resolve(&a.home))).collect()
+    })
 }
 
 /// When the machine booted, on the monotonic clock (from /proc/uptime).
@@ -398,7 +215,8 @@ async fn run(ctx: TaskContext, idle: Idle) -> TaskResult {
     let holds_file = ctx.paths.state_dir().join("holds.json");
     let now = ctx.clock.now();
     let holds =
-        crate::core::task::blocking("loading the holds", HOLD_DEADLINE, move || Holds::load(holds_file, now)).await?;
+        crate::core::task::blocking("loading the holds", routes::HOLD_DEADLINE, move || Holds::load(holds_file, now))
+            .await?;
     let _ = idle.started.set(Started { holds, accounts: ctx.accounts.clone(), settings: ctx.settings.clone() });
     let mut settings_rx = ctx.settings.clone();
     let mut settings = settings_rx.borrow_and_update().clone();
@@ -500,19 +318,7 @@ fn publish(
         report.interval = settings.idle.interval;
         report.stale_after_seconds = (settings.idle.interval * STALE_AFTER_INTERVALS).as_secs_f64();
         report.reasons = verdict.reasons.clone();
-        report.signals = samples
-            .iter()
-            .map(|(name, sample)| SignalReport {
-                name: name.to_string(),
-                state: sample.state,
-                last_activity: match sample.state {
-                    SignalState::Active => Some(rfc3339(sample.last_activity.unwrap_or(wall))),
-                    _ => sample.last_activity.map(rfc3339),
-                },
-                reasons: sample.reasons.clone(),
-                figures: sample.figures.clone(),
-            })
-            .collect();
+        report.signals = samples.iter().map(|(name, sample)| SignalReport::of(name, sample, wall)).collect();
         report.clone()
     };
     let detail = if verdict.idle {
@@ -540,63 +346,6 @@ fn publish(
         ctx.set(ComponentState::Ready, detail);
     } else {
         ctx.set_error(ComponentState::Degraded, detail, problems.join("; "));
-    }
-}
-
-struct IdleMetrics(Idle);
-
-impl std::fmt::Debug for IdleMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("IdleMetrics")
-    }
-}
-
-impl prometheus_client::collector::Collector for IdleMetrics {
-    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        use prometheus_client::encoding::EncodeMetric;
-        use prometheus_client::metrics::gauge::ConstGauge;
-        let report = self.0.report();
-        let idle = ConstGauge::new(i64::from(report.verdict == "idle"));
-        idle.encode(encoder.encode_descriptor(
-            "idle",
-            "1 when the verdict is idle (0 while it is stale).",
-            None,
-            idle.metric_type(),
-        )?)?;
-        if let Some(age) = report.verdict_age_seconds {
-            let age = ConstGauge::new(age);
-            age.encode(encoder.encode_descriptor(
-                "idle_verdict_age_seconds",
-                "Seconds since the samples behind the verdict; older than three intervals is stale.",
-                None,
-                age.metric_type(),
-            )?)?;
-        }
-        let signal = ConstGauge::new(0i64);
-        let mut family = encoder.encode_descriptor(
-            "idle_signal_active",
-            "1 for each signal that keeps the VM active now (unknown counts).",
-            None,
-            signal.metric_type(),
-        )?;
-        for row in &report.signals {
-            let active = matches!(row.state, SignalState::Active | SignalState::Unknown);
-            ConstGauge::new(i64::from(active)).encode(family.encode_family(&[("signal", row.name.as_str())])?)?;
-        }
-        let figure = ConstGauge::new(0.0f64);
-        let mut family = encoder.encode_descriptor(
-            "idle_signal_value",
-            "Each signal's figures: sessions, connections, kernels, cpu_percent, holds.",
-            None,
-            figure.metric_type(),
-        )?;
-        for row in &report.signals {
-            for (name, value) in &row.figures {
-                ConstGauge::new(*value)
-                    .encode(family.encode_family(&[("signal", row.name.as_str()), ("figure", name.as_str())])?)?;
-            }
-        }
-        Ok(())
     }
 }
 

@@ -1,6 +1,7 @@
 //! What `GET /v1/idle` and the hold routes answer; the CLI reads the same types.
 
-use super::signal::SignalState;
+use super::signal::{Sample, SignalState};
+use crate::core::clock::rfc3339;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -13,6 +14,22 @@ pub struct SignalReport {
     pub reasons: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub figures: BTreeMap<String, f64>,
+}
+
+impl SignalReport {
+    /// A sample as the report shows it: an active signal's last activity is `wall`.
+    pub fn of(name: &str, sample: &Sample, wall: std::time::SystemTime) -> Self {
+        SignalReport {
+            name: name.to_string(),
+            state: sample.state,
+            last_activity: match sample.state {
+                SignalState::Active => Some(rfc3339(sample.last_activity.unwrap_or(wall))),
+                _ => sample.last_activity.map(rfc3339),
+            },
+            reasons: sample.reasons.clone(),
+            figures: sample.figures.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

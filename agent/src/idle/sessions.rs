@@ -6,10 +6,13 @@
 //! shows it); a graphical one (xrdp) while logind's idle hint says so; one
 //! without either (VS Code Remote-SSH, scp, sftp) while the processes of its
 //! scope work (CPU of the session's cgroup) — its connection's traffic counts
-//! in the connections signal.
+//! in the connections signal. A session logind calls `closing` whose terminal
+//! no longer exists (tmux or nohup kept its scope after ssh disconnected) is
+//! judged like one without a terminal: by its work, not as unreadable.
 
-use super::logind::LogindBus;
+use super::logind::{parse_logind, LogindBus, LogindSession};
 use super::signal::{Sample, SignalState, Source};
+use super::utmp::{parse_utmp, Session};
 use crate::core::paths::SystemPaths;
 use futures_util::future::BoxFuture;
 use std::os::unix::fs::MetadataExt;
@@ -17,9 +20,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// glibc's `struct utmpx` on x86_64 and aarch64.
-const RECORD: usize = 384;
-const USER_PROCESS: i16 = 7;
 /// Input this recent makes the session active now (older input still counts
 /// from when it happened); shorter when `idle.timeout` is.
 const RECENT_INPUT: Duration = Duration::from_secs(120);
@@ -54,72 +54,6 @@ fn state_of(active: bool, unknown: bool) -> SignalState {
     } else {
         SignalState::Idle
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Session {
-    pub user: String,
-    pub line: String,
-    pub host: String,
-    pub pid: i32,
-}
-
-fn text(bytes: &[u8]) -> String {
-    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
-}
-
-/// The user-process records of a utmp file.
-pub fn parse_utmp(bytes: &[u8]) -> Vec<Session> {
-    bytes
-        .chunks_exact(RECORD)
-        .filter(|r| i16::from_ne_bytes([r[0], r[1]]) == USER_PROCESS)
-        .map(|r| Session {
-            pid: i32::from_ne_bytes([r[4], r[5], r[6], r[7]]),
-            line: text(&r[8..40]),
-            user: text(&r[44..76]),
-            host: text(&r[76..332]),
-        })
-        .filter(|s| !s.user.is_empty())
-        .collect()
-}
-
-/// One logind session record (`/run/systemd/sessions/<id>`).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct LogindSession {
-    pub id: String,
-    pub uid: u32,
-    pub user: String,
-    pub tty: String,
-    pub remote_host: String,
-    pub service: String,
-    pub class: String,
-    pub scope: String,
-    /// `tty`, `x11`, `wayland`, `unspecified`, ...
-    pub kind: String,
-    /// logind's idle hint (over D-Bus only; the records do not keep it).
-    pub idle_hint: Option<bool>,
-    pub idle_since: Option<SystemTime>,
-}
-
-pub fn parse_logind(id: &str, text: &str) -> LogindSession {
-    let mut session = LogindSession { id: id.to_string(), ..Default::default() };
-    for line in text.lines() {
-        let Some((key, value)) = line.split_once('=') else { continue };
-        let value = value.to_string();
-        match key {
-            "UID" => session.uid = value.parse().unwrap_or(0),
-            "USER" => session.user = value,
-            "TTY" => session.tty = value,
-            "REMOTE_HOST" => session.remote_host = value,
-            "SERVICE" => session.service = value,
-            "CLASS" => session.class = value,
-            "SCOPE" => session.scope = value,
-            "TYPE" => session.kind = value,
-            _ => {}
-        }
-    }
-    session
 }
 
 /// A session without a terminal works while its scope uses this much CPU (percent of a core).
@@ -208,6 +142,15 @@ impl Sessions {
         })
     }
 
+    /// logind still lists the session as closing, and its terminal no longer
+    /// exists: not an unreadable terminal, a session without one. Any other
+    /// failure to look at a terminal stays unknown.
+    fn terminal_gone(&self, session: &LogindSession) -> bool {
+        session.state == "closing"
+            && !session.tty.is_empty()
+            && matches!(self.tty_input(&session.tty), Err(err) if err.kind() == std::io::ErrorKind::NotFound)
+    }
+
     /// A session on a terminal: its reason and how it stands; its last
     /// input goes into `latest`.
     fn terminal(
@@ -251,11 +194,15 @@ impl Sessions {
             let from =
                 if session.remote_host.is_empty() { String::new() } else { format!(" from {}", session.remote_host) };
             let what = if session.service.is_empty() { "session".to_string() } else { session.service.clone() };
-            if !session.tty.is_empty() {
+            // A closing session whose terminal is gone (tmux kept its scope
+            // after ssh disconnected) has no input to read: its work tells.
+            let gone = self.terminal_gone(session);
+            if !session.tty.is_empty() && !gone {
                 let said = self.terminal(&what, &session.user, &session.tty, &from, now, &mut latest);
                 (active, unknown) = said.tally(active, unknown, &mut reasons);
                 continue;
             }
+            let label = if gone { format!("{} gone", session.tty) } else { "no terminal".to_string() };
             // A desktop (xrdp): logind's idle hint follows its input, once the
             // desktop has ever set it (IdleSinceHint is its last change); one
             // that never did is judged by its scope's CPU like a session
@@ -289,7 +236,7 @@ impl Sessions {
                 text.lines().find_map(|l| l.strip_prefix("usage_usec "))?.trim().parse::<u64>().ok()
             });
             let Some(used) = used else {
-                reasons.push(format!("{what} {} (no terminal){from}", session.user));
+                reasons.push(format!("{what} {} ({label}){from}", session.user));
                 continue;
             };
             let at = std::time::Instant::now();
@@ -301,12 +248,10 @@ impl Sessions {
             match percent {
                 Some(percent) if percent >= WORKING_PERCENT => {
                     active = true;
-                    reasons.push(format!(
-                        "{what} {} (no terminal){from}, working at {percent:.0}% of a core",
-                        session.user
-                    ));
+                    reasons
+                        .push(format!("{what} {} ({label}){from}, working at {percent:.0}% of a core", session.user));
                 }
-                _ => reasons.push(format!("{what} {} (no terminal){from}, quiet", session.user)),
+                _ => reasons.push(format!("{what} {} ({label}){from}, quiet", session.user)),
             }
         }
         self.scope_cpu = seen;
@@ -427,20 +372,10 @@ impl Source for Sessions {
     }
 }
 
-/// Writes utmp records: for tests of this source and of the daemon.
-pub fn utmp_record(user: &str, line: &str, host: &str, pid: i32) -> Vec<u8> {
-    let mut record = vec![0u8; RECORD];
-    record[0..2].copy_from_slice(&USER_PROCESS.to_ne_bytes());
-    record[4..8].copy_from_slice(&pid.to_ne_bytes());
-    record[8..8 + line.len().min(32)].copy_from_slice(&line.as_bytes()[..line.len().min(32)]);
-    record[44..44 + user.len().min(32)].copy_from_slice(&user.as_bytes()[..user.len().min(32)]);
-    record[76..76 + host.len().min(256)].copy_from_slice(&host.as_bytes()[..host.len().min(256)]);
-    record
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::idle::utmp::utmp_record;
 
     #[tokio::test]
     #[allow(clippy::disallowed_methods)] // file times are real times
@@ -518,35 +453,6 @@ mod tests {
         let second = source.look(now).await;
         assert_eq!(second.state, SignalState::Active, "{second:?}");
         assert!(second.reasons[1].starts_with("sshd bob (no terminal) from 10.0.0.6, working at"), "{second:?}");
-    }
-
-    #[test]
-    fn a_session_is_read_from_logind_s_d_bus_properties() {
-        use zbus::zvariant::Value;
-        let since = 1_700_000_000_000_000u64;
-        let properties = crate::idle::logind::properties(&[
-            ("TTY", Value::from("pts/2")),
-            ("RemoteHost", Value::from("10.0.0.8")),
-            ("Service", Value::from("sshd")),
-            ("Class", Value::from("user")),
-            ("Scope", Value::from("session-7.scope")),
-            ("Type", Value::from("tty")),
-            ("IdleHint", Value::from(true)),
-            ("IdleSinceHint", Value::from(since)),
-            ("Leader", Value::from(4242u32)),
-        ]);
-        let session = crate::idle::logind::session_from_properties("7".into(), 1001, "alice".into(), &properties);
-        assert_eq!((session.id.as_str(), session.uid, session.user.as_str()), ("7", 1001, "alice"));
-        assert_eq!((session.tty.as_str(), session.remote_host.as_str()), ("pts/2", "10.0.0.8"));
-        assert_eq!((session.service.as_str(), session.class.as_str(), session.kind.as_str()), ("sshd", "user", "tty"));
-        assert_eq!(session.scope, "session-7.scope");
-        assert_eq!(session.idle_hint, Some(true));
-        assert_eq!(session.idle_since, Some(UNIX_EPOCH + Duration::from_micros(since)));
-        // Never idle: logind says 0.
-        let fresh =
-            crate::idle::logind::properties(&[("IdleHint", Value::from(false)), ("IdleSinceHint", Value::from(0u64))]);
-        let session = crate::idle::logind::session_from_properties("8".into(), 1002, "bob".into(), &fresh);
-        assert_eq!((session.idle_hint, session.idle_since, session.tty.as_str()), (Some(false), None, ""));
     }
 
     #[test]
@@ -701,5 +607,73 @@ mod tests {
         let sample = short.look(now).await;
         assert_eq!(sample.state, SignalState::Idle, "with a 1m timeout, 90 s ago is not now: {sample:?}");
         assert_eq!(sample.last_activity.map(|at| now.duration_since(at).unwrap().as_secs()), Some(90));
+    }
+
+    #[test]
+    fn a_closing_session_whose_terminal_is_gone_is_judged_by_its_work_idle_one_timeout_after_it() {
+        use crate::core::clock::{fake::FakeClock, Clock};
+        use crate::idle::verdict::{Limits, VerdictMachine};
+        let tmp = tempfile::tempdir().unwrap();
+        let cgroup = tmp.path().join("cgroup");
+        let scope = cgroup.join("user.slice/user-1001.slice/session-5.scope");
+        std::fs::create_dir_all(&scope).unwrap();
+        std::fs::create_dir_all(tmp.path().join("dev/pts")).unwrap();
+        let mut used = 1000u64;
+        std::fs::write(scope.join("cpu.stat"), format!("usage_usec {used}\n")).unwrap();
+        let mut source =
+            Sessions::new(Arc::new(SystemPaths::under(tmp.path())), Some(cgroup), Duration::from_secs(1800));
+        // alice ran tmux over ssh and disconnected: logind keeps the session, closing; pts/0 is gone.
+        let tmux = LogindSession {
+            id: "5".into(),
+            uid: 1001,
+            user: "alice".into(),
+            tty: "pts/0".into(),
+            remote_host: "10.0.0.5".into(),
+            service: "sshd".into(),
+            class: "user".into(),
+            scope: "session-5.scope".into(),
+            kind: "tty".into(),
+            state: "closing".into(),
+            ..Default::default()
+        };
+        // The same missing terminal on a session still logged in stays unknown (safe side).
+        let open = LogindSession { state: "active".into(), ..tmux.clone() };
+        let clock = FakeClock::at(UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+        let timeout = Duration::from_secs(1800);
+        let limits = Limits { timeout, max_unknown: Duration::from_secs(12 * 3600) };
+        let (sample, _) = source.judge_logind(vec![open], clock.now());
+        assert_eq!(sample.state, SignalState::Unknown, "{sample:?}");
+        let mut machine = VerdictMachine::new(clock.monotonic(), clock.monotonic(), timeout);
+        let mut step = |source: &mut Sessions, job_running: bool| {
+            clock.advance(Duration::from_secs(10));
+            if job_running {
+                used += 5_000_000;
+                std::fs::write(scope.join("cpu.stat"), format!("usage_usec {used}\n")).unwrap();
+            }
+            let (sample, _) = source.judge_logind(vec![tmux.clone()], clock.now());
+            assert_ne!(sample.state, SignalState::Unknown, "a gone terminal is not unreadable: {sample:?}");
+            let verdict = machine.step(clock.monotonic(), clock.now(), limits, &[("sessions", &sample)]);
+            (sample, verdict.idle)
+        };
+        // The first look has no CPU to compare with; then a job burns CPU in the tmux for an hour.
+        step(&mut source, false);
+        for _ in 0..360 {
+            let (sample, idle) = step(&mut source, true);
+            assert_eq!(sample.state, SignalState::Active, "{sample:?}");
+            assert!(sample.reasons[0].starts_with("sshd alice (pts/0 gone) from 10.0.0.5, working at"), "{sample:?}");
+            assert!(!idle);
+        }
+        // The job ends; tmux sits at an idle shell: idle one timeout after the last work, not 12 h.
+        let last_work = clock.now();
+        loop {
+            let (sample, idle) = step(&mut source, false);
+            assert_eq!(sample.state, SignalState::Idle, "{sample:?}");
+            assert_eq!(sample.reasons, vec!["sshd alice (pts/0 gone) from 10.0.0.5, quiet".to_string()]);
+            let quiet = clock.now().duration_since(last_work).unwrap();
+            assert_eq!(idle, quiet >= timeout, "after {quiet:?} of quiet");
+            if idle {
+                break;
+            }
+        }
     }
 }

@@ -18,6 +18,9 @@
 use super::signal::{Sample, SignalState};
 use std::time::{Duration, Instant, SystemTime};
 
+/// How the verdict's reason starts when nothing is active.
+pub const QUIET: &str = "nothing active since ";
+
 #[derive(Debug, Clone)]
 pub struct VerdictMachine {
     timeout: Duration,
@@ -151,7 +154,7 @@ impl VerdictMachine {
         }
         if !active_now && !self.idle && !in_grace {
             reasons.push(format!(
-                "nothing active since {}; idle at {} (timeout {})",
+                "{QUIET}{}; idle at {} (timeout {})",
                 crate::core::clock::rfc3339(to_wall(self.last_active)),
                 crate::core::clock::rfc3339(to_wall(idle_at_mono)),
                 crate::config::duration::format(self.timeout)
@@ -159,7 +162,7 @@ impl VerdictMachine {
         }
         if self.idle {
             reasons.push(format!(
-                "nothing active since {} (timeout {})",
+                "{QUIET}{} (timeout {})",
                 crate::core::clock::rfc3339(to_wall(self.last_active)),
                 crate::config::duration::format(self.timeout)
             ));

@@ -92,6 +92,12 @@ pub(super) fn validate_idle(section: Option<Sourced<IdleFragment>>) -> Result<Id
             cpu_services.push(unit.clone());
         }
     }
+    let writes_max = duration_or(&idle.writes_max, DEFAULT_WRITES_MAX);
+    if let Some(given) = &idle.writes_max {
+        if writes_max < interval {
+            return Err(invalid(&given.origin, "idle.writes_max", "must be at least idle.interval"));
+        }
+    }
     Ok(IdleSettings {
         interval,
         timeout,
@@ -114,5 +120,7 @@ pub(super) fn validate_idle(section: Option<Sourced<IdleFragment>>) -> Result<Id
         max_unknown,
         gpu_memory_grace: duration_or(&idle.gpu_memory_grace, DEFAULT_GPU_MEMORY_GRACE),
         cpu_services,
+        writes: idle.writes.as_ref().map(|w| w.value).unwrap_or(true),
+        writes_max,
     })
 }
