@@ -14,7 +14,7 @@
 //! written a second time gets an ignore mark, so the kernel stops reporting
 //! it (a log, the journal) — at rest that leaves nearly no events at all.
 
-use super::writes::{Ledger, Write};
+use super::write_ledger::{Ledger, Write};
 use std::collections::HashSet;
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};

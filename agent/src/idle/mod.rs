@@ -26,6 +26,7 @@ pub mod sessions;
 pub mod signal;
 pub mod utmp;
 pub mod verdict;
+pub mod write_ledger;
 pub mod writes;
 
 use crate::config::{IdleAction, Settings};
