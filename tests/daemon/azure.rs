@@ -441,9 +441,12 @@ fn health_stays_healthy_while_anyone_works_and_turns_unhealthy_only_when_idle_wi
 fn a_reload_that_changes_azure_settings_applies_them() {
     let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let (first, second) = (free_port(), free_port());
+    let Some(fake) = FakeAzure::start() else { return };
     let sandbox = Sandbox::new();
-    let config =
-        |port: u16| format!("{LOCAL_SHARE_CONFIG}\n[azure]\nenabled = false\nhealth_listen = \"127.0.0.1:{port}\"\n");
+    // The health listener opens only on Azure (here the fake).
+    let config = |port: u16| {
+        azure_config(&fake, "").replace("health_listen = \"\"", &format!("health_listen = \"127.0.0.1:{port}\""))
+    };
     sandbox.write_config(&config(first));
     let daemon = sandbox.start();
     let up = eventually(Duration::from_secs(10), || Some(()).filter(|_| health_of(first) == "Healthy"));
