@@ -29,6 +29,7 @@ use crate::core::clock::rfc3339;
 use crate::core::component::{ComponentId, ComponentState};
 use crate::core::http::{Access, Route};
 use crate::core::journal::{self, Journal};
+use crate::core::share_write::ShareWriteError;
 use crate::core::shared::ShareNews;
 use crate::core::task::{self, TaskContext, TaskResult};
 use futures_util::future::BoxFuture;
@@ -496,7 +497,10 @@ impl Batch {
     }
 
     /// Copies a script's log to `Logs/<instance>/<name>.log` on the share,
-    /// if it is mounted; else it is copied when the share comes.
+    /// if it is mounted; else it is copied when the share comes. A root
+    /// script's log (or one whose user is unknown) is private: on a share
+    /// that does not keep file modes it stays on the VM, and the report says
+    /// why. A local user's script's log is theirs anyway and is copied.
     async fn copy_log(&self, name: &str) {
         if !self.ctx.settings.borrow().setup.log_to_share {
             return;
@@ -505,15 +509,21 @@ impl Batch {
         let local = self.log_path(name);
         let instance = self.ctx.shared.instance_name();
         let who = name.to_string();
+        let private = log::is_private(self.scripts.report().scripts.iter().find(|s| s.name == name));
         let copied = task::blocking("copying a log to the share", Duration::from_secs(30), move || {
             if !local.exists() {
-                return Err(format!("{} is not there", local.display()));
+                return Err(ShareWriteError::Refused(format!("{} is not there", local.display())));
             }
-            log::copy_to_share(&local, &root, identity, &instance, &who)
+            log::copy_to_share(&local, &root, identity, &instance, &who, private)
         })
         .await;
         match copied {
             Ok(Ok(placed)) => {
+                self.scripts.update(|r| {
+                    if private {
+                        r.log_to_share_note = None;
+                    }
+                });
                 self.scripts.update_script(name, |row| row.shared_log = Some(placed.display().to_string()));
                 if let Some(mut record) = self.records.load(name) {
                     if !record.log_on_share {
@@ -521,6 +531,11 @@ impl Batch {
                         self.store(name, &record).await;
                     }
                 }
+            }
+            Ok(Err(ShareWriteError::ModesNotKept { asked, shown })) => {
+                let note = log::modes_not_kept_note(&self.ctx.paths.script_log_dir());
+                tracing::warn!(script = %name, "log not copied to the share (a file made {asked:04o} shows {shown:04o}): {note}");
+                self.scripts.update(|r| r.log_to_share_note = Some(note));
             }
             Ok(Err(why)) => tracing::warn!(script = %name, "log not copied to the share: {why}"),
             Err(err) => tracing::warn!(script = %name, "log not copied to the share: {err}"),
