@@ -4,7 +4,7 @@
 //! share once it is mounted.
 
 use super::report::ScriptReport;
-use crate::core::share_write::{write_into_share, ShareFile, ShareWriteError};
+use crate::core::share_write::{write_into_share_seen, ModesSeen, ShareFile, ShareWriteError};
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -106,13 +106,14 @@ pub fn copy_to_share(
     instance: &str,
     name: &str,
     private: bool,
+    modes: &dyn ModesSeen,
 ) -> Result<PathBuf, ShareWriteError> {
     let dir = Path::new("Logs").join(instance);
     let file_name = format!("{name}.log");
     let file = ShareFile { dir: &dir, name: &file_name, mode: 0o600, dir_mode: 0o700, owner: None, private };
     let mut input =
         fs::File::open(local).map_err(|err| ShareWriteError::Refused(format!("{}: {err}", local.display())))?;
-    write_into_share(root, identity, &file, &mut input)
+    write_into_share_seen(root, identity, &file, &mut input, modes)
 }
 
 /// Whether a script's log must stay private on the share: a root script's,
@@ -174,12 +175,56 @@ mod tests {
         fs::write(&local, "t line\n").unwrap();
         let meta = fs::metadata(&share).unwrap();
         let identity = (meta.dev(), meta.ino());
-        let placed = copy_to_share(&local, &share, identity, "vm-1", "10-a", true).unwrap();
+        let placed =
+            copy_to_share(&local, &share, identity, "vm-1", "10-a", true, &crate::core::share_write::Fstat).unwrap();
         assert_eq!(placed, share.join("Logs/vm-1/10-a.log"));
         assert_eq!(fs::read_to_string(&placed).unwrap(), "t line\n");
         std::os::unix::fs::symlink(&elsewhere, share.join("Logs/vm-2")).unwrap();
-        assert!(copy_to_share(&local, &share, identity, "vm-2", "10-a", true).is_err());
+        assert!(
+            copy_to_share(&local, &share, identity, "vm-2", "10-a", true, &crate::core::share_write::Fstat).is_err()
+        );
         assert!(fs::read_dir(&elsewhere).unwrap().next().is_none(), "nothing written through the symlink");
-        assert!(copy_to_share(&local, &share, (meta.dev(), meta.ino() + 1), "vm-1", "10-a", true).is_err());
+        assert!(copy_to_share(
+            &local,
+            &share,
+            (meta.dev(), meta.ino() + 1),
+            "vm-1",
+            "10-a",
+            true,
+            &crate::core::share_write::Fstat
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn a_root_script_s_log_or_one_whose_user_is_unknown_is_private_a_local_user_s_is_not() {
+        let row = |run_as: &str, uid: Option<u32>| ScriptReport {
+            name: "a".into(),
+            path: String::new(),
+            run_as: run_as.into(),
+            run_as_uid: uid,
+            when: "once".into(),
+            blocking: true,
+            state: super::super::report::ScriptState::Succeeded,
+            reason: None,
+            pid: None,
+            unit: None,
+            started: None,
+            finished: None,
+            duration_seconds: None,
+            timeout_seconds: 900,
+            exit_code: None,
+            signal: None,
+            log: String::new(),
+            shared_log: None,
+            content_hash: String::new(),
+        };
+        assert!(is_private(Some(&row("root", Some(0)))));
+        assert!(is_private(Some(&row("azureuser", None))), "a user not resolved is the safe side");
+        assert!(is_private(Some(&row("toor", Some(0)))), "uid 0 under another name");
+        assert!(is_private(None), "no row: the safe side");
+        assert!(!is_private(Some(&row("azureuser", Some(1000)))));
+        let note = modes_not_kept_note(Path::new("/var/log/pool-agent/scripts"));
+        assert!(note.contains("does not keep file modes") && note.ends_with("/var/log/pool-agent/scripts"), "{note}");
     }
 }

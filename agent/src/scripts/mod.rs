@@ -29,7 +29,7 @@ use crate::core::clock::rfc3339;
 use crate::core::component::{ComponentId, ComponentState};
 use crate::core::http::{Access, Route};
 use crate::core::journal::{self, Journal};
-use crate::core::share_write::ShareWriteError;
+use crate::core::share_write::{Fstat, ModesSeen, ShareWriteError};
 use crate::core::shared::ShareNews;
 use crate::core::task::{self, TaskContext, TaskResult};
 use futures_util::future::BoxFuture;
@@ -67,6 +67,9 @@ pub struct Scripts {
     queued: Arc<Mutex<std::collections::HashSet<String>>>,
     /// Set by tests; else chosen at start from the system.
     runner: Option<Arc<dyn ProcessRunner>>,
+    /// How a file's mode on the share is read back: set by tests (a share
+    /// that fakes modes); else `fstat`.
+    share_modes: Option<Arc<dyn ModesSeen + Send + Sync>>,
     clock: crate::core::clock::SharedClock,
 }
 
@@ -79,6 +82,7 @@ impl Scripts {
             inbox: Arc::new(tokio::sync::Mutex::new(inbox)),
             queued: Default::default(),
             runner: None,
+            share_modes: None,
             clock,
         }
     }
@@ -510,11 +514,16 @@ impl Batch {
         let instance = self.ctx.shared.instance_name();
         let who = name.to_string();
         let private = log::is_private(self.scripts.report().scripts.iter().find(|s| s.name == name));
+        let modes = self.scripts.share_modes.clone();
         let copied = task::blocking("copying a log to the share", Duration::from_secs(30), move || {
             if !local.exists() {
                 return Err(ShareWriteError::Refused(format!("{} is not there", local.display())));
             }
-            log::copy_to_share(&local, &root, identity, &instance, &who, private)
+            let modes: &dyn ModesSeen = match &modes {
+                Some(modes) => modes.as_ref(),
+                None => &Fstat,
+            };
+            log::copy_to_share(&local, &root, identity, &instance, &who, private, modes)
         })
         .await;
         match copied {
