@@ -32,7 +32,9 @@ pub struct ShareFile<'a> {
     /// (uid, gid) to give the file; `None` leaves it root's.
     pub owner: Option<(u32, u32)>,
     /// The contents must stay private: a share that shows another mode
-    /// than `mode` (SMB without cifsacl/modefromsid fakes modes) gets nothing.
+    /// than `mode` gets nothing. A default cifs mount shows its `file_mode`
+    /// whatever is asked; `cifsacl`/`modefromsid` keep modes in the file's ACL
+    /// (https://git.zx2c4.com/linux-dev/commit/fs?id=e2f8fbfb8d09c06decde162090fac3ee220aa280).
     pub private: bool,
 }
 
@@ -135,6 +137,30 @@ pub fn write_into_share_seen(
         });
     }
     Ok(root.join(relative(file.dir)).join(file.name))
+}
+
+/// Removes `<root>/<dir>/<name>` if it is a regular file (an earlier copy
+/// that must not stay, e.g. a root log copied before the share was found to
+/// fake modes); a symlink or anything else there is left alone. Missing
+/// folders or file: nothing to do. Returns whether a file was removed.
+pub fn remove_from_share(root: &Path, identity: (u64, u64), dir: &Path, name: &str) -> Result<bool, String> {
+    let root_fd = open_share_root(root, identity)?;
+    let mut fd = root_fd;
+    for part in names(dir) {
+        fd = match open_dir_beneath(&fd, part) {
+            Ok(next) => next,
+            Err(Errno::ENOENT) => return Ok(false),
+            Err(err) => return Err(format!("{}: {err}; left alone", dir.display())),
+        };
+    }
+    match fstatat(&fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Err(Errno::ENOENT) => Ok(false),
+        Err(err) => Err(format!("{}/{name}: {err}", dir.display())),
+        Ok(stat) if stat.st_mode & libc::S_IFMT == libc::S_IFREG => unlinkat(&fd, name, UnlinkatFlags::NoRemoveDir)
+            .map(|()| true)
+            .map_err(|err| format!("cannot remove {}/{name}: {err}", dir.display())),
+        Ok(_) => Ok(false),
+    }
 }
 
 /// `dir` as plain names (no `/`, `.` or `..`).
@@ -351,5 +377,21 @@ mod tests {
         let open = ShareFile { private: false, ..file };
         assert!(write_into_share_seen(&share.root, share.identity, &open, &mut &b"hello"[..], &Smb).is_ok());
         assert_eq!(fs::read_to_string(share.root.join("Logs/vm-1/root.log")).unwrap(), "hello");
+    }
+
+    #[test]
+    fn an_earlier_copy_is_removed_but_a_symlink_there_or_behind_a_symlinked_folder_is_left() {
+        let share = share();
+        write(&share, &log("Logs/vm-1", "a.log")).unwrap();
+        assert_eq!(remove_from_share(&share.root, share.identity, Path::new("Logs/vm-1"), "a.log"), Ok(true));
+        assert!(!share.root.join("Logs/vm-1/a.log").exists());
+        assert_eq!(remove_from_share(&share.root, share.identity, Path::new("Logs/vm-1"), "a.log"), Ok(false));
+        assert_eq!(remove_from_share(&share.root, share.identity, Path::new("Logs/none"), "a.log"), Ok(false));
+        symlink(share.elsewhere.join("shadow"), share.root.join("Logs/vm-1/b.log")).unwrap();
+        assert_eq!(remove_from_share(&share.root, share.identity, Path::new("Logs/vm-1"), "b.log"), Ok(false));
+        assert!(fs::symlink_metadata(share.root.join("Logs/vm-1/b.log")).is_ok());
+        symlink(&share.elsewhere, share.root.join("Logs/vm-2")).unwrap();
+        assert!(remove_from_share(&share.root, share.identity, Path::new("Logs/vm-2"), "shadow").is_err());
+        assert_eq!(fs::read_to_string(share.elsewhere.join("shadow")).unwrap(), "root:secret\n");
     }
 }

@@ -116,6 +116,18 @@ pub fn copy_to_share(
     write_into_share_seen(root, identity, &file, &mut input, modes)
 }
 
+/// Removes an earlier copy of the log from the share (copied before the
+/// share was found to fake modes, or by an older agent): it must not stay
+/// readable there.
+pub fn remove_from_share(root: &Path, identity: (u64, u64), instance: &str, name: &str) -> Result<bool, String> {
+    crate::core::share_write::remove_from_share(
+        root,
+        identity,
+        &Path::new("Logs").join(instance),
+        &format!("{name}.log"),
+    )
+}
+
 /// Whether a script's log must stay private on the share: a root script's,
 /// or one whose user is not known (the safe side).
 pub fn is_private(row: Option<&ScriptReport>) -> bool {

@@ -523,7 +523,14 @@ impl Batch {
                 Some(modes) => modes.as_ref(),
                 None => &Fstat,
             };
-            log::copy_to_share(&local, &root, identity, &instance, &who, private, modes)
+            let copied = log::copy_to_share(&local, &root, identity, &instance, &who, private, modes);
+            if matches!(copied, Err(ShareWriteError::ModesNotKept { .. })) {
+                // An earlier copy readable by every user must not stay either.
+                if let Err(why) = log::remove_from_share(&root, identity, &instance, &who) {
+                    tracing::warn!(script = %who, "an earlier copy of the log stays on the share: {why}");
+                }
+            }
+            copied
         })
         .await;
         match copied {

@@ -285,7 +285,9 @@ async fn on_a_share_that_fakes_modes_a_root_script_s_log_stays_on_the_vm_and_the
     let dir = sandbox();
     script(dir.path(), "10-a", "echo token=abc");
     let share = dir.path().join("share");
-    fs::create_dir_all(&share).unwrap();
+    // A readable copy left by an earlier agent goes too.
+    fs::create_dir_all(share.join("Logs/vm-test")).unwrap();
+    fs::write(share.join("Logs/vm-test/10-a.log"), "t token=old\n").unwrap();
     let rig = start_seen(dir.path(), "", Some(Arc::new(FakedModes)));
     let meta = fs::metadata(&share).unwrap();
     rig.shared.publish_share(ShareNews::Mounted { root: share.clone(), identity: (meta.dev(), meta.ino()), smb: None });
@@ -302,6 +304,7 @@ async fn on_a_share_that_fakes_modes_a_root_script_s_log_stays_on_the_vm_and_the
         assert!(left.is_empty(), "no probe or temporary file left: {left:?}");
     } else {
         rig.until("log on the share", Duration::from_secs(10), |r| r.scripts[0].shared_log.is_some()).await;
+        assert!(fs::read_to_string(share.join("Logs/vm-test/10-a.log")).unwrap().contains("token=abc"));
         assert!(rig.scripts.report().log_to_share_note.is_none());
     }
     assert!(fs::read_to_string(dir.path().join("var/log/pool-agent/scripts/10-a.log")).unwrap().contains("token=abc"));
