@@ -463,3 +463,52 @@ fn a_delete_unanswered_then_answered_429_is_sent_again_and_its_202_followed_and_
     let record = std::fs::read_to_string(state.join("delete-requested.json")).unwrap();
     assert!(record.contains("0f5c3a52-7d1e-4c7c-9b1a-000000000003"), "{record}");
 }
+
+/// A share writer plants symlinks where the drain copies script logs as
+/// root: the file name pointing at a root file, then the `drain` folder
+/// pointing elsewhere. Neither is followed; the other logs still land and
+/// `pool-agent events` says what was refused.
+#[test]
+fn the_drain_never_writes_through_a_symlink_planted_in_the_share_s_log_folder() {
+    let Some(fake) = FakeAzure::start() else { return };
+    let sandbox = Sandbox::new();
+    sandbox.write_config(&azure_config(&fake, ""));
+    let root = sandbox.root();
+    let logs = root.join("var/log/pool-agent/scripts");
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::write(logs.join("10-a.log"), "t token=abc\n").unwrap();
+    std::fs::write(logs.join("20-b.log"), "t done\n").unwrap();
+    let drain_dir = root.join("srv/share/Logs/vm-test-0/drain");
+    std::fs::create_dir_all(&drain_dir).unwrap();
+    let outside = root.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("shadow"), "root:secret\n").unwrap();
+    std::os::unix::fs::symlink(outside.join("shadow"), drain_dir.join("10-a.log")).unwrap();
+    let _daemon = sandbox.start();
+    eventually(Duration::from_secs(20), || Some(()).filter(|_| events_json(&sandbox)["state"] == "watching"))
+        .unwrap_or_else(|| panic!("not watching: {:#}", events_json(&sandbox)));
+    // In use (idle timeout 30 min): drained and approved at NotBefore - 30 s.
+    fake.configure(one_terminate(1, "T-1", "pool_3", SystemTime::now() + Duration::from_secs(33)));
+    eventually(Duration::from_secs(30), || Some(()).filter(|_| approved_ids(&fake).len() == 1))
+        .unwrap_or_else(|| panic!("not approved: {:#}", events_json(&sandbox)));
+    let drained = events_json(&sandbox)["last_drain"].as_str().unwrap_or_default().to_string();
+    assert!(drained.contains("1 script log(s) copied") && drained.contains("10-a.log"), "{drained}");
+    assert!(drained.contains("symlink"), "the refusal says why: {drained}");
+    assert_eq!(std::fs::read_to_string(outside.join("shadow")).unwrap(), "root:secret\n");
+    assert!(std::fs::symlink_metadata(drain_dir.join("10-a.log")).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read_to_string(drain_dir.join("20-b.log")).unwrap(), "t done\n");
+    // Now the folder itself points elsewhere.
+    std::fs::rename(&drain_dir, root.join("srv/share/Logs/vm-test-0/old")).unwrap();
+    std::os::unix::fs::symlink(&outside, &drain_dir).unwrap();
+    fake.configure(no_events(2));
+    std::thread::sleep(Duration::from_secs(2));
+    fake.configure(one_terminate(3, "T-2", "pool_3", SystemTime::now() + Duration::from_secs(33)));
+    eventually(Duration::from_secs(30), || Some(()).filter(|_| approved_ids(&fake).len() == 2))
+        .unwrap_or_else(|| panic!("not approved: {:#}", events_json(&sandbox)));
+    let drained = events_json(&sandbox)["last_drain"].as_str().unwrap_or_default().to_string();
+    assert!(drained.contains("0 script log(s) copied") && drained.contains("drain is a symlink"), "{drained}");
+    let mut left: Vec<_> =
+        std::fs::read_dir(&outside).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    left.sort();
+    assert_eq!(left, ["shadow"], "nothing written behind the planted folder");
+}

@@ -18,6 +18,7 @@
 use super::imds::Imds;
 use super::{drain, Shown};
 use crate::core::clock::rfc3339;
+use crate::core::share_write::{write_into_share, ShareFile, ShareWriteError};
 use crate::core::shared::ShareNews;
 use crate::core::task::TaskContext;
 use std::collections::{BTreeMap, BTreeSet};
@@ -396,25 +397,43 @@ async fn tell_everyone(message: &str) -> String {
     }
 }
 
-/// Copies the local script logs under `Logs/<instance>/` on the share.
+/// Copies the local script logs to `Logs/<instance>/drain/` on the share
+/// through the core's one way of writing there (no symlink followed, the
+/// share's identity checked). The drain cannot tell a root script's log from
+/// a user's, so all are private: a share that does not keep file modes gets
+/// none (each script's own copy after its run still carries users' logs).
 fn copy_logs(logs: &Path, share: &ShareNews, instance: &str) -> String {
-    let ShareNews::Mounted { root, .. } = share else {
+    let ShareNews::Mounted { root, identity, .. } = share else {
         return "script logs not copied: the share is not mounted".to_string();
     };
-    let target: PathBuf = root.join("Logs").join(instance).join("drain");
-    if let Err(err) = std::fs::create_dir_all(&target) {
-        return format!("script logs not copied: {}: {}", target.display(), crate::config::io_text(&err));
-    }
-    let mut copied = 0;
+    let dir: PathBuf = Path::new("Logs").join(instance).join("drain");
+    let (mut copied, mut refused) = (0, Vec::new());
     for entry in std::fs::read_dir(logs).into_iter().flatten().flatten() {
-        // Regular files only: a symlink planted among the logs is not followed.
-        if entry.file_type().is_ok_and(|t| t.is_file())
-            && std::fs::copy(entry.path(), target.join(entry.file_name())).is_ok()
-        {
-            copied += 1;
+        // Regular files only: a symlink planted among the local logs is not followed.
+        if !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Ok(mut input) = open_local(&entry.path()) else { continue };
+        let file = ShareFile { dir: &dir, name: &name, mode: 0o600, dir_mode: 0o700, owner: None, private: true };
+        match write_into_share(root, *identity, &file, &mut input) {
+            Ok(_) => copied += 1,
+            Err(err @ ShareWriteError::ModesNotKept { .. }) => {
+                return format!("script logs not copied: {err}; they stay on the VM in {}", logs.display())
+            }
+            Err(err) => refused.push(err.to_string()),
         }
     }
-    format!("{copied} script log(s) copied to {}", target.display())
+    let mut text = format!("{copied} script log(s) copied to {}", root.join(&dir).display());
+    if !refused.is_empty() {
+        text.push_str(&format!("; {} refused: {}", refused.len(), refused.join("; ")));
+    }
+    text
+}
+
+fn open_local(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)
 }
 
 /// Reads the scale set's model once: without a terminate notification

@@ -72,6 +72,9 @@ fn seconds(value: f64) -> String {
 pub fn summary(report: &ScriptsReport) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{} setup script(s), {} runner, {}", report.scripts.len(), report.runner, report.phase);
+    if let Some(note) = &report.log_to_share_note {
+        let _ = writeln!(out, "logs: {note}");
+    }
     let width = report.scripts.iter().map(|s| s.name.len()).max().unwrap_or(0).max(4);
     for script in &report.scripts {
         let took = match (script.state, script.duration_seconds) {
@@ -140,8 +143,15 @@ mod tests {
                 row("10-conda", ScriptState::Running, Some(62.0), None),
                 row("20-kernel", ScriptState::Failed, Some(3.2), Some("failed (exit 3)")),
             ],
+            log_to_share_note: None,
         };
         let text = summary(&report);
+        assert!(!text.contains("logs:"), "{text}");
+        assert!(summary(&ScriptsReport {
+            log_to_share_note: Some("the share does not keep file modes".into()),
+            ..report.clone()
+        })
+        .contains("logs: the share does not keep file modes"));
         assert!(text.contains("1m02s / 15m00s"), "{text}");
         assert!(text.contains("pid 42"), "{text}");
         assert!(text.contains("failed (exit 3)"), "{text}");

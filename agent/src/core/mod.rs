@@ -21,6 +21,7 @@ pub mod mount;
 pub mod mountinfo;
 pub mod paths;
 pub mod request;
+pub mod share_write;
 pub mod shared;
 pub mod stuck;
 pub mod task;

@@ -3,9 +3,8 @@
 //! (rotated past a size), and copied to `Logs/<instance>/<name>.log` on the
 //! share once it is mounted.
 
-use crate::core::beneath::{make_dirs_beneath, open_share_root};
-use nix::fcntl::{openat, renameat, OFlag};
-use nix::sys::stat::Mode;
+use super::report::ScriptReport;
+use crate::core::share_write::{write_into_share_seen, ModesSeen, ShareFile, ShareWriteError};
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -95,39 +94,52 @@ pub fn read_from(path: &Path, offset: Option<u64>, limit: u64) -> io::Result<(u6
     Ok((start, String::from_utf8_lossy(&bytes).into_owned(), next))
 }
 
-/// Copies the local log to `<root>/Logs/<instance>/<name>.log` through
-/// descriptors below the checked share root (a temporary file renamed into
-/// place), so a share that went away never gets the log on the local disk
-/// and a symlink planted on the share is not followed.
+/// Copies the local log to `<root>/Logs/<instance>/<name>.log` through the
+/// core's one way of writing into the share (checked root, no symlink
+/// followed, temporary file renamed into place). The copy is 0600 in a 0700
+/// folder: output often holds tokens, and every VM of the pool writes here.
+/// `private` (a root script's log) refuses a share that does not keep modes.
 pub fn copy_to_share(
     local: &Path,
     root: &Path,
     identity: (u64, u64),
     instance: &str,
     name: &str,
-) -> Result<PathBuf, String> {
-    let relative = Path::new("Logs").join(instance);
-    let root_fd = open_share_root(root, identity)?;
-    // The tightest modes the share keeps (NFS keeps them; SMB shows its mount's):
-    // output often holds tokens, and every VM of the pool writes here.
-    let dir = make_dirs_beneath(root_fd, &relative, 0o700).map_err(|why| format!("Logs/{instance}: {why}"))?;
-    let temporary = format!(".{name}.log.tmp");
-    let _ = nix::unistd::unlinkat(&dir, temporary.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
-    let fd = openat(
-        &dir,
-        temporary.as_str(),
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(0o600),
+    private: bool,
+    modes: &dyn ModesSeen,
+) -> Result<PathBuf, ShareWriteError> {
+    let dir = Path::new("Logs").join(instance);
+    let file_name = format!("{name}.log");
+    let file = ShareFile { dir: &dir, name: &file_name, mode: 0o600, dir_mode: 0o700, owner: None, private };
+    let mut input =
+        fs::File::open(local).map_err(|err| ShareWriteError::Refused(format!("{}: {err}", local.display())))?;
+    write_into_share_seen(root, identity, &file, &mut input, modes)
+}
+
+/// Removes an earlier copy of the log from the share (copied before the
+/// share was found to fake modes, or by an older agent): it must not stay
+/// readable there.
+pub fn remove_from_share(root: &Path, identity: (u64, u64), instance: &str, name: &str) -> Result<bool, String> {
+    crate::core::share_write::remove_from_share(
+        root,
+        identity,
+        &Path::new("Logs").join(instance),
+        &format!("{name}.log"),
     )
-    .map_err(|err| format!("cannot write Logs/{instance}/{name}.log on the share: {err}"))?;
-    let _ = nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(0o600));
-    let mut out = fs::File::from(fd);
-    let mut input = fs::File::open(local).map_err(|err| format!("{}: {err}", local.display()))?;
-    io::copy(&mut input, &mut out).map_err(|err| format!("copying the log to the share: {err}"))?;
-    out.sync_all().map_err(|err| format!("copying the log to the share: {err}"))?;
-    renameat(&dir, temporary.as_str(), &dir, format!("{name}.log").as_str())
-        .map_err(|err| format!("cannot place Logs/{instance}/{name}.log on the share: {err}"))?;
-    Ok(root.join(relative).join(format!("{name}.log")))
+}
+
+/// Whether a script's log must stay private on the share: a root script's,
+/// or one whose user is not known (the safe side).
+pub fn is_private(row: Option<&ScriptReport>) -> bool {
+    row.is_none_or(|row| row.run_as_uid.is_none_or(|uid| uid == 0) || row.run_as == "root")
+}
+
+/// What `pool-agent scripts` says when root scripts' logs stay on the VM.
+pub fn modes_not_kept_note(local_dir: &Path) -> String {
+    format!(
+        "the share does not keep file modes (SMB without cifsacl/modefromsid): root scripts' logs stay on the VM in {}",
+        local_dir.display()
+    )
 }
 
 #[cfg(test)]
@@ -175,12 +187,56 @@ mod tests {
         fs::write(&local, "t line\n").unwrap();
         let meta = fs::metadata(&share).unwrap();
         let identity = (meta.dev(), meta.ino());
-        let placed = copy_to_share(&local, &share, identity, "vm-1", "10-a").unwrap();
+        let placed =
+            copy_to_share(&local, &share, identity, "vm-1", "10-a", true, &crate::core::share_write::Fstat).unwrap();
         assert_eq!(placed, share.join("Logs/vm-1/10-a.log"));
         assert_eq!(fs::read_to_string(&placed).unwrap(), "t line\n");
         std::os::unix::fs::symlink(&elsewhere, share.join("Logs/vm-2")).unwrap();
-        assert!(copy_to_share(&local, &share, identity, "vm-2", "10-a").is_err());
+        assert!(
+            copy_to_share(&local, &share, identity, "vm-2", "10-a", true, &crate::core::share_write::Fstat).is_err()
+        );
         assert!(fs::read_dir(&elsewhere).unwrap().next().is_none(), "nothing written through the symlink");
-        assert!(copy_to_share(&local, &share, (meta.dev(), meta.ino() + 1), "vm-1", "10-a").is_err());
+        assert!(copy_to_share(
+            &local,
+            &share,
+            (meta.dev(), meta.ino() + 1),
+            "vm-1",
+            "10-a",
+            true,
+            &crate::core::share_write::Fstat
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn a_root_script_s_log_or_one_whose_user_is_unknown_is_private_a_local_user_s_is_not() {
+        let row = |run_as: &str, uid: Option<u32>| ScriptReport {
+            name: "a".into(),
+            path: String::new(),
+            run_as: run_as.into(),
+            run_as_uid: uid,
+            when: "once".into(),
+            blocking: true,
+            state: super::super::report::ScriptState::Succeeded,
+            reason: None,
+            pid: None,
+            unit: None,
+            started: None,
+            finished: None,
+            duration_seconds: None,
+            timeout_seconds: 900,
+            exit_code: None,
+            signal: None,
+            log: String::new(),
+            shared_log: None,
+            content_hash: String::new(),
+        };
+        assert!(is_private(Some(&row("root", Some(0)))));
+        assert!(is_private(Some(&row("azureuser", None))), "a user not resolved is the safe side");
+        assert!(is_private(Some(&row("toor", Some(0)))), "uid 0 under another name");
+        assert!(is_private(None), "no row: the safe side");
+        assert!(!is_private(Some(&row("azureuser", Some(1000)))));
+        let note = modes_not_kept_note(Path::new("/var/log/pool-agent/scripts"));
+        assert!(note.contains("does not keep file modes") && note.ends_with("/var/log/pool-agent/scripts"), "{note}");
     }
 }

@@ -29,6 +29,7 @@ use crate::core::clock::rfc3339;
 use crate::core::component::{ComponentId, ComponentState};
 use crate::core::http::{Access, Route};
 use crate::core::journal::{self, Journal};
+use crate::core::share_write::{Fstat, ModesSeen, ShareWriteError};
 use crate::core::shared::ShareNews;
 use crate::core::task::{self, TaskContext, TaskResult};
 use futures_util::future::BoxFuture;
@@ -66,6 +67,9 @@ pub struct Scripts {
     queued: Arc<Mutex<std::collections::HashSet<String>>>,
     /// Set by tests; else chosen at start from the system.
     runner: Option<Arc<dyn ProcessRunner>>,
+    /// How a file's mode on the share is read back: set by tests (a share
+    /// that fakes modes); else `fstat`.
+    share_modes: Option<Arc<dyn ModesSeen + Send + Sync>>,
     clock: crate::core::clock::SharedClock,
 }
 
@@ -78,6 +82,7 @@ impl Scripts {
             inbox: Arc::new(tokio::sync::Mutex::new(inbox)),
             queued: Default::default(),
             runner: None,
+            share_modes: None,
             clock,
         }
     }
@@ -496,7 +501,10 @@ impl Batch {
     }
 
     /// Copies a script's log to `Logs/<instance>/<name>.log` on the share,
-    /// if it is mounted; else it is copied when the share comes.
+    /// if it is mounted; else it is copied when the share comes. A root
+    /// script's log (or one whose user is unknown) is private: on a share
+    /// that does not keep file modes it stays on the VM, and the report says
+    /// why. A local user's script's log is theirs anyway and is copied.
     async fn copy_log(&self, name: &str) {
         if !self.ctx.settings.borrow().setup.log_to_share {
             return;
@@ -505,15 +513,33 @@ impl Batch {
         let local = self.log_path(name);
         let instance = self.ctx.shared.instance_name();
         let who = name.to_string();
+        let private = log::is_private(self.scripts.report().scripts.iter().find(|s| s.name == name));
+        let modes = self.scripts.share_modes.clone();
         let copied = task::blocking("copying a log to the share", Duration::from_secs(30), move || {
             if !local.exists() {
-                return Err(format!("{} is not there", local.display()));
+                return Err(ShareWriteError::Refused(format!("{} is not there", local.display())));
             }
-            log::copy_to_share(&local, &root, identity, &instance, &who)
+            let modes: &dyn ModesSeen = match &modes {
+                Some(modes) => modes.as_ref(),
+                None => &Fstat,
+            };
+            let copied = log::copy_to_share(&local, &root, identity, &instance, &who, private, modes);
+            if matches!(copied, Err(ShareWriteError::ModesNotKept { .. })) {
+                // An earlier copy readable by every user must not stay either.
+                if let Err(why) = log::remove_from_share(&root, identity, &instance, &who) {
+                    tracing::warn!(script = %who, "an earlier copy of the log stays on the share: {why}");
+                }
+            }
+            copied
         })
         .await;
         match copied {
             Ok(Ok(placed)) => {
+                self.scripts.update(|r| {
+                    if private {
+                        r.log_to_share_note = None;
+                    }
+                });
                 self.scripts.update_script(name, |row| row.shared_log = Some(placed.display().to_string()));
                 if let Some(mut record) = self.records.load(name) {
                     if !record.log_on_share {
@@ -521,6 +547,11 @@ impl Batch {
                         self.store(name, &record).await;
                     }
                 }
+            }
+            Ok(Err(ShareWriteError::ModesNotKept { asked, shown })) => {
+                let note = log::modes_not_kept_note(&self.ctx.paths.script_log_dir());
+                tracing::warn!(script = %name, "log not copied to the share (a file made {asked:04o} shows {shown:04o}): {note}");
+                self.scripts.update(|r| r.log_to_share_note = Some(note));
             }
             Ok(Err(why)) => tracing::warn!(script = %name, "log not copied to the share: {why}"),
             Err(err) => tracing::warn!(script = %name, "log not copied to the share: {err}"),

@@ -96,6 +96,10 @@ pub struct ScriptsReport {
     /// What the batch is doing: waiting for the share, running, done.
     pub phase: String,
     pub scripts: Vec<ScriptReport>,
+    /// Why some logs are not copied to the share (root scripts' logs on a
+    /// share that does not keep file modes); none when all are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_to_share_note: Option<String>,
 }
 
 /// `GET /v1/scripts/{name}/log`: a piece of the log from `offset`.

@@ -47,6 +47,15 @@ fn script(dir: &Path, name: &str, body: &str) {
 }
 
 fn start(dir: &Path, extra: &str) -> Rig {
+    start_seen(dir, extra, None)
+}
+
+/// With the share's modes read through `modes` (a share that fakes them).
+fn start_seen(
+    dir: &Path,
+    extra: &str,
+    modes: Option<Arc<dyn crate::core::share_write::ModesSeen + Send + Sync>>,
+) -> Rig {
     let text = format!("[instance]\nlocal_user = \"tester\"\nname = \"vm-test\"\nworkspace = \"ws\"\n{extra}");
     let settings = Arc::new(config::load_str(Path::new("c.toml"), &text).unwrap());
     let (ctx, settings_tx) = TaskContext::for_test(ComponentId::Scripts, dir, settings);
@@ -54,6 +63,7 @@ fn start(dir: &Path, extra: &str) -> Rig {
     shared.publish_instance_name("vm-test");
     let mut scripts = Scripts::new(crate::core::clock::system());
     scripts.runner = Some(Arc::new(DirectRunner));
+    scripts.share_modes = modes;
     let task = tokio::spawn(run(ctx, scripts.clone()));
     Rig { scripts, board, shared, shutdown, task, _settings: settings_tx }
 }
@@ -259,6 +269,45 @@ async fn logs_reach_logs_instance_on_the_share_once_it_is_mounted() {
     // Output may hold tokens: the tightest modes the share keeps.
     assert_eq!(fs::metadata(share.join("Logs/vm-test/10-a.log")).unwrap().mode() & 0o777, 0o600);
     assert_eq!(fs::metadata(share.join("Logs/vm-test")).unwrap().mode() & 0o777, 0o700);
+    rig.stop().await;
+}
+
+/// An SMB mount without cifsacl/modefromsid: every file shows 0664.
+struct FakedModes;
+impl crate::core::share_write::ModesSeen for FakedModes {
+    fn mode(&self, _fd: &std::os::fd::OwnedFd) -> nix::Result<u32> {
+        Ok(0o664)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_share_that_fakes_modes_a_root_script_s_log_stays_on_the_vm_and_the_report_says_why() {
+    let dir = sandbox();
+    script(dir.path(), "10-a", "echo token=abc");
+    let share = dir.path().join("share");
+    // A readable copy left by an earlier agent goes too.
+    fs::create_dir_all(share.join("Logs/vm-test")).unwrap();
+    fs::write(share.join("Logs/vm-test/10-a.log"), "t token=old\n").unwrap();
+    let rig = start_seen(dir.path(), "", Some(Arc::new(FakedModes)));
+    let meta = fs::metadata(&share).unwrap();
+    rig.shared.publish_share(ShareNews::Mounted { root: share.clone(), identity: (meta.dev(), meta.ino()), smb: None });
+    let report = rig.settled(Duration::from_secs(20)).await;
+    assert_eq!(report.scripts[0].state, ScriptState::Succeeded);
+    // The local user "tester" is whoever runs the tests: root in CI.
+    if nix::unistd::geteuid().is_root() {
+        let report = rig.until("the note", Duration::from_secs(10), |r| r.log_to_share_note.is_some()).await;
+        let note = report.log_to_share_note.unwrap();
+        assert!(note.contains("does not keep file modes") && note.contains("var/log/pool-agent/scripts"), "{note}");
+        assert_eq!(report.scripts[0].shared_log, None);
+        assert!(!share.join("Logs/vm-test/10-a.log").exists(), "a root script's log is not on the share");
+        let left: Vec<_> = fs::read_dir(share.join("Logs/vm-test")).unwrap().flatten().collect();
+        assert!(left.is_empty(), "no probe or temporary file left: {left:?}");
+    } else {
+        rig.until("log on the share", Duration::from_secs(10), |r| r.scripts[0].shared_log.is_some()).await;
+        assert!(fs::read_to_string(share.join("Logs/vm-test/10-a.log")).unwrap().contains("token=abc"));
+        assert!(rig.scripts.report().log_to_share_note.is_none());
+    }
+    assert!(fs::read_to_string(dir.path().join("var/log/pool-agent/scripts/10-a.log")).unwrap().contains("token=abc"));
     rig.stop().await;
 }
 
