@@ -10,11 +10,18 @@ pub struct Answer {
     pub status: u16,
     pub body: Zeroizing<Vec<u8>>,
     pub retry_after: Option<Duration>,
+    /// A long-running operation's status URLs (`Azure-AsyncOperation`, `Location`).
+    pub async_operation: Option<String>,
+    pub location: Option<String>,
 }
 
 impl Answer {
     pub fn success(&self) -> bool {
         (200..300).contains(&self.status)
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_default()
     }
 
     /// The start of the body, for status lines (error answers name their code and message).
@@ -33,10 +40,27 @@ pub async fn send(
     url: &str,
     body: Option<&serde_json::Value>,
 ) -> Result<Answer, String> {
+    send_if_match(http, tokens, audience, method, url, body, None).await
+}
+
+/// [`send`], with `If-Match: <etag>` when given (a compare-and-swap write).
+#[allow(clippy::too_many_arguments)]
+pub async fn send_if_match(
+    http: &reqwest::Client,
+    tokens: &Tokens,
+    audience: &str,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<&serde_json::Value>,
+    if_match: Option<&str>,
+) -> Result<Answer, String> {
     let mut forced = false;
     loop {
         let token = tokens.get(audience, forced).await.map_err(|err| format!("no token for {audience}: {err}"))?;
         let mut request = http.request(method.clone(), url).header(reqwest::header::AUTHORIZATION, token.bearer());
+        if let Some(etag) = if_match {
+            request = request.header(reqwest::header::IF_MATCH, etag);
+        }
         request = match body {
             Some(body) => request.json(body),
             // ARM wants a length on a POST without a body (listKeys).
@@ -50,8 +74,10 @@ pub async fn send(
             continue;
         }
         let retry_after = super::imds::retry_after(&answer);
+        let header = |name: &str| answer.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let (async_operation, location) = (header("azure-asyncoperation"), header("location"));
         let bytes =
             answer.bytes().await.map_err(|err| format!("the answer broke off: {}", super::imds::describe(&err)))?;
-        return Ok(Answer { status, body: Zeroizing::new(bytes.to_vec()), retry_after });
+        return Ok(Answer { status, body: Zeroizing::new(bytes.to_vec()), retry_after, async_operation, location });
     }
 }
