@@ -384,8 +384,10 @@ fn config_d_skips_backup_and_package_files_with_a_warning_and_runs_with_the_rest
     // The daemon runs on it too, and says the same in its journal.
     let daemon = sandbox.start();
     assert!(answered(&sandbox.cli(&["status"])), "{}", daemon.log());
-    let idle = sandbox.cli_json(&["idle", "--json"]);
-    assert_eq!(idle["timeout_seconds"], 2700, "{idle:#}");
+    let idle = eventually(Duration::from_secs(10), || {
+        Some(sandbox.cli_json(&["idle", "--json"])).filter(|idle| idle["timeout_seconds"] == 2700)
+    });
+    assert!(idle.is_some(), "{:#}", sandbox.cli_json(&["idle", "--json"]));
     assert!(daemon.log().contains("20-idle.toml.dpkg-dist: not read"), "{}", daemon.log());
 }
 

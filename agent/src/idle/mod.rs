@@ -85,6 +85,10 @@ impl Idle {
         let now = self.clock.now();
         if let Some(started) = self.started.get() {
             let timeout = started.settings.borrow().idle.timeout;
+            // Before the first sample the timeout in force is known all the same.
+            if report.sampled_at.is_none() {
+                report.timeout_seconds = timeout.as_secs();
+            }
             own::show_holds_now(&mut report, &own::holds_sample(started, now), timeout, now);
         }
         if let Some(at) = report.sampled_at {
