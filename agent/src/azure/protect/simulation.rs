@@ -289,6 +289,24 @@ mod tests {
         assert!(report.longest_unprotected_while_busy <= 3 * SAMPLE + LATENCY + 1, "{report:?}");
     }
 
+    #[test]
+    fn a_restart_mid_release_reads_first_and_a_busy_verdict_protects_even_with_the_read_throttled() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let t = t0 + Duration::from_secs(10);
+        // The release was counted (on disk) and sent; the agent died before its answer.
+        let policy = Policy::new(Duration::from_secs(120), BUDGET, vec![t0], t);
+        let mut machine = Machine::new(policy, fastrand::Rng::with_seed(1));
+        let busy = Verdict { idle_now: false, stale_at: None };
+        assert_eq!(machine.next(busy, t), Step::Read, "a restart reads before any write");
+        machine.on_read(Outcome::Throttled(Some(Duration::from_secs(120)), "429".into()), t);
+        assert!(
+            matches!(machine.next(busy, t), Step::Write { protect: true, .. }),
+            "the throttled read holds nothing back"
+        );
+        assert!(!machine.removable());
+        assert_eq!(machine.releases_in_the_last_hour(t), 1, "the release counted before the crash still counts");
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
         #[test]
