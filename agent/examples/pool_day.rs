@@ -1,0 +1,64 @@
+//! A simulated day of the pool (issue #27): `cargo run --release --example
+//! pool_day -- --out docs/` prints the figures for 1, 5 and 50 users on a
+//! weekday and a weekend day and writes one SVG per run into the folder.
+//! `--log` also prints every autoscale action.
+
+#[path = "pool_day/mod.rs"]
+mod sim;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let out = args.iter().position(|a| a == "--out").and_then(|i| args.get(i + 1)).cloned();
+    let log = args.iter().any(|a| a == "--log");
+    let seed = args
+        .iter()
+        .position(|a| a == "--seed")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(27);
+    let other = args.iter().position(|a| a == "--template").and_then(|i| args.get(i + 1));
+    let text = match other.map(std::fs::read_to_string) {
+        Some(Ok(text)) => Some(text),
+        Some(Err(e)) => {
+            eprintln!("pool_day: --template: {e}");
+            return ExitCode::FAILURE;
+        }
+        None => None,
+    };
+    println!("rules from {}\n", other.map(String::as_str).unwrap_or(sim::template().1));
+    println!("{}", sim::HEADER);
+    for users in [1, 5, 50] {
+        for weekend in [false, true] {
+            let setup = match match &text {
+                Some(text) => sim::setup_from(text, users, weekend, seed, 86_400.0),
+                None => sim::setup(users, weekend, seed, 86_400.0),
+            } {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("pool_day: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let report = sim::world::run(&setup);
+            println!("{}", sim::row(&setup, &report));
+            if log {
+                for line in &report.log {
+                    eprintln!("  {users} {}: {line}", if weekend { "weekend" } else { "weekday" });
+                }
+            }
+            if let Some(dir) = &out {
+                let day = if weekend { "weekend" } else { "weekday" };
+                let title = format!("{users} user{} - {day}", if users == 1 { "" } else { "s" });
+                let working = (!weekend).then_some(setup.working);
+                let path = std::path::Path::new(dir).join(format!("pool-day-{users}-{day}.svg"));
+                if let Err(e) = std::fs::write(&path, sim::svg::draw(&title, &report, working)) {
+                    eprintln!("pool_day: {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}

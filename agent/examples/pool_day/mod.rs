@@ -1,0 +1,115 @@
+//! The simulated day (issue #27): the shipped template's autoscale rules,
+//! Azure autoscale's documented evaluation, and VMs driven by the agent's
+//! own verdict, protection and metric code. Run by the `pool_day` example
+//! and checked by `tests/pool_day.rs`.
+
+pub mod autoscale;
+pub mod svg;
+pub mod template;
+pub mod users;
+pub mod vm;
+pub mod world;
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use world::{Report, Setup, Wake};
+
+/// The template the simulation reads: the shipped one.
+pub const TEMPLATE: &str = include_str!("../../../packaging/azure/pool.json");
+/// The contract's rules, read while the shipped template does not carry them yet.
+pub const CONTRACT: &str = include_str!("contract_autoscale.json");
+
+/// The template's text to simulate and where it came from: the shipped
+/// template once its rules use the demand metric `Spare`, else the contract's copy.
+pub fn template() -> (&'static str, &'static str) {
+    match TEMPLATE.contains("\"Spare\"") {
+        true => (TEMPLATE, "packaging/azure/pool.json"),
+        false => (CONTRACT, "agent/examples/pool_day/contract_autoscale.json (pool.json has no Spare rule yet)"),
+    }
+}
+
+/// A pool's headroom per profile, as its parameters file would set it.
+pub fn headroom(users: usize) -> (u32, u32) {
+    match users {
+        0..=9 => (1, 0),
+        _ => (5, 0),
+    }
+}
+
+/// The scenario for a pool of `users` on a weekday or a weekend day.
+pub fn setup(users: usize, weekend: bool, seed: u64, until: f64) -> Result<Setup, String> {
+    setup_from(template().0, users, weekend, seed, until)
+}
+
+/// The same from another template's text (`--template` to try other rules).
+pub fn setup_from(text: &str, users: usize, weekend: bool, seed: u64, until: f64) -> Result<Setup, String> {
+    let headroom = headroom(users);
+    let overrides: BTreeMap<String, Value> = [
+        ("headroomWorkingHours".to_string(), Value::from(headroom.0)),
+        ("headroomOffHours".to_string(), Value::from(headroom.1)),
+        ("maxInstances".to_string(), Value::from(100)),
+    ]
+    .into_iter()
+    .collect();
+    let profiles = template::profiles(text, &overrides)?;
+    let working = profiles
+        .iter()
+        .find(|p| p.name == "working hours")
+        .and_then(|p| p.recurrence.as_ref())
+        .map(|(_, start)| *start as f64 * 60.0)
+        .ok_or("no recurring profile named \"working hours\"")?;
+    let end = profiles
+        .iter()
+        .filter(|p| p.name != "working hours")
+        .filter_map(|p| p.recurrence.as_ref())
+        .map(|(_, start)| *start as f64 * 60.0)
+        .find(|s| *s > working)
+        .ok_or("no recurring profile after working hours")?;
+    Ok(Setup {
+        users,
+        weekend,
+        seed,
+        profiles,
+        headroom,
+        working: (working, end),
+        agent: vm::Agent::default(),
+        wake: Wake { patience: 120.0, command: 60.0, length: 30.0 * 60.0, copy_rules: "off hours".into() },
+        until,
+    })
+}
+
+/// One line of the figures table.
+pub fn row(setup: &Setup, r: &Report) -> String {
+    let free_after_hour = max_free(setup, r, false);
+    format!(
+        "| {:>2} | {:<7} | {:>6.1} | {:>6.1} | {:>4.2} | {:>5.1} | {:>5.1} | {:>5.1} | {:>2} / {:>2} | {:>2} | {:>2} | {} |",
+        setup.users,
+        if setup.weekend { "weekend" } else { "weekday" },
+        r.vm_hours,
+        r.ideal_hours,
+        r.vm_hours / r.ideal_hours.max(0.01),
+        r.longest_wait(false) / 60.0,
+        r.longest_wait(true) / 60.0,
+        r.p95_wait() / 60.0,
+        free_after_hour,
+        max_free(setup, r, true),
+        r.added_while_free,
+        r.in_use_removed,
+        r.wakes,
+    )
+}
+
+pub const HEADER: &str = "| users | day | VM-h | ideal VM-h | ratio | longest wait, working h (min) | longest wait, off h (min) | p95 wait (min) | max free after 1st h: all / not after use | added while free | in-use removed | wakes |\n|---|---|---|---|---|---|---|---|---|---|---|---|";
+
+/// The most VMs free at a minute after the first hour of the day (working
+/// hours' first hour on a weekday, 01:00 on a weekend); `not_after_use`:
+/// without those a user left less than idle timeout + release_after ago.
+pub fn max_free(setup: &Setup, r: &Report, not_after_use: bool) -> u32 {
+    let from = if setup.weekend { 60 } else { (setup.working.0 / 60.0) as usize + 60 };
+    r.minutes
+        .iter()
+        .skip(from)
+        .map(|m| if not_after_use { m.free - m.free_after_use } else { m.free })
+        .max()
+        .unwrap_or(0)
+}

@@ -1,0 +1,255 @@
+//! One simulated day of a pool: users arrive and ask the load balancer for a
+//! VM that can take them (the readiness probe), autoscale runs on what the
+//! VMs posted, and a user who finds nothing off-hours runs the wake command.
+
+use super::autoscale::{Decision, Engine, Fixed, Store};
+use super::template::Profile;
+use super::users::{self, Visit};
+use super::vm::{Activity, Agent, Clocks, Vm};
+use std::time::{Duration, Instant, SystemTime};
+
+const STEP: f64 = 15.0;
+
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub users: usize,
+    pub weekend: bool,
+    pub seed: u64,
+    pub profiles: Vec<Profile>,
+    /// The template's per-profile headroom in force (working hours, off hours).
+    pub headroom: (u32, u32),
+    /// Working hours (seconds into the day) on weekdays.
+    pub working: (f64, f64),
+    pub agent: Agent,
+    pub wake: Wake,
+    /// Simulated seconds (a shortened day for the fast test).
+    pub until: f64,
+}
+
+/// The way back from zero (contract): a user who finds no VM off hours
+/// waits `patience`, then runs the `az monitor autoscale profile create`
+/// command (`command` seconds) that adds a fixed-date profile `wake`.
+#[derive(Debug, Clone)]
+pub struct Wake {
+    pub patience: f64,
+    pub command: f64,
+    pub length: f64,
+    /// The profile whose rules the wake profile copies (`--copy-rules`).
+    pub copy_rules: String,
+}
+
+impl Wake {
+    /// The longest a user can wait for it: patience, the command, one
+    /// autoscale run (<= 60 s), the VM's boot to the agent (<= 270 s),
+    /// the share (<= 30 s) and the blocking scripts (<= 120 s).
+    pub fn figure(&self) -> f64 {
+        self.patience + self.command + 60.0 + BOOT_TO_READY
+    }
+}
+
+/// The longest from a VM's creation to "ready" in the model.
+pub const BOOT_TO_READY: f64 = 270.0 + 30.0 + 120.0;
+
+#[derive(Debug, Default, Clone)]
+pub struct Minute {
+    pub capacity: u32,
+    pub in_use: u32,
+    pub free: u32,
+    /// Free VMs a user left less than idle timeout + release_after ago.
+    pub free_after_use: u32,
+    pub waiting: u32,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    pub vm_hours: f64,
+    pub ideal_hours: f64,
+    pub user_hours: f64,
+    /// (arrival, wait seconds, off hours) for each visit served.
+    pub waits: Vec<(f64, f64, bool)>,
+    pub never_served: usize,
+    pub added: u32,
+    pub added_while_free: u32,
+    pub removed: u32,
+    pub in_use_removed: u32,
+    pub wakes: u32,
+    pub minutes: Vec<Minute>,
+    pub log: Vec<String>,
+}
+
+impl Report {
+    pub fn longest_wait(&self, off_hours: bool) -> f64 {
+        self.waits.iter().filter(|w| w.2 == off_hours).map(|w| w.1).fold(0.0, f64::max)
+    }
+
+    pub fn p95_wait(&self) -> f64 {
+        let mut w: Vec<f64> = self.waits.iter().map(|w| w.1).collect();
+        w.sort_by(f64::total_cmp);
+        match w.len() {
+            0 => 0.0,
+            n => w[((n as f64 * 0.95).ceil() as usize).clamp(1, n) - 1],
+        }
+    }
+}
+
+enum State {
+    Waiting { since_try: f64 },
+    On(u32),
+    Done,
+}
+
+pub fn run(setup: &Setup) -> Report {
+    let weekday = if setup.weekend { 5 } else { 2 };
+    let clocks = Clocks { base: Instant::now(), wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000) };
+    let mut rng = fastrand::Rng::with_seed(setup.seed ^ 0x5eed);
+    let visits: Vec<Visit> = users::day(setup.users, setup.weekend, setup.seed);
+    let mut state: Vec<State> = visits.iter().map(|_| State::Done).collect();
+    let mut started = vec![false; visits.len()];
+    let mut engine = Engine::new(setup.profiles.clone(), weekday);
+    let mut store = Store::default();
+    let mut vms: Vec<Vm> = Vec::new();
+    let mut next_id = 0u32;
+    let mut report = Report { user_hours: visits.iter().map(|v| v.length() / 3600.0).sum(), ..Report::default() };
+    let mut next_eval = rng.f64() * 60.0;
+    let mut wake_at: Option<f64> = None;
+    let working = |t: f64| !setup.weekend && t >= setup.working.0 && t < setup.working.1;
+    let headroom = |t: f64| if working(t) { setup.headroom.0 } else { setup.headroom.1 };
+    let linger = (setup.agent.idle_timeout + setup.agent.release_after).as_secs_f64() + 300.0;
+    let mut t = 0.0;
+    while t < setup.until {
+        // Users arrive, leave, and take a VM the probe says can take them.
+        for (i, v) in visits.iter().enumerate() {
+            if !started[i] && t >= v.arrive {
+                started[i] = true;
+                state[i] = State::Waiting { since_try: t };
+            }
+            if started[i] && t >= v.leave {
+                match state[i] {
+                    State::On(id) => {
+                        if let Some(vm) = vms.iter_mut().find(|vm| vm.id == id) {
+                            vm.user = None;
+                            vm.left_at = Some(t);
+                        }
+                    }
+                    State::Waiting { .. } => {
+                        report.never_served += 1;
+                        report.log.push(format!("{} user {} gave up", hhmm(t), v.user));
+                    }
+                    State::Done => {}
+                }
+                state[i] = State::Done;
+            }
+        }
+        for (i, v) in visits.iter().enumerate() {
+            let State::Waiting { since_try } = state[i] else { continue };
+            if let Some(vm) = vms.iter_mut().filter(|vm| vm.user.is_none() && vm.ready(t, 0)).min_by_key(|vm| vm.id) {
+                vm.user = Some(i);
+                state[i] = State::On(vm.id);
+                report.waits.push((v.arrive, t - v.arrive, !working(v.arrive)));
+                continue;
+            }
+            // Off hours, nothing for her after a while: she runs the wake
+            // command (again only if the last run brought her nothing).
+            if !working(t) && t - since_try >= setup.wake.patience && wake_at.is_none() {
+                wake_at = Some(t + setup.wake.command);
+                state[i] = State::Waiting { since_try: t + setup.wake.figure() - setup.wake.patience };
+            }
+        }
+        if let Some(at) = wake_at.filter(|at| t >= *at) {
+            wake_at = None;
+            if let Some(source) = setup.profiles.iter().find(|p| p.name == setup.wake.copy_rules) {
+                let mut profile = source.clone();
+                profile.name = "wake".into();
+                // `--min-count` = the VMs there now + 1, so a second user off
+                // hours gets her own VM too (a fixed 1 would not add one).
+                profile.min = (vms.len() as u32 + 1).min(profile.max);
+                profile.default = profile.min;
+                profile.recurrence = None;
+                // It ends at working hours' start at the latest: a fixed-date
+                // profile would otherwise hold back the working-hours rules.
+                let mut until = at + setup.wake.length;
+                if !setup.weekend && at < setup.working.0 {
+                    until = until.min(setup.working.0);
+                }
+                engine.fixed = Some(Fixed { from: at, until, profile });
+                report.wakes += 1;
+                report.log.push(format!("{} wake profile until {}", hhmm(at), hhmm(until)));
+            }
+        }
+        // Each VM: the agent's verdict, protection, metrics.
+        for vm in vms.iter_mut() {
+            let a = activity(vm, &visits, t);
+            for (name, minute, value) in vm.step(t, &a, &clocks) {
+                let latency = 60.0 + rng.f64() * 120.0;
+                store.post(name, minute, vm.id, value, (minute + 1) as f64 * 60.0 + latency);
+            }
+        }
+        // Autoscale.
+        if t >= next_eval {
+            next_eval = t + 30.0 + rng.f64() * 30.0;
+            let count = vms.len() as u32;
+            if let Decision::Scale { to, why } = engine.run(t, count, &store) {
+                report.log.push(format!("{} {count} -> {to}: {why}", hhmm(t)));
+                if to > count {
+                    let free = vms.iter().filter(|vm| vm.user.is_none() && vm.ready(t, 0)).count() as u32;
+                    for _ in count..to {
+                        report.added += 1;
+                        if free >= headroom(t) && free > 0 {
+                            report.added_while_free += 1;
+                        }
+                        vms.push(Vm::new(next_id, t, setup.agent, setup.seed));
+                        next_id += 1;
+                    }
+                } else {
+                    // Highest instance id first, protected ones skipped.
+                    let mut candidates: Vec<u32> = vms.iter().filter(|vm| !vm.protected).map(|vm| vm.id).collect();
+                    candidates.sort_unstable_by(|a, b| b.cmp(a));
+                    for id in candidates.into_iter().take((count - to) as usize) {
+                        report.removed += 1;
+                        if let Some(pos) = vms.iter().position(|vm| vm.id == id) {
+                            let vm = vms.remove(pos);
+                            if let Some(i) = vm.user {
+                                report.in_use_removed += 1;
+                                state[i] = State::Waiting { since_try: t };
+                                report.log.push(format!("{} IN-USE VM {} REMOVED", hhmm(t), vm.id));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        store.prune((t / 60.0) as i64 - 120);
+        report.vm_hours += vms.len() as f64 * STEP / 3600.0;
+        if (t % 60.0) < STEP / 2.0 {
+            let free: Vec<&Vm> = vms.iter().filter(|vm| vm.user.is_none() && vm.ready(t, 0)).collect();
+            report.minutes.push(Minute {
+                capacity: vms.len() as u32,
+                in_use: vms.iter().filter(|vm| vm.user.is_some()).count() as u32,
+                free: free.len() as u32,
+                free_after_use: free.iter().filter(|vm| vm.left_at.is_some_and(|l| t - l < linger)).count() as u32,
+                waiting: state.iter().filter(|s| matches!(s, State::Waiting { .. })).count() as u32,
+            });
+        }
+        t += STEP;
+    }
+    let working_hours = if setup.weekend { 0.0 } else { (setup.working.1.min(setup.until) - setup.working.0).max(0.0) };
+    report.ideal_hours = report.user_hours
+        + setup.headroom.0 as f64 * working_hours / 3600.0
+        + setup.headroom.1 as f64 * (setup.until - working_hours) / 3600.0;
+    report
+}
+
+fn activity(vm: &Vm, visits: &[Visit], t: f64) -> Activity {
+    match vm.user {
+        Some(i) => {
+            let (active, last) = visits[i].active(t);
+            Activity { sessions: 1, active, last_active: Some(last), hold_until: visits[i].hold_until(t) }
+        }
+        None => Activity { sessions: 0, active: false, last_active: vm.left_at, hold_until: None },
+    }
+}
+
+pub fn hhmm(t: f64) -> String {
+    let m = (t / 60.0) as u64;
+    format!("{:02}:{:02}", m / 60, m % 60)
+}
