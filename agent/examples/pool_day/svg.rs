@@ -63,11 +63,16 @@ pub fn draw(title: &str, report: &Report, working: Option<(f64, f64)>) -> String
         ("waiting users", "#c0392b", |m| m.waiting),
     ];
     for (k, (name, colour, get)) in series.iter().enumerate() {
-        let mut path = String::new();
-        for (i, m) in minutes.iter().enumerate() {
-            let (px, py) = (x(i as f64), y(get(m) as f64));
-            let _ = write!(path, "{}{px:.1},{py:.1} ", if i == 0 { "M" } else { "L" });
+        // A step line: a point only where the value changes.
+        let mut path = format!("M{:.1},{:.1}", x(0.0), y(minutes.first().map(get).unwrap_or(0) as f64));
+        let mut last = minutes.first().map(get).unwrap_or(0);
+        for (i, m) in minutes.iter().enumerate().skip(1) {
+            if get(m) != last {
+                last = get(m);
+                let _ = write!(path, "H{:.1}V{:.1}", x(i as f64), y(last as f64));
+            }
         }
+        let _ = write!(path, "H{:.1}", x(n));
         let _ = writeln!(s, r##"<path d="{path}" fill="none" stroke="{colour}" stroke-width="1.5"/>"##);
         let lx = LEFT + 220.0 + k as f64 * 110.0;
         let _ = writeln!(

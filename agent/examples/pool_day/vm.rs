@@ -217,7 +217,8 @@ impl Vm {
         let ready = self.ready(t, 0);
         let grace = t < self.kernel_at + self.agent.boot_grace.as_secs_f64();
         let booting = self.started(t) && (grace || !ready);
-        Flags { in_use, booting, free: ready && !in_use && !booting, ready }
+        // Nobody on it: no session open either (a user at lunch keeps hers).
+        Flags { in_use, booting, free: ready && !in_use && !booting && a.sessions == 0, ready }
     }
 
     fn metrics(&self, minute: i64, t: f64, a: &Activity, clocks: &Clocks) -> Vec<(&'static str, f64)> {
