@@ -1,7 +1,8 @@
 //! A simulated day of the pool (issue #27): `cargo run --release --example
 //! pool_day -- --out docs/` prints the figures for 1, 5 and 50 users on a
 //! weekday and a weekend day and writes one SVG per run into the folder.
-//! `--log` also prints every autoscale action.
+//! `--log` also prints every autoscale action; `--spare-not-in-use` runs the
+//! what-if of a `Spare` that leaves out VMs in use; `--template FILE` other rules.
 
 #[path = "pool_day/mod.rs"]
 mod sim;
@@ -41,6 +42,8 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            let mut setup = setup;
+            setup.agent.spare_excludes_in_use = args.iter().any(|a| a == "--spare-not-in-use");
             let report = sim::world::run(&setup);
             println!("{}", sim::row(&setup, &report));
             if log {

@@ -101,20 +101,25 @@ fn weekend_vm_hours_stay_within_1_3_times_the_ideal() {
 }
 
 #[test]
-fn a_pool_of_one_gets_its_user_a_vm_at_once_in_working_hours() {
-    let (s, r) = day(1, false);
-    let longest = r.longest_wait(false);
-    assert!(longest <= BOOT_TO_READY + 120.0, "{}: waited {longest:.0} s", name(s));
-    assert!(r.waits.iter().any(|w| !w.2), "no working-hours arrival");
+fn working_hours_arrivals_in_pools_of_1_and_5_get_a_vm_within_boot_time_plus_2_minutes() {
+    for users in [1, 5] {
+        let (s, r) = day(users, false);
+        let longest = r.longest_wait(false);
+        assert!(longest <= BOOT_TO_READY + 120.0, "{}: waited {longest:.0} s", name(s));
+        assert!(
+            r.waits.iter().filter(|w| !w.2).count() >= users.div_ceil(2),
+            "{}: too few working-hours arrivals",
+            name(s)
+        );
+    }
 }
 
 #[test]
-#[ignore = "known: a second arrival within ~10 min of the first waits detection (1-3 min ingestion + the 5-min Maximum) + boot: 11.3 min (5 users), 44 min in the 50-user morning ramp"]
-fn every_working_hours_arrival_gets_a_vm_within_boot_time_plus_2_minutes() {
-    for (s, r) in every_day() {
-        let longest = r.longest_wait(false);
-        assert!(longest <= BOOT_TO_READY + 120.0, "{}: waited {:.1} min", name(s), longest / 60.0);
-    }
+#[ignore = "known: 50 users, the morning ramp: 292 min with the contract's Spare (a VM taken in its boot grace still counts as Booting, so as spare, and hides demand); 15 min with --spare-not-in-use"]
+fn working_hours_arrivals_in_a_pool_of_50_get_a_vm_within_boot_time_plus_2_minutes() {
+    let (s, r) = day(50, false);
+    let longest = r.longest_wait(false);
+    assert!(longest <= BOOT_TO_READY + 120.0, "{}: waited {:.1} min", name(s), longest / 60.0);
 }
 
 #[test]
@@ -126,14 +131,15 @@ fn off_hours_arrivals_in_pools_of_1_and_5_get_a_vm_within_the_way_back_figure() 
             assert!(r.waits.iter().any(|w| w.2), "{}: no off-hours arrival", name(s));
             let longest = r.longest_wait(true);
             assert!(longest <= figure, "{}: waited {longest:.0} s, the way back says {figure:.0} s", name(s));
-            assert!(r.wakes >= 1, "{}: nobody needed the way back", name(s));
+            // On a Saturday the pool starts at zero: only the way back brings a VM.
+            assert!(r.wakes >= 1 || !weekend, "{}: nobody needed the way back", name(s));
             assert_eq!(r.never_served, 0, "{}", name(s));
         }
     }
 }
 
 #[test]
-#[ignore = "known: 50 users: 37 min on a weekday (arrivals from 07:30 before working hours), 15 min on a weekend (two at once: the second waits for the first wake)"]
+#[ignore = "known: 50 users: 16.5 min on a weekday, 15 min on a weekend (a second user while the first wake's VM boots waits for her own command's VM)"]
 fn off_hours_arrivals_in_a_pool_of_50_get_a_vm_within_the_way_back_figure() {
     for weekend in [false, true] {
         let (s, r) = day(50, weekend);

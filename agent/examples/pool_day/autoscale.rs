@@ -265,3 +265,128 @@ fn project(rule: &Rule, (value, peak): (f64, f64), count: u32, to: u32) -> f64 {
         Statistic::Min | Statistic::Max => value,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::template::{Operator, Profile};
+
+    fn rule(metric: &str, aggregation: Aggregation, operator: Operator, threshold: f64, increase: bool) -> Rule {
+        Rule {
+            metric: metric.into(),
+            statistic: Statistic::Sum,
+            grain_min: 1,
+            window_min: 5,
+            aggregation,
+            operator,
+            threshold,
+            increase,
+            change: Change::Count(1),
+            cooldown_min: if increase { 10 } else { 2 },
+        }
+    }
+
+    fn pool(headroom: f64, default: u32) -> Profile {
+        Profile {
+            name: "working hours".into(),
+            min: 0,
+            max: 10,
+            default,
+            rules: vec![
+                rule("Spare", Aggregation::Maximum, Operator::LessThan, headroom, true),
+                rule("Removable", Aggregation::Maximum, Operator::GreaterThan, headroom, false),
+            ],
+            recurrence: Some(((0..5).collect(), 8 * 60)),
+        }
+    }
+
+    /// Every VM in `vms` posts `value` of `metric` for minutes `from..to`, readable at once.
+    fn post(store: &mut Store, metric: &str, vms: std::ops::Range<u32>, minutes: std::ops::Range<i64>, value: f64) {
+        for vm in vms {
+            for m in minutes.clone() {
+                store.post(metric, m, vm, value, (m + 1) as f64 * 60.0);
+            }
+        }
+    }
+
+    #[test]
+    fn missing_metrics_bring_the_default_count_and_never_a_scale_in() {
+        let mut engine = Engine::new(vec![pool(1.0, 1)], 2);
+        let at = 9.0 * 3600.0;
+        assert_eq!(
+            engine.run(at, 0, &Store::default()),
+            Decision::Scale { to: 1, why: "metrics missing: default 1".into() }
+        );
+        // Three VMs, no point readable: nothing, though Removable would say so.
+        let mut engine = Engine::new(vec![pool(1.0, 1)], 2);
+        assert_eq!(engine.run(at, 3, &Store::default()), Decision::Nothing("metrics missing"));
+        // Spare readable, Removable not: still no scale-in.
+        let mut store = Store::default();
+        post(&mut store, "Spare", 0..3, 530..540, 1.0);
+        assert_eq!(engine.run(at, 3, &store), Decision::Nothing("metrics missing"));
+    }
+
+    #[test]
+    fn a_partial_newest_minute_fools_last_and_not_maximum() {
+        let mut store = Store::default();
+        let now = 540.0 * 60.0 + 30.0;
+        // Minutes 535..539: VM 0 spare throughout; its point of 539 is not readable yet,
+        // VM 1's (not spare) is.
+        for m in 535..539 {
+            store.post("Spare", m, 0, 1.0, (m + 1) as f64 * 60.0);
+        }
+        store.post("Spare", 539, 0, 1.0, now + 60.0);
+        store.post("Spare", 539, 1, 0.0, now - 1.0);
+        let last = rule("Spare", Aggregation::Last, Operator::LessThan, 1.0, true);
+        let max = rule("Spare", Aggregation::Maximum, Operator::LessThan, 1.0, true);
+        assert_eq!(store.value(&last, now).map(|v| v.0), Some(0.0), "the partial minute reads as no spare");
+        assert_eq!(store.value(&max, now).map(|v| v.0), Some(1.0));
+    }
+
+    #[test]
+    fn a_cooldown_counts_from_the_last_action_in_either_direction() {
+        let mut engine = Engine::new(vec![pool(1.0, 1)], 2);
+        let mut store = Store::default();
+        // Two spare and removable VMs beyond a headroom of 1: one goes.
+        post(&mut store, "Spare", 0..3, 530..540, 1.0);
+        post(&mut store, "Removable", 0..3, 530..540, 1.0);
+        let at = 540.0 * 60.0;
+        assert!(matches!(engine.run(at, 3, &store), Decision::Scale { to: 2, .. }));
+        // A minute later the pool ran dry: the scale-in's 2-min cooldown holds the scale-out.
+        let mut dry = Store::default();
+        post(&mut dry, "Spare", 0..2, 536..541, 0.0);
+        post(&mut dry, "Removable", 0..2, 536..541, 0.0);
+        assert_eq!(engine.run(at + 60.0, 2, &dry), Decision::Nothing("cooldown"));
+        assert!(matches!(engine.run(at + 121.0, 2, &dry), Decision::Scale { to: 3, .. }));
+    }
+
+    #[test]
+    fn a_scale_in_that_would_take_the_headroom_is_skipped() {
+        let mut engine = Engine::new(vec![pool(1.0, 1)], 2);
+        let mut store = Store::default();
+        // Two removable VMs (over a headroom of 1), but only one of them spare:
+        // removing one could leave no spare, so the flapping check skips it.
+        post(&mut store, "Removable", 0..2, 530..540, 1.0);
+        post(&mut store, "Spare", 0..1, 530..540, 1.0);
+        post(&mut store, "Spare", 1..3, 530..540, 0.0);
+        assert_eq!(engine.run(540.0 * 60.0, 3, &store), Decision::Nothing("scale-in skipped: it would flap"));
+    }
+
+    #[test]
+    fn the_profile_in_force_follows_the_week_and_a_fixed_date_one_wins() {
+        let off = Profile { name: "off hours".into(), recurrence: Some(((0..5).collect(), 18 * 60)), ..pool(0.0, 0) };
+        let wednesday = Engine::new(vec![pool(1.0, 1), off.clone()], 2);
+        assert_eq!(wednesday.profile(7.0 * 3600.0 + 3540.0).map(|p| p.name.as_str()), Some("off hours"));
+        assert_eq!(wednesday.profile(8.0 * 3600.0).map(|p| p.name.as_str()), Some("working hours"));
+        assert_eq!(wednesday.profile(18.0 * 3600.0).map(|p| p.name.as_str()), Some("off hours"));
+        // Saturday noon: Friday 18:00's profile still runs.
+        let mut saturday = Engine::new(vec![pool(1.0, 1), off.clone()], 5);
+        assert_eq!(saturday.profile(12.0 * 3600.0).map(|p| p.name.as_str()), Some("off hours"));
+        let wake = Profile { name: "wake".into(), min: 1, recurrence: None, ..off };
+        saturday.fixed = Some(Fixed { from: 11.0 * 3600.0, until: 12.5 * 3600.0, profile: wake });
+        assert_eq!(saturday.profile(12.0 * 3600.0).map(|p| p.name.as_str()), Some("wake"));
+        assert_eq!(saturday.profile(12.5 * 3600.0).map(|p| p.name.as_str()), Some("off hours"));
+        // Its minimum applies on the next run, metrics or not.
+        assert!(matches!(saturday.run(12.0 * 3600.0, 0, &Store::default()), Decision::Scale { to: 1, .. }));
+    }
+}

@@ -31,8 +31,9 @@ pub fn template() -> (&'static str, &'static str) {
 /// A pool's headroom per profile, as its parameters file would set it.
 pub fn headroom(users: usize) -> (u32, u32) {
     match users {
-        0..=9 => (1, 0),
-        _ => (5, 0),
+        0..=1 => (1, 0),
+        2..=9 => (2, 0),
+        _ => (8, 0),
     }
 }
 

@@ -22,6 +22,9 @@ pub struct Agent {
     pub max_releases_per_hour: u32,
     /// `pool.max_sessions`: one user per VM in this pool.
     pub max_sessions: u32,
+    /// What if `Spare` left out VMs in use (the contract counts a VM in its
+    /// boot grace as `Booting`, so as spare, even once a user took it).
+    pub spare_excludes_in_use: bool,
 }
 
 impl Default for Agent {
@@ -32,6 +35,7 @@ impl Default for Agent {
             release_after: Duration::from_secs(15 * 60),
             max_releases_per_hour: 4,
             max_sessions: 1,
+            spare_excludes_in_use: false,
         }
     }
 }
@@ -62,6 +66,8 @@ pub struct Vm {
     pub protected: bool,
     next_minute: i64,
     pub user: Option<usize>,
+    /// When the current user logged in (seconds).
+    pub user_since: f64,
     /// When its last user left (for the report of free VMs after use).
     pub left_at: Option<f64>,
     rng: fastrand::Rng,
@@ -116,6 +122,7 @@ impl Vm {
             protected: false,
             next_minute: (agent_at / 60.0).ceil() as i64,
             user: None,
+            user_since: 0.0,
             left_at: None,
             rng,
         }
@@ -256,6 +263,15 @@ impl Vm {
         ] {
             if !values.iter().any(|(n, _)| *n == name) {
                 values.push((name, value));
+            }
+        }
+        if self.agent.spare_excludes_in_use {
+            // The what-if: a VM someone took during its boot grace is no headroom.
+            let in_use = values.iter().any(|(n, v)| *n == "InUse" && *v > 0.0);
+            for (name, value) in values.iter_mut() {
+                if *name == "Spare" && in_use {
+                    *value = 0.0;
+                }
             }
         }
         values

@@ -9,6 +9,8 @@ use super::vm::{Activity, Agent, Clocks, Vm};
 use std::time::{Duration, Instant, SystemTime};
 
 const STEP: f64 = 15.0;
+/// How long after a login the agent's samples show it.
+const SEEN_AFTER: f64 = 10.0;
 
 #[derive(Debug, Clone)]
 pub struct Setup {
@@ -111,7 +113,9 @@ pub fn run(setup: &Setup) -> Report {
     let mut next_id = 0u32;
     let mut report = Report { user_hours: visits.iter().map(|v| v.length() / 3600.0).sum(), ..Report::default() };
     let mut next_eval = rng.f64() * 60.0;
-    let mut wake_at: Option<f64> = None;
+    // Wake commands on their way (each user runs her own; two at once both
+    // read the same count, as two real `az` runs would).
+    let mut wake_at: Vec<f64> = Vec::new();
     let working = |t: f64| !setup.weekend && t >= setup.working.0 && t < setup.working.1;
     let headroom = |t: f64| if working(t) { setup.headroom.0 } else { setup.headroom.1 };
     let linger = (setup.agent.idle_timeout + setup.agent.release_after).as_secs_f64() + 300.0;
@@ -144,20 +148,24 @@ pub fn run(setup: &Setup) -> Report {
             let State::Waiting { since_try } = state[i] else { continue };
             if let Some(vm) = vms.iter_mut().filter(|vm| vm.user.is_none() && vm.ready(t, 0)).min_by_key(|vm| vm.id) {
                 vm.user = Some(i);
+                vm.user_since = t;
                 state[i] = State::On(vm.id);
                 report.waits.push((v.arrive, t - v.arrive, !working(v.arrive)));
                 continue;
             }
             // Off hours, nothing for her after a while: she runs the wake
             // command (again only if the last run brought her nothing).
-            if !working(t) && t - since_try >= setup.wake.patience && wake_at.is_none() {
-                wake_at = Some(t + setup.wake.command);
+            if !working(t) && t - since_try >= setup.wake.patience {
+                wake_at.push(t + setup.wake.command);
                 state[i] = State::Waiting { since_try: t + setup.wake.figure() - setup.wake.patience };
             }
         }
-        if let Some(at) = wake_at.filter(|at| t >= *at) {
-            wake_at = None;
-            if let Some(source) = setup.profiles.iter().find(|p| p.name == setup.wake.copy_rules) {
+        let due: Vec<f64> = wake_at.iter().copied().filter(|at| t >= *at).collect();
+        wake_at.retain(|at| t < *at);
+        for at in due {
+            // Working hours began meanwhile: their profile brings the VMs.
+            let late = working(at);
+            if let Some(source) = setup.profiles.iter().find(|p| p.name == setup.wake.copy_rules).filter(|_| !late) {
                 let mut profile = source.clone();
                 profile.name = "wake".into();
                 // `--min-count` = the VMs there now + 1, so a second user off
@@ -239,8 +247,14 @@ pub fn run(setup: &Setup) -> Report {
     report
 }
 
+/// What the agent's signals see at `t`: a user who just logged in is seen
+/// from the next sample on (the idle interval is 10 s; a step is 15 s), so
+/// for one step her new VM is still idle, released and removable.
 fn activity(vm: &Vm, visits: &[Visit], t: f64) -> Activity {
     match vm.user {
+        Some(_) if t - vm.user_since < SEEN_AFTER => {
+            Activity { sessions: 0, active: false, last_active: vm.left_at, hold_until: None }
+        }
         Some(i) => {
             let (active, last) = visits[i].active(t);
             Activity { sessions: 1, active, last_active: Some(last), hold_until: visits[i].hold_until(t) }
