@@ -147,3 +147,25 @@ fn off_hours_arrivals_in_a_pool_of_50_get_a_vm_within_the_way_back_figure() {
         assert!(longest <= s.wake.figure(), "{}: waited {:.1} min", name(s), longest / 60.0);
     }
 }
+
+#[test]
+fn rules_that_overshoot_fail_these_bounds() {
+    // The contract's first guess: Sum(Spare) Minimum over 5 min, cooldown 3 min.
+    // A new VM posts nothing while it boots, so each run adds another.
+    let (text, _) = sim::template();
+    let mut doc: serde_json::Value = serde_json::from_str(text).unwrap();
+    let resources = doc["resources"].as_array_mut().unwrap();
+    let autoscale = resources.iter_mut().find(|r| r["type"] == "Microsoft.Insights/autoscalesettings").unwrap();
+    for profile in autoscale["properties"]["profiles"].as_array_mut().unwrap() {
+        for rule in profile["rules"].as_array_mut().unwrap() {
+            if rule["scaleAction"]["direction"] == "Increase" {
+                rule["metricTrigger"]["timeAggregation"] = "Minimum".into();
+                rule["scaleAction"]["cooldown"] = "PT3M".into();
+            }
+        }
+    }
+    let setup = sim::setup_from(&doc.to_string(), 1, false, SEED, DAY).unwrap();
+    let r = sim::world::run(&setup);
+    assert!(r.vm_hours / r.ideal_hours > 1.3, "{:.1} VM-h for {:.1}", r.vm_hours, r.ideal_hours);
+    assert!(r.added_while_free > 0 && sim::max_free(&setup, &r, true) > setup.headroom.0 + 1);
+}
