@@ -57,7 +57,13 @@ pub(super) async fn publish_metrics(
                 // Protected or unknown: not removable until a release is proven.
                 ProtectionNews::Protected | ProtectionNews::Unknown => Some(true),
             };
-            let bucket = monitor::bucket(boundary, now, &ctx.shared.idle(), &ctx.shared.share(), protected);
+            let offer = azure.offer_now().unwrap_or(super::demand::Offer {
+                in_use: false,
+                booting: true,
+                free: false,
+                ready: Err("starting".into()),
+            });
+            let bucket = monitor::bucket(boundary, now, &ctx.shared.idle(), &ctx.shared.share(), protected, &offer);
             let capacity = (monitor::MAX_AGE.as_secs_f64() / interval.as_secs_f64()).ceil() as usize + 1;
             backlog.push(bucket, capacity);
             // A VM that slept (or a clock step) starts again from now, never a bucket ahead of it.
