@@ -1,8 +1,8 @@
 //! A simulated day of the pool (issue #27): `cargo run --release --example
 //! pool_day -- --out docs/` prints the figures for 1, 5 and 50 users on a
 //! weekday and a weekend day and writes one SVG per run into the folder.
-//! `--log` also prints every autoscale action; `--spare-not-in-use` runs the
-//! what-if of a `Spare` that leaves out VMs in use; `--template FILE` other rules.
+//! `--log` also prints every autoscale action and the minute with the most
+//! VMs free; `--template FILE` runs other rules; `--seed N` other users.
 
 #[path = "pool_day/mod.rs"]
 mod sim;
@@ -42,11 +42,19 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let mut setup = setup;
-            setup.agent.spare_excludes_in_use = args.iter().any(|a| a == "--spare-not-in-use");
             let report = sim::world::run(&setup);
             println!("{}", sim::row(&setup, &report));
             if log {
+                let from = if weekend { 60 } else { (setup.working.0 / 60.0) as usize + 60 };
+                if let Some((i, m)) =
+                    report.minutes.iter().enumerate().skip(from).max_by_key(|(_, m)| m.free - m.free_after_use)
+                {
+                    eprintln!(
+                        "  most free not after use: {} at {}: {m:?}",
+                        m.free - m.free_after_use,
+                        sim::world::hhmm(i as f64 * 60.0)
+                    );
+                }
                 for line in &report.log {
                     eprintln!("  {users} {}: {line}", if weekend { "weekend" } else { "weekday" });
                 }

@@ -154,6 +154,11 @@ impl Engine {
                 return Some(&f.profile);
             }
         }
+        self.scheduled(now)
+    }
+
+    /// The recurring (or default) profile in force at `now`, fixed-date ones aside.
+    pub fn scheduled(&self, now: f64) -> Option<&Profile> {
         let minute_of_week = (self.weekday * 1440) as f64 + now / 60.0;
         let mut best: Option<(f64, &Profile)> = None;
         for p in &self.profiles {

@@ -16,16 +16,10 @@ use world::{Report, Setup, Wake};
 
 /// The template the simulation reads: the shipped one.
 pub const TEMPLATE: &str = include_str!("../../../packaging/azure/pool.json");
-/// The contract's rules, read while the shipped template does not carry them yet.
-pub const CONTRACT: &str = include_str!("contract_autoscale.json");
 
-/// The template's text to simulate and where it came from: the shipped
-/// template once its rules use the demand metric `Spare`, else the contract's copy.
+/// The template's text to simulate and where it came from.
 pub fn template() -> (&'static str, &'static str) {
-    match TEMPLATE.contains("\"Spare\"") {
-        true => (TEMPLATE, "packaging/azure/pool.json"),
-        false => (CONTRACT, "agent/examples/pool_day/contract_autoscale.json (pool.json has no Spare rule yet)"),
-    }
+    (TEMPLATE, "packaging/azure/pool.json")
 }
 
 /// A pool's headroom per profile, as its parameters file would set it.
@@ -53,19 +47,15 @@ pub fn setup_from(text: &str, users: usize, weekend: bool, seed: u64, until: f64
     .into_iter()
     .collect();
     let profiles = template::profiles(text, &overrides)?;
-    let working = profiles
-        .iter()
-        .find(|p| p.name == "working hours")
-        .and_then(|p| p.recurrence.as_ref())
-        .map(|(_, start)| *start as f64 * 60.0)
-        .ok_or("no recurring profile named \"working hours\"")?;
-    let end = profiles
-        .iter()
-        .filter(|p| p.name != "working hours")
-        .filter_map(|p| p.recurrence.as_ref())
-        .map(|(_, start)| *start as f64 * 60.0)
-        .find(|s| *s > working)
-        .ok_or("no recurring profile after working hours")?;
+    // Working hours: from the recurring profile that starts first in the day
+    // to the next one's start.
+    let mut starts: Vec<f64> =
+        profiles.iter().filter_map(|p| p.recurrence.as_ref()).map(|(_, s)| *s as f64 * 60.0).collect();
+    starts.sort_by(f64::total_cmp);
+    let (working, end) = match starts.as_slice() {
+        [first, second, ..] => (*first, *second),
+        _ => return Err("the template needs a working-hours and an off-hours recurring profile".into()),
+    };
     Ok(Setup {
         users,
         weekend,
@@ -74,7 +64,7 @@ pub fn setup_from(text: &str, users: usize, weekend: bool, seed: u64, until: f64
         headroom,
         working: (working, end),
         agent: vm::Agent::default(),
-        wake: Wake { patience: 120.0, command: 60.0, length: 30.0 * 60.0, copy_rules: "off hours".into() },
+        wake: Wake { patience: 120.0, command: 60.0, length: 30.0 * 60.0 },
         until,
     })
 }

@@ -1,12 +1,16 @@
 //! One VM of the pool, run through the agent's own code: the idle verdict
 //! (`idle::verdict::VerdictMachine`: boot grace, timeout, holds), scale-in
 //! protection (`azure::protect::machine::Machine` with its release policy),
-//! and the metrics it posts (`azure::monitor::bucket`). Only the world
-//! around them is modelled: boot, the share, setup scripts, ARM's answers.
+//! what it offers the pool (`azure::demand::judge`: the readiness probe's
+//! answer and the demand flags) and the metrics it posts
+//! (`azure::monitor::bucket`). Only the world around them is modelled:
+//! boot, the share, setup scripts, ARM's answers.
 
+use pool_agent::azure::demand::{self, Offer, Situation};
 use pool_agent::azure::monitor;
 use pool_agent::azure::protect::machine::{Belief, Machine, Outcome, Step, Verdict as PVerdict};
 use pool_agent::azure::protect::policy::Policy;
+use pool_agent::core::component::ComponentState;
 use pool_agent::core::shared::{IdleNews, ShareNews};
 use pool_agent::idle::signal::Sample;
 use pool_agent::idle::verdict::{Limits, Verdict, VerdictMachine};
@@ -22,9 +26,6 @@ pub struct Agent {
     pub max_releases_per_hour: u32,
     /// `pool.max_sessions`: one user per VM in this pool.
     pub max_sessions: u32,
-    /// What if `Spare` left out VMs in use (the contract counts a VM in its
-    /// boot grace as `Booting`, so as spare, even once a user took it).
-    pub spare_excludes_in_use: bool,
 }
 
 impl Default for Agent {
@@ -35,7 +36,6 @@ impl Default for Agent {
             release_after: Duration::from_secs(15 * 60),
             max_releases_per_hour: 4,
             max_sessions: 1,
-            spare_excludes_in_use: false,
         }
     }
 }
@@ -60,7 +60,10 @@ pub struct Vm {
     share_at: f64,
     pub scripts_done_at: f64,
     agent: Agent,
-    verdict: Option<(VerdictMachine, Verdict)>,
+    verdict_machine: Option<VerdictMachine>,
+    verdict: Option<Verdict>,
+    /// The agent's last judgement of what the VM offers (None before it starts).
+    offer: Option<Offer>,
     machine: Machine,
     /// ARM's truth: `protectFromScaleIn`.
     pub protected: bool,
@@ -89,16 +92,6 @@ impl Clocks {
     }
 }
 
-/// The flags the contract's demand metrics are made of (until
-/// `monitor::bucket` posts them; then these are read from it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Flags {
-    pub in_use: bool,
-    pub booting: bool,
-    pub free: bool,
-    pub ready: bool,
-}
-
 impl Vm {
     /// A VM the scale set creates at `t`: the OS boots in ~4 min to the
     /// agent's start, the share mounts within seconds, blocking setup
@@ -117,7 +110,9 @@ impl Vm {
             share_at,
             scripts_done_at,
             agent,
+            verdict_machine: None,
             verdict: None,
+            offer: None,
             machine: Machine::new(policy, fastrand::Rng::with_seed(seed ^ id as u64)),
             protected: false,
             next_minute: (agent_at / 60.0).ceil() as i64,
@@ -132,10 +127,32 @@ impl Vm {
         t >= self.agent_at
     }
 
-    /// The readiness probe's answer (contract): share mounted, blocking
-    /// scripts done, sessions below `max_sessions`.
-    pub fn ready(&self, t: f64, sessions: u32) -> bool {
-        t >= self.share_at && t >= self.scripts_done_at && sessions < self.agent.max_sessions
+    /// The readiness probe's answer, as the agent last judged it.
+    pub fn ready(&self) -> bool {
+        self.offer.as_ref().is_some_and(|o| o.ready.is_ok())
+    }
+
+    /// The agent's news at `t`: the verdict and the share as the metrics read them.
+    fn news(&self, t: f64, a: &Activity, clocks: &Clocks) -> Option<(IdleNews, ShareNews)> {
+        let v = self.verdict.as_ref()?;
+        let idle = IdleNews {
+            known: true,
+            idle: v.idle,
+            idle_since: Some(v.idle_since),
+            idle_at: Some(v.idle_at),
+            reasons: Vec::new(),
+            figures: [("sessions".to_string(), a.sessions as f64)].into_iter().collect(),
+            sampled_at: Some(clocks.wall(t)),
+            interval: Duration::from_secs(10),
+            in_use: v.in_use,
+            in_grace: v.in_grace,
+            unknown: v.unknown,
+        };
+        let share = match t >= self.share_at {
+            true => ShareNews::Mounted { root: PathBuf::from("/data/notebooks"), identity: (1, 1), smb: None },
+            false => ShareNews::NotYetKnown,
+        };
+        Some((idle, share))
     }
 
     fn samples(&self, t: f64, a: &Activity, clocks: &Clocks) -> Vec<(&'static str, Sample)> {
@@ -167,17 +184,28 @@ impl Vm {
         let limits = Limits { timeout: self.agent.idle_timeout, max_unknown: Duration::from_secs(12 * 3600) };
         let samples = self.samples(t, a, clocks);
         let (grace, timeout) = (clocks.mono(self.kernel_at) + self.agent.boot_grace, self.agent.idle_timeout);
-        let (machine, _) = self.verdict.get_or_insert_with(|| {
-            let m = VerdictMachine::new(clocks.mono(t), grace, timeout);
-            (m, Verdict::default_for(clocks.wall(t)))
-        });
+        let machine = self.verdict_machine.get_or_insert_with(|| VerdictMachine::new(clocks.mono(t), grace, timeout));
         let named: Vec<(&str, &Sample)> = samples.iter().map(|(n, s)| (*n, s)).collect();
         let verdict = machine.step(clocks.mono(t), clocks.wall(t), limits, &named);
         let idle_now = verdict.idle;
-        if let Some(v) = self.verdict.as_mut() {
-            v.1 = verdict;
-        }
+        self.verdict = Some(verdict);
         self.protect(idle_now, t, clocks);
+        if let Some((idle, share)) = self.news(t, a, clocks) {
+            let scripts = match t < self.scripts_done_at {
+                true => ComponentState::Starting,
+                false => ComponentState::Ready,
+            };
+            let at = Situation {
+                idle: &idle,
+                share: &share,
+                scripts: Some(scripts),
+                going_away: None,
+                healthy: true,
+                max_sessions: Some(self.agent.max_sessions),
+                now: clocks.wall(t),
+            };
+            self.offer = Some(demand::judge(&at));
+        }
         let mut points = Vec::new();
         while (self.next_minute as f64 + 1.0) * 60.0 <= t {
             let minute = self.next_minute;
@@ -218,31 +246,9 @@ impl Vm {
         }
     }
 
-    /// The contract's demand flags at `t`.
-    pub fn flags(&self, t: f64, a: &Activity) -> Flags {
-        let in_use = a.active || a.hold_until.is_some_and(|u| u > t);
-        let ready = self.ready(t, 0);
-        let grace = t < self.kernel_at + self.agent.boot_grace.as_secs_f64();
-        let booting = self.started(t) && (grace || !ready);
-        // Nobody on it: no session open either (a user at lunch keeps hers).
-        Flags { in_use, booting, free: ready && !in_use && !booting && a.sessions == 0, ready }
-    }
-
     fn metrics(&self, minute: i64, t: f64, a: &Activity, clocks: &Clocks) -> Vec<(&'static str, f64)> {
-        let Some((_, v)) = &self.verdict else { return Vec::new() };
-        let idle = IdleNews {
-            known: true,
-            idle: v.idle,
-            idle_since: Some(v.idle_since),
-            idle_at: Some(v.idle_at),
-            reasons: Vec::new(),
-            figures: [("sessions".to_string(), a.sessions as f64)].into_iter().collect(),
-            sampled_at: Some(clocks.wall(t)),
-            interval: Duration::from_secs(10),
-        };
-        let share = match t >= self.share_at {
-            true => ShareNews::Mounted { root: PathBuf::from("/data/notebooks"), identity: (1, 1), smb: None },
-            false => ShareNews::NotYetKnown,
+        let (Some((idle, share)), Some(offer)) = (self.news(t, a, clocks), self.offer.as_ref()) else {
+            return Vec::new();
         };
         // As the agent's publisher maps its belief: only a proven release is "not protected".
         let protected = match self.machine.belief() {
@@ -250,48 +256,7 @@ impl Vm {
             Belief::Gone { .. } => None,
             _ => Some(true),
         };
-        let bucket = monitor::bucket(clocks.wall(minute as f64 * 60.0), clocks.wall(t), &idle, &share, protected);
-        let mut values = bucket.values;
-        let f = self.flags(t, a);
-        let flag = |on: bool| if on { 1.0 } else { 0.0 };
-        // Until the agent's bucket posts the demand metrics, the contract's definitions.
-        for (name, value) in [
-            ("InUse", flag(f.in_use)),
-            ("Booting", flag(f.booting)),
-            ("Free", flag(f.free)),
-            ("Spare", flag(f.free || f.booting)),
-        ] {
-            if !values.iter().any(|(n, _)| *n == name) {
-                values.push((name, value));
-            }
-        }
-        if self.agent.spare_excludes_in_use {
-            // The what-if: a VM someone took during its boot grace is no headroom.
-            let in_use = values.iter().any(|(n, v)| *n == "InUse" && *v > 0.0);
-            for (name, value) in values.iter_mut() {
-                if *name == "Spare" && in_use {
-                    *value = 0.0;
-                }
-            }
-        }
-        values
-    }
-}
-
-/// A verdict before the first step (never read: the first step replaces it).
-trait DefaultFor {
-    fn default_for(at: SystemTime) -> Self;
-}
-
-impl DefaultFor for Verdict {
-    fn default_for(at: SystemTime) -> Self {
-        Verdict {
-            idle: false,
-            idle_since: at,
-            idle_at: at,
-            turned_idle: false,
-            reasons: Vec::new(),
-            gave_up: Vec::new(),
-        }
+        let at = clocks.wall(minute as f64 * 60.0);
+        monitor::bucket(at, clocks.wall(t), &idle, &share, protected, offer).values
     }
 }

@@ -36,8 +36,6 @@ pub struct Wake {
     pub patience: f64,
     pub command: f64,
     pub length: f64,
-    /// The profile whose rules the wake profile copies (`--copy-rules`).
-    pub copy_rules: String,
 }
 
 impl Wake {
@@ -146,7 +144,7 @@ pub fn run(setup: &Setup) -> Report {
         }
         for (i, v) in visits.iter().enumerate() {
             let State::Waiting { since_try } = state[i] else { continue };
-            if let Some(vm) = vms.iter_mut().filter(|vm| vm.user.is_none() && vm.ready(t, 0)).min_by_key(|vm| vm.id) {
+            if let Some(vm) = vms.iter_mut().filter(|vm| vm.user.is_none() && vm.ready()).min_by_key(|vm| vm.id) {
                 vm.user = Some(i);
                 vm.user_since = t;
                 state[i] = State::On(vm.id);
@@ -165,7 +163,8 @@ pub fn run(setup: &Setup) -> Report {
         for at in due {
             // Working hours began meanwhile: their profile brings the VMs.
             let late = working(at);
-            if let Some(source) = setup.profiles.iter().find(|p| p.name == setup.wake.copy_rules).filter(|_| !late) {
+            // `--copy-rules` from the profile in force (off hours).
+            if let Some(source) = engine.scheduled(at).cloned().filter(|_| !late) {
                 let mut profile = source.clone();
                 profile.name = "wake".into();
                 // `--min-count` = the VMs there now + 1, so a second user off
@@ -199,7 +198,7 @@ pub fn run(setup: &Setup) -> Report {
             if let Decision::Scale { to, why } = engine.run(t, count, &store) {
                 report.log.push(format!("{} {count} -> {to}: {why}", hhmm(t)));
                 if to > count {
-                    let free = vms.iter().filter(|vm| vm.user.is_none() && vm.ready(t, 0)).count() as u32;
+                    let free = vms.iter().filter(|vm| vm.user.is_none() && vm.ready()).count() as u32;
                     for _ in count..to {
                         report.added += 1;
                         if free >= headroom(t) && free > 0 {
@@ -229,7 +228,7 @@ pub fn run(setup: &Setup) -> Report {
         store.prune((t / 60.0) as i64 - 120);
         report.vm_hours += vms.len() as f64 * STEP / 3600.0;
         if (t % 60.0) < STEP / 2.0 {
-            let free: Vec<&Vm> = vms.iter().filter(|vm| vm.user.is_none() && vm.ready(t, 0)).collect();
+            let free: Vec<&Vm> = vms.iter().filter(|vm| vm.user.is_none() && vm.ready()).collect();
             report.minutes.push(Minute {
                 capacity: vms.len() as u32,
                 in_use: vms.iter().filter(|vm| vm.user.is_some()).count() as u32,
