@@ -37,6 +37,8 @@ fn the_load_balancer_probes_the_agent_s_readiness_answer_and_forwards_ssh_and_ju
             assert_eq!(r["probe"]["id"], probe_id.as_str());
             assert_eq!(r["backendAddressPool"]["id"], pool_id.as_str());
             assert_eq!(r["frontendPort"], r["backendPort"]);
+            // SNAT comes from the outbound rule, which Azure allows only with the rules' own SNAT off.
+            assert_eq!(r["disableOutboundSnat"], frontend == "public");
             ports.insert(r["frontendPort"].as_u64().unwrap());
         }
         assert_eq!(ports, BTreeSet::from([22, 8000]));
