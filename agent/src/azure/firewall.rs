@@ -58,19 +58,40 @@ fn set(ids: &[u32]) -> String {
     ids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
 }
 
+/// Where Azure's load balancer probes come from (the `AzureLoadBalancer`
+/// service tag): <https://learn.microsoft.com/azure/load-balancer/load-balancer-custom-probe-overview>
+/// ("probes originate from the IP address 168.63.129.16").
+pub const PROBE_SOURCE: &str = "168.63.129.16";
+
 /// The whole table, replacing any earlier one in one transaction (the
-/// `table` line makes the `delete` valid when there is none yet).
-pub fn ruleset(allowed: &Allowed) -> String {
-    // Everyone else's packets to IMDS are refused at once (a TCP reset, an
-    // ICMP error otherwise). Packets with no socket (the reset itself, on a
-    // VM where IMDS is a local address in a test) match no owner test and pass.
-    let mut owner = format!("meta skuid != {{ {} }}", set(&allowed.uids));
-    if !allowed.gids.is_empty() {
-        owner.push_str(&format!(" meta skgid != {{ {} }}", set(&allowed.gids)));
+/// `table` line makes the `delete` valid when there is none yet): IMDS for
+/// `allowed` only (`None`: everyone), and the readiness port for the load
+/// balancer's probes only (`None`: no readiness listener). Neither: no table.
+pub fn ruleset(allowed: Option<&Allowed>, readiness_port: Option<u16>) -> String {
+    let mut chains = String::new();
+    if let Some(allowed) = allowed {
+        // Everyone else's packets to IMDS are refused at once (a TCP reset, an
+        // ICMP error otherwise). Packets with no socket (the reset itself, on a
+        // VM where IMDS is a local address in a test) match no owner test and pass.
+        let mut owner = format!("meta skuid != {{ {} }}", set(&allowed.uids));
+        if !allowed.gids.is_empty() {
+            owner.push_str(&format!(" meta skgid != {{ {} }}", set(&allowed.gids)));
+        }
+        chains.push_str(&format!(
+            "    chain imds_for_root {{\n        type filter hook output priority filter; policy accept;\n        ip daddr {IMDS_ADDRESS} {owner} meta l4proto tcp counter reject with tcp reset\n        ip daddr {IMDS_ADDRESS} {owner} counter reject\n    }}\n"
+        ));
     }
-    format!(
-        "table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n    chain imds_for_root {{\n        type filter hook output priority filter; policy accept;\n        ip daddr {IMDS_ADDRESS} {owner} meta l4proto tcp counter reject with tcp reset\n        ip daddr {IMDS_ADDRESS} {owner} counter reject\n    }}\n}}\n"
-    )
+    if let Some(port) = readiness_port {
+        // The probe answers only the load balancer (and the VM itself, for an
+        // admin's own look): nobody else learns whether the VM takes sessions.
+        chains.push_str(&format!(
+            "    chain readiness_for_probes {{\n        type filter hook input priority filter; policy accept;\n        tcp dport {port} iifname != \"lo\" ip saddr != {PROBE_SOURCE} counter drop\n        meta nfproto ipv6 tcp dport {port} iifname != \"lo\" counter drop\n    }}\n"
+        ));
+    }
+    if chains.is_empty() {
+        return removal();
+    }
+    format!("table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n{chains}}}\n")
 }
 
 /// Removes the table (nothing to do when there is none).
@@ -133,7 +154,7 @@ mod tests {
 
     #[test]
     fn the_table_lets_root_and_the_named_groups_through_and_rejects_everyone_else_at_once() {
-        let root = ruleset(&Allowed { uids: vec![0], ..Allowed::default() });
+        let root = ruleset(Some(&Allowed { uids: vec![0], ..Allowed::default() }), None);
         assert!(root.starts_with("table inet pool_agent\ndelete table inet pool_agent\n"), "{root}");
         assert!(
             root.contains(
@@ -143,8 +164,40 @@ mod tests {
         );
         assert!(!root.contains("skgid"), "{root}");
         assert!(!root.contains("168.63.129.16"), "the WireServer is the Azure Linux agent's");
-        let groups = ruleset(&Allowed { uids: vec![0, 1001], gids: vec![2000], unknown_groups: vec![] });
+        let groups = ruleset(Some(&Allowed { uids: vec![0, 1001], gids: vec![2000], unknown_groups: vec![] }), None);
         assert!(groups.contains("meta skuid != { 0, 1001 } meta skgid != { 2000 }"), "{groups}");
+        assert!(!groups.contains("readiness"), "{groups}");
+    }
+
+    #[test]
+    fn the_readiness_port_takes_only_the_load_balancer_s_probes() {
+        let both = ruleset(Some(&Allowed { uids: vec![0], ..Allowed::default() }), Some(8766));
+        assert!(both.contains("chain imds_for_root") && both.contains("chain readiness_for_probes"), "{both}");
+        assert!(both.contains("tcp dport 8766 iifname != \"lo\" ip saddr != 168.63.129.16 counter drop"), "{both}");
+        assert!(both.contains("meta nfproto ipv6 tcp dport 8766"), "IPv6 cannot come from the probe: {both}");
+        let probe_only = ruleset(None, Some(8766));
+        assert!(!probe_only.contains("imds") && probe_only.contains("readiness_for_probes"), "{probe_only}");
+        assert_eq!(ruleset(None, None), removal(), "nothing to keep: no table");
+        // nft itself, where installed, accepts the text (`-c`: check only, nothing applied).
+        for script in [both, probe_only] {
+            let checked = std::process::Command::new("nft")
+                .args(["-c", "-f", "-"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .and_then(|mut child| {
+                    use std::io::Write;
+                    child.stdin.take().unwrap().write_all(script.as_bytes())?;
+                    child.wait_with_output()
+                });
+            match checked {
+                Ok(out) if nix::unistd::Uid::effective().is_root() => {
+                    assert!(out.status.success(), "nft -c: {}\n{script}", String::from_utf8_lossy(&out.stderr))
+                }
+                _ => eprintln!("nft -c not run (no nft or not root)"),
+            }
+        }
     }
 
     #[test]

@@ -67,7 +67,9 @@ pub(super) async fn health_server(ctx: &TaskContext, azure: &super::Azure, setti
     let answer_from = azure.clone();
     let answer: super::listener::Answer = std::sync::Arc::new(move || {
         let healthy = answer_from.health_now().is_none_or(|h| h.healthy);
-        serde_json::json!({ "ApplicationHealthState": if healthy { "Healthy" } else { "Unhealthy" } }).to_string()
+        super::listener::Reply::json(
+            serde_json::json!({ "ApplicationHealthState": if healthy { "Healthy" } else { "Unhealthy" } }).to_string(),
+        )
     });
     match super::listener::ProbeListener::bind(&listen, "/health", answer, ctx.shutdown.clone()).await {
         Ok(listening) => *health = Some(listening),

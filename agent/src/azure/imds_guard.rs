@@ -10,7 +10,13 @@ const IMDS_GROUPS_EVERY: Duration = Duration::from_secs(300);
 
 /// Keeps the nftables table that closes IMDS to everyone but root (and the
 /// groups `azure.imds_access` names) until shutdown, then removes it.
-pub(super) async fn guard_imds(ctx: TaskContext, azure: Azure, access: crate::config::fragment::ImdsAccess) {
+/// `readiness_port`: the load balancer probe's port, open only to the probes.
+pub(super) async fn guard_imds(
+    ctx: TaskContext,
+    azure: Azure,
+    access: crate::config::fragment::ImdsAccess,
+    readiness_port: Option<u16>,
+) {
     let mut installed: Option<String> = None;
     loop {
         let (accounts, asked) = (ctx.accounts.clone(), access.clone());
@@ -20,7 +26,7 @@ pub(super) async fn guard_imds(ctx: TaskContext, azure: Azure, access: crate::co
         .await;
         match resolved {
             Ok(allowed) => {
-                let script = allowed.as_ref().map_or_else(firewall::removal, firewall::ruleset);
+                let script = firewall::ruleset(allowed.as_ref(), readiness_port);
                 if installed.as_ref() != Some(&script) {
                     match firewall::nft(&script).await {
                         Ok(()) => {
@@ -30,7 +36,8 @@ pub(super) async fn guard_imds(ctx: TaskContext, azure: Azure, access: crate::co
                                 "IMDS: {}",
                                 firewall::describe(&access, allowed.as_ref())
                             );
-                            azure.0.imds_closed.store(allowed.is_some(), std::sync::atomic::Ordering::SeqCst);
+                            let table = allowed.is_some() || readiness_port.is_some();
+                            azure.0.imds_closed.store(table, std::sync::atomic::Ordering::SeqCst);
                             azure.0.problems.set("imds access", None);
                             installed = Some(script);
                         }

@@ -22,8 +22,23 @@ const MAX_REQUEST: usize = 2048;
 const BIND_RETRY: Duration = Duration::from_millis(250);
 const BIND_TRIES: u32 = 20;
 
-/// The answer body for the probe path (JSON).
-pub type Answer = Arc<dyn Fn() -> String + Send + Sync>;
+/// What the probe path answers now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// `200 OK` when true, `503 Service Unavailable` when not.
+    pub ok: bool,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(body: String) -> Self {
+        Self { ok: true, content_type: "application/json", body }
+    }
+}
+
+/// The answer for the probe path.
+pub type Answer = Arc<dyn Fn() -> Reply + Send + Sync>;
 
 /// A running listener; dropped, it stops and frees its port.
 pub struct ProbeListener {
@@ -95,13 +110,17 @@ async fn answer_one(mut stream: TcpStream, path: &str, answer: Answer) -> io::Re
     }
     let line = String::from_utf8_lossy(&request);
     let target = line.lines().next().unwrap_or_default().split(' ').collect::<Vec<_>>();
-    let (status, body) = match target.as_slice() {
-        ["GET", asked, _] if asked.split('?').next() == Some(path) => ("200 OK", answer()),
-        ["GET", ..] => ("404 Not Found", r#"{"error":"not_found"}"#.to_string()),
-        _ => ("405 Method Not Allowed", r#"{"error":"method_not_allowed"}"#.to_string()),
+    let json = "application/json";
+    let (status, content_type, body) = match target.as_slice() {
+        ["GET", asked, _] if asked.split('?').next() == Some(path) => {
+            let reply = answer();
+            (if reply.ok { "200 OK" } else { "503 Service Unavailable" }, reply.content_type, reply.body)
+        }
+        ["GET", ..] => ("404 Not Found", json, r#"{"error":"not_found"}"#.to_string()),
+        _ => ("405 Method Not Allowed", json, r#"{"error":"method_not_allowed"}"#.to_string()),
     };
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
@@ -124,7 +143,7 @@ mod tests {
     #[tokio::test]
     async fn answers_the_probe_path_and_nothing_else_and_stays_answering_while_connections_are_held() {
         let shutdown = CancellationToken::new();
-        let answer: Answer = Arc::new(|| r#"{"ApplicationHealthState":"Healthy"}"#.to_string());
+        let answer: Answer = Arc::new(|| Reply::json(r#"{"ApplicationHealthState":"Healthy"}"#.to_string()));
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = format!("127.0.0.1:{port}");
         let _probe = ProbeListener::bind(&addr, "/health", answer, shutdown.clone()).await.unwrap();

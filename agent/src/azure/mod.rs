@@ -13,6 +13,7 @@ pub mod arm;
 pub mod delete;
 pub mod delete_arm;
 pub mod delete_lease;
+pub mod demand;
 pub mod drain;
 pub mod events;
 pub mod firewall;
@@ -25,6 +26,7 @@ pub mod monitor;
 pub mod problems;
 pub mod protect;
 mod publish;
+mod readiness;
 mod report;
 pub mod token;
 
@@ -94,6 +96,8 @@ struct Inner {
     problems: Problems,
     /// The health probe's listener: kept across restarts that keep its address.
     health: tokio::sync::Mutex<Option<listener::ProbeListener>>,
+    /// The load balancer's readiness probe's listener, kept the same way.
+    readiness: tokio::sync::Mutex<Option<listener::ProbeListener>>,
     /// The agent's nftables table closing IMDS to users is in place.
     imds_closed: std::sync::atomic::AtomicBool,
     imds: ImdsCounters,
@@ -117,6 +121,7 @@ impl Azure {
             inputs: OnceLock::new(),
             problems: Problems::default(),
             health: tokio::sync::Mutex::new(None),
+            readiness: tokio::sync::Mutex::new(None),
             imds_closed: std::sync::atomic::AtomicBool::new(false),
             imds: ImdsCounters::default(),
             posts: Family::default(),
@@ -145,6 +150,13 @@ impl Azure {
         report.tokens = tokens.map(|t| t.views()).unwrap_or_default();
         report.imds_requests = self.0.imds.requests.get();
         report.health = self.health_now();
+        if let Some(offer) = self.offer_now() {
+            report.readiness = Some(match &offer.ready {
+                Ok(()) => "ready: can take a new session".to_string(),
+                Err(why) => format!("not ready: {why}"),
+            });
+            report.offer = Some(report::OfferView { in_use: offer.in_use, booting: offer.booting, free: offer.free });
+        }
         if let Some(inputs) = self.0.inputs.get() {
             report.user_data_refused = inputs.settings.borrow().user_data_refused.clone();
         }
@@ -272,6 +284,7 @@ async fn run_with(ctx: &TaskContext, azure: &Azure, settings: Arc<Settings>) -> 
     if settings.azure.enabled == AzureEnabled::Off {
         // The agent listens on nothing but its socket off Azure, and leaves no firewall table.
         *azure.0.health.lock().await = None;
+        *azure.0.readiness.lock().await = None;
         open_imds(&azure).await;
         azure.update(|r| r.state = "off".into());
         ctx.set(ComponentState::Skipped, "azure.enabled = false".to_string());
@@ -317,6 +330,7 @@ async fn run_with(ctx: &TaskContext, azure: &Azure, settings: Arc<Settings>) -> 
                 }
                 if absent {
                     *azure.0.health.lock().await = None;
+                    *azure.0.readiness.lock().await = None;
                     ctx.set(
                         ComponentState::Skipped,
                         format!("absent: not on Azure ({err}); asking again every {again}"),
@@ -336,9 +350,12 @@ async fn run_with(ctx: &TaskContext, azure: &Azure, settings: Arc<Settings>) -> 
         }
     };
     health_server(&ctx, &azure, &settings).await;
-    // Only the real IMDS is guarded (a test's fake on loopback is not).
+    readiness::readiness_server(&ctx, &azure, &settings).await;
+    // Only the real IMDS is guarded (a test's fake on loopback is not); the
+    // readiness port with it, since only on Azure do probes come from the LB.
     let _imds_guard = settings.azure.imds_endpoint.trim_end_matches('/').ends_with(firewall::IMDS_ADDRESS).then(|| {
-        let guard = guard_imds(ctx.clone(), azure.clone(), settings.azure.imds_access.clone());
+        let readiness_port = readiness::port(&settings);
+        let guard = guard_imds(ctx.clone(), azure.clone(), settings.azure.imds_access.clone(), readiness_port);
         tokio_util::task::AbortOnDropHandle::new(tokio::spawn(guard))
     });
     if settings.instance.name.is_empty() && !compute.name.is_empty() {

@@ -19,10 +19,14 @@ pub struct Bucket {
 }
 
 /// Every metric a bucket carries, in its order.
-pub const METRIC_NAMES: [&str; 9] = [
+pub const METRIC_NAMES: [&str; 13] = [
     "Idle",
     "Busy",
     "Removable",
+    "InUse",
+    "Booting",
+    "Free",
+    "Spare",
     "ActiveUsers",
     "IdleMinutes",
     "CpuPercent",
@@ -34,12 +38,15 @@ pub const METRIC_NAMES: [&str; 9] = [
 /// The metrics of one interval, from the verdict and the share as they are now.
 /// `protected`: whether scale-in protection holds the instance (`None`:
 /// protection is not kept by the agent). A protected VM is never removable.
+/// `offer`: what the VM offers the pool ([`super::demand`]), for the rules
+/// that add VMs.
 pub fn bucket(
     time: SystemTime,
     now: SystemTime,
     idle: &IdleNews,
     share: &ShareNews,
     protected: Option<bool>,
+    offer: &super::demand::Offer,
 ) -> Bucket {
     let idle_now = idle.known && idle.idle_now(now);
     let figure = |name: &str| idle.figures.get(name).copied().unwrap_or(0.0);
@@ -58,6 +65,12 @@ pub fn bucket(
             ("Busy", flag(!idle_now)),
             // Idle and not held by scale-in protection (a release confirmed, or none kept).
             ("Removable", flag(idle_now && protected != Some(true))),
+            // Demand: someone works here now (not grace, not the agent's start, not unknown).
+            ("InUse", flag(offer.in_use)),
+            ("Booting", flag(offer.booting)),
+            ("Free", flag(offer.free)),
+            // One metric for one rule: `Sum(Spare) < headroom` adds a VM.
+            ("Spare", flag(offer.spare())),
             ("ActiveUsers", figure("sessions")),
             ("IdleMinutes", (idle_minutes * 10.0).round() / 10.0),
             ("CpuPercent", figure("cpu_percent")),
@@ -157,6 +170,35 @@ mod tests {
         }
     }
 
+    fn quiet_offer() -> super::super::demand::Offer {
+        super::super::demand::Offer { in_use: false, booting: false, free: false, ready: Ok(()) }
+    }
+
+    fn bucket(
+        time: SystemTime,
+        now: SystemTime,
+        idle: &IdleNews,
+        share: &ShareNews,
+        protected: Option<bool>,
+    ) -> Bucket {
+        super::bucket(time, now, idle, share, protected, &quiet_offer())
+    }
+
+    #[test]
+    fn the_demand_metrics_follow_the_offer_and_spare_is_free_or_booting() {
+        use super::super::demand::Offer;
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let value = |b: &Bucket, name: &str| b.values.iter().find(|(n, _)| *n == name).map(|(_, v)| *v).unwrap();
+        let of = |offer: Offer| super::bucket(now, now, &news(false, now), &ShareNews::NotConfigured, None, &offer);
+        let booting = of(Offer { booting: true, ..quiet_offer() });
+        assert_eq!(["InUse", "Booting", "Free", "Spare"].map(|n| value(&booting, n)), [0.0, 1.0, 0.0, 1.0]);
+        assert_eq!(value(&booting, "Busy"), 1.0, "Busy stays the safe side");
+        let free = of(Offer { free: true, ..quiet_offer() });
+        assert_eq!(["InUse", "Booting", "Free", "Spare"].map(|n| value(&free, n)), [0.0, 0.0, 1.0, 1.0]);
+        let working = of(Offer { in_use: true, ..quiet_offer() });
+        assert_eq!(["InUse", "Booting", "Free", "Spare"].map(|n| value(&working, n)), [1.0, 0.0, 0.0, 0.0]);
+    }
+
     #[test]
     fn a_bucket_says_busy_unless_the_verdict_is_idle_and_fresh() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
@@ -182,7 +224,7 @@ mod tests {
         let b = bucket(now, now, &news(true, now), &ShareNews::NotConfigured, None);
         let text = body(&b, "pool-agent", Some("vm-3"));
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert_eq!(lines.len(), 9);
+        assert_eq!(lines.len(), METRIC_NAMES.len());
         let names: Vec<&str> = lines.iter().map(|l| l["data"]["baseData"]["metric"].as_str().unwrap()).collect();
         assert_eq!(names, METRIC_NAMES);
         let base = &lines[0]["data"]["baseData"];

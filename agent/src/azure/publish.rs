@@ -57,11 +57,19 @@ pub(super) async fn publish_metrics(
                 // Protected or unknown: not removable until a release is proven.
                 ProtectionNews::Protected | ProtectionNews::Unknown => Some(true),
             };
-            let bucket = monitor::bucket(boundary, now, &ctx.shared.idle(), &ctx.shared.share(), protected);
+            let offer = azure.offer_now().unwrap_or(super::demand::Offer {
+                in_use: false,
+                booting: true,
+                free: false,
+                ready: Err("starting".into()),
+            });
+            let (idle, share) = (ctx.shared.idle(), ctx.shared.share());
             let capacity = (monitor::MAX_AGE.as_secs_f64() / interval.as_secs_f64()).ceil() as usize + 1;
-            backlog.push(bucket, capacity);
-            // A VM that slept (or a clock step) starts again from now, never a bucket ahead of it.
-            boundary = next_boundary(now, interval).max(boundary + interval);
+            let (stamps, next) = due_stamps(boundary, offset, interval, now);
+            for stamp in stamps {
+                backlog.push(monitor::bucket(stamp, now, &idle, &share, protected, &offer), capacity);
+            }
+            boundary = next;
         }
         let expired = backlog.expire(now);
         if expired > 0 {
@@ -88,6 +96,32 @@ pub(super) async fn publish_metrics(
             r.dropped_rejected = backlog.dropped_rejected;
         });
     }
+}
+
+/// A loop woken late (a slow post, a busy host) still posts every interval it
+/// passed, with the values as they are now, up to this many; a VM that slept
+/// or a clock step starts again from now instead of describing a past it did
+/// not see.
+const MAX_CATCH_UP: u32 = 3;
+
+/// The buckets due at `now` (their stamps), and the next boundary to wait for.
+fn due_stamps(
+    boundary: SystemTime,
+    offset: Duration,
+    interval: Duration,
+    now: SystemTime,
+) -> (Vec<SystemTime>, SystemTime) {
+    let mut stamps = vec![boundary];
+    let mut stamp = boundary + interval;
+    while stamp + offset <= now {
+        if stamps.len() as u32 >= MAX_CATCH_UP {
+            // Far behind: from now on, never a bucket ahead of the clock.
+            return (stamps, next_boundary(now, interval).max(stamp));
+        }
+        stamps.push(stamp);
+        stamp += interval;
+    }
+    (stamps, stamp)
 }
 
 /// The next interval boundary after `now` (whole minutes for 1m).
@@ -188,5 +222,23 @@ mod tests {
             next_boundary(at, Duration::from_secs(60)),
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_060)
         );
+    }
+
+    #[test]
+    fn a_late_wake_posts_every_interval_it_passed_and_a_long_sleep_starts_again_from_now() {
+        let minute = Duration::from_secs(60);
+        let offset = Duration::from_secs(20);
+        let b = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000); // a whole minute
+        let at = |secs: u64| b + Duration::from_secs(secs);
+        // On time: one bucket, the next boundary a minute on.
+        assert_eq!(due_stamps(b, offset, minute, at(21)), (vec![b], at(60)));
+        // Woken 85 s late (a slow post on a busy host): the minute passed meanwhile is not lost.
+        assert_eq!(due_stamps(b, offset, minute, at(85)), (vec![b, at(60)], at(120)));
+        // Just before the next one is due: that one waits for its own offset.
+        assert_eq!(due_stamps(b, offset, minute, at(79)), (vec![b], at(60)));
+        // An hour asleep: three at most, then from now (never a bucket ahead of the clock).
+        let (stamps, next) = due_stamps(b, offset, minute, at(3600 + 5));
+        assert_eq!(stamps, vec![b, at(60), at(120)]);
+        assert_eq!(next, at(3660));
     }
 }

@@ -100,6 +100,14 @@ pub struct AzureReport {
     pub self_delete: Option<delete::DeleteView>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub health_listen: String,
+    /// The load balancer's question: can this VM take a new session (and why not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub readiness_listen: String,
+    /// What the VM offers the pool (the demand metrics).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer: Option<OfferView>,
     /// Who may reach IMDS (`azure.imds_access`), as enforced.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub imds_access: String,
@@ -108,4 +116,12 @@ pub struct AzureReport {
     pub user_data_refused: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// The demand metrics as `pool-agent azure` shows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OfferView {
+    pub in_use: bool,
+    pub booting: bool,
+    pub free: bool,
 }

@@ -95,5 +95,19 @@ pub fn summary(report: &AzureReport) -> String {
         let state = if health.healthy { "Healthy" } else { "Unhealthy" };
         let _ = writeln!(out, "  health ({}): {state}: {}", report.health_listen, health.why);
     }
+    if let Some(readiness) = &report.readiness {
+        let at = if report.readiness_listen.is_empty() { "no listener" } else { &report.readiness_listen };
+        let _ = writeln!(out, "  new sessions ({at}): {readiness}");
+    }
+    if let Some(offer) = &report.offer {
+        let word = |on: bool| if on { 1 } else { 0 };
+        let _ = writeln!(
+            out,
+            "  offers the pool: InUse {}, Booting {}, Free {}",
+            word(offer.in_use),
+            word(offer.booting),
+            word(offer.free)
+        );
+    }
     out
 }

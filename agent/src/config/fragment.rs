@@ -42,6 +42,7 @@ pub struct ConfigFragment {
     pub idle: Value<IdleFragment>,
     pub azure: Value<AzureFragment>,
     pub api: Value<ApiFragment>,
+    pub pool: Value<PoolFragment>,
     /// What merging changed that an admin should hear of (printed as warnings).
     #[serde(skip)]
     pub notes: Vec<String>,
@@ -65,6 +66,7 @@ impl MergeFrom for ConfigFragment {
         merge_section(&mut self.idle, later.idle);
         merge_section(&mut self.azure, later.azure);
         merge_section(&mut self.api, later.api);
+        merge_section(&mut self.pool, later.pool);
     }
 }
 
@@ -409,6 +411,7 @@ pub struct AzureFragment {
     pub metrics_interval: Value<ConfigDuration>,
     pub instance_dimension: Value<bool>,
     pub health_listen: Value<String>,
+    pub readiness_listen: Value<String>,
     pub unhealthy_after: Value<ConfigDuration>,
     pub arm_endpoint: Value<String>,
     pub protect: Value<bool>,
@@ -425,7 +428,7 @@ pub struct AzureFragment {
 impl MergeFrom for AzureFragment {
     fn merge_from(&mut self, later: Self) {
         later_wins!(self, later; enabled, imds_endpoint, client_id, monitoring_endpoint, metrics_namespace,
-            metrics_interval, instance_dimension, health_listen, unhealthy_after, arm_endpoint, protect, release_after, max_releases_per_hour, scheduled_events, approve, delete_wait, imds_access, user_data_keys);
+            metrics_interval, instance_dimension, health_listen, readiness_listen, unhealthy_after, arm_endpoint, protect, release_after, max_releases_per_hour, scheduled_events, approve, delete_wait, imds_access, user_data_keys);
     }
 }
 
@@ -516,5 +519,18 @@ pub struct ApiFragment {
 impl MergeFrom for ApiFragment {
     fn merge_from(&mut self, later: Self) {
         later_wins!(self, later; admin_group);
+    }
+}
+
+/// `[pool]`: what this VM offers the pool's users.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolFragment {
+    pub max_sessions: Value<u32>,
+}
+
+impl MergeFrom for PoolFragment {
+    fn merge_from(&mut self, later: Self) {
+        later_wins!(self, later; max_sessions);
     }
 }

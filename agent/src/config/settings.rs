@@ -64,6 +64,11 @@ pub const DEFAULT_KEY_FETCH_SPREAD: Duration = Duration::from_secs(60);
 pub const DEFAULT_METRICS_NAMESPACE: &str = "pool-agent";
 pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_HEALTH_LISTEN: &str = "127.0.0.1:8765";
+/// The load balancer's probe arrives on the VM's own address (from
+/// 168.63.129.16). The default with the real IMDS only (see `validate`).
+pub const DEFAULT_READINESS_LISTEN: &str = "0.0.0.0:8766";
+/// The readiness probe's one path.
+pub const READINESS_PATH: &str = "/ready";
 pub const DEFAULT_UNHEALTHY_AFTER: Duration = Duration::from_secs(600);
 pub const DEFAULT_ADMIN_GROUP: &str = "pool-agent-admin";
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -93,6 +98,7 @@ pub struct Settings {
     pub idle: IdleSettings,
     pub azure: AzureSettings,
     pub api: ApiSettings,
+    pub pool: PoolSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -319,6 +325,9 @@ pub struct AzureSettings {
     pub instance_dimension: bool,
     /// `host:port` of the Application Health endpoint; empty: none.
     pub health_listen: String,
+    /// `host:port` of the load balancer's readiness probe ("can this VM take
+    /// a new session?"); empty: none.
+    pub readiness_listen: String,
     #[serde(serialize_with = "duration::serialize")]
     pub unhealthy_after: Duration,
     /// Azure Resource Manager (`https://management.azure.com`).
@@ -355,6 +364,13 @@ fn serialize_enabled<S: serde::Serializer>(
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ApiSettings {
     pub admin_group: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PoolSettings {
+    /// Sessions at which the VM takes no new one (the readiness probe says no).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_sessions: Option<u32>,
 }
 
 /// Key (`share.key_file`) to where it was set; a default has no entry.

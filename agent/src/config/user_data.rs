@@ -39,6 +39,7 @@ pub const ALLOWED: &[&str] = &[
     "azure.release_after",
     "azure.max_releases_per_hour",
     "azure.delete_wait",
+    "pool.max_sessions",
 ];
 
 /// A key the fragment set and may not.

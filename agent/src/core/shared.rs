@@ -128,6 +128,14 @@ pub struct IdleNews {
     /// The sampling interval in force: a verdict older than
     /// [`STALE_AFTER_INTERVALS`] of them is stale.
     pub interval: std::time::Duration,
+    /// A signal is active now: someone (or their work) uses the VM. Not boot
+    /// grace, not the agent's start, not an unknown signal: demand, for autoscale.
+    pub in_use: bool,
+    /// Within `idle.boot_grace` after boot.
+    pub in_grace: bool,
+    /// A signal cannot be read (it counts as active for the verdict): nobody
+    /// can say the VM is free.
+    pub unknown: bool,
 }
 
 /// A verdict older than this many sampling intervals is not acted on.

@@ -287,6 +287,9 @@ fn publish(
         figures,
         sampled_at: Some(wall),
         interval: settings.idle.interval,
+        in_use: verdict.in_use,
+        in_grace: verdict.in_grace,
+        unknown: verdict.unknown,
     });
     for name in &verdict.gave_up {
         tracing::warn!(

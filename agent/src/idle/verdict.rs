@@ -52,6 +52,11 @@ pub struct Verdict {
     pub idle_at: SystemTime,
     /// Set on the sample where the VM turned idle.
     pub turned_idle: bool,
+    /// A signal is active now (not grace, not start, not unknown).
+    pub in_use: bool,
+    pub in_grace: bool,
+    /// A signal is unknown and still counts as active.
+    pub unknown: bool,
     pub reasons: Vec<String>,
     /// Signals that, on this step, became unknown for longer than
     /// `max_unknown` and stopped counting (said once, as a warning).
@@ -99,6 +104,8 @@ impl VerdictMachine {
         let mut reasons = Vec::new();
         let mut gave_up = Vec::new();
         let mut active_now = false;
+        let mut in_use = false;
+        let mut unknown = false;
         // The latest end an active signal announces (a hold): never idle before it plus a timeout.
         let mut known_active_until: Option<Instant> = None;
         let still_unknown = |name: &String| samples.iter().any(|(n, s)| n == name && s.state == SignalState::Unknown);
@@ -111,6 +118,7 @@ impl VerdictMachine {
                 // last typed in, next to a desktop in use).
                 SignalState::Active => {
                     active_now = true;
+                    in_use = true;
                     if let Some(until) = sample.active_until {
                         known_active_until = known_active_until.max(Some(to_mono_ahead(until)));
                     }
@@ -132,6 +140,7 @@ impl VerdictMachine {
                         None
                     } else {
                         active_now = true;
+                        unknown = true;
                         reasons.push(format!("{name}: unknown, counts as active: {why}"));
                         Some(now)
                     }
@@ -172,6 +181,9 @@ impl VerdictMachine {
             idle_since: to_wall(self.last_active),
             idle_at: to_wall(idle_at_mono),
             turned_idle: self.idle && !was_idle,
+            in_use,
+            in_grace,
+            unknown,
             reasons,
             gave_up,
         }

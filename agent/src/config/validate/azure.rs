@@ -65,6 +65,29 @@ pub(super) fn validate_azure(azure: AzureFragment) -> Result<AzureSettings, Conf
         },
         None => DEFAULT_HEALTH_LISTEN.to_string(),
     };
+    let readiness_listen = match &azure.readiness_listen {
+        Some(listen) if listen.value.is_empty() => String::new(),
+        Some(listen) => match listen.value.parse::<std::net::SocketAddr>() {
+            Ok(addr) if addr.port() != 0 => listen.value.clone(),
+            _ => {
+                return Err(invalid(
+                    &listen.origin,
+                    "azure.readiness_listen",
+                    format!("{:?} is not host:port (for example \"{DEFAULT_READINESS_LISTEN}\")", listen.value),
+                ))
+            }
+        },
+        // On every address, so by default only where the agent's firewall
+        // table keeps it for the load balancer's probes: with the real IMDS.
+        None if imds_endpoint == DEFAULT_IMDS_ENDPOINT => DEFAULT_READINESS_LISTEN.to_string(),
+        None => String::new(),
+    };
+    if !readiness_listen.is_empty() && readiness_listen == health_listen {
+        let origin = azure.readiness_listen.as_ref().or(azure.health_listen.as_ref()).map(|l| l.origin.clone());
+        if let Some(origin) = origin {
+            return Err(invalid(&origin, "azure.readiness_listen", "must differ from azure.health_listen"));
+        }
+    }
     let release_after = azure.release_after.as_ref().map(|r| r.value.0).unwrap_or(DEFAULT_RELEASE_AFTER);
     if let Some(given) = &azure.release_after {
         // Under 10 s the verdict's own sampling decides; over a day protection never ends.
@@ -126,6 +149,7 @@ pub(super) fn validate_azure(azure: AzureFragment) -> Result<AzureSettings, Conf
         metrics_interval,
         instance_dimension: azure.instance_dimension.is_some_and(|d| d.value),
         health_listen,
+        readiness_listen,
         unhealthy_after: azure.unhealthy_after.map(|u| u.value.0).unwrap_or(DEFAULT_UNHEALTHY_AFTER),
         arm_endpoint,
         protect: azure.protect.as_ref().is_none_or(|p| p.value),

@@ -79,6 +79,16 @@ pub(super) fn validate(merged: ConfigFragment, sources: Vec<PathBuf>) -> Result<
         },
     };
 
+    let pool = PoolSettings {
+        max_sessions: match merged.pool.and_then(|p| p.value.max_sessions) {
+            Some(max) if max.value == 0 => {
+                return Err(invalid(&max.origin, "pool.max_sessions", "must be 1 or more (leave it out for no limit)"))
+            }
+            Some(max) => Some(max.value),
+            None => None,
+        },
+    };
+
     Ok(Settings {
         sources,
         skipped: Vec::new(),
@@ -92,5 +102,6 @@ pub(super) fn validate(merged: ConfigFragment, sources: Vec<PathBuf>) -> Result<
         idle,
         azure,
         api,
+        pool,
     })
 }
