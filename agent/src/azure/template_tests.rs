@@ -13,29 +13,9 @@ mod eval;
 mod lb;
 use eval::{provider_id, Scope, SUBSCRIPTION};
 
-/// The readiness listener of the contract for issue #27 (`azure.readiness_listen`
-/// default and its one route). The lead adds them to `config::settings`; until
-/// that lands the template is checked against these.
-const READINESS_LISTEN: &str = "0.0.0.0:8766";
-const READINESS_PATH: &str = "/ready";
-/// Every metric the contract for issue #27 says a VM posts. The lead adds the
-/// demand metrics to `monitor::METRIC_NAMES`; once they are there the rules
-/// are checked against that list too.
-const CONTRACT_METRICS: [&str; 13] = [
-    "Idle",
-    "Busy",
-    "Removable",
-    "InUse",
-    "Booting",
-    "Free",
-    "Spare",
-    "ActiveUsers",
-    "IdleMinutes",
-    "CpuPercent",
-    "GpuPercent",
-    "ShareHealthy",
-    "VerdictAgeSeconds",
-];
+/// The agent's readiness listener: the load balancer's probe must ask it.
+const READINESS_LISTEN: &str = crate::config::settings::DEFAULT_READINESS_LISTEN;
+const READINESS_PATH: &str = crate::config::settings::READINESS_PATH;
 const RG: &str = "pool-rg";
 
 fn file(path: &str) -> String {
@@ -236,7 +216,6 @@ fn autoscale_problems(template: &Value) -> Vec<String> {
     let (_, evaluated) = deploy(template, &[("headroomWorkingHours", json!(2)), ("headroomOffHours", json!(1))]);
     let setting = resource(&evaluated, "Microsoft.Insights/autoscalesettings")[0];
     let set_id = format!("{}/providers/Microsoft.Compute/virtualMachineScaleSets/pool", rg_id());
-    let new_names_landed = monitor::METRIC_NAMES.contains(&"Spare");
     let mut named = BTreeSet::new();
     for profile in setting["properties"]["profiles"].as_array().unwrap() {
         let name = profile["name"].as_str().unwrap();
@@ -250,7 +229,7 @@ fn autoscale_problems(template: &Value) -> Vec<String> {
             let (t, action) = (&rule["metricTrigger"], &rule["scaleAction"]);
             let metric = t["metricName"].as_str().unwrap();
             named.insert(metric.to_string());
-            if !CONTRACT_METRICS.contains(&metric) || (new_names_landed && !monitor::METRIC_NAMES.contains(&metric)) {
+            if !monitor::METRIC_NAMES.contains(&metric) {
                 problems.push(format!("{name}: {metric} is not a metric the agent posts"));
             }
             let wanted = match action["direction"].as_str() {
@@ -261,19 +240,34 @@ fn autoscale_problems(template: &Value) -> Vec<String> {
                 problems
                     .push(format!("{name}: {} on {metric} {}; want {wanted:?}", action["direction"], t["operator"]));
             }
-            if t["statistic"] != "Sum" || t["threshold"] != headroom || t["metricResourceUri"] != set_id.as_str() {
-                problems.push(format!("{name}: {metric} must be Sum over the set against the headroom: {t}"));
+            // One more VM below the headroom; in working hours also a headroom's
+            // worth when none is spare; one fewer above the headroom.
+            let (threshold, value) = (t["threshold"].as_i64(), action["value"].as_str().and_then(|v| v.parse().ok()));
+            let refill =
+                name == "working-hours" && metric == "Spare" && (threshold, value) == (Some(1), Some(headroom));
+            if (threshold, value) != (Some(headroom), Some(1)) && !refill {
+                problems.push(format!(
+                    "{name}: {metric} threshold {threshold:?} changes by {value:?}; headroom is {headroom}"
+                ));
+            }
+            if t["statistic"] != "Sum" || t["metricResourceUri"] != set_id.as_str() {
+                problems.push(format!("{name}: {metric} must be the Sum over the scale set: {t}"));
             }
             if t["metricNamespace"] != crate::config::settings::DEFAULT_METRICS_NAMESPACE {
                 problems.push(format!("{name}: namespace {}", t["metricNamespace"]));
             }
-            if t["timeGrain"] != "PT1M"
-                || t["timeWindow"] != "PT5M"
-                || action["type"] != "ChangeCount"
-                || action["value"] != "1"
-            {
+            if t["timeGrain"] != "PT1M" || t["timeWindow"] != "PT5M" || action["type"] != "ChangeCount" {
                 problems.push(format!("{name}: {metric} grain/window/change {t} {action}"));
             }
+        }
+        let directions: BTreeSet<&str> = profile["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["scaleAction"]["direction"].as_str())
+            .collect();
+        if directions != BTreeSet::from(["Decrease", "Increase"]) {
+            problems.push(format!("{name}: rules scale only {directions:?}"));
         }
     }
     // The definitions posted before the setting exists are those the rules name.
