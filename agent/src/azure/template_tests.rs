@@ -209,6 +209,25 @@ fn deploying_with_readme_s_command_gives_a_config_naming_the_share_and_secret_it
         String::from_utf8(b64.decode(profile["osProfile"]["customData"].as_str().unwrap()).unwrap()).unwrap();
     assert!(cloud_config.contains("path: /etc/pool-agent/config.d/50-pool.toml\n  owner: root:root"), "{cloud_config}");
     assert!(cloud_config.contains(&format!("content: {}\n", b64.encode(&fragment))), "{cloud_config}");
+    // The login note gives the way back from zero: README's command, with this pool's names.
+    let motd = b64.encode(scope.variable("motd").unwrap().as_str().unwrap());
+    assert!(cloud_config.contains(&format!(
+        "path: /etc/motd.d/pool-agent\n  owner: root:root\n  permissions: '0644'\n  encoding: b64\n  content: {motd}\n"
+    )));
+    let motd = String::from_utf8(b64.decode(motd).unwrap()).unwrap();
+    let command = |text: &str| {
+        let start = text.find("az monitor autoscale profile create").unwrap();
+        let mut out = String::new();
+        for line in text[start..].lines() {
+            out.push_str(line.trim().trim_end_matches('\\'));
+            out.push(' ');
+            if !line.trim_end().ends_with('\\') {
+                break;
+            }
+        }
+        out.split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    assert_eq!(command(&motd), command(&file("README.md")).replace(" -g RG ", &format!(" -g {RG} ")));
 }
 /// What is wrong with a template's autoscale rules, read with distinct headrooms.
 fn autoscale_problems(template: &Value) -> Vec<String> {
