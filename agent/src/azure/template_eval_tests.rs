@@ -290,6 +290,7 @@ impl<'a> Scope<'a> {
             "guid" => json!(format!("{:016x}-guid", fnv(&values()?.iter().map(text).collect::<Vec<_>>().join(",")))),
             "uniqueString" => json!(format!("u{:x}", fnv(&values()?.iter().map(text).collect::<Vec<_>>().join(",")))),
             "createArray" => Value::Array(values()?),
+            "utcNow" => json!("20261203T120000Z"),
             "empty" => json!(match &values()?[0] {
                 Value::String(s) => s.is_empty(),
                 Value::Array(a) => a.is_empty(),

@@ -3,36 +3,19 @@
 //! evaluated as Resource Manager would (`template_eval_tests.rs`).
 
 use super::*;
+use base64::Engine as _;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
 #[path = "template_eval_tests.rs"]
 mod eval;
+#[path = "template_lb_tests.rs"]
+mod lb;
 use eval::{provider_id, Scope, SUBSCRIPTION};
 
-/// The readiness listener of the contract for issue #27 (`azure.readiness_listen`
-/// default and its one route). The lead adds them to `config::settings`; until
-/// that lands the template is checked against these.
-const READINESS_LISTEN: &str = "0.0.0.0:8766";
-const READINESS_PATH: &str = "/ready";
-/// Every metric the contract for issue #27 says a VM posts. The lead adds the
-/// demand metrics to `monitor::METRIC_NAMES`; once they are there the rules
-/// are checked against that list too.
-const CONTRACT_METRICS: [&str; 13] = [
-    "Idle",
-    "Busy",
-    "Removable",
-    "InUse",
-    "Booting",
-    "Free",
-    "Spare",
-    "ActiveUsers",
-    "IdleMinutes",
-    "CpuPercent",
-    "GpuPercent",
-    "ShareHealthy",
-    "VerdictAgeSeconds",
-];
+/// The agent's readiness listener: the load balancer's probe must ask it.
+const READINESS_LISTEN: &str = crate::config::settings::DEFAULT_READINESS_LISTEN;
+const READINESS_PATH: &str = crate::config::settings::READINESS_PATH;
 const RG: &str = "pool-rg";
 
 fn file(path: &str) -> String {
@@ -226,101 +209,32 @@ fn deploying_with_readme_s_command_gives_a_config_naming_the_share_and_secret_it
         String::from_utf8(b64.decode(profile["osProfile"]["customData"].as_str().unwrap()).unwrap()).unwrap();
     assert!(cloud_config.contains("path: /etc/pool-agent/config.d/50-pool.toml\n  owner: root:root"), "{cloud_config}");
     assert!(cloud_config.contains(&format!("content: {}\n", b64.encode(&fragment))), "{cloud_config}");
-}
-use base64::Engine as _;
-
-#[test]
-fn the_load_balancer_probes_the_agent_s_readiness_answer_and_forwards_ssh_and_jupyterhub() {
-    let template = template();
-    let (host, port) = READINESS_LISTEN.rsplit_once(':').unwrap();
-    let port: u16 = port.parse().unwrap();
-    assert_ne!(host, "127.0.0.1", "the probe comes from 168.63.129.16, not loopback");
-    for (frontend, source) in [("public", "Internet"), ("internal", "VirtualNetwork")] {
-        let (_, evaluated) = deploy(&template, &[("frontend", json!(frontend))]);
-        let lb = resource(&evaluated, "Microsoft.Network/loadBalancers")[0];
-        let lb_id = format!("{}/providers/Microsoft.Network/loadBalancers/{}", rg_id(), lb["name"].as_str().unwrap());
-        assert_eq!(lb["sku"]["name"], "Standard");
-        let props = &lb["properties"];
-        let probe = &props["probes"][0];
-        assert_eq!(probe["properties"]["protocol"], "Http");
-        assert_eq!(probe["properties"]["port"], port);
-        assert_eq!(probe["properties"]["requestPath"], READINESS_PATH);
-        // An agent restart (a few seconds without an answer) must not take the VM out.
-        let down_after = probe["properties"]["intervalInSeconds"].as_u64().unwrap()
-            * probe["properties"]["probeThreshold"].as_u64().unwrap();
-        assert!(down_after >= 15, "probed down after {down_after} s");
-        let probe_id = format!("{lb_id}/probes/{}", probe["name"].as_str().unwrap());
-        let pool_id =
-            format!("{lb_id}/backendAddressPools/{}", props["backendAddressPools"][0]["name"].as_str().unwrap());
-        let mut ports = BTreeSet::new();
-        for rule in props["loadBalancingRules"].as_array().unwrap() {
-            let r = &rule["properties"];
-            assert_eq!(r["loadDistribution"], "SourceIP", "{rule}");
-            assert_eq!(r["probe"]["id"], probe_id.as_str());
-            assert_eq!(r["backendAddressPool"]["id"], pool_id.as_str());
-            assert_eq!(r["frontendPort"], r["backendPort"]);
-            ports.insert(r["frontendPort"].as_u64().unwrap());
+    // The login note gives the way back from zero: README's command, with this pool's names.
+    let motd = b64.encode(scope.variable("motd").unwrap().as_str().unwrap());
+    assert!(cloud_config.contains(&format!(
+        "path: /etc/motd.d/pool-agent\n  owner: root:root\n  permissions: '0644'\n  encoding: b64\n  content: {motd}\n"
+    )));
+    let motd = String::from_utf8(b64.decode(motd).unwrap()).unwrap();
+    let command = |text: &str| {
+        let start = text.find("az monitor autoscale profile create").unwrap();
+        let mut out = String::new();
+        for line in text[start..].lines() {
+            out.push_str(line.trim().trim_end_matches('\\'));
+            out.push(' ');
+            if !line.trim_end().ends_with('\\') {
+                break;
+            }
         }
-        assert_eq!(ports, BTreeSet::from([22, 8000]));
-        // Admin SSH per VM: NAT rule V2 on the backend pool, never a NAT pool (retiring).
-        assert!(props.get("inboundNatPools").is_none());
-        let nat = &props["inboundNatRules"][0]["properties"];
-        assert_eq!(nat["backendAddressPool"]["id"], pool_id.as_str());
-        assert_eq!(nat["backendPort"], 22);
-        let frontend_ip = &props["frontendIPConfigurations"][0]["properties"];
-        let outbound = props["outboundRules"].as_array().unwrap();
-        if frontend == "public" {
-            assert!(frontend_ip["publicIPAddress"]["id"].as_str().unwrap().ends_with("/publicIPAddresses/pool-ip"));
-            assert_eq!(outbound[0]["properties"]["backendAddressPool"]["id"], pool_id.as_str());
-        } else {
-            assert!(frontend_ip.get("publicIPAddress").is_none() && frontend_ip["subnet"]["id"].is_string());
-            assert!(outbound.is_empty(), "an internal load balancer cannot carry an outbound rule");
-        }
-        // The NSG on every NIC lets the users and the probe in, nothing else.
-        let nsg = resource(&evaluated, "Microsoft.Network/networkSecurityGroups")[0];
-        let allowed: BTreeSet<(String, String)> = nsg["properties"]["securityRules"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| &r["properties"])
-            .inspect(|r| assert_eq!((&r["access"], &r["direction"]), (&json!("Allow"), &json!("Inbound"))))
-            .map(|r| {
-                (r["destinationPortRange"].as_str().unwrap().into(), r["sourceAddressPrefix"].as_str().unwrap().into())
-            })
-            .collect();
-        let expected = [("22", source), ("8000", source), (&*port.to_string(), "AzureLoadBalancer")]
-            .map(|(p, s)| (p.to_string(), s.to_string()));
-        assert_eq!(allowed, BTreeSet::from(expected));
-        let set = resource(&evaluated, "Microsoft.Compute/virtualMachineScaleSets")[0];
-        let network = &set["properties"]["virtualMachineProfile"]["networkProfile"];
-        assert!(network.get("healthProbe").is_none(), "the Application Health extension is the health source");
-        let nic = &network["networkInterfaceConfigurations"][0]["properties"];
-        assert!(nic["networkSecurityGroup"]["id"].as_str().unwrap().ends_with("/networkSecurityGroups/pool-nsg"));
-        assert_eq!(
-            nic["ipConfigurations"][0]["properties"]["loadBalancerBackendAddressPools"][0]["id"],
-            pool_id.as_str()
-        );
-    }
-    // Sized for maxInstances: every VM gets an SSH port and its share of SNAT ports.
-    for (max, start) in [(1, 50000), (10, 50000), (999, 50000), (1000, 63000)] {
-        let (_, evaluated) = deploy(&template, &[("maxInstances", json!(max)), ("sshNatPortStart", json!(start))]);
-        let props = &resource(&evaluated, "Microsoft.Network/loadBalancers")[0]["properties"];
-        let nat = &props["inboundNatRules"][0]["properties"];
-        let (first, last) =
-            (nat["frontendPortRangeStart"].as_i64().unwrap(), nat["frontendPortRangeEnd"].as_i64().unwrap());
-        assert!(last - first + 1 >= 2 * max && last <= 65534, "{first}-{last} for {max} VMs");
-        let snat = props["outboundRules"][0]["properties"]["allocatedOutboundPorts"].as_i64().unwrap();
-        assert!(snat >= 8 && snat % 8 == 0 && snat * max <= 64000, "{snat} SNAT ports each for {max} VMs");
-    }
+        out.split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    assert_eq!(command(&motd), command(&file("README.md")).replace(" -g RG ", &format!(" -g {RG} ")));
 }
-
 /// What is wrong with a template's autoscale rules, read with distinct headrooms.
 fn autoscale_problems(template: &Value) -> Vec<String> {
     let mut problems = Vec::new();
     let (_, evaluated) = deploy(template, &[("headroomWorkingHours", json!(2)), ("headroomOffHours", json!(1))]);
     let setting = resource(&evaluated, "Microsoft.Insights/autoscalesettings")[0];
     let set_id = format!("{}/providers/Microsoft.Compute/virtualMachineScaleSets/pool", rg_id());
-    let new_names_landed = monitor::METRIC_NAMES.contains(&"Spare");
     let mut named = BTreeSet::new();
     for profile in setting["properties"]["profiles"].as_array().unwrap() {
         let name = profile["name"].as_str().unwrap();
@@ -334,7 +248,7 @@ fn autoscale_problems(template: &Value) -> Vec<String> {
             let (t, action) = (&rule["metricTrigger"], &rule["scaleAction"]);
             let metric = t["metricName"].as_str().unwrap();
             named.insert(metric.to_string());
-            if !CONTRACT_METRICS.contains(&metric) || (new_names_landed && !monitor::METRIC_NAMES.contains(&metric)) {
+            if !monitor::METRIC_NAMES.contains(&metric) {
                 problems.push(format!("{name}: {metric} is not a metric the agent posts"));
             }
             let wanted = match action["direction"].as_str() {
@@ -345,19 +259,34 @@ fn autoscale_problems(template: &Value) -> Vec<String> {
                 problems
                     .push(format!("{name}: {} on {metric} {}; want {wanted:?}", action["direction"], t["operator"]));
             }
-            if t["statistic"] != "Sum" || t["threshold"] != headroom || t["metricResourceUri"] != set_id.as_str() {
-                problems.push(format!("{name}: {metric} must be Sum over the set against the headroom: {t}"));
+            // One more VM below the headroom; in working hours also a headroom's
+            // worth when none is spare; one fewer above the headroom.
+            let (threshold, value) = (t["threshold"].as_i64(), action["value"].as_str().and_then(|v| v.parse().ok()));
+            let refill =
+                name == "working-hours" && metric == "Spare" && (threshold, value) == (Some(1), Some(headroom));
+            if (threshold, value) != (Some(headroom), Some(1)) && !refill {
+                problems.push(format!(
+                    "{name}: {metric} threshold {threshold:?} changes by {value:?}; headroom is {headroom}"
+                ));
+            }
+            if t["statistic"] != "Sum" || t["metricResourceUri"] != set_id.as_str() {
+                problems.push(format!("{name}: {metric} must be the Sum over the scale set: {t}"));
             }
             if t["metricNamespace"] != crate::config::settings::DEFAULT_METRICS_NAMESPACE {
                 problems.push(format!("{name}: namespace {}", t["metricNamespace"]));
             }
-            if t["timeGrain"] != "PT1M"
-                || t["timeWindow"] != "PT5M"
-                || action["type"] != "ChangeCount"
-                || action["value"] != "1"
-            {
+            if t["timeGrain"] != "PT1M" || t["timeWindow"] != "PT5M" || action["type"] != "ChangeCount" {
                 problems.push(format!("{name}: {metric} grain/window/change {t} {action}"));
             }
+        }
+        let directions: BTreeSet<&str> = profile["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["scaleAction"]["direction"].as_str())
+            .collect();
+        if directions != BTreeSet::from(["Decrease", "Increase"]) {
+            problems.push(format!("{name}: rules scale only {directions:?}"));
         }
     }
     // The definitions posted before the setting exists are those the rules name.
