@@ -2,7 +2,8 @@
 //! pool_day -- --out docs/` prints the figures for 1, 5 and 50 users on a
 //! weekday and a weekend day and writes one SVG per run into the folder.
 //! `--log` also prints every autoscale action and the minute with the most
-//! VMs free; `--template FILE` runs other rules; `--seed N` other users.
+//! VMs free; `--template FILE` runs other rules; `--seed N` other users;
+//! `--spare-not-in-use` the what-if of a `Spare` that leaves out VMs in use.
 
 #[path = "pool_day/mod.rs"]
 mod sim;
@@ -42,6 +43,8 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            let mut setup = setup;
+            setup.agent.spare_leaves_out_in_use = args.iter().any(|a| a == "--spare-not-in-use");
             let report = sim::world::run(&setup);
             println!("{}", sim::row(&setup, &report));
             if log {
