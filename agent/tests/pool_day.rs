@@ -63,6 +63,22 @@ fn no_in_use_vm_is_ever_removed() {
 }
 
 #[test]
+fn no_vm_is_removed_once_the_agent_has_seen_its_user_whatever_the_seed() {
+    // Other seeds of the busiest day. A login and a scale-in in the same
+    // moment, before the agent's next sample, is a race the design allows
+    // (a released VM still takes users): counted apart, reported in README.
+    let runs: Vec<_> = (1..=4)
+        .map(|seed| sim::setup(50, false, seed, DAY).unwrap())
+        .map(|setup| std::thread::spawn(move || (sim::world::run(&setup), setup.seed)))
+        .collect();
+    for run in runs {
+        let (r, seed) = run.join().unwrap();
+        assert_eq!(r.in_use_removed - r.in_use_removed_unseen, 0, "seed {seed}: {:#?}", r.log);
+        assert!(r.removed > 10, "seed {seed}: the evening never drained");
+    }
+}
+
+#[test]
 fn no_more_than_headroom_plus_one_vms_stand_free_after_the_first_hour() {
     // Free VMs a user left less than idle.timeout + release_after (+5 min)
     // ago are the agent's guard for work just done, not autoscale's

@@ -73,7 +73,7 @@ pub fn setup_from(text: &str, users: usize, weekend: bool, seed: u64, until: f64
 pub fn row(setup: &Setup, r: &Report) -> String {
     let free_after_hour = max_free(setup, r, false);
     format!(
-        "| {:>2} | {:<7} | {:>6.1} | {:>6.1} | {:>4.2} | {:>5.1} | {:>5.1} | {:>5.1} | {:>2} / {:>2} | {:>2} | {:>2} | {} |",
+        "| {:>2} | {:<7} | {:>6.1} | {:>6.1} | {:>4.2} | {:>5.1} | {:>5.1} | {:>5.1} | {:>2} / {:>2} | {:>2} | {:>2} ({} unseen) | {} |",
         setup.users,
         if setup.weekend { "weekend" } else { "weekday" },
         r.vm_hours,
@@ -86,11 +86,12 @@ pub fn row(setup: &Setup, r: &Report) -> String {
         max_free(setup, r, true),
         r.added_while_free,
         r.in_use_removed,
+        r.in_use_removed_unseen,
         r.wakes,
     )
 }
 
-pub const HEADER: &str = "| users | day | VM-h | ideal VM-h | ratio | longest wait, working h (min) | longest wait, off h (min) | p95 wait (min) | max free after 1st h: all / not after use | added while free | in-use removed | wakes |\n|---|---|---|---|---|---|---|---|---|---|---|---|";
+pub const HEADER: &str = "| users | day | VM-h | ideal VM-h | ratio | longest wait, working h (min) | longest wait, off h (min) | p95 wait (min) | max free after 1st h: all / not after use | added while free | in-use removed (before the agent saw the login) | wakes |\n|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 /// The most VMs free at a minute after the first hour of the day (working
 /// hours' first hour on a weekday, 01:00 on a weekend); `not_after_use`:

@@ -72,6 +72,9 @@ pub struct Report {
     pub added_while_free: u32,
     pub removed: u32,
     pub in_use_removed: u32,
+    /// Of those, removed before the agent's next sample saw the login (the
+    /// race the readiness probe allows: a released VM still takes users).
+    pub in_use_removed_unseen: u32,
     pub wakes: u32,
     pub minutes: Vec<Minute>,
     pub log: Vec<String>,
@@ -217,8 +220,16 @@ pub fn run(setup: &Setup) -> Report {
                             let vm = vms.remove(pos);
                             if let Some(i) = vm.user {
                                 report.in_use_removed += 1;
+                                if t - vm.user_since < SEEN_AFTER {
+                                    report.in_use_removed_unseen += 1;
+                                }
                                 state[i] = State::Waiting { since_try: t };
-                                report.log.push(format!("{} IN-USE VM {} REMOVED", hhmm(t), vm.id));
+                                report.log.push(format!(
+                                    "{} IN-USE VM {} REMOVED ({:.0} s after its user logged in)",
+                                    hhmm(t),
+                                    vm.id,
+                                    t - vm.user_since
+                                ));
                             }
                         }
                     }
