@@ -64,7 +64,7 @@ pub fn setup_from(text: &str, users: usize, weekend: bool, seed: u64, until: f64
         headroom,
         working: (working, end),
         agent: vm::Agent::default(),
-        wake: Wake { patience: 120.0, command: 60.0, length: 30.0 * 60.0 },
+        wake: Wake { patience: 120.0, command: 60.0, length: 30.0 * 60.0, as_readme: false },
         until,
     })
 }

@@ -36,6 +36,10 @@ pub struct Wake {
     pub patience: f64,
     pub command: f64,
     pub length: f64,
+    /// README's command as written: `--min-count 1`, the working-hours
+    /// rules (`--copy-rules working-hours`), ending `length` later, even
+    /// past the start of working hours.
+    pub as_readme: bool,
 }
 
 impl Wake {
@@ -166,19 +170,30 @@ pub fn run(setup: &Setup) -> Report {
         for at in due {
             // Working hours began meanwhile: their profile brings the VMs.
             let late = working(at);
-            // `--copy-rules` from the profile in force (off hours).
-            if let Some(source) = engine.scheduled(at).cloned().filter(|_| !late) {
+            // `--copy-rules` from the profile in force (off hours), or README's working hours.
+            let source = match setup.wake.as_readme {
+                true => setup
+                    .profiles
+                    .iter()
+                    .find(|p| p.recurrence.as_ref().is_some_and(|(_, start)| *start as f64 * 60.0 == setup.working.0))
+                    .cloned(),
+                false => engine.scheduled(at).cloned().filter(|_| !late),
+            };
+            if let Some(source) = source {
                 let mut profile = source.clone();
                 profile.name = "wake".into();
                 // `--min-count` = the VMs there now + 1, so a second user off
                 // hours gets her own VM too (a fixed 1 would not add one).
-                profile.min = (vms.len() as u32 + 1).min(profile.max);
+                profile.min = match setup.wake.as_readme {
+                    true => 1,
+                    false => (vms.len() as u32 + 1).min(profile.max),
+                };
                 profile.default = profile.min;
                 profile.recurrence = None;
                 // It ends at working hours' start at the latest: a fixed-date
                 // profile would otherwise hold back the working-hours rules.
                 let mut until = at + setup.wake.length;
-                if !setup.weekend && at < setup.working.0 {
+                if !setup.weekend && at < setup.working.0 && !setup.wake.as_readme {
                     until = until.min(setup.working.0);
                 }
                 engine.fixed = Some(Fixed { from: at, until, profile });
