@@ -8,9 +8,6 @@
 //!   (scale-out when any scale-out rule is met, scale-in only when every
 //!   scale-in rule is met; a profile's capacity bounds apply from the run
 //!   after its start).
-//! - "On scale out, autoscale runs if any rule is met. On scale-in,
-//!   autoscale requires all rules to be met":
-//!   <https://learn.microsoft.com/en-us/azure/azure-monitor/autoscale/autoscale-best-practices>
 //! - The flapping check (projected value = metric x count / (count - n) for
 //!   an average) and trying a smaller step when the full one would flap:
 //!   <https://learn.microsoft.com/en-us/answers/questions/525145/what-is-flapping-in-app-service-autoscale>.
@@ -21,10 +18,14 @@
 //!   candidate of the scale-in policy is taken (default policy: highest
 //!   instance id once zones are balanced):
 //!   <https://learn.microsoft.com/en-us/azure/virtual-machine-scale-sets/virtual-machine-scale-sets-instance-protection>,
-//!   <https://learn.microsoft.com/en-us/azure/virtual-machine-scale-sets/virtual-machine-scale-sets-scale-in-policy>
+//!   <https://docs.microsoft.com/en-us/azure/virtual-machine-scale-sets/virtual-machine-scale-sets-scale-in-policy>
 //! - A cooldown counts from the last scale action in either direction (the
 //!   brief's reading of the settings page; the stricter of the two readings).
-//! - The engine runs every 30-60 s (the settings page's evaluation section).
+//! - Each run queries the window back from now ("every time autoscale runs,
+//!   it will query metrics for the past 10 minutes":
+//!   <https://learn.microsoft.com/en-us/training/modules/configure-virtual-machine-availability/10-configure-autoscale>).
+//!   How often it runs is not in the pages found: every 30-60 s, the
+//!   figure the issue gives.
 //! - Custom metrics' ingestion delay is not published for the REST path;
 //!   modelled as 1-3 minutes per point, so the newest grains are partial.
 
