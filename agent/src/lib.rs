@@ -3,7 +3,7 @@
 //! Layers, each importing only the ones below it: [`cli`] and the binaries;
 //! [`daemon`] (boot flow, supervisor, the registry of capabilities); [`api`]
 //! (socket server, access, JSON errors); the capabilities [`share`],
-//! [`links`], [`scripts`], [`idle`] and [`azure`], which never import each
+//! [`links`], [`scripts`], [`idle`], [`azure`] and [`pool`], which never import each
 //! other, the API or the daemon; [`core`], what they all share; [`config`].
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -16,6 +16,7 @@ pub mod core;
 pub mod daemon;
 pub mod idle;
 pub mod links;
+pub mod pool;
 pub mod scripts;
 pub mod share;
 

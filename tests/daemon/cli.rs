@@ -36,7 +36,7 @@ fn human_status_shows_each_component_and_since_when() {
     assert!(answered(&out));
     let text = stdout(&out);
     assert!(text.starts_with("pool-agent "), "{text}");
-    for name in ["config", "api", "share", "links", "scripts", "idle", "azure"] {
+    for name in ["config", "api", "share", "links", "scripts", "idle", "azure", "pool"] {
         let line = text
             .lines()
             .find(|l| l.split_whitespace().next() == Some(name))

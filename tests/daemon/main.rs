@@ -12,6 +12,7 @@ mod imds_firewall;
 mod lifecycle;
 mod links;
 mod permissions;
+mod pool;
 mod readiness;
 mod scripts;
 mod share;

@@ -78,6 +78,12 @@ pub enum Command {
     Azure,
     /// Azure Scheduled Events seen and handled: drained, approved, or not this VM's.
     Events,
+    /// The pool seen from here: VMs on the share, who has sessions where, users whose ids differ.
+    Pool {
+        /// Only the caller's sessions on other VMs, one line or nothing (for the login script).
+        #[arg(long)]
+        login_note: bool,
+    },
     /// The Prometheus metrics text.
     Metrics,
     /// The effective config (no secrets: keys live in files it only names).

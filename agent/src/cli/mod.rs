@@ -9,6 +9,7 @@ pub mod events;
 pub mod idle;
 pub mod links;
 mod manual;
+pub mod pool;
 mod render;
 pub mod scripts;
 pub mod share;
@@ -97,6 +98,7 @@ fn plan(command: &Command) -> Result<Call, String> {
         Command::Hold(hold) => idle::hold(hold),
         Command::Azure => Ok(azure::call()),
         Command::Events => Ok(events::call()),
+        Command::Pool { login_note } => Ok(pool::call(*login_note)),
         Command::Metrics => Ok(status::metrics()),
         Command::Config => Ok(status::config()),
         Command::GenerateAssets { .. } => Err("generate-assets does not talk to the daemon".into()),

@@ -16,6 +16,7 @@ pub enum ComponentId {
     Scripts,
     Idle,
     Azure,
+    Pool,
 }
 
 impl ComponentId {
@@ -29,6 +30,7 @@ impl ComponentId {
             ComponentId::Scripts => "scripts",
             ComponentId::Idle => "idle",
             ComponentId::Azure => "azure",
+            ComponentId::Pool => "pool",
         }
     }
 

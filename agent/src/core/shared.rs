@@ -136,6 +136,8 @@ pub struct IdleNews {
     /// A signal cannot be read (it counts as active for the verdict): nobody
     /// can say the VM is free.
     pub unknown: bool,
+    /// Open sessions per user name.
+    pub session_users: std::collections::BTreeMap<String, u32>,
 }
 
 /// A verdict older than this many sampling intervals is not acted on.

@@ -275,8 +275,10 @@ fn publish(
     wall: SystemTime,
 ) {
     let mut figures = BTreeMap::new();
+    let mut session_users = BTreeMap::new();
     for (_, sample) in samples {
         figures.extend(sample.figures.iter().map(|(k, v)| (k.clone(), *v)));
+        session_users.extend(sample.users.iter().map(|(k, v)| (k.clone(), *v)));
     }
     ctx.shared.publish_idle(IdleNews {
         known: true,
@@ -290,6 +292,7 @@ fn publish(
         in_use: verdict.in_use,
         in_grace: verdict.in_grace,
         unknown: verdict.unknown,
+        session_users,
     });
     for name in &verdict.gave_up {
         tracing::warn!(

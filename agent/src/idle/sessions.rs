@@ -264,6 +264,7 @@ impl Sessions {
                 reasons,
                 figures: Default::default(),
                 active_until: None,
+                users: count_users(sessions.iter().map(|s| s.user.as_str())),
             }
         };
         let ttys = sessions.iter().filter(|s| !s.tty.is_empty()).map(|s| s.tty.clone()).collect();
@@ -329,9 +330,19 @@ impl Sessions {
             reasons,
             figures: Default::default(),
             active_until: None,
+            users: count_users(sessions.iter().map(|s| s.user.as_str())),
         }
         .with_figure("sessions", sessions.len() as f64)
     }
+}
+
+/// Sessions per user name (a name logind or utmp could not give is left out).
+fn count_users<'a>(names: impl Iterator<Item = &'a str>) -> std::collections::BTreeMap<String, u32> {
+    let mut users = std::collections::BTreeMap::new();
+    for name in names.filter(|n| !n.is_empty()) {
+        *users.entry(name.to_string()).or_insert(0) += 1;
+    }
+    users
 }
 
 /// Two answers of this signal as one: active if either is, the later activity.
@@ -358,7 +369,11 @@ fn merge(first: Sample, second: Sample) -> Sample {
     };
     let mut reasons = lead;
     reasons.extend(rest);
-    Sample { state, last_activity, reasons, figures: Default::default(), active_until: None }
+    let mut users = first.users;
+    for (name, count) in second.users {
+        *users.entry(name).or_insert(0) += count;
+    }
+    Sample { state, last_activity, reasons, figures: Default::default(), active_until: None, users }
         .with_figure("sessions", count)
 }
 

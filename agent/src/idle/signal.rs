@@ -52,6 +52,9 @@ pub struct Sample {
     /// On an `Active` sample that knows when it ends (a hold): active until
     /// then, so the VM can be idle no sooner than a timeout after it.
     pub active_until: Option<SystemTime>,
+    /// Who holds a session here, and how many (the sessions signal): for
+    /// the pool's record of where each user works.
+    pub users: BTreeMap<String, u32>,
 }
 
 impl Sample {
@@ -62,11 +65,19 @@ impl Sample {
             reasons: vec![reason.into()],
             figures: BTreeMap::new(),
             active_until: None,
+            users: BTreeMap::new(),
         }
     }
 
     pub fn active(reasons: Vec<String>) -> Self {
-        Self { state: SignalState::Active, last_activity: None, reasons, figures: BTreeMap::new(), active_until: None }
+        Self {
+            state: SignalState::Active,
+            last_activity: None,
+            reasons,
+            figures: BTreeMap::new(),
+            active_until: None,
+            users: BTreeMap::new(),
+        }
     }
 
     pub fn unknown(why: impl Into<String>) -> Self {
@@ -76,6 +87,7 @@ impl Sample {
             reasons: vec![why.into()],
             figures: BTreeMap::new(),
             active_until: None,
+            users: BTreeMap::new(),
         }
     }
 
@@ -86,6 +98,7 @@ impl Sample {
             reasons: vec![why.into()],
             figures: BTreeMap::new(),
             active_until: None,
+            users: BTreeMap::new(),
         }
     }
 
