@@ -151,6 +151,8 @@ impl Vm {
             in_use: v.in_use,
             in_grace: v.in_grace,
             unknown: v.unknown,
+            // The rest (who is logged in, for the login note) does not move autoscale.
+            ..IdleNews::default()
         };
         let share = match t >= self.share_at {
             true => ShareNews::Mounted { root: PathBuf::from("/data/notebooks"), identity: (1, 1), smb: None },
