@@ -3,9 +3,8 @@
 //! weekday and a weekend day and writes one SVG per run into the folder.
 //! `--log` also prints every autoscale action and the minute with the most
 //! VMs free; `--template FILE` runs other rules; `--seed N` other users;
-//! `--spare-not-in-use` the what-if of a `Spare` that leaves out VMs in use;
-//! `--wake-as-readme` the wake command as README gives it (min 1, the
-//! working-hours rules, 2 h).
+//! `--wake-as-readme` the first wake command README gave (min 1, the
+//! working-hours rules, 2 h), kept to compare.
 
 #[path = "pool_day/mod.rs"]
 mod sim;
@@ -46,7 +45,6 @@ fn main() -> ExitCode {
                 }
             };
             let mut setup = setup;
-            setup.agent.spare_leaves_out_in_use = args.iter().any(|a| a == "--spare-not-in-use");
             if args.iter().any(|a| a == "--wake-as-readme") {
                 setup.wake.as_readme = true;
                 setup.wake.length = 2.0 * 3600.0;

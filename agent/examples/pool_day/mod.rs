@@ -63,10 +63,32 @@ pub fn setup_from(text: &str, users: usize, weekend: bool, seed: u64, until: f64
         profiles,
         headroom,
         working: (working, end),
-        agent: vm::Agent::default(),
+        agent: agent_from_template(text)?,
         wake: Wake { patience: 120.0, command: 60.0, length: 30.0 * 60.0, as_readme: false },
         until,
     })
+}
+
+/// The agent's timings as the template's config sets them (`configExtra`'s
+/// default), the rest at the agent's defaults.
+fn agent_from_template(text: &str) -> Result<vm::Agent, String> {
+    let template: Value = serde_json::from_str(text).map_err(|e| format!("the template: {e}"))?;
+    let extra = template["parameters"]["configExtra"]["defaultValue"].as_str().ok_or("no configExtra default")?;
+    let config: toml::Value = toml::from_str(extra).map_err(|e| format!("configExtra: {e}"))?;
+    let duration = |section: &str, key: &str| -> Result<Option<std::time::Duration>, String> {
+        match config.get(section).and_then(|s| s.get(key)).and_then(|v| v.as_str()) {
+            Some(text) => pool_agent::config::duration::parse(text).map(Some),
+            None => Ok(None),
+        }
+    };
+    let mut agent = vm::Agent::default();
+    if let Some(timeout) = duration("idle", "timeout")? {
+        agent.idle_timeout = timeout;
+    }
+    if let Some(release_after) = duration("azure", "release_after")? {
+        agent.release_after = release_after;
+    }
+    Ok(agent)
 }
 
 /// One line of the figures table.

@@ -26,9 +26,6 @@ pub struct Agent {
     pub max_releases_per_hour: u32,
     /// `pool.max_sessions`: one user per VM in this pool.
     pub max_sessions: u32,
-    /// What if `Spare` left out VMs in use: the agent counts a VM in its boot
-    /// grace as `Booting`, so as spare, even once a user took it.
-    pub spare_leaves_out_in_use: bool,
 }
 
 impl Default for Agent {
@@ -39,7 +36,6 @@ impl Default for Agent {
             release_after: Duration::from_secs(15 * 60),
             max_releases_per_hour: 4,
             max_sessions: 1,
-            spare_leaves_out_in_use: false,
         }
     }
 }
@@ -263,11 +259,6 @@ impl Vm {
             _ => Some(true),
         };
         let at = clocks.wall(minute as f64 * 60.0);
-        let mut values = monitor::bucket(at, clocks.wall(t), &idle, &share, protected, offer).values;
-        if self.agent.spare_leaves_out_in_use && offer.in_use {
-            // The what-if: a VM a user took during its boot grace is no headroom.
-            values.iter_mut().filter(|(n, _)| *n == "Spare").for_each(|(_, v)| *v = 0.0);
-        }
-        values
+        monitor::bucket(at, clocks.wall(t), &idle, &share, protected, offer).values
     }
 }

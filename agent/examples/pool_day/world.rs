@@ -36,7 +36,7 @@ pub struct Wake {
     pub patience: f64,
     pub command: f64,
     pub length: f64,
-    /// README's command as written: `--min-count 1`, the working-hours
+    /// The first command README gave: `--min-count 1`, the working-hours
     /// rules (`--copy-rules working-hours`), ending `length` later, even
     /// past the start of working hours.
     pub as_readme: bool,

@@ -375,13 +375,25 @@ fn the_shipped_template_s_roles_cover_what_the_agent_calls_and_are_unique_per_po
     // The way back from zero: autoscale setting read and write, on that setting alone, for the group.
     assert_eq!(
         actions(roles[1]),
-        json!(["Microsoft.Insights/autoscalesettings/read", "Microsoft.Insights/autoscalesettings/write"])
+        json!([
+            "Microsoft.Insights/autoscalesettings/read",
+            "Microsoft.Insights/autoscalesettings/write",
+            "Microsoft.Compute/virtualMachineScaleSets/read"
+        ])
     );
     let assignments = resource(&evaluated, "Microsoft.Authorization/roleAssignments");
-    let wake = assignments.iter().find(|a| a["properties"]["principalId"] == "group-1").unwrap();
+    // On the autoscale setting (to add the profile) and the scale set (to read its capacity), nothing wider.
+    let wake: BTreeSet<(&str, &str)> = assignments
+        .iter()
+        .filter(|a| a["properties"]["principalId"] == "group-1")
+        .map(|a| (a["scope"].as_str().unwrap(), a["properties"]["principalType"].as_str().unwrap()))
+        .collect();
     assert_eq!(
-        (wake["scope"].as_str().unwrap(), &wake["properties"]["principalType"]),
-        ("Microsoft.Insights/autoscalesettings/pool-autoscale", &json!("Group"))
+        wake,
+        BTreeSet::from([
+            ("Microsoft.Insights/autoscalesettings/pool-autoscale", "Group"),
+            ("Microsoft.Compute/virtualMachineScaleSets/pool", "Group")
+        ])
     );
     assert_eq!(
         template["resources"]
@@ -390,7 +402,7 @@ fn the_shipped_template_s_roles_cover_what_the_agent_calls_and_are_unique_per_po
             .iter()
             .filter(|r| r["condition"] == "[not(empty(parameters('wakeGroupObjectId')))]")
             .count(),
-        2
+        3
     );
     let builtin =
         |id: &str| format!("/subscriptions/{SUBSCRIPTION}/providers/Microsoft.Authorization/roleDefinitions/{id}");
