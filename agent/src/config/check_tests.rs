@@ -246,3 +246,13 @@ fn a_default_idle_cpu_window_below_a_raised_interval_is_named_at_the_interval() 
         "{said}"
     );
 }
+
+#[test]
+fn a_misspelt_required_key_is_named_once_not_again_as_missing() {
+    let (_dir, main) = config_dir("[share]\nknd = \"local\"\npath = \"/srv/share\"\n", &[]);
+    let checked = check_with(&main, None);
+    let said: Vec<String> = checked.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(said[0].contains("config.toml:2: share.knd: unknown key `knd`; did you mean `kind`?"), "{said:?}");
+    assert!(checked.unsure.section("share"));
+}

@@ -177,9 +177,16 @@ pub(super) fn validate_all(merged: ConfigFragment, sources: Vec<PathBuf>, parse_
         found.push(error);
     }
     let notes = cross::unused(&inputs, &settings);
-    // A key that did not parse is named once, by the parse error.
+    // A key that did not parse is named once, by the parse error; so is a
+    // key "missing" beside a misspelt one (`knd` for `kind`).
     let unparsed: BTreeSet<&str> = parse_errors.iter().filter_map(|e| e.key()).collect();
-    let errors = found.0.into_iter().filter(|e| !e.key().is_some_and(|k| unparsed.contains(k))).collect();
+    let unparsed_tables: BTreeSet<&str> = unparsed.iter().filter_map(|k| k.rsplit_once('.')).map(|(t, _)| t).collect();
+    let said_before = |error: &ConfigError| {
+        let Some(key) = error.key() else { return false };
+        let missing = matches!(error, ConfigError::Invalid { message, .. } if message.starts_with("required"));
+        unparsed.contains(key) || (missing && key.rsplit_once('.').is_some_and(|(t, _)| unparsed_tables.contains(t)))
+    };
+    let errors = found.0.into_iter().filter(|e| !said_before(e)).collect();
     Validated { settings, errors, notes, unsure }
 }
 
