@@ -396,14 +396,16 @@ impl KeyOrigins {
                 file: origin.file.to_path_buf(),
                 line: origin.line,
                 key: key.to_string(),
-                message: format!("{message} ({key} is not set in this [{section}], so it is the built-in default; or set {key} here)"),
+                message: format!(
+                    "{message}; {key} is not set in this [{section}], so it is the built-in default: set {key} here to change it"
+                ),
             },
             None => ConfigError::Invalid {
                 file: PathBuf::from(BUILT_IN_DEFAULT),
                 line: 0,
                 key: key.to_string(),
                 message: format!(
-                    "{message} (no file sets [{section}]; or set {key} under [{section}] in {} or a drop-in)",
+                    "{message}; no file sets [{section}], so {key} is the built-in default: set it under [{section}] in {} or a drop-in to change it",
                     main_file.display()
                 ),
             },

@@ -48,7 +48,10 @@ pub fn run(config_file: &Path, user_data: Option<&str>, paths: &SystemPaths) -> 
             "pool-agentd: not checked: what the config names on this system (a file above could not be read whole)"
         );
     } else if !checked.unsure.is_empty() {
-        let parts: Vec<String> = checked.unsure.sections().map(|s| format!("[{s}]")).collect();
+        // Only the sections that name something on the system: the others have nothing to check.
+        let named = ["instance", "share", "setup", "api"];
+        let parts: Vec<String> =
+            checked.unsure.sections().filter(|s| named.contains(s)).map(|s| format!("[{s}]")).collect();
         if !parts.is_empty() {
             eprintln!(
                 "pool-agentd: not checked: what {} name on this system, until the errors in them are fixed",
@@ -228,6 +231,7 @@ mod tests {
         assert_eq!(check.errors.len(), 1, "{:?}", check.errors);
         let text = check.errors[0].to_string();
         assert!(text.contains("share.key_file") && text.contains("storage-key"), "{text}");
+        assert!(text.contains("put the storage account's key there (one line, owned by root, mode 0600)"), "{text}");
 
         let key = dir.path().join("etc/pool-agent/secrets/storage-key");
         std::fs::write(&key, "k3y\n").unwrap();
@@ -239,6 +243,25 @@ mod tests {
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
         let check = check_against_system_all(&settings(AZURE), main, &paths, &accounts);
         assert!(check.errors.is_empty(), "{:?}", check.errors);
+    }
+
+    #[test]
+    fn a_section_with_a_wrong_value_is_left_out_of_the_system_checks_and_the_others_are_checked() {
+        let (dir, paths, accounts) = sandbox();
+        // No azureuser: the default that stands in for the wrong user would be missing too.
+        std::fs::write(paths.passwd(), "root:x:0:0::/root:/bin/bash\n").unwrap();
+        accounts.invalidate();
+        let main = dir.path().join("etc/pool-agent/config.toml");
+        std::fs::write(&main, "[instance]\nlocal_user = \"Not A Name\"\n[api]\nadmin_group = \"wheel\"\n").unwrap();
+        let checked = crate::config::check_with(&main, None);
+        assert_eq!(checked.errors.len(), 1, "{:?}", checked.errors);
+        let settings = checked.settings.unwrap();
+        let check = check_against_system(&settings, &checked.unsure, &main, &paths, &accounts);
+        let errors: Vec<String> = check.errors.iter().map(|e| e.to_string()).collect();
+        // [api] is valid and checked; [instance] is not checked with the default standing in for its wrong user.
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("config.toml:4: api.admin_group: no group `wheel`"), "{errors:?}");
+        assert!(!check.warnings.iter().any(|w| w.contains("local_user")), "{:?}", check.warnings);
     }
 
     #[test]
