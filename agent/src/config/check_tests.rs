@@ -145,6 +145,10 @@ fn keys_that_have_no_effect_are_warned_of_and_the_config_stays_valid() {
     }
     let settings = load_str(Path::new(MAIN), "[idle]\naction = \"delete-self\"\nmin_instances = 2\n").unwrap();
     assert!(settings.skipped.is_empty(), "{:?}", settings.skipped);
+    // A key written down with its default (as the example config does) changes nothing: no warning.
+    let text = "[idle]\nmin_instances = 0\n[links]\nprivate_root = \"/data/notebooks-private\"\n[azure]\ndelete_wait = \"2m\"\n";
+    let settings = load_str(Path::new(MAIN), text).unwrap();
+    assert!(settings.skipped.is_empty(), "{:?}", settings.skipped);
 }
 
 #[test]

@@ -86,13 +86,13 @@ pub fn main(options: DaemonOptions) -> ExitCode {
             seen.len()
         );
     }
+    if options.check_config {
+        return config_check::run(&config_file, saved_user_data.as_deref(), &paths);
+    }
     let loaded = config::load_with(&config_file, saved_user_data.as_deref());
     if options.prepare_image {
         // A broken config still gets its state cleared; only the unmounts need it.
         return prepare_image::prepare(&paths, loaded.as_ref().ok());
-    }
-    if options.check_config {
-        return config_check::run(&config_file, saved_user_data.as_deref(), &paths);
     }
     let (settings, boot_error) = match loaded {
         Ok(settings) => {

@@ -35,29 +35,42 @@ enum Needs {
 impl Inputs {
     pub fn of(merged: &ConfigFragment) -> Self {
         let mut inputs = Inputs::default();
-        let mut only = |key: &'static str, origin: Option<&Origin>, needs: Needs| {
-            if let Some(origin) = origin {
+        // A key written with its built-in default (as an example config
+        // lists every key) changes nothing either way: no warning.
+        let mut only = |key: &'static str, written: Option<&Origin>, is_default: bool, needs: Needs| {
+            if let (Some(origin), false) = (written, is_default) {
                 inputs.only_with.push((key, origin.clone(), needs));
             }
         };
         fn at<T>(value: &Value<T>) -> Option<&Origin> {
             value.as_ref().map(|v| &v.origin)
         }
+        fn is<T: PartialEq>(value: &Value<T>, default: T) -> bool {
+            value.as_ref().is_some_and(|v| v.value == default)
+        }
+        let duration = |value: &Value<crate::config::duration::ConfigDuration>, default| {
+            value.as_ref().is_some_and(|v| v.value.0 == default)
+        };
         if let Some(idle) = &merged.idle {
             let idle = &idle.value;
-            only("idle.min_instances", at(&idle.min_instances), Needs::DeleteSelf);
-            only("idle.jupyter_token_file", at(&idle.jupyter_token_file), Needs::JupyterUrls);
-            only("idle.jupyterhub_token_file", at(&idle.jupyterhub_token_file), Needs::JupyterhubUrl);
+            only("idle.min_instances", at(&idle.min_instances), is(&idle.min_instances, 0), Needs::DeleteSelf);
+            only("idle.jupyter_token_file", at(&idle.jupyter_token_file), false, Needs::JupyterUrls);
+            only("idle.jupyterhub_token_file", at(&idle.jupyterhub_token_file), false, Needs::JupyterhubUrl);
         }
         if let Some(links) = &merged.links {
-            only("links.private_root", at(&links.value.private_root), Needs::Private);
+            let root = &links.value.private_root;
+            only("links.private_root", at(root), is(root, DEFAULT_PRIVATE_ROOT.to_string()), Needs::Private);
         }
         if let Some(azure) = &merged.azure {
             let azure = &azure.value;
-            only("azure.delete_wait", at(&azure.delete_wait), Needs::DeleteSelf);
-            only("azure.approve", at(&azure.approve), Needs::ScheduledEvents);
-            only("azure.release_after", at(&azure.release_after), Needs::Protect);
-            only("azure.max_releases_per_hour", at(&azure.max_releases_per_hour), Needs::Protect);
+            let wait = duration(&azure.delete_wait, std::time::Duration::from_secs(120));
+            only("azure.delete_wait", at(&azure.delete_wait), wait, Needs::DeleteSelf);
+            let approve = is(&azure.approve, vec!["Freeze".to_string()]);
+            only("azure.approve", at(&azure.approve), approve, Needs::ScheduledEvents);
+            let after = duration(&azure.release_after, DEFAULT_RELEASE_AFTER);
+            only("azure.release_after", at(&azure.release_after), after, Needs::Protect);
+            let most = is(&azure.max_releases_per_hour, DEFAULT_MAX_RELEASES_PER_HOUR);
+            only("azure.max_releases_per_hour", at(&azure.max_releases_per_hour), most, Needs::Protect);
         }
         inputs.share_kind = merged.share.as_ref().and_then(|s| s.value.kind.as_ref().map(|k| k.value));
         inputs.action = merged.idle.as_ref().and_then(|i| i.value.action.clone());
