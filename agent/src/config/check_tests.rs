@@ -214,6 +214,18 @@ fn a_typo_or_wrong_type_is_named_with_every_value_error_and_leaves_only_its_part
 }
 
 #[test]
+fn a_wrong_setup_dir_leaves_all_of_setup_unsure_a_wrong_entry_only_itself() {
+    let (_dir, main) = config_dir("[setup]\ndir = \"setup.d\"\n", &[]);
+    let checked = check_with(&main, None);
+    assert_eq!(checked.errors.len(), 1, "{:?}", checked.errors);
+    assert!(checked.unsure.section("setup"), "the scripts of a wrong dir are unknown");
+    let (_dir, main) = config_dir("[[setup.scripts]]\nname = \"x\"\npath = \"/x\"\ntimeout = \"0s\"\n", &[]);
+    let checked = check_with(&main, None);
+    assert_eq!(checked.errors.len(), 1, "{:?}", checked.errors);
+    assert!(!checked.unsure.section("setup") && checked.settings.unwrap().setup.scripts.is_empty());
+}
+
+#[test]
 fn a_file_that_cannot_be_read_leaves_everything_unsure() {
     let (_dir, main) =
         config_dir("[share]\nkind = \"local\"\npath = \"/srv/share\"\n", &[("50-broken.toml", "[idle\n")]);

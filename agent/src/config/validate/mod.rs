@@ -131,12 +131,12 @@ pub(super) fn validate_all(merged: ConfigFragment, sources: Vec<PathBuf>, parse_
     if grew(&found) {
         unsure.mark("links");
     }
-    let (mut setup, setup_unsure) = validate_setup(merged.setup, &instance.local_user, &mut found);
+    let (mut setup, dir_ok) = validate_setup(merged.setup, &instance.local_user, &mut found);
     // Entries with a wrong value are left out already; so are those a parse
     // error was in. Only a wrong setup.dir leaves the whole section unsure.
     setup.scripts.retain(|script| !tainted_scripts.contains(&script.name));
     grew(&found);
-    if setup_unsure.dir {
+    if !dir_ok {
         unsure.mark("setup");
     }
     let idle = validate_idle(merged.idle, &mut found);

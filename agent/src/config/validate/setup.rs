@@ -6,19 +6,18 @@ use crate::config::settings::*;
 use crate::config::source::Sourced;
 use std::collections::HashSet;
 
+/// Every error goes to `found`; an entry with a wrong value is left out.
+/// Also whether `setup.dir` is valid.
 pub(super) fn validate_setup(
     section: Option<Sourced<SetupFragment>>,
     local_user: &str,
     found: &mut Found,
-) -> (SetupSettings, SetupUnsure) {
+) -> (SetupSettings, bool) {
     let setup = section.map(|s| s.value).unwrap_or_default();
-    let mut unsure = SetupUnsure::default();
-    let dir = match found.ok(absolute_path("setup.dir", &or_default(&setup.dir, DEFAULT_SETUP_DIR))) {
-        Some(dir) => dir,
-        None => {
-            unsure.dir = true;
-            std::path::PathBuf::from(DEFAULT_SETUP_DIR)
-        }
+    // A wrong setup.dir: the scripts in it are unknown, so the whole section is unsure.
+    let (dir, dir_ok) = match found.ok(absolute_path("setup.dir", &or_default(&setup.dir, DEFAULT_SETUP_DIR))) {
+        Some(dir) => (dir, true),
+        None => (std::path::PathBuf::from(DEFAULT_SETUP_DIR), false),
     };
     let mut seen = HashSet::new();
     let mut scripts = Vec::new();
@@ -26,24 +25,14 @@ pub(super) fn validate_setup(
         let before = found.len();
         let entry = validate_script(index, script, local_user, &mut seen, found);
         // A script with a wrong value is left out: the system checks skip it.
-        match entry {
-            Some(script) if found.len() == before => scripts.push(script),
-            _ => unsure.scripts += 1,
+        if let Some(script) = entry.filter(|_| found.len() == before) {
+            scripts.push(script);
         }
     }
     let share_wait = setup.share_wait.as_ref().map(|w| w.value.0).unwrap_or(DEFAULT_SHARE_WAIT);
     let trust_share = setup.trust_share.as_ref().is_some_and(|t| t.value);
     let log_to_share = setup.log_to_share.as_ref().is_none_or(|l| l.value);
-    (SetupSettings { dir, share_wait, trust_share, log_to_share, scripts }, unsure)
-}
-
-/// What of `[setup]` did not validate, so the system checks leave it out.
-#[derive(Debug, Default)]
-pub(super) struct SetupUnsure {
-    /// `setup.dir` is wrong: the scripts found in it are unknown.
-    pub dir: bool,
-    /// Entries left out for a wrong value.
-    pub scripts: usize,
+    (SetupSettings { dir, share_wait, trust_share, log_to_share, scripts }, dir_ok)
 }
 
 /// One `[[setup.scripts]]` entry: `None` when a value needed to run it is wrong.
