@@ -56,7 +56,7 @@ fn a_broken_config_at_start_still_answers_with_the_error_and_a_reload_brings_it_
     let sandbox = Sandbox::new();
     // One bad fragment (as a scale set's drop-in might be) next to a good main file.
     let drop_in = sandbox.root().join("etc/pool-agent/config.d/50-idle.toml");
-    std::fs::write(&drop_in, "[idle]\ninterval = \"1h\"\ntimeout = \"1m\"\n").unwrap();
+    std::fs::write(&drop_in, "[idle]\ninterval = \"1m\"\ntimeout = \"30s\"\n").unwrap();
     let daemon = sandbox.start();
     let out = sandbox.cli(&["status"]);
     assert_eq!(out.status.code(), Some(1), "a broken config is not ready: {}", stdout(&out));
@@ -300,7 +300,8 @@ fn every_parse_and_type_error_of_every_file_is_named_at_once_with_a_suggestion()
     let out = sandbox.daemon_command().arg("--check-config").output().unwrap();
     let said = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{said}");
-    let lines: Vec<&str> = said.lines().collect();
+    // Warnings and what was not checked come too; the errors are these.
+    let lines: Vec<&str> = said.lines().filter(|l| l.contains("invalid config:")).collect();
     let expected = [
         "10-idle.toml:2: idle.timeout: expected a quoted duration such as \"30s\"".to_string(),
         "10-idle.toml:3: idle.intervall: unknown key `intervall`; did you mean `interval`?".to_string(),
@@ -416,4 +417,109 @@ fn a_drop_in_switches_the_share_s_kind_and_the_earlier_kind_s_keys_are_dropped_w
             .filter(|s| s["state"] == "mounted")
     });
     assert!(share.is_some(), "{:#}", stdout(&sandbox.cli(&["share", "--json"])));
+}
+
+/// A pool's main file with an Azure Files share whose key is root's alone
+/// (`secrets/` 0700), as on a VM; the drop-in is the team's.
+fn team_sandbox() -> Sandbox {
+    let sandbox = Sandbox::new();
+    let secrets = sandbox.root().join("etc/pool-agent/secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(secrets.join("storage-key"), "k3y\n").unwrap();
+    std::fs::set_permissions(secrets.join("storage-key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    for dir in ["etc", "etc/pool-agent", "etc/pool-agent/config.d"] {
+        std::fs::set_permissions(sandbox.root().join(dir), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    sandbox.write_config(
+        "[share]\nkind = \"azure-files\"\naccount = \"acct\"\nshare = \"notebooks\"\nkey_file = \"/etc/pool-agent/secrets/storage-key\"\nuid = \"1001\"\ngid = \"1001\"\n",
+    );
+    sandbox
+}
+
+const TEAM_DROP_IN: &str = "etc/pool-agent/config.d/50-team.toml";
+
+/// The team's drop-in as it should be: a script run as alice.
+const TEAM_FIXED: &str =
+    "[idle]\ninterval = \"10s\"\ntimeout = \"30m\"\n[links]\nmin_uid = 1000\nfolder_mode = \"0770\"\n\
+[[setup.scripts]]\nname = \"conda\"\npath = \"/opt/setup/conda.sh\"\nrun_as = \"alice\"\n";
+
+#[test]
+fn a_drop_in_with_five_mistakes_has_all_five_named_in_one_run_in_line_order() {
+    let sandbox = team_sandbox();
+    let drop_in = "[idle]\nintervall = \"10s\"\ntimeout = 30\n[links]\nmin_uid = 70000\nfolder_mode = \"999\"\n\
+[[setup.scripts]]\nname = \"conda\"\npath = \"/opt/setup/missing.sh\"\nrun_as = \"alice\"\n";
+    std::fs::write(sandbox.root().join(TEAM_DROP_IN), drop_in).unwrap();
+    let out = sandbox.daemon_command().arg("--check-config").output().unwrap();
+    let said = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    let errors: Vec<&str> = said.lines().filter(|l| l.contains("invalid config:")).collect();
+    let expected = [
+        "50-team.toml:2: idle.intervall: unknown key `intervall`; did you mean `interval`?",
+        "50-team.toml:3: idle.timeout: expected a quoted duration",
+        "50-team.toml:5: links.min_uid: 70000 is above links.max_uid (60000, the built-in default)",
+        "50-team.toml:6: links.folder_mode: \"999\" is not an octal mode",
+        "50-team.toml:9: setup.scripts[0].path: /opt/setup/missing.sh: No such file or directory",
+    ];
+    assert_eq!(errors.len(), expected.len(), "exactly the five mistakes, once each:\n{said}");
+    for (line, want) in errors.iter().zip(expected) {
+        assert!(line.contains(want), "{want:?} not in {line:?} (in line order):\n{said}");
+    }
+    assert!(stdout(&out).is_empty(), "no effective config for an invalid one");
+
+    // Fixed, with the script in place, the check passes as root and says nothing is left unchecked.
+    admin_script(&sandbox, "conda.sh", b"#!/bin/sh\necho ok\n", 0o755);
+    std::fs::write(sandbox.root().join(TEAM_DROP_IN), TEAM_FIXED).unwrap();
+    let out = sandbox.daemon_command().arg("--check-config").output().unwrap();
+    let said = stderr(&out);
+    if nix_is_root() {
+        assert_eq!(out.status.code(), Some(0), "{said}");
+        assert!(!said.contains("not checked"), "root checks it all: {said}");
+        assert!(stdout(&out).contains("run_as = \"alice\""), "{}", stdout(&out));
+    }
+    // The VM's user left at its default names no line 0, but the built-in default and a fix.
+    let warning = said.lines().find(|l| l.contains("instance.local_user")).unwrap_or_default();
+    assert!(warning.contains("warning: built-in default: instance.local_user: no user `azureuser`"), "{said}");
+    assert!(warning.contains("useradd it, or name another") && !said.contains(":0:"), "{said}");
+}
+
+#[test]
+fn without_root_the_same_config_with_only_root_only_problems_passes_saying_what_was_not_checked() {
+    let test = "without_root_the_same_config_with_only_root_only_problems_passes_saying_what_was_not_checked";
+    if !can_switch_uid(test) {
+        return;
+    }
+    let sandbox = team_sandbox();
+    admin_script(&sandbox, "conda.sh", b"#!/bin/sh\necho ok\n", 0o755);
+    std::fs::write(sandbox.root().join(TEAM_DROP_IN), TEAM_FIXED).unwrap();
+    let as_nobody = || {
+        std::process::Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", DAEMON, "--root"])
+            .arg(sandbox.root())
+            .arg("--check-config")
+            .output()
+            .unwrap()
+    };
+    let out = as_nobody();
+    let said = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "a config with no error it could see passes: {said}");
+    assert!(said.contains("not checked: share.key_file"), "{said}");
+    assert!(
+        said.contains("not checked: ")
+            && said.contains("setup.scripts[0]")
+            && said.contains("cannot run scripts as alice"),
+        "running a script as another user is root's to check: {said}"
+    );
+    assert!(said.contains("2 check(s) need root") && said.contains("sudo pool-agentd --check-config"), "{said}");
+    assert!(!said.contains("invalid config") && !said.contains("k3y"), "{said}");
+    assert!(stdout(&out).contains("[share]"), "prints the effective config: {}", stdout(&out));
+
+    // A real error still fails the check without root, next to what it could not check.
+    let broken = TEAM_FIXED.replace("min_uid = 1000", "min_uid = 70000");
+    std::fs::write(sandbox.root().join(TEAM_DROP_IN), broken).unwrap();
+    let out = as_nobody();
+    let said = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("invalid config: ") && said.contains("50-team.toml:5: links.min_uid"), "{said}");
+    assert!(said.contains("not checked: share.key_file"), "{said}");
 }

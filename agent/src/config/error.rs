@@ -18,7 +18,8 @@ pub enum ConfigError {
     },
     #[error("{}:{line}: {message}", file.display())]
     Syntax { file: PathBuf, line: usize, message: String },
-    #[error("{}:{line}: {key}: {message}", file.display())]
+    /// Line 0: no line to name (a built-in default).
+    #[error("{}: {key}: {message}", place(file, *line))]
     Invalid { file: PathBuf, line: usize, key: String, message: String },
     /// More than one error, in file and line order; the first speaks for all
     /// where one is asked for (status's file, line and key).
@@ -32,6 +33,13 @@ pub fn io_text(err: &std::io::Error) -> String {
     match err.raw_os_error() {
         Some(code) => nix::errno::Errno::from_raw(code).desc().to_string(),
         None => err.to_string(),
+    }
+}
+
+fn place(file: &std::path::Path, line: usize) -> String {
+    match line {
+        0 => file.display().to_string(),
+        line => format!("{}:{line}", file.display()),
     }
 }
 

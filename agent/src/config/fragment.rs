@@ -48,6 +48,26 @@ pub struct ConfigFragment {
     pub notes: Vec<String>,
 }
 
+impl ConfigFragment {
+    /// Where each section present was set: the `[section]` of the last file
+    /// that has one (errors about a key left at its default point there).
+    pub fn section_origins(&self) -> Vec<(&'static str, &super::source::Origin)> {
+        [
+            ("instance", self.instance.as_ref().map(|s| &s.origin)),
+            ("share", self.share.as_ref().map(|s| &s.origin)),
+            ("links", self.links.as_ref().map(|s| &s.origin)),
+            ("setup", self.setup.as_ref().map(|s| &s.origin)),
+            ("idle", self.idle.as_ref().map(|s| &s.origin)),
+            ("azure", self.azure.as_ref().map(|s| &s.origin)),
+            ("api", self.api.as_ref().map(|s| &s.origin)),
+            ("pool", self.pool.as_ref().map(|s| &s.origin)),
+        ]
+        .into_iter()
+        .filter_map(|(name, origin)| origin.map(|origin| (name, origin)))
+        .collect()
+    }
+}
+
 impl MergeFrom for ConfigFragment {
     fn merge_from(&mut self, mut later: Self) {
         merge_section(&mut self.instance, later.instance);

@@ -18,7 +18,7 @@ pub use error::{io_text, ConfigError};
 pub use fragment::{AzureEnabled, IdleAction, KeySourceKind, RunWhen, ShareKind, UserSelection};
 pub use parse::plain_serde_message;
 pub use settings::*;
-pub use validate::shown_url;
+pub use validate::{shown_url, Unsure};
 
 use fragment::{ConfigFragment, MergeFrom};
 use parse::parse_fragment;
@@ -52,20 +52,56 @@ fn secret_looking(text: &str) -> Option<String> {
 
 /// [`load`], plus the scale set's userData fragment as the last drop-in.
 pub fn load_with(main_file: &Path, user_data: Option<&str>) -> Result<Settings, ConfigError> {
+    let checked = check_with(main_file, user_data);
+    match (checked.settings, ConfigError::from_all(checked.errors)) {
+        (_, Some(error)) => Err(error),
+        (Some(settings), None) => Ok(settings),
+        (None, None) => Err(ConfigError::Read {
+            file: main_file.to_path_buf(),
+            source: std::io::Error::other("no settings and no error"),
+        }),
+    }
+}
+
+/// Everything one read of the config found (`--check-config`).
+#[derive(Debug)]
+pub struct Checked {
+    /// The settings, with the default in each wrong value's place (for the
+    /// checks against the system on the parts that are sure); `None` when
+    /// the drop-in directory cannot be listed.
+    pub settings: Option<Settings>,
+    /// Every error of every file: file by file in the order read, line by line.
+    pub errors: Vec<ConfigError>,
+    /// The parts whose values are not all valid or not all read.
+    pub unsure: Unsure,
+}
+
+/// Reads, merges and validates every file without stopping at an error.
+pub fn check_with(main_file: &Path, user_data: Option<&str>) -> Checked {
     let mut files = vec![main_file.to_path_buf()];
-    let (drop_ins, skipped) = drop_in_files(&drop_in_dir(main_file))?;
+    let (drop_ins, skipped) = match drop_in_files(&drop_in_dir(main_file)) {
+        Ok(found) => found,
+        Err(error) => return Checked { settings: None, errors: vec![error], unsure: Unsure::default() },
+    };
     files.extend(drop_ins);
     let mut merged = ConfigFragment::default();
-    // Every file is read and parsed before any error is reported, so one
+    // Every file is read and parsed, and what parsed of each merged, so one
     // check names every mistake of every file.
     let mut errors = Vec::new();
+    let mut incomplete = false;
+    // Whether the file was read whole, its lines in error left out.
+    let read = |name: &Path, text: &str, merged: &mut ConfigFragment, errors: &mut Vec<ConfigError>| {
+        let (fragment, found) = parse::parse_partial(name, text);
+        errors.extend(found);
+        fragment.map(|fragment| merged.merge_from(fragment)).is_some()
+    };
     for file in &files {
         match std::fs::read_to_string(file) {
-            Ok(text) => match parse_fragment(file, &text) {
-                Ok(fragment) => merged.merge_from(fragment),
-                Err(err) => errors.extend(err.into_each()),
-            },
-            Err(source) => errors.push(ConfigError::Read { file: file.clone(), source }),
+            Ok(text) => incomplete |= !read(file, &text, &mut merged, &mut errors),
+            Err(source) => {
+                incomplete = true;
+                errors.push(ConfigError::Read { file: file.clone(), source });
+            }
         }
     }
     let mut user_data_refused = Vec::new();
@@ -73,6 +109,7 @@ pub fn load_with(main_file: &Path, user_data: Option<&str>) -> Result<Settings, 
         let name = Path::new(USER_DATA_SOURCE);
         if let Some(at) = secret_looking(text) {
             let (line, key) = at.split_once(':').unwrap_or(("0", ""));
+            incomplete = true;
             errors.push(ConfigError::Invalid {
                 file: name.to_path_buf(),
                 line: line.parse().unwrap_or(0),
@@ -97,21 +134,22 @@ pub fn load_with(main_file: &Path, user_data: Option<&str>) -> Result<Settings, 
             };
             user_data_refused = refused.iter().map(|r| r.key.clone()).collect();
             merged.notes.extend(refused.iter().map(ToString::to_string));
-            match parse_fragment(name, &kept) {
-                Ok(fragment) => merged.merge_from(fragment),
-                Err(err) => errors.extend(err.into_each()),
-            }
+            incomplete |= !read(name, &kept, &mut merged, &mut errors);
             files.push(name.to_path_buf());
         }
     }
-    if let Some(err) = ConfigError::from_all(errors) {
-        return Err(err);
-    }
     let notes = std::mem::take(&mut merged.notes);
-    let mut settings = validate::validate(merged, files)?;
-    settings.skipped = skipped.into_iter().chain(notes).collect();
+    let validated = validate::validate_all(merged, files.clone(), &errors);
+    errors.extend(validated.errors);
+    // In the order an admin reads them: file by file, line by line.
+    let rank = |error: &ConfigError| files.iter().position(|f| f == error.file()).unwrap_or(usize::MAX);
+    errors.sort_by_key(|error| (rank(error), error.line()));
+    let mut settings = validated.settings;
+    settings.skipped = skipped.into_iter().chain(notes).chain(validated.notes).collect();
     settings.user_data_refused = user_data_refused;
-    Ok(settings)
+    let mut unsure = validated.unsure;
+    unsure.incomplete = incomplete;
+    Checked { settings: Some(settings), errors, unsure }
 }
 
 /// Parses and validates one text as if it were the whole config (tests, tools).
@@ -175,5 +213,7 @@ pub fn render_effective_toml(settings: &Settings) -> String {
     out
 }
 
+#[cfg(test)]
+mod check_tests;
 #[cfg(test)]
 mod tests;

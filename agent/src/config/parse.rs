@@ -12,16 +12,29 @@ use std::sync::Arc;
 const MAX_ERRORS_PER_FILE: usize = 20;
 
 /// Parses one file; on errors, all of them (up to [`MAX_ERRORS_PER_FILE`]) in
-/// line order. serde stops at the first wrong value, so after each one the
-/// line it named is blanked and the file parsed again; a blanked line that
-/// leaves the file unparsable (a value over several lines, a table header)
-/// ends the search, as what follows could be errors of the blanking's own.
+/// line order.
 pub(super) fn parse_fragment(file: &Path, text: &str) -> Result<ConfigFragment, ConfigError> {
+    let (fragment, errors) = parse_partial(file, text);
+    match (fragment, ConfigError::from_all(errors)) {
+        (_, Some(error)) => Err(error),
+        (Some(fragment), None) => Ok(fragment),
+        (None, None) => Err(unreachable_no_error(file)),
+    }
+}
+
+/// Parses one file: every error of it in line order, and what the file
+/// says without the lines in error (`None` when that cannot be told).
+/// serde stops at the first wrong value, so after each one the line it
+/// named is blanked and the file parsed again; a blanked line that leaves
+/// the file unparsable (a value over several lines, a table header) ends
+/// the search, as what follows could be errors of the blanking's own.
+pub(super) fn parse_partial(file: &Path, text: &str) -> (Option<ConfigFragment>, Vec<ConfigError>) {
     let first = match parse_once(file, text) {
-        Ok(fragment) => return Ok(fragment),
+        Ok(fragment) => return (Some(fragment), Vec::new()),
         Err(err) => err,
     };
     let mut errors = vec![first];
+    let mut rest = None;
     let mut lines: Vec<&str> = text.split_inclusive('\n').collect();
     while errors.len() < MAX_ERRORS_PER_FILE {
         let last = &errors[errors.len() - 1];
@@ -32,14 +45,17 @@ pub(super) fn parse_fragment(file: &Path, text: &str) -> Result<ConfigFragment, 
         }
         lines[line - 1] = "\n";
         match parse_once(file, &lines.concat()) {
-            Ok(_) => break,
+            Ok(fragment) => {
+                rest = Some(fragment);
+                break;
+            }
             // serde does not go in line order: any line not reported yet is progress.
             Err(err @ ConfigError::Invalid { .. }) if errors.iter().all(|e| e.line() != err.line()) => errors.push(err),
             Err(_) => break,
         }
     }
     errors.sort_by_key(|e| e.line());
-    Err(ConfigError::from_all(errors).unwrap_or_else(|| unreachable_no_error(file)))
+    (rest, errors)
 }
 
 #[allow(clippy::panic)]

@@ -374,35 +374,63 @@ pub struct PoolSettings {
 }
 
 /// Key (`share.key_file`) to where it was set; a default has no entry.
+/// Also where each section was set, for errors about a default in it.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct KeyOrigins(std::collections::BTreeMap<&'static str, Origin>);
+pub struct KeyOrigins {
+    keys: std::collections::BTreeMap<&'static str, Origin>,
+    sections: std::collections::BTreeMap<&'static str, Origin>,
+}
 
 impl KeyOrigins {
     pub(super) fn record(&mut self, key: &'static str, value: &Sourced<String>) {
         if value.origin.line > 0 {
-            self.0.insert(key, value.origin.clone());
+            self.keys.insert(key, value.origin.clone());
         }
+    }
+
+    pub(super) fn record_section(&mut self, section: &'static str, origin: &Origin) {
+        self.sections.insert(section, origin.clone());
     }
 
     /// Whether the config sets `key` (rather than leaving it at its default).
     pub fn is_set(&self, key: &str) -> bool {
-        self.0.contains_key(key)
+        self.keys.contains_key(key)
     }
 
-    /// An error about `key` at the place it was set, or at the main file
-    /// (line 0) when it holds its default.
+    /// An error about `key` at the place it was set. A key left at its
+    /// default has no line: the error names the file and line of its
+    /// `[section]` (the last file that has one), or says no file sets the
+    /// section, and how to set the key instead.
     pub fn error(&self, main_file: &Path, key: &str, message: impl Into<String>) -> ConfigError {
-        match self.0.get(key) {
-            Some(origin) => ConfigError::at(origin, key, message),
+        if let Some(origin) = self.keys.get(key) {
+            return ConfigError::at(origin, key, message);
+        }
+        let message = message.into();
+        let section = key.split('.').next().unwrap_or(key);
+        match self.sections.get(section) {
+            Some(origin) => ConfigError::Invalid {
+                file: origin.file.to_path_buf(),
+                line: origin.line,
+                key: key.to_string(),
+                message: format!(
+                    "{message}; {key} is not set in this [{section}], so it is the built-in default: set {key} here to change it"
+                ),
+            },
             None => ConfigError::Invalid {
-                file: main_file.to_path_buf(),
+                file: PathBuf::from(BUILT_IN_DEFAULT),
                 line: 0,
                 key: key.to_string(),
-                message: format!("{} (the default value)", message.into()),
+                message: format!(
+                    "{message}; no file sets [{section}], so {key} is the built-in default: set it under [{section}] in {} or a drop-in to change it",
+                    main_file.display()
+                ),
             },
         }
     }
 }
+
+/// The place named by an error about a default no file touches.
+pub const BUILT_IN_DEFAULT: &str = "built-in default";
 
 fn is_true(value: &bool) -> bool {
     *value

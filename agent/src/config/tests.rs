@@ -230,7 +230,7 @@ fn azure_files_defaults_the_key_file_and_suffix() {
 
 #[test]
 fn azure_names_follow_azure_rules() {
-    let (_, key, _) = expect_invalid("[share]\nkind = \"azure-files\"\naccount = \"My_Storage\"\nshare = \"nb\"\n");
+    let (_, key, _) = expect_invalid("[share]\nkind = \"azure-files\"\naccount = \"My_Storage\"\nshare = \"team\"\n");
     assert_eq!(key, "share.account");
     let (_, key, _) = expect_invalid("[share]\nkind = \"azure-files\"\naccount = \"mystorage\"\nshare = \"a--b\"\n");
     assert_eq!(key, "share.share");
@@ -357,7 +357,7 @@ fn idle_keys_have_defaults_and_bounds() {
 
 #[test]
 fn idle_timeout_must_cover_the_interval() {
-    assert_eq!(expect_invalid("[idle]\ninterval = \"1h\"\ntimeout = \"5m\"\n").1, "idle.timeout");
+    assert_eq!(expect_invalid("[idle]\ninterval = \"1h\"\ncpu_window = \"1h\"\ntimeout = \"5m\"\n").1, "idle.timeout");
 }
 
 #[test]

@@ -86,13 +86,13 @@ pub fn main(options: DaemonOptions) -> ExitCode {
             seen.len()
         );
     }
+    if options.check_config {
+        return config_check::run(&config_file, saved_user_data.as_deref(), &paths);
+    }
     let loaded = config::load_with(&config_file, saved_user_data.as_deref());
     if options.prepare_image {
         // A broken config still gets its state cleared; only the unmounts need it.
         return prepare_image::prepare(&paths, loaded.as_ref().ok());
-    }
-    if options.check_config {
-        return check_config(loaded, &config_file, &paths);
     }
     let (settings, boot_error) = match loaded {
         Ok(settings) => {
@@ -131,45 +131,6 @@ pub fn main(options: DaemonOptions) -> ExitCode {
         demo::remove_sandbox(&root);
     }
     code
-}
-
-/// `--check-config`: the files, then what they name on this system.
-fn check_config(
-    loaded: Result<Settings, config::ConfigError>,
-    config_file: &std::path::Path,
-    paths: &SystemPaths,
-) -> ExitCode {
-    let settings = match loaded {
-        Ok(settings) => settings,
-        Err(err) => {
-            for each in err.each() {
-                eprintln!("pool-agentd: invalid config: {each}");
-            }
-            return ExitCode::from(2);
-        }
-    };
-    let accounts = AccountsView::for_paths(paths);
-    let check = config_check::check_against_system(&settings, config_file, paths, &accounts);
-    for warning in settings.skipped.iter().chain(&check.warnings) {
-        eprintln!("pool-agentd: warning: {warning}");
-    }
-    for unchecked in &check.needs_root {
-        eprintln!("pool-agentd: not checked: {unchecked}");
-    }
-    if !check.needs_root.is_empty() {
-        eprintln!(
-            "pool-agentd: {} check(s) need root; run `sudo pool-agentd --check-config` for all of them",
-            check.needs_root.len()
-        );
-    }
-    if !check.errors.is_empty() {
-        for error in &check.errors {
-            eprintln!("pool-agentd: invalid config: {error}");
-        }
-        return ExitCode::from(2);
-    }
-    print!("{}", config::render_effective_toml(&settings));
-    ExitCode::SUCCESS
 }
 
 /// Keeps the config just applied, so a later boot with a broken file (a bad

@@ -2,12 +2,38 @@
 //! durations, endpoints, and the one error shape naming file, line and key.
 
 use crate::config::error::ConfigError;
+use crate::config::settings::BUILT_IN_DEFAULT;
 use crate::config::source::{Origin, Sourced};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 pub(super) fn invalid(origin: &Origin, key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::at(origin, key, message)
+}
+
+/// The errors found so far. Validation goes on past each one (with the
+/// default in the wrong value's place), so one check names every mistake.
+#[derive(Debug, Default)]
+pub(super) struct Found(pub Vec<ConfigError>);
+
+impl Found {
+    pub fn push(&mut self, error: ConfigError) {
+        self.0.push(error);
+    }
+
+    /// The value, or `None` with its error kept.
+    pub fn ok<T>(&mut self, result: Result<T, ConfigError>) -> Option<T> {
+        result.map_err(|error| self.0.extend(error.into_each())).ok()
+    }
+
+    /// The value, or `fallback` with the error kept.
+    pub fn or<T>(&mut self, result: Result<T, ConfigError>, fallback: T) -> T {
+        self.ok(result).unwrap_or(fallback)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 pub(super) fn absolute_path(key: &str, value: &Sourced<String>) -> Result<PathBuf, ConfigError> {
@@ -60,7 +86,7 @@ pub(super) fn required<'a, T>(
 pub(super) fn or_default(value: &Option<Sourced<String>>, default: &str) -> Sourced<String> {
     value
         .clone()
-        .unwrap_or_else(|| Sourced { value: default.to_string(), origin: Origin::new(Path::new("<default>"), 0) })
+        .unwrap_or_else(|| Sourced { value: default.to_string(), origin: Origin::new(Path::new(BUILT_IN_DEFAULT), 0) })
 }
 
 /// A DNS name, an IPv4 address or a bracketed IPv6 address; never something

@@ -26,16 +26,20 @@ const MANAGED_MOUNT_OPTIONS: &[(&str, &str)] = &[
 pub(super) fn validate_share(
     section: Sourced<ShareFragment>,
     origins: &mut KeyOrigins,
-) -> Result<ShareSettings, ConfigError> {
+    found: &mut Found,
+) -> Option<ShareSettings> {
     let origin = section.origin;
     let share = section.value;
-    let kind = required(&share.kind, &origin, "share.kind", "in [share]: \"azure-files\", \"nfs\" or \"local\"")?;
+    // Without a kind nothing else of the section can be read.
+    let kind =
+        found.ok(required(&share.kind, &origin, "share.kind", "in [share]: \"azure-files\", \"nfs\" or \"local\""))?;
 
     let mount_point_value = or_default(&share.mount_point, DEFAULT_MOUNT_POINT);
-    let mount_point = absolute_path("share.mount_point", &mount_point_value)?;
+    let mut mount_point =
+        found.or(absolute_path("share.mount_point", &mount_point_value), std::path::PathBuf::from(DEFAULT_MOUNT_POINT));
     origins.record("share.mount_point", &mount_point_value);
     if is_system_dir(&mount_point) {
-        return Err(invalid(
+        found.push(invalid(
             &mount_point_value.origin,
             "share.mount_point",
             format!(
@@ -45,8 +49,9 @@ pub(super) fn validate_share(
         ));
     }
     let allow_mnt = share.allow_mnt.as_ref().is_some_and(|a| a.value);
-    if mount_point.starts_with("/mnt") && !allow_mnt {
-        return Err(invalid(
+    let on_resource_disk = mount_point.starts_with("/mnt") && !allow_mnt;
+    if on_resource_disk {
+        found.push(invalid(
             &mount_point_value.origin,
             "share.mount_point",
             format!(
@@ -54,6 +59,10 @@ pub(super) fn validate_share(
                 mount_point.display()
             ),
         ));
+    }
+    if is_system_dir(&mount_point) || on_resource_disk {
+        // Named above; the default stands in so the checks that follow do not trip on it again.
+        mount_point = std::path::PathBuf::from(DEFAULT_MOUNT_POINT);
     }
 
     // Keys that belong to another kind are a mistake worth naming, not ignoring.
@@ -90,9 +99,10 @@ pub(super) fn validate_share(
             ])
             .collect(),
     };
-    if let Some((key, Some(set_at))) = foreign.iter().find(|(_, set_at)| set_at.is_some()) {
+    for (key, set_at) in &foreign {
+        let Some(set_at) = set_at else { continue };
         let kind_at = format!("{}:{}", kind.origin.file.display(), kind.origin.line);
-        return Err(invalid(
+        found.push(invalid(
             set_at,
             &format!("share.{key}"),
             format!(
@@ -117,23 +127,23 @@ pub(super) fn validate_share(
                             && !source.value.contains(',')
                     });
                     if !well_formed {
-                        return Err(invalid(
+                        found.push(invalid(
                             &source.origin,
                             "share.source",
                             format!("{:?} is not //server/share", source.value),
                         ));
                     }
-                    Some(source.value.clone())
+                    well_formed.then(|| source.value.clone())
                 }
                 None => None,
             };
-            let (account, name) = if source.is_some() {
+            let (account, name) = if share.source.is_some() {
                 if let Some(account) = &share.account {
                     let fits = !account.value.is_empty()
                         && account.value.len() <= 64
                         && !account.value.contains(|c: char| c.is_whitespace() || c.is_control() || c == ',');
                     if !fits {
-                        return Err(invalid(
+                        found.push(invalid(
                             &account.origin,
                             "share.account",
                             format!(
@@ -145,10 +155,14 @@ pub(super) fn validate_share(
                 }
                 (share.account.as_ref().map(|a| a.value.clone()), share.share.as_ref().map(|s| s.value.clone()))
             } else {
-                let account =
-                    required(&share.account, &kind.origin, "share.account", "when share.kind = \"azure-files\"")?;
-                if !is_storage_account_name(&account.value) {
-                    return Err(invalid(
+                let account = found.ok(required(
+                    &share.account,
+                    &kind.origin,
+                    "share.account",
+                    "when share.kind = \"azure-files\"",
+                ));
+                if let Some(account) = account.filter(|a| !is_storage_account_name(&a.value)) {
+                    found.push(invalid(
                         &account.origin,
                         "share.account",
                         format!(
@@ -158,27 +172,30 @@ pub(super) fn validate_share(
                     ));
                 }
                 let share_name =
-                    required(&share.share, &kind.origin, "share.share", "when share.kind = \"azure-files\"")?;
-                let name = &share_name.value;
-                if !(3..=63).contains(&name.len())
-                    || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-                    || name.starts_with('-')
-                    || name.ends_with('-')
-                    || name.contains("--")
-                {
-                    return Err(invalid(
-                        &share_name.origin,
-                        "share.share",
-                        format!(
-                            "{name:?} is not a file share name (3-63 lowercase letters, digits and single hyphens)"
-                        ),
-                    ));
+                    found.ok(required(&share.share, &kind.origin, "share.share", "when share.kind = \"azure-files\""));
+                if let Some(share_name) = share_name {
+                    let name = &share_name.value;
+                    if !(3..=63).contains(&name.len())
+                        || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                        || name.starts_with('-')
+                        || name.ends_with('-')
+                        || name.contains("--")
+                    {
+                        found.push(invalid(
+                            &share_name.origin,
+                            "share.share",
+                            format!(
+                                "{name:?} is not a file share name (3-63 lowercase letters, digits and single hyphens)"
+                            ),
+                        ));
+                    }
                 }
-                (Some(account.value.clone()), Some(name.clone()))
+                (account.map(|a| a.value.clone()), share_name.map(|s| s.value.clone()))
             };
-            if account.is_none() {
+            // With a source, no account is a guest mount; on Azure it is an error named above.
+            if account.is_none() && share.source.is_some() {
                 if let Some(key_file) = &share.key_file {
-                    return Err(invalid(
+                    found.push(invalid(
                         &key_file.origin,
                         "share.key_file",
                         "needs share.account, the user the key belongs to (without one the mount is a guest's)",
@@ -194,7 +211,7 @@ pub(super) fn validate_share(
             ];
             for (key, set_at, wanted) in belongs {
                 if let (Some(set_at), true) = (set_at, key_source != wanted) {
-                    return Err(invalid(
+                    found.push(invalid(
                         &set_at,
                         key,
                         format!(
@@ -206,8 +223,8 @@ pub(super) fn validate_share(
                 }
             }
             let chosen = share.key_source.as_ref().map(|k| k.origin.clone()).unwrap_or(kind.origin.clone());
-            if key_source != KeySourceKind::File && account.is_none() {
-                return Err(invalid(
+            if key_source != KeySourceKind::File && account.is_none() && share.source.is_some() {
+                found.push(invalid(
                     &chosen,
                     "share.key_source",
                     "needs share.account, the storage account the key belongs to",
@@ -219,51 +236,54 @@ pub(super) fn validate_share(
                 KeySourceKind::File => {
                     let key_file = or_default(&share.key_file, DEFAULT_KEY_FILE);
                     origins.record("share.key_file", &key_file);
-                    Some(absolute_path("share.key_file", &key_file)?)
+                    found.ok(absolute_path("share.key_file", &key_file))
                 }
                 KeySourceKind::KeyVault | KeySourceKind::StorageAccount => None,
             };
             let key_vault_secret = match (key_source, &share.key_vault_secret) {
                 (KeySourceKind::KeyVault, None) => {
-                    return Err(invalid(
+                    found.push(invalid(
                         &chosen,
                         "share.key_vault_secret",
                         "is needed with key_source = \"key-vault\": https://<vault>.vault.azure.net/secrets/<name>",
-                    ))
+                    ));
+                    None
                 }
-                (_, Some(url)) => Some(key_vault_secret_url(url)?),
+                (_, Some(url)) => found.ok(key_vault_secret_url(url)),
                 (_, None) => None,
             };
             let storage_account_id = match &share.storage_account_id {
-                Some(id) => Some(storage_account_resource_id(id)?),
+                Some(id) => found.ok(storage_account_resource_id(id)),
                 None => None,
             };
             // listKeys without an id asks for the account of that name in the VM's resource group.
             if let (KeySourceKind::StorageAccount, None, Some(name)) = (key_source, &storage_account_id, &account) {
-                if !is_storage_account_name(name) {
-                    return Err(invalid(
+                if !is_storage_account_name(name) && share.source.is_some() {
+                    found.push(invalid(
                         &chosen,
                         "share.storage_account_id",
                         format!("is needed: share.account {name:?} is not a storage account name to look up"),
                     ));
                 }
             }
-            let key_fetch_spread =
+            let mut key_fetch_spread =
                 share.key_fetch_spread.as_ref().map(|s| s.value.0).unwrap_or(DEFAULT_KEY_FETCH_SPREAD);
             if let Some(spread) = &share.key_fetch_spread {
                 if spread.value.0 > std::time::Duration::from_secs(900) {
-                    return Err(invalid(&spread.origin, "share.key_fetch_spread", "must be from 0s to 15m"));
+                    found.push(invalid(&spread.origin, "share.key_fetch_spread", "must be from 0s to 15m"));
+                    key_fetch_spread = DEFAULT_KEY_FETCH_SPREAD;
                 }
             }
-            let endpoint_suffix = or_default(&share.endpoint_suffix, DEFAULT_ENDPOINT_SUFFIX);
+            let mut endpoint_suffix = or_default(&share.endpoint_suffix, DEFAULT_ENDPOINT_SUFFIX);
             if endpoint_suffix.value.is_empty()
                 || !endpoint_suffix.value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
             {
-                return Err(invalid(
+                found.push(invalid(
                     &endpoint_suffix.origin,
                     "share.endpoint_suffix",
                     "must be a DNS suffix such as core.windows.net",
                 ));
+                endpoint_suffix.value = DEFAULT_ENDPOINT_SUFFIX.to_string();
             }
             ShareSource::AzureFiles {
                 account,
@@ -275,91 +295,112 @@ pub(super) fn validate_share(
                 key_vault_secret,
                 storage_account_id,
                 key_fetch_spread,
-                vers: one_of("share.vers", &or_default(&share.vers, DEFAULT_SMB_VERSION), SMB_VERSIONS)?,
+                vers: found.or(
+                    one_of("share.vers", &or_default(&share.vers, DEFAULT_SMB_VERSION), SMB_VERSIONS),
+                    DEFAULT_SMB_VERSION.to_string(),
+                ),
                 uid: {
                     let uid = or_default(&share.uid, DEFAULT_SHARE_UID);
                     origins.record("share.uid", &uid);
-                    owner("share.uid", &uid)?
+                    found.or(owner("share.uid", &uid), DEFAULT_SHARE_UID.to_string())
                 },
                 gid: {
                     let gid = or_default(&share.gid, DEFAULT_SHARE_GID);
                     origins.record("share.gid", &gid);
-                    owner("share.gid", &gid)?
+                    found.or(owner("share.gid", &gid), DEFAULT_SHARE_GID.to_string())
                 },
-                dir_mode: octal_mode("share.dir_mode", &or_default(&share.dir_mode, DEFAULT_DIR_MODE))?,
-                file_mode: octal_mode("share.file_mode", &or_default(&share.file_mode, DEFAULT_FILE_MODE))?,
+                dir_mode: found.or(
+                    octal_mode("share.dir_mode", &or_default(&share.dir_mode, DEFAULT_DIR_MODE)),
+                    DEFAULT_DIR_MODE.to_string(),
+                ),
+                file_mode: found.or(
+                    octal_mode("share.file_mode", &or_default(&share.file_mode, DEFAULT_FILE_MODE)),
+                    DEFAULT_FILE_MODE.to_string(),
+                ),
             }
         }
         ShareKind::Nfs => {
-            let source =
-                required(&share.source, &kind.origin, "share.source", "when share.kind = \"nfs\" (host:/export)")?;
+            let source = found.ok(required(
+                &share.source,
+                &kind.origin,
+                "share.source",
+                "when share.kind = \"nfs\" (host:/export)",
+            ));
             // The host must look like a host: `-oremount:/x` would otherwise
             // reach mount(8) as an option.
-            match source.value.split_once(":/") {
+            let source = source.and_then(|source| match source.value.split_once(":/") {
                 Some((host, _))
-                    if is_host(host) && !source.value.contains(char::is_whitespace) && !source.value.contains(',') => {}
+                    if is_host(host) && !source.value.contains(char::is_whitespace) && !source.value.contains(',') =>
+                {
+                    Some(source.value.clone())
+                }
                 _ => {
-                    return Err(invalid(
+                    found.push(invalid(
                         &source.origin,
                         "share.source",
                         format!("{:?} is not host:/export", source.value),
                     ));
+                    None
                 }
-            }
+            });
             ShareSource::Nfs {
-                source: source.value.clone(),
-                vers: one_of("share.vers", &or_default(&share.vers, DEFAULT_NFS_VERSION), NFS_VERSIONS)?,
+                // Empty only with an error named: the section is not used then.
+                source: source.unwrap_or_default(),
+                vers: found.or(
+                    one_of("share.vers", &or_default(&share.vers, DEFAULT_NFS_VERSION), NFS_VERSIONS),
+                    DEFAULT_NFS_VERSION.to_string(),
+                ),
             }
         }
         ShareKind::Local => {
-            let path = required(&share.path, &kind.origin, "share.path", "when share.kind = \"local\"")?;
-            ShareSource::Local { path: absolute_path("share.path", path)? }
+            let path = found.ok(required(&share.path, &kind.origin, "share.path", "when share.kind = \"local\""));
+            // Empty only with an error named: the section is not used then.
+            ShareSource::Local {
+                path: path.and_then(|path| found.ok(absolute_path("share.path", path))).unwrap_or_default(),
+            }
         }
     };
 
     let options = match &share.options {
         Some(options) => {
+            let mut kept = Vec::new();
             for option in &options.value {
                 // mount.cifs and mount.nfs read option names in any case.
                 let name = option.split('=').next().unwrap_or_default().to_ascii_lowercase();
                 let name = name.as_str();
-                if option.is_empty() || option.contains(',') || option.contains(char::is_whitespace) {
-                    return Err(invalid(
-                        &options.origin,
-                        "share.options",
-                        format!("{option:?}: give one mount option per list entry"),
-                    ));
-                }
-                if SECRET_MOUNT_OPTIONS.contains(&name) {
-                    return Err(invalid(
-                        &options.origin,
-                        "share.options",
-                        format!("`{name}=` does not belong in the config: the key is read from share.key_file"),
-                    ));
-                }
-                if let Some((_, key)) = MANAGED_MOUNT_OPTIONS.iter().find(|(option, _)| *option == name) {
-                    return Err(invalid(
-                        &options.origin,
-                        "share.options",
-                        format!("`{name}` is set by the agent from {key}, not in options"),
-                    ));
+                let wrong = if option.is_empty() || option.contains(',') || option.contains(char::is_whitespace) {
+                    Some(format!("{option:?}: give one mount option per list entry"))
+                } else if SECRET_MOUNT_OPTIONS.contains(&name) {
+                    Some(format!("`{name}=` does not belong in the config: the key is read from share.key_file"))
+                } else {
+                    MANAGED_MOUNT_OPTIONS
+                        .iter()
+                        .find(|(option, _)| *option == name)
+                        .map(|(_, key)| format!("`{name}` is set by the agent from {key}, not in options"))
+                };
+                match wrong {
+                    Some(message) => found.push(invalid(&options.origin, "share.options", message)),
+                    None => kept.push(option.clone()),
                 }
             }
-            options.value.clone()
+            kept
         }
         None => Vec::new(),
     };
 
-    let probe_interval = duration_or(&share.probe_interval, DEFAULT_PROBE_INTERVAL, "share.probe_interval")?;
-    let probe_timeout = duration_or(&share.probe_timeout, DEFAULT_PROBE_TIMEOUT, "share.probe_timeout")?;
-    let mount_timeout = duration_or(&share.mount_timeout, DEFAULT_MOUNT_TIMEOUT, "share.mount_timeout")?;
+    let probe_interval = found
+        .or(duration_or(&share.probe_interval, DEFAULT_PROBE_INTERVAL, "share.probe_interval"), DEFAULT_PROBE_INTERVAL);
+    let probe_timeout = found
+        .or(duration_or(&share.probe_timeout, DEFAULT_PROBE_TIMEOUT, "share.probe_timeout"), DEFAULT_PROBE_TIMEOUT);
+    let mount_timeout = found
+        .or(duration_or(&share.mount_timeout, DEFAULT_MOUNT_TIMEOUT, "share.mount_timeout"), DEFAULT_MOUNT_TIMEOUT);
     if probe_timeout > probe_interval {
         let at =
             share.probe_timeout.as_ref().or(share.probe_interval.as_ref()).map(|v| v.origin.clone()).unwrap_or(origin);
-        return Err(invalid(&at, "share.probe_timeout", "must not be longer than share.probe_interval"));
+        found.push(invalid(&at, "share.probe_timeout", "must not be longer than share.probe_interval"));
     }
 
-    Ok(ShareSettings {
+    Some(ShareSettings {
         kind: kind.value,
         mount_point,
         source,
