@@ -357,22 +357,35 @@ fn a_source_stuck_in_the_kernel_leaves_the_api_answering_and_the_verdict_fresh_a
     let why = stuck["reasons"][0].as_str().unwrap();
     assert!(why.starts_with("no answer within 5s") || why.contains("has not returned"), "{stuck:#}");
     let until = Instant::now() + Duration::from_secs(75);
+    let mut named_in_status = false;
     while Instant::now() < until {
         let asked = Instant::now();
         let out = sandbox.cli(&["status"]);
         assert!(answered(&out), "status did not answer: {}", stderr(&out));
         assert!(asked.elapsed() < Duration::from_secs(1), "status took {:?}", asked.elapsed());
+        // Status names the hung read and since when, once it is past its 5 s deadline.
+        let text = String::from_utf8_lossy(&out.stdout);
+        named_in_status |=
+            text.contains("! stuck in the kernel: idle reads (sessions), 1 of at most 1, the oldest since");
         let verdict = idle_json(&sandbox);
         assert_ne!(verdict["verdict"], "idle", "{verdict:#}");
         assert_ne!(verdict["verdict"], "stale", "sampling goes on around the stuck source: {verdict:#}");
         assert!(verdict["verdict_age_seconds"].as_f64().unwrap_or(99.0) <= 3.0, "{verdict:#}");
         std::thread::sleep(Duration::from_secs(5));
     }
-    // Freed (a writer comes and goes): the signal answers again.
+    assert!(named_in_status, "status never named the stuck read");
+    let status = sandbox.status_json();
+    let stuck = status["stuck"].as_array().unwrap();
+    let read = stuck.iter().find(|s| s["name"] == "idle reads (sessions)").expect("in /v1/status too");
+    assert_eq!((read["count"].as_u64(), read["limit"].as_u64()), (Some(1), Some(1)), "{status:#}");
+    assert!(read["since"].as_str().is_some_and(|since| since.ends_with('Z')), "{status:#}");
+    // Freed (a writer comes and goes): the signal answers again, and status lists nothing stuck.
     let writer = std::fs::OpenOptions::new().write(true).open(&utmp).unwrap();
     drop(writer);
     std::fs::remove_file(&utmp).unwrap();
     wait_signal(&sandbox, "sessions", "idle", Duration::from_secs(15));
+    let status = sandbox.status_json();
+    assert_eq!(status["stuck"], serde_json::json!([]), "{status:#}");
 }
 
 #[test]
