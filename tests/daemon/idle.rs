@@ -271,6 +271,19 @@ fn a_busy_kernel_without_a_connection_keeps_the_vm_active_and_idle_kernels_do_no
         r#"[{"id":"k1","name":"python3","last_activity":"2026-01-01T00:00:00.000000Z","execution_state":"idle","connections":1}]"#.to_string();
     let quiet = wait_signal(&sandbox, "jupyter", "idle", Duration::from_secs(10));
     assert_eq!(quiet["last_activity"], "2026-01-01T00:00:00Z", "the kernel's own last execution: {quiet:#}");
+    // The verdict's last activity is when the kernel was last seen busy, and it says so,
+    // though the quiet kernel's own row now shows an older time.
+    let verdict = idle_json(&sandbox);
+    let by = &verdict["last_activity_by"];
+    assert_eq!(
+        (&by["signal"], &by["reason"], &by["at"]),
+        (&"jupyter".into(), &"kernel busy python3 (alice)".into(), &verdict["idle_since"]),
+        "{verdict:#}"
+    );
+    let human = stdout(&sandbox.cli(&["idle"]));
+    let line =
+        format!("last activity: {}, jupyter: kernel busy python3 (alice)", verdict["idle_since"].as_str().unwrap());
+    assert!(human.starts_with("verdict: not idle yet") && human.contains(&line), "{human}");
     // A rotated token: the hub may run someone's work, so unknown (counted as
     // active), and a config error an admin sees in status.
     std::fs::write(sandbox.root().join("etc/pool-agent/hub-token"), "wrong\n").unwrap();
@@ -285,7 +298,7 @@ fn a_busy_kernel_without_a_connection_keeps_the_vm_active_and_idle_kernels_do_no
         .iter()
         .any(|r| r.as_str().unwrap().contains("unknown, counts as active")));
     let human = stdout(&sandbox.cli(&["idle"]));
-    assert!(human.starts_with("verdict: active") && human.contains("jupyter"), "{human}");
+    assert!(human.starts_with("verdict: not idle yet") && human.contains("jupyter"), "{human}");
     let status = sandbox.status_json();
     let row = status["components"].as_array().unwrap().iter().find(|c| c["name"] == "idle").cloned().unwrap();
     assert_eq!(row["state"], "degraded", "{row:#}");

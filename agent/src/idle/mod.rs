@@ -324,6 +324,8 @@ fn publish(
         report.stale_after_seconds = (settings.idle.interval * STALE_AFTER_INTERVALS).as_secs_f64();
         report.reasons = verdict.reasons.clone();
         report.signals = samples.iter().map(|(name, sample)| SignalReport::of(name, sample, wall)).collect();
+        report.last_activity_by =
+            report::last_activity_by(report.last_activity_by.as_ref(), verdict.idle_since, samples, wall);
         report.clone()
     };
     let detail = if verdict.idle {
@@ -333,7 +335,7 @@ fn publish(
         }
         detail
     } else {
-        format!("active: {}", verdict.reasons.first().cloned().unwrap_or_default())
+        format!("not idle yet: {}", verdict.reasons.first().cloned().unwrap_or_default())
     };
     // What an admin must mend: lost or unreadable holds, a Jupyter token refused.
     let problems: Vec<String> = samples
