@@ -185,11 +185,20 @@ fn a_hold_keeps_the_vm_active_until_released_or_expired_and_only_its_owner_or_an
     let carol_sees = stdout(&sandbox.cli_as(CAROL_UID, &["idle", "--json"]));
     assert!(carol_sees.contains("a hold by another user until"), "{carol_sees}");
     assert!(!carol_sees.contains("training run") && !carol_sees.contains("by bob"), "{carol_sees}");
+    let status = stdout(&sandbox.cli_as(CAROL_UID, &["status"]));
+    assert!(status.contains("not idle yet: holds: a user's hold"), "status is for everyone too: {status}");
+    assert!(!status.contains("training run") && !status.contains("by bob"), "{status}");
     let bob_sees = stdout(&sandbox.cli_as(USER_UID, &["idle", "--json"]));
     assert!(bob_sees.contains("by bob") && bob_sees.contains("training run"), "{bob_sees}");
     let released = sandbox.cli_as(USER_UID, &["hold", "release", &id]);
     assert!(released.status.success(), "{}", stderr(&released));
     wait_signal(&sandbox, "holds", "idle", Duration::from_secs(10));
+    // Released, it is still what last moved the count: named, but its words stay bob's.
+    let carol_sees = stdout(&sandbox.cli_as(CAROL_UID, &["idle", "--json"]));
+    let by: serde_json::Value =
+        serde_json::from_str::<serde_json::Value>(&carol_sees).unwrap()["last_activity_by"].clone();
+    assert_eq!((&by["signal"], &by["reason"]), (&"holds".into(), &"a hold by another user".into()), "{carol_sees}");
+    assert!(!carol_sees.contains("training run") && !carol_sees.contains("by bob"), "{carol_sees}");
     // An admin releases anyone's.
     let out = sandbox.cli_as(USER_UID, &["hold", "1h", "--json"]);
     let id: String = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"].as_str().unwrap().into();
@@ -369,6 +378,12 @@ fn a_source_stuck_in_the_kernel_leaves_the_api_answering_and_the_verdict_fresh_a
     let stuck = wait_signal(&sandbox, "sessions", "unknown", Duration::from_secs(15));
     let why = stuck["reasons"][0].as_str().unwrap();
     assert!(why.starts_with("no answer within 5s") || why.contains("has not returned"), "{stuck:#}");
+    // The round that met the stuck read took its 5 s deadline, so its verdict was born
+    // 5 s old; the rounds after it do not wait for that read again.
+    eventually(Duration::from_secs(10), || {
+        Some(idle_json(&sandbox)).filter(|v| v["verdict_age_seconds"].as_f64().is_some_and(|age| age <= 3.0))
+    })
+    .expect("a fresh verdict after the first stuck round");
     let until = Instant::now() + Duration::from_secs(75);
     let mut named_in_status = false;
     while Instant::now() < until {

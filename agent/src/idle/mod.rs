@@ -335,7 +335,10 @@ fn publish(
         }
         detail
     } else {
-        format!("not idle yet: {}", verdict.reasons.first().cloned().unwrap_or_default())
+        // Status is for everyone: whose hold and why stay with `pool-agent idle`'s rules.
+        let first = verdict.reasons.first().cloned().unwrap_or_default();
+        let first = if first.starts_with("holds: hold ") { "holds: a user's hold".to_string() } else { first };
+        format!("not idle yet: {first}")
     };
     // What an admin must mend: lost or unreadable holds, a Jupyter token refused.
     let problems: Vec<String> = samples
