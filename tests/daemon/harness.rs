@@ -13,10 +13,46 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Says why a test is skipped where the developer sees it: libtest captures
-/// `println!` of passing tests, but not a direct write to stderr.
+/// `println!` of passing tests, but not a direct write to stderr. The test is
+/// also counted: libtest calls it passed, so the run ends with one line
+/// naming every test that skipped (printed at the process's exit, after
+/// libtest's own summary, however the binary was started).
 pub fn skip_note(message: &str) {
     use std::io::Write as _;
     let _ = writeln!(std::io::stderr(), "{message}");
+    // libtest runs each test on a thread named after it; else the name the note gives.
+    let thread = std::thread::current();
+    let name = match thread.name() {
+        Some(name) if name != "main" => name.to_string(),
+        _ => message.trim_start_matches("SKIP ").split(':').next().unwrap_or(message).trim().to_string(),
+    };
+    let mut skipped = SKIPPED.lock().unwrap_or_else(|p| p.into_inner());
+    if !skipped.contains(&name) {
+        skipped.push(name);
+    }
+    static AT_EXIT: std::sync::Once = std::sync::Once::new();
+    // SAFETY: atexit only stores the pointer of a plain function that lives for the whole program.
+    AT_EXIT.call_once(|| unsafe {
+        libc::atexit(say_skipped);
+    });
+}
+
+static SKIPPED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// The run's last line: how many tests skipped, and which.
+extern "C" fn say_skipped() {
+    use std::io::Write as _;
+    let mut skipped = SKIPPED.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if skipped.is_empty() {
+        return;
+    }
+    skipped.sort();
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {} test(s), counted as passed above but not run (see the SKIP lines for why): {}",
+        skipped.len(),
+        skipped.join(", ")
+    );
 }
 
 pub const DAEMON: &str = env!("CARGO_BIN_EXE_pool-agentd");

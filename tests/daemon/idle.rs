@@ -185,11 +185,20 @@ fn a_hold_keeps_the_vm_active_until_released_or_expired_and_only_its_owner_or_an
     let carol_sees = stdout(&sandbox.cli_as(CAROL_UID, &["idle", "--json"]));
     assert!(carol_sees.contains("a hold by another user until"), "{carol_sees}");
     assert!(!carol_sees.contains("training run") && !carol_sees.contains("by bob"), "{carol_sees}");
+    let status = stdout(&sandbox.cli_as(CAROL_UID, &["status"]));
+    assert!(status.contains("not idle yet: holds: a user's hold"), "status is for everyone too: {status}");
+    assert!(!status.contains("training run") && !status.contains("by bob"), "{status}");
     let bob_sees = stdout(&sandbox.cli_as(USER_UID, &["idle", "--json"]));
     assert!(bob_sees.contains("by bob") && bob_sees.contains("training run"), "{bob_sees}");
     let released = sandbox.cli_as(USER_UID, &["hold", "release", &id]);
     assert!(released.status.success(), "{}", stderr(&released));
     wait_signal(&sandbox, "holds", "idle", Duration::from_secs(10));
+    // Released, it is still what last moved the count: named, but its words stay bob's.
+    let carol_sees = stdout(&sandbox.cli_as(CAROL_UID, &["idle", "--json"]));
+    let by: serde_json::Value =
+        serde_json::from_str::<serde_json::Value>(&carol_sees).unwrap()["last_activity_by"].clone();
+    assert_eq!((&by["signal"], &by["reason"]), (&"holds".into(), &"a hold by another user".into()), "{carol_sees}");
+    assert!(!carol_sees.contains("training run") && !carol_sees.contains("by bob"), "{carol_sees}");
     // An admin releases anyone's.
     let out = sandbox.cli_as(USER_UID, &["hold", "1h", "--json"]);
     let id: String = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"].as_str().unwrap().into();
@@ -271,6 +280,28 @@ fn a_busy_kernel_without_a_connection_keeps_the_vm_active_and_idle_kernels_do_no
         r#"[{"id":"k1","name":"python3","last_activity":"2026-01-01T00:00:00.000000Z","execution_state":"idle","connections":1}]"#.to_string();
     let quiet = wait_signal(&sandbox, "jupyter", "idle", Duration::from_secs(10));
     assert_eq!(quiet["last_activity"], "2026-01-01T00:00:00Z", "the kernel's own last execution: {quiet:#}");
+    // The verdict's last activity is when the kernel was last seen busy, and it says so,
+    // though the quiet kernel's own row now shows an older time. (Parallel tests run
+    // processes as user uids, which the cpu signal may see: then cpu moved it later.)
+    let verdict = idle_json(&sandbox);
+    let by = &verdict["last_activity_by"];
+    assert_eq!(by["at"], verdict["idle_since"], "{verdict:#}");
+    if by["signal"] != "cpu" {
+        assert_eq!(
+            (&by["signal"], &by["reason"]),
+            (&"jupyter".into(), &"kernel busy python3 (alice)".into()),
+            "{verdict:#}"
+        );
+    }
+    let human = stdout(&sandbox.cli(&["idle"]));
+    let line = format!(
+        "last activity: {}, {}: {}",
+        by["at"].as_str().unwrap(),
+        by["signal"].as_str().unwrap(),
+        by["reason"].as_str().unwrap()
+    );
+    assert!(human.contains(&line) || human.contains(", cpu: "), "{human}");
+    assert!(human.starts_with("verdict: not idle yet") || human.starts_with("verdict: stale"), "{human}");
     // A rotated token: the hub may run someone's work, so unknown (counted as
     // active), and a config error an admin sees in status.
     std::fs::write(sandbox.root().join("etc/pool-agent/hub-token"), "wrong\n").unwrap();
@@ -285,7 +316,11 @@ fn a_busy_kernel_without_a_connection_keeps_the_vm_active_and_idle_kernels_do_no
         .iter()
         .any(|r| r.as_str().unwrap().contains("unknown, counts as active")));
     let human = stdout(&sandbox.cli(&["idle"]));
-    assert!(human.starts_with("verdict: active") && human.contains("jupyter"), "{human}");
+    assert!(
+        (human.starts_with("verdict: not idle yet") || human.starts_with("verdict: stale"))
+            && human.contains("jupyter"),
+        "{human}"
+    );
     let status = sandbox.status_json();
     let row = status["components"].as_array().unwrap().iter().find(|c| c["name"] == "idle").cloned().unwrap();
     assert_eq!(row["state"], "degraded", "{row:#}");
@@ -356,23 +391,42 @@ fn a_source_stuck_in_the_kernel_leaves_the_api_answering_and_the_verdict_fresh_a
     let stuck = wait_signal(&sandbox, "sessions", "unknown", Duration::from_secs(15));
     let why = stuck["reasons"][0].as_str().unwrap();
     assert!(why.starts_with("no answer within 5s") || why.contains("has not returned"), "{stuck:#}");
+    // The round that met the stuck read took its 5 s deadline, so its verdict was born
+    // 5 s old; the rounds after it do not wait for that read again.
+    eventually(Duration::from_secs(10), || {
+        Some(idle_json(&sandbox)).filter(|v| v["verdict_age_seconds"].as_f64().is_some_and(|age| age <= 3.0))
+    })
+    .expect("a fresh verdict after the first stuck round");
     let until = Instant::now() + Duration::from_secs(75);
+    let mut named_in_status = false;
     while Instant::now() < until {
         let asked = Instant::now();
         let out = sandbox.cli(&["status"]);
         assert!(answered(&out), "status did not answer: {}", stderr(&out));
         assert!(asked.elapsed() < Duration::from_secs(1), "status took {:?}", asked.elapsed());
+        // Status names the hung read and since when, once it is past its 5 s deadline.
+        let text = String::from_utf8_lossy(&out.stdout);
+        named_in_status |=
+            text.contains("! stuck in the kernel: idle reads (sessions), 1 of at most 1, the oldest since");
         let verdict = idle_json(&sandbox);
         assert_ne!(verdict["verdict"], "idle", "{verdict:#}");
         assert_ne!(verdict["verdict"], "stale", "sampling goes on around the stuck source: {verdict:#}");
         assert!(verdict["verdict_age_seconds"].as_f64().unwrap_or(99.0) <= 3.0, "{verdict:#}");
         std::thread::sleep(Duration::from_secs(5));
     }
-    // Freed (a writer comes and goes): the signal answers again.
+    assert!(named_in_status, "status never named the stuck read");
+    let status = sandbox.status_json();
+    let stuck = status["stuck"].as_array().unwrap();
+    let read = stuck.iter().find(|s| s["name"] == "idle reads (sessions)").expect("in /v1/status too");
+    assert_eq!((read["count"].as_u64(), read["limit"].as_u64()), (Some(1), Some(1)), "{status:#}");
+    assert!(read["since"].as_str().is_some_and(|since| since.ends_with('Z')), "{status:#}");
+    // Freed (a writer comes and goes): the signal answers again, and status lists nothing stuck.
     let writer = std::fs::OpenOptions::new().write(true).open(&utmp).unwrap();
     drop(writer);
     std::fs::remove_file(&utmp).unwrap();
     wait_signal(&sandbox, "sessions", "idle", Duration::from_secs(15));
+    let status = sandbox.status_json();
+    assert_eq!(status["stuck"], serde_json::json!([]), "{status:#}");
 }
 
 #[test]

@@ -452,3 +452,34 @@ fn refused_and_failed_scripts_reach_the_journal_as_warnings_once() {
     assert!(warnings.iter().any(|l| l.contains("20-fails") && l.contains("failed (exit 3)")), "{log}");
     assert!(!log.lines().any(|l| l.starts_with("<6>") && l.contains("failed (exit 3)")), "{log}");
 }
+
+#[test]
+fn while_the_share_is_awaited_scripts_lists_every_configured_script_and_the_refusals_known_already() {
+    let sandbox = Sandbox::new();
+    add_script(&sandbox, "10-conda", "true");
+    add_script(&sandbox, "20-ghost", "true");
+    let me = sandbox.caller_name();
+    // A local share whose directory is not there: never mounted, so scripts wait (up to an hour).
+    sandbox.write_config(
+        &config_with(&format!(
+            "[setup]\nshare_wait = \"1h\"\n[[setup.scripts]]\nname = \"10-conda\"\npath = \"/etc/pool-agent/setup.d/10-conda\"\nrun_as = \"{me}\"\n[[setup.scripts]]\nname = \"20-ghost\"\npath = \"/etc/pool-agent/setup.d/20-ghost\"\nrun_as = \"nosuchuser\"\n"
+        ))
+        .replace("path = \"/srv/share\"", "path = \"/srv/not-there\""),
+    );
+    let _daemon = sandbox.start();
+    let listed = eventually(Duration::from_secs(10), || {
+        Some(scripts_json(&sandbox)).filter(|s| s["scripts"].as_array().is_some_and(|rows| rows.len() == 2))
+    })
+    .unwrap_or_else(|| panic!("the configured scripts were never listed: {:#}", scripts_json(&sandbox)));
+    assert!(listed["phase"].as_str().unwrap().starts_with("waiting for the share"), "{listed:#}");
+    let out = sandbox.cli(&["scripts"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("2 setup script(s)"), "{text}");
+    assert!(text.contains("waiting for the share"), "{text}");
+    let line = |name: &str| text.lines().find(|l| l.starts_with(name)).unwrap_or_default().to_string();
+    assert!(line("10-conda").contains("pending"), "{text}");
+    assert!(line("20-ghost").contains("refused"), "{text}");
+    assert!(text.contains("run_as: no user \"nosuchuser\" on this VM"), "the refusal says why: {text}");
+    // Nothing ran while the share is awaited.
+    assert_eq!(script_row(&sandbox, "10-conda")["started"], serde_json::Value::Null);
+}

@@ -3,7 +3,7 @@
 
 use super::access;
 use super::admin::AdminLookups;
-use super::types::{AgentInfo, StatusReport};
+use super::types::{AgentInfo, StatusReport, StuckReport};
 use super::AppState;
 use crate::core::capability::redact;
 use crate::core::clock::rfc3339;
@@ -64,7 +64,24 @@ pub fn status_report(state: &AppState) -> StatusReport {
         },
         config: state.board.config_status(),
         components: state.board.components(),
+        stuck: stuck_report(state.clock.now()),
     }
+}
+
+/// The core's table of work past its deadline, in wall-clock terms.
+fn stuck_report(now: std::time::SystemTime) -> Vec<StuckReport> {
+    crate::core::stuck::stuck_now()
+        .into_iter()
+        .map(|stuck| StuckReport {
+            name: match stuck.of {
+                Some(of) => format!("{} ({of})", stuck.what),
+                None => stuck.what.to_string(),
+            },
+            count: stuck.count,
+            limit: stuck.limit,
+            since: rfc3339(now.checked_sub(stuck.oldest).unwrap_or(now)),
+        })
+        .collect()
 }
 
 async fn status(State(state): State<AppState>) -> Json<StatusReport> {
@@ -443,6 +460,16 @@ mod tests {
             assert_eq!(read.status(), StatusCode::OK, "{path}");
             assert!(started.elapsed() < Duration::from_secs(1), "{path} took {:?}", started.elapsed());
         }
+        // Status names the stuck look-ups and since when (other tests' may be listed too).
+        let status = body_json(f.app.clone().oneshot(request(Method::GET, "/v1/status", 1003)).await.unwrap()).await;
+        let stuck = status["stuck"].as_array().unwrap();
+        let lookups = stuck.iter().find(|s| s["name"] == "admin group look-ups").expect("listed");
+        assert!(lookups["count"].as_u64().unwrap() >= 1, "{status:#}");
+        assert_eq!(lookups["limit"], crate::api::admin::MAX_STUCK_LOOKUPS);
+        let since = humantime::parse_rfc3339(lookups["since"].as_str().unwrap()).unwrap();
+        let now = crate::core::clock::Clock::now(&crate::core::clock::SystemClock);
+        let waited = now.duration_since(since).unwrap_or_default();
+        assert!(waited >= crate::api::admin::LOOKUP_DEADLINE - Duration::from_millis(1100), "{status:#}");
         // Root never needs the directory service.
         let root = f.app.clone().oneshot(request(Method::POST, "/v1/test/change", 0)).await.unwrap();
         assert_eq!(root.status(), StatusCode::OK);

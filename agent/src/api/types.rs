@@ -22,4 +22,19 @@ pub struct StatusReport {
     pub agent: AgentInfo,
     pub config: ConfigStatus,
     pub components: Vec<ComponentStatus>,
+    /// Work stuck in the kernel past its deadline (share probes, idle reads,
+    /// admin look-ups, links passes): each kind with how many and since when.
+    #[serde(default)]
+    pub stuck: Vec<StuckReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StuckReport {
+    /// The kind of work, and which one when there are several ("idle reads (sessions)").
+    pub name: String,
+    /// Pieces past their deadline, of at most `limit` in flight.
+    pub count: usize,
+    pub limit: usize,
+    /// When the oldest of them started.
+    pub since: String,
 }

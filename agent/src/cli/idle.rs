@@ -35,18 +35,27 @@ pub fn idle() -> Call {
     })
 }
 
-/// The verdict, since when, then one line per signal with its last activity and reasons.
+/// The verdict, since when and by what, then one line per signal with its
+/// last activity and reasons. Until the VM is idle the verdict reads "not
+/// idle yet", so a countdown ("nothing active since ...") is no contradiction.
 pub fn summary(report: &IdleReport) -> String {
     let mut out = String::new();
+    let verdict = match report.verdict.as_str() {
+        "active" => "not idle yet",
+        other => other,
+    };
     let _ = writeln!(
         out,
-        "verdict: {} (timeout {}, action {})",
-        report.verdict,
+        "verdict: {verdict} (timeout {}, action {})",
         crate::config::duration::format(std::time::Duration::from_secs(report.timeout_seconds)),
         report.action
     );
     if let Some(since) = &report.idle_since {
-        let _ = writeln!(out, "last activity: {since}");
+        let _ = match &report.last_activity_by {
+            Some(by) if &by.at == since => writeln!(out, "last activity: {since}, {}: {}", by.signal, by.reason),
+            Some(by) => writeln!(out, "last activity: {since} (last named: {} at {}: {})", by.signal, by.at, by.reason),
+            None => writeln!(out, "last activity: {since}"),
+        };
     }
     if report.verdict == "active" {
         if let Some(at) = &report.idle_at {
@@ -130,5 +139,62 @@ pub fn hold(hold: &HoldArgs) -> Result<Call, String> {
         (None, None) => {
             Err("hold needs a DURATION (e.g. `pool-agent hold 2h`), or `hold list` / `hold release ID`".into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idle::report::{ActivityBy, SignalReport};
+    use crate::idle::signal::SignalState;
+
+    fn report(verdict: &str, by: Option<ActivityBy>) -> IdleReport {
+        IdleReport {
+            verdict: verdict.into(),
+            idle_since: Some("2026-12-03T17:00:00Z".into()),
+            idle_at: Some("2026-12-03T17:30:00Z".into()),
+            timeout_seconds: 1800,
+            action: "report".into(),
+            reasons: vec![
+                "nothing active since 2026-12-03T17:00:00Z; idle at 2026-12-03T17:30:00Z (timeout 30m)".into()
+            ],
+            signals: vec![SignalReport {
+                name: "jupyter".into(),
+                state: SignalState::Idle,
+                last_activity: None,
+                reasons: vec!["no kernels".into()],
+                figures: Default::default(),
+            }],
+            last_activity_by: by,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_countdown_reads_not_idle_yet_and_names_the_signal_behind_last_activity() {
+        let by = ActivityBy {
+            signal: "jupyter".into(),
+            reason: "kernel busy python3 (bob)".into(),
+            at: "2026-12-03T17:00:00Z".into(),
+        };
+        let text = summary(&report("active", Some(by.clone())));
+        assert!(text.starts_with("verdict: not idle yet (timeout 30m, action report)\n"), "{text}");
+        assert!(!text.contains("verdict: active"), "{text}");
+        assert!(text.contains("last activity: 2026-12-03T17:00:00Z, jupyter: kernel busy python3 (bob)\n"), "{text}");
+        assert!(text.contains("idle at: 2026-12-03T17:30:00Z if nothing happens"), "{text}");
+        // The signal itself is quiet now: its row has no last activity, the header still says who.
+        assert!(text.contains("jupyter       idle      -"), "{text}");
+
+        let idle = summary(&report("idle", Some(by.clone())));
+        assert!(idle.starts_with("verdict: idle (timeout 30m"), "{idle}");
+        assert!(!idle.contains("idle at:"), "{idle}");
+
+        // Named earlier, at another moment: said as such, not as the cause of this one.
+        let older = ActivityBy { at: "2026-12-03T16:00:00Z".into(), ..by };
+        let text = summary(&report("active", Some(older)));
+        assert!(
+            text.contains("last activity: 2026-12-03T17:00:00Z (last named: jupyter at 2026-12-03T16:00:00Z: kernel busy python3 (bob))"),
+            "{text}"
+        );
     }
 }

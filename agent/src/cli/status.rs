@@ -152,6 +152,17 @@ pub fn status_at(report: &StatusReport, clock: &dyn Clock) -> String {
             let _ = writeln!(out, "  {:name_width$}  last error: {error}", "");
         }
     }
+    for stuck in &report.stuck {
+        let _ = writeln!(
+            out,
+            "! stuck in the kernel: {}, {} of at most {}, the oldest since {} ({})",
+            stuck.name,
+            stuck.count,
+            stuck.limit,
+            stuck.since,
+            age(&stuck.since, clock)
+        );
+    }
     match (&report.config.rejected_reload, &report.config.running_on) {
         (Some(rejected), Some(running_on)) => {
             let _ = writeln!(out, "! the config on disk is invalid; running on {running_on}:");
@@ -208,6 +219,7 @@ mod tests {
                 detail: None,
                 last_error: Some("server gone".into()),
             }],
+            stuck: vec![StuckReport { name: "idle reads (sessions)".into(), count: 1, limit: 1, since: at(125) }],
         };
         let text = status_at(&report, clock.as_ref());
         assert!(text.contains("on vm-3 (pid 7), started 2h ago"), "{text}");
@@ -215,6 +227,13 @@ mod tests {
         assert!(text.contains("(3m ago)"), "{text}");
         assert!(text.contains("last error: server gone"), "{text}");
         assert!(text.contains("c.toml:3: share.bogus: unknown key"), "{text}");
+        assert!(
+            text.contains(&format!(
+                "! stuck in the kernel: idle reads (sessions), 1 of at most 1, the oldest since {} (2m ago)",
+                at(125)
+            )),
+            "{text}"
+        );
         assert_eq!(verdict(&report), NOT_READY);
         let mut healthy = report.clone();
         healthy.components[0].state = ComponentState::Ready;

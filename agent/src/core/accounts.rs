@@ -214,7 +214,9 @@ impl AccountsView {
             let check_due = cache.stamps_checked.is_none_or(|at| now.duration_since(at) >= STAMP_CHECK_EVERY);
             let nss_due = matches!(*self.source, AccountSource::Nss { .. })
                 && cache.loaded.is_some_and(|at| now.duration_since(at) >= NSS_RELOAD_EVERY);
-            if !(check_due || nss_due) || (cache.loading && cache.loaded.is_some()) {
+            // Before the first load there is nothing to hand out: load too,
+            // even while another reader loads (its stamp check is no answer).
+            if cache.loaded.is_some() && (!(check_due || nss_due) || cache.loading) {
                 return cache.snapshot.clone();
             }
             cache.stamps_checked = Some(now);
@@ -446,6 +448,24 @@ mod tests {
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\n# comment\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\nalice:x:1001:1001::/home/alice:/bin/bash\nbob:x:1002:1002::/home/bob:/bin/bash\nsvc:x:1003:1003::/srv:/usr/sbin/nologin\nbroken line\n";
     const GROUP: &str = "root:x:0:\npool-agent-admin:x:990:alice\nbob:x:1002:\n";
+
+    #[test]
+    fn a_reader_that_comes_while_the_first_load_runs_loads_too_and_never_sees_no_users() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("passwd"), PASSWD).unwrap();
+        std::fs::write(dir.path().join("group"), GROUP).unwrap();
+        let view = AccountsView::new(AccountSource::Files {
+            passwd: dir.path().join("passwd"),
+            group: dir.path().join("group"),
+        });
+        // The state another thread leaves when it has just started the first load.
+        {
+            let mut cache = view.lock();
+            cache.stamps_checked = Some(Instant::now());
+            cache.loading = true;
+        }
+        assert_eq!(view.user_by_name("alice").map(|a| a.uid), Some(1001), "an empty snapshot was handed out");
+    }
 
     #[test]
     fn parses_accounts_and_skips_junk() {

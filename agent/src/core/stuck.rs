@@ -6,10 +6,23 @@
 //! each piece on a blocking thread under a deadline so the caller never waits
 //! longer than it chose. The ticket leaves the table when the thread ends,
 //! however late, so a thread that comes back frees its place.
+//!
+//! Every kind of work is also entered in one table of the process
+//! ([`stuck_now`]): a thread stuck in the kernel belongs to the process, not
+//! to the capability that started it (it outlives a reload that drops its
+//! owner), so status reads them all from here without knowing who made them.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
+
+/// A piece taken by hand ([`StuckWork::try_start`]) has no deadline of its
+/// own; past this it is reported as stuck.
+pub const HAND_HELD_STUCK_AFTER: Duration = Duration::from_secs(60);
+
+/// Every kind of work made in this process; dead entries are pruned as new
+/// ones come (kinds are made at start and on reloads, a handful each).
+static EVERY_KIND: Mutex<Vec<Weak<Mutex<Table>>>> = Mutex::new(Vec::new());
 
 /// One kind of work, at most `limit` pieces in flight at once.
 #[derive(Clone)]
@@ -19,11 +32,20 @@ pub struct StuckWork {
     table: Arc<Mutex<Table>>,
 }
 
-#[derive(Default)]
 struct Table {
+    what: &'static str,
+    /// Which one of its kind, when there are several (an idle signal's name).
+    of: Option<&'static str>,
+    limit: usize,
     next: u64,
-    /// Each piece in flight, by ticket number: when it started.
-    running: BTreeMap<u64, Instant>,
+    /// Each piece in flight, by ticket number.
+    running: BTreeMap<u64, Piece>,
+}
+
+struct Piece {
+    started: Instant,
+    /// Past this the piece is stuck, not just running.
+    stuck_after: Duration,
 }
 
 /// Holds one place while its work runs; dropping it (the work's thread
@@ -65,19 +87,37 @@ fn lock(table: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
 impl StuckWork {
     /// `what` names the work in messages, in the plural ("share probes").
     pub fn new(what: &'static str, limit: usize) -> Self {
-        Self { what, limit: limit.max(1), table: Arc::default() }
+        Self::of_kind(what, None, limit)
+    }
+
+    /// One of several of a kind, `of` naming which (in status only).
+    pub fn new_of(what: &'static str, of: &'static str, limit: usize) -> Self {
+        Self::of_kind(what, Some(of), limit)
+    }
+
+    fn of_kind(what: &'static str, of: Option<&'static str>, limit: usize) -> Self {
+        let limit = limit.max(1);
+        let table = Arc::new(Mutex::new(Table { what, of, limit, next: 0, running: BTreeMap::new() }));
+        let mut every = EVERY_KIND.lock().unwrap_or_else(|p| p.into_inner());
+        every.retain(|kind| kind.strong_count() > 0);
+        every.push(Arc::downgrade(&table));
+        Self { what, limit, table }
     }
 
     /// A place, or why there is none: `limit` pieces are still in flight.
     pub fn try_start(&self) -> Result<Ticket, StuckError> {
+        self.start(HAND_HELD_STUCK_AFTER)
+    }
+
+    fn start(&self, stuck_after: Duration) -> Result<Ticket, StuckError> {
         let mut table = lock(&self.table);
         if table.running.len() >= self.limit {
-            let oldest = table.running.values().min().map(Instant::elapsed).unwrap_or_default();
+            let oldest = table.oldest().unwrap_or_default();
             return Err(StuckError::Full { what: self.what, limit: self.limit, oldest });
         }
         table.next += 1;
         let id = table.next;
-        table.running.insert(id, Instant::now());
+        table.running.insert(id, Piece { started: Instant::now(), stuck_after });
         Ok(Ticket { id, table: self.table.clone() })
     }
 
@@ -88,7 +128,7 @@ impl StuckWork {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let ticket = self.try_start()?;
+        let ticket = self.start(deadline)?;
         let task = tokio::task::spawn_blocking(move || {
             let _ticket = ticket;
             work()
@@ -102,12 +142,53 @@ impl StuckWork {
 
     pub fn in_flight(&self) -> InFlight {
         let table = lock(&self.table);
-        InFlight {
-            count: table.running.len(),
-            limit: self.limit,
-            oldest: table.running.values().min().map(Instant::elapsed),
-        }
+        InFlight { count: table.running.len(), limit: self.limit, oldest: table.oldest() }
     }
+}
+
+impl Table {
+    fn oldest(&self) -> Option<Duration> {
+        self.running.values().map(|piece| piece.started.elapsed()).max()
+    }
+}
+
+/// One kind of work with pieces past their deadline, as status shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stuck {
+    pub what: &'static str,
+    pub of: Option<&'static str>,
+    /// Pieces past their deadline, and the kind's bound.
+    pub count: usize,
+    pub limit: usize,
+    /// How long the oldest of them has been waiting.
+    pub oldest: Duration,
+}
+
+/// Every piece of work in this process that is past its deadline, by kind,
+/// longest stuck first. Work running within its deadline is not listed.
+pub fn stuck_now() -> Vec<Stuck> {
+    let kinds: Vec<_> = {
+        let every = EVERY_KIND.lock().unwrap_or_else(|p| p.into_inner());
+        every.iter().filter_map(Weak::upgrade).collect()
+    };
+    let mut stuck: Vec<Stuck> = kinds
+        .iter()
+        .filter_map(|table| {
+            let table = lock(table);
+            let late: Vec<Duration> = table
+                .running
+                .values()
+                .filter_map(|piece| {
+                    let ran = piece.started.elapsed();
+                    (ran > piece.stuck_after).then_some(ran)
+                })
+                .collect();
+            let oldest = late.iter().max().copied()?;
+            Some(Stuck { what: table.what, of: table.of, count: late.len(), limit: table.limit, oldest })
+        })
+        .collect();
+    stuck.sort_by(|a, b| b.oldest.cmp(&a.oldest).then(a.what.cmp(b.what)).then(a.of.cmp(&b.of)));
+    stuck
 }
 
 #[cfg(test)]
@@ -182,5 +263,55 @@ mod tests {
         assert!(matches!(work.try_start(), Err(StuckError::Full { .. })));
         drop(ticket);
         assert!(work.try_start().is_ok());
+    }
+
+    /// This kind's entry in the process's table (other tests add their own).
+    fn listed(what: &'static str) -> Option<Stuck> {
+        stuck_now().into_iter().find(|stuck| stuck.what == what)
+    }
+
+    #[tokio::test]
+    async fn only_work_past_its_deadline_is_listed_by_name_until_its_thread_returns() {
+        let work = StuckWork::new_of("test reads", "sessions", 3);
+        let (slow, hang_slow) = hang();
+        let (stuck, hang_stuck) = hang();
+        // Within its (long) deadline: running, not stuck.
+        let within = work.clone();
+        let pending = tokio::spawn(async move { within.run(Duration::from_secs(60), hang_slow).await });
+        assert!(work.run(Duration::from_millis(30), hang_stuck).await.is_err());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let seen = listed("test reads").expect("the stuck read is listed");
+        assert_eq!((seen.of, seen.count, seen.limit), (Some("sessions"), 1, 3), "{seen:?}");
+        assert!(seen.oldest >= Duration::from_millis(30), "{seen:?}");
+        assert_eq!(work.in_flight().count, 2, "both are in flight");
+
+        stuck.send(()).unwrap();
+        for _ in 0..200 {
+            if listed("test reads").is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(listed("test reads"), None, "a returned thread leaves the list");
+        slow.send(()).unwrap();
+        pending.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_stuck_thread_stays_listed_after_its_owner_is_dropped() {
+        let work = StuckWork::new("orphan reads", 1);
+        let (release, hang) = hang();
+        assert!(work.run(Duration::from_millis(10), hang).await.is_err());
+        drop(work);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(listed("orphan reads").map(|s| s.count), Some(1), "the thread is still there");
+        release.send(()).unwrap();
+        for _ in 0..200 {
+            if listed("orphan reads").is_none() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the returned thread is still listed");
     }
 }

@@ -330,6 +330,8 @@ fn publish(
         report.stale_after_seconds = (settings.idle.interval * STALE_AFTER_INTERVALS).as_secs_f64();
         report.reasons = verdict.reasons.clone();
         report.signals = samples.iter().map(|(name, sample)| SignalReport::of(name, sample, wall)).collect();
+        report.last_activity_by =
+            report::last_activity_by(report.last_activity_by.as_ref(), verdict.idle_since, samples, wall);
         report.clone()
     };
     let detail = if verdict.idle {
@@ -339,7 +341,10 @@ fn publish(
         }
         detail
     } else {
-        format!("active: {}", verdict.reasons.first().cloned().unwrap_or_default())
+        // Status is for everyone: whose hold and why stay with `pool-agent idle`'s rules.
+        let first = verdict.reasons.first().cloned().unwrap_or_default();
+        let first = if first.starts_with("holds: hold ") { "holds: a user's hold".to_string() } else { first };
+        format!("not idle yet: {first}")
     };
     // What an admin must mend: lost or unreadable holds, a Jupyter token refused.
     let problems: Vec<String> = samples

@@ -41,6 +41,10 @@ pub(super) async fn idle_report(State(idle): State<Idle>, caller: Option<Extensi
         for signal in report.signals.iter_mut().filter(|s| s.name == "holds") {
             signal.reasons.iter_mut().for_each(shown);
         }
+        // What last moved the count may be someone's hold, said in its words.
+        if let Some(by) = report.last_activity_by.as_mut().filter(|by| by.signal == "holds") {
+            shown(&mut by.reason);
+        }
     }
     Json(report)
 }

@@ -3,9 +3,11 @@
 //! all sources at once, each under the same deadline. A source whose sample
 //! did not return is not asked again until it does, so at most one thread
 //! per source is ever stuck in the kernel; meanwhile it answers `unknown`.
+//! The bound is the core's [`StuckWork`], so a stuck read shows in status.
 
 use super::signal::{Sample, Source};
 use crate::core::clock::rfc3339;
+use crate::core::stuck::{StuckError, StuckWork};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -15,22 +17,14 @@ pub const SOURCE_DEADLINE: Duration = Duration::from_secs(5);
 pub struct Slot {
     name: &'static str,
     source: Arc<Mutex<Box<dyn Source>>>,
-    /// Set while a sample runs: when it was started.
-    busy_since: Arc<Mutex<Option<SystemTime>>>,
-}
-
-/// Clears the slot's busy mark when the sample's thread is done, even by a panic.
-struct Done(Arc<Mutex<Option<SystemTime>>>);
-
-impl Drop for Done {
-    fn drop(&mut self) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    }
+    /// The one read of this source that may be in flight.
+    reads: StuckWork,
 }
 
 impl Slot {
     pub fn new(source: Box<dyn Source>) -> Self {
-        Self { name: source.name(), source: Arc::new(Mutex::new(source)), busy_since: Arc::new(Mutex::new(None)) }
+        let name = source.name();
+        Self { name, source: Arc::new(Mutex::new(source)), reads: StuckWork::new_of("idle reads", name, 1) }
     }
 
     pub fn name(&self) -> &'static str {
@@ -39,28 +33,22 @@ impl Slot {
 
     /// One sample, on a blocking thread, within `deadline`.
     pub async fn sample(&self, now: SystemTime, deadline: Duration) -> Sample {
-        {
-            let mut busy = self.busy_since.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(since) = *busy {
-                return Sample::unknown(format!(
-                    "its sample started at {} has not returned (stuck in the kernel?)",
-                    rfc3339(since)
-                ));
-            }
-            *busy = Some(now);
-        }
-        let done = Done(self.busy_since.clone());
         let source = self.source.clone();
         let handle = tokio::runtime::Handle::current();
-        let task = tokio::task::spawn_blocking(move || {
-            let _done = done;
+        let read = self.reads.run(deadline, move || {
             let mut source = source.lock().unwrap_or_else(|p| p.into_inner());
             handle.block_on(source.sample(now))
         });
-        match tokio::time::timeout(deadline, task).await {
-            Ok(Ok(sample)) => sample,
-            Ok(Err(_)) => Sample::unknown("the source failed (panicked); see the journal"),
-            Err(_) => Sample::unknown(format!("no answer within {}s", deadline.as_secs_f64())),
+        match read.await {
+            Ok(sample) => sample,
+            Err(StuckError::Full { oldest, .. }) => Sample::unknown(format!(
+                "its sample started at {} has not returned (stuck in the kernel?)",
+                rfc3339(now.checked_sub(oldest).unwrap_or(now))
+            )),
+            Err(StuckError::Panicked { .. }) => Sample::unknown("the source failed (panicked); see the journal"),
+            Err(StuckError::TimedOut { after, .. }) => {
+                Sample::unknown(format!("no answer within {}s", after.as_secs_f64()))
+            }
         }
     }
 }
@@ -130,6 +118,10 @@ mod tests {
         // Asked again: not another thread, an unknown at once that says since when.
         let again = sample_all(&slots, now, Duration::from_millis(500)).await;
         assert!(again[0].1.reasons[0].contains("has not returned"), "{again:?}");
+        let listed = crate::core::stuck::stuck_now();
+        let ours = listed.iter().find(|s| s.what == "idle reads" && s.of == Some("stuck"));
+        assert!(ours.is_some_and(|s| s.count == 1 && s.limit == 1), "status can name it: {listed:?}");
+        assert!(!listed.iter().any(|s| s.of == Some("quick")), "a source that answered is not listed: {listed:?}");
         assert!(started.elapsed() < Duration::from_millis(900), "the second ask did not wait");
         // The kernel lets go (a writer opens the FIFO): the source answers again.
         let writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
@@ -137,6 +129,8 @@ mod tests {
         for _ in 0..50 {
             let samples = sample_all(&slots, now, Duration::from_millis(500)).await;
             if samples[0].1.state == SignalState::Idle {
+                let listed = crate::core::stuck::stuck_now();
+                assert!(!listed.iter().any(|s| s.of == Some("stuck")), "no longer listed: {listed:?}");
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

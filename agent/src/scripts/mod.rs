@@ -319,6 +319,7 @@ impl Batch {
         let bound = settings.setup.share_wait;
         self.set_phase(&format!("waiting for the share (up to {})", crate::config::duration::format(bound)));
         self.ctx.set(ComponentState::Starting, "waiting for the share before running setup scripts".to_string());
+        self.preview(&settings).await;
         let mut share_rx = self.ctx.shared.watch_share();
         if share_changed {
             share_rx.borrow_and_update();

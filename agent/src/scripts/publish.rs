@@ -6,11 +6,53 @@ use super::record::{Outcome, RunRecord};
 use super::report::{ScriptReport, ScriptState};
 use super::Batch;
 use crate::config::RunWhen;
+use crate::config::Settings;
 use crate::core::component::ComponentState;
 use crate::core::shared::ScriptsNews;
+use std::sync::Arc;
 use std::time::Duration;
 
 impl Batch {
+    /// While the batch waits (for the share, then the links), every script
+    /// the config names is listed as it will be met: pending, or refused now
+    /// for what is known in advance (an unknown `run_as`, a missing file).
+    /// A script on the share is checked only once the share is there.
+    pub(super) async fn preview(&self, settings: &Arc<Settings>) {
+        let Ok(planned) = self.plan(settings).await else { return };
+        let previous = self.scripts.report();
+        let rows = planned
+            .iter()
+            .map(|item| {
+                let record = self.records.load(&item.script.name);
+                let before = previous.scripts.iter().find(|s| s.name == item.script.name);
+                let mut row = self.row(item, record.as_ref(), before);
+                match &item.verdict {
+                    Err(why) if why.contains("not mounted?") => {
+                        row.reason = Some("on the share: checked once the share is mounted".into());
+                    }
+                    Err(why) => {
+                        // Said once per reason, as the batch itself does.
+                        if before.is_none_or(|b| b.state != ScriptState::Refused || b.reason.as_ref() != Some(why)) {
+                            tracing::warn!(script = %item.script.name, "refused: {why}");
+                        }
+                        row.state = ScriptState::Refused;
+                        row.reason = Some(why.clone());
+                    }
+                    // Due to run (as the batch will judge it): pending, whatever ran before.
+                    Ok(vetted)
+                        if row.state != ScriptState::Interrupted && !self.done(item, vetted, record.as_ref()) =>
+                    {
+                        row.state = ScriptState::Pending;
+                        row.reason = None;
+                    }
+                    Ok(_) => {}
+                }
+                row
+            })
+            .collect();
+        self.scripts.update(|report| report.scripts = rows);
+    }
+
     /// A script's row from its record (what ran before) and the last report.
     pub(super) fn row(
         &self,
