@@ -130,6 +130,18 @@ pub async fn nft(script: &str) -> Result<(), String> {
     }
 }
 
+/// Whether the agent's table is in place (`nft list table`): an admin's
+/// `nft flush ruleset` or `systemctl restart nftables` removes it unseen.
+pub async fn table_present() -> bool {
+    let listed = tokio::process::Command::new("nft")
+        .args(["list", "table", "inet", TABLE])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .status();
+    matches!(tokio::time::timeout(NFT_DEADLINE, listed).await, Ok(Ok(status)) if status.success())
+}
+
 /// What `pool-agent azure` says of IMDS access.
 pub fn describe(access: &ImdsAccess, allowed: Option<&Allowed>) -> String {
     match (access, allowed) {

@@ -7,6 +7,10 @@ use std::time::Duration;
 
 /// How often group members are looked up again for `azure.imds_access`.
 const IMDS_GROUPS_EVERY: Duration = Duration::from_secs(300);
+/// How often the table is looked for (an admin's `nft flush ruleset` removes
+/// it unseen), and the longest wait between tries after a failure: one `nft`
+/// process a minute, a few milliseconds of CPU.
+const TABLE_CHECK_EVERY: Duration = Duration::from_secs(60);
 
 /// Keeps the nftables table that closes IMDS to everyone but root (and the
 /// groups `azure.imds_access` names) until shutdown, then removes it.
@@ -18,45 +22,65 @@ pub(super) async fn guard_imds(
     readiness_port: Option<u16>,
 ) {
     let mut installed: Option<String> = None;
+    let mut allowed: Option<Option<firewall::Allowed>> = None;
+    let mut resolve_at = tokio::time::Instant::now();
+    let mut retry = crate::core::backoff::Backoff::new(Duration::from_secs(2), TABLE_CHECK_EVERY);
     loop {
-        let (accounts, asked) = (ctx.accounts.clone(), access.clone());
-        let resolved = crate::core::task::blocking("imds access groups", Duration::from_secs(10), move || {
-            firewall::allowed(&asked, &accounts)
-        })
-        .await;
-        match resolved {
-            Ok(allowed) => {
-                let script = firewall::ruleset(allowed.as_ref(), readiness_port);
-                if installed.as_ref() != Some(&script) {
-                    match firewall::nft(&script).await {
-                        Ok(()) => {
-                            azure.update(|r| r.imds_access = firewall::describe(&access, allowed.as_ref()));
-                            tracing::info!(
-                                component = "azure",
-                                "IMDS: {}",
-                                firewall::describe(&access, allowed.as_ref())
-                            );
-                            let table = allowed.is_some() || readiness_port.is_some();
-                            azure.0.imds_closed.store(table, std::sync::atomic::Ordering::SeqCst);
-                            azure.0.problems.set("imds access", None);
-                            installed = Some(script);
-                        }
-                        Err(why) => {
-                            let why = format!("IMDS stays open to every local user: {why}");
-                            tracing::warn!(component = "azure", "{why}");
-                            azure.update(|r| r.imds_access = why.clone());
-                            azure.0.problems.set("imds access", Some(why));
-                        }
+        if allowed.is_none() || tokio::time::Instant::now() >= resolve_at {
+            let (accounts, asked) = (ctx.accounts.clone(), access.clone());
+            let resolved = crate::core::task::blocking("imds access groups", Duration::from_secs(10), move || {
+                firewall::allowed(&asked, &accounts)
+            })
+            .await;
+            match resolved {
+                Ok(now) => {
+                    allowed = Some(now);
+                    resolve_at = tokio::time::Instant::now() + IMDS_GROUPS_EVERY;
+                }
+                Err(err) => azure
+                    .0
+                    .problems
+                    .set("imds access", Some(format!("cannot look up azure.imds_access's groups: {err}"))),
+            }
+        }
+        let mut wait = TABLE_CHECK_EVERY;
+        if let Some(allowed) = &allowed {
+            let script = firewall::ruleset(allowed.as_ref(), readiness_port);
+            let table = allowed.is_some() || readiness_port.is_some();
+            let in_place = installed.as_ref() == Some(&script) && (!table || firewall::table_present().await);
+            if installed.as_ref() == Some(&script) && !in_place {
+                tracing::warn!(
+                    component = "azure",
+                    "the agent's nftables table was removed (nft flush ruleset?); putting it back"
+                );
+            }
+            if !in_place {
+                match firewall::nft(&script).await {
+                    Ok(()) => {
+                        let said = firewall::describe(&access, allowed.as_ref());
+                        azure.update(|r| r.imds_access = said.clone());
+                        tracing::info!(component = "azure", "IMDS: {said}");
+                        azure.0.imds_closed.store(table, std::sync::atomic::Ordering::SeqCst);
+                        azure.0.problems.set("imds access", None);
+                        installed = Some(script);
+                        retry.reset();
+                    }
+                    Err(why) => {
+                        let why = format!("IMDS stays open to every local user: {why}");
+                        tracing::warn!(component = "azure", "{why}");
+                        azure.update(|r| r.imds_access = why.clone());
+                        azure.0.problems.set("imds access", Some(why));
+                        installed = None;
+                        wait = retry.next_delay();
                     }
                 }
             }
-            Err(err) => {
-                azure.0.problems.set("imds access", Some(format!("cannot look up azure.imds_access's groups: {err}")))
-            }
+        } else {
+            wait = retry.next_delay();
         }
         tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
-            _ = tokio::time::sleep(IMDS_GROUPS_EVERY) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
     open_imds(&azure).await;
