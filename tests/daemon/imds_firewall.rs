@@ -169,7 +169,8 @@ fn imds_answers_root_and_the_named_groups_only_while_the_agent_runs_and_the_admi
     // Stopped, the agent takes its table away and leaves the admin's as it was.
     daemon.signal("TERM");
     daemon.wait_exit(Duration::from_secs(20));
-    assert!(!ns.tables().contains("pool_agent"), "{}", ns.tables());
+    let gone = eventually(Duration::from_secs(10), || Some(()).filter(|_| !ns.tables().contains("pool_agent")));
+    assert!(gone.is_some(), "{}", ns.tables());
     assert_eq!(stdout(&ns.run("nft", &["list", "table", "inet", "admin_rules"])), admin_before);
     assert!(ns.token_as(Some(65534)).is_ok(), "open again without the agent");
 }
