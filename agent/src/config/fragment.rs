@@ -43,6 +43,7 @@ pub struct ConfigFragment {
     pub azure: Value<AzureFragment>,
     pub api: Value<ApiFragment>,
     pub pool: Value<PoolFragment>,
+    pub users: Value<super::users::UsersFragment>,
     /// What merging changed that an admin should hear of (printed as warnings).
     #[serde(skip)]
     pub notes: Vec<String>,
@@ -67,6 +68,7 @@ impl MergeFrom for ConfigFragment {
         merge_section(&mut self.azure, later.azure);
         merge_section(&mut self.api, later.api);
         merge_section(&mut self.pool, later.pool);
+        merge_section(&mut self.users, later.users);
     }
 }
 
@@ -532,5 +534,11 @@ pub struct PoolFragment {
 impl MergeFrom for PoolFragment {
     fn merge_from(&mut self, later: Self) {
         later_wins!(self, later; max_sessions);
+    }
+}
+
+impl MergeFrom for super::users::UsersFragment {
+    fn merge_from(&mut self, later: Self) {
+        later_wins!(self, later; manage, accounts);
     }
 }

@@ -7,6 +7,7 @@ mod idle;
 mod links;
 mod setup;
 mod share;
+mod users;
 
 pub use checks::shown_url;
 
@@ -103,5 +104,6 @@ pub(super) fn validate(merged: ConfigFragment, sources: Vec<PathBuf>) -> Result<
         azure,
         api,
         pool,
+        users: users::validate_users(merged.users)?,
     })
 }

@@ -1,0 +1,306 @@
+//! The pool's own registry of accounts, for teams without a directory
+//! service: each `[[users.accounts]]` entry exists on every VM with the same
+//! name, uid and gid, its shell and groups, its SSH keys; a disabled one is
+//! locked. The plan is pure ([`plan`]); the system's tools make the changes
+//! ([`tools`]); keys go in through symlink-safe descriptors ([`keys`]).
+//!
+//! Safe by default: `users.manage = false` (the default) changes nothing and
+//! reports what it would do; a local account that disagrees with the
+//! registry is a conflict, reported and never changed; nothing is deleted.
+//! The registry is applied at start, on every config reload and every
+//! minute (a local admin's useradd may have made a conflict since).
+
+pub mod keys;
+pub mod plan;
+pub mod tools;
+
+use crate::config::users::{UserAccount, UsersSettings};
+use crate::core::capability::Capability;
+use crate::core::component::{ComponentId, ComponentState};
+use crate::core::http::{Access, Route};
+use crate::core::task::{blocking, TaskContext, TaskResult};
+use axum::extract::State;
+use axum::Json;
+use futures_util::future::BoxFuture;
+use plan::{AccountPlan, Change, Standing};
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+const RECHECK_EVERY: Duration = Duration::from_secs(60);
+/// Reading passwd/group (NSS on a VM) and a home below a user's control.
+const READ_DEADLINE: Duration = Duration::from_secs(5);
+
+/// `GET /v1/users`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UsersReport {
+    pub manage: bool,
+    pub accounts: Vec<AccountState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountState {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub enabled: bool,
+    /// `created`, `present`, `locked`, `missing`, `conflict: ...`, `error: ...`.
+    pub state: String,
+    /// `installed`, `refused: ...`, or empty (no keys, or not managed).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub keys: String,
+    /// What was done or would be done, and what could not be.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+impl AccountState {
+    pub fn is_conflict(&self) -> bool {
+        self.state.starts_with("conflict")
+    }
+    pub fn is_error(&self) -> bool {
+        self.state.starts_with("error") || self.keys.starts_with("refused") || self.keys.starts_with("error")
+    }
+}
+
+#[derive(Clone, Default)]
+pub struct Users(Arc<Mutex<UsersReport>>);
+
+impl Users {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn report(&self) -> UsersReport {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn publish(&self, ctx: &TaskContext, report: UsersReport) {
+        let total = report.accounts.len();
+        let conflicts: Vec<&AccountState> = report.accounts.iter().filter(|a| a.is_conflict()).collect();
+        let errors: Vec<&AccountState> = report.accounts.iter().filter(|a| a.is_error()).collect();
+        if let Some(first) = conflicts.first() {
+            ctx.set_error(
+                ComponentState::Degraded,
+                format!("{total} registry account(s); {} conflict(s)", conflicts.len()),
+                format!("{}: {}", first.name, first.state),
+            );
+        } else if let Some(first) = errors.first() {
+            let why = if first.is_error() && first.state.starts_with("error") { &first.state } else { &first.keys };
+            ctx.set_error(
+                ComponentState::Degraded,
+                format!("{total} registry account(s); {} with errors", errors.len()),
+                format!("{}: {why}", first.name),
+            );
+        } else if let Some(error) = &report.error {
+            ctx.set_error(ComponentState::Degraded, "cannot read the accounts".to_string(), error.clone());
+        } else if total == 0 {
+            ctx.set(ComponentState::Skipped, "no [[users.accounts]] in the config".to_string());
+        } else {
+            let managed = if report.manage { "" } else { " (users.manage = false: nothing changed)" };
+            ctx.set(ComponentState::Ready, format!("{total} registry account(s){managed}"));
+        }
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = report;
+    }
+}
+
+impl Capability for Users {
+    fn id(&self) -> ComponentId {
+        ComponentId::Users
+    }
+
+    fn run(&self, ctx: TaskContext) -> BoxFuture<'static, TaskResult> {
+        Box::pin(run(ctx, self.clone()))
+    }
+
+    fn routes(&self) -> Vec<Route> {
+        vec![Route::get_with("/v1/users", Access::Read, self.clone(), users_report)]
+    }
+
+    fn config_section(&self) -> &'static str {
+        "users"
+    }
+}
+
+async fn users_report(State(users): State<Users>) -> Json<UsersReport> {
+    Json(users.report())
+}
+
+async fn run(ctx: TaskContext, users: Users) -> TaskResult {
+    let mut settings_rx = ctx.settings.clone();
+    loop {
+        let settings = ctx.settings.borrow().users.clone();
+        let report = reconcile(&ctx, &settings).await;
+        users.publish(&ctx, report);
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(RECHECK_EVERY) => {}
+            changed = settings_rx.changed() => if changed.is_err() { ctx.idle_until_shutdown().await; return Ok(()) },
+        }
+    }
+}
+
+/// The local accounts, groups and shadow's locks, read fresh.
+struct LocalRead {
+    users: Vec<crate::core::accounts::Account>,
+    groups: Vec<crate::core::accounts::Group>,
+    shadow: String,
+}
+
+async fn read_local(ctx: &TaskContext) -> Result<LocalRead, String> {
+    let accounts = ctx.accounts.clone();
+    let shadow_path = ctx.paths.resolve("/etc/shadow");
+    accounts.invalidate();
+    blocking("reading the accounts", READ_DEADLINE, move || {
+        let snapshot = accounts.snapshot();
+        let shadow = match std::fs::read_to_string(&shadow_path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(err) => return Err(format!("cannot read {}: {err}", shadow_path.display())),
+        };
+        Ok(LocalRead { users: snapshot.users.clone(), groups: snapshot.groups.clone(), shadow })
+    })
+    .await
+    .map_err(|err| err.to_string())?
+}
+
+async fn reconcile(ctx: &TaskContext, settings: &UsersSettings) -> UsersReport {
+    let checked_at = Some(crate::core::clock::rfc3339(ctx.clock.now()));
+    let mut report = UsersReport { manage: settings.manage, checked_at, ..UsersReport::default() };
+    if settings.accounts.is_empty() {
+        return report;
+    }
+    let local = match read_local(ctx).await {
+        Ok(local) => local,
+        Err(why) => {
+            report.error = Some(why);
+            return report;
+        }
+    };
+    let today = ctx.clock.now().duration_since(UNIX_EPOCH).map(|d| (d.as_secs() / 86_400) as i64).unwrap_or(0);
+    let (plans, locks): (Vec<AccountPlan>, Vec<bool>) = {
+        let locked = |name: &str| plan::expired_in_shadow(&local.shadow, name, today);
+        let local = plan::Local { users: &local.users, groups: &local.groups, locked: &locked };
+        let plans = plan::plan(&settings.accounts, &local);
+        let locks = settings.accounts.iter().map(|a| locked(&a.name)).collect();
+        (plans, locks)
+    };
+    let prefix = ctx.paths.is_sandbox().then(|| ctx.paths.root().to_path_buf());
+    let mut changed = false;
+    let mut states = Vec::new();
+    for ((account, plan), locked) in settings.accounts.iter().zip(&plans).zip(locks) {
+        let (state, did_change) = apply(account, plan, settings.manage, prefix.as_deref(), locked).await;
+        changed |= did_change;
+        states.push(state);
+    }
+    if changed {
+        // Links (and everyone else) see the new users at once.
+        ctx.accounts.invalidate();
+    }
+    if settings.manage {
+        for (account, (plan, state)) in settings.accounts.iter().zip(plans.iter().zip(states.iter_mut())) {
+            if plan.install_keys && !account.ssh_keys.is_empty() && !state.state.starts_with("error") {
+                state.keys = install_keys(ctx, account).await;
+            }
+        }
+    }
+    report.accounts = states;
+    report
+}
+
+/// Runs (or, unmanaged, only names) one account's changes.
+async fn apply(
+    account: &UserAccount,
+    plan: &AccountPlan,
+    manage: bool,
+    prefix: Option<&std::path::Path>,
+    locked: bool,
+) -> (AccountState, bool) {
+    let mut state = AccountState {
+        name: account.name.clone(),
+        uid: account.uid,
+        gid: account.gid,
+        enabled: account.enabled,
+        ..AccountState::default()
+    };
+    state.notes.extend(plan.missing_groups.iter().map(|g| format!("group {g} does not exist here; not joined")));
+    if let Standing::Conflict(why) = &plan.standing {
+        state.state = format!("conflict: {why}");
+        return (state, false);
+    }
+    let mut changed = false;
+    let mut created = false;
+    let mut now_locked = locked;
+    for change in &plan.changes {
+        if !manage {
+            state.notes.push(format!("would {} (users.manage = false)", describe(change)));
+            continue;
+        }
+        for call in tools::calls_for(change, prefix) {
+            match tools::run(&call).await {
+                Ok(()) => changed = true,
+                // No session to end is no failure.
+                Err(why) if call.program == "loginctl" => state.notes.push(format!("sessions: {why}")),
+                Err(why) => {
+                    state.state = format!("error: {why}");
+                    return (state, changed);
+                }
+            }
+        }
+        if prefix.is_some() && matches!(change, Change::Lock { .. }) {
+            state.notes.push("sessions not ended: under --root there is no logind of the sandbox's".to_string());
+        }
+        match change {
+            Change::AddUser { .. } => created = true,
+            Change::Lock { .. } => now_locked = true,
+            Change::Unlock { .. } => now_locked = false,
+            _ => {}
+        }
+        state.notes.push(describe(change));
+    }
+    state.state = match (&plan.standing, manage) {
+        _ if !account.enabled && now_locked => "locked",
+        (Standing::Missing, false) => "missing",
+        _ if created => "created",
+        _ => "present",
+    }
+    .to_string();
+    (state, changed)
+}
+
+fn describe(change: &Change) -> String {
+    match change {
+        Change::AddGroup { name, gid } => format!("add group {name} ({gid})"),
+        Change::AddUser { name, uid, gid, .. } => format!("add user {name} ({uid}:{gid})"),
+        Change::SetShell { shell, .. } => format!("set shell {shell}"),
+        Change::JoinGroups { groups, .. } => format!("join {}", groups.join(", ")),
+        Change::Lock { .. } => "lock".to_string(),
+        Change::Unlock { .. } => "unlock".to_string(),
+    }
+}
+
+/// The account's keys, written as it into its home; the outcome as shown.
+async fn install_keys(ctx: &TaskContext, account: &UserAccount) -> String {
+    let accounts = ctx.accounts.clone();
+    let paths = ctx.paths.clone();
+    let (name, uid, gid, keys) = (account.name.clone(), account.uid, account.gid, account.ssh_keys.clone());
+    let done = blocking("installing SSH keys", READ_DEADLINE, move || {
+        let Some(found) = accounts.user_by_name(&name) else {
+            return Err(format!("{name} is not known here"));
+        };
+        if found.uid != uid {
+            return Err(format!("{name} has uid {} here; keys not written", found.uid));
+        }
+        keys::install(&paths.resolve(&found.home), uid, gid, &keys)
+    })
+    .await;
+    match done {
+        Ok(Ok(_)) => "installed".to_string(),
+        Ok(Err(why)) => format!("refused: {why}"),
+        Err(err) => format!("error: {err}"),
+    }
+}
