@@ -160,3 +160,44 @@ fn a_reloaded_config_adds_a_user_and_locks_a_disabled_one() {
     assert!(notes.contains("sessions not ended"), "the sandbox says what it cannot do: {notes}");
     assert_eq!(state_of(&users, "carol")["state"], "present", "{users:#}");
 }
+
+#[test]
+fn a_share_registry_a_non_admin_can_write_is_refused_and_once_root_s_is_applied_within_seconds() {
+    let test = "a_share_registry_a_non_admin_can_write_is_refused_and_once_root_s_is_applied_within_seconds";
+    let Some(sandbox) = registry_sandbox(test) else { return };
+    let root = sandbox.root().to_path_buf();
+    sandbox.write_config(&format!("{LOCAL_SHARE_CONFIG}\n[users]\nmanage = true\n{}", account("carol", 2001, "")));
+    let _daemon = sandbox.start();
+    users_when(&sandbox, Duration::from_secs(30), |u| state_of(u, "carol")["state"] == "created");
+
+    // bob (not an admin) writes the pool's registry: it would give gina an account everywhere.
+    let dir = root.join("srv/share/.pool-agent");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("users.toml");
+    std::fs::write(&file, "[[users.accounts]]\nname = \"gina\"\nuid = 2010\n").unwrap();
+    std::os::unix::fs::chown(&file, Some(USER_UID), Some(USER_UID)).unwrap();
+    let users = users_when(&sandbox, Duration::from_secs(15), |u| u["share_error"].is_string());
+    let why = users["share_error"].as_str().unwrap();
+    assert!(why.contains("uid 1002") && why.contains("refused"), "{users:#}");
+    assert!(passwd_line(&root, "gina").is_none(), "nothing made from a refused file");
+    let status = sandbox.status_json();
+    let row = status["components"].as_array().unwrap().iter().find(|c| c["name"] == "users").cloned().unwrap();
+    assert_eq!(row["state"], "degraded", "{row}");
+
+    // Group-writable is refused too, even root's.
+    std::os::unix::fs::chown(&file, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o664)).unwrap();
+    let users = users_when(&sandbox, Duration::from_secs(15), |u| {
+        u["share_error"].as_str().is_some_and(|w| w.contains("0664"))
+    });
+    assert!(passwd_line(&root, "gina").is_none(), "{users:#}");
+
+    // Root's, 0644: gina exists within seconds, with the registry's uid.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let started = std::time::Instant::now();
+    let users = users_when(&sandbox, Duration::from_secs(15), |u| state_of(u, "gina")["state"] == "created");
+    skip_note(&format!("{test}: the share's registry applied {:?} after its fix", started.elapsed()));
+    assert_eq!(passwd_line(&root, "gina").unwrap(), "gina:x:2010:2010::/home/gina:/bin/bash");
+    assert!(users["share_error"].is_null(), "{users:#}");
+    assert!(users["share_registry"].as_str().unwrap().contains("1 account(s)"), "{users:#}");
+}

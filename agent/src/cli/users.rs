@@ -20,6 +20,15 @@ pub fn summary(report: &UsersReport) -> String {
     if let Some(error) = &report.error {
         let _ = writeln!(out, "  error: {error}");
     }
+    if !report.share_registry.is_empty() {
+        let _ = writeln!(out, "  share registry: {}", report.share_registry);
+    }
+    if let Some(error) = &report.share_error {
+        let _ = writeln!(out, "  share registry not used: {error}");
+    }
+    for note in &report.notes {
+        let _ = writeln!(out, "  {note}");
+    }
     for account in &report.accounts {
         let keys = if account.keys.is_empty() { String::new() } else { format!("; keys {}", account.keys) };
         let disabled = if account.enabled { "" } else { " (disabled)" };

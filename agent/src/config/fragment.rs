@@ -539,6 +539,6 @@ impl MergeFrom for PoolFragment {
 
 impl MergeFrom for super::users::UsersFragment {
     fn merge_from(&mut self, later: Self) {
-        later_wins!(self, later; manage, accounts);
+        later_wins!(self, later; manage, trust_share, accounts);
     }
 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct UsersFragment {
     pub manage: Option<Sourced<bool>>,
+    pub trust_share: Option<Sourced<bool>>,
     /// A later file that lists accounts replaces the earlier list whole:
     /// merging two lists entry by entry would hide which file says what.
     pub accounts: Option<Sourced<Vec<Sourced<AccountFragment>>>>,
@@ -34,6 +35,9 @@ pub struct UsersSettings {
     /// Off by default: the agent creates nothing unless asked, and only
     /// reports what it would do.
     pub manage: bool,
+    /// Accept `<share>/.pool-agent/users.toml` whoever owns it and whatever
+    /// its mode (default: only a root-owned file nobody else can write).
+    pub trust_share: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub accounts: Vec<UserAccount>,
 }

@@ -12,22 +12,28 @@
 
 pub mod keys;
 pub mod plan;
+pub mod share_file;
 pub mod tools;
 
 use crate::config::users::{UserAccount, UsersSettings};
 use crate::core::capability::Capability;
 use crate::core::component::{ComponentId, ComponentState};
 use crate::core::http::{Access, Route};
+use crate::core::shared::ShareNews;
 use crate::core::task::{blocking, TaskContext, TaskResult};
 use axum::extract::State;
 use axum::Json;
 use futures_util::future::BoxFuture;
 use plan::{AccountPlan, Change, Standing};
 use serde::{Deserialize, Serialize};
+use share_file::Found;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 const RECHECK_EVERY: Duration = Duration::from_secs(60);
+/// The share's registry is looked at (one stat) this often, so an edit
+/// reaches every VM within seconds.
+const SHARE_POLL: Duration = Duration::from_secs(3);
 /// Reading passwd/group (NSS on a VM) and a home below a user's control.
 const READ_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -40,6 +46,15 @@ pub struct UsersReport {
     pub checked_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The share's registry: where it stands (`none on the share`, `N account(s) from ...`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub share_registry: String,
+    /// Why the share's registry is not used (refused, unreadable, invalid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_error: Option<String>,
+    /// Entries of the share's registry left out for the config's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,8 +111,8 @@ impl Users {
                 format!("{total} registry account(s); {} with errors", errors.len()),
                 format!("{}: {why}", first.name),
             );
-        } else if let Some(error) = &report.error {
-            ctx.set_error(ComponentState::Degraded, "cannot read the accounts".to_string(), error.clone());
+        } else if let Some(error) = report.error.as_ref().or(report.share_error.as_ref()) {
+            ctx.set_error(ComponentState::Degraded, "the registry".to_string(), error.clone());
         } else if total == 0 {
             ctx.set(ComponentState::Skipped, "no [[users.accounts]] in the config".to_string());
         } else {
@@ -132,16 +147,86 @@ async fn users_report(State(users): State<Users>) -> Json<UsersReport> {
 
 async fn run(ctx: TaskContext, users: Users) -> TaskResult {
     let mut settings_rx = ctx.settings.clone();
+    let mut share_rx = ctx.shared.watch_share();
+    // The share's file as last found; kept while the share is away (its
+    // accounts stay on the VM anyway, nothing is ever deleted).
+    let mut share_found: Option<Found> = None;
+    let mut share_read_error: Option<String> = None;
+    let mut dirty = true;
+    let mut next_full = Instant::now();
     loop {
         let settings = ctx.settings.borrow().users.clone();
-        let report = reconcile(&ctx, &settings).await;
-        users.publish(&ctx, report);
+        if let ShareNews::Mounted { root, identity, .. } = ctx.shared.share() {
+            let known = share_found.as_ref().and_then(Found::stamp);
+            let trust = settings.trust_share;
+            let read = blocking("reading the share's registry", READ_DEADLINE, move || {
+                share_file::read(&root, identity, trust, known)
+            });
+            match read.await {
+                Ok(Some(found)) if share_found.as_ref() != Some(&found) => {
+                    share_found = Some(found);
+                    dirty = true;
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    share_read_error = Some(format!("the share's registry: {err}"));
+                    dirty = true;
+                }
+            }
+        }
+        if dirty || Instant::now() >= next_full {
+            let share_root = match ctx.shared.share() {
+                ShareNews::Mounted { root, .. } => Some(root),
+                _ => None,
+            };
+            let mut combined = settings.clone();
+            let mut share = ShareRegistry::default();
+            match &share_found {
+                None | Some(Found::Absent) => share.state = "none on the share".to_string(),
+                Some(Found::Refused { why, .. }) => share.error = Some(why.clone()),
+                Some(Found::Read { text, .. }) => {
+                    let shown = share_file::shown(share_root.as_deref().unwrap_or(std::path::Path::new("<share>")));
+                    match share_file::parse(&shown, text) {
+                        Ok(accounts) => {
+                            share.state = format!("{} account(s) from {}", accounts.len(), shown.display());
+                            let (all, notes) = share_file::combine(&settings.accounts, accounts);
+                            combined.accounts = all;
+                            share.notes = notes;
+                        }
+                        Err(why) => share.error = Some(why),
+                    }
+                }
+            }
+            if share.error.is_none() {
+                share.error = share_read_error.take();
+            }
+            let mut report = reconcile(&ctx, &combined).await;
+            report.share_registry = share.state;
+            report.share_error = share.error;
+            report.notes = share.notes;
+            users.publish(&ctx, report);
+            dirty = false;
+            next_full = Instant::now() + RECHECK_EVERY;
+        }
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(RECHECK_EVERY) => {}
-            changed = settings_rx.changed() => if changed.is_err() { ctx.idle_until_shutdown().await; return Ok(()) },
+            _ = tokio::time::sleep(SHARE_POLL) => {}
+            changed = settings_rx.changed() => {
+                if changed.is_err() { ctx.idle_until_shutdown().await; return Ok(()) }
+                // users.trust_share may have changed: judge the file again.
+                share_found = None;
+                dirty = true;
+            }
+            _ = share_rx.changed() => {}
         }
     }
+}
+
+#[derive(Default)]
+struct ShareRegistry {
+    state: String,
+    error: Option<String>,
+    notes: Vec<String>,
 }
 
 /// The local accounts, groups and shadow's locks, read fresh.

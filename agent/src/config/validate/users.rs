@@ -10,6 +10,7 @@ use std::collections::HashMap;
 pub(super) fn validate_users(section: Option<Sourced<UsersFragment>>) -> Result<UsersSettings, ConfigError> {
     let Some(section) = section.map(|s| s.value) else { return Ok(UsersSettings::default()) };
     let manage = section.manage.is_some_and(|m| m.value);
+    let trust_share = section.trust_share.is_some_and(|t| t.value);
     let mut accounts = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut uids: HashMap<u32, (String, usize)> = HashMap::new();
@@ -92,7 +93,7 @@ pub(super) fn validate_users(section: Option<Sourced<UsersFragment>>) -> Result<
             enabled: entry.enabled.is_none_or(|e| e.value),
         });
     }
-    Ok(UsersSettings { manage, accounts })
+    Ok(UsersSettings { manage, trust_share, accounts })
 }
 
 fn id_in_range(key: &str, id: &Sourced<i64>) -> Result<u32, ConfigError> {
