@@ -159,6 +159,31 @@ fn a_reloaded_config_adds_a_user_and_locks_a_disabled_one() {
     let notes = state_of(&users, "dave")["notes"].to_string();
     assert!(notes.contains("sessions not ended"), "the sandbox says what it cannot do: {notes}");
     assert_eq!(state_of(&users, "carol")["state"], "present", "{users:#}");
+
+    // Back in the team: the lock's expiry is cleared, the account kept as it was.
+    sandbox.write_config(&format!("{base}{}{}", account("carol", 2001, ""), account("dave", 2002, "")));
+    daemon.signal("HUP");
+    users_when(&sandbox, Duration::from_secs(30), |u| state_of(u, "dave")["state"] == "present");
+    let dave = shadow_line("dave").unwrap();
+    assert_eq!(dave.split(':').nth(7), Some(""), "{dave}");
+}
+
+#[test]
+fn with_manage_off_nothing_is_created_and_the_report_says_what_would_be() {
+    let test = "with_manage_off_nothing_is_created_and_the_report_says_what_would_be";
+    let Some(sandbox) = registry_sandbox(test) else { return };
+    let root = sandbox.root().to_path_buf();
+    let passwd_before = std::fs::read_to_string(root.join("etc/passwd")).unwrap();
+    sandbox.write_config(&format!(
+        "{LOCAL_SHARE_CONFIG}{}",
+        account("carol", 2001, "ssh_keys = [\"ssh-ed25519 AAAA\"]\n")
+    ));
+    let _daemon = sandbox.start();
+    let users = users_when(&sandbox, Duration::from_secs(30), |u| state_of(u, "carol")["state"] == "missing");
+    assert_eq!(users["manage"], false);
+    assert!(state_of(&users, "carol")["notes"].to_string().contains("would add user carol (2001:2001)"), "{users:#}");
+    assert_eq!(std::fs::read_to_string(root.join("etc/passwd")).unwrap(), passwd_before);
+    assert!(!root.join("home/carol").exists());
 }
 
 #[test]
