@@ -199,7 +199,8 @@ fn a_share_registry_a_non_admin_can_write_is_refused_and_once_root_s_is_applied_
     let dir = root.join("srv/share/.pool-agent");
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("users.toml");
-    std::fs::write(&file, "[[users.accounts]]\nname = \"gina\"\nuid = 2010\n").unwrap();
+    std::fs::write(&file, "[[users.accounts]]\nname = \"gina\"\nuid = 2010\ngroups = [\"pool-agent-admin\"]\n")
+        .unwrap();
     std::os::unix::fs::chown(&file, Some(USER_UID), Some(USER_UID)).unwrap();
     let users = users_when(&sandbox, Duration::from_secs(15), |u| u["share_error"].is_string());
     let why = users["share_error"].as_str().unwrap();
@@ -225,4 +226,9 @@ fn a_share_registry_a_non_admin_can_write_is_refused_and_once_root_s_is_applied_
     assert_eq!(passwd_line(&root, "gina").unwrap(), "gina:x:2010:2010::/home/gina:/bin/bash");
     assert!(users["share_error"].is_null(), "{users:#}");
     assert!(users["share_registry"].as_str().unwrap().contains("1 account(s)"), "{users:#}");
+    // The share cannot make her an admin of the agent: only the config may.
+    let group = std::fs::read_to_string(root.join("etc/group")).unwrap();
+    let admins = group.lines().find(|l| l.starts_with("pool-agent-admin:")).unwrap();
+    assert!(!admins.contains("gina"), "{admins}");
+    assert!(state_of(&users, "gina")["notes"].to_string().contains("only the config may grant it"), "{users:#}");
 }

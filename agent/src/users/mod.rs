@@ -200,7 +200,7 @@ async fn run(ctx: TaskContext, users: Users) -> TaskResult {
             if share.error.is_none() {
                 share.error = share_read_error.take();
             }
-            let mut report = reconcile(&ctx, &combined).await;
+            let mut report = reconcile(&ctx, &combined, settings.accounts.len()).await;
             report.share_registry = share.state;
             report.share_error = share.error;
             report.notes = share.notes;
@@ -253,7 +253,8 @@ async fn read_local(ctx: &TaskContext) -> Result<LocalRead, String> {
     .map_err(|err| err.to_string())?
 }
 
-async fn reconcile(ctx: &TaskContext, settings: &UsersSettings) -> UsersReport {
+/// `settings.accounts` past `from_config` came from the share's registry.
+async fn reconcile(ctx: &TaskContext, settings: &UsersSettings, from_config: usize) -> UsersReport {
     let checked_at = Some(crate::core::clock::rfc3339(ctx.clock.now()));
     let mut report = UsersReport { manage: settings.manage, checked_at, ..UsersReport::default() };
     if settings.accounts.is_empty() {
@@ -266,19 +267,32 @@ async fn reconcile(ctx: &TaskContext, settings: &UsersSettings) -> UsersReport {
             return report;
         }
     };
+    // The share may not hand out power on the VM: its accounts join no
+    // system group and not the agent's admin group.
+    let admin_group = ctx.settings.borrow().api.admin_group.clone();
+    let mut accounts = settings.accounts.clone();
+    let stripped: Vec<Vec<String>> = accounts
+        .iter_mut()
+        .enumerate()
+        .map(|(at, account)| match at >= from_config {
+            true => share_file::strip_privileged(account, &local.groups, &admin_group),
+            false => Vec::new(),
+        })
+        .collect();
     let today = ctx.clock.now().duration_since(UNIX_EPOCH).map(|d| (d.as_secs() / 86_400) as i64).unwrap_or(0);
     let (plans, locks): (Vec<AccountPlan>, Vec<bool>) = {
         let locked = |name: &str| plan::expired_in_shadow(&local.shadow, name, today);
         let local = plan::Local { users: &local.users, groups: &local.groups, locked: &locked };
-        let plans = plan::plan(&settings.accounts, &local);
-        let locks = settings.accounts.iter().map(|a| locked(&a.name)).collect();
+        let plans = plan::plan(&accounts, &local);
+        let locks = accounts.iter().map(|a| locked(&a.name)).collect();
         (plans, locks)
     };
     let prefix = ctx.paths.is_sandbox().then(|| ctx.paths.root().to_path_buf());
     let mut changed = false;
     let mut states = Vec::new();
-    for ((account, plan), locked) in settings.accounts.iter().zip(&plans).zip(locks) {
-        let (state, did_change) = apply(account, plan, settings.manage, prefix.as_deref(), locked).await;
+    for (((account, plan), locked), stripped) in accounts.iter().zip(&plans).zip(locks).zip(stripped) {
+        let (mut state, did_change) = apply(account, plan, settings.manage, prefix.as_deref(), locked).await;
+        state.notes.extend(stripped);
         changed |= did_change;
         states.push(state);
     }
@@ -287,7 +301,7 @@ async fn reconcile(ctx: &TaskContext, settings: &UsersSettings) -> UsersReport {
         ctx.accounts.invalidate();
     }
     if settings.manage {
-        for (account, (plan, state)) in settings.accounts.iter().zip(plans.iter().zip(states.iter_mut())) {
+        for (account, (plan, state)) in accounts.iter().zip(plans.iter().zip(states.iter_mut())) {
             if plan.install_keys && !account.ssh_keys.is_empty() && !state.state.starts_with("error") {
                 state.keys = install_keys(ctx, account).await;
             }

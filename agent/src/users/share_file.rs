@@ -11,6 +11,7 @@
 //! else (no other section: the share must not steer the agent).
 
 use crate::config::users::UserAccount;
+use crate::core::accounts::Group;
 use crate::core::beneath::{open_dir_beneath, open_share_root};
 use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
@@ -162,6 +163,21 @@ pub fn combine(config: &[UserAccount], share: Vec<UserAccount>) -> (Vec<UserAcco
     (all, notes)
 }
 
+/// Takes from a share account the groups that give power on the VM: system
+/// groups (gid below 1000: sudo, adm, docker...) and the agent's admin
+/// group. Only the config, root's own file, may give those. Says what it took.
+pub fn strip_privileged(account: &mut UserAccount, groups: &[Group], admin_group: &str) -> Vec<String> {
+    let privileged = |name: &str| {
+        name == admin_group || groups.iter().any(|g| g.name == name && g.gid < crate::config::users::MIN_ID)
+    };
+    let (taken, kept): (Vec<String>, Vec<String>) = account.groups.drain(..).partition(|g| privileged(g));
+    account.groups = kept;
+    taken
+        .into_iter()
+        .map(|g| format!("group {g} gives power on the VM; only the config may grant it, not the share"))
+        .collect()
+}
+
 /// Where the file is, for messages.
 pub fn shown(root: &Path) -> PathBuf {
     root.join(DIR).join(NAME)
@@ -206,6 +222,21 @@ mod tests {
         assert!(err.contains("setup"), "{err}");
         let err = parse(path, "[[users.accounts]]\nname = \"gina\"\nuid = 0\n").unwrap_err();
         assert!(err.contains("users.toml:3") && err.contains("uid"), "{err}");
+    }
+
+    #[test]
+    fn a_share_account_joins_no_system_group_and_not_the_admin_group() {
+        let groups = [
+            Group { name: "sudo".into(), gid: 27, members: vec![] },
+            Group { name: "science".into(), gid: 3000, members: vec![] },
+            Group { name: "pool-agent-admin".into(), gid: 1990, members: vec![] },
+        ];
+        let mut gina = account("gina", 2010);
+        gina.groups = vec!["sudo".into(), "science".into(), "pool-agent-admin".into(), "nowhere".into()];
+        let notes = strip_privileged(&mut gina, &groups, "pool-agent-admin");
+        assert_eq!(gina.groups, ["science", "nowhere"]);
+        assert_eq!(notes.len(), 2);
+        assert!(notes[0].contains("sudo"), "{notes:?}");
     }
 
     #[test]
