@@ -20,6 +20,7 @@ use crate::core::capability::Capability;
 use crate::core::component::{ComponentId, ComponentState};
 use crate::core::http::{Access, Route};
 use crate::core::shared::ShareNews;
+use crate::core::stuck::StuckWork;
 use crate::core::task::{blocking, TaskContext, TaskResult};
 use axum::extract::State;
 use axum::Json;
@@ -154,14 +155,15 @@ async fn run(ctx: TaskContext, users: Users) -> TaskResult {
     let mut share_read_error: Option<String> = None;
     let mut dirty = true;
     let mut next_full = Instant::now();
+    // A hung share keeps its reader in the kernel: at most one such thread,
+    // never a new one every poll.
+    let share_io = StuckWork::new("reads of the share's registry", 1);
     loop {
         let settings = ctx.settings.borrow().users.clone();
         if let ShareNews::Mounted { root, identity, .. } = ctx.shared.share() {
             let known = share_found.as_ref().and_then(Found::stamp);
             let trust = settings.trust_share;
-            let read = blocking("reading the share's registry", READ_DEADLINE, move || {
-                share_file::read(&root, identity, trust, known)
-            });
+            let read = share_io.run(READ_DEADLINE, move || share_file::read(&root, identity, trust, known));
             match read.await {
                 Ok(Some(found)) if share_found.as_ref() != Some(&found) => {
                     share_found = Some(found);
