@@ -106,6 +106,9 @@ fn three_registry_users_are_created_with_their_ids_keys_installed_and_a_conflict
     let row = status["components"].as_array().unwrap().iter().find(|c| c["name"] == "users").cloned().unwrap();
     assert_eq!(row["state"], "degraded", "{row}");
     assert!(row["last_error"].as_str().unwrap().contains("bob"), "{row}");
+    let metrics = stdout(&sandbox.cli(&["metrics"]));
+    assert!(metrics.contains("users_accounts{state=\"conflict\"} 1"), "{metrics}");
+    assert!(metrics.contains("users_accounts{state=\"created\"} 3"), "{metrics}");
 
     // alice's planted ~/.ssh is refused with a reason; root's .ssh stays empty.
     let alice = state_of(&users, "alice");

@@ -11,6 +11,7 @@
 //! minute (a local admin's useradd may have made a conflict since).
 
 pub mod keys;
+mod metrics;
 pub mod plan;
 pub mod share_file;
 pub mod tools;
@@ -135,6 +136,10 @@ impl Capability for Users {
 
     fn routes(&self) -> Vec<Route> {
         vec![Route::get_with("/v1/users", Access::Read, self.clone(), users_report)]
+    }
+
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register_collector(Box::new(metrics::UsersMetrics(self.clone())));
     }
 
     fn config_section(&self) -> &'static str {
