@@ -170,14 +170,18 @@ async fn run(ctx: TaskContext, users: Users) -> TaskResult {
             let trust = settings.trust_share;
             let read = share_io.run(READ_DEADLINE, move || share_file::read(&root, identity, trust, known));
             match read.await {
-                Ok(Some(found)) if share_found.as_ref() != Some(&found) => {
-                    share_found = Some(found);
-                    dirty = true;
+                Ok(found) => {
+                    if let Some(found) = found.filter(|f| share_found.as_ref() != Some(f)) {
+                        share_found = Some(found);
+                        dirty = true;
+                    }
+                    dirty |= share_read_error.take().is_some();
                 }
-                Ok(_) => {}
+                // Said once, not re-planned every poll while the share hangs.
                 Err(err) => {
-                    share_read_error = Some(format!("the share's registry: {err}"));
-                    dirty = true;
+                    let said = format!("the share's registry: {err}");
+                    dirty |= share_read_error.as_ref() != Some(&said);
+                    share_read_error = Some(said);
                 }
             }
         }
@@ -189,6 +193,7 @@ async fn run(ctx: TaskContext, users: Users) -> TaskResult {
             let mut combined = settings.clone();
             let mut share = ShareRegistry::default();
             match &share_found {
+                None if share_root.is_none() => share.state = "the share is not mounted".to_string(),
                 None | Some(Found::Absent) => share.state = "none on the share".to_string(),
                 Some(Found::Refused { why, .. }) => share.error = Some(why.clone()),
                 Some(Found::Read { text, .. }) => {
@@ -205,7 +210,7 @@ async fn run(ctx: TaskContext, users: Users) -> TaskResult {
                 }
             }
             if share.error.is_none() {
-                share.error = share_read_error.take();
+                share.error = share_read_error.clone();
             }
             let mut report = reconcile(&ctx, &combined, settings.accounts.len()).await;
             report.share_registry = share.state;
