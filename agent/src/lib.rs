@@ -19,6 +19,7 @@ pub mod links;
 pub mod pool;
 pub mod scripts;
 pub mod share;
+pub mod users;
 
 /// The version every binary and API answer reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

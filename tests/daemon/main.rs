@@ -16,4 +16,5 @@ mod pool;
 mod readiness;
 mod scripts;
 mod share;
+mod users;
 mod writes;

@@ -84,6 +84,8 @@ pub enum Command {
         #[arg(long)]
         login_note: bool,
     },
+    /// The pool's registry accounts on this VM: created, present, locked, conflicts, keys.
+    Users,
     /// The Prometheus metrics text.
     Metrics,
     /// The effective config (no secrets: keys live in files it only names).

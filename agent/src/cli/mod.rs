@@ -14,6 +14,7 @@ mod render;
 pub mod scripts;
 pub mod share;
 pub mod status;
+pub mod users;
 
 use args::{Cli, Command};
 use clap::CommandFactory;
@@ -99,6 +100,7 @@ fn plan(command: &Command) -> Result<Call, String> {
         Command::Azure => Ok(azure::call()),
         Command::Events => Ok(events::call()),
         Command::Pool { login_note } => Ok(pool::call(*login_note)),
+        Command::Users => Ok(users::call()),
         Command::Metrics => Ok(status::metrics()),
         Command::Config => Ok(status::config()),
         Command::GenerateAssets { .. } => Err("generate-assets does not talk to the daemon".into()),

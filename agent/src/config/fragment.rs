@@ -43,6 +43,7 @@ pub struct ConfigFragment {
     pub azure: Value<AzureFragment>,
     pub api: Value<ApiFragment>,
     pub pool: Value<PoolFragment>,
+    pub users: Value<super::users::UsersFragment>,
     /// What merging changed that an admin should hear of (printed as warnings).
     #[serde(skip)]
     pub notes: Vec<String>,
@@ -61,6 +62,7 @@ impl ConfigFragment {
             ("azure", self.azure.as_ref().map(|s| &s.origin)),
             ("api", self.api.as_ref().map(|s| &s.origin)),
             ("pool", self.pool.as_ref().map(|s| &s.origin)),
+            ("users", self.users.as_ref().map(|s| &s.origin)),
         ]
         .into_iter()
         .filter_map(|(name, origin)| origin.map(|origin| (name, origin)))
@@ -87,6 +89,7 @@ impl MergeFrom for ConfigFragment {
         merge_section(&mut self.azure, later.azure);
         merge_section(&mut self.api, later.api);
         merge_section(&mut self.pool, later.pool);
+        merge_section(&mut self.users, later.users);
     }
 }
 
@@ -552,5 +555,11 @@ pub struct PoolFragment {
 impl MergeFrom for PoolFragment {
     fn merge_from(&mut self, later: Self) {
         later_wins!(self, later; max_sessions);
+    }
+}
+
+impl MergeFrom for super::users::UsersFragment {
+    fn merge_from(&mut self, later: Self) {
+        later_wins!(self, later; manage, trust_share, accounts);
     }
 }

@@ -12,6 +12,7 @@ mod parse;
 pub mod settings;
 pub mod source;
 pub mod user_data;
+pub mod users;
 mod validate;
 
 pub use error::{io_text, ConfigError};

@@ -99,6 +99,7 @@ pub struct Settings {
     pub azure: AzureSettings,
     pub api: ApiSettings,
     pub pool: PoolSettings,
+    pub users: super::users::UsersSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -17,6 +17,7 @@ pub enum ComponentId {
     Idle,
     Azure,
     Pool,
+    Users,
 }
 
 impl ComponentId {
@@ -31,6 +32,7 @@ impl ComponentId {
             ComponentId::Idle => "idle",
             ComponentId::Azure => "azure",
             ComponentId::Pool => "pool",
+            ComponentId::Users => "users",
         }
     }
 

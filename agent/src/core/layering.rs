@@ -10,15 +10,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-const CAPABILITIES: &[&str] = &["share", "links", "scripts", "idle", "azure", "pool"];
+const CAPABILITIES: &[&str] = &["share", "links", "scripts", "idle", "azure", "pool", "users"];
 
 /// The crate's top-level modules a file under `layer` may not name.
 fn forbidden_for(layer: &str) -> Vec<&'static str> {
-    let above_core = ["api", "daemon", "cli", "share", "links", "scripts", "idle", "azure", "pool"];
+    let above_core = ["api", "daemon", "cli", "share", "links", "scripts", "idle", "azure", "pool", "users"];
     match layer {
         "core" => above_core.to_vec(),
         "config" => [&above_core[..], &["core"]].concat(),
-        "api" => ["daemon", "cli", "share", "links", "scripts", "idle", "azure", "pool"].to_vec(),
+        "api" => ["daemon", "cli", "share", "links", "scripts", "idle", "azure", "pool", "users"].to_vec(),
         capability if CAPABILITIES.contains(&capability) => ["api", "daemon", "cli"]
             .into_iter()
             .chain(CAPABILITIES.iter().copied().filter(|other| *other != capability))

@@ -13,6 +13,7 @@ pub fn capabilities(clock: &SharedClock) -> Vec<Arc<dyn Capability>> {
         Arc::new(crate::idle::Idle::new(clock.clone())),
         Arc::new(crate::azure::Azure::new(clock.clone())),
         Arc::new(crate::pool::Pool::new()),
+        Arc::new(crate::users::Users::new()),
     ]
 }
 
@@ -44,6 +45,6 @@ mod tests {
                 assert!(seen.insert((route.method.clone(), route.path)), "{} {} twice", route.method, route.path);
             }
         }
-        assert_eq!(component_names(), ["config", "api", "share", "links", "scripts", "idle", "azure", "pool"]);
+        assert_eq!(component_names(), ["config", "api", "share", "links", "scripts", "idle", "azure", "pool", "users"]);
     }
 }

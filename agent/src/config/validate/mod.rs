@@ -11,6 +11,7 @@ mod idle;
 mod links;
 mod setup;
 mod share;
+mod users;
 
 pub use checks::shown_url;
 
@@ -174,6 +175,18 @@ pub(super) fn validate_all(merged: ConfigFragment, sources: Vec<PathBuf>, parse_
         unsure.mark("pool");
     }
 
+    // One error at a time within [users] (its own validator), with the rest collected.
+    let users = match users::validate_users(merged.users) {
+        Ok(users) => users,
+        Err(error) => {
+            found.push(error);
+            Default::default()
+        }
+    };
+    if grew(&found) {
+        unsure.mark("users");
+    }
+
     let settings = Settings {
         sources,
         skipped: Vec::new(),
@@ -188,6 +201,7 @@ pub(super) fn validate_all(merged: ConfigFragment, sources: Vec<PathBuf>, parse_
         azure,
         api,
         pool,
+        users,
     };
     for (section, error) in cross::check(&inputs, &settings) {
         unsure.mark(section);
@@ -214,5 +228,7 @@ fn section_of(key: &str) -> Option<&str> {
         return None;
     }
     let section = key.split(['.', '[']).next()?;
-    ["instance", "share", "links", "setup", "idle", "azure", "api", "pool"].contains(&section).then_some(section)
+    ["instance", "share", "links", "setup", "idle", "azure", "api", "pool", "users"]
+        .contains(&section)
+        .then_some(section)
 }
