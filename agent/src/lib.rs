@@ -3,7 +3,7 @@
 //! Layers, each importing only the ones below it: [`cli`] and the binaries;
 //! [`daemon`] (boot flow, supervisor, the registry of capabilities); [`api`]
 //! (socket server, access, JSON errors); the capabilities [`share`],
-//! [`links`], [`scripts`], [`idle`], [`azure`] and [`pool`], which never import each
+//! [`links`], [`scripts`], [`idle`], [`azure`], [`pool`] and [`users`], which never import each
 //! other, the API or the daemon; [`core`], what they all share; [`config`].
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]

@@ -509,7 +509,18 @@ fn shipped_example_config_is_valid_and_complete() {
     // The example shows every section, so a typo in it would fail here.
     assert!(settings.share.is_some());
     assert!(!settings.setup.scripts.is_empty());
-    for section in ["[instance]", "[share]", "[links]", "[setup]", "[[setup.scripts]]", "[idle]", "[azure]", "[api]"] {
+    for section in [
+        "[instance]",
+        "[share]",
+        "[links]",
+        "[setup]",
+        "[[setup.scripts]]",
+        "[idle]",
+        "[azure]",
+        "[api]",
+        "[pool]",
+        "[users]",
+    ] {
         assert!(text.contains(section), "example config lacks {section}");
     }
 }
