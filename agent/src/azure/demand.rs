@@ -57,10 +57,12 @@ pub fn judge(at: &Situation) -> Offer {
     let sessions = idle.figures.get("sessions").copied().unwrap_or(0.0);
     let ready = readiness(at, sessions);
     let in_use = fresh && idle.in_use;
-    let booting = !idle.known
-        || (fresh && idle.in_grace)
-        || at.scripts == Some(ComponentState::Starting)
-        || matches!(at.share, ShareNews::NotYetKnown);
+    // A VM going away is no headroom, booting or not.
+    let booting = at.going_away.is_none()
+        && (!idle.known
+            || (fresh && idle.in_grace)
+            || at.scripts == Some(ComponentState::Starting)
+            || matches!(at.share, ShareNews::NotYetKnown));
     let free = ready.is_ok() && fresh && !in_use && !idle.unknown && !booting && at.healthy && sessions < 1.0;
     Offer { in_use, booting, free, ready }
 }
@@ -183,6 +185,9 @@ mod tests {
             let why = judge(&at).ready.unwrap_err();
             assert!(why.contains(words), "{why:?} should say {words:?}");
         }
+        let grace = IdleNews { in_grace: true, ..quiet() };
+        let leaving = Situation { going_away: Some("Preempt pending".into()), ..situation(&grace, &share) };
+        assert!(!judge(&leaving).spare(), "a VM going away is no headroom, even in its boot grace");
         let below = Situation { max_sessions: Some(3), ..situation(&idle, &share) };
         assert!(judge(&below).ready.is_ok());
         let no_share = ShareNews::NotConfigured;

@@ -44,7 +44,10 @@ pub(super) async fn guard_imds(
             }
         }
         let mut wait = TABLE_CHECK_EVERY;
-        if let Some(allowed) = &allowed {
+        // Until the groups are known (NSS hung), root only: never open for want of an answer.
+        let root_only = Some(firewall::Allowed { uids: vec![0], ..firewall::Allowed::default() });
+        let allowed = allowed.clone().unwrap_or(root_only);
+        {
             let script = firewall::ruleset(allowed.as_ref(), readiness_port);
             let table = allowed.is_some() || readiness_port.is_some();
             let in_place = installed.as_ref() == Some(&script) && (!table || firewall::table_present().await);
@@ -55,6 +58,11 @@ pub(super) async fn guard_imds(
                 );
             }
             if !in_place {
+                // Said before trying: an nft that applied the table and then timed out
+                // still gets its table removed at stop (a removal with none is harmless).
+                if table {
+                    azure.0.imds_closed.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
                 match firewall::nft(&script).await {
                     Ok(()) => {
                         let said = firewall::describe(&access, allowed.as_ref());
@@ -75,8 +83,6 @@ pub(super) async fn guard_imds(
                     }
                 }
             }
-        } else {
-            wait = retry.next_delay();
         }
         tokio::select! {
             _ = ctx.shutdown.cancelled() => break,

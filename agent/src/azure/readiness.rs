@@ -23,8 +23,10 @@ pub(super) fn going_away(
     if let Some(event) = event {
         return Some(format!("{} {} ({})", event.kind, event.id, event.handling));
     }
+    // Only a delete Azure accepted: a VM still deciding, or retrying a refused
+    // one, stays in service (else a lasting refusal keeps it out for ever).
     match self_delete.state.as_str() {
-        "deciding" | "requested" | "retrying" | "deleted" => Some(format!("deleting itself ({})", self_delete.state)),
+        "requested" | "deleted" => Some(format!("deleting itself ({})", self_delete.state)),
         _ => None,
     }
 }

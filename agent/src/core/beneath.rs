@@ -75,8 +75,12 @@ pub struct SmallFile {
     pub bytes: Vec<u8>,
 }
 
-/// The regular files named `prefix*suffix` in `base/relative`, each at most
-/// `max_bytes`, read without following a symlink anywhere below `base` (a
+/// Files read at most by one call: a directory others can write may hold
+/// any number (a pool of 1,000 VMs has 1,000 records).
+pub const MAX_SMALL_FILES: usize = 1000;
+
+/// The regular files named `prefix*suffix` in `base/relative` (the first
+/// [`MAX_SMALL_FILES`] met), each at most `max_bytes`, read without following a symlink anywhere below `base` (a
 /// FIFO or a device planted there is skipped, not waited on). A missing
 /// directory is no files; other failures say why.
 pub fn read_small_files_beneath(
@@ -110,6 +114,9 @@ pub fn read_small_files_beneath(
         .map_err(|err| format!("cannot list {}: {err}", base.join(relative).display()))?;
     let mut files = Vec::new();
     for entry in listing.into_iter().flatten() {
+        if files.len() >= MAX_SMALL_FILES {
+            break;
+        }
         let name = entry.file_name().to_string_lossy().into_owned();
         if !(name.starts_with(prefix) && name.ends_with(suffix)) {
             continue;

@@ -199,7 +199,11 @@ async fn run(ctx: TaskContext, pool: Pool) -> TaskResult {
     let _ = pool.0.reader.set(ctx.clone());
     let mut idle_rx = ctx.shared.watch_idle();
     let mut share_rx = ctx.shared.watch_share();
-    let mut written: Option<(PathBuf, Vec<UserSeen>, Instant)> = None;
+    // (share root, this VM's name, who had sessions, when) of the last write.
+    let mut written: Option<(PathBuf, String, Vec<UserSeen>, Instant)> = None;
+    // After a failed write: not again before this (the loop wakes every sample).
+    let mut write_again_at = Instant::now();
+    let mut write_backoff = crate::core::backoff::Backoff::new(Duration::from_secs(10), RENEW_EVERY);
     let mut next_read = Instant::now();
     ctx.set(ComponentState::Starting, "waiting for the share".to_string());
     loop {
@@ -217,15 +221,31 @@ async fn run(ctx: TaskContext, pool: Pool) -> TaskResult {
             r.state = "on the share".into();
             r.here = here.clone();
         });
+        // A look-up that did not answer writes nothing (not "nobody here").
         let users = users_seen(&ctx).await;
-        let due = match &written {
-            Some((at_root, last, at)) => *at_root != root || *last != users || at.elapsed() >= RENEW_EVERY,
-            None => true,
+        let due = match (&written, &users) {
+            (_, None) => false,
+            (Some((at_root, name, last, at)), Some(users)) => {
+                *at_root != root || *name != here || last != users || at.elapsed() >= RENEW_EVERY
+            }
+            (None, Some(_)) => true,
         };
-        if due {
+        if let (true, Some(users)) = (due && Instant::now() >= write_again_at, users) {
             match write_record(&ctx, &pool, &root, identity, &here, &users).await {
-                Ok(()) => written = Some((root.clone(), users, Instant::now())),
-                Err(why) => pool.update(|r| r.error = Some(why)),
+                Ok(()) => {
+                    // Named otherwise before (the host name until IMDS said): that record goes.
+                    if let Some((old_root, old_name, _, _)) = &written {
+                        if *old_name != here && *old_root == root {
+                            remove_record(&pool, &root, identity, old_name).await;
+                        }
+                    }
+                    written = Some((root.clone(), here.clone(), users, Instant::now()));
+                    write_backoff.reset();
+                }
+                Err(why) => {
+                    pool.update(|r| r.error = Some(why));
+                    write_again_at = Instant::now() + write_backoff.next_delay();
+                }
             }
         }
         if Instant::now() >= next_read {
@@ -234,7 +254,7 @@ async fn run(ctx: TaskContext, pool: Pool) -> TaskResult {
         } else {
             pool.publish_board(&ctx);
         }
-        let renew_in = written.as_ref().map_or(RENEW_EVERY, |(_, _, at)| RENEW_EVERY.saturating_sub(at.elapsed()));
+        let renew_in = written.as_ref().map_or(RENEW_EVERY, |(_, _, _, at)| RENEW_EVERY.saturating_sub(at.elapsed()));
         let wait = renew_in.min(next_read.saturating_duration_since(Instant::now()));
         // Wakes on a new verdict (each sample) only to compare who has sessions.
         tokio::select! {
@@ -246,11 +266,12 @@ async fn run(ctx: TaskContext, pool: Pool) -> TaskResult {
     }
 }
 
-/// Who has sessions here now, with the ids this VM gives them.
-async fn users_seen(ctx: &TaskContext) -> Vec<UserSeen> {
+/// Who has sessions here now, with the ids this VM gives them; `None`: the
+/// look-up did not answer in time.
+async fn users_seen(ctx: &TaskContext) -> Option<Vec<UserSeen>> {
     let sessions = ctx.shared.idle().session_users;
     if sessions.is_empty() {
-        return Vec::new();
+        return Some(Vec::new());
     }
     let accounts = ctx.accounts.clone();
     let looked_up = crate::core::task::blocking("user look-ups for the pool's record", SHARE_DEADLINE, move || {
@@ -263,7 +284,23 @@ async fn users_seen(ctx: &TaskContext) -> Vec<UserSeen> {
             .collect::<Vec<_>>()
     })
     .await;
-    looked_up.unwrap_or_default()
+    looked_up.ok()
+}
+
+/// Removes this VM's record under an old name (best effort: a stale one is ignored by all after 15 min).
+async fn remove_record(pool: &Pool, root: &Path, identity: (u64, u64), old_name: &str) {
+    let Some(name) = record::file_name(old_name) else { return };
+    let root = root.to_path_buf();
+    let removed = pool
+        .0
+        .share_io
+        .run(SHARE_DEADLINE, move || {
+            crate::core::share_write::remove_from_share(&root, identity, Path::new(record::DIR), &name)
+        })
+        .await;
+    if let Ok(Err(why)) = removed {
+        tracing::warn!(component = "pool", "cannot remove the record of this VM's old name: {why}");
+    }
 }
 
 async fn write_record(

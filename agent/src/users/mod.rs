@@ -295,16 +295,31 @@ async fn reconcile(ctx: &TaskContext, settings: &UsersSettings, from_config: usi
     let (plans, locks): (Vec<AccountPlan>, Vec<bool>) = {
         let locked = |name: &str| plan::expired_in_shadow(&local.shadow, name, today);
         let local = plan::Local { users: &local.users, groups: &local.groups, locked: &locked };
-        let plans = plan::plan(&accounts, &local);
+        let mut plans = plan::plan(&accounts, &local);
+        // The share may only add accounts: one that exists already (the VM's
+        // admin, say, or one made on an earlier pass) is left as it is —
+        // whoever holds the storage key must not re-key, re-shell or lock it.
+        for plan in plans.iter_mut().skip(from_config) {
+            if plan.standing == plan::Standing::Present {
+                plan.changes.clear();
+                plan.install_keys = false;
+            }
+        }
         let locks = accounts.iter().map(|a| locked(&a.name)).collect();
         (plans, locks)
     };
     let prefix = ctx.paths.is_sandbox().then(|| ctx.paths.root().to_path_buf());
     let mut changed = false;
     let mut states = Vec::new();
-    for (((account, plan), locked), stripped) in accounts.iter().zip(&plans).zip(locks).zip(stripped) {
+    for (at, (((account, plan), locked), stripped)) in accounts.iter().zip(&plans).zip(locks).zip(stripped).enumerate()
+    {
         let (mut state, did_change) = apply(account, plan, settings.manage, prefix.as_deref(), locked).await;
         state.notes.extend(stripped);
+        if at >= from_config && plan.standing == plan::Standing::Present {
+            state.notes.push(
+                "from the share's registry, which only adds accounts: this one exists, so its keys, shell and lock are left as they are (move it into the config to manage it)".to_string(),
+            );
+        }
         changed |= did_change;
         states.push(state);
     }
