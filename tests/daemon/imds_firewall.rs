@@ -170,7 +170,7 @@ fn imds_answers_root_and_the_named_groups_only_while_the_agent_runs_and_the_admi
     daemon.signal("TERM");
     daemon.wait_exit(Duration::from_secs(20));
     let gone = eventually(Duration::from_secs(10), || Some(()).filter(|_| !ns.tables().contains("pool_agent")));
-    assert!(gone.is_some(), "{}", ns.tables());
+    assert!(gone.is_some(), "{}\nthe agent said:\n{}", ns.tables(), daemon.log());
     assert_eq!(stdout(&ns.run("nft", &["list", "table", "inet", "admin_rules"])), admin_before);
     assert!(ns.token_as(Some(65534)).is_ok(), "open again without the agent");
 }
