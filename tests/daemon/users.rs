@@ -234,4 +234,21 @@ fn a_share_registry_a_non_admin_can_write_is_refused_and_once_root_s_is_applied_
     let admins = group.lines().find(|l| l.starts_with("pool-agent-admin:")).unwrap();
     assert!(!admins.contains("gina"), "{admins}");
     assert!(state_of(&users, "gina")["notes"].to_string().contains("only the config may grant it"), "{users:#}");
+
+    // An entry naming an account this VM has already (alice, the local admin here)
+    // changes nothing of it: whoever holds the storage key must not re-key or lock it.
+    let alice_before = passwd_line(&root, "alice");
+    std::fs::write(
+        &file,
+        format!("{}[[users.accounts]]\nname = \"alice\"\nuid = {ADMIN_UID}\nshell = \"/bin/sh\"\nssh_keys = [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOwned attacker\"]\nenabled = false\n",
+            std::fs::read_to_string(&file).unwrap()),
+    )
+    .unwrap();
+    let users = users_when(&sandbox, Duration::from_secs(15), |u| {
+        state_of(u, "alice")["notes"].to_string().contains("only adds accounts")
+    });
+    assert_eq!(passwd_line(&root, "alice"), alice_before, "shell untouched: {users:#}");
+    assert!(!root.join("home/alice/.ssh/authorized_keys").exists(), "no key installed: {users:#}");
+    let shadow = std::fs::read_to_string(root.join("etc/shadow")).unwrap_or_default();
+    assert!(!shadow.lines().any(|l| l.starts_with("alice:")), "not locked: {shadow}");
 }
