@@ -13,7 +13,7 @@ const IMDS_GROUPS_EVERY: Duration = Duration::from_secs(300);
 const TABLE_CHECK_EVERY: Duration = Duration::from_secs(60);
 
 /// Keeps the nftables table that closes IMDS to everyone but root (and the
-/// groups `azure.imds_access` names) until shutdown, then removes it.
+/// groups `azure.imds_access` names) until shutdown; `run` removes it then.
 /// `readiness_port`: the load balancer probe's port, open only to the probes.
 pub(super) async fn guard_imds(
     ctx: TaskContext,
@@ -85,11 +85,14 @@ pub(super) async fn guard_imds(
             }
         }
         tokio::select! {
-            _ = ctx.shutdown.cancelled() => break,
+            // The table is removed by whoever awaits the capability's end
+            // (`run`), never here: this task is aborted when `run_with`
+            // returns, and a removal begun here would be killed half-way
+            // (its nft with it) after taking the flag that says to remove.
+            _ = ctx.shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
     }
-    open_imds(&azure).await;
 }
 
 /// Removes the agent's table, if it put one in place.
