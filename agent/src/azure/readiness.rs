@@ -91,3 +91,35 @@ pub(super) async fn readiness_server(ctx: &TaskContext, azure: &Azure, settings:
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::azure::delete::DeleteView;
+    use crate::azure::events::{EventView, EventsReport};
+
+    fn event(kind: &str, handling: &str) -> EventView {
+        EventView { id: "E-1".into(), kind: kind.into(), handling: handling.into(), ..EventView::default() }
+    }
+
+    #[test]
+    fn only_this_vm_s_terminate_or_an_accepted_delete_takes_it_out_of_service() {
+        let none = EventsReport::default();
+        let view = |state: &str| DeleteView { state: state.into(), ..DeleteView::default() };
+        // A delete still deciding, or retrying one Azure refused (lost answer, 429, 409):
+        // the VM stays in service, else a lasting refusal keeps it out for ever.
+        for staying in ["", "waiting", "deciding", "retrying", "off"] {
+            assert_eq!(going_away(&none, &view(staying)), None, "{staying}");
+        }
+        for leaving in ["requested", "deleted"] {
+            assert!(going_away(&none, &view(leaving)).is_some_and(|w| w.contains(leaving)), "{leaving}");
+        }
+        let ours =
+            EventsReport { events: vec![event("Preempt", "draining: nobody at work")], ..EventsReport::default() };
+        assert!(going_away(&ours, &view("")).is_some_and(|w| w.starts_with("Preempt E-1")));
+        let other_vm = EventsReport { events: vec![event("Terminate", "not ours (names pool_7)")], ..none.clone() };
+        assert_eq!(going_away(&other_vm, &view("")), None, "another VM's event");
+        let freeze = EventsReport { events: vec![event("Freeze", "approved")], ..none };
+        assert_eq!(going_away(&freeze, &view("")), None, "a Freeze does not remove the VM");
+    }
+}
