@@ -1,8 +1,13 @@
 //! The autoscale setting as the template ships it: the
 //! `Microsoft.Insights/autoscalesettings` resource of `pool.json`, its
-//! profiles and rules with the template's parameters resolved (defaults,
-//! overridden like a parameters file would). Only the expressions the
-//! resource uses are understood; anything else is an error, never a guess.
+//! profiles and rules evaluated as Resource Manager would for one set of
+//! parameters (defaults, overridden like a parameters file would), by the
+//! same evaluator the template's unit tests use. An expression it does not
+//! know is an error, never a guess.
+
+#[path = "../../tests/support/arm_eval.rs"]
+#[allow(dead_code)]
+mod arm_eval;
 
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -80,38 +85,43 @@ pub struct Profile {
     pub recurrence: Option<(Vec<u32>, u32)>,
 }
 
-/// The autoscale resource's profiles, parameters resolved from their
-/// defaults and `overrides`.
+/// The autoscale resource's profiles, evaluated with the template's
+/// defaults and `overrides`; parameters with no default (the share, the
+/// image: nothing autoscale reads) get placeholders of their type.
 pub fn profiles(template: &str, overrides: &BTreeMap<String, Value>) -> Result<Vec<Profile>, String> {
     let doc: Value = serde_json::from_str(template).map_err(|e| format!("pool.json: {e}"))?;
-    let mut params: BTreeMap<String, Value> = BTreeMap::new();
-    if let Some(map) = doc["parameters"].as_object() {
-        for (name, spec) in map {
-            if let Some(default) = spec.get("defaultValue") {
-                params.insert(name.clone(), default.clone());
-            }
+    let declared = doc["parameters"].as_object().ok_or("pool.json: no parameters")?;
+    let mut params = overrides.clone();
+    for (name, spec) in declared {
+        if params.contains_key(name) || spec.get("defaultValue").is_some() {
+            continue;
         }
+        let placeholder = match spec["allowedValues"].get(0) {
+            Some(first) => first.clone(),
+            None => match spec["type"].as_str().unwrap_or("string").to_ascii_lowercase().as_str() {
+                "int" => Value::from(1),
+                "bool" => Value::from(false),
+                "array" => Value::Array(vec![]),
+                "object" | "secureobject" => Value::Object(Default::default()),
+                _ => Value::from(format!("sim-{name}")),
+            },
+        };
+        params.insert(name.clone(), placeholder);
     }
-    for (name, value) in overrides {
-        if !params.contains_key(name) && doc["parameters"].get(name).is_none() {
-            return Err(format!("pool.json has no parameter {name}"));
-        }
-        params.insert(name.clone(), value.clone());
-    }
+    let scope = arm_eval::Scope::new(&doc, "sim-rg", &params)?;
     let resources = doc["resources"].as_array().ok_or("pool.json: no resources")?;
     let autoscale = resources
         .iter()
         .find(|r| r["type"].as_str().is_some_and(|t| t.eq_ignore_ascii_case("Microsoft.Insights/autoscalesettings")))
         .ok_or("pool.json: no Microsoft.Insights/autoscalesettings resource")?;
-    let list = autoscale["properties"]["profiles"].as_array().ok_or("autoscale: no profiles")?;
-    list.iter().map(|p| profile(p, &params)).collect()
+    let list = scope.value(&autoscale["properties"]["profiles"])?;
+    list.as_array().ok_or("autoscale: no profiles")?.iter().map(profile).collect()
 }
 
-fn profile(p: &Value, params: &BTreeMap<String, Value>) -> Result<Profile, String> {
+fn profile(p: &Value) -> Result<Profile, String> {
     let name = p["name"].as_str().ok_or("a profile without a name")?.to_string();
     let number = |v: &Value| -> Result<u32, String> {
-        let v = resolve(v, params)?;
-        match &v {
+        match v {
             Value::Number(n) => n.as_u64().map(|n| n as u32),
             Value::String(s) => s.parse().ok(),
             _ => None,
@@ -119,7 +129,7 @@ fn profile(p: &Value, params: &BTreeMap<String, Value>) -> Result<Profile, Strin
         .ok_or(format!("profile {name}: not a count: {v}"))
     };
     let cap = &p["capacity"];
-    let rules = p["rules"].as_array().map(|r| r.iter().map(|r| rule(r, params)).collect()).unwrap_or(Ok(vec![]))?;
+    let rules = p["rules"].as_array().map(|r| r.iter().map(rule).collect()).unwrap_or(Ok(vec![]))?;
     let recurrence = match p.get("recurrence") {
         None => None,
         Some(r) => {
@@ -150,12 +160,12 @@ fn profile(p: &Value, params: &BTreeMap<String, Value>) -> Result<Profile, Strin
     })
 }
 
-fn rule(r: &Value, params: &BTreeMap<String, Value>) -> Result<Rule, String> {
+fn rule(r: &Value) -> Result<Rule, String> {
     let t = &r["metricTrigger"];
     let a = &r["scaleAction"];
     let text = |v: &Value| -> Result<String, String> {
-        match resolve(v, params)? {
-            Value::String(s) => Ok(s),
+        match v {
+            Value::String(s) => Ok(s.clone()),
             Value::Number(n) => Ok(n.to_string()),
             other => Err(format!("not text: {other}")),
         }
@@ -210,28 +220,6 @@ fn rule(r: &Value, params: &BTreeMap<String, Value>) -> Result<Rule, String> {
         threshold,
         increase,
         change,
-    })
-}
-
-/// A value, or the template expression it holds (`[parameters('x')]`,
-/// `[string(parameters('x'))]`, `[int(parameters('x'))]`).
-fn resolve(v: &Value, params: &BTreeMap<String, Value>) -> Result<Value, String> {
-    let Some(expr) = v.as_str().and_then(|s| s.strip_prefix('[')).and_then(|s| s.strip_suffix(']')) else {
-        return Ok(v.clone());
-    };
-    let (wrap, inner) = match expr.split_once('(') {
-        Some((f @ ("string" | "int"), rest)) => (Some(f), rest.strip_suffix(')').unwrap_or(rest)),
-        _ => (None, expr),
-    };
-    let name = inner
-        .strip_prefix("parameters('")
-        .and_then(|s| s.strip_suffix("')"))
-        .ok_or(format!("expression not understood: {expr}"))?;
-    let value = params.get(name).cloned().ok_or(format!("parameter {name} has no value"))?;
-    Ok(match (wrap, value) {
-        (Some("string"), Value::Number(n)) => Value::String(n.to_string()),
-        (Some("int"), Value::String(s)) => s.parse::<u64>().map(Value::from).map_err(|e| format!("{name}: {e}"))?,
-        (_, value) => value,
     })
 }
 

@@ -1,14 +1,16 @@
 //! The ARM template shipped for the pool (`packaging/azure/pool.json`), read
 //! as an admin deploys it: with the parameters README's command passes,
-//! evaluated as Resource Manager would (`template_eval_tests.rs`).
+//! evaluated as Resource Manager would (`agent/tests/support/arm_eval.rs`).
 
 use super::*;
 use base64::Engine as _;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
-#[path = "template_eval_tests.rs"]
+#[path = "../../tests/support/arm_eval.rs"]
 mod eval;
+#[path = "template_eval_tests.rs"]
+mod eval_tests;
 #[path = "template_lb_tests.rs"]
 mod lb;
 use eval::{provider_id, Scope, SUBSCRIPTION};
