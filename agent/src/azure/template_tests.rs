@@ -261,12 +261,14 @@ fn autoscale_problems(template: &Value) -> Vec<String> {
                 problems
                     .push(format!("{name}: {} on {metric} {}; want {wanted:?}", action["direction"], t["operator"]));
             }
-            // One more VM below the headroom; in working hours also a headroom's
-            // worth when none is spare; one fewer above the headroom.
+            // One more VM below the headroom, one fewer above it; in working
+            // hours also steps that add what is missing: below T add V, with
+            // T - 1 + V never past the headroom (T = 0 never fires).
             let (threshold, value) = (t["threshold"].as_i64(), action["value"].as_str().and_then(|v| v.parse().ok()));
-            let refill =
-                name == "working-hours" && metric == "Spare" && (threshold, value) == (Some(1), Some(headroom));
-            if (threshold, value) != (Some(headroom), Some(1)) && !refill {
+            let step = name == "working-hours"
+                && metric == "Spare"
+                && matches!((threshold, value), (Some(t), Some(v)) if v >= 1 && (t == 0 || t - 1 + v <= headroom));
+            if (threshold, value) != (Some(headroom), Some(1)) && !step {
                 problems.push(format!(
                     "{name}: {metric} threshold {threshold:?} changes by {value:?}; headroom is {headroom}"
                 ));
@@ -339,6 +341,16 @@ fn autoscale_adds_vms_on_spare_removes_them_on_removable_and_never_reads_busy() 
     let problems = autoscale_problems(&typo);
     assert!(problems.iter().any(|p| p.contains("Removeable is not a metric")), "{problems:?}");
     assert!(problems.iter().any(|p| p.contains("the seed posts")), "{problems:?}");
+    // A step that would leave more than the headroom spare (below h - 1, add 5).
+    let mut overshoot = template.clone();
+    overshoot["resources"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|r| r["type"] == "Microsoft.Insights/autoscalesettings")
+        .unwrap()["properties"]["profiles"][0]["rules"][1]["scaleAction"]["value"] = json!("5");
+    let problems = autoscale_problems(&overshoot);
+    assert!(problems.iter().any(|p| p.contains("changes by Some(5)")), "{problems:?}");
     // Profiles: working hours Monday to Friday from workingHoursStart, off hours from workingHoursEnd.
     let (_, evaluated) = deploy(&template, &[("workingHoursStart", json!(7)), ("workingHoursEnd", json!(19))]);
     let profiles = &resource(&evaluated, "Microsoft.Insights/autoscalesettings")[0]["properties"]["profiles"];
