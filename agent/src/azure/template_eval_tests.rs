@@ -172,6 +172,7 @@ impl<'a> Scope<'a> {
                     return Err(format!("{name} = {value} is not among {allowed:?}"));
                 }
             }
+            check_bounds(name, spec, &value)?;
             scope.params.insert(name.clone(), value);
         }
         Ok(scope)
@@ -348,6 +349,30 @@ impl<'a> Scope<'a> {
     }
 }
 
+/// The other checks ARM makes of a parameter's value before deploying
+/// (https://learn.microsoft.com/azure/azure-resource-manager/templates/parameters):
+/// `minLength`/`maxLength` of a string (characters) or an array (items),
+/// `minValue`/`maxValue` of an int. ARM has no pattern check for strings.
+fn check_bounds(name: &str, spec: &Value, value: &Value) -> Result<(), String> {
+    let length = match value {
+        Value::String(s) => Some(s.chars().count() as i64),
+        Value::Array(items) => Some(items.len() as i64),
+        _ => None,
+    };
+    let bound = |key: &str| spec.get(key).and_then(Value::as_i64);
+    let checks = [("minLength", length, true), ("maxLength", length, false)]
+        .into_iter()
+        .chain([("minValue", value.as_i64(), true), ("maxValue", value.as_i64(), false)]);
+    for (key, actual, is_min) in checks {
+        if let (Some(limit), Some(actual)) = (bound(key), actual) {
+            if (is_min && actual < limit) || (!is_min && actual > limit) {
+                return Err(format!("{name} = {value} breaks its {key} {limit}"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `<scope>/providers/<namespace>/<type>/<name>[/<child type>/<child name>...]`.
 pub fn provider_id(scope: &str, args: &[String]) -> Result<String, String> {
     let (kind, names) = args.split_first().ok_or("resourceId without a type")?;
@@ -391,4 +416,15 @@ fn the_evaluator_reads_what_the_template_writes() {
     assert!(scope.value(&json!("[nosuch(1)]")).is_err());
     assert!(scope.value(&json!("[resourceId('A.B/c/d', 'only-one')]")).is_err());
     assert!(scope.value(&json!("[format('{0}', ]")).is_err());
+    // Lengths and values out of their declared bounds are refused, defaults too.
+    let bounded = json!({"parameters": {
+        "id": {"type": "string", "defaultValue": "", "maxLength": 3},
+        "name": {"type": "string", "defaultValue": "ab", "minLength": 2},
+        "n": {"type": "int", "defaultValue": 5, "minValue": 1, "maxValue": 9}}});
+    let with = |name: &str, value: Value| Scope::new(&bounded, "rg", &BTreeMap::from([(name.to_string(), value)]));
+    assert!(with("id", json!("abc")).is_ok() && with("n", json!(9)).is_ok() && with("name", json!("ab")).is_ok());
+    assert!(with("id", json!("abcd")).unwrap_err().contains("id = \"abcd\" breaks its maxLength 3"));
+    assert!(with("name", json!("a")).unwrap_err().contains("minLength 2"));
+    assert!(with("n", json!(10)).unwrap_err().contains("maxValue 9"));
+    assert!(with("n", json!(0)).unwrap_err().contains("minValue 1"));
 }
