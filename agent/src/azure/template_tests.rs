@@ -31,9 +31,10 @@ fn template() -> Value {
 /// types them (by the template's declaration).
 fn readme_parameters(template: &Value) -> BTreeMap<String, Value> {
     let readme = file("README.md");
-    let start = readme.find("az deployment group create").expect("README gives the deploy command");
+    // The command block's line, not a mention of the command in a paragraph.
+    let start = readme.find("\naz deployment group create").expect("README gives the deploy command");
     let mut command = String::new();
-    for line in readme[start..].lines() {
+    for line in readme[start + 1..].lines() {
         command.push_str(line.trim_end().trim_end_matches('\\'));
         command.push(' ');
         if !line.trim_end().ends_with('\\') {
