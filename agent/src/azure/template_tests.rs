@@ -7,6 +7,8 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
+#[path = "template_entra_tests.rs"]
+mod entra;
 #[path = "template_eval_tests.rs"]
 mod eval;
 #[path = "template_lb_tests.rs"]
@@ -411,7 +413,8 @@ fn the_shipped_template_s_roles_cover_what_the_agent_calls_and_are_unique_per_po
         .iter()
         .map(|a| {
             (
-                a["scope"].as_str().unwrap().to_string(),
+                // No scope of its own: the resource group.
+                a["scope"].as_str().unwrap_or("").to_string(),
                 a["properties"]["roleDefinitionId"].as_str().unwrap().to_string(),
             )
         })
