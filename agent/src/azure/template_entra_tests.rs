@@ -3,7 +3,7 @@
 //! roles for the groups given, deployed on paper as README's command does.
 //! Microsoft's page: <https://learn.microsoft.com/entra/identity/devices/howto-vm-sign-in-azure-ad-linux>.
 
-use super::{declared_ids, deploy, resource, rg_id, template, Scope, RG, SUBSCRIPTION};
+use super::{declared_ids, deploy, file, resource, rg_id, template, Scope, RG, SUBSCRIPTION};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -197,5 +197,28 @@ fn a_group_id_longer_than_an_object_id_is_refused_by_the_template_itself() {
         assert!(refused.contains(name) && refused.contains("maxLength"), "{name}: {refused}");
         given.insert(name.into(), json!(USERS));
         assert!(Scope::new(&template, RG, &given).is_ok(), "{name}: a GUID is accepted");
+    }
+}
+
+#[test]
+fn readme_turns_entra_login_on_with_the_template_s_own_parameter_names() {
+    let template = template();
+    let readme = file("README.md");
+    let choices = readme.find("The three choices.").expect("README explains the three choices");
+    let paragraph = readme[choices..].lines().next().unwrap();
+    let start = paragraph.find("az deployment group create").expect("the choices say how to deploy with Entra login");
+    let command = &paragraph[start..start + paragraph[start..].find('`').unwrap()];
+    let given: Vec<&str> = command.split_whitespace().filter_map(|t| t.split_once('=').map(|(name, _)| name)).collect();
+    assert!(given.contains(&"entraUserGroupObjectId"), "{command}");
+    for name in given {
+        assert!(
+            template["parameters"].get(name).is_some(),
+            "README passes {name}, which the template does not declare"
+        );
+    }
+    // The deployment section lists what the parameters deploy.
+    let deploying = &readme[readme.find("### Deploying the pool on Azure").unwrap()..];
+    for name in ["entraUserGroupObjectId", "entraAdminGroupObjectId"] {
+        assert!(deploying.contains(name), "Deploying the pool on Azure does not name {name}");
     }
 }
