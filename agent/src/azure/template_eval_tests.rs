@@ -1,7 +1,7 @@
 //! The ARM evaluator's own test (the evaluator is `agent/tests/support/arm_eval.rs`).
 
 use super::eval::*;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 #[test]
@@ -27,4 +27,15 @@ fn the_evaluator_reads_what_the_template_writes() {
     assert!(scope.value(&json!("[nosuch(1)]")).is_err());
     assert!(scope.value(&json!("[resourceId('A.B/c/d', 'only-one')]")).is_err());
     assert!(scope.value(&json!("[format('{0}', ]")).is_err());
+    // Lengths and values out of their declared bounds are refused, defaults too.
+    let bounded = json!({"parameters": {
+        "id": {"type": "string", "defaultValue": "", "maxLength": 3},
+        "name": {"type": "string", "defaultValue": "ab", "minLength": 2},
+        "n": {"type": "int", "defaultValue": 5, "minValue": 1, "maxValue": 9}}});
+    let with = |name: &str, value: Value| Scope::new(&bounded, "rg", &BTreeMap::from([(name.to_string(), value)]));
+    assert!(with("id", json!("abc")).is_ok() && with("n", json!(9)).is_ok() && with("name", json!("ab")).is_ok());
+    assert!(with("id", json!("abcd")).unwrap_err().contains("id = \"abcd\" breaks its maxLength 3"));
+    assert!(with("name", json!("a")).unwrap_err().contains("minLength 2"));
+    assert!(with("n", json!(10)).unwrap_err().contains("maxValue 9"));
+    assert!(with("n", json!(0)).unwrap_err().contains("minValue 1"));
 }

@@ -7,6 +7,8 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
+#[path = "template_entra_tests.rs"]
+mod entra;
 #[path = "../../tests/support/arm_eval.rs"]
 mod eval;
 #[path = "template_eval_tests.rs"]
@@ -33,9 +35,10 @@ fn template() -> Value {
 /// types them (by the template's declaration).
 fn readme_parameters(template: &Value) -> BTreeMap<String, Value> {
     let readme = file("README.md");
-    let start = readme.find("az deployment group create").expect("README gives the deploy command");
+    // The command block's line, not a mention of the command in a paragraph.
+    let start = readme.find("\naz deployment group create").expect("README gives the deploy command");
     let mut command = String::new();
-    for line in readme[start..].lines() {
+    for line in readme[start + 1..].lines() {
         command.push_str(line.trim_end().trim_end_matches('\\'));
         command.push(' ');
         if !line.trim_end().ends_with('\\') {
@@ -424,7 +427,8 @@ fn the_shipped_template_s_roles_cover_what_the_agent_calls_and_are_unique_per_po
         .iter()
         .map(|a| {
             (
-                a["scope"].as_str().unwrap().to_string(),
+                // No scope of its own: the resource group.
+                a["scope"].as_str().unwrap_or("").to_string(),
                 a["properties"]["roleDefinitionId"].as_str().unwrap().to_string(),
             )
         })

@@ -177,6 +177,7 @@ impl<'a> Scope<'a> {
                     return Err(format!("{name} = {value} is not among {allowed:?}"));
                 }
             }
+            check_bounds(name, spec, &value)?;
             scope.params.insert(name.clone(), value);
         }
         Ok(scope)
@@ -351,6 +352,30 @@ impl<'a> Scope<'a> {
             other => return Err(format!("the test's evaluator does not know {other}()")),
         })
     }
+}
+
+/// The other checks ARM makes of a parameter's value before deploying
+/// (https://learn.microsoft.com/azure/azure-resource-manager/templates/parameters):
+/// `minLength`/`maxLength` of a string (characters) or an array (items),
+/// `minValue`/`maxValue` of an int. ARM has no pattern check for strings.
+fn check_bounds(name: &str, spec: &Value, value: &Value) -> Result<(), String> {
+    let length = match value {
+        Value::String(s) => Some(s.chars().count() as i64),
+        Value::Array(items) => Some(items.len() as i64),
+        _ => None,
+    };
+    let bound = |key: &str| spec.get(key).and_then(Value::as_i64);
+    let checks = [("minLength", length, true), ("maxLength", length, false)]
+        .into_iter()
+        .chain([("minValue", value.as_i64(), true), ("maxValue", value.as_i64(), false)]);
+    for (key, actual, is_min) in checks {
+        if let (Some(limit), Some(actual)) = (bound(key), actual) {
+            if (is_min && actual < limit) || (!is_min && actual > limit) {
+                return Err(format!("{name} = {value} breaks its {key} {limit}"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `<scope>/providers/<namespace>/<type>/<name>[/<child type>/<child name>...]`.
