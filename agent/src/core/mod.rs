@@ -25,6 +25,7 @@ pub mod share_write;
 pub mod shared;
 pub mod stuck;
 pub mod task;
+pub mod user_uids;
 
 #[cfg(test)]
 mod layering;

@@ -178,7 +178,7 @@ const WINDOW: Duration = Duration::from_secs(60);
 pub struct Connections {
     ports: Vec<u16>,
     bytes_per_minute: u64,
-    uids: std::ops::RangeInclusive<u32>,
+    uids: crate::core::user_uids::UserUids,
     /// Ports a Jupyter server or hub serves that the Jupyter signal reads.
     judged_ports: super::jupyter::JudgedPorts,
     accounts: crate::core::accounts::AccountsView,
@@ -212,7 +212,7 @@ impl Connections {
     pub fn new(
         ports: Vec<u16>,
         bytes_per_minute: u64,
-        uids: std::ops::RangeInclusive<u32>,
+        uids: crate::core::user_uids::UserUids,
         judged_ports: super::jupyter::JudgedPorts,
         accounts: crate::core::accounts::AccountsView,
     ) -> Self {
@@ -362,7 +362,13 @@ mod tests {
         });
         let judged = crate::idle::jupyter::JudgedPorts::default();
         judged.lock().unwrap().insert(8888);
-        let mut source = Connections::new(vec![22, 8888], 16 * 1024, 1000..=60000, judged, accounts);
+        let mut source = Connections::new(
+            vec![22, 8888],
+            16 * 1024,
+            crate::core::user_uids::UserUids::new(1000, 60000),
+            judged,
+            accounts,
+        );
         let socket = |cookie, local: &str, remote: &str, uid, bytes| TcpSocket {
             local: local.parse().unwrap(),
             remote: remote.parse().unwrap(),

@@ -51,7 +51,7 @@ const CONTAINER_SCOPES: [(&str, &str); 4] =
 pub fn classify(
     path: &str,
     uid: u32,
-    users: &std::ops::RangeInclusive<u32>,
+    users: &crate::core::user_uids::UserUids,
     services: &[String],
 ) -> Option<(Owner, String)> {
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
@@ -138,7 +138,7 @@ struct Seen {
 
 pub struct Cpu {
     proc_root: PathBuf,
-    users: std::ops::RangeInclusive<u32>,
+    users: crate::core::user_uids::UserUids,
     services: Vec<String>,
     percent: f64,
     window: Duration,
@@ -156,7 +156,7 @@ pub struct Cpu {
 impl Cpu {
     /// `accounts`: to name users in reasons.
     pub fn new(
-        users: std::ops::RangeInclusive<u32>,
+        users: crate::core::user_uids::UserUids,
         services: Vec<String>,
         percent: f64,
         window: Duration,
@@ -305,8 +305,19 @@ mod tests {
     use crate::idle::signal::SignalState;
 
     #[test]
+    fn with_a_directory_s_wide_range_a_directory_user_counts_and_nobody_or_a_dynamic_service_user_does_not() {
+        // links.max_uid raised for Entra ID login (uids in the millions).
+        let wide = crate::core::user_uids::UserUids::new(1000, u32::MAX - 1);
+        let entra = classify("/user.slice/user-3197663.slice/session-4.scope", 3_197_663, &wide, &[]);
+        assert_eq!(entra, Some((Owner::User(3_197_663), "session-4.scope".to_string())));
+        assert_eq!(classify("/system.slice/nfs-idmapd.service", 65534, &wide, &[]), None, "nobody is not at work");
+        assert_eq!(classify("/system.slice/systemd-journal-upload.service", 61200, &wide, &[]), None, "DynamicUser=");
+        assert_eq!(classify("/user.slice/user-65534.slice/session-1.scope", 65534, &wide, &[]), None);
+    }
+
+    #[test]
     fn cpu_is_owned_by_the_user_wherever_it_runs_by_the_container_or_by_an_allowed_service() {
-        let users = 1000..=60000;
+        let users = crate::core::user_uids::UserUids::new(1000, 60000);
         let services = vec!["rstudio-server.service".to_string()];
         let user = |unit: &str| Some((Owner::User(1001), unit.to_string()));
         assert_eq!(classify("/user.slice/user-1001.slice/session-3.scope", 1001, &users, &[]), user("session-3.scope"));
@@ -348,7 +359,8 @@ mod tests {
         std::fs::write(&passwd, format!("tester:x:{me}:{me}::/home/tester:/bin/bash\n")).unwrap();
         let accounts = AccountsView::new(AccountSource::Files { passwd, group: tmp.path().join("group") });
         // The test's own uid stands for a user-range one.
-        let mut cpu = Cpu::new(me..=me, vec![], 10.0, Duration::from_secs(60), accounts);
+        let mut cpu =
+            Cpu::new(crate::core::user_uids::UserUids::new(me, me), vec![], 10.0, Duration::from_secs(60), accounts);
         assert_eq!(cpu.look().state, SignalState::Idle, "the first pass is the baseline");
         let mut busy = std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap();
         std::thread::sleep(Duration::from_millis(600));
@@ -367,7 +379,13 @@ mod tests {
             passwd: tmp.path().join("passwd"),
             group: tmp.path().join("group"),
         });
-        let mut cpu = Cpu::new(1000..=60000, vec![], 10.0, Duration::from_secs(60), accounts);
+        let mut cpu = Cpu::new(
+            crate::core::user_uids::UserUids::new(1000, 60000),
+            vec![],
+            10.0,
+            Duration::from_secs(60),
+            accounts,
+        );
         cpu.proc_root = tmp.path().join("no-proc");
         let sample = cpu.look();
         assert_eq!(sample.state, SignalState::Unknown, "{sample:?}");
@@ -389,7 +407,13 @@ mod tests {
         std::fs::write(&passwd, "alice:x:100001:100001::/home/alice:/bin/bash\n").unwrap();
         let accounts = AccountsView::new(AccountSource::Files { passwd, group: tmp.path().join("group") });
         // The fake /proc's entries belong to whoever runs the test (root in CI), never a user-range uid here.
-        let mut cpu = Cpu::new(100000..=100010, vec![], 10.0, Duration::from_secs(60), accounts);
+        let mut cpu = Cpu::new(
+            crate::core::user_uids::UserUids::new(100000, 100010),
+            vec![],
+            10.0,
+            Duration::from_secs(60),
+            accounts,
+        );
         cpu.proc_root = tmp.path().join("proc");
         let scope = "/user.slice/user-100001.slice/session-4.scope";
         fake_process(&cpu.proc_root, 4242, 100, scope);

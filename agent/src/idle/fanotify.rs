@@ -68,7 +68,7 @@ impl Watcher {
     /// or where the kernel has no fanotify.
     pub fn start(
         roots: Roots,
-        users: std::ops::RangeInclusive<u32>,
+        users: crate::core::user_uids::UserUids,
         gap: Duration,
         ledger: Arc<Mutex<Ledger>>,
     ) -> Result<Self, String> {
@@ -209,7 +209,7 @@ fn read_until_stopped(
     group: &OwnedFd,
     stop: &OwnedFd,
     state: &Shared,
-    users: &std::ops::RangeInclusive<u32>,
+    users: &crate::core::user_uids::UserUids,
     gap: Duration,
     ledger: &Mutex<Ledger>,
 ) -> Option<String> {
@@ -302,7 +302,7 @@ fn events(bytes: &[u8]) -> Vec<libc::fanotify_event_metadata> {
 /// The user a write counts for and the writer's name: its uid when in the
 /// user range, or the user whose slice it runs in. A writer gone by now is
 /// judged by the file's owner.
-fn owner(pid: i32, file: BorrowedFd<'_>, users: &std::ops::RangeInclusive<u32>) -> Option<(u32, String)> {
+fn owner(pid: i32, file: BorrowedFd<'_>, users: &crate::core::user_uids::UserUids) -> Option<(u32, String)> {
     let proc = Path::new("/proc");
     let process = proc.join(pid.to_string());
     match std::fs::metadata(&process) {
@@ -362,7 +362,12 @@ mod tests {
         let me = unsafe { libc::getuid() };
         let listed = vec![home.clone()];
         let roots: Roots = Arc::new(move || listed.clone());
-        let watcher = match Watcher::start(roots, me..=me, Duration::from_secs(60), ledger.clone()) {
+        let watcher = match Watcher::start(
+            roots,
+            crate::core::user_uids::UserUids::new(me, me),
+            Duration::from_secs(60),
+            ledger.clone(),
+        ) {
             Ok(watcher) => watcher,
             Err(why) => {
                 assert!(me != 0, "root has fanotify: {why}");

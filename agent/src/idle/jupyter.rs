@@ -104,7 +104,7 @@ pub struct Jupyter {
     loopback_client: reqwest::Client,
     accounts: AccountsView,
     paths: std::sync::Arc<SystemPaths>,
-    uids: std::ops::RangeInclusive<u32>,
+    uids: crate::core::user_uids::UserUids,
     judged_ports: JudgedPorts,
 }
 
@@ -159,7 +159,7 @@ impl Jupyter {
         hub_token_file: Option<PathBuf>,
         accounts: AccountsView,
         paths: std::sync::Arc<SystemPaths>,
-        uids: std::ops::RangeInclusive<u32>,
+        uids: crate::core::user_uids::UserUids,
         judged_ports: JudgedPorts,
     ) -> Self {
         let build = |loopback: bool| {
@@ -498,7 +498,7 @@ mod tests {
             None,
             AccountsView::for_paths(&paths),
             paths,
-            1000..=60000,
+            crate::core::user_uids::UserUids::new(1000, 60000),
             JudgedPorts::default(),
         )
     }

@@ -36,6 +36,7 @@ use crate::core::component::{ComponentId, ComponentState};
 use crate::core::http::{Access, Route};
 use crate::core::shared::{IdleNews, STALE_AFTER_INTERVALS};
 use crate::core::task::{TaskContext, TaskResult};
+use crate::core::user_uids::UserUids;
 use futures_util::future::BoxFuture;
 use holds::Holds;
 use report::{IdleReport, SignalReport};
@@ -153,7 +154,7 @@ fn sources(ctx: &TaskContext, idle: &Idle, settings: &Settings) -> Vec<sampler::
         Box::new(connections::Connections::new(
             config.watch_ports.clone(),
             config.connection_bytes_per_minute,
-            settings.links.min_uid..=settings.links.max_uid,
+            UserUids::new(settings.links.min_uid, settings.links.max_uid),
             judged_ports.clone(),
             ctx.accounts.clone(),
         )),
@@ -164,11 +165,11 @@ fn sources(ctx: &TaskContext, idle: &Idle, settings: &Settings) -> Vec<sampler::
             config.jupyterhub_token_file.as_ref().map(|f| ctx.paths.resolve(f)),
             ctx.accounts.clone(),
             ctx.paths.clone(),
-            settings.links.min_uid..=settings.links.max_uid,
+            UserUids::new(settings.links.min_uid, settings.links.max_uid),
             judged_ports,
         )),
         Box::new(cpu::Cpu::new(
-            settings.links.min_uid..=settings.links.max_uid,
+            UserUids::new(settings.links.min_uid, settings.links.max_uid),
             config.cpu_services.clone(),
             config.cpu_percent,
             config.cpu_window,
@@ -178,7 +179,7 @@ fn sources(ctx: &TaskContext, idle: &Idle, settings: &Settings) -> Vec<sampler::
         Box::new(writes::Writes::new(
             config.writes,
             write_roots(ctx, settings),
-            settings.links.min_uid..=settings.links.max_uid,
+            UserUids::new(settings.links.min_uid, settings.links.max_uid),
             writes::Bounds { gap: config.timeout, max: config.writes_max },
             ctx.accounts.clone(),
         )),
@@ -192,7 +193,7 @@ fn sources(ctx: &TaskContext, idle: &Idle, settings: &Settings) -> Vec<sampler::
 /// share's directory) and the homes of users in the user range.
 fn write_roots(ctx: &TaskContext, settings: &Settings) -> fanotify::Roots {
     let (paths, accounts) = (ctx.paths.clone(), ctx.accounts.clone());
-    let users = settings.links.min_uid..=settings.links.max_uid;
+    let users = UserUids::new(settings.links.min_uid, settings.links.max_uid);
     let mut share = Vec::new();
     if let Some(config) = &settings.share {
         share.push(paths.resolve(&config.mount_point));

@@ -87,7 +87,7 @@ pub(super) async fn add_hold(
     };
     let uid = caller.peer.uid;
     // System accounts (nobody, a service, a cron job) do not keep a VM billed.
-    if !caller.admin && !(min_uid..=max_uid).contains(&uid) {
+    if !caller.admin && !crate::core::user_uids::UserUids::new(min_uid, max_uid).contains(&uid) {
         return ApiError::Forbidden(format!(
             "uid {uid} is not a user (links.min_uid {min_uid} to links.max_uid {max_uid}) nor an admin; only users and admins may hold the VM"
         ))

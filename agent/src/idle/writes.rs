@@ -33,7 +33,7 @@ impl Writes {
     pub fn new(
         enabled: bool,
         roots: super::fanotify::Roots,
-        users: std::ops::RangeInclusive<u32>,
+        users: crate::core::user_uids::UserUids,
         bounds: Bounds,
         accounts: AccountsView,
     ) -> Self {
