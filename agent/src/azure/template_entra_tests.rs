@@ -222,3 +222,38 @@ fn readme_turns_entra_login_on_with_the_template_s_own_parameter_names() {
         assert!(deploying.contains(name), "Deploying the pool on Azure does not name {name}");
     }
 }
+
+/// The drop-in cloud-init writes for Entra login, if any (decoded).
+fn entra_drop_in(evaluated: &Value) -> Option<String> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let set = resource(evaluated, "Microsoft.Compute/virtualMachineScaleSets")[0];
+    let custom = set["properties"]["virtualMachineProfile"]["osProfile"]["customData"].as_str().unwrap();
+    let cloud_config = String::from_utf8(b64.decode(custom).unwrap()).unwrap();
+    let entry =
+        cloud_config.split("\n- path: ").find(|e| e.starts_with("/etc/pool-agent/config.d/40-entra-login.toml"))?;
+    assert!(entry.contains("\n  owner: root:root\n  permissions: '0644'\n"), "{entry}");
+    let content = entry.split("content: ").nth(1).unwrap().lines().next().unwrap();
+    Some(String::from_utf8(b64.decode(content).unwrap()).unwrap())
+}
+
+#[test]
+fn with_entra_login_the_agent_takes_the_large_uids_it_gives_as_users() {
+    let template = template();
+    let (_, without) = deploy(&template, &[]);
+    assert_eq!(entra_drop_in(&without), None, "no Entra login, no drop-in");
+    let (scope, evaluated) = deploy(&template, &[("entraAdminGroupObjectId", json!(ADMINS))]);
+    let drop_in = entra_drop_in(&evaluated).expect("the Entra drop-in");
+    // Loaded as the agent loads it, before the pool's own fragment (which may set it otherwise).
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("config.toml");
+    std::fs::write(&main, "").unwrap();
+    std::fs::create_dir(dir.path().join("config.d")).unwrap();
+    std::fs::write(dir.path().join("config.d/40-entra-login.toml"), &drop_in).unwrap();
+    let fragment = scope.variable("configFragment").unwrap().as_str().unwrap().to_string();
+    std::fs::write(dir.path().join("config.d/50-pool.toml"), &fragment).unwrap();
+    let settings = crate::config::load(&main).unwrap();
+    let users = crate::core::user_uids::UserUids::new(settings.links.min_uid, settings.links.max_uid);
+    // An Entra user's uid as one report shows it; nobody never.
+    assert!(users.contains(&3_197_663) && !users.contains(&65534), "{:?}", settings.links);
+}
