@@ -4,7 +4,8 @@
 //! `--log` also prints every autoscale action and the minute with the most
 //! VMs free; `--template FILE` runs other rules; `--seed N` other users;
 //! `--wake-as-readme` the first wake command README gave (min 1, the
-//! working-hours rules, 2 h), kept to compare.
+//! working-hours rules, 2 h), `--wake-reads-capacity-only` the one that read
+//! only the scale set's capacity, both kept to compare.
 
 #[path = "pool_day/mod.rs"]
 mod sim;
@@ -45,6 +46,9 @@ fn main() -> ExitCode {
                 }
             };
             let mut setup = setup;
+            if args.iter().any(|a| a == "--wake-reads-capacity-only") {
+                setup.wake.reads_wake_profile = false;
+            }
             if args.iter().any(|a| a == "--wake-as-readme") {
                 setup.wake.as_readme = true;
                 setup.wake.length = 2.0 * 3600.0;

@@ -40,7 +40,15 @@ pub struct Wake {
     /// rules (`--copy-rules working-hours`), ending `length` later, even
     /// past the start of working hours.
     pub as_readme: bool,
+    /// The command also reads the wake profile still running (`az monitor
+    /// autoscale profile show`), so two users an autoscale run apart do not
+    /// both ask for the same count. Off: the command before it (`--wake-reads-capacity-only`).
+    pub reads_wake_profile: bool,
 }
+
+/// Between the command's read (`az monitor autoscale profile show`) and its
+/// write landing: two `az` calls.
+pub const WAKE_READ_BEFORE_WRITE: f64 = 5.0;
 
 impl Wake {
     /// The longest a user can wait for it: patience, the command, one
@@ -130,7 +138,9 @@ pub fn run(setup: &Setup) -> Report {
         for (i, v) in visits.iter().enumerate() {
             if !started[i] && t >= v.arrive {
                 started[i] = true;
-                state[i] = State::Waiting { since_try: t };
+                // Her own moment, not the step's: two users are simultaneous
+                // only when they really are.
+                state[i] = State::Waiting { since_try: v.arrive };
             }
             if started[i] && t >= v.leave {
                 match state[i] {
@@ -161,7 +171,7 @@ pub fn run(setup: &Setup) -> Report {
             // Off hours, nothing for her after a while: she runs the wake
             // command (again only if the last run brought her nothing).
             if !working(t) && t - since_try >= setup.wake.patience {
-                wake_at.push(t + setup.wake.command);
+                wake_at.push(since_try + setup.wake.patience + setup.wake.command);
                 state[i] = State::Waiting { since_try: t + setup.wake.figure() - setup.wake.patience };
             }
         }
@@ -182,11 +192,20 @@ pub fn run(setup: &Setup) -> Report {
             if let Some(source) = source {
                 let mut profile = source.clone();
                 profile.name = "wake".into();
-                // `--min-count` = the VMs there now + 1, so a second user off
-                // hours gets her own VM too (a fixed 1 would not add one).
+                // `--min-count` = one more than the VMs there now or than a
+                // wake profile still running asks (a second user off hours
+                // gets her own VM too, even before autoscale acted on the
+                // first: the command reads that profile, a few seconds
+                // before its own lands). A fixed 1 would not add one.
+                let read_at = at - WAKE_READ_BEFORE_WRITE;
+                let waking = engine
+                    .fixed
+                    .as_ref()
+                    .filter(|f| f.from <= read_at && read_at < f.until && setup.wake.reads_wake_profile)
+                    .map_or(0, |f| f.profile.min);
                 profile.min = match setup.wake.as_readme {
                     true => 1,
-                    false => (vms.len() as u32 + 1).min(profile.max),
+                    false => (vms.len() as u32).max(waking).saturating_add(1).min(profile.max),
                 };
                 profile.default = profile.min;
                 profile.recurrence = None;

@@ -233,6 +233,17 @@ fn deploying_with_readme_s_command_gives_a_config_naming_the_share_and_secret_it
         out.split_whitespace().collect::<Vec<_>>().join(" ")
     };
     assert_eq!(command(&motd), command(&file("README.md")).replace(" -g RG ", &format!(" -g {RG} ")));
+    // Both read the wake profile still running, so two users a minute apart ask for two VMs.
+    let readme = file("README.md");
+    for line in [
+        "--query '[fixedDate.end, capacity.minimum]' -o tsv 2>/dev/null)\"",
+        "[ -n \"$end\" ] && [ \"$(date -d \"$end\" +%s)\" -gt \"$(date +%s)\" ] && [ \"$min\" -gt \"$n\" ] && n=$min",
+    ] {
+        assert!(motd.contains(line) && readme.contains(line), "{line}\n{motd}");
+    }
+    assert!(
+        motd.contains(&format!("az monitor autoscale profile show --autoscale-name pool-autoscale -g {RG} -n wake"))
+    );
 }
 /// What is wrong with a template's autoscale rules, read with distinct headrooms.
 fn autoscale_problems(template: &Value) -> Vec<String> {
