@@ -336,34 +336,25 @@ fn autoscale_adds_vms_on_spare_removes_them_on_removable_and_never_reads_busy() 
     assert_eq!(autoscale_problems(&template), Vec::<String>::new());
     // The check is not blind: a rule back on Busy, a misspelt metric, a rule
     // the seed script does not post.
-    let mut busy = template.clone();
-    busy["resources"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|r| r["type"] == "Microsoft.Insights/autoscalesettings")
-        .unwrap()["properties"]["profiles"][0]["rules"][0]["metricTrigger"]["metricName"] = json!("Busy");
-    let problems = autoscale_problems(&busy);
+    // One rule of the template changed: (profile, rule, JSON pointer in the rule, value).
+    let changed = |profile: usize, rule: usize, pointer: &str, value: Value| {
+        let mut doc = template.clone();
+        let autoscale = doc["resources"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|r| r["type"] == "Microsoft.Insights/autoscalesettings")
+            .unwrap();
+        *autoscale["properties"]["profiles"][profile]["rules"][rule].pointer_mut(pointer).unwrap() = value;
+        autoscale_problems(&doc)
+    };
+    let problems = changed(0, 0, "/metricTrigger/metricName", json!("Busy"));
     assert!(problems.iter().any(|p| p.contains("Increase") && p.contains("Busy")), "{problems:?}");
-    let mut typo = template.clone();
-    typo["resources"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|r| r["type"] == "Microsoft.Insights/autoscalesettings")
-        .unwrap()["properties"]["profiles"][1]["rules"][1]["metricTrigger"]["metricName"] = json!("Removeable");
-    let problems = autoscale_problems(&typo);
+    let problems = changed(1, 1, "/metricTrigger/metricName", json!("Removeable"));
     assert!(problems.iter().any(|p| p.contains("Removeable is not a metric")), "{problems:?}");
     assert!(problems.iter().any(|p| p.contains("the seed posts")), "{problems:?}");
     // A step that would leave more than the headroom spare (below h - 1, add 5).
-    let mut overshoot = template.clone();
-    overshoot["resources"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|r| r["type"] == "Microsoft.Insights/autoscalesettings")
-        .unwrap()["properties"]["profiles"][0]["rules"][1]["scaleAction"]["value"] = json!("5");
-    let problems = autoscale_problems(&overshoot);
+    let problems = changed(0, 1, "/scaleAction/value", json!("5"));
     assert!(problems.iter().any(|p| p.contains("changes by Some(5)")), "{problems:?}");
     // Profiles: working hours Monday to Friday from workingHoursStart, off hours from workingHoursEnd.
     let (_, evaluated) = deploy(&template, &[("workingHoursStart", json!(7)), ("workingHoursEnd", json!(19))]);
