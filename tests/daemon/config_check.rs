@@ -523,3 +523,29 @@ fn without_root_the_same_config_with_only_root_only_problems_passes_saying_what_
     assert!(said.contains("invalid config: ") && said.contains("50-team.toml:5: links.min_uid"), "{said}");
     assert!(said.contains("not checked: share.key_file"), "{said}");
 }
+
+#[test]
+fn a_registry_account_this_vm_gives_to_someone_else_fails_the_check_at_its_line() {
+    let sandbox = Sandbox::new();
+    // bob is uid 1002 here; the registry gives bob 2002 and gives uid 1001 (alice's) to carol.
+    sandbox.write_config(&format!(
+        "{LOCAL_SHARE_CONFIG}\n[users]\nmanage = true\n\n[[users.accounts]]\nname = \"bob\"\nuid = 2002\n\n[[users.accounts]]\nname = \"carol\"\nuid = 1001\n"
+    ));
+    let line_of = |needle: &str| {
+        let text = std::fs::read_to_string(sandbox.root().join("etc/pool-agent/config.toml")).unwrap();
+        text.lines().position(|l| l == needle).unwrap() + 1
+    };
+    let out = sandbox.daemon_command().arg("--check-config").output().unwrap();
+    let said = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    let bob =
+        format!("config.toml:{}: users.accounts: bob: local account bob has uid 1002", line_of("name = \"bob\"") - 1);
+    let carol = format!(
+        "config.toml:{}: users.accounts: carol: uid 1001 is local account alice's",
+        line_of("name = \"carol\"") - 1
+    );
+    assert!(said.contains(&bob) && said.contains(&carol), "{said}");
+    // Nothing was created or changed: a check only reads.
+    let passwd = std::fs::read_to_string(sandbox.root().join("etc/passwd")).unwrap();
+    assert!(!passwd.contains("carol") && passwd.contains(&format!("bob:x:{USER_UID}:")), "{passwd}");
+}

@@ -56,6 +56,10 @@ pub struct UserAccount {
     #[serde(default)]
     pub ssh_keys: Vec<String>,
     pub enabled: bool,
+    /// Where the config gives it (`--check-config` names the line); none for
+    /// the share's file.
+    #[serde(skip)]
+    pub origin: Option<crate::config::source::Origin>,
 }
 
 pub const DEFAULT_SHELL: &str = "/bin/bash";

@@ -49,7 +49,7 @@ pub fn run(config_file: &Path, user_data: Option<&str>, paths: &SystemPaths) -> 
         );
     } else if !checked.unsure.is_empty() {
         // Only the sections that name something on the system: the others have nothing to check.
-        let named = ["instance", "share", "setup", "api"];
+        let named = ["instance", "share", "setup", "api", "users"];
         let parts: Vec<String> =
             checked.unsure.sections().filter(|s| named.contains(s)).map(|s| format!("[{s}]")).collect();
         if !parts.is_empty() {

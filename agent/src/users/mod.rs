@@ -10,6 +10,7 @@
 //! The registry is applied at start, on every config reload and every
 //! minute (a local admin's useradd may have made a conflict since).
 
+mod check;
 pub mod keys;
 mod metrics;
 pub mod plan;
@@ -144,6 +145,13 @@ impl Capability for Users {
 
     fn config_section(&self) -> &'static str {
         "users"
+    }
+
+    fn check_system(
+        &self,
+        check: &crate::core::capability::SystemCheckInput<'_>,
+    ) -> Vec<crate::core::capability::SystemFinding> {
+        check::check(check)
     }
 }
 

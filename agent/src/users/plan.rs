@@ -196,6 +196,7 @@ mod tests {
             shell: "/bin/bash".into(),
             ssh_keys: Vec::new(),
             enabled: true,
+            origin: None,
         }
     }
     fn user(name: &str, uid: u32, gid: u32) -> Account {

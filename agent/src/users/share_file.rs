@@ -196,6 +196,7 @@ mod tests {
             shell: "/bin/bash".into(),
             ssh_keys: vec![],
             enabled: true,
+            origin: None,
         }
     }
 
@@ -215,7 +216,9 @@ mod tests {
     fn the_file_holds_accounts_only_validated_like_the_config() {
         let path = Path::new("/data/notebooks/.pool-agent/users.toml");
         let ok = parse(path, "[[users.accounts]]\nname = \"gina\"\nuid = 2010\n").unwrap();
-        assert_eq!(ok, [account("gina", 2010)]);
+        // Named by the share file's own line (for --check-config and reports).
+        let origin = Some(crate::config::source::Origin::new(path, 1));
+        assert_eq!(ok, [UserAccount { origin, ..account("gina", 2010) }]);
         let err = parse(path, "[users]\nmanage = true\n[[users.accounts]]\nname = \"gina\"\nuid = 2010\n").unwrap_err();
         assert!(err.contains("users.manage"), "the share cannot turn management on: {err}");
         let err = parse(path, "[[setup.scripts]]\nname = \"x\"\npath = \"/bin/sh\"\n").unwrap_err();

@@ -16,6 +16,7 @@ pub(super) fn validate_users(section: Option<Sourced<UsersFragment>>) -> Result<
     let mut uids: HashMap<u32, (String, usize)> = HashMap::new();
     for entry in section.accounts.map(|a| a.value).unwrap_or_default() {
         let line = entry.origin.line;
+        let origin = entry.origin.clone();
         let entry = entry.value;
         let name = &entry.name;
         if !is_account_name(&name.value) {
@@ -91,6 +92,7 @@ pub(super) fn validate_users(section: Option<Sourced<UsersFragment>>) -> Result<
             shell,
             ssh_keys,
             enabled: entry.enabled.is_none_or(|e| e.value),
+            origin: Some(origin),
         });
     }
     Ok(UsersSettings { manage, trust_share, accounts })
