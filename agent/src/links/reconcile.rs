@@ -315,7 +315,14 @@ pub fn ensure_folder(user: &UserPlan, folder: &FolderPlan) -> Step {
         return step;
     }
     if owner != 0 {
-        return Step::Conflict(format!("{} on the share belongs to uid {owner}; left alone", shown.display()));
+        // On NFS owners are real: another VM that gave this name another uid
+        // made it, or someone else did. `pool-agent pool` names the first.
+        return Step::Conflict(format!(
+            "{} on the share belongs to uid {owner}, not {} ({}'s uid on this VM): the user's ids differ between VMs, or someone else made it; left alone",
+            shown.display(),
+            user.uid,
+            user.name
+        ));
     }
     match fchown(&fd, Some(Uid::from_raw(user.uid)), Some(Gid::from_raw(user.gid))) {
         Ok(()) => Step::Changed,

@@ -181,12 +181,13 @@ check_pool_names_differing_ids() { # boot 5: dana has uid 2004 here, 2003 on poo
   wait_for 90 found
   local conflict
   conflict=$(grep 'ids differ' <<<"$out")
-  local status_line
-  status_line=$(pool-agent status 2>&1 | grep -i '^pool' | head -1)
-  if grep -q 'pool-vm-0 2003:2003' <<<"$conflict" && grep -q 'pool-vm-1 2004:2004' <<<"$conflict"; then
-    check pass "$name" "pool-agent pool: $conflict; status: $status_line"
+  # On NFS her folder says so too: made by pool-vm-0's dana (2003), refused to this VM's (2004).
+  local folder
+  folder=$(pool-agent links 2>&1 | grep -o 'notebooks/dana on the share belongs to uid 2003, not 2004[^;]*' | head -1)
+  if grep -q 'pool-vm-0 2003:2003' <<<"$conflict" && grep -q 'pool-vm-1 2004:2004' <<<"$conflict" && [ -n "$folder" ]; then
+    check pass "$name" "pool-agent pool: $conflict; pool-agent links: $folder"
   else
-    check fail "$name" "dana here: $(getent passwd dana | cut -d: -f3,4); $(paste -sd'|' <<<"$out" | cut -c1-600)"
+    check fail "$name" "dana here: $(getent passwd dana | cut -d: -f3,4); links: '${folder}' $(pool-agent links 2>&1 | grep dana | head -2 | paste -sd'|' -); $(paste -sd'|' <<<"$out" | cut -c1-600)"
   fi
   kill "$client" 2>/dev/null
 }
