@@ -34,8 +34,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 const RECHECK_EVERY: Duration = Duration::from_secs(60);
-/// The share's registry is looked at (one stat) this often, so an edit
-/// reaches every VM within seconds.
+/// The share's registry is looked at (one stat) this often while the agent
+/// manages accounts, so an edit reaches every VM within seconds; with
+/// `manage` off only the report follows it, once a minute (a VM at rest
+/// wakes for nothing).
 const SHARE_POLL: Duration = Duration::from_secs(3);
 /// Reading passwd/group (NSS on a VM) and a home below a user's control.
 const READ_DEADLINE: Duration = Duration::from_secs(5);
@@ -230,7 +232,7 @@ async fn run(ctx: TaskContext, users: Users) -> TaskResult {
         }
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(SHARE_POLL) => {}
+            _ = tokio::time::sleep(if settings.manage { SHARE_POLL } else { RECHECK_EVERY }) => {}
             changed = settings_rx.changed() => {
                 if changed.is_err() { ctx.idle_until_shutdown().await; return Ok(()) }
                 // users.trust_share may have changed: judge the file again.
