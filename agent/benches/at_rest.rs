@@ -171,17 +171,14 @@ fn main() {
     let runs = if quick { 3 } else { 50 };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let accounts = pool_agent::core::accounts::AccountsView::for_paths(&pool_agent::core::paths::SystemPaths::system());
-    let mut cpu = pool_agent::idle::cpu::Cpu::new(
-        pool_agent::core::user_uids::UserUids::new(1000, 60000),
-        vec![],
-        10.0,
-        Duration::from_secs(60),
-        accounts.clone(),
-    );
+    // The default [links] range.
+    let users = pool_agent::core::user_uids::UserUids::new(1000, 60000);
+    let mut cpu =
+        pool_agent::idle::cpu::Cpu::new(users.clone(), vec![], 10.0, Duration::from_secs(60), accounts.clone());
     let mut connections = pool_agent::idle::connections::Connections::new(
         vec![22, 8000, 8888, 8787, 3389],
         16 * 1024,
-        pool_agent::core::user_uids::UserUids::new(1000, 60000),
+        users,
         Default::default(),
         accounts,
     );

@@ -253,7 +253,7 @@ fn with_entra_login_the_agent_takes_the_large_uids_it_gives_as_users() {
     let fragment = scope.variable("configFragment").unwrap().as_str().unwrap().to_string();
     std::fs::write(dir.path().join("config.d/50-pool.toml"), &fragment).unwrap();
     let settings = crate::config::load(&main).unwrap();
-    let users = crate::core::user_uids::UserUids::new(settings.links.min_uid, settings.links.max_uid);
+    let users = crate::core::user_uids::UserUids::of(&settings.links);
     // An Entra user's uid as one report shows it; nobody never.
     assert!(users.contains(&3_197_663) && !users.contains(&65534), "{:?}", settings.links);
 }

@@ -23,6 +23,11 @@ impl UserUids {
         Self { min, max }
     }
 
+    /// The range `[links]` sets.
+    pub fn of(links: &crate::config::settings::LinksSettings) -> Self {
+        Self::new(links.min_uid, links.max_uid)
+    }
+
     pub fn contains(&self, uid: &u32) -> bool {
         let uid = *uid;
         (self.min..=self.max).contains(&uid)

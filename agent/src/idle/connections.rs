@@ -313,6 +313,7 @@ impl Source for Connections {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::user_uids::UserUids;
     use std::io::{Read, Write};
 
     #[test]
@@ -362,13 +363,7 @@ mod tests {
         });
         let judged = crate::idle::jupyter::JudgedPorts::default();
         judged.lock().unwrap().insert(8888);
-        let mut source = Connections::new(
-            vec![22, 8888],
-            16 * 1024,
-            crate::core::user_uids::UserUids::new(1000, 60000),
-            judged,
-            accounts,
-        );
+        let mut source = Connections::new(vec![22, 8888], 16 * 1024, UserUids::new(1000, 60000), judged, accounts);
         let socket = |cookie, local: &str, remote: &str, uid, bytes| TcpSocket {
             local: local.parse().unwrap(),
             remote: remote.parse().unwrap(),

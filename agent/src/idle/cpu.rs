@@ -302,12 +302,13 @@ impl Source for Cpu {
 mod tests {
     use super::*;
     use crate::core::accounts::AccountSource;
+    use crate::core::user_uids::UserUids;
     use crate::idle::signal::SignalState;
 
     #[test]
     fn with_a_directory_s_wide_range_a_directory_user_counts_and_nobody_or_a_dynamic_service_user_does_not() {
         // links.max_uid raised for Entra ID login (uids in the millions).
-        let wide = crate::core::user_uids::UserUids::new(1000, u32::MAX - 1);
+        let wide = UserUids::new(1000, u32::MAX - 1);
         let entra = classify("/user.slice/user-3197663.slice/session-4.scope", 3_197_663, &wide, &[]);
         assert_eq!(entra, Some((Owner::User(3_197_663), "session-4.scope".to_string())));
         assert_eq!(classify("/system.slice/nfs-idmapd.service", 65534, &wide, &[]), None, "nobody is not at work");
@@ -317,7 +318,7 @@ mod tests {
 
     #[test]
     fn cpu_is_owned_by_the_user_wherever_it_runs_by_the_container_or_by_an_allowed_service() {
-        let users = crate::core::user_uids::UserUids::new(1000, 60000);
+        let users = UserUids::new(1000, 60000);
         let services = vec!["rstudio-server.service".to_string()];
         let user = |unit: &str| Some((Owner::User(1001), unit.to_string()));
         assert_eq!(classify("/user.slice/user-1001.slice/session-3.scope", 1001, &users, &[]), user("session-3.scope"));
@@ -359,8 +360,7 @@ mod tests {
         std::fs::write(&passwd, format!("tester:x:{me}:{me}::/home/tester:/bin/bash\n")).unwrap();
         let accounts = AccountsView::new(AccountSource::Files { passwd, group: tmp.path().join("group") });
         // The test's own uid stands for a user-range one.
-        let mut cpu =
-            Cpu::new(crate::core::user_uids::UserUids::new(me, me), vec![], 10.0, Duration::from_secs(60), accounts);
+        let mut cpu = Cpu::new(UserUids::new(me, me), vec![], 10.0, Duration::from_secs(60), accounts);
         assert_eq!(cpu.look().state, SignalState::Idle, "the first pass is the baseline");
         let mut busy = std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap();
         std::thread::sleep(Duration::from_millis(600));
@@ -379,13 +379,7 @@ mod tests {
             passwd: tmp.path().join("passwd"),
             group: tmp.path().join("group"),
         });
-        let mut cpu = Cpu::new(
-            crate::core::user_uids::UserUids::new(1000, 60000),
-            vec![],
-            10.0,
-            Duration::from_secs(60),
-            accounts,
-        );
+        let mut cpu = Cpu::new(UserUids::new(1000, 60000), vec![], 10.0, Duration::from_secs(60), accounts);
         cpu.proc_root = tmp.path().join("no-proc");
         let sample = cpu.look();
         assert_eq!(sample.state, SignalState::Unknown, "{sample:?}");
@@ -407,13 +401,7 @@ mod tests {
         std::fs::write(&passwd, "alice:x:100001:100001::/home/alice:/bin/bash\n").unwrap();
         let accounts = AccountsView::new(AccountSource::Files { passwd, group: tmp.path().join("group") });
         // The fake /proc's entries belong to whoever runs the test (root in CI), never a user-range uid here.
-        let mut cpu = Cpu::new(
-            crate::core::user_uids::UserUids::new(100000, 100010),
-            vec![],
-            10.0,
-            Duration::from_secs(60),
-            accounts,
-        );
+        let mut cpu = Cpu::new(UserUids::new(100000, 100010), vec![], 10.0, Duration::from_secs(60), accounts);
         cpu.proc_root = tmp.path().join("proc");
         let scope = "/user.slice/user-100001.slice/session-4.scope";
         fake_process(&cpu.proc_root, 4242, 100, scope);

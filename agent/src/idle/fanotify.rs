@@ -327,6 +327,7 @@ fn owner(pid: i32, file: BorrowedFd<'_>, users: &crate::core::user_uids::UserUid
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::user_uids::UserUids;
     use crate::idle::signal::SignalState;
     use crate::idle::writes::Bounds;
 
@@ -362,12 +363,7 @@ mod tests {
         let me = unsafe { libc::getuid() };
         let listed = vec![home.clone()];
         let roots: Roots = Arc::new(move || listed.clone());
-        let watcher = match Watcher::start(
-            roots,
-            crate::core::user_uids::UserUids::new(me, me),
-            Duration::from_secs(60),
-            ledger.clone(),
-        ) {
+        let watcher = match Watcher::start(roots, UserUids::new(me, me), Duration::from_secs(60), ledger.clone()) {
             Ok(watcher) => watcher,
             Err(why) => {
                 assert!(me != 0, "root has fanotify: {why}");

@@ -455,6 +455,7 @@ impl Source for Jupyter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::user_uids::UserUids;
     use crate::idle::signal::SignalState;
     use std::io::{Read, Write};
 
@@ -498,7 +499,7 @@ mod tests {
             None,
             AccountsView::for_paths(&paths),
             paths,
-            crate::core::user_uids::UserUids::new(1000, 60000),
+            UserUids::new(1000, 60000),
             JudgedPorts::default(),
         )
     }

@@ -154,7 +154,7 @@ fn sources(ctx: &TaskContext, idle: &Idle, settings: &Settings) -> Vec<sampler::
         Box::new(connections::Connections::new(
             config.watch_ports.clone(),
             config.connection_bytes_per_minute,
-            UserUids::new(settings.links.min_uid, settings.links.max_uid),
+            UserUids::of(&settings.links),
             judged_ports.clone(),
             ctx.accounts.clone(),
         )),
@@ -165,11 +165,11 @@ fn sources(ctx: &TaskContext, idle: &Idle, settings: &Settings) -> Vec<sampler::
             config.jupyterhub_token_file.as_ref().map(|f| ctx.paths.resolve(f)),
             ctx.accounts.clone(),
             ctx.paths.clone(),
-            UserUids::new(settings.links.min_uid, settings.links.max_uid),
+            UserUids::of(&settings.links),
             judged_ports,
         )),
         Box::new(cpu::Cpu::new(
-            UserUids::new(settings.links.min_uid, settings.links.max_uid),
+            UserUids::of(&settings.links),
             config.cpu_services.clone(),
             config.cpu_percent,
             config.cpu_window,
@@ -179,7 +179,7 @@ fn sources(ctx: &TaskContext, idle: &Idle, settings: &Settings) -> Vec<sampler::
         Box::new(writes::Writes::new(
             config.writes,
             write_roots(ctx, settings),
-            UserUids::new(settings.links.min_uid, settings.links.max_uid),
+            UserUids::of(&settings.links),
             writes::Bounds { gap: config.timeout, max: config.writes_max },
             ctx.accounts.clone(),
         )),
@@ -193,7 +193,7 @@ fn sources(ctx: &TaskContext, idle: &Idle, settings: &Settings) -> Vec<sampler::
 /// share's directory) and the homes of users in the user range.
 fn write_roots(ctx: &TaskContext, settings: &Settings) -> fanotify::Roots {
     let (paths, accounts) = (ctx.paths.clone(), ctx.accounts.clone());
-    let users = UserUids::new(settings.links.min_uid, settings.links.max_uid);
+    let users = UserUids::of(&settings.links);
     let mut share = Vec::new();
     if let Some(config) = &settings.share {
         share.push(paths.resolve(&config.mount_point));
