@@ -5,7 +5,8 @@
 //! VMs free; `--template FILE` runs other rules; `--seed N` other users;
 //! `--wake-as-readme` the first wake command README gave (min 1, the
 //! working-hours rules, 2 h), `--wake-reads-capacity-only` the one that read
-//! only the scale set's capacity, both kept to compare.
+//! only the scale set's capacity, both kept to compare; `--waiters-random`
+//! gives a VM that turns ready to any waiting user, not the one who came first.
 
 #[path = "pool_day/mod.rs"]
 mod sim;
@@ -48,6 +49,9 @@ fn main() -> ExitCode {
             let mut setup = setup;
             if args.iter().any(|a| a == "--wake-reads-capacity-only") {
                 setup.wake.reads_wake_profile = false;
+            }
+            if args.iter().any(|a| a == "--waiters-random") {
+                setup.first_come = false;
             }
             if args.iter().any(|a| a == "--wake-as-readme") {
                 setup.wake.as_readme = true;

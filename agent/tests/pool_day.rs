@@ -3,8 +3,8 @@
 //! verdict, protection, demand and metric code, seeded. A whole day of each pool runs in about a second in
 //! a debug build.
 //!
-//! Bounds the current rules and agent defaults do not meet are `#[ignore]`d
-//! with the measured figure in the reason: run them with `--ignored`.
+//! Waiting users get a VM that turns ready in the order they came (`Setup::first_come`);
+//! README gives the figures for a random order too (`--waiters-random`).
 
 #[path = "../examples/pool_day/mod.rs"]
 #[allow(dead_code)]
@@ -149,13 +149,24 @@ fn off_hours_arrivals_in_pools_of_1_and_5_get_a_vm_within_the_way_back_figure() 
 }
 
 #[test]
-#[ignore = "known: 50 users: 10.3 min on a weekday (within), 15.5 min on a weekend: a newcomer takes the VM another user's wake brought, and that user's next try comes one way back later (the wake race itself is gone: the command reads the running wake profile)"]
 fn off_hours_arrivals_in_a_pool_of_50_get_a_vm_within_the_way_back_figure() {
     for weekend in [false, true] {
         let (s, r) = day(50, weekend);
         let longest = r.longest_wait(true);
-        assert!(longest <= s.wake.figure(), "{}: waited {:.1} min", name(s), longest / 60.0);
+        assert!(r.waits.iter().filter(|w| w.2).count() >= 5, "{}: few off-hours arrivals", name(s));
+        assert!(longest <= s.wake.figure(), "{}: waited {:.1} min: {:#?}", name(s), longest / 60.0, r.log);
     }
+}
+
+#[test]
+fn when_a_newcomer_may_take_the_vm_another_user_woke_off_hours_waits_pass_the_way_back() {
+    // The bound above holds when a VM that turns ready goes to whoever waited
+    // longest; with any waiting user taking it, the one who woke it waits for
+    // the next. Kept as a figure (README), and so the model can tell them apart.
+    let mut setup = sim::setup(50, false, SEED, DAY).unwrap();
+    setup.first_come = false;
+    let r = sim::world::run(&setup);
+    assert!(r.longest_wait(true) > setup.wake.figure(), "{:.1} min", r.longest_wait(true) / 60.0);
 }
 
 #[test]

@@ -60,6 +60,7 @@ pub fn day(users: usize, weekend: bool, seed: u64) -> Vec<Visit> {
             let leave = arrive + H + rng.f64() * 2.0 * H;
             visits.push(Visit { user, arrive, leave, breaks: Vec::new() });
         }
+        visits.sort_by(|a, b| a.arrive.total_cmp(&b.arrive));
         return visits;
     }
     for user in 0..users {

@@ -24,13 +24,18 @@ pub struct Setup {
     pub working: (f64, f64),
     pub agent: Agent,
     pub wake: Wake,
+    /// A VM that turns ready goes to the user who has waited longest (she
+    /// ran the wake command and tries again, a newcomer tries once); off:
+    /// to any user waiting, in a random order (`--waiters-random`).
+    pub first_come: bool,
     /// Simulated seconds (a shortened day for the fast test).
     pub until: f64,
 }
 
 /// The way back from zero (contract): a user who finds no VM off hours
 /// waits `patience`, then runs the `az monitor autoscale profile create`
-/// command (`command` seconds) that adds a fixed-date profile `wake`.
+/// command (`command` seconds) that adds a fixed-date profile `wake-<time>` and deletes the older
+/// ones: one wake profile applies, the newest.
 #[derive(Debug, Clone)]
 pub struct Wake {
     pub patience: f64,
@@ -117,6 +122,7 @@ pub fn run(setup: &Setup) -> Report {
     let weekday = if setup.weekend { 5 } else { 2 };
     let clocks = Clocks { base: Instant::now(), wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000) };
     let mut rng = fastrand::Rng::with_seed(setup.seed ^ 0x5eed);
+    let mut order_rng = fastrand::Rng::with_seed(setup.seed ^ 0x0de7);
     let visits: Vec<Visit> = users::day(setup.users, setup.weekend, setup.seed);
     let mut state: Vec<State> = visits.iter().map(|_| State::Done).collect();
     let mut started = vec![false; visits.len()];
@@ -159,13 +165,26 @@ pub fn run(setup: &Setup) -> Report {
                 state[i] = State::Done;
             }
         }
-        for (i, v) in visits.iter().enumerate() {
+        let mut order: Vec<usize> = (0..visits.len()).collect();
+        if !setup.first_come {
+            order_rng.shuffle(&mut order);
+        }
+        for i in order {
+            let v = &visits[i];
             let State::Waiting { since_try } = state[i] else { continue };
             if let Some(vm) = vms.iter_mut().filter(|vm| vm.user.is_none() && vm.ready()).min_by_key(|vm| vm.id) {
                 vm.user = Some(i);
                 vm.user_since = t;
                 state[i] = State::On(vm.id);
                 report.waits.push((v.arrive, t - v.arrive, !working(v.arrive)));
+                if t - v.arrive > setup.wake.figure() {
+                    report.log.push(format!(
+                        "{} user {i} came at {} and waited {:.1} min",
+                        hhmm(t),
+                        hhmm(v.arrive),
+                        (t - v.arrive) / 60.0
+                    ));
+                }
                 continue;
             }
             // Off hours, nothing for her after a while: she runs the wake
