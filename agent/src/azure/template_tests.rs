@@ -220,30 +220,16 @@ fn deploying_with_readme_s_command_gives_a_config_naming_the_share_and_secret_it
         "path: /etc/motd.d/pool-agent\n  owner: root:root\n  permissions: '0644'\n  encoding: b64\n  content: {motd}\n"
     )));
     let motd = String::from_utf8(b64.decode(motd).unwrap()).unwrap();
-    let command = |text: &str| {
-        let start = text.find("az monitor autoscale profile create").unwrap();
-        let mut out = String::new();
-        for line in text[start..].lines() {
-            out.push_str(line.trim().trim_end_matches('\\'));
-            out.push(' ');
-            if !line.trim_end().ends_with('\\') {
-                break;
-            }
-        }
-        out.split_whitespace().collect::<Vec<_>>().join(" ")
-    };
-    assert_eq!(command(&motd), command(&file("README.md")).replace(" -g RG ", &format!(" -g {RG} ")));
-    // Both read the wake profile still running, so two users a minute apart ask for two VMs.
+    // The login note's command is README's, line for line, with this pool's names
+    // (agent/tests/wake_command.rs runs both).
     let readme = file("README.md");
-    for line in [
-        "--query '[fixedDate.end, capacity.minimum]' -o tsv 2>/dev/null)\"",
-        "[ -n \"$end\" ] && [ \"$(date -d \"$end\" +%s)\" -gt \"$(date +%s)\" ] && [ \"$min\" -gt \"$n\" ] && n=$min",
-    ] {
-        assert!(motd.contains(line) && readme.contains(line), "{line}\n{motd}");
-    }
-    assert!(
-        motd.contains(&format!("az monitor autoscale profile show --autoscale-name pool-autoscale -g {RG} -n wake"))
-    );
+    let block = readme.split("```sh\nn=$(az vmss show").nth(1).and_then(|b| b.split("```").next()).unwrap();
+    let readme_command = format!("n=$(az vmss show{block}").replace(" -g RG ", &format!(" -g {RG} "));
+    let start = motd.find("  n=$(az vmss show").unwrap();
+    let motd_command: String =
+        motd[start..].lines().take_while(|l| l.starts_with("  ")).map(|l| format!("{}\n", &l[2..])).collect();
+    assert_eq!(motd_command, readme_command);
+    assert!(motd_command.contains("-n \"wake-$now\"") && motd_command.contains("profile delete"), "{motd_command}");
 }
 /// What is wrong with a template's autoscale rules, read with distinct headrooms.
 fn autoscale_problems(template: &Value) -> Vec<String> {
