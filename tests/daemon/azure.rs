@@ -637,10 +637,14 @@ fn protection_follows_the_verdict_at_once_and_is_released_only_after_release_aft
     let idle_at = idle_seen.expect("the verdict turned idle before the release");
     let release_at = released[1]["time"].as_f64().unwrap();
     assert!(release_at >= idle_at + 9.0, "released {:.1} s after the verdict turned idle", release_at - idle_at);
-    // Someone starts working again: protected within 15 s.
-    sandbox.cli_json(&["--json", "hold", "10m", "--reason", "back at it"]);
+    // A user lands on the released VM (sshd writes her utmp record): protected
+    // again at once — the window in which a scale-in could still take it.
+    let record = pool_agent::idle::utmp::utmp_record("bob", "pts/3", "10.1.2.3", std::process::id() as i32);
+    let login = Instant::now();
+    std::fs::write(sandbox.root().join("run/utmp"), &record).unwrap();
     let again = eventually(Duration::from_secs(15), || Some(instance_writes(&fake)).filter(|w| w.len() >= 3))
         .unwrap_or_else(|| panic!("not protected again: {:#}", azure_json(&sandbox)));
+    println!("protected again {:?} after the login", login.elapsed());
     assert_eq!(again[2]["body"]["properties"]["protectionPolicy"]["protectFromScaleIn"], true);
     assert_eq!(again.len(), 3, "{again:?}");
     let view = azure_json(&sandbox);

@@ -85,7 +85,7 @@ impl Sandbox {
         let root = dir.path();
         // Other uids (setpriv tests) must be able to reach the socket.
         fs::set_permissions(root, fs::Permissions::from_mode(0o755)).unwrap();
-        for sub in ["etc/pool-agent/config.d", "srv/share", "home/alice", "home/bob"] {
+        for sub in ["etc/pool-agent/config.d", "srv/share", "home/alice", "home/bob", "run"] {
             fs::create_dir_all(root.join(sub)).unwrap();
         }
         fs::write(

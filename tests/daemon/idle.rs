@@ -544,3 +544,31 @@ fn a_hold_taken_or_released_shows_in_the_very_next_idle_answer_twenty_times_in_a
         assert_eq!(names(&released, &id), (false, false, "idle".into()), "round {round}: {released:#}");
     }
 }
+
+/// A login reaches the verdict at once, not at the next sample: on a VM whose
+/// protection was released, that is the time a scale-in has to take it
+/// before the agent protects it again. One sample a minute here, so only the
+/// watch on utmp can be that quick; the logout too.
+#[test]
+fn a_login_and_a_logout_show_in_the_verdict_at_once_not_an_interval_later() {
+    let sandbox = Sandbox::new();
+    sandbox.write_config(&LOCAL_SHARE_CONFIG.replace("interval = \"10s\"", "interval = \"1m\""));
+    let _daemon = sandbox.start();
+    let sessions = |sandbox: &Sandbox| signal(sandbox, "sessions")["figures"]["sessions"].as_f64();
+    eventually(Duration::from_secs(10), || sessions(&sandbox).filter(|n| *n == 0.0))
+        .unwrap_or_else(|| panic!("no first sample: {:#}", idle_json(&sandbox)));
+    let reasons = signal(&sandbox, "sessions")["reasons"].to_string();
+    assert!(!reasons.contains("not at once"), "the watch did not start: {reasons}");
+    // sshd's record of a login: this test's own pid keeps it a live session.
+    let record = pool_agent::idle::utmp::utmp_record("bob", "pts/7", "10.1.2.3", std::process::id() as i32);
+    let started = Instant::now();
+    std::fs::write(sandbox.root().join("run/utmp"), &record).unwrap();
+    eventually(Duration::from_secs(3), || sessions(&sandbox).filter(|n| *n == 1.0))
+        .unwrap_or_else(|| panic!("the login is not in the verdict 3 s on: {:#}", idle_json(&sandbox)));
+    println!("login in the verdict after {:?} (one sample a minute)", started.elapsed());
+    let started = Instant::now();
+    std::fs::write(sandbox.root().join("run/utmp"), b"").unwrap();
+    eventually(Duration::from_secs(3), || sessions(&sandbox).filter(|n| *n == 0.0))
+        .unwrap_or_else(|| panic!("the logout is not in the verdict 3 s on: {:#}", idle_json(&sandbox)));
+    println!("logout in the verdict after {:?}", started.elapsed());
+}

@@ -16,6 +16,7 @@ pub mod fanotify;
 pub mod gpu;
 pub mod holds;
 pub mod jupyter;
+mod login_watch;
 pub mod logind;
 mod metrics;
 mod own;
@@ -232,6 +233,12 @@ async fn run(ctx: TaskContext, idle: Idle) -> TaskResult {
     let mut machine = VerdictMachine::new(start, booted + settings.idle.boot_grace, settings.idle.timeout);
     let mut ticker = tokio::time::interval(settings.idle.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Kept for the task's life; without it a login waits for the next tick.
+    let login_watch = login_watch::start(&ctx.paths, idle.resample.clone());
+    let watch_note = login_watch.as_ref().err().map(|e| format!("logins show at the next sample, not at once: {e}"));
+    if let Some(note) = &watch_note {
+        tracing::warn!("idle: {note}");
+    }
     loop {
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return Ok(()),
@@ -258,7 +265,10 @@ async fn run(ctx: TaskContext, idle: Idle) -> TaskResult {
             _ = idle.resample.notified() => {}
         }
         let wall = ctx.clock.now();
-        let samples = sampler::sample_all(&sources, wall, sampler::SOURCE_DEADLINE).await;
+        let mut samples = sampler::sample_all(&sources, wall, sampler::SOURCE_DEADLINE).await;
+        if let (Some(note), Some((_, sessions))) = (&watch_note, samples.iter_mut().find(|(n, _)| *n == "sessions")) {
+            sessions.reasons.push(note.clone());
+        }
         let now = ctx.clock.monotonic();
         let named: Vec<(&str, &Sample)> = samples.iter().map(|(n, s)| (*n, s)).collect();
         let limits = verdict::Limits { timeout: settings.idle.timeout, max_unknown: settings.idle.max_unknown };
