@@ -12,19 +12,26 @@ const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 fn readme_command() -> String {
     let readme = std::fs::read_to_string(Path::new(REPO).join("README.md")).unwrap();
-    let block = readme.split("```sh\nn=$(az vmss show").nth(1).and_then(|b| b.split("```").next()).unwrap();
+    let block = readme.split("```bash\nn=$(az vmss show").nth(1).and_then(|b| b.split("```").next()).unwrap();
     format!("n=$(az vmss show{block}")
 }
 
-/// The clock the command reads: `date`, as on the team member's machine.
+/// The laptop's clock (`tests/fake/date`, in UTC): Friday 2026-12-04 02:00,
+/// off hours; the working hours are README's 8:00 to 18:00, Monday to Friday.
+const NIGHT: i64 = 1_796_349_600;
+const HOUR: i64 = 3600;
+
 fn now() -> i64 {
-    let out = Command::new("date").arg("+%s").output().unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().parse().unwrap()
+    NIGHT
 }
 
 fn at(seconds: i64) -> String {
     let out = Command::new("date").args(["-u", "-d", &format!("@{seconds}"), "+%Y-%m-%dT%H:%M:%S+00:00"]).output();
     String::from_utf8(out.unwrap().stdout).unwrap().trim().to_string()
+}
+
+fn working_hours_rules() -> Value {
+    json!([{ "metricTrigger": { "metricName": "Spare" }, "scaleAction": { "direction": "Increase" } }])
 }
 
 fn off_hours_rules() -> Value {
@@ -51,10 +58,16 @@ struct Run {
 /// The pool `pool` in `RG` with `capacity` VMs and these profiles beside the
 /// template's recurring ones; README's block run once.
 fn run(capacity: u32, wakes: Vec<Value>, fail: Option<&str>) -> Run {
+    run_many(capacity, wakes, fail, 1, 0.0, NIGHT)
+}
+
+/// `commands` runs of the block started together, the stand-in pausing
+/// `pause` seconds between each read of the setting and its write.
+fn run_many(capacity: u32, wakes: Vec<Value>, fail: Option<&str>, commands: usize, pause: f64, at: i64) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.json");
     let mut profiles = vec![
-        json!({ "name": "working-hours", "capacity": { "default": "1", "minimum": "0", "maximum": "10" }, "rules": [],
+        json!({ "name": "working-hours", "capacity": { "default": "1", "minimum": "0", "maximum": "10" }, "rules": working_hours_rules(),
                 "recurrence": { "frequency": "Week" } }),
         json!({ "name": "off-hours", "capacity": { "default": "0", "minimum": "0", "maximum": "10" },
                 "rules": off_hours_rules(), "recurrence": { "frequency": "Week" } }),
@@ -66,16 +79,31 @@ fn run(capacity: u32, wakes: Vec<Value>, fail: Option<&str>) -> Run {
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
     std::os::unix::fs::symlink(Path::new(REPO).join("tests/fake/az"), bin.join("az")).unwrap();
-    let mut command = Command::new("bash");
-    command
-        .args(["-c", &readme_command()])
-        .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()))
-        .env("FAKE_AZ_STATE", &state);
-    if let Some(fail) = fail {
-        command.env("FAKE_AZ_FAIL", fail);
+    std::os::unix::fs::symlink(Path::new(REPO).join("tests/fake/date"), bin.join("date")).unwrap();
+    let children: Vec<_> = (0..commands)
+        .map(|_| {
+            let mut command = Command::new("bash");
+            command
+                .args(["-c", &readme_command()])
+                .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()))
+                .env("FAKE_AZ_STATE", &state)
+                .env("FAKE_AZ_PAUSE", pause.to_string())
+                .env("FAKE_NOW", at.to_string())
+                .env("TZ", "UTC")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            if let Some(fail) = fail {
+                command.env("FAKE_AZ_FAIL", fail);
+            }
+            command.spawn().unwrap()
+        })
+        .collect();
+    let (mut ok, mut output) = (true, String::new());
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        ok &= out.status.success();
+        output += &format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     }
-    let out = command.output().unwrap();
-    let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(
         !output.contains("No module named"),
         "the stand-in needs python3 with jmespath (python3-jmespath): {output}"
@@ -85,11 +113,11 @@ fn run(capacity: u32, wakes: Vec<Value>, fail: Option<&str>) -> Run {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|p| p["name"].as_str().unwrap().starts_with("wake"))
+        .filter(|p| p["name"].as_str().unwrap().starts_with("wake") && p.get("fixedDate").is_some())
         .cloned()
         .collect();
     let calls = std::fs::read_to_string(dir.path().join("state.json.calls")).unwrap_or_default();
-    Run { ok: out.status.success(), output, wakes, calls: calls.lines().map(str::to_string).collect() }
+    Run { ok, output, wakes, calls: calls.lines().map(str::to_string).collect() }
 }
 
 fn only_wake(run: &Run) -> &Value {
@@ -104,19 +132,41 @@ fn minimum(profile: &Value) -> u32 {
 
 #[test]
 fn an_empty_pool_asks_for_one_vm_for_30_minutes_with_the_off_hours_rules() {
-    let before = now();
     let run = run(0, vec![], None);
     let profile = only_wake(&run);
     assert_eq!(minimum(profile), 1);
     assert_eq!(profile["capacity"]["default"], "1");
     assert_eq!(profile["capacity"]["maximum"], "10");
     assert_eq!(profile["rules"], off_hours_rules(), "the off-hours rules: nothing added beyond what is asked");
-    let seconds = |field: &str| {
-        let out = Command::new("date").args(["-d", profile["fixedDate"][field].as_str().unwrap(), "+%s"]).output();
-        String::from_utf8(out.unwrap().stdout).unwrap().trim().parse::<i64>().unwrap()
-    };
-    assert_eq!(seconds("end") - seconds("start"), 1800);
-    assert!((before - 60..=now()).contains(&seconds("start")), "starts now: {profile}");
+    // It starts 10 minutes back, so a laptop clock a few minutes fast still
+    // starts it at once; it ends 30 minutes on.
+    assert_eq!(seconds(profile, "start"), NIGHT - 600);
+    assert_eq!(seconds(profile, "end"), NIGHT + 1800);
+    assert_eq!(profile["fixedDate"]["timeZone"], "Coordinated Universal Time", "a name az takes");
+}
+
+fn seconds(profile: &Value, field: &str) -> i64 {
+    let out = Command::new("date").args(["-d", profile["fixedDate"][field].as_str().unwrap(), "+%s"]).output();
+    String::from_utf8(out.unwrap().stdout).unwrap().trim().parse().unwrap()
+}
+
+/// `at` on the laptop's clock: the wake's end and the rules it copied.
+fn woken_at(at: i64) -> (i64, Value) {
+    let run = run_many(0, vec![], None, 1, 0.0, at);
+    let profile = only_wake(&run);
+    (seconds(profile, "end") - at, profile["rules"].clone())
+}
+
+#[test]
+fn before_working_hours_a_wake_ends_at_their_start_and_in_them_it_keeps_their_rules() {
+    let eight = NIGHT + 6 * HOUR;
+    // 07:50 on a Friday: ten minutes, then the working-hours profile brings its VMs.
+    assert_eq!(woken_at(eight - 600), (600, off_hours_rules()));
+    // 10:00: their rules (the headroom), not the off-hours ones that would hold it back.
+    assert_eq!(woken_at(eight + 2 * HOUR), (1800, working_hours_rules()));
+    // 18:30, and 07:50 on Saturday: off hours, 30 minutes.
+    assert_eq!(woken_at(eight + 10 * HOUR + 1800), (1800, off_hours_rules()));
+    assert_eq!(woken_at(eight + 24 * HOUR - 600), (1800, off_hours_rules()));
 }
 
 #[test]
@@ -162,4 +212,36 @@ fn a_failed_read_creates_nothing() {
     assert_eq!(run.wakes.len(), 1);
     assert_eq!(run.wakes[0]["name"], "wake-1");
     assert!(!run.calls.iter().any(|c| c.contains("profile create")), "{:#?}", run.calls);
+}
+
+#[test]
+fn an_admin_s_own_profile_whose_name_starts_with_wake_is_left_alone() {
+    let mut theirs = wake("wakeup-drill", 7, 600);
+    theirs["fixedDate"] = Value::Null;
+    theirs.as_object_mut().unwrap().remove("fixedDate");
+    theirs["recurrence"] = json!({ "frequency": "Week" });
+    let mut foreign_fixed = wake("wakeful-launch", 9, 600);
+    foreign_fixed["name"] = "wakeful-launch".into();
+    let run = run(2, vec![theirs, foreign_fixed], None);
+    assert!(run.ok, "{}", run.output);
+    let names: Vec<&str> = run.wakes.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"wakeful-launch"), "{names:?}");
+    let ours: Vec<&Value> = run.wakes.iter().filter(|p| p["name"].as_str().unwrap().starts_with("wake-")).collect();
+    assert_eq!(ours.len(), 1, "{names:?}");
+    assert_eq!(minimum(ours[0]), 3, "another profile's minimum is not a wake's: {names:?}");
+    assert!(!run.calls.iter().any(|c| c.contains("delete") && c.contains("wakeup-drill")), "{:#?}", run.calls);
+    assert!(!run.output.contains("invalid date"), "{}", run.output);
+}
+
+#[test]
+fn two_people_waking_the_pool_at_once_never_leave_it_without_a_wake() {
+    // Every az write is the whole setting, read then written, no ETag: two
+    // commands into each other can lose one's +1 (README says so), never
+    // every wake, never to below what was there.
+    for pause in [0.2, 0.7] {
+        let run = run_many(2, vec![wake("wake-1", 3, 600)], None, 2, pause, NIGHT);
+        assert!(run.ok, "{}", run.output);
+        let running = run.wakes.iter().map(minimum).max();
+        assert!(running.is_some_and(|m| m >= 4), "pause {pause}: {:#?}\n{:#?}", run.wakes, run.calls);
+    }
 }
