@@ -190,3 +190,32 @@ fn rules_that_overshoot_fail_these_bounds() {
     assert!(r.vm_hours / r.ideal_hours > 1.3, "{:.1} VM-h for {:.1}", r.vm_hours, r.ideal_hours);
     assert!(r.added_while_free > 0 && sim::max_free(&setup, &r, true) > setup.headroom.0 + 1);
 }
+
+/// 50 users work 08:30-`leave` on a weekday and all leave then: minutes
+/// from their leaving until the pool has no VM, and in-use VMs removed.
+fn drain(text: &str, leave: f64) -> (f64, u32) {
+    use sim::users::Visit;
+    let mut setup = sim::setup_from(text, 50, false, SEED, DAY).unwrap();
+    let visits = (0..50).map(|user| Visit { user, arrive: 8.5 * 3600.0 + user as f64 * 30.0, leave, breaks: vec![] });
+    setup.visits = Some(visits.collect());
+    let r = sim::world::run(&setup);
+    let empty = r.minutes.iter().enumerate().skip((leave / 60.0) as usize).find(|(_, m)| m.capacity == 0);
+    (empty.map_or(f64::INFINITY, |(minute, _)| minute as f64 - leave / 60.0), r.in_use_removed)
+}
+
+#[test]
+fn an_evening_pool_whose_users_all_left_is_gone_within_an_hour() {
+    // The agent's idle timeout and release take 35 of those minutes.
+    let (text, _) = sim::template();
+    for leave in [17.5 * 3600.0, 18.5 * 3600.0] {
+        let (minutes, removed) = drain(text, leave);
+        println!("all left at {}: no VM {minutes:.0} min later", sim::world::hhmm(leave));
+        assert!(minutes <= 60.0 && removed == 0, "{minutes:.0} min, {removed} in-use VMs removed");
+    }
+    // One VM a scale-in, as the template had it: over two hours.
+    let mut doc: serde_json::Value = serde_json::from_str(text).unwrap();
+    let step = &mut doc["parameters"]["scaleInStepOffHours"]["defaultValue"];
+    *step = 1.into();
+    let (minutes, _) = drain(&doc.to_string(), 17.5 * 3600.0);
+    assert!(minutes > 120.0, "{minutes:.0} min with one VM a scale-in");
+}

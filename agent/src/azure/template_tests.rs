@@ -223,7 +223,7 @@ fn deploying_with_readme_s_command_gives_a_config_naming_the_share_and_secret_it
     // The login note's command is README's, line for line, with this pool's names
     // (agent/tests/wake_command.rs runs both).
     let readme = file("README.md");
-    let block = readme.split("```sh\nn=$(az vmss show").nth(1).and_then(|b| b.split("```").next()).unwrap();
+    let block = readme.split("```bash\nn=$(az vmss show").nth(1).and_then(|b| b.split("```").next()).unwrap();
     let readme_command = format!("n=$(az vmss show{block}").replace(" -g RG ", &format!(" -g {RG} "));
     let start = motd.find("  n=$(az vmss show").unwrap();
     let motd_command: String =
@@ -314,6 +314,34 @@ fn autoscale_problems(template: &Value) -> Vec<String> {
         ));
     }
     problems
+}
+
+/// Off hours with no headroom every removable VM may go in one scale-in (only
+/// released VMs can: protection is the guard); with a headroom, one at a
+/// time, so the headroom stays. Working hours always one at a time.
+#[test]
+fn off_hours_scale_in_removes_a_step_only_where_no_headroom_is_kept() {
+    let template = template();
+    let steps = |headroom: i64| {
+        let (_, evaluated) = deploy(&template, &[("headroomOffHours", json!(headroom))]);
+        let setting = resource(&evaluated, "Microsoft.Insights/autoscalesettings")[0];
+        let mut steps = BTreeMap::new();
+        for profile in setting["properties"]["profiles"].as_array().unwrap() {
+            for rule in profile["rules"].as_array().unwrap() {
+                if rule["scaleAction"]["direction"] == "Decrease" {
+                    steps.insert(profile["name"].as_str().unwrap().to_string(), rule["scaleAction"]["value"].clone());
+                }
+            }
+        }
+        steps
+    };
+    let none = steps(0);
+    assert_eq!(
+        (&none["off-hours"], &none["default"], &none["working-hours"]),
+        (&json!("10"), &json!("10"), &json!("1"))
+    );
+    let one = steps(1);
+    assert_eq!((&one["off-hours"], &one["default"], &one["working-hours"]), (&json!("1"), &json!("1"), &json!("1")));
 }
 
 #[test]
