@@ -6,7 +6,8 @@
 //! `--wake-as-readme` the first wake command README gave (min 1, the
 //! working-hours rules, 2 h), `--wake-reads-capacity-only` the one that read
 //! only the scale set's capacity, both kept to compare; `--waiters-random`
-//! gives a VM that turns ready to any waiting user, not the one who came first.
+//! gives a VM that turns ready to any waiting user, not the one who came first;
+//! `--wake-minutes N` another length of the wake profile (30).
 
 #[path = "pool_day/mod.rs"]
 mod sim;
@@ -49,6 +50,14 @@ fn main() -> ExitCode {
             let mut setup = setup;
             if args.iter().any(|a| a == "--wake-reads-capacity-only") {
                 setup.wake.reads_wake_profile = false;
+            }
+            if let Some(minutes) = args
+                .iter()
+                .position(|a| a == "--wake-minutes")
+                .and_then(|i| args.get(i + 1))
+                .and_then(|m| m.parse::<f64>().ok())
+            {
+                setup.wake.length = minutes * 60.0;
             }
             if args.iter().any(|a| a == "--waiters-random") {
                 setup.first_come = false;

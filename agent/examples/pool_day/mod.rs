@@ -66,6 +66,7 @@ pub fn setup_from(text: &str, users: usize, weekend: bool, seed: u64, until: f64
         agent: agent_from_template(text)?,
         wake: Wake { patience: 120.0, command: 60.0, length: 30.0 * 60.0, as_readme: false, reads_wake_profile: true },
         first_come: true,
+        visits: None,
         until,
     })
 }

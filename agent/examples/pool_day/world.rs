@@ -28,10 +28,13 @@ pub struct Setup {
     pub working: (f64, f64),
     pub agent: Agent,
     pub wake: Wake,
-    /// A VM that turns ready goes to the user who has waited longest (she
-    /// ran the wake command and tries again, a newcomer tries once); off:
-    /// to any user waiting, in a random order (`--waiters-random`).
+    /// A VM that turns ready goes to the user who has waited longest: every
+    /// waiting user tries each step, the earliest arrival first. The load
+    /// balancer keeps no queue, so this is the favourable case; off: any
+    /// waiting user may take it, in a random order (`--waiters-random`).
     pub first_come: bool,
+    /// The day's visits instead of the generator's (a scenario a test builds).
+    pub visits: Option<Vec<Visit>>,
     /// Simulated seconds (a shortened day for the fast test).
     pub until: f64,
 }
@@ -127,7 +130,8 @@ pub fn run(setup: &Setup) -> Report {
     let clocks = Clocks { base: Instant::now(), wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000) };
     let mut rng = fastrand::Rng::with_seed(setup.seed ^ 0x5eed);
     let mut order_rng = fastrand::Rng::with_seed(setup.seed ^ 0x0de7);
-    let visits: Vec<Visit> = users::day(setup.users, setup.weekend, setup.seed);
+    let mut login_rng = fastrand::Rng::with_seed(setup.seed ^ 0x10c1);
+    let visits: Vec<Visit> = setup.visits.clone().unwrap_or_else(|| users::day(setup.users, setup.weekend, setup.seed));
     let mut state: Vec<State> = visits.iter().map(|_| State::Done).collect();
     let mut started = vec![false; visits.len()];
     let mut engine = Engine::new(setup.profiles.clone(), weekday);
@@ -180,7 +184,7 @@ pub fn run(setup: &Setup) -> Report {
                 vm.user = Some(i);
                 // Her login falls anywhere in the step, not on its edge, so
                 // an autoscale run at this step's end may or may not find it seen.
-                vm.user_since = t - order_rng.f64() * STEP;
+                vm.user_since = t - login_rng.f64() * STEP;
                 state[i] = State::On(vm.id);
                 report.waits.push((v.arrive, t - v.arrive, !working(v.arrive)));
                 if t - v.arrive > setup.wake.figure() {
@@ -203,17 +207,16 @@ pub fn run(setup: &Setup) -> Report {
         let due: Vec<f64> = wake_at.iter().copied().filter(|at| t >= *at).collect();
         wake_at.retain(|at| t < *at);
         for at in due {
-            // Working hours began meanwhile: their profile brings the VMs.
-            let late = working(at);
-            // `--copy-rules` from the profile in force (off hours), or README's working hours.
-            let source = match setup.wake.as_readme {
-                true => setup
-                    .profiles
-                    .iter()
-                    .find(|p| p.recurrence.as_ref().is_some_and(|(_, start)| *start as f64 * 60.0 == setup.working.0))
-                    .cloned(),
-                false => engine.scheduled(at).cloned().filter(|_| !late),
-            };
+            // `--copy-rules off-hours`, or `working-hours` when it lands in
+            // them (the command reads the laptop's clock as the pool's); README's
+            // first command always the working hours'.
+            let in_working_hours = setup.wake.as_readme || working(at);
+            let copied = if in_working_hours { setup.working.0 } else { setup.working.1 };
+            let source = setup
+                .profiles
+                .iter()
+                .find(|p| p.recurrence.as_ref().is_some_and(|(_, start)| *start as f64 * 60.0 == copied))
+                .cloned();
             if let Some(source) = source {
                 let mut profile = source.clone();
                 profile.name = "wake".into();
@@ -234,8 +237,9 @@ pub fn run(setup: &Setup) -> Report {
                 };
                 profile.default = profile.min;
                 profile.recurrence = None;
-                // It ends at working hours' start at the latest: a fixed-date
-                // profile would otherwise hold back the working-hours rules.
+                // The command ends it at working hours' start on a weekday
+                // (its laptop's clock taken for the pool's time zone): a
+                // fixed-date profile would hold the working-hours rules back.
                 let mut until = at + setup.wake.length;
                 if !setup.weekend && at < setup.working.0 && !setup.wake.as_readme {
                     until = until.min(setup.working.0);
