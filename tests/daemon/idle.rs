@@ -572,3 +572,31 @@ fn a_login_and_a_logout_show_in_the_verdict_at_once_not_an_interval_later() {
         .unwrap_or_else(|| panic!("the logout is not in the verdict 3 s on: {:#}", idle_json(&sandbox)));
     println!("logout in the verdict after {:?}", started.elapsed());
 }
+
+/// The same for a session only logind knows (VS Code Remote-SSH, sftp: sshd
+/// writes no utmp record), with logind's records appearing after the agent
+/// started (the agent does not wait for logind): its record renamed into
+/// place as logind does, then removed.
+#[test]
+fn a_logind_session_shows_in_the_verdict_at_once_even_when_logind_started_after_the_agent() {
+    let sandbox = Sandbox::new();
+    sandbox.write_config(&LOCAL_SHARE_CONFIG.replace("interval = \"10s\"", "interval = \"1m\""));
+    let _daemon = sandbox.start();
+    let sessions = |sandbox: &Sandbox| signal(sandbox, "sessions")["figures"]["sessions"].as_f64();
+    eventually(Duration::from_secs(10), || sessions(&sandbox).filter(|n| *n == 0.0))
+        .unwrap_or_else(|| panic!("no first sample: {:#}", idle_json(&sandbox)));
+    let records = sandbox.root().join("run/systemd/sessions");
+    std::fs::create_dir_all(&records).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let temporary = records.join(".#c7abc");
+    std::fs::write(&temporary, "UID=1002\nUSER=bob\nREMOTE_HOST=10.0.0.9\nSERVICE=sshd\nCLASS=user\nSTATE=active\n")
+        .unwrap();
+    let started = Instant::now();
+    std::fs::rename(&temporary, records.join("c7")).unwrap();
+    eventually(Duration::from_secs(3), || sessions(&sandbox).filter(|n| *n == 1.0))
+        .unwrap_or_else(|| panic!("the session is not in the verdict 3 s on: {:#}", idle_json(&sandbox)));
+    println!("logind session in the verdict after {:?} (one sample a minute)", started.elapsed());
+    std::fs::remove_file(records.join("c7")).unwrap();
+    eventually(Duration::from_secs(3), || sessions(&sandbox).filter(|n| *n == 0.0))
+        .unwrap_or_else(|| panic!("the ended session is still in the verdict 3 s on: {:#}", idle_json(&sandbox)));
+}

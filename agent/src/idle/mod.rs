@@ -235,8 +235,8 @@ async fn run(ctx: TaskContext, idle: Idle) -> TaskResult {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Kept for the task's life; without it a login waits for the next tick.
     let login_watch = login_watch::start(&ctx.paths, idle.resample.clone());
-    let watch_note = login_watch.as_ref().err().map(|e| format!("logins show at the next sample, not at once: {e}"));
-    if let Some(note) = &watch_note {
+    let start_note = login_watch.as_ref().err().map(|e| format!("logins show at the next sample, not at once: {e}"));
+    if let Some(note) = &start_note {
         tracing::warn!("idle: {note}");
     }
     loop {
@@ -266,8 +266,9 @@ async fn run(ctx: TaskContext, idle: Idle) -> TaskResult {
         }
         let wall = ctx.clock.now();
         let mut samples = sampler::sample_all(&sources, wall, sampler::SOURCE_DEADLINE).await;
-        if let (Some(note), Some((_, sessions))) = (&watch_note, samples.iter_mut().find(|(n, _)| *n == "sessions")) {
-            sessions.reasons.push(note.clone());
+        let watch_note = start_note.clone().or_else(|| login_watch.as_ref().ok().and_then(|w| w.trouble()));
+        if let (Some(note), Some((_, sessions))) = (watch_note, samples.iter_mut().find(|(n, _)| *n == "sessions")) {
+            sessions.reasons.push(note);
         }
         let now = ctx.clock.monotonic();
         let named: Vec<(&str, &Sample)> = samples.iter().map(|(n, s)| (*n, s)).collect();
