@@ -545,32 +545,42 @@ fn a_hold_taken_or_released_shows_in_the_very_next_idle_answer_twenty_times_in_a
     }
 }
 
+/// A sandbox sampling once a minute, its first sample taken: only a watch
+/// can show a session sooner.
+fn sampling_once_a_minute() -> (Sandbox, Daemon) {
+    let sandbox = Sandbox::new();
+    sandbox.write_config(&LOCAL_SHARE_CONFIG.replace("interval = \"10s\"", "interval = \"1m\""));
+    let daemon = sandbox.start();
+    wait_sessions(&sandbox, 0.0, Duration::from_secs(10), "no first sample");
+    (sandbox, daemon)
+}
+
+/// Waits until the sessions signal counts `count`; the time it took.
+fn wait_sessions(sandbox: &Sandbox, count: f64, limit: Duration, what: &str) -> Duration {
+    let started = Instant::now();
+    let sessions = || signal(sandbox, "sessions")["figures"]["sessions"].as_f64();
+    eventually(limit, || sessions().filter(|n| *n == count))
+        .unwrap_or_else(|| panic!("{what} ({count} sessions) {limit:?} on: {:#}", idle_json(sandbox)));
+    started.elapsed()
+}
+
 /// A login reaches the verdict at once, not at the next sample: on a VM whose
 /// protection was released, that is the time a scale-in has to take it
 /// before the agent protects it again. One sample a minute here, so only the
 /// watch on utmp can be that quick; the logout too.
 #[test]
 fn a_login_and_a_logout_show_in_the_verdict_at_once_not_an_interval_later() {
-    let sandbox = Sandbox::new();
-    sandbox.write_config(&LOCAL_SHARE_CONFIG.replace("interval = \"10s\"", "interval = \"1m\""));
-    let _daemon = sandbox.start();
-    let sessions = |sandbox: &Sandbox| signal(sandbox, "sessions")["figures"]["sessions"].as_f64();
-    eventually(Duration::from_secs(10), || sessions(&sandbox).filter(|n| *n == 0.0))
-        .unwrap_or_else(|| panic!("no first sample: {:#}", idle_json(&sandbox)));
+    let (sandbox, _daemon) = sampling_once_a_minute();
     let reasons = signal(&sandbox, "sessions")["reasons"].to_string();
     assert!(!reasons.contains("not at once"), "the watch did not start: {reasons}");
     // sshd's record of a login: this test's own pid keeps it a live session.
     let record = pool_agent::idle::utmp::utmp_record("bob", "pts/7", "10.1.2.3", std::process::id() as i32);
-    let started = Instant::now();
     std::fs::write(sandbox.root().join("run/utmp"), &record).unwrap();
-    eventually(Duration::from_secs(3), || sessions(&sandbox).filter(|n| *n == 1.0))
-        .unwrap_or_else(|| panic!("the login is not in the verdict 3 s on: {:#}", idle_json(&sandbox)));
-    println!("login in the verdict after {:?} (one sample a minute)", started.elapsed());
-    let started = Instant::now();
+    let took = wait_sessions(&sandbox, 1.0, Duration::from_secs(3), "the login is not in the verdict");
+    println!("login in the verdict after {took:?} (one sample a minute)");
     std::fs::write(sandbox.root().join("run/utmp"), b"").unwrap();
-    eventually(Duration::from_secs(3), || sessions(&sandbox).filter(|n| *n == 0.0))
-        .unwrap_or_else(|| panic!("the logout is not in the verdict 3 s on: {:#}", idle_json(&sandbox)));
-    println!("logout in the verdict after {:?}", started.elapsed());
+    let took = wait_sessions(&sandbox, 0.0, Duration::from_secs(3), "the logout is not in the verdict");
+    println!("logout in the verdict after {took:?}");
 }
 
 /// The same for a session only logind knows (VS Code Remote-SSH, sftp: sshd
@@ -579,24 +589,16 @@ fn a_login_and_a_logout_show_in_the_verdict_at_once_not_an_interval_later() {
 /// place as logind does, then removed.
 #[test]
 fn a_logind_session_shows_in_the_verdict_at_once_even_when_logind_started_after_the_agent() {
-    let sandbox = Sandbox::new();
-    sandbox.write_config(&LOCAL_SHARE_CONFIG.replace("interval = \"10s\"", "interval = \"1m\""));
-    let _daemon = sandbox.start();
-    let sessions = |sandbox: &Sandbox| signal(sandbox, "sessions")["figures"]["sessions"].as_f64();
-    eventually(Duration::from_secs(10), || sessions(&sandbox).filter(|n| *n == 0.0))
-        .unwrap_or_else(|| panic!("no first sample: {:#}", idle_json(&sandbox)));
+    let (sandbox, _daemon) = sampling_once_a_minute();
     let records = sandbox.root().join("run/systemd/sessions");
     std::fs::create_dir_all(&records).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let temporary = records.join(".#c7abc");
     std::fs::write(&temporary, "UID=1002\nUSER=bob\nREMOTE_HOST=10.0.0.9\nSERVICE=sshd\nCLASS=user\nSTATE=active\n")
         .unwrap();
-    let started = Instant::now();
     std::fs::rename(&temporary, records.join("c7")).unwrap();
-    eventually(Duration::from_secs(3), || sessions(&sandbox).filter(|n| *n == 1.0))
-        .unwrap_or_else(|| panic!("the session is not in the verdict 3 s on: {:#}", idle_json(&sandbox)));
-    println!("logind session in the verdict after {:?} (one sample a minute)", started.elapsed());
+    let took = wait_sessions(&sandbox, 1.0, Duration::from_secs(3), "the session is not in the verdict");
+    println!("logind session in the verdict after {took:?} (one sample a minute)");
     std::fs::remove_file(records.join("c7")).unwrap();
-    eventually(Duration::from_secs(3), || sessions(&sandbox).filter(|n| *n == 0.0))
-        .unwrap_or_else(|| panic!("the ended session is still in the verdict 3 s on: {:#}", idle_json(&sandbox)));
+    wait_sessions(&sandbox, 0.0, Duration::from_secs(3), "the ended session is still in the verdict");
 }
