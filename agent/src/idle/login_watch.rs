@@ -27,8 +27,10 @@ const AT_MOST_EVERY: Duration = Duration::from_secs(1);
 
 /// The watch, for as long as it is kept (dropping it stops the reader).
 pub(super) struct LoginWatch {
-    reader: tokio::task::JoinHandle<()>,
-    /// Why the watch stopped or sees less than it should; `None`: all well.
+    /// `None`: the watch could not start.
+    reader: Option<tokio::task::JoinHandle<()>>,
+    /// Why the watch did not start, stopped or sees less than it should;
+    /// `None`: all well.
     trouble: Arc<Mutex<Option<String>>>,
 }
 
@@ -41,7 +43,9 @@ impl LoginWatch {
 
 impl Drop for LoginWatch {
     fn drop(&mut self) {
-        self.reader.abort();
+        if let Some(reader) = &self.reader {
+            reader.abort();
+        }
     }
 }
 
@@ -104,8 +108,20 @@ impl Watched {
     }
 }
 
-/// Starts watching; `Err` says why not (the interval still finds logins).
-pub(super) fn start(paths: &SystemPaths, resample: Arc<Notify>) -> std::io::Result<LoginWatch> {
+/// Starts watching; if it cannot, its trouble says why (the interval still
+/// finds logins).
+pub(super) fn start(paths: &SystemPaths, resample: Arc<Notify>) -> LoginWatch {
+    match watch(paths, resample) {
+        Ok(watch) => watch,
+        Err(e) => {
+            let why = format!("logins show at the next sample, not at once: {e}");
+            tracing::warn!("idle: {why}");
+            LoginWatch { reader: None, trouble: Arc::new(Mutex::new(Some(why))) }
+        }
+    }
+}
+
+fn watch(paths: &SystemPaths, resample: Arc<Notify>) -> std::io::Result<LoginWatch> {
     let inotify = Inotify::init()?;
     let watches = inotify.watches();
     let utmp_path = paths.resolve("/run/utmp");
@@ -154,5 +170,5 @@ pub(super) fn start(paths: &SystemPaths, resample: Arc<Notify>) -> std::io::Resu
         tracing::warn!("idle: {why}; logins show at the next sample");
         *said.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{why}: logins show at the next sample"));
     });
-    Ok(LoginWatch { reader, trouble })
+    Ok(LoginWatch { reader: Some(reader), trouble })
 }

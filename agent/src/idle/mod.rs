@@ -235,10 +235,6 @@ async fn run(ctx: TaskContext, idle: Idle) -> TaskResult {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Kept for the task's life; without it a login waits for the next tick.
     let login_watch = login_watch::start(&ctx.paths, idle.resample.clone());
-    let start_note = login_watch.as_ref().err().map(|e| format!("logins show at the next sample, not at once: {e}"));
-    if let Some(note) = &start_note {
-        tracing::warn!("idle: {note}");
-    }
     loop {
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return Ok(()),
@@ -266,8 +262,9 @@ async fn run(ctx: TaskContext, idle: Idle) -> TaskResult {
         }
         let wall = ctx.clock.now();
         let mut samples = sampler::sample_all(&sources, wall, sampler::SOURCE_DEADLINE).await;
-        let watch_note = start_note.clone().or_else(|| login_watch.as_ref().ok().and_then(|w| w.trouble()));
-        if let (Some(note), Some((_, sessions))) = (watch_note, samples.iter_mut().find(|(n, _)| *n == "sessions")) {
+        if let (Some(note), Some((_, sessions))) =
+            (login_watch.trouble(), samples.iter_mut().find(|(n, _)| *n == "sessions"))
+        {
             sessions.reasons.push(note);
         }
         let now = ctx.clock.monotonic();
