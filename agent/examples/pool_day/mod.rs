@@ -27,7 +27,7 @@ pub fn headroom(users: usize) -> (u32, u32) {
     match users {
         0..=1 => (1, 0),
         2..=9 => (2, 0),
-        _ => (8, 0),
+        _ => (10, 0),
     }
 }
 

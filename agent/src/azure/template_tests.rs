@@ -263,11 +263,16 @@ fn autoscale_problems(template: &Value) -> Vec<String> {
             }
             // One more VM below the headroom, one fewer above it; in working
             // hours also steps that add what is missing: below T add V, with
-            // T - 1 + V never past the headroom (T = 0 never fires).
+            // T - 1 + V never past the headroom (T = 0 never fires); a
+            // scale-in step never takes the removable VMs below the headroom.
             let (threshold, value) = (t["threshold"].as_i64(), action["value"].as_str().and_then(|v| v.parse().ok()));
-            let step = name == "working-hours"
-                && metric == "Spare"
-                && matches!((threshold, value), (Some(t), Some(v)) if v >= 1 && (t == 0 || t - 1 + v <= headroom));
+            let step = match (threshold, value) {
+                (Some(t), Some(v)) if metric == "Spare" && name == "working-hours" => {
+                    v >= 1 && (t == 0 || t - 1 + v <= headroom)
+                }
+                (Some(t), Some(v)) if metric == "Removable" => v >= 1 && t + 1 - v >= headroom && t <= headroom + 1,
+                _ => false,
+            };
             if (threshold, value) != (Some(headroom), Some(1)) && !step {
                 problems.push(format!(
                     "{name}: {metric} threshold {threshold:?} changes by {value:?}; headroom is {headroom}"
@@ -317,31 +322,45 @@ fn autoscale_problems(template: &Value) -> Vec<String> {
 }
 
 /// Off hours with no headroom every removable VM may go in one scale-in (only
-/// released VMs can: protection is the guard); with a headroom, one at a
-/// time, so the headroom stays. Working hours always one at a time.
+/// released VMs can: protection is the guard). With a headroom of 3 or more,
+/// two at a time once more than headroom + 1 are removable, so the headroom
+/// stays and at most one VM more stands free; smaller, one at a time.
 #[test]
-fn off_hours_scale_in_removes_a_step_only_where_no_headroom_is_kept() {
+fn scale_in_removes_a_step_only_where_the_headroom_stays() {
     let template = template();
-    let steps = |headroom: i64| {
-        let (_, evaluated) = deploy(&template, &[("headroomOffHours", json!(headroom))]);
+    // Per profile: (threshold on Sum(Removable), VMs removed).
+    let steps = |working: i64, off: i64| {
+        let given = [("headroomWorkingHours", json!(working)), ("headroomOffHours", json!(off))];
+        let (_, evaluated) = deploy(&template, &given);
         let setting = resource(&evaluated, "Microsoft.Insights/autoscalesettings")[0];
         let mut steps = BTreeMap::new();
         for profile in setting["properties"]["profiles"].as_array().unwrap() {
             for rule in profile["rules"].as_array().unwrap() {
                 if rule["scaleAction"]["direction"] == "Decrease" {
-                    steps.insert(profile["name"].as_str().unwrap().to_string(), rule["scaleAction"]["value"].clone());
+                    let threshold = rule["metricTrigger"]["threshold"].as_i64().unwrap();
+                    let value: i64 = rule["scaleAction"]["value"].as_str().unwrap().parse().unwrap();
+                    steps.insert(profile["name"].as_str().unwrap().to_string(), (threshold, value));
                 }
             }
         }
         steps
     };
-    let none = steps(0);
-    assert_eq!(
-        (&none["off-hours"], &none["default"], &none["working-hours"]),
-        (&json!("10"), &json!("10"), &json!("1"))
-    );
-    let one = steps(1);
-    assert_eq!((&one["off-hours"], &one["default"], &one["working-hours"]), (&json!("1"), &json!("1"), &json!("1")));
+    let small = steps(1, 0);
+    assert_eq!((small["working-hours"], small["off-hours"], small["default"]), ((1, 1), (0, 10), (0, 10)));
+    let five = steps(2, 2);
+    assert_eq!((five["working-hours"], five["off-hours"], five["default"]), ((2, 1), (2, 1), (2, 1)));
+    let fifty = steps(10, 3);
+    assert_eq!((fifty["working-hours"], fifty["off-hours"], fifty["default"]), ((11, 2), (4, 2), (4, 2)));
+    // Whatever the headroom: a scale-in leaves at least the headroom removable
+    // (threshold + 1 - step), and stops with at most headroom + 1 standing.
+    for headroom in 1..=20 {
+        for (name, (threshold, step)) in steps(headroom, headroom) {
+            assert!(
+                threshold + 1 - step >= headroom && threshold <= headroom + 1,
+                "{name} at {headroom}: {threshold} {step}"
+            );
+        }
+    }
 }
 
 #[test]
