@@ -5,7 +5,8 @@
 //! VMs free; `--template FILE` runs other rules; `--seed N` other users;
 //! `--wake-as-readme` the first wake command README gave (min 1, the
 //! working-hours rules, 2 h), `--wake-reads-capacity-only` the one that read
-//! only the scale set's capacity, both kept to compare; `--waiters-random`
+//! only the scale set's capacity, `--wake-once` the one that did not look
+//! again for a colleague's command run into its own, all kept to compare; `--waiters-random`
 //! gives a VM that turns ready to any waiting user, not the one who came first;
 //! `--wake-minutes N` another length of the wake profile (30).
 
@@ -48,6 +49,9 @@ fn main() -> ExitCode {
                 }
             };
             let mut setup = setup;
+            if args.iter().any(|a| a == "--wake-once") {
+                setup.wake.looks_again = false;
+            }
             if args.iter().any(|a| a == "--wake-reads-capacity-only") {
                 setup.wake.reads_wake_profile = false;
             }
@@ -94,6 +98,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+    if let Ok(setup) = sim::setup(1, false, seed, 86_400.0) {
+        println!(
+            "\nthe way back: {:.1} min, {:.1} min when a colleague's command ran into hers",
+            setup.wake.figure() / 60.0,
+            setup.wake.figure_when_run_into() / 60.0
+        );
     }
     ExitCode::SUCCESS
 }

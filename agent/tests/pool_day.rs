@@ -159,6 +159,21 @@ fn off_hours_arrivals_in_a_pool_of_50_get_a_vm_within_the_way_back_figure() {
 }
 
 #[test]
+fn two_wake_commands_run_into_each_other_bring_two_vms_once_one_looks_again() {
+    // Seed 42's weekday: two users run the command within seconds at 07:45,
+    // both read the same pool. Run once each, one VM came for the two and
+    // the second waited for the next user's command.
+    let mut setup = sim::setup(50, false, 42, DAY).unwrap();
+    let r = sim::world::run(&setup);
+    let longest = r.longest_wait(true);
+    assert!(r.log.iter().any(|l| l.contains("ran into each other")), "{:#?}", r.log);
+    assert!(longest <= setup.wake.figure_when_run_into(), "{:.1} min: {:#?}", longest / 60.0, r.log);
+    setup.wake.looks_again = false;
+    let once = sim::world::run(&setup).longest_wait(true);
+    assert!(once > setup.wake.figure_when_run_into() + 300.0, "{:.1} min", once / 60.0);
+}
+
+#[test]
 fn when_a_newcomer_may_take_the_vm_another_user_woke_off_hours_waits_pass_the_way_back() {
     // The bound above holds when a VM that turns ready goes to whoever waited
     // longest; with any waiting user taking it, the one who woke it waits for

@@ -12,8 +12,8 @@ const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 fn readme_command() -> String {
     let readme = std::fs::read_to_string(Path::new(REPO).join("README.md")).unwrap();
-    let block = readme.split("```bash\nn=$(az vmss show").nth(1).and_then(|b| b.split("```").next()).unwrap();
-    format!("n=$(az vmss show{block}")
+    let section = readme.split("**The way back from zero.**").nth(1).unwrap();
+    section.split("```bash\n").nth(1).and_then(|b| b.split("```").next()).unwrap().to_string()
 }
 
 /// The laptop's clock (`tests/fake/date`, in UTC): Friday 2026-12-04 02:00,
@@ -60,6 +60,20 @@ fn run(capacity: u32, wakes: Vec<Value>, fail: Option<&str>) -> Run {
 /// `commands` runs of the block started together, the stand-in pausing
 /// `pause` seconds between each read of the setting and its write.
 fn run_many(capacity: u32, wakes: Vec<Value>, fail: Option<&str>, commands: usize, pause: f64, at: i64) -> Run {
+    run_with(capacity, wakes, fail, commands, pause, at, None)
+}
+
+/// The same, with `colleague` (a python3 script given the state file) run in
+/// the command's pause before it looks again: another command landing then.
+fn run_with(
+    capacity: u32,
+    wakes: Vec<Value>,
+    fail: Option<&str>,
+    commands: usize,
+    pause: f64,
+    at: i64,
+    colleague: Option<&str>,
+) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.json");
     let mut profiles = vec![
@@ -72,10 +86,17 @@ fn run_many(capacity: u32, wakes: Vec<Value>, fail: Option<&str>, commands: usiz
     let setting = json!({ "name": "pool-autoscale", "profiles": profiles });
     let initial = json!({ "resource_group": "RG", "scale_set": "pool", "capacity": capacity, "autoscale": setting });
     std::fs::write(&state, initial.to_string()).unwrap();
+    if let Some(script) = colleague {
+        std::fs::write(dir.path().join("state.json.during-sleep"), script).unwrap();
+    }
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
     std::os::unix::fs::symlink(Path::new(REPO).join("tests/fake/az"), bin.join("az")).unwrap();
     std::os::unix::fs::symlink(Path::new(REPO).join("tests/fake/date"), bin.join("date")).unwrap();
+    std::os::unix::fs::symlink(Path::new(REPO).join("tests/fake/sleep"), bin.join("sleep")).unwrap();
+    // The command's 30 s pause lets a colleague's writes land before it looks
+    // again; here long enough for the stand-in's, which pause `pause` each.
+    let settle = if commands > 1 { 1.0 + 3.0 * pause } else { 0.0 };
     let children: Vec<_> = (0..commands)
         .map(|_| {
             let mut command = Command::new("bash");
@@ -84,6 +105,7 @@ fn run_many(capacity: u32, wakes: Vec<Value>, fail: Option<&str>, commands: usiz
                 .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()))
                 .env("FAKE_AZ_STATE", &state)
                 .env("FAKE_AZ_PAUSE", pause.to_string())
+                .env("FAKE_SLEEP", settle.to_string())
                 .env("FAKE_NOW", at.to_string())
                 .env("TZ", "UTC")
                 .stdout(std::process::Stdio::piped())
@@ -229,14 +251,57 @@ fn an_admin_s_own_profile_whose_name_starts_with_wake_is_left_alone() {
 }
 
 #[test]
-fn two_people_waking_the_pool_at_once_never_leave_it_without_a_wake() {
+fn two_people_waking_the_pool_at_once_get_a_vm_each() {
     // Every az write is the whole setting, read then written, no ETag: two
-    // commands into each other can lose one's +1 (README says so), never
-    // every wake, never to below what was there.
-    for pause in [0.2, 0.7] {
+    // commands into each other can both ask for the same count, or one's
+    // write can drop the other's profile. Each looks again after its pause
+    // and one asks once more, counting both: 3 running, so 5.
+    for pause in [0.1, 0.4] {
         let run = run_many(2, vec![wake("wake-1", 3, 600)], None, 2, pause, NIGHT);
         assert!(run.ok, "{}", run.output);
         let running = run.wakes.iter().map(minimum).max();
-        assert!(running.is_some_and(|m| m >= 4), "pause {pause}: {:#?}\n{:#?}", run.wakes, run.calls);
+        assert!(running.is_some_and(|m| m >= 5), "pause {pause}: {:#?}\n{:#?}", run.wakes, run.calls);
+        assert!(running.is_some_and(|m| m <= 6), "at most one VM too many: {:#?}", run.wakes);
+        let creates = run.calls.iter().filter(|c| c.contains("profile create")).count();
+        assert!((2..=4).contains(&creates), "pause {pause}: {creates} creates: {:#?}", run.calls);
     }
+}
+
+/// A colleague's command landing while this one pauses, as a python3 script
+/// on the state file: this command's profile (`wake-<NIGHT>-…`) dropped or
+/// kept, and hers, `name` asking `minimum`, appended.
+fn colleague(drops_ours: bool, name: &str, minimum: u32) -> String {
+    let theirs = wake(name, minimum, 1800);
+    format!(
+        "import json, sys\nstate = json.load(open(sys.argv[1]))\nprofiles = state['autoscale']['profiles']\n\
+         if {drops}:\n    profiles[:] = [p for p in profiles if not p['name'].startswith('wake-{NIGHT}-')]\n\
+         profiles.append(json.loads({theirs:?}))\njson.dump(state, open(sys.argv[1], 'w'))\n",
+        drops = if drops_ours { "True" } else { "False" },
+        theirs = theirs.to_string(),
+    )
+}
+
+#[test]
+fn a_command_looks_again_and_asks_once_more_only_when_a_colleague_s_did_not_count_it() {
+    // The pool: 2 VMs, a wake asking 3; this command asks 4.
+    let ours = |run: &Run| {
+        run.wakes.iter().filter(|p| p["name"].as_str().unwrap().starts_with(&format!("wake-{NIGHT}-"))).count()
+    };
+    let case = |drops: bool, name: &str, asks: u32| {
+        let script = colleague(drops, name, asks);
+        let run = run_with(2, vec![wake("wake-1", 3, 600)], None, 1, 0.0, NIGHT, Some(&script));
+        assert!(run.ok, "{}", run.output);
+        let creates = run.calls.iter().filter(|c| c.contains("profile create")).count();
+        let top = run.wakes.iter().map(minimum).max().unwrap();
+        (creates, top, ours(&run))
+    };
+    // Her write dropped ours and asks what we asked: ours is lost, once more.
+    assert_eq!(case(true, "wake-1796349599-7", 4), (2, 5, 1));
+    // She read ours and asked one more: counted, nothing more.
+    assert_eq!(case(true, "wake-1796349601-7", 5), (1, 5, 0));
+    // Both kept, the same count: the later name asks once more, the earlier does not.
+    assert_eq!(case(false, "wake-1796349601-7", 4).0, 2);
+    assert_eq!(case(false, "wake-1796349599-7", 4).0, 1);
+    // Hers read an older pool and asks less: she did not count us, nor we her.
+    assert_eq!(case(false, "wake-1796349599-7", 3), (2, 5, 1));
 }

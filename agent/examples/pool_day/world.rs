@@ -56,11 +56,18 @@ pub struct Wake {
     /// autoscale profile show`), so two users an autoscale run apart do not
     /// both ask for the same count. Off: the command before it (`--wake-reads-capacity-only`).
     pub reads_wake_profile: bool,
+    /// The command looks again `WAKE_LOOKS_AGAIN_AFTER` later and, when a
+    /// colleague's command read the pool before its own landed (so neither
+    /// counted the other), runs once more. Off: the command before it (`--wake-once`).
+    pub looks_again: bool,
 }
 
 /// Between the command's read (`az monitor autoscale profile show`) and its
 /// write landing: two `az` calls.
 pub const WAKE_READ_BEFORE_WRITE: f64 = 5.0;
+
+/// The command's pause before it reads the wake profiles again (`sleep 30`).
+pub const WAKE_LOOKS_AGAIN_AFTER: f64 = 30.0;
 
 impl Wake {
     /// The longest a user can wait for it: patience, the command, one
@@ -68,6 +75,12 @@ impl Wake {
     /// the share (<= 30 s) and the blocking scripts (<= 120 s).
     pub fn figure(&self) -> f64 {
         self.patience + self.command + 60.0 + BOOT_TO_READY
+    }
+
+    /// The same for a user whose command ran into a colleague's: the second
+    /// pass lands after the pause and another run of the command.
+    pub fn figure_when_run_into(&self) -> f64 {
+        self.figure() + WAKE_LOOKS_AGAIN_AFTER + self.command
     }
 }
 
@@ -143,6 +156,7 @@ pub fn run(setup: &Setup) -> Report {
     // Wake commands on their way (each user runs her own; two at once both
     // read the same count, as two real `az` runs would).
     let mut wake_at: Vec<f64> = Vec::new();
+    let mut last_wake_landed = f64::NEG_INFINITY;
     let working = |t: f64| !setup.weekend && t >= setup.working.0 && t < setup.working.1;
     let headroom = |t: f64| if working(t) { setup.headroom.0 } else { setup.headroom.1 };
     let linger = (setup.agent.idle_timeout + setup.agent.release_after).as_secs_f64() + 300.0;
@@ -244,6 +258,14 @@ pub fn run(setup: &Setup) -> Report {
                 if !setup.weekend && at < setup.working.0 && !setup.wake.as_readme {
                     until = until.min(setup.working.0);
                 }
+                // Another command's profile landed after this one read: the
+                // two asked without counting each other. One of them goes
+                // again, reading both (a second pass of the command).
+                if setup.wake.looks_again && last_wake_landed > read_at {
+                    wake_at.push(at + WAKE_LOOKS_AGAIN_AFTER + setup.wake.command);
+                    report.log.push(format!("{} two wake commands ran into each other: one goes again", hhmm(at)));
+                }
+                last_wake_landed = at;
                 engine.fixed = Some(Fixed { from: at, until, profile });
                 report.wakes += 1;
                 report.log.push(format!("{} wake profile until {}", hhmm(at), hhmm(until)));

@@ -223,13 +223,17 @@ fn deploying_with_readme_s_command_gives_a_config_naming_the_share_and_secret_it
     // The login note's command is README's, line for line, with this pool's names
     // (agent/tests/wake_command.rs runs both).
     let readme = file("README.md");
-    let block = readme.split("```bash\nn=$(az vmss show").nth(1).and_then(|b| b.split("```").next()).unwrap();
-    let readme_command = format!("n=$(az vmss show{block}").replace(" -g RG ", &format!(" -g {RG} "));
-    let start = motd.find("  n=$(az vmss show").unwrap();
+    let section = readme.split("**The way back from zero.**").nth(1).unwrap();
+    let block = section.split("```bash\n").nth(1).and_then(|b| b.split("```").next()).unwrap();
+    let readme_command = block.replace(" -g RG ", &format!(" -g {RG} "));
+    let start = motd.find("\n  ").unwrap() + 1;
     let motd_command: String =
         motd[start..].lines().take_while(|l| l.starts_with("  ")).map(|l| format!("{}\n", &l[2..])).collect();
     assert_eq!(motd_command, readme_command);
-    assert!(motd_command.contains("-n \"wake-$now\"") && motd_command.contains("profile delete"), "{motd_command}");
+    assert!(
+        motd_command.contains("me=\"wake-$now-$RANDOM\"") && motd_command.contains("profile delete"),
+        "{motd_command}"
+    );
 }
 /// What is wrong with a template's autoscale rules, read with distinct headrooms.
 fn autoscale_problems(template: &Value) -> Vec<String> {
