@@ -103,8 +103,10 @@ fn agent_from_template(text: &str) -> Result<vm::Agent, String> {
 /// One line of the figures table.
 pub fn row(setup: &Setup, r: &Report) -> String {
     let free_after_hour = max_free(setup, r, false);
+    let off_hours = r.waits.iter().filter(|w| w.2).count();
+    let past_way_back = r.waits.iter().filter(|w| w.2 && w.1 > setup.wake.figure()).count();
     format!(
-        "| {:>2} | {:<7} | {:>6.1} | {:>6.1} | {:>4.2} | {:>5.1} | {:>5.1} | {:>5.1} | {:>2} / {:>2} | {:>2} | {:>2} ({} unseen) | {} |",
+        "| {:>2} | {:<7} | {:>6.1} | {:>6.1} | {:>4.2} | {:>5.1} | {:>5.1} | {:>5.1} | {:>2} / {:>2} | {:>2} | {:>2} ({} unseen) | {} | {} / {} |",
         setup.users,
         if setup.weekend { "weekend" } else { "weekday" },
         r.vm_hours,
@@ -119,10 +121,12 @@ pub fn row(setup: &Setup, r: &Report) -> String {
         r.in_use_removed,
         r.in_use_removed_unseen,
         r.wakes,
+        past_way_back,
+        off_hours,
     )
 }
 
-pub const HEADER: &str = "| users | day | VM-h | ideal VM-h | ratio | longest wait, working h (min) | longest wait, off h (min) | p95 wait (min) | max free after 1st h: all / not after use | added while free | in-use removed (before the agent saw the login) | wakes |\n|---|---|---|---|---|---|---|---|---|---|---|---|";
+pub const HEADER: &str = "| users | day | VM-h | ideal VM-h | ratio | longest wait, working h (min) | longest wait, off h (min) | p95 wait (min) | max free after 1st h: all / not after use | added while free | in-use removed (before the agent saw the login) | wakes | off-h arrivals past the way back / all |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 /// The most VMs free at a minute after the first hour of the day (working
 /// hours' first hour on a weekday, 01:00 on a weekend); `not_after_use`:
