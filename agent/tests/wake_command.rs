@@ -110,9 +110,11 @@ fn run_with(
                 .env("TZ", "UTC")
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped());
-            if let Some(fail) = fail {
-                command.env("FAKE_AZ_FAIL", fail);
-            }
+            match fail {
+                Some("after-sleep") => command.env("FAKE_AZ_FAIL_AFTER_SLEEP", "1"),
+                Some(fail) => command.env("FAKE_AZ_FAIL", fail),
+                None => &mut command,
+            };
             command.spawn().unwrap()
         })
         .collect();
@@ -268,32 +270,44 @@ fn two_people_waking_the_pool_at_once_get_a_vm_each() {
 }
 
 /// A colleague's command landing while this one pauses, as a python3 script
-/// on the state file: this command's profile (`wake-<NIGHT>-…`) dropped or
-/// kept, and hers, `name` asking `minimum`, appended.
-fn colleague(drops_ours: bool, name: &str, minimum: u32) -> String {
-    let theirs = wake(name, minimum, 1800);
+/// on the state file: this command's profiles (`wake-<NIGHT>-…`) dropped or
+/// kept, and `theirs` put before or after them. `once`: it lands in the first
+/// pause only; otherwise in every one (a colleague who keeps running into us).
+fn colleague(drops_ours: bool, theirs: Value, before_ours: bool, once: bool) -> String {
     format!(
-        "import json, sys\nstate = json.load(open(sys.argv[1]))\nprofiles = state['autoscale']['profiles']\n\
-         if {drops}:\n    profiles[:] = [p for p in profiles if not p['name'].startswith('wake-{NIGHT}-')]\n\
-         profiles.append(json.loads({theirs:?}))\njson.dump(state, open(sys.argv[1], 'w'))\n",
+        "import json, os, sys\nstate = json.load(open(sys.argv[1]))\nprofiles = state['autoscale']['profiles']\n\
+         ours = [p for p in profiles if p['name'].startswith('wake-{NIGHT}-')]\n\
+         profiles[:] = [p for p in profiles if p not in ours]\n\
+         theirs = [json.loads({theirs:?})]\n\
+         kept = [] if {drops} else ours\n\
+         profiles.extend(theirs + kept if {before} else kept + theirs)\n\
+         json.dump(state, open(sys.argv[1], 'w'))\n\
+         if {once}:\n    os.remove(sys.argv[0])\n",
         drops = if drops_ours { "True" } else { "False" },
+        before = if before_ours { "True" } else { "False" },
+        once = if once { "True" } else { "False" },
         theirs = theirs.to_string(),
     )
 }
 
+/// The pool (2 VMs, a wake `wake-1` asking 3) and this command (asking 4)
+/// with `script` landing in its pause: whether it succeeded, its creates,
+/// the highest running ask, and how many of its profiles are left.
+fn with_colleague(script: &str, fail: Option<&str>) -> (Run, usize, u32, usize) {
+    let run = run_with(2, vec![wake("wake-1", 3, 600)], fail, 1, 0.0, NIGHT, Some(script));
+    let creates = run.calls.iter().filter(|c| c.contains("profile create")).count();
+    let top = run.wakes.iter().map(minimum).max().unwrap_or(0);
+    let ours = run.wakes.iter().filter(|p| p["name"].as_str().unwrap().starts_with(&format!("wake-{NIGHT}-"))).count();
+    (run, creates, top, ours)
+}
+
 #[test]
 fn a_command_looks_again_and_asks_once_more_only_when_a_colleague_s_did_not_count_it() {
-    // The pool: 2 VMs, a wake asking 3; this command asks 4.
-    let ours = |run: &Run| {
-        run.wakes.iter().filter(|p| p["name"].as_str().unwrap().starts_with(&format!("wake-{NIGHT}-"))).count()
-    };
     let case = |drops: bool, name: &str, asks: u32| {
-        let script = colleague(drops, name, asks);
-        let run = run_with(2, vec![wake("wake-1", 3, 600)], None, 1, 0.0, NIGHT, Some(&script));
+        let (run, creates, top, ours) = with_colleague(&colleague(drops, wake(name, asks, 1800), false, true), None);
         assert!(run.ok, "{}", run.output);
-        let creates = run.calls.iter().filter(|c| c.contains("profile create")).count();
-        let top = run.wakes.iter().map(minimum).max().unwrap();
-        (creates, top, ours(&run))
+        assert!(run.calls.contains(&"sleep 60".to_string()), "a minute's pause: {:#?}", run.calls);
+        (creates, top, ours)
     };
     // Her write dropped ours and asks what we asked: ours is lost, once more.
     assert_eq!(case(true, "wake-1796349599-7", 4), (2, 5, 1));
@@ -302,6 +316,60 @@ fn a_command_looks_again_and_asks_once_more_only_when_a_colleague_s_did_not_coun
     // Both kept, the same count: the later name asks once more, the earlier does not.
     assert_eq!(case(false, "wake-1796349601-7", 4).0, 2);
     assert_eq!(case(false, "wake-1796349599-7", 4).0, 1);
+    // The command before this one (`wake-<time>`, no second look) asked the same: we go again.
+    assert_eq!(case(false, "wake-1796349599", 4).0, 2);
     // Hers read an older pool and asks less: she did not count us, nor we her.
     assert_eq!(case(false, "wake-1796349599-7", 3), (2, 5, 1));
+    // Hers ended already: nothing to count.
+    let ended = colleague(false, wake("wake-1796349599-7", 3, -60), false, true);
+    assert_eq!(with_colleague(&ended, None).1, 1);
+}
+
+#[test]
+fn a_wake_we_deleted_and_a_stale_write_put_back_is_deleted_again() {
+    // Another command's write, read before our delete, puts `wake-1` (3) back,
+    // behind ours or before it (where autoscale would take it): we counted it,
+    // so it is deleted again and nothing more is asked.
+    for before_ours in [false, true] {
+        let back = colleague(false, wake("wake-1", 3, 600), before_ours, true);
+        let (run, creates, top, ours) = with_colleague(&back, None);
+        assert!(run.ok, "{}", run.output);
+        assert_eq!((creates, top, ours, run.wakes.len()), (1, 4, 1, 1), "{:#?}", run.wakes);
+        let deletes = run.calls.iter().filter(|c| c.contains("profile delete") && c.ends_with("-n wake-1")).count();
+        assert_eq!(deletes, 2, "{:#?}", run.calls);
+    }
+}
+
+#[test]
+fn a_command_that_never_settles_or_loses_the_network_says_so_and_fails() {
+    // A colleague whose profile drops ours in every pause: three passes, then exit 1.
+    let always = colleague(true, wake("wake-1796349599-7", 4, 1800), false, false);
+    let (run, creates, _, _) = with_colleague(&always, None);
+    assert!(!run.ok && creates == 3, "{creates} creates: {}", run.output);
+    assert!(run.output.contains("wake: not done"), "{}", run.output);
+    // The second look cannot be read: no success claimed.
+    let once = colleague(false, wake("wake-1796349601-7", 4, 1800), false, true);
+    let (run, _, _, ours) = with_colleague(&once, Some("after-sleep"));
+    assert!(!run.ok && run.output.contains("wake: not done"), "{}", run.output);
+    assert_eq!(ours, 1, "what the first pass wrote stays: {:#?}", run.wakes);
+}
+
+#[test]
+fn a_profile_planted_by_someone_with_the_setting_s_write_right_runs_nothing_on_the_laptop() {
+    // Its name holds what bash would run were a count compared inside `[[ ]]`
+    // (arithmetic evaluates `x[$(…)]`); tsv splits it across the fields.
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let name = format!("wake-a\t2030-01-01T00:00:00+00:00\tx[$(touch {})]", marker.display());
+    let mut planted = wake("wake-2", 5, 600);
+    planted["name"] = name.clone().into();
+    planted["capacity"]["minimum"] = format!("x[$(touch {})]", marker.display()).into();
+    let run = run(2, vec![wake("wake-1", 3, 600), planted], None);
+    assert!(run.ok, "{}", run.output);
+    assert!(!marker.exists(), "the planted text ran: {}", run.output);
+    let ours: Vec<&Value> =
+        run.wakes.iter().filter(|p| p["name"].as_str().unwrap().starts_with(&format!("wake-{NIGHT}-"))).collect();
+    assert_eq!(ours.len(), 1, "{:#?}", run.wakes);
+    assert_eq!(minimum(ours[0]), 4, "only wake-1's count and the VMs there are read");
+    assert!(run.wakes.iter().any(|p| p["name"] == name.as_str()), "what is not ours is not deleted either");
 }

@@ -41,7 +41,7 @@ pub struct Setup {
 
 /// The way back from zero (contract): a user who finds no VM off hours
 /// waits `patience`, then runs the `az monitor autoscale profile create`
-/// command (`command` seconds) that adds a fixed-date profile `wake-<time>` and deletes the older
+/// command (`command` seconds) that adds a fixed-date profile `wake-<time>-<random>` and deletes the older
 /// ones: one wake profile applies, the newest.
 #[derive(Debug, Clone)]
 pub struct Wake {
@@ -66,8 +66,8 @@ pub struct Wake {
 /// write landing: two `az` calls.
 pub const WAKE_READ_BEFORE_WRITE: f64 = 5.0;
 
-/// The command's pause before it reads the wake profiles again (`sleep 30`).
-pub const WAKE_LOOKS_AGAIN_AFTER: f64 = 30.0;
+/// The command's pause before it reads the wake profiles again (`sleep 60`).
+pub const WAKE_LOOKS_AGAIN_AFTER: f64 = 60.0;
 
 impl Wake {
     /// The longest a user can wait for it: patience, the command, one

@@ -27,6 +27,11 @@ fn the_evaluator_reads_what_the_template_writes() {
     assert!(scope.value(&json!("[nosuch(1)]")).is_err());
     assert!(scope.value(&json!("[resourceId('A.B/c/d', 'only-one')]")).is_err());
     assert!(scope.value(&json!("[format('{0}', ]")).is_err());
+    // format() is .NET's: doubled braces are braces, a lone one fails the deployment.
+    assert_eq!(scope.value(&json!("[format('{{x}} {0}', 1)]")).unwrap(), json!("{x} 1"));
+    assert!(scope.value(&json!("[format('if a; then {0}; fi {', 1)]")).is_err());
+    assert!(scope.value(&json!("[format('x } {0}', 1)]")).is_err());
+    assert!(scope.value(&json!("[format('{1}', 1)]")).is_err());
     // Lengths and values out of their declared bounds are refused, defaults too.
     let bounded = json!({"parameters": {
         "id": {"type": "string", "defaultValue": "", "maxLength": 3},

@@ -231,7 +231,7 @@ fn deploying_with_readme_s_command_gives_a_config_naming_the_share_and_secret_it
         motd[start..].lines().take_while(|l| l.starts_with("  ")).map(|l| format!("{}\n", &l[2..])).collect();
     assert_eq!(motd_command, readme_command);
     assert!(
-        motd_command.contains("me=\"wake-$now-$RANDOM\"") && motd_command.contains("profile delete"),
+        motd_command.contains("me=\"wake-$now-$RANDOM$RANDOM\"") && motd_command.contains("profile delete"),
         "{motd_command}"
     );
 }

@@ -269,14 +269,7 @@ impl<'a> Scope<'a> {
             }
             "format" => {
                 let values = values()?;
-                let mut out = text(&values[0]);
-                for (i, arg) in values.iter().enumerate().skip(1) {
-                    out = out.replace(&format!("{{{}}}", i - 1), &text(arg));
-                }
-                if out.contains("{0}") {
-                    return Err(format!("format left a placeholder: {out}"));
-                }
-                json!(out)
+                json!(dotnet_format(&text(&values[0]), &values[1..].iter().map(text).collect::<Vec<_>>())?)
             }
             "concat" => {
                 let values = values()?;
@@ -396,4 +389,32 @@ pub fn provider_id(scope: &str, args: &[String]) -> Result<String, String> {
 
 fn fnv(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// ARM's `format()` is .NET's String.Format: `{n}` is an argument, `{{` and
+/// `}}` are braces, and any other brace fails the deployment
+/// (https://learn.microsoft.com/azure/azure-resource-manager/templates/template-functions-string#format).
+fn dotnet_format(template: &str, args: &[String]) -> Result<String, String> {
+    let mut out = String::new();
+    let mut chars = template.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' if chars.peek() == Some(&'{') => {
+                chars.next();
+                out.push('{');
+            }
+            '}' if chars.peek() == Some(&'}') => {
+                chars.next();
+                out.push('}');
+            }
+            '{' => {
+                let index: String = chars.by_ref().take_while(|c| *c != '}').collect();
+                let arg = index.parse::<usize>().ok().and_then(|i| args.get(i));
+                out.push_str(arg.ok_or_else(|| format!("format: {{{index}}} is not an argument: {template}"))?);
+            }
+            '}' => return Err(format!("format: a lone }} in {template}")),
+            c => out.push(c),
+        }
+    }
+    Ok(out)
 }
