@@ -357,10 +357,11 @@ fn a_command_that_never_settles_or_loses_the_network_says_so_and_fails() {
 #[test]
 fn a_profile_planted_by_someone_with_the_setting_s_write_right_runs_nothing_on_the_laptop() {
     // Its name holds what bash would run were a count compared inside `[[ ]]`
-    // (arithmetic evaluates `x[$(…)]`); tsv splits it across the fields.
+    // (arithmetic evaluates `x[$(…)]`): split on spaces, as `read` does, it
+    // looks like a name, an end and a count.
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("ran");
-    let name = format!("wake-a\t2030-01-01T00:00:00+00:00\tx[$(touch {})]", marker.display());
+    let name = format!("wake-a 2030-01-01T00:00:00+00:00 x[$(touch {})]", marker.display());
     let mut planted = wake("wake-2", 5, 600);
     planted["name"] = name.clone().into();
     planted["capacity"]["minimum"] = format!("x[$(touch {})]", marker.display()).into();
