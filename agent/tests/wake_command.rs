@@ -49,6 +49,20 @@ struct Run {
     output: String,
     wakes: Vec<Value>,
     calls: Vec<String>,
+    /// After each write to the setting, its fixed-date profiles `[name, minimum]`.
+    writes: Vec<Value>,
+}
+
+/// One team member's run of the command: started `start` seconds after the
+/// first, the stand-in pausing `pause` seconds between each read of the
+/// setting and its write, and `env` for this run alone (`FAKE_AZ_WAIT_DELETE`, …),
+/// which make its calls up to `slow` seconds longer in all.
+#[derive(Clone, Default)]
+struct Member {
+    start: f64,
+    pause: f64,
+    env: Vec<(&'static str, String)>,
+    slow: f64,
 }
 
 /// The pool `pool` in `RG` with `capacity` VMs and these profiles beside the
@@ -60,17 +74,17 @@ fn run(capacity: u32, wakes: Vec<Value>, fail: Option<&str>) -> Run {
 /// `commands` runs of the block started together, the stand-in pausing
 /// `pause` seconds between each read of the setting and its write.
 fn run_many(capacity: u32, wakes: Vec<Value>, fail: Option<&str>, commands: usize, pause: f64, at: i64) -> Run {
-    run_with(capacity, wakes, fail, commands, pause, at, None)
+    run_with(capacity, wakes, fail, &vec![Member { pause, ..Member::default() }; commands], at, None)
 }
 
-/// The same, with `colleague` (a python3 script given the state file) run in
-/// the command's pause before it looks again: another command landing then.
+/// The same, one run for each member; with `colleague` (a python3 script
+/// given the state file) run in the command's pause before it looks again:
+/// another command landing then.
 fn run_with(
     capacity: u32,
     wakes: Vec<Value>,
     fail: Option<&str>,
-    commands: usize,
-    pause: f64,
+    commands: &[Member],
     at: i64,
     colleague: Option<&str>,
 ) -> Run {
@@ -96,15 +110,23 @@ fn run_with(
     std::os::unix::fs::symlink(Path::new(REPO).join("tests/fake/sleep"), bin.join("sleep")).unwrap();
     // The command's 30 s pause lets a colleague's writes land before it looks
     // again; here long enough for the stand-in's, which pause `pause` each.
-    let settle = if commands > 1 { 1.0 + 3.0 * pause } else { 0.0 };
-    let children: Vec<_> = (0..commands)
-        .map(|_| {
+    let longest = |f: fn(&Member) -> f64| commands.iter().map(f).fold(0.0, f64::max);
+    let settle = match commands.len() {
+        1 => 0.0,
+        _ => 1.0 + 3.0 * longest(|m| m.pause) + longest(|m| m.start) + longest(|m| m.slow),
+    };
+    let children: Vec<_> = commands
+        .iter()
+        .map(|member| {
+            // Her start, by the real sleep (the stand-in's is the command's pause).
+            let script = format!("/bin/sleep {}\n{}", member.start, readme_command());
             let mut command = Command::new("bash");
             command
-                .args(["-c", &readme_command()])
+                .args(["-c", &script])
                 .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()))
                 .env("FAKE_AZ_STATE", &state)
-                .env("FAKE_AZ_PAUSE", pause.to_string())
+                .env("FAKE_AZ_PAUSE", member.pause.to_string())
+                .envs(member.env.iter().map(|(k, v)| (k, v)))
                 .env("FAKE_SLEEP", settle.to_string())
                 .env("FAKE_NOW", at.to_string())
                 .env("TZ", "UTC")
@@ -137,7 +159,9 @@ fn run_with(
         .cloned()
         .collect();
     let calls = std::fs::read_to_string(dir.path().join("state.json.calls")).unwrap_or_default();
-    Run { ok, output, wakes, calls: calls.lines().map(str::to_string).collect() }
+    let writes = std::fs::read_to_string(dir.path().join("state.json.writes")).unwrap_or_default();
+    let writes = writes.lines().map(|w| serde_json::from_str(w).unwrap()).collect();
+    Run { ok, output, wakes, calls: calls.lines().map(str::to_string).collect(), writes }
 }
 
 fn only_wake(run: &Run) -> &Value {
@@ -268,6 +292,117 @@ fn two_people_waking_the_pool_at_once_get_a_vm_each() {
     }
 }
 
+/// The profile autoscale applies: the first fixed-date one still running.
+fn applied(run: &Run) -> u32 {
+    run.wakes.iter().find(|p| seconds(p, "end") > NIGHT).map_or(0, minimum)
+}
+
+#[test]
+fn three_people_two_at_once_and_one_two_seconds_later_get_a_vm_each() {
+    // A's and B's writes run into each other (B's drops A's profile); C
+    // reads only B's and asks 2: more than A asked, but never counting A.
+    // A command counts itself served only when its own profile is the one
+    // autoscale applies, so A goes again; before, all three ended with 2.
+    let members = [
+        Member { pause: 0.3, ..Member::default() },
+        Member { pause: 0.8, ..Member::default() },
+        Member { start: 2.0, ..Member::default() },
+    ];
+    let run = run_with(0, vec![], None, &members, NIGHT, None);
+    assert!(run.ok, "{}", run.output);
+    assert_eq!(applied(&run), 3, "{:#?}\n{:#?}", run.wakes, run.writes);
+}
+
+#[test]
+fn two_commands_deleting_into_each_other_never_leave_the_pool_without_a_wake() {
+    // 2 VMs and `wake-1` (3) running. A's delete of `wake-1` reads the
+    // setting before B's profile lands and writes after it, dropping B's.
+    // B read A's profile, made seconds ago: it leaves it to its second look
+    // (A's command may still be counting), so A's stays. Before, B deleted
+    // it and for a minute no wake ran: the off-hours profile, minimum 0,
+    // over VMs still booting.
+    let members = [
+        Member { env: vec![("FAKE_AZ_PAUSE_DELETE", "3".into())], slow: 3.0, ..Member::default() },
+        Member { start: 1.2, env: vec![("FAKE_AZ_WAIT_DELETE", "2".into())], slow: 2.0, ..Member::default() },
+    ];
+    let run = run_with(2, vec![wake("wake-1", 3, 600)], None, &members, NIGHT, None);
+    assert!(run.ok, "{}", run.output);
+    let ours =
+        |w: &Value| w.as_array().unwrap().iter().any(|p| p[0].as_str().unwrap().starts_with(&format!("wake-{NIGHT}-")));
+    let first_create = run.writes.iter().position(ours).unwrap();
+    assert!(run.writes[first_create..].iter().all(ours), "a write left no wake of ours: {:#?}", run.writes);
+    assert_eq!(applied(&run), 5, "{:#?}", run.wakes);
+}
+
+#[test]
+fn a_wake_made_minutes_ago_is_deleted_only_once_ours_is_seen_first() {
+    // Seconds old, its command may still be looking: deleted after our pause,
+    // once ours is read first. Minutes old (or of the old forms), at once.
+    for (made_ago, after_the_pause) in [(60, true), (170, true), (600, false)] {
+        let name = format!("wake-{}-5", NIGHT - made_ago);
+        let run = run(2, vec![wake(&name, 3, 1800 - made_ago)], None);
+        assert_eq!(minimum(only_wake(&run)), 4);
+        let delete = run.calls.iter().position(|c| c.contains("profile delete") && c.ends_with(&name)).unwrap();
+        let pause = run.calls.iter().position(|c| c == "sleep 60").unwrap();
+        assert_eq!(delete > pause, after_the_pause, "{made_ago} s old: {:#?}", run.calls);
+    }
+}
+
+/// Many runs of `people` commands started within a second of each other,
+/// each az write pausing 0-0.4 s at random between its read and its write:
+/// how many ended with the right count applied, one too many, too few, or a
+/// moment with no wake, and how many said they failed.
+fn people_at_once(people: usize, runs: u64) -> [usize; 5] {
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64 ^ people as u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % 1000) as f64 / 1000.0
+    };
+    let mut tally = [0; 5];
+    for trial in 0..runs {
+        let (capacity, wakes, before) =
+            if trial % 2 == 0 { (0, vec![], 0) } else { (2, vec![wake("wake-1", 3, 600)], 3) };
+        let mut starts: Vec<f64> = (0..people).map(|_| next()).collect();
+        starts.sort_by(f64::total_cmp);
+        let members: Vec<Member> = starts
+            .iter()
+            .map(|&start| Member {
+                start,
+                env: vec![("FAKE_AZ_PAUSE_RANGE", "0,0.4".into())],
+                slow: 2.0,
+                ..Member::default()
+            })
+            .collect();
+        let run = run_with(capacity, wakes, None, &members, NIGHT, None);
+        let ours = |w: &Value| {
+            w.as_array().unwrap().iter().any(|p| p[0].as_str().unwrap().starts_with(&format!("wake-{NIGHT}-")))
+        };
+        let first_create = run.writes.iter().position(ours).unwrap_or(run.writes.len());
+        let want = before + people as u32;
+        let slot = match applied(&run) {
+            _ if !run.ok => 4,
+            _ if !run.writes[first_create..].iter().all(ours) => 3,
+            got if got == want => 0,
+            got if got > want => 1,
+            _ => 2,
+        };
+        tally[slot] += 1;
+    }
+    tally
+}
+
+#[test]
+#[ignore = "slow (about 5 min): README's figures for two and three people at once"]
+fn many_people_at_once_get_a_vm_each() {
+    for people in [2, 3] {
+        let [right, over, under, gap, failed] = people_at_once(people, 40);
+        println!("{people} at once, 40 runs: {right} right, {over} one VM too many, {under} too few, {gap} left with no wake a moment, {failed} said not done");
+        assert_eq!((under, gap), (0, 0), "{people} at once");
+    }
+}
+
 /// A colleague's command landing while this one pauses, as a python3 script
 /// on the state file: this command's profiles (`wake-<NIGHT>-…`) dropped or
 /// kept, and `theirs` put before or after them. `once`: it lands in the first
@@ -293,7 +428,7 @@ fn colleague(drops_ours: bool, theirs: Value, before_ours: bool, once: bool) -> 
 /// with `script` landing in its pause: whether it succeeded, its creates,
 /// the highest running ask, and how many of its profiles are left.
 fn with_colleague(script: &str, fail: Option<&str>) -> (Run, usize, u32, usize) {
-    let run = run_with(2, vec![wake("wake-1", 3, 600)], fail, 1, 0.0, NIGHT, Some(script));
+    let run = run_with(2, vec![wake("wake-1", 3, 600)], fail, &[Member::default()], NIGHT, Some(script));
     let creates = run.calls.iter().filter(|c| c.contains("profile create")).count();
     let top = run.wakes.iter().map(minimum).max().unwrap_or(0);
     let ours = run.wakes.iter().filter(|p| p["name"].as_str().unwrap().starts_with(&format!("wake-{NIGHT}-"))).count();
@@ -312,17 +447,24 @@ fn a_command_looks_again_and_asks_once_more_only_when_a_colleague_s_did_not_coun
     };
     // Her write dropped ours and asks what we asked: ours is lost, once more.
     assert_eq!(case(true, "wake-1796349599-7", 4, false), (2, 5, 1));
-    // She read ours and asked one more: counted, nothing more.
-    assert_eq!(case(true, "wake-1796349601-7", 5, false), (1, 5, 0));
+    // Ours is gone and hers asks more: she may have counted us, or a third
+    // colleague whose write dropped ours. Going again costs a VM for half an
+    // hour at worst; not going could leave one of us with none.
+    assert_eq!(case(true, "wake-1796349601-7", 5, false), (2, 6, 1));
     // Both kept, the same count: ours applies, so she goes again, not we;
     // hers applies, so we go again. Whatever the names.
     assert_eq!(case(false, "wake-1796349601-7", 4, false).0, 1);
     assert_eq!(case(false, "wake-1796349599-7", 4, false).0, 1);
     assert_eq!(case(false, "wake-1796349601-7", 4, true), (2, 5, 1));
-    // The command before this one (`wake-<time>`, no second look) asked the same: we go again.
+    // Hers lands before ours and asks more: it landed between our read and
+    // our write, so it did not count us (autoscale takes it, not ours).
+    assert_eq!(case(false, "wake-1796349601-7", 9, true), (2, 10, 1));
+    // The command before this one (`wake-<time>`, no second look) asked the same or less: we go again.
     assert_eq!(case(false, "wake-1796349599", 4, false).0, 2);
-    // Hers read an older pool and asks less: she did not count us, nor we her.
-    assert_eq!(case(false, "wake-1796349599-7", 3, false), (2, 5, 1));
+    assert_eq!(case(false, "wake-1796349599", 3, false).0, 2);
+    // Hers read an older pool and asks less, behind ours: ours applies, so
+    // her command goes again (it looks again too), not ours.
+    assert_eq!(case(false, "wake-1796349599-7", 3, false), (1, 4, 1));
     // Hers ended already: nothing to count.
     let ended = colleague(false, wake("wake-1796349599-7", 3, -60), false, true);
     assert_eq!(with_colleague(&ended, None).1, 1);
