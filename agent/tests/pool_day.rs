@@ -206,6 +206,31 @@ fn rules_that_overshoot_fail_these_bounds() {
     assert!(r.added_while_free > 0 && sim::max_free(&setup, &r, true) > setup.headroom.0 + 1);
 }
 
+#[test]
+fn a_wake_behind_one_made_minutes_before_applies_after_its_look_and_both_users_get_a_vm() {
+    // Saturday, two users 2 min apart, each running the command: the second
+    // profile lands behind the first, made 2 min before, which the command
+    // deletes only after its pause (so two commands deleting at once never
+    // leave the pool with no wake). She waits that minute more, no longer.
+    use sim::users::Visit;
+    let mut setup = sim::setup(5, true, SEED, DAY).unwrap();
+    let at = |h: f64| h * 3600.0;
+    let visits = [(0, at(11.0)), (1, at(11.0) + 120.0)].map(|(user, arrive)| Visit {
+        user,
+        arrive,
+        leave: at(13.0),
+        breaks: vec![],
+    });
+    setup.visits = Some(visits.to_vec());
+    let r = sim::world::run(&setup);
+    assert!(r.log.iter().any(|l| l.contains("wake behind one made lately")), "{:#?}", r.log);
+    assert_eq!(r.waits.len(), 2, "{:#?}", r.log);
+    let second = r.waits.iter().find(|w| w.0 > at(11.0)).unwrap().1;
+    println!("waits: {:?} min", r.waits.iter().map(|w| (w.1 / 6.0).round() / 10.0).collect::<Vec<_>>());
+    assert!(second <= setup.wake.figure_behind_recent(), "{:.1} min: {:#?}", second / 60.0, r.log);
+    assert_eq!(r.in_use_removed, 0);
+}
+
 /// 50 users work 08:30-`leave` on a weekday and all leave then: minutes
 /// from their leaving until the pool has no VM, and in-use VMs removed.
 fn drain(text: &str, leave: f64) -> (f64, u32) {

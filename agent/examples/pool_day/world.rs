@@ -42,7 +42,8 @@ pub struct Setup {
 /// The way back from zero (contract): a user who finds no VM off hours
 /// waits `patience`, then runs the `az monitor autoscale profile create`
 /// command (`command` seconds) that adds a fixed-date profile `wake-<time>-<random>` and deletes the older
-/// ones: one wake profile applies, the newest.
+/// ones: one wake profile applies, the newest (once those made in the last 3
+/// minutes are deleted, after its pause).
 #[derive(Debug, Clone)]
 pub struct Wake {
     pub patience: f64,
@@ -69,6 +70,11 @@ pub const WAKE_READ_BEFORE_WRITE: f64 = 5.0;
 /// The command's pause before it reads the wake profiles again (`sleep 60`).
 pub const WAKE_LOOKS_AGAIN_AFTER: f64 = 60.0;
 
+/// A wake profile made less than this long ago (its command may still be
+/// looking) is deleted only after the pause, once ours is read first: till
+/// then it stays first in the list, and autoscale applies it, not ours.
+pub const WAKE_DELETED_AT_ONCE_AFTER: f64 = 180.0;
+
 impl Wake {
     /// The longest a user can wait for it: patience, the command, one
     /// autoscale run (<= 60 s), the VM's boot to the agent (<= 270 s),
@@ -77,10 +83,18 @@ impl Wake {
         self.patience + self.command + 60.0 + BOOT_TO_READY
     }
 
+    /// The same for a user whose profile landed behind a wake made in the 3
+    /// minutes before: it applies once her command's look deleted that one.
+    pub fn figure_behind_recent(&self) -> f64 {
+        self.figure() + WAKE_LOOKS_AGAIN_AFTER + WAKE_READ_BEFORE_WRITE
+    }
+
     /// The same for a user whose command ran into a colleague's: the second
-    /// pass lands after the pause and another run of the command.
+    /// pass lands after the pause and another run of the command, and applies
+    /// once its own look (another pause) deleted the colleague's profile, made
+    /// a minute before and still first in the list.
     pub fn figure_when_run_into(&self) -> f64 {
-        self.figure() + WAKE_LOOKS_AGAIN_AFTER + self.command
+        self.figure() + WAKE_LOOKS_AGAIN_AFTER + self.command + WAKE_LOOKS_AGAIN_AFTER + WAKE_READ_BEFORE_WRITE
     }
 }
 
@@ -157,6 +171,8 @@ pub fn run(setup: &Setup) -> Report {
     // read the same count, as two real `az` runs would).
     let mut wake_at: Vec<f64> = Vec::new();
     let mut last_wake_landed = f64::NEG_INFINITY;
+    // Wake profiles behind a newer one still first in the list: (applies at, profile).
+    let mut behind: Vec<(f64, Fixed)> = Vec::new();
     let working = |t: f64| !setup.weekend && t >= setup.working.0 && t < setup.working.1;
     let headroom = |t: f64| if working(t) { setup.headroom.0 } else { setup.headroom.1 };
     let linger = (setup.agent.idle_timeout + setup.agent.release_after).as_secs_f64() + 300.0;
@@ -218,6 +234,10 @@ pub fn run(setup: &Setup) -> Report {
                 state[i] = State::Waiting { since_try: t + setup.wake.figure() - setup.wake.patience };
             }
         }
+        // Its command looked again and deleted the one before it: ours applies.
+        while behind.first().is_some_and(|(applies, _)| t >= *applies) {
+            engine.fixed = Some(behind.remove(0).1);
+        }
         let due: Vec<f64> = wake_at.iter().copied().filter(|at| t >= *at).collect();
         wake_at.retain(|at| t < *at);
         for at in due {
@@ -242,9 +262,12 @@ pub fn run(setup: &Setup) -> Report {
                 let read_at = at - WAKE_READ_BEFORE_WRITE;
                 let waking = engine
                     .fixed
-                    .as_ref()
+                    .iter()
+                    .chain(behind.iter().map(|(_, f)| f))
                     .filter(|f| f.from <= read_at && read_at < f.until && setup.wake.reads_wake_profile)
-                    .map_or(0, |f| f.profile.min);
+                    .map(|f| f.profile.min)
+                    .max()
+                    .unwrap_or(0);
                 profile.min = match setup.wake.as_readme {
                     true => 1,
                     false => (vms.len() as u32).max(waking).saturating_add(1).min(profile.max),
@@ -266,7 +289,15 @@ pub fn run(setup: &Setup) -> Report {
                     report.log.push(format!("{} two wake commands ran into each other: one goes again", hhmm(at)));
                 }
                 last_wake_landed = at;
-                engine.fixed = Some(Fixed { from: at, until, profile });
+                let made_lately =
+                    engine.fixed.as_ref().is_some_and(|f| at < f.until && at - f.from < WAKE_DELETED_AT_ONCE_AFTER);
+                let fixed = Fixed { from: at, until, profile };
+                if setup.wake.looks_again && (made_lately || !behind.is_empty()) {
+                    behind.push((at + WAKE_LOOKS_AGAIN_AFTER + WAKE_READ_BEFORE_WRITE, fixed));
+                    report.log.push(format!("{} wake behind one made lately: it applies after the look", hhmm(at)));
+                } else {
+                    engine.fixed = Some(fixed);
+                }
                 report.wakes += 1;
                 report.log.push(format!("{} wake profile until {}", hhmm(at), hhmm(until)));
             }
