@@ -291,6 +291,13 @@ pub fn run(setup: &Setup) -> Report {
                 last_wake_landed = at;
                 let made_lately =
                     engine.fixed.as_ref().is_some_and(|f| at < f.until && at - f.from < WAKE_DELETED_AT_ONCE_AFTER);
+                // This command deletes the first one, made long enough ago, at
+                // once: the next in the list applies now, not after its look.
+                if setup.wake.looks_again && !made_lately && !behind.is_empty() {
+                    engine.fixed = Some(behind.remove(0).1);
+                }
+                let made_lately = made_lately
+                    || engine.fixed.as_ref().is_some_and(|f| at < f.until && at - f.from < WAKE_DELETED_AT_ONCE_AFTER);
                 let fixed = Fixed { from: at, until, profile };
                 if setup.wake.looks_again && (made_lately || !behind.is_empty()) {
                     behind.push((at + WAKE_LOOKS_AGAIN_AFTER + WAKE_READ_BEFORE_WRITE, fixed));
