@@ -411,7 +411,7 @@ fn people_at_once(people: usize, runs: u64) -> [usize; 5] {
 }
 
 #[test]
-#[ignore = "slow (about 10 min): README's figures for two and three people at once"]
+#[ignore = "slow (about 20 min): README's figures for two and three people at once"]
 fn many_people_at_once_get_a_vm_each() {
     for people in [2, 3] {
         let [right, over, under, gap, failed] = people_at_once(people, 40);
