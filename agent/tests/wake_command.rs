@@ -108,7 +108,7 @@ fn run_with(
     std::os::unix::fs::symlink(Path::new(REPO).join("tests/fake/az"), bin.join("az")).unwrap();
     std::os::unix::fs::symlink(Path::new(REPO).join("tests/fake/date"), bin.join("date")).unwrap();
     std::os::unix::fs::symlink(Path::new(REPO).join("tests/fake/sleep"), bin.join("sleep")).unwrap();
-    // The command's 30 s pause lets a colleague's writes land before it looks
+    // The command's pauses let a colleague's writes land before it looks
     // again; here long enough for the stand-in's, which pause `pause` each.
     let longest = |f: fn(&Member) -> f64| commands.iter().map(f).fold(0.0, f64::max);
     let settle = match commands.len() {
@@ -292,6 +292,16 @@ fn two_people_waking_the_pool_at_once_get_a_vm_each() {
     }
 }
 
+/// A profile this run of the command made (`wake-<NIGHT>-…`).
+fn is_ours(name: &str) -> bool {
+    name.starts_with(&format!("wake-{NIGHT}-"))
+}
+
+/// Whether a write (`Run::writes`) left a profile this run made.
+fn leaves_ours(write: &Value) -> bool {
+    write.as_array().unwrap().iter().any(|p| is_ours(p[0].as_str().unwrap()))
+}
+
 /// The profile autoscale applies: the first fixed-date one still running.
 fn applied(run: &Run) -> u32 {
     run.wakes.iter().find(|p| seconds(p, "end") > NIGHT).map_or(0, minimum)
@@ -327,10 +337,8 @@ fn two_commands_deleting_into_each_other_never_leave_the_pool_without_a_wake() {
     ];
     let run = run_with(2, vec![wake("wake-1", 3, 600)], None, &members, NIGHT, None);
     assert!(run.ok, "{}", run.output);
-    let ours =
-        |w: &Value| w.as_array().unwrap().iter().any(|p| p[0].as_str().unwrap().starts_with(&format!("wake-{NIGHT}-")));
-    let first_create = run.writes.iter().position(ours).unwrap();
-    assert!(run.writes[first_create..].iter().all(ours), "a write left no wake of ours: {:#?}", run.writes);
+    let first_create = run.writes.iter().position(leaves_ours).unwrap();
+    assert!(run.writes[first_create..].iter().all(leaves_ours), "a write left no wake of ours: {:#?}", run.writes);
     assert_eq!(applied(&run), 5, "{:#?}", run.wakes);
 }
 
@@ -393,14 +401,11 @@ fn people_at_once(people: usize, runs: u64) -> [usize; 5] {
             })
             .collect();
         let run = run_with(capacity, wakes, None, &members, NIGHT, None);
-        let ours = |w: &Value| {
-            w.as_array().unwrap().iter().any(|p| p[0].as_str().unwrap().starts_with(&format!("wake-{NIGHT}-")))
-        };
-        let first_create = run.writes.iter().position(ours).unwrap_or(run.writes.len());
+        let first_create = run.writes.iter().position(leaves_ours).unwrap_or(run.writes.len());
         let want = before + people as u32;
         let slot = match applied(&run) {
             _ if !run.ok => 4,
-            _ if !run.writes[first_create..].iter().all(ours) => 3,
+            _ if !run.writes[first_create..].iter().all(leaves_ours) => 3,
             got if got == want => 0,
             got if got > want => 1,
             _ => 2,
@@ -448,7 +453,7 @@ fn with_colleague(script: &str, fail: Option<&str>) -> (Run, usize, u32, usize) 
     let run = run_with(2, vec![wake("wake-1", 3, 600)], fail, &[Member::default()], NIGHT, Some(script));
     let creates = run.calls.iter().filter(|c| c.contains("profile create")).count();
     let top = run.wakes.iter().map(minimum).max().unwrap_or(0);
-    let ours = run.wakes.iter().filter(|p| p["name"].as_str().unwrap().starts_with(&format!("wake-{NIGHT}-"))).count();
+    let ours = run.wakes.iter().filter(|p| is_ours(p["name"].as_str().unwrap())).count();
     (run, creates, top, ours)
 }
 
@@ -530,8 +535,7 @@ fn a_profile_planted_by_someone_with_the_setting_s_write_right_runs_nothing_on_t
     let run = run(2, vec![wake("wake-1", 3, 600), planted], None);
     assert!(run.ok, "{}", run.output);
     assert!(!marker.exists(), "the planted text ran: {}", run.output);
-    let ours: Vec<&Value> =
-        run.wakes.iter().filter(|p| p["name"].as_str().unwrap().starts_with(&format!("wake-{NIGHT}-"))).collect();
+    let ours: Vec<&Value> = run.wakes.iter().filter(|p| is_ours(p["name"].as_str().unwrap())).collect();
     assert_eq!(ours.len(), 1, "{:#?}", run.wakes);
     assert_eq!(minimum(ours[0]), 4, "only wake-1's count and the VMs there are read");
     assert!(run.wakes.iter().any(|p| p["name"] == name.as_str()), "what is not ours is not deleted either");
@@ -572,7 +576,6 @@ fn a_count_written_with_a_leading_zero_is_not_read_as_octal() {
     odd["capacity"]["minimum"] = "010".into();
     let run = run(2, vec![odd], None);
     assert!(run.ok, "{}", run.output);
-    let ours: Vec<&Value> =
-        run.wakes.iter().filter(|p| p["name"].as_str().unwrap().starts_with(&format!("wake-{NIGHT}-"))).collect();
+    let ours: Vec<&Value> = run.wakes.iter().filter(|p| is_ours(p["name"].as_str().unwrap())).collect();
     assert_eq!(minimum(ours[0]), 3, "{:#?}", run.wakes);
 }

@@ -94,7 +94,7 @@ impl Wake {
     /// once its own look (another pause) deleted the colleague's profile, made
     /// a minute before and still first in the list.
     pub fn figure_when_run_into(&self) -> f64 {
-        self.figure() + WAKE_LOOKS_AGAIN_AFTER + self.command + WAKE_LOOKS_AGAIN_AFTER + WAKE_READ_BEFORE_WRITE
+        self.figure_behind_recent() + WAKE_LOOKS_AGAIN_AFTER + self.command
     }
 }
 
@@ -289,17 +289,16 @@ pub fn run(setup: &Setup) -> Report {
                     report.log.push(format!("{} two wake commands ran into each other: one goes again", hhmm(at)));
                 }
                 last_wake_landed = at;
-                let made_lately =
-                    engine.fixed.as_ref().is_some_and(|f| at < f.until && at - f.from < WAKE_DELETED_AT_ONCE_AFTER);
+                let made_lately = |first: &Option<Fixed>| {
+                    first.as_ref().is_some_and(|f| at < f.until && at - f.from < WAKE_DELETED_AT_ONCE_AFTER)
+                };
                 // This command deletes the first one, made long enough ago, at
                 // once: the next in the list applies now, not after its look.
-                if setup.wake.looks_again && !made_lately && !behind.is_empty() {
+                if setup.wake.looks_again && !made_lately(&engine.fixed) && !behind.is_empty() {
                     engine.fixed = Some(behind.remove(0).1);
                 }
-                let made_lately = made_lately
-                    || engine.fixed.as_ref().is_some_and(|f| at < f.until && at - f.from < WAKE_DELETED_AT_ONCE_AFTER);
                 let fixed = Fixed { from: at, until, profile };
-                if setup.wake.looks_again && (made_lately || !behind.is_empty()) {
+                if setup.wake.looks_again && (made_lately(&engine.fixed) || !behind.is_empty()) {
                     behind.push((at + WAKE_LOOKS_AGAIN_AFTER + WAKE_READ_BEFORE_WRITE, fixed));
                     report.log.push(format!("{} wake behind one made lately: it applies after the look", hhmm(at)));
                 } else {
